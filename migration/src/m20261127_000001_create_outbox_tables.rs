@@ -1,0 +1,162 @@
+//! Creates `_outbox`, `_outbox_offset` and `_outbox_lease`.
+//!
+//! Indexes on `_outbox`, against the seed's:
+//! - `idx_<t>_claim (shard, seq) WHERE NOT published AND dead_lettered_at IS NULL`
+//!   replaces the seed's `(published, created_at)`: the relay reads one shard's pending
+//!   events in `seq` order, and a partial index holds only pending rows, so retained
+//!   history does not slow the claim.
+//! - `idx_<t>_published_at (published_at) WHERE published`: cleanup finds expired rows
+//!   without scanning pending ones.
+//! - `idx_<t>_dead (dead_lettered_at) WHERE dead_lettered_at IS NOT NULL`: lists dead
+//!   letters.
+//! - the seed's `destination_topic`, `aggregate_id` and partial `trace_id` indexes, and
+//!   a unique index on the event id.
+
+use outbox::{Identifier, Tables};
+use sea_orm_migration::prelude::*;
+
+/// The migration; [`Migration::default`] uses the default table names.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    tables: Tables,
+    name: String,
+}
+
+const NAME: &str = "m20261127_000001_create_outbox_tables";
+
+impl Migration {
+    /// The migration over other table names. Its name gets the base table's name as a
+    /// suffix, so several outboxes can live in one `Migrator`.
+    pub fn new(tables: Tables) -> Self {
+        let name = if tables == Tables::default() {
+            NAME.to_owned()
+        } else {
+            format!("{NAME}_{}", tables.outbox())
+        };
+        Migration { tables, name }
+    }
+}
+
+impl Default for Migration {
+    fn default() -> Self {
+        Migration::new(Tables::default())
+    }
+}
+
+impl MigrationName for Migration {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+// The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let t = &self.tables;
+        manager.create_table(outbox_table(t.outbox())).await?;
+        for sql in outbox_indexes(t) {
+            manager.get_connection().execute_unprepared(&sql).await?;
+        }
+        manager.create_table(offset_table(t.offset())).await?;
+        manager.create_table(lease_table(t.lease())).await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let t = &self.tables;
+        for table in [t.lease(), t.offset(), t.outbox()] {
+            manager
+                .drop_table(Table::drop().table(table.as_str().to_owned()).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn varchar(name: &'static str) -> ColumnDef {
+    ColumnDef::new(name).string_len(255).to_owned()
+}
+
+fn timestamp(name: &'static str) -> ColumnDef {
+    ColumnDef::new(name).timestamp_with_time_zone().to_owned()
+}
+
+fn outbox_table(table: &Identifier) -> TableCreateStatement {
+    Table::create()
+        .table(table.as_str().to_owned())
+        .col(ColumnDef::new("seq").big_integer().not_null().auto_increment().primary_key())
+        .col(ColumnDef::new("id").uuid().not_null().unique_key())
+        .col(varchar("event_type").not_null())
+        .col(varchar("aggregate_id").not_null())
+        .col(ColumnDef::new("event_data").json_binary().not_null())
+        .col(ColumnDef::new("event_version").string_len(50).not_null().default("v1"))
+        .col(varchar("destination_topic").not_null())
+        .col(varchar("partition_key").null())
+        .col(ColumnDef::new("headers").json_binary().null())
+        .col(ColumnDef::new("shard").integer().not_null().default(0))
+        .col(ColumnDef::new("published").boolean().not_null().default(false))
+        .col(timestamp("published_at").null())
+        .col(ColumnDef::new("attempts").integer().not_null().default(0))
+        .col(timestamp("last_attempt_at").null())
+        .col(timestamp("next_attempt_at").null())
+        .col(ColumnDef::new("error_message").text().null())
+        .col(timestamp("dead_lettered_at").null())
+        .col(varchar("trace_id").null())
+        .col(varchar("user_id").null())
+        .col(timestamp("created_at").not_null().default(Expr::current_timestamp()))
+        .col(timestamp("updated_at").not_null().default(Expr::current_timestamp()))
+        .to_owned()
+}
+
+/// The indexes, as SQL because sea-query has no partial indexes. The same text works
+/// on PostgreSQL and SQLite; the names are checked identifiers.
+fn outbox_indexes(tables: &Tables) -> Vec<String> {
+    let table = tables.outbox();
+    let index = |suffix: &str, columns: &str, predicate: &str| {
+        let name = tables.index(table, suffix);
+        let predicate = if predicate.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {predicate}")
+        };
+        format!("CREATE INDEX \"{name}\" ON {} ({columns}){predicate}", table.quoted())
+    };
+    vec![
+        index(
+            "claim",
+            "\"shard\", \"seq\"",
+            "NOT \"published\" AND \"dead_lettered_at\" IS NULL",
+        ),
+        index("published_at", "\"published_at\"", "\"published\""),
+        index("dead", "\"dead_lettered_at\"", "\"dead_lettered_at\" IS NOT NULL"),
+        index("destination_topic", "\"destination_topic\"", ""),
+        index("aggregate_id", "\"aggregate_id\"", ""),
+        index("trace_id", "\"trace_id\"", "\"trace_id\" IS NOT NULL"),
+    ]
+}
+
+fn offset_table(table: &Identifier) -> TableCreateStatement {
+    Table::create()
+        .table(table.as_str().to_owned())
+        .col(varchar("service_name").not_null().primary_key())
+        .col(ColumnDef::new("last_event_id").uuid().not_null())
+        .col(timestamp("last_processed").not_null())
+        .col(timestamp("created_at").not_null().default(Expr::current_timestamp()))
+        .col(timestamp("updated_at").not_null().default(Expr::current_timestamp()))
+        .to_owned()
+}
+
+fn lease_table(table: &Identifier) -> TableCreateStatement {
+    Table::create()
+        .table(table.as_str().to_owned())
+        .col(varchar("service_name").not_null())
+        .col(ColumnDef::new("shard").integer().not_null())
+        .col(varchar("owner").not_null())
+        .col(ColumnDef::new("token").big_integer().not_null().default(0))
+        .col(timestamp("expires_at").not_null())
+        .col(timestamp("updated_at").not_null().default(Expr::current_timestamp()))
+        .primary_key(Index::create().col("service_name").col("shard"))
+        .to_owned()
+}

@@ -1,0 +1,254 @@
+//! [`Envelope`]: an event made ready for the outbox table, with its routing metadata.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{Error, EventField, Result};
+use crate::event::OutboxEvent;
+use crate::headers;
+
+/// Column limits, in characters, matching the migration.
+pub(crate) const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_VERSION_LEN: usize = 50;
+/// Kafka's own limit on topic names.
+pub(crate) const MAX_TOPIC_LEN: usize = 249;
+
+/// One event with its destination and metadata, ready to be stored.
+///
+/// [`Outbox::store`](crate::Outbox::store) builds one for you; build them yourself to
+/// store several events in one statement with
+/// [`Outbox::store_batch`](crate::Outbox::store_batch):
+///
+/// ```
+/// use outbox::{Envelope, EventBuilder};
+///
+/// let event = EventBuilder::new("order.created", "order-17");
+/// let envelope = Envelope::new(&event, "order-events")?
+///     .partition_key("customer-4")
+///     .user_id("customer-4")
+///     .header("tenant", "acme");
+/// assert_eq!(envelope.key(), "customer-4");
+/// # Ok::<(), outbox::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub(crate) id: Uuid,
+    pub(crate) event_type: String,
+    pub(crate) event_version: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) payload: Value,
+    pub(crate) topic: String,
+    pub(crate) partition_key: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) trace_id: Option<String>,
+    pub(crate) headers: BTreeMap<String, String>,
+}
+
+impl Envelope {
+    /// Serializes `event` for `topic`, with a new time-ordered id (UUID v7).
+    ///
+    /// # Errors
+    /// [`Error::Serialize`] when the event's payload cannot be serialized. Other
+    /// problems (an empty topic, an over-long field) are reported when the envelope is
+    /// stored, before anything is written.
+    pub fn new<E: OutboxEvent + ?Sized>(event: &E, topic: impl Into<String>) -> Result<Self> {
+        let payload = event.payload().map_err(|source| Error::Serialize {
+            event_type: event.event_type().to_owned(),
+            source,
+        })?;
+        Ok(Envelope {
+            id: Uuid::now_v7(),
+            event_type: event.event_type().to_owned(),
+            event_version: event.event_version().to_owned(),
+            aggregate_id: event.aggregate_id(),
+            payload,
+            topic: topic.into(),
+            partition_key: event.partition_key(),
+            user_id: event.user_id(),
+            trace_id: event.trace_id(),
+            headers: BTreeMap::new(),
+        })
+    }
+
+    /// Orders and partitions the event by `key` instead of the event's own partition
+    /// key or aggregate id.
+    pub fn partition_key(mut self, key: impl ToString) -> Self {
+        self.partition_key = Some(key.to_string());
+        self
+    }
+
+    /// Records the user on whose behalf the event happened.
+    pub fn user_id(mut self, user_id: impl ToString) -> Self {
+        self.user_id = Some(user_id.to_string());
+        self
+    }
+
+    /// Records the trace the event belongs to.
+    pub fn trace_id(mut self, trace_id: impl Into<String>) -> Self {
+        self.trace_id = Some(trace_id.into());
+        self
+    }
+
+    /// Adds a Kafka header. Names the relay sets itself ([`headers::RESERVED`]) are
+    /// rejected when the envelope is stored.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// The event's id, which travels in the `event_id` header.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The key that orders the event and becomes the Kafka message key: the partition
+    /// key when one is set, otherwise the aggregate id.
+    pub fn key(&self) -> &str {
+        self.partition_key.as_deref().unwrap_or(&self.aggregate_id)
+    }
+
+    /// Checks every field against the table's limits and Kafka's rules.
+    pub(crate) fn validate(&self) -> Result<()> {
+        non_empty(EventField::EventType, &self.event_type)?;
+        max_len(EventField::EventType, &self.event_type, MAX_NAME_LEN)?;
+        non_empty(EventField::EventVersion, &self.event_version)?;
+        max_len(EventField::EventVersion, &self.event_version, MAX_VERSION_LEN)?;
+        non_empty(EventField::AggregateId, &self.aggregate_id)?;
+        max_len(EventField::AggregateId, &self.aggregate_id, MAX_NAME_LEN)?;
+        validate_topic(&self.topic)?;
+        if let Some(key) = &self.partition_key {
+            non_empty(EventField::PartitionKey, key)?;
+            max_len(EventField::PartitionKey, key, MAX_NAME_LEN)?;
+        }
+        if let Some(user_id) = &self.user_id {
+            max_len(EventField::UserId, user_id, MAX_NAME_LEN)?;
+        }
+        if let Some(trace_id) = &self.trace_id {
+            max_len(EventField::TraceId, trace_id, MAX_NAME_LEN)?;
+        }
+        for name in self.headers.keys() {
+            validate_header_name(name)?;
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(field: EventField, value: &str) -> Result<()> {
+    if value.trim().is_empty() {
+        return Err(Error::EmptyField { field });
+    }
+    Ok(())
+}
+
+fn max_len(field: EventField, value: &str, max: usize) -> Result<()> {
+    // Cheap bound first: a string of at most `max` bytes has at most `max` characters.
+    if value.len() > max {
+        let len = value.chars().count();
+        if len > max {
+            return Err(Error::FieldTooLong { field, len, max });
+        }
+    }
+    Ok(())
+}
+
+fn validate_topic(topic: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::InvalidTopic {
+            topic: topic.to_owned(),
+            reason,
+        })
+    };
+    if topic.is_empty() {
+        return invalid("it is empty");
+    }
+    if topic.len() > MAX_TOPIC_LEN {
+        return invalid("Kafka allows at most 249 characters");
+    }
+    if topic == "." || topic == ".." {
+        return invalid("Kafka does not allow `.` or `..` as a topic name");
+    }
+    if !topic
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return invalid("Kafka allows only ASCII letters, digits, `.`, `_` and `-`");
+    }
+    Ok(())
+}
+
+fn validate_header_name(name: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::InvalidHeader {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return invalid("it is empty");
+    }
+    if headers::RESERVED.contains(&name) {
+        return invalid("the relay sets this header itself");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EventBuilder;
+
+    fn envelope() -> Envelope {
+        Envelope::new(&EventBuilder::new("order.created", "o-1"), "orders").expect("serializable")
+    }
+
+    #[test]
+    fn a_complete_envelope_is_valid() {
+        let envelope = envelope()
+            .partition_key("c-1")
+            .user_id("u")
+            .trace_id("t")
+            .header("tenant", "acme");
+        assert!(envelope.validate().is_ok());
+        assert_eq!(envelope.key(), "c-1");
+    }
+
+    #[test]
+    fn topics_follow_kafka_rules() {
+        for (topic, ok) in [
+            ("orders", true),
+            ("orders.v2_eu-west", true),
+            ("", false),
+            (".", false),
+            ("..", false),
+            ("orders events", false),
+            ("orders/events", false),
+            ("ordérs", false),
+        ] {
+            let result = Envelope { topic: topic.to_owned(), ..envelope() }.validate();
+            assert_eq!(result.is_ok(), ok, "{topic:?}: {result:?}");
+        }
+        let long = "t".repeat(MAX_TOPIC_LEN + 1);
+        assert!(Envelope { topic: long, ..envelope() }.validate().is_err());
+    }
+
+    #[test]
+    fn lengths_are_counted_in_characters() {
+        let fits = "é".repeat(MAX_NAME_LEN);
+        assert!(envelope().partition_key(&fits).validate().is_ok());
+        let too_long = "é".repeat(MAX_NAME_LEN + 1);
+        match envelope().partition_key(&too_long).validate() {
+            Err(Error::FieldTooLong { field, len, max }) => {
+                assert_eq!((field, len, max), (EventField::PartitionKey, 256, 255));
+            }
+            other => panic!("expected FieldTooLong, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reserved_header_names_are_rejected() {
+        let result = envelope().header(headers::EVENT_ID, "forged").validate();
+        assert!(matches!(result, Err(Error::InvalidHeader { name, .. }) if name == "event_id"));
+    }
+}

@@ -1,0 +1,134 @@
+//! The error type of the outbox crate.
+
+use std::fmt;
+
+use sea_orm::DbErr;
+
+/// The result type of the outbox crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when storing or relaying events.
+///
+/// Errors about the event itself ([`Error::EmptyField`], [`Error::FieldTooLong`],
+/// [`Error::InvalidTopic`], [`Error::InvalidHeader`], [`Error::Serialize`]) are found
+/// before anything is written, so the caller's transaction is untouched and still
+/// theirs to commit or roll back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database rejected a statement or could not be reached.
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+
+    /// The event's payload could not be serialized to JSON.
+    #[error("could not serialize the payload of event type {event_type:?} to JSON")]
+    Serialize {
+        /// The type of the event whose payload failed.
+        event_type: String,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A required field of the event is empty.
+    #[error("{field} must not be empty")]
+    EmptyField {
+        /// Which field.
+        field: EventField,
+    },
+
+    /// A field of the event is longer than its column allows.
+    #[error("{field} is {len} characters long; at most {max} are allowed")]
+    FieldTooLong {
+        /// Which field.
+        field: EventField,
+        /// Its length in characters.
+        len: usize,
+        /// The limit, in characters.
+        max: usize,
+    },
+
+    /// The destination topic is not a valid Kafka topic name.
+    #[error("invalid topic {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The topic as given.
+        topic: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// An extra header has an invalid name.
+    #[error("invalid header {name:?}: {reason}")]
+    InvalidHeader {
+        /// The header name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The database is neither PostgreSQL nor SQLite.
+    #[error("the outbox supports PostgreSQL and SQLite, not {backend}")]
+    UnsupportedBackend {
+        /// The backend that was given.
+        backend: String,
+    },
+
+    /// A table name is not a safe SQL identifier.
+    #[error("invalid table name {name:?}: {reason}")]
+    InvalidIdentifier {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// A field of a stored event, as named in [`Error::EmptyField`] and [`Error::FieldTooLong`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventField {
+    /// The event type (`event_type` column).
+    EventType,
+    /// The event version (`event_version` column).
+    EventVersion,
+    /// The aggregate id (`aggregate_id` column).
+    AggregateId,
+    /// The destination topic (`destination_topic` column).
+    Topic,
+    /// The partition key (`partition_key` column).
+    PartitionKey,
+    /// The trace id (`trace_id` column).
+    TraceId,
+    /// The user id (`user_id` column).
+    UserId,
+}
+
+impl EventField {
+    /// The column that stores this field.
+    pub fn column(self) -> &'static str {
+        match self {
+            EventField::EventType => "event_type",
+            EventField::EventVersion => "event_version",
+            EventField::AggregateId => "aggregate_id",
+            EventField::Topic => "destination_topic",
+            EventField::PartitionKey => "partition_key",
+            EventField::TraceId => "trace_id",
+            EventField::UserId => "user_id",
+        }
+    }
+}
+
+impl fmt::Display for EventField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            EventField::EventType => "event type",
+            EventField::EventVersion => "event version",
+            EventField::AggregateId => "aggregate id",
+            EventField::Topic => "topic",
+            EventField::PartitionKey => "partition key",
+            EventField::TraceId => "trace id",
+            EventField::UserId => "user id",
+        };
+        write!(f, "{name} ({})", self.column())
+    }
+}

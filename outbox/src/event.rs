@@ -1,0 +1,172 @@
+//! Domain events: the [`OutboxEvent`] trait and the [`EventBuilder`] for dynamic events.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The version an event has unless it says otherwise.
+pub const DEFAULT_EVENT_VERSION: &str = "v1";
+
+/// A domain event that can be stored in the outbox.
+///
+/// Usually derived; see [`derive@OutboxEvent`] for the attributes. Implement it by hand
+/// when an event needs logic the attributes cannot express:
+///
+/// ```
+/// use outbox::OutboxEvent;
+///
+/// struct PriceChanged { sku: String, cents: i64 }
+///
+/// impl OutboxEvent for PriceChanged {
+///     fn event_type(&self) -> &str { "catalog.price_changed" }
+///     fn aggregate_id(&self) -> String { self.sku.clone() }
+///     fn payload(&self) -> Result<serde_json::Value, serde_json::Error> {
+///         Ok(serde_json::json!({ "sku": self.sku, "cents": self.cents }))
+///     }
+/// }
+///
+/// let event = PriceChanged { sku: "A-1".into(), cents: 990 };
+/// assert_eq!(event.event_version(), "v1");
+/// assert_eq!(event.payload()?["cents"], 990);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub trait OutboxEvent {
+    /// What happened, e.g. `"user.registered"`. Consumers route on it.
+    fn event_type(&self) -> &str;
+
+    /// The schema version of the payload, e.g. `"v2"`. Defaults to
+    /// [`DEFAULT_EVENT_VERSION`].
+    fn event_version(&self) -> &str {
+        DEFAULT_EVENT_VERSION
+    }
+
+    /// The id of the aggregate the event belongs to. It is also the Kafka message key
+    /// unless a partition key is given.
+    fn aggregate_id(&self) -> String;
+
+    /// The key that orders and partitions this event, when it is not the aggregate id.
+    /// Events with the same key reach Kafka in the order their transactions committed.
+    fn partition_key(&self) -> Option<String> {
+        None
+    }
+
+    /// The user on whose behalf the event happened, for audit trails.
+    fn user_id(&self) -> Option<String> {
+        None
+    }
+
+    /// The trace the event belongs to, for distributed tracing.
+    fn trace_id(&self) -> Option<String> {
+        None
+    }
+
+    /// The event's data as JSON.
+    fn payload(&self) -> Result<Value, serde_json::Error>;
+}
+
+/// An event whose type and data are chosen at run time.
+///
+/// ```
+/// use outbox::{EventBuilder, OutboxEvent};
+/// use serde_json::json;
+///
+/// let event = EventBuilder::new("order.created", "order-17")
+///     .version("v2")
+///     .user_id("customer-4")
+///     .trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+///     .data(json!({ "order_id": "order-17", "amount": 4200, "currency": "EUR" }));
+///
+/// assert_eq!(event.event_type(), "order.created");
+/// assert_eq!(event.aggregate_id(), "order-17");
+/// assert_eq!(event.payload()?["amount"], 4200);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventBuilder {
+    event_type: String,
+    aggregate_id: String,
+    version: String,
+    user_id: Option<String>,
+    trace_id: Option<String>,
+    data: Value,
+}
+
+impl EventBuilder {
+    /// Starts an event of `event_type` for the aggregate `aggregate_id`, at version
+    /// [`DEFAULT_EVENT_VERSION`], with `null` data.
+    pub fn new(event_type: impl Into<String>, aggregate_id: impl ToString) -> Self {
+        EventBuilder {
+            event_type: event_type.into(),
+            aggregate_id: aggregate_id.to_string(),
+            version: DEFAULT_EVENT_VERSION.to_owned(),
+            user_id: None,
+            trace_id: None,
+            data: Value::Null,
+        }
+    }
+
+    /// Sets the schema version.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Sets the user on whose behalf the event happened.
+    pub fn user_id(mut self, user_id: impl ToString) -> Self {
+        self.user_id = Some(user_id.to_string());
+        self
+    }
+
+    /// Sets the trace id.
+    pub fn trace_id(mut self, trace_id: impl Into<String>) -> Self {
+        self.trace_id = Some(trace_id.into());
+        self
+    }
+
+    /// Sets the event's data.
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = data;
+        self
+    }
+
+    /// Sets the event's data by serializing `data`.
+    ///
+    /// # Errors
+    /// [`Error::Serialize`] when `data` cannot be represented as JSON.
+    pub fn serialize_data<T: Serialize + ?Sized>(self, data: &T) -> Result<Self, Error> {
+        match serde_json::to_value(data) {
+            Ok(value) => Ok(self.data(value)),
+            Err(source) => Err(Error::Serialize {
+                event_type: self.event_type,
+                source,
+            }),
+        }
+    }
+}
+
+impl OutboxEvent for EventBuilder {
+    fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    fn event_version(&self) -> &str {
+        &self.version
+    }
+
+    fn aggregate_id(&self) -> String {
+        self.aggregate_id.clone()
+    }
+
+    fn user_id(&self) -> Option<String> {
+        self.user_id.clone()
+    }
+
+    fn trace_id(&self) -> Option<String> {
+        self.trace_id.clone()
+    }
+
+    fn payload(&self) -> Result<Value, serde_json::Error> {
+        Ok(self.data.clone())
+    }
+}

@@ -1,0 +1,101 @@
+//! A transactional outbox for [SeaORM](sea_orm).
+//!
+//! A service that changes its rows and must tell the rest of the system about it
+//! stores the event in the **same database transaction** as the change. The event
+//! exists if and only if the transaction commits; a relay publishes it afterwards.
+//!
+//! # Defining events
+//!
+//! Derive [`OutboxEvent`](derive@OutboxEvent) on a serde struct:
+//!
+//! ```
+//! use outbox::OutboxEvent;
+//! use serde::Serialize;
+//! use uuid::Uuid;
+//!
+//! #[derive(Serialize, OutboxEvent)]
+//! #[outbox(type = "user.registered", version = "v2", aggregate = "user_id")]
+//! struct UserRegistered {
+//!     user_id: Uuid,
+//!     email: String,
+//! }
+//!
+//! let event = UserRegistered { user_id: Uuid::nil(), email: "ada@example.com".into() };
+//! assert_eq!(event.event_type(), "user.registered");
+//! assert_eq!(event.event_version(), "v2");
+//! assert_eq!(event.aggregate_id(), Uuid::nil().to_string());
+//! assert_eq!(event.payload()?["email"], "ada@example.com");
+//! # Ok::<(), serde_json::Error>(())
+//! ```
+//!
+//! The attributes:
+//!
+//! | attribute | meaning |
+//! |---|---|
+//! | `type = "..."` | required: the event type, e.g. `"user.registered"` |
+//! | `version = "..."` | the payload's schema version; default `"v1"` |
+//! | `aggregate = "field"` | the field holding the aggregate id (any `Display` type); or mark the field `#[outbox(aggregate)]` |
+//! | `partition_key = "field"` | the field holding the default partition key; or mark the field `#[outbox(partition_key)]`; default: the aggregate id |
+//! | `crate = "path"` | where the `outbox` crate is, if you renamed the dependency |
+//!
+//! Generic structs work; the derive adds the bounds it needs. Events whose type is
+//! chosen at run time use [`EventBuilder`].
+//!
+//! # Storing events
+//!
+//! [`Outbox::store`] writes one event on any [`ConnectionTrait`](sea_orm::ConnectionTrait),
+//! normally the caller's own `DatabaseTransaction`; [`Outbox::store_batch`] writes many
+//! in one statement. Invalid input (an empty type, a topic Kafka would reject, a field
+//! longer than its column) is an [`Error`] naming the problem, returned before anything
+//! is written, so the transaction stays the caller's to commit or roll back.
+//!
+//! ```
+//! # use outbox::{EventBuilder, Outbox};
+//! # use sea_orm::{Database, TransactionTrait};
+//! # use sea_orm_migration::MigratorTrait;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let db = Database::connect("sqlite::memory:").await?;
+//! # outbox_migration::Migrator::up(&db, None).await?;
+//! let outbox = Outbox::new();
+//!
+//! let txn = db.begin().await?;
+//! let event = EventBuilder::new("order.created", "order-17")
+//!     .data(serde_json::json!({ "amount": 4200 }));
+//! outbox.store(&txn, &event, "order-events").partition_key("customer-4").await?;
+//! txn.commit().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Tables
+//!
+//! The `outbox-migration` crate creates the tables; its migrations can be added to
+//! your own `Migrator`. The [`entity`] module holds their SeaORM entities. Table names
+//! can be changed with [`Tables`], which accepts only safe identifiers.
+
+mod envelope;
+pub mod entity;
+mod error;
+mod event;
+pub mod headers;
+mod key;
+mod sql;
+mod store;
+mod tables;
+
+pub use envelope::Envelope;
+pub use error::{Error, EventField, Result};
+pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
+pub use store::{DEFAULT_SHARDS, Outbox, Store};
+pub use tables::{Identifier, MAX_BASE_NAME_LEN, Tables};
+
+/// Derives [`OutboxEvent`](trait@OutboxEvent) for a struct with named fields; see the
+/// [crate documentation](crate#defining-events) for the attributes.
+pub use outbox_derive::OutboxEvent;
+
+/// What the derive's expansion refers to. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+    pub use serde_json;
+}

@@ -1,0 +1,18 @@
+//! SQLite statements.
+
+use sea_orm::{DbBackend, Statement};
+
+use super::{EventRow, column_list, values_tuples};
+use crate::tables::Identifier;
+
+/// Inserts the rows. SQLite runs one writing transaction at a time and `seq` is
+/// assigned at insert, so `seq` order is commit order without any lock.
+pub(super) fn insert_events(table: &Identifier, rows: Vec<EventRow>) -> Statement {
+    let sql = format!(
+        "INSERT INTO {table} ({columns}) VALUES {values}",
+        table = table.quoted(),
+        columns = column_list(),
+        values = values_tuples(rows.len(), || "?".to_owned()),
+    );
+    Statement::from_sql_and_values(DbBackend::Sqlite, sql, rows.into_iter().flatten())
+}

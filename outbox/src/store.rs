@@ -1,0 +1,214 @@
+//! [`Outbox`]: storing events in the caller's transaction.
+
+use std::collections::BTreeSet;
+use std::future::{Future, IntoFuture};
+use std::num::NonZeroU16;
+use std::pin::Pin;
+
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, Value};
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::event::OutboxEvent;
+use crate::key::{key_hash, lock_id, shard_of};
+use crate::sql::{Dialect, EventRow};
+use crate::tables::Tables;
+
+/// How many shards events are spread over unless configured otherwise.
+pub const DEFAULT_SHARDS: u16 = 16;
+
+/// The entry point for storing events: holds the table names and the shard count.
+///
+/// Cheap to clone; create one at start-up and share it.
+///
+/// ```no_run
+/// # use outbox::{Outbox, OutboxEvent};
+/// # use sea_orm::TransactionTrait;
+/// # #[derive(serde::Serialize, OutboxEvent)]
+/// # #[outbox(type = "user.registered", aggregate = "user_id")]
+/// # struct UserRegistered { user_id: u64 }
+/// # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
+/// let outbox = Outbox::new();
+/// let txn = db.begin().await?;
+/// // ... the business change on &txn ...
+/// let id = outbox
+///     .store(&txn, &UserRegistered { user_id: 7 }, "user-events")
+///     .user_id(7)
+///     .trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+///     .await?;
+/// txn.commit().await?;
+/// # let _ = id; Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Outbox {
+    tables: Tables,
+    shards: Option<NonZeroU16>,
+}
+
+impl Outbox {
+    /// An outbox over the default tables with [`DEFAULT_SHARDS`] shards.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Uses `tables` instead of the default table names.
+    pub fn with_tables(mut self, tables: Tables) -> Self {
+        self.tables = tables;
+        self
+    }
+
+    /// Spreads events over `shards` shards. Relays lease shards, so this bounds how
+    /// many relay instances can share the work. Every writer and relay of one outbox
+    /// table must use the same number.
+    pub fn with_shards(mut self, shards: NonZeroU16) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// The table names.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// The number of shards.
+    pub fn shards(&self) -> u16 {
+        self.shards.map_or(DEFAULT_SHARDS, NonZeroU16::get)
+    }
+
+    /// Stores `event` for `topic` on `conn`: normally the caller's own
+    /// `DatabaseTransaction`, so the event exists if and only if the transaction
+    /// commits. Options are set on the returned [`Store`]; `.await` it to write.
+    /// It resolves to the event's id.
+    pub fn store<'a, C, E>(&'a self, conn: &'a C, event: &E, topic: impl Into<String>) -> Store<'a, C>
+    where
+        C: ConnectionTrait,
+        E: OutboxEvent + ?Sized,
+    {
+        Store {
+            outbox: self,
+            conn,
+            envelope: Envelope::new(event, topic),
+        }
+    }
+
+    /// Stores several events in one INSERT statement (split only beyond the backend's
+    /// limit on bind parameters: 4,096 events on PostgreSQL, 2,048 on SQLite). Every
+    /// envelope is checked first: if one is invalid, nothing is written. Returns the
+    /// ids in the order given.
+    ///
+    /// # Errors
+    /// The first invalid envelope's error, or the database's.
+    pub async fn store_batch<C>(&self, conn: &C, envelopes: impl IntoIterator<Item = Envelope>) -> Result<Vec<Uuid>>
+    where
+        C: ConnectionTrait,
+    {
+        let envelopes: Vec<Envelope> = envelopes.into_iter().collect();
+        for envelope in &envelopes {
+            envelope.validate()?;
+        }
+        let dialect = Dialect::of(conn.get_database_backend())?;
+        let ids = envelopes.iter().map(Envelope::id).collect();
+        let mut envelopes = envelopes.into_iter().peekable();
+        while envelopes.peek().is_some() {
+            let chunk: Vec<Envelope> = envelopes.by_ref().take(dialect.max_rows_per_insert()).collect();
+            self.insert(conn, dialect, chunk).await?;
+        }
+        Ok(ids)
+    }
+
+    async fn insert<C: ConnectionTrait>(&self, conn: &C, dialect: Dialect, envelopes: Vec<Envelope>) -> Result<()> {
+        let now = Utc::now();
+        let mut lock_ids = BTreeSet::new();
+        let rows: Vec<EventRow> = envelopes
+            .into_iter()
+            .map(|envelope| {
+                let hash = key_hash(envelope.key());
+                lock_ids.insert(lock_id(hash));
+                row(envelope, shard_of(hash, self.shards()), now)
+            })
+            .collect();
+        let lock_ids: Vec<i32> = lock_ids.into_iter().collect();
+        let statement = dialect.insert_events(self.tables.outbox(), &lock_ids, rows);
+        conn.execute_raw(statement).await?;
+        Ok(())
+    }
+}
+
+fn row(envelope: Envelope, shard: i32, now: chrono::DateTime<Utc>) -> EventRow {
+    let key = envelope.key().to_owned();
+    let headers = (!envelope.headers.is_empty()).then(|| {
+        let map = envelope.headers.into_iter().map(|(name, value)| (name, value.into())).collect();
+        Box::new(serde_json::Value::Object(map))
+    });
+    [
+        Value::Uuid(Some(envelope.id)),
+        Value::String(Some(envelope.event_type)),
+        Value::String(Some(envelope.aggregate_id)),
+        Value::Json(Some(Box::new(envelope.payload))),
+        Value::String(Some(envelope.event_version)),
+        Value::String(Some(envelope.topic)),
+        Value::String(Some(key)),
+        Value::Json(headers),
+        Value::Int(Some(shard)),
+        Value::String(envelope.trace_id),
+        Value::String(envelope.user_id),
+        Value::ChronoDateTimeUtc(Some(now)),
+        Value::ChronoDateTimeUtc(Some(now)),
+    ]
+}
+
+/// A pending store of one event: set options, then `.await` it.
+///
+/// Created by [`Outbox::store`]. Nothing is written until it is awaited, and nothing
+/// at all when the event is invalid.
+#[must_use = "a Store writes nothing until it is awaited"]
+#[derive(Debug)]
+pub struct Store<'a, C> {
+    outbox: &'a Outbox,
+    conn: &'a C,
+    envelope: Result<Envelope>,
+}
+
+impl<C> Store<'_, C> {
+    /// Orders and partitions the event by `key` instead of its aggregate id.
+    pub fn partition_key(mut self, key: impl ToString) -> Self {
+        self.envelope = self.envelope.map(|e| e.partition_key(key));
+        self
+    }
+
+    /// Records the user on whose behalf the event happened.
+    pub fn user_id(mut self, user_id: impl ToString) -> Self {
+        self.envelope = self.envelope.map(|e| e.user_id(user_id));
+        self
+    }
+
+    /// Records the trace the event belongs to.
+    pub fn trace_id(mut self, trace_id: impl Into<String>) -> Self {
+        self.envelope = self.envelope.map(|e| e.trace_id(trace_id));
+        self
+    }
+
+    /// Adds a Kafka header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.envelope = self.envelope.map(|e| e.header(name, value));
+        self
+    }
+}
+
+impl<'a, C: ConnectionTrait> IntoFuture for Store<'a, C> {
+    type Output = Result<Uuid>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<Uuid>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let envelope = self.envelope?;
+            let id = envelope.id;
+            envelope.validate()?;
+            let dialect = Dialect::of(self.conn.get_database_backend())?;
+            self.outbox.insert(self.conn, dialect, vec![envelope]).await?;
+            Ok(id)
+        })
+    }
+}
