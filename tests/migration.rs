@@ -1,1 +1,116 @@
-//! wip
+//! The migrations run up, down and up again, on PostgreSQL and SQLite, and create
+//! the tables and indexes the relay relies on.
+
+use outbox::Tables;
+use outbox_migration::Migrator;
+use outbox_migration::m20261127_000001_create_outbox_tables::Migration;
+use outbox_tests::{PgSchema, sqlite};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm_migration::prelude::*;
+
+const TABLES: [&str; 3] = ["_outbox", "_outbox_offset", "_outbox_lease"];
+
+async fn tables_present(db: &DatabaseConnection) -> Vec<bool> {
+    let manager = SchemaManager::new(db);
+    let mut present = Vec::new();
+    for table in TABLES {
+        present.push(manager.has_table(table).await.expect("has_table"));
+    }
+    present
+}
+
+async fn index_names(db: &DatabaseConnection, schema: Option<&str>) -> Vec<String> {
+    let statement = match schema {
+        Some(schema) => Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = '_outbox' ORDER BY 1",
+            [schema.into()],
+        ),
+        None => Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = '_outbox' AND sql IS NOT NULL ORDER BY 1",
+        ),
+    };
+    db.query_all_raw(statement)
+        .await
+        .expect("list indexes")
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).expect("index name"))
+        .filter(|name| name.starts_with("idx_"))
+        .collect()
+}
+
+const INDEXES: [&str; 6] = [
+    "idx__outbox_aggregate_id",
+    "idx__outbox_claim",
+    "idx__outbox_dead",
+    "idx__outbox_destination_topic",
+    "idx__outbox_published_at",
+    "idx__outbox_trace_id",
+];
+
+async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
+    assert_eq!(tables_present(db).await, [false; 3], "the database starts empty");
+
+    Migrator::up(db, None).await.expect("first up");
+    assert_eq!(tables_present(db).await, [true; 3]);
+    assert_eq!(index_names(db, schema).await, INDEXES);
+
+    Migrator::down(db, None).await.expect("down");
+    assert_eq!(tables_present(db).await, [false; 3], "down removes every table");
+
+    Migrator::up(db, None).await.expect("second up");
+    assert_eq!(tables_present(db).await, [true; 3]);
+    assert_eq!(index_names(db, schema).await, INDEXES);
+}
+
+#[tokio::test]
+async fn postgres_migrates_up_down_and_up_again() {
+    let pg = PgSchema::empty().await;
+    up_down_up(&pg.db, Some(&pg.schema)).await;
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn sqlite_migrates_up_down_and_up_again() {
+    let db = sqlite().await;
+    up_down_up(&db, None).await;
+}
+
+/// A user's own Migrator can hold the outbox's migration, also under other names.
+struct CustomMigrator;
+
+impl MigratorTrait for CustomMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let tables = Tables::with_base("billing_outbox").expect("valid base name");
+        let mut migrations = outbox_migration::migrations();
+        migrations.push(Box::new(Migration::new(tables)));
+        migrations
+    }
+}
+
+#[tokio::test]
+async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
+    let pg = PgSchema::empty().await;
+    CustomMigrator::up(&pg.db, None).await.expect("up");
+    let manager = SchemaManager::new(&pg.db);
+    for table in TABLES.into_iter().chain(["billing_outbox", "billing_outbox_offset", "billing_outbox_lease"]) {
+        assert!(manager.has_table(table).await.expect("has_table"), "{table} missing");
+    }
+    let applied: Vec<String> = CustomMigrator::get_applied_migrations(&pg.db)
+        .await
+        .expect("applied")
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    assert_eq!(
+        applied,
+        [
+            "m20261127_000001_create_outbox_tables",
+            "m20261127_000001_create_outbox_tables_billing_outbox"
+        ]
+    );
+    CustomMigrator::down(&pg.db, None).await.expect("down");
+    assert!(!manager.has_table("billing_outbox").await.expect("has_table"));
+    pg.drop().await;
+}

@@ -1,1 +1,350 @@
-//! wip
+//! Storing events: atomic with the caller's transaction (G1), every field as given,
+//! batches in one statement, invalid input rejected before anything is written, and
+//! per-key commit order on PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use outbox::entity::outbox as outbox_row;
+use outbox::{Envelope, Error, EventBuilder, EventField, Outbox, OutboxEvent, Tables};
+use outbox_tests::{PgSchema, migrated_sqlite};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, Statement, TransactionTrait,
+};
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Serialize, OutboxEvent)]
+#[outbox(type = "user.registered", version = "v2", aggregate = "user_id")]
+struct UserRegistered {
+    user_id: Uuid,
+    email: String,
+}
+
+fn registered() -> UserRegistered {
+    UserRegistered {
+        user_id: Uuid::now_v7(),
+        email: "ada@example.com".to_owned(),
+    }
+}
+
+async fn rows(db: &DatabaseConnection) -> Vec<outbox_row::Model> {
+    outbox_row::Entity::find()
+        .order_by_asc(outbox_row::Column::Seq)
+        .all(db)
+        .await
+        .expect("read outbox")
+}
+
+async fn commit_makes_the_row_visible_with_every_field(db: &DatabaseConnection) {
+    let outbox = Outbox::new();
+    let event = registered();
+    let before = chrono::Utc::now();
+    let txn = db.begin().await.expect("begin");
+    let id = outbox
+        .store(&txn, &event, "user-events")
+        .partition_key("tenant-7")
+        .user_id(42)
+        .trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+        .header("tenant", "acme")
+        .header("source", "signup-form")
+        .await
+        .expect("store");
+    txn.commit().await.expect("commit");
+
+    let rows = rows(db).await;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.id, id);
+    assert_eq!(id.get_version_num(), 7, "event ids are UUID v7");
+    assert_eq!(row.event_type, "user.registered");
+    assert_eq!(row.event_version, "v2");
+    assert_eq!(row.aggregate_id, event.user_id.to_string());
+    assert_eq!(row.event_data, json!({ "user_id": event.user_id, "email": "ada@example.com" }));
+    assert_eq!(row.destination_topic, "user-events");
+    assert_eq!(row.partition_key.as_deref(), Some("tenant-7"));
+    assert_eq!(row.user_id.as_deref(), Some("42"));
+    assert_eq!(row.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(row.headers, Some(json!({ "tenant": "acme", "source": "signup-form" })));
+    assert!((0..i32::from(outbox::DEFAULT_SHARDS)).contains(&row.shard));
+    assert!(!row.published);
+    assert_eq!(row.published_at, None);
+    assert_eq!(row.attempts, 0);
+    assert_eq!((row.last_attempt_at, row.next_attempt_at, row.dead_lettered_at), (None, None, None));
+    assert_eq!(row.error_message, None);
+    assert!(row.created_at >= before - chrono::Duration::milliseconds(1), "created_at {}", row.created_at);
+    assert_eq!(row.updated_at, row.created_at);
+}
+
+async fn rollback_leaves_nothing(db: &DatabaseConnection) {
+    let txn = db.begin().await.expect("begin");
+    Outbox::new().store(&txn, &registered(), "user-events").await.expect("store");
+    txn.rollback().await.expect("rollback");
+    assert!(rows(db).await.is_empty());
+}
+
+async fn defaults_key_to_aggregate_and_builder_fields(db: &DatabaseConnection) {
+    let outbox = Outbox::new();
+    let event = EventBuilder::new("order.created", "order-17")
+        .version("v3")
+        .user_id("customer-4")
+        .trace_id("trace-1")
+        .data(json!({ "amount": 4200, "items": ["a", "b"] }));
+    outbox.store(db, &event, "order-events").await.expect("store on a bare connection");
+    let row = rows(db).await.pop().expect("one row");
+    assert_eq!(row.event_type, "order.created");
+    assert_eq!(row.event_version, "v3");
+    assert_eq!(row.partition_key.as_deref(), Some("order-17"), "the key defaults to the aggregate id");
+    assert_eq!(row.user_id.as_deref(), Some("customer-4"));
+    assert_eq!(row.trace_id.as_deref(), Some("trace-1"));
+    assert_eq!(row.headers, None);
+    assert_eq!(row.event_data, json!({ "amount": 4200, "items": ["a", "b"] }));
+}
+
+/// Counts the statements a connection runs that start with `prefix`.
+fn count_statements(db: &mut DatabaseConnection, needle: &'static str) -> Arc<AtomicUsize> {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    db.set_metric_callback(move |info| {
+        if info.statement.sql.contains(needle) {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    count
+}
+
+async fn batch_writes_all_rows_in_one_statement(mut db: DatabaseConnection) {
+    let inserts = count_statements(&mut db, "INSERT INTO");
+    let envelopes: Vec<Envelope> = (0..250)
+        .map(|i| {
+            let event = EventBuilder::new("order.created", format!("order-{i}")).data(json!({ "n": i }));
+            Envelope::new(&event, "order-events")
+                .expect("serializable")
+                .partition_key(format!("customer-{}", i % 7))
+        })
+        .collect();
+    let expected: Vec<Uuid> = envelopes.iter().map(Envelope::id).collect();
+
+    let txn = db.begin().await.expect("begin");
+    let ids = Outbox::new().store_batch(&txn, envelopes).await.expect("store batch");
+    txn.commit().await.expect("commit");
+
+    assert_eq!(ids, expected);
+    assert_eq!(inserts.load(Ordering::SeqCst), 1, "one INSERT for the whole batch");
+    let rows = rows(&db).await;
+    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), expected, "stored in the order given");
+    assert_eq!(rows[3].event_data, json!({ "n": 3 }));
+    assert_eq!(rows[9].partition_key.as_deref(), Some("customer-2"));
+}
+
+/// A map with non-string keys cannot become a JSON object.
+#[derive(Serialize, OutboxEvent)]
+#[outbox(type = "broken.event", aggregate = "id")]
+struct Unserializable {
+    id: u32,
+    by_pair: BTreeMap<(u8, u8), u8>,
+}
+
+async fn invalid_input_is_rejected_and_nothing_is_written(db: &DatabaseConnection) {
+    let outbox = Outbox::new();
+    let good = registered();
+    let long = "x".repeat(256);
+    let txn = db.begin().await.expect("begin");
+
+    let cases: Vec<(&str, Result<Uuid, Error>)> = vec![
+        ("empty topic", outbox.store(&txn, &good, "").await),
+        ("bad topic", outbox.store(&txn, &good, "user events").await),
+        ("long partition key", outbox.store(&txn, &good, "t").partition_key(&long).await),
+        ("long user id", outbox.store(&txn, &good, "t").user_id(&long).await),
+        ("long trace id", outbox.store(&txn, &good, "t").trace_id(&long).await),
+        ("reserved header", outbox.store(&txn, &good, "t").header("event_id", "x").await),
+        ("empty type", outbox.store(&txn, &EventBuilder::new(" ", "a"), "t").await),
+        ("empty aggregate", outbox.store(&txn, &EventBuilder::new("a.b", ""), "t").await),
+        ("long version", outbox.store(&txn, &EventBuilder::new("a.b", "a").version("v".repeat(51)), "t").await),
+        (
+            "unserializable",
+            outbox
+                .store(&txn, &Unserializable { id: 1, by_pair: BTreeMap::from([((1, 2), 3)]) }, "t")
+                .await,
+        ),
+    ];
+    let errors: Vec<String> = cases
+        .iter()
+        .map(|(case, result)| match result {
+            Err(error) => format!("{case}: {error}"),
+            Ok(id) => panic!("{case} was stored as {id}"),
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "empty topic: invalid topic \"\": it is empty",
+            "bad topic: invalid topic \"user events\": Kafka allows only ASCII letters, digits, `.`, `_` and `-`",
+            "long partition key: partition key (partition_key) is 256 characters long; at most 255 are allowed",
+            "long user id: user id (user_id) is 256 characters long; at most 255 are allowed",
+            "long trace id: trace id (trace_id) is 256 characters long; at most 255 are allowed",
+            "reserved header: invalid header \"event_id\": the relay sets this header itself",
+            "empty type: event type (event_type) must not be empty",
+            "empty aggregate: aggregate id (aggregate_id) must not be empty",
+            "long version: event version (event_version) is 51 characters long; at most 50 are allowed",
+            "unserializable: could not serialize the payload of event type \"broken.event\" to JSON",
+        ]
+    );
+    assert!(matches!(
+        cases[2].1,
+        Err(Error::FieldTooLong { field: EventField::PartitionKey, len: 256, max: 255 })
+    ));
+    assert!(matches!(&cases[9].1, Err(Error::Serialize { source, .. }) if source.to_string().contains("key must be a string")));
+
+    // One bad envelope in a batch: nothing of the batch is written.
+    let batch = vec![
+        Envelope::new(&good, "user-events").expect("serializable"),
+        Envelope::new(&good, "user-events").expect("serializable").partition_key(""),
+    ];
+    let error = outbox.store_batch(&txn, batch).await.expect_err("batch with an empty key");
+    assert!(matches!(error, Error::EmptyField { field: EventField::PartitionKey }), "{error}");
+
+    // The failures left the transaction usable: a valid store and the commit succeed.
+    outbox.store(&txn, &good, "user-events").await.expect("store after failures");
+    txn.commit().await.expect("commit after failures");
+    assert_eq!(rows(db).await.len(), 1, "only the valid event was written");
+}
+
+async fn custom_tables_are_used(db: &DatabaseConnection) {
+    let tables = Tables::with_base("billing_outbox").expect("valid base");
+    let migration = outbox_migration::m20261127_000001_create_outbox_tables::Migration::new(tables.clone());
+    let manager = sea_orm_migration::SchemaManager::new(db);
+    sea_orm_migration::MigrationTrait::up(&migration, &manager).await.expect("create custom tables");
+    let outbox = Outbox::new().with_tables(tables);
+    outbox.store(db, &registered(), "user-events").await.expect("store");
+    let backend = db.get_database_backend();
+    let count = db
+        .query_one_raw(Statement::from_string(backend, "SELECT count(*) FROM billing_outbox"))
+        .await
+        .expect("count")
+        .and_then(|row| row.try_get_by_index::<i64>(0).ok());
+    assert_eq!(count, Some(1));
+    assert!(rows(db).await.is_empty(), "the default table is untouched");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let pg = outbox_tests::PgSchema::migrated().await;
+                    super::$name(&pg.db).await;
+                    pg.drop().await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(&outbox_tests::migrated_sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    commit_makes_the_row_visible_with_every_field,
+    rollback_leaves_nothing,
+    defaults_key_to_aggregate_and_builder_fields,
+    invalid_input_is_rejected_and_nothing_is_written,
+    custom_tables_are_used,
+);
+
+#[tokio::test]
+async fn postgres_batch_writes_all_rows_in_one_statement() {
+    let pg = PgSchema::migrated().await;
+    batch_writes_all_rows_in_one_statement(pg.db.clone()).await;
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn sqlite_batch_writes_all_rows_in_one_statement() {
+    batch_writes_all_rows_in_one_statement(migrated_sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_batch_beyond_the_parameter_limit_is_split_and_complete() {
+    let pg = PgSchema::migrated().await;
+    let mut db = pg.db.clone();
+    let inserts = count_statements(&mut db, "INSERT INTO");
+    let envelopes = (0..5000).map(|i| {
+        Envelope::new(&EventBuilder::new("bulk.loaded", i), "bulk").expect("serializable")
+    });
+    let ids = Outbox::new().store_batch(&db, envelopes).await.expect("store 5000");
+    assert_eq!(ids.len(), 5000);
+    assert_eq!(inserts.load(Ordering::SeqCst), 2, "4096 + 904 rows");
+    assert_eq!(rows(&db).await.len(), 5000);
+    pg.drop().await;
+}
+
+fn keyed(key: &str, n: u32) -> EventBuilder {
+    EventBuilder::new("counter.incremented", key).data(json!({ "n": n }))
+}
+
+/// G4 at store time: a transaction storing a key waits for an open transaction that
+/// stored the same key, so for one key `seq` follows commit order; other keys go on.
+#[tokio::test]
+async fn postgres_same_key_waits_for_the_open_transaction_other_keys_do_not() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+
+    let first = pg.db.begin().await.expect("begin first");
+    outbox.store(&first, &keyed("k", 1), "counters").await.expect("store first");
+
+    let (db, ob) = (pg.db.clone(), outbox.clone());
+    let second = tokio::spawn(async move {
+        let txn = db.begin().await?;
+        ob.store(&txn, &keyed("k", 2), "counters").await?;
+        txn.commit().await?;
+        Ok::<_, Error>(())
+    });
+
+    let other = pg.db.begin().await.expect("begin other");
+    tokio::time::timeout(Duration::from_secs(5), outbox.store(&other, &keyed("other", 1), "counters").into_future())
+        .await
+        .expect("another key does not wait")
+        .expect("store other");
+    other.commit().await.expect("commit other");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second store of `k` waits for the first transaction");
+    first.commit().await.expect("commit first");
+    tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second store proceeds after the first commit")
+        .expect("task")
+        .expect("second store");
+
+    let order: Vec<(String, serde_json::Value)> = rows(&pg.db)
+        .await
+        .into_iter()
+        .filter(|r| r.partition_key.as_deref() == Some("k"))
+        .map(|r| (r.aggregate_id, r.event_data["n"].clone()))
+        .collect();
+    assert_eq!(order, [("k".to_owned(), json!(1)), ("k".to_owned(), json!(2))]);
+    pg.drop().await;
+}
+
+/// Rows are invisible to other sessions until commit (PostgreSQL: real concurrency).
+#[tokio::test]
+async fn postgres_rows_are_invisible_until_commit() {
+    let pg = PgSchema::migrated().await;
+    let txn = pg.db.begin().await.expect("begin");
+    Outbox::new().store(&txn, &registered(), "user-events").await.expect("store");
+    assert!(rows(&pg.db).await.is_empty(), "uncommitted rows are invisible");
+    txn.commit().await.expect("commit");
+    assert_eq!(rows(&pg.db).await.len(), 1);
+    pg.drop().await;
+}

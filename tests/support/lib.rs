@@ -1,1 +1,77 @@
-//! wip
+//! Shared fixtures for the integration tests: an isolated PostgreSQL schema per test,
+//! and an in-memory SQLite database.
+
+use std::time::Duration;
+
+use outbox_migration::Migrator;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use sea_orm_migration::MigratorTrait;
+
+/// The PostgreSQL the tests use: `DATABASE_URL`, or the machine's default.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A PostgreSQL schema of its own for one test, so tests run in parallel.
+#[derive(Debug)]
+pub struct PgSchema {
+    /// A pool whose connections use the schema.
+    pub db: DatabaseConnection,
+    /// The schema's name.
+    pub schema: String,
+    admin: DatabaseConnection,
+}
+
+impl PgSchema {
+    /// Creates an empty schema and connects to it. Panics with a clear message when
+    /// PostgreSQL is unreachable: a missing database fails tests, never skips them.
+    pub async fn empty() -> Self {
+        let url = database_url();
+        let admin = Database::connect(&url).await.unwrap_or_else(|error| {
+            panic!("PostgreSQL is not reachable at {url} ({error}); start it or set DATABASE_URL")
+        });
+        let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+        admin
+            .execute_unprepared(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .expect("create test schema");
+        let mut options = ConnectOptions::new(url);
+        options
+            .set_schema_search_path(schema.clone())
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        let db = Database::connect(options).await.expect("connect to test schema");
+        PgSchema { db, schema, admin }
+    }
+
+    /// A schema with the outbox's migrations applied.
+    pub async fn migrated() -> Self {
+        let schema = Self::empty().await;
+        Migrator::up(&schema.db, None).await.expect("migrate test schema");
+        schema
+    }
+
+    /// Drops the schema. A failing test skips this, leaving its data to inspect.
+    pub async fn drop(self) {
+        self.db.close().await.expect("close test pool");
+        self.admin
+            .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await
+            .expect("drop test schema");
+    }
+}
+
+/// A fresh in-memory SQLite database (one connection, so every query sees it).
+pub async fn sqlite() -> DatabaseConnection {
+    let mut options = ConnectOptions::new("sqlite::memory:");
+    options.max_connections(1).sqlx_logging(false);
+    Database::connect(options).await.expect("open in-memory SQLite")
+}
+
+/// An in-memory SQLite database with the outbox's migrations applied.
+pub async fn migrated_sqlite() -> DatabaseConnection {
+    let db = sqlite().await;
+    Migrator::up(&db, None).await.expect("migrate SQLite");
+    db
+}
