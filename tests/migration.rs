@@ -50,14 +50,22 @@ const INDEXES: [&str; 6] = [
 ];
 
 async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
-    assert_eq!(tables_present(db).await, [false; 3], "the database starts empty");
+    assert_eq!(
+        tables_present(db).await,
+        [false; 3],
+        "the database starts empty"
+    );
 
     Migrator::up(db, None).await.expect("first up");
     assert_eq!(tables_present(db).await, [true; 3]);
     assert_eq!(index_names(db, schema).await, INDEXES);
 
     Migrator::down(db, None).await.expect("down");
-    assert_eq!(tables_present(db).await, [false; 3], "down removes every table");
+    assert_eq!(
+        tables_present(db).await,
+        [false; 3],
+        "down removes every table"
+    );
 
     Migrator::up(db, None).await.expect("second up");
     assert_eq!(tables_present(db).await, [true; 3]);
@@ -94,8 +102,15 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
     let pg = PgSchema::empty().await;
     CustomMigrator::up(&pg.db, None).await.expect("up");
     let manager = SchemaManager::new(&pg.db);
-    for table in TABLES.into_iter().chain(["billing_outbox", "billing_outbox_offset", "billing_outbox_lease"]) {
-        assert!(manager.has_table(table).await.expect("has_table"), "{table} missing");
+    for table in TABLES.into_iter().chain([
+        "billing_outbox",
+        "billing_outbox_offset",
+        "billing_outbox_lease",
+    ]) {
+        assert!(
+            manager.has_table(table).await.expect("has_table"),
+            "{table} missing"
+        );
     }
     let applied: Vec<String> = CustomMigrator::get_applied_migrations(&pg.db)
         .await
@@ -111,6 +126,11 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");
-    assert!(!manager.has_table("billing_outbox").await.expect("has_table"));
+    assert!(
+        !manager
+            .has_table("billing_outbox")
+            .await
+            .expect("has_table")
+    );
     pg.drop().await;
 }

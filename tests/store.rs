@@ -64,25 +64,48 @@ async fn commit_makes_the_row_visible_with_every_field(db: &DatabaseConnection) 
     assert_eq!(row.event_type, "user.registered");
     assert_eq!(row.event_version, "v2");
     assert_eq!(row.aggregate_id, event.user_id.to_string());
-    assert_eq!(row.event_data, json!({ "user_id": event.user_id, "email": "ada@example.com" }));
+    assert_eq!(
+        row.event_data,
+        json!({ "user_id": event.user_id, "email": "ada@example.com" })
+    );
     assert_eq!(row.destination_topic, "user-events");
     assert_eq!(row.partition_key.as_deref(), Some("tenant-7"));
     assert_eq!(row.user_id.as_deref(), Some("42"));
-    assert_eq!(row.trace_id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-    assert_eq!(row.headers, Some(json!({ "tenant": "acme", "source": "signup-form" })));
+    assert_eq!(
+        row.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(
+        row.headers,
+        Some(json!({ "tenant": "acme", "source": "signup-form" }))
+    );
     assert!((0..i32::from(outbox::DEFAULT_SHARDS)).contains(&row.shard));
     assert!(!row.published);
     assert_eq!(row.published_at, None);
     assert_eq!(row.attempts, 0);
-    assert_eq!((row.last_attempt_at, row.next_attempt_at, row.dead_lettered_at), (None, None, None));
+    assert_eq!(
+        (
+            row.last_attempt_at,
+            row.next_attempt_at,
+            row.dead_lettered_at
+        ),
+        (None, None, None)
+    );
     assert_eq!(row.error_message, None);
-    assert!(row.created_at >= before - chrono::Duration::milliseconds(1), "created_at {}", row.created_at);
+    assert!(
+        row.created_at >= before - chrono::Duration::milliseconds(1),
+        "created_at {}",
+        row.created_at
+    );
     assert_eq!(row.updated_at, row.created_at);
 }
 
 async fn rollback_leaves_nothing(db: &DatabaseConnection) {
     let txn = db.begin().await.expect("begin");
-    Outbox::new().store(&txn, &registered(), "user-events").await.expect("store");
+    Outbox::new()
+        .store(&txn, &registered(), "user-events")
+        .await
+        .expect("store");
     txn.rollback().await.expect("rollback");
     assert!(rows(db).await.is_empty());
 }
@@ -94,15 +117,25 @@ async fn defaults_key_to_aggregate_and_builder_fields(db: &DatabaseConnection) {
         .user_id("customer-4")
         .trace_id("trace-1")
         .data(json!({ "amount": 4200, "items": ["a", "b"] }));
-    outbox.store(db, &event, "order-events").await.expect("store on a bare connection");
+    outbox
+        .store(db, &event, "order-events")
+        .await
+        .expect("store on a bare connection");
     let row = rows(db).await.pop().expect("one row");
     assert_eq!(row.event_type, "order.created");
     assert_eq!(row.event_version, "v3");
-    assert_eq!(row.partition_key.as_deref(), Some("order-17"), "the key defaults to the aggregate id");
+    assert_eq!(
+        row.partition_key.as_deref(),
+        Some("order-17"),
+        "the key defaults to the aggregate id"
+    );
     assert_eq!(row.user_id.as_deref(), Some("customer-4"));
     assert_eq!(row.trace_id.as_deref(), Some("trace-1"));
     assert_eq!(row.headers, None);
-    assert_eq!(row.event_data, json!({ "amount": 4200, "items": ["a", "b"] }));
+    assert_eq!(
+        row.event_data,
+        json!({ "amount": 4200, "items": ["a", "b"] })
+    );
 }
 
 /// Counts the statements a connection runs that start with `prefix`.
@@ -121,7 +154,8 @@ async fn batch_writes_all_rows_in_one_statement(mut db: DatabaseConnection) {
     let inserts = count_statements(&mut db, "INSERT INTO");
     let envelopes: Vec<Envelope> = (0..250)
         .map(|i| {
-            let event = EventBuilder::new("order.created", format!("order-{i}")).data(json!({ "n": i }));
+            let event =
+                EventBuilder::new("order.created", format!("order-{i}")).data(json!({ "n": i }));
             Envelope::new(&event, "order-events")
                 .expect("serializable")
                 .partition_key(format!("customer-{}", i % 7))
@@ -130,13 +164,24 @@ async fn batch_writes_all_rows_in_one_statement(mut db: DatabaseConnection) {
     let expected: Vec<Uuid> = envelopes.iter().map(Envelope::id).collect();
 
     let txn = db.begin().await.expect("begin");
-    let ids = Outbox::new().store_batch(&txn, envelopes).await.expect("store batch");
+    let ids = Outbox::new()
+        .store_batch(&txn, envelopes)
+        .await
+        .expect("store batch");
     txn.commit().await.expect("commit");
 
     assert_eq!(ids, expected);
-    assert_eq!(inserts.load(Ordering::SeqCst), 1, "one INSERT for the whole batch");
+    assert_eq!(
+        inserts.load(Ordering::SeqCst),
+        1,
+        "one INSERT for the whole batch"
+    );
     let rows = rows(&db).await;
-    assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), expected, "stored in the order given");
+    assert_eq!(
+        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        expected,
+        "stored in the order given"
+    );
     assert_eq!(rows[3].event_data, json!({ "n": 3 }));
     assert_eq!(rows[9].partition_key.as_deref(), Some("customer-2"));
 }
@@ -158,17 +203,51 @@ async fn invalid_input_is_rejected_and_nothing_is_written(db: &DatabaseConnectio
     let cases: Vec<(&str, Result<Uuid, Error>)> = vec![
         ("empty topic", outbox.store(&txn, &good, "").await),
         ("bad topic", outbox.store(&txn, &good, "user events").await),
-        ("long partition key", outbox.store(&txn, &good, "t").partition_key(&long).await),
-        ("long user id", outbox.store(&txn, &good, "t").user_id(&long).await),
-        ("long trace id", outbox.store(&txn, &good, "t").trace_id(&long).await),
-        ("reserved header", outbox.store(&txn, &good, "t").header("event_id", "x").await),
-        ("empty type", outbox.store(&txn, &EventBuilder::new(" ", "a"), "t").await),
-        ("empty aggregate", outbox.store(&txn, &EventBuilder::new("a.b", ""), "t").await),
-        ("long version", outbox.store(&txn, &EventBuilder::new("a.b", "a").version("v".repeat(51)), "t").await),
+        (
+            "long partition key",
+            outbox.store(&txn, &good, "t").partition_key(&long).await,
+        ),
+        (
+            "long user id",
+            outbox.store(&txn, &good, "t").user_id(&long).await,
+        ),
+        (
+            "long trace id",
+            outbox.store(&txn, &good, "t").trace_id(&long).await,
+        ),
+        (
+            "reserved header",
+            outbox.store(&txn, &good, "t").header("event_id", "x").await,
+        ),
+        (
+            "empty type",
+            outbox.store(&txn, &EventBuilder::new(" ", "a"), "t").await,
+        ),
+        (
+            "empty aggregate",
+            outbox.store(&txn, &EventBuilder::new("a.b", ""), "t").await,
+        ),
+        (
+            "long version",
+            outbox
+                .store(
+                    &txn,
+                    &EventBuilder::new("a.b", "a").version("v".repeat(51)),
+                    "t",
+                )
+                .await,
+        ),
         (
             "unserializable",
             outbox
-                .store(&txn, &Unserializable { id: 1, by_pair: BTreeMap::from([((1, 2), 3)]) }, "t")
+                .store(
+                    &txn,
+                    &Unserializable {
+                        id: 1,
+                        by_pair: BTreeMap::from([((1, 2), 3)]),
+                    },
+                    "t",
+                )
                 .await,
         ),
     ];
@@ -196,34 +275,65 @@ async fn invalid_input_is_rejected_and_nothing_is_written(db: &DatabaseConnectio
     );
     assert!(matches!(
         cases[2].1,
-        Err(Error::FieldTooLong { field: EventField::PartitionKey, len: 256, max: 255 })
+        Err(Error::FieldTooLong {
+            field: EventField::PartitionKey,
+            len: 256,
+            max: 255
+        })
     ));
-    assert!(matches!(&cases[9].1, Err(Error::Serialize { source, .. }) if source.to_string().contains("key must be a string")));
+    assert!(
+        matches!(&cases[9].1, Err(Error::Serialize { source, .. }) if source.to_string().contains("key must be a string"))
+    );
 
     // One bad envelope in a batch: nothing of the batch is written.
     let batch = vec![
         Envelope::new(&good, "user-events").expect("serializable"),
-        Envelope::new(&good, "user-events").expect("serializable").partition_key(""),
+        Envelope::new(&good, "user-events")
+            .expect("serializable")
+            .partition_key(""),
     ];
-    let error = outbox.store_batch(&txn, batch).await.expect_err("batch with an empty key");
-    assert!(matches!(error, Error::EmptyField { field: EventField::PartitionKey }), "{error}");
+    let error = outbox
+        .store_batch(&txn, batch)
+        .await
+        .expect_err("batch with an empty key");
+    assert!(
+        matches!(
+            error,
+            Error::EmptyField {
+                field: EventField::PartitionKey
+            }
+        ),
+        "{error}"
+    );
 
     // The failures left the transaction usable: a valid store and the commit succeed.
-    outbox.store(&txn, &good, "user-events").await.expect("store after failures");
+    outbox
+        .store(&txn, &good, "user-events")
+        .await
+        .expect("store after failures");
     txn.commit().await.expect("commit after failures");
     assert_eq!(rows(db).await.len(), 1, "only the valid event was written");
 }
 
 async fn custom_tables_are_used(db: &DatabaseConnection) {
     let tables = Tables::with_base("billing_outbox").expect("valid base");
-    let migration = outbox_migration::m20261127_000001_create_outbox_tables::Migration::new(tables.clone());
+    let migration =
+        outbox_migration::m20261127_000001_create_outbox_tables::Migration::new(tables.clone());
     let manager = sea_orm_migration::SchemaManager::new(db);
-    sea_orm_migration::MigrationTrait::up(&migration, &manager).await.expect("create custom tables");
+    sea_orm_migration::MigrationTrait::up(&migration, &manager)
+        .await
+        .expect("create custom tables");
     let outbox = Outbox::new().with_tables(tables);
-    outbox.store(db, &registered(), "user-events").await.expect("store");
+    outbox
+        .store(db, &registered(), "user-events")
+        .await
+        .expect("store");
     let backend = db.get_database_backend();
     let count = db
-        .query_one_raw(Statement::from_string(backend, "SELECT count(*) FROM billing_outbox"))
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT count(*) FROM billing_outbox",
+        ))
         .await
         .expect("count")
         .and_then(|row| row.try_get_by_index::<i64>(0).ok());
@@ -282,7 +392,10 @@ async fn postgres_batch_beyond_the_parameter_limit_is_split_and_complete() {
     let envelopes = (0..5000).map(|i| {
         Envelope::new(&EventBuilder::new("bulk.loaded", i), "bulk").expect("serializable")
     });
-    let ids = Outbox::new().store_batch(&db, envelopes).await.expect("store 5000");
+    let ids = Outbox::new()
+        .store_batch(&db, envelopes)
+        .await
+        .expect("store 5000");
     assert_eq!(ids.len(), 5000);
     assert_eq!(inserts.load(Ordering::SeqCst), 2, "4096 + 904 rows");
     assert_eq!(rows(&db).await.len(), 5000);
@@ -301,7 +414,10 @@ async fn postgres_same_key_waits_for_the_open_transaction_other_keys_do_not() {
     let outbox = Outbox::new();
 
     let first = pg.db.begin().await.expect("begin first");
-    outbox.store(&first, &keyed("k", 1), "counters").await.expect("store first");
+    outbox
+        .store(&first, &keyed("k", 1), "counters")
+        .await
+        .expect("store first");
 
     let (db, ob) = (pg.db.clone(), outbox.clone());
     let second = tokio::spawn(async move {
@@ -312,14 +428,22 @@ async fn postgres_same_key_waits_for_the_open_transaction_other_keys_do_not() {
     });
 
     let other = pg.db.begin().await.expect("begin other");
-    tokio::time::timeout(Duration::from_secs(5), outbox.store(&other, &keyed("other", 1), "counters").into_future())
-        .await
-        .expect("another key does not wait")
-        .expect("store other");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        outbox
+            .store(&other, &keyed("other", 1), "counters")
+            .into_future(),
+    )
+    .await
+    .expect("another key does not wait")
+    .expect("store other");
     other.commit().await.expect("commit other");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "the second store of `k` waits for the first transaction");
+    assert!(
+        !second.is_finished(),
+        "the second store of `k` waits for the first transaction"
+    );
     first.commit().await.expect("commit first");
     tokio::time::timeout(Duration::from_secs(10), second)
         .await
@@ -333,7 +457,10 @@ async fn postgres_same_key_waits_for_the_open_transaction_other_keys_do_not() {
         .filter(|r| r.partition_key.as_deref() == Some("k"))
         .map(|r| (r.aggregate_id, r.event_data["n"].clone()))
         .collect();
-    assert_eq!(order, [("k".to_owned(), json!(1)), ("k".to_owned(), json!(2))]);
+    assert_eq!(
+        order,
+        [("k".to_owned(), json!(1)), ("k".to_owned(), json!(2))]
+    );
     pg.drop().await;
 }
 
@@ -342,8 +469,14 @@ async fn postgres_same_key_waits_for_the_open_transaction_other_keys_do_not() {
 async fn postgres_rows_are_invisible_until_commit() {
     let pg = PgSchema::migrated().await;
     let txn = pg.db.begin().await.expect("begin");
-    Outbox::new().store(&txn, &registered(), "user-events").await.expect("store");
-    assert!(rows(&pg.db).await.is_empty(), "uncommitted rows are invisible");
+    Outbox::new()
+        .store(&txn, &registered(), "user-events")
+        .await
+        .expect("store");
+    assert!(
+        rows(&pg.db).await.is_empty(),
+        "uncommitted rows are invisible"
+    );
     txn.commit().await.expect("commit");
     assert_eq!(rows(&pg.db).await.len(), 1);
     pg.drop().await;

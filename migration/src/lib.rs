@@ -28,7 +28,9 @@ use sea_orm_migration::prelude::*;
 
 /// The outbox's migrations over the default table names, in order.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(m20261127_000001_create_outbox_tables::Migration::default())]
+    vec![Box::new(
+        m20261127_000001_create_outbox_tables::Migration::default(),
+    )]
 }
 
 /// A migrator with only the outbox's migrations, used by the CLI and the tests.

@@ -68,7 +68,12 @@ impl MigrationTrait for Migration {
         let t = &self.tables;
         for table in [t.lease(), t.offset(), t.outbox()] {
             manager
-                .drop_table(Table::drop().table(table.as_str().to_owned()).if_exists().to_owned())
+                .drop_table(
+                    Table::drop()
+                        .table(table.as_str().to_owned())
+                        .if_exists()
+                        .to_owned(),
+                )
                 .await?;
         }
         Ok(())
@@ -86,17 +91,33 @@ fn timestamp(name: &'static str) -> ColumnDef {
 fn outbox_table(table: &Identifier) -> TableCreateStatement {
     Table::create()
         .table(table.as_str().to_owned())
-        .col(ColumnDef::new("seq").big_integer().not_null().auto_increment().primary_key())
+        .col(
+            ColumnDef::new("seq")
+                .big_integer()
+                .not_null()
+                .auto_increment()
+                .primary_key(),
+        )
         .col(ColumnDef::new("id").uuid().not_null().unique_key())
         .col(varchar("event_type").not_null())
         .col(varchar("aggregate_id").not_null())
         .col(ColumnDef::new("event_data").json_binary().not_null())
-        .col(ColumnDef::new("event_version").string_len(50).not_null().default("v1"))
+        .col(
+            ColumnDef::new("event_version")
+                .string_len(50)
+                .not_null()
+                .default("v1"),
+        )
         .col(varchar("destination_topic").not_null())
         .col(varchar("partition_key").null())
         .col(ColumnDef::new("headers").json_binary().null())
         .col(ColumnDef::new("shard").integer().not_null().default(0))
-        .col(ColumnDef::new("published").boolean().not_null().default(false))
+        .col(
+            ColumnDef::new("published")
+                .boolean()
+                .not_null()
+                .default(false),
+        )
         .col(timestamp("published_at").null())
         .col(ColumnDef::new("attempts").integer().not_null().default(0))
         .col(timestamp("last_attempt_at").null())
@@ -105,8 +126,16 @@ fn outbox_table(table: &Identifier) -> TableCreateStatement {
         .col(timestamp("dead_lettered_at").null())
         .col(varchar("trace_id").null())
         .col(varchar("user_id").null())
-        .col(timestamp("created_at").not_null().default(Expr::current_timestamp()))
-        .col(timestamp("updated_at").not_null().default(Expr::current_timestamp()))
+        .col(
+            timestamp("created_at")
+                .not_null()
+                .default(Expr::current_timestamp()),
+        )
+        .col(
+            timestamp("updated_at")
+                .not_null()
+                .default(Expr::current_timestamp()),
+        )
         .to_owned()
 }
 
@@ -121,7 +150,10 @@ fn outbox_indexes(tables: &Tables) -> Vec<String> {
         } else {
             format!(" WHERE {predicate}")
         };
-        format!("CREATE INDEX \"{name}\" ON {} ({columns}){predicate}", table.quoted())
+        format!(
+            "CREATE INDEX \"{name}\" ON {} ({columns}){predicate}",
+            table.quoted()
+        )
     };
     vec![
         index(
@@ -130,7 +162,11 @@ fn outbox_indexes(tables: &Tables) -> Vec<String> {
             "NOT \"published\" AND \"dead_lettered_at\" IS NULL",
         ),
         index("published_at", "\"published_at\"", "\"published\""),
-        index("dead", "\"dead_lettered_at\"", "\"dead_lettered_at\" IS NOT NULL"),
+        index(
+            "dead",
+            "\"dead_lettered_at\"",
+            "\"dead_lettered_at\" IS NOT NULL",
+        ),
         index("destination_topic", "\"destination_topic\"", ""),
         index("aggregate_id", "\"aggregate_id\"", ""),
         index("trace_id", "\"trace_id\"", "\"trace_id\" IS NOT NULL"),
@@ -143,8 +179,16 @@ fn offset_table(table: &Identifier) -> TableCreateStatement {
         .col(varchar("service_name").not_null().primary_key())
         .col(ColumnDef::new("last_event_id").uuid().not_null())
         .col(timestamp("last_processed").not_null())
-        .col(timestamp("created_at").not_null().default(Expr::current_timestamp()))
-        .col(timestamp("updated_at").not_null().default(Expr::current_timestamp()))
+        .col(
+            timestamp("created_at")
+                .not_null()
+                .default(Expr::current_timestamp()),
+        )
+        .col(
+            timestamp("updated_at")
+                .not_null()
+                .default(Expr::current_timestamp()),
+        )
         .to_owned()
 }
 
@@ -156,7 +200,11 @@ fn lease_table(table: &Identifier) -> TableCreateStatement {
         .col(varchar("owner").not_null())
         .col(ColumnDef::new("token").big_integer().not_null().default(0))
         .col(timestamp("expires_at").not_null())
-        .col(timestamp("updated_at").not_null().default(Expr::current_timestamp()))
+        .col(
+            timestamp("updated_at")
+                .not_null()
+                .default(Expr::current_timestamp()),
+        )
         .primary_key(Index::create().col("service_name").col("shard"))
         .to_owned()
 }

@@ -64,7 +64,11 @@ async fn run(cli: Cli) -> Result<(), DbErr> {
         Command::Down { num } => Migrator::down(&db, Some(num)).await?,
         Command::Status => {
             for migration in Migrator::get_migration_with_status(&db).await? {
-                println!("{:<10} {}", migration.status().to_string(), migration.name());
+                println!(
+                    "{:<10} {}",
+                    migration.status().to_string(),
+                    migration.name()
+                );
             }
         }
         Command::Refresh => Migrator::refresh(&db).await?,

@@ -1,7 +1,10 @@
 //! Parsing of `#[outbox(...)]` attributes on the struct and on its fields.
 
+use std::collections::BTreeSet;
+
 use proc_macro2::Span;
 use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
 use syn::{Attribute, Expr, ExprLit, Lit, LitStr, Path};
 
 use crate::ctxt::Ctxt;
@@ -22,6 +25,8 @@ pub(crate) struct Container {
     pub(crate) partition_key: Option<LitStr>,
     /// `crate = "path"`: where the `outbox` crate is, for users who renamed it.
     pub(crate) krate: Option<Path>,
+    /// Every key that was written.
+    seen: BTreeSet<String>,
 }
 
 /// `#[outbox(...)]` on a field.
@@ -36,6 +41,7 @@ pub(crate) struct Field {
 impl Container {
     pub(crate) fn parse(cx: &mut Ctxt, attrs: &[Attribute]) -> Self {
         let mut out = Container::default();
+        let mut seen = Seen::default();
         for attr in outbox_attrs(attrs) {
             let result = attr.parse_nested_meta(|meta| {
                 let slot = if meta.path.is_ident("type") {
@@ -47,40 +53,58 @@ impl Container {
                 } else if meta.path.is_ident("partition_key") {
                     &mut out.partition_key
                 } else if meta.path.is_ident("crate") {
-                    if let Some(lit) = string_value(cx, &meta, "crate")? {
-                        match lit.parse::<Path>() {
-                            Ok(path) => set_once(cx, &meta, &mut out.krate, path),
-                            Err(_) => cx.error_spanned_by(
-                                &lit,
-                                format!("`crate` expects a path, e.g. `crate = \"::outbox\"`, found {:?}", lit.value()),
-                            ),
+                    if seen.first(cx, &meta) {
+                        if let Some(lit) = string_value(cx, &meta)? {
+                            match lit.parse::<Path>() {
+                                Ok(path) => out.krate = Some(path),
+                                Err(_) => cx.error_spanned_by(
+                                    &lit,
+                                    format!(
+                                        "`crate` expects a path, e.g. `crate = \"::outbox\"`, found {:?}",
+                                        lit.value()
+                                    ),
+                                ),
+                            }
                         }
+                        return Ok(());
                     }
-                    return Ok(());
+                    return skip_value(&meta);
                 } else {
-                    cx.push(meta.error(format!(
-                        "unknown outbox attribute `{}`; expected one of {CONTAINER_KEYS}",
-                        path_to_string(&meta.path)
-                    )));
+                    cx.push(syn::Error::new_spanned(
+                        &meta.path,
+                        format!(
+                            "unknown outbox attribute `{}`; expected one of {CONTAINER_KEYS}",
+                            path_to_string(&meta.path)
+                        ),
+                    ));
                     return skip_value(&meta);
                 };
-                let key = path_to_string(&meta.path);
-                if let Some(lit) = string_value(cx, &meta, &key)? {
-                    set_once(cx, &meta, slot, lit);
+                if seen.first(cx, &meta) {
+                    *slot = string_value(cx, &meta)?;
+                    Ok(())
+                } else {
+                    skip_value(&meta)
                 }
-                Ok(())
             });
             if let Err(error) = result {
                 cx.push(error);
             }
         }
+        out.seen = seen.0;
         out
+    }
+
+    /// Whether `key` was written, even if its value was malformed (so the checks do
+    /// not also report it as missing).
+    pub(crate) fn was_given(&self, key: &str) -> bool {
+        self.seen.contains(key)
     }
 }
 
 impl Field {
     pub(crate) fn parse(cx: &mut Ctxt, attrs: &[Attribute]) -> Self {
         let mut out = Field::default();
+        let mut seen = Seen::default();
         for attr in outbox_attrs(attrs) {
             let result = attr.parse_nested_meta(|meta| {
                 let slot = if meta.path.is_ident("aggregate") {
@@ -88,22 +112,31 @@ impl Field {
                 } else if meta.path.is_ident("partition_key") {
                     &mut out.partition_key
                 } else {
-                    cx.push(meta.error(format!(
-                        "unknown outbox field attribute `{}`; expected one of {FIELD_KEYS}",
-                        path_to_string(&meta.path)
-                    )));
+                    cx.push(syn::Error::new_spanned(
+                        &meta.path,
+                        format!(
+                            "unknown outbox field attribute `{}`; expected one of {FIELD_KEYS}",
+                            path_to_string(&meta.path)
+                        ),
+                    ));
                     return skip_value(&meta);
                 };
-                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                    cx.push(meta.error(format!(
-                        "the field attribute `{}` takes no value; write `#[outbox({})]`",
-                        path_to_string(&meta.path),
-                        path_to_string(&meta.path)
-                    )));
+                if !seen.first(cx, &meta) {
                     return skip_value(&meta);
                 }
-                let span = meta.path.get_ident().map_or_else(Span::call_site, |i| i.span());
-                set_once(cx, &meta, slot, span);
+                // The role is taken even when a value was wrongly given, so the checks
+                // do not also report it as missing.
+                *slot = Some(meta.path.span());
+                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
+                    let key = path_to_string(&meta.path);
+                    cx.error_spanned_by(
+                        &meta.path,
+                        format!(
+                            "the field attribute `{key}` takes no value; write `#[outbox({key})]`"
+                        ),
+                    );
+                    return skip_value(&meta);
+                }
                 Ok(())
             });
             if let Err(error) = result {
@@ -114,27 +147,35 @@ impl Field {
     }
 }
 
+/// The keys read so far in one attribute list, to report repeats.
+#[derive(Default)]
+struct Seen(BTreeSet<String>);
+
+impl Seen {
+    /// Records the key; `false` (with an error at the repeat) if it came before.
+    fn first(&mut self, cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> bool {
+        let key = path_to_string(&meta.path);
+        if self.0.insert(key.clone()) {
+            return true;
+        }
+        cx.error_spanned_by(&meta.path, format!("duplicate outbox attribute `{key}`"));
+        false
+    }
+}
+
 fn outbox_attrs(attrs: &[Attribute]) -> impl Iterator<Item = &Attribute> {
     attrs.iter().filter(|attr| attr.path().is_ident("outbox"))
 }
 
-/// Stores `value` unless the key was already given, which is an error at the repeat.
-fn set_once<T>(cx: &mut Ctxt, meta: &ParseNestedMeta<'_>, slot: &mut Option<T>, value: T) {
-    if slot.is_some() {
-        cx.push(meta.error(format!(
-            "duplicate outbox attribute `{}`",
-            path_to_string(&meta.path)
-        )));
-    } else {
-        *slot = Some(value);
-    }
-}
-
 /// Reads `= "string"`. A missing or non-string value is recorded as an error and
 /// yields `None`, so parsing carries on with the next key.
-fn string_value(cx: &mut Ctxt, meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<Option<LitStr>> {
+fn string_value(cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option<LitStr>> {
+    let key = path_to_string(&meta.path);
     if !meta.input.peek(syn::Token![=]) {
-        cx.push(meta.error(format!("`{key}` expects a string value: `{key} = \"...\"`")));
+        cx.error_spanned_by(
+            &meta.path,
+            format!("`{key}` expects a string value: `{key} = \"...\"`"),
+        );
         skip_value(meta)?;
         return Ok(None);
     }

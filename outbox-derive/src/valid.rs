@@ -18,13 +18,18 @@ pub(crate) struct Event<'a> {
 
 /// Checks `input`, recording every problem in `cx`. Returns the event only when
 /// nothing was wrong with it.
-pub(crate) fn check<'a>(cx: &mut Ctxt, input: &'a Input<'a>, named_struct: bool) -> Option<Event<'a>> {
+pub(crate) fn check<'a>(
+    cx: &mut Ctxt,
+    input: &'a Input<'a>,
+    named_struct: bool,
+) -> Option<Event<'a>> {
     let attrs = &input.attrs;
     let event_type = match &attrs.event_type {
         Some(lit) => {
             non_empty(cx, lit, "type");
             Some(lit)
         }
+        None if attrs.was_given("type") => None,
         None => {
             cx.error_spanned_by(
                 input.ident,
@@ -40,8 +45,16 @@ pub(crate) fn check<'a>(cx: &mut Ctxt, input: &'a Input<'a>, named_struct: bool)
         // The shape error is already recorded; field checks would only add noise.
         return None;
     }
-    let aggregate = field_role(cx, input, attrs.aggregate.as_ref(), |field| field.attrs.aggregate, "aggregate");
-    if aggregate.is_none() && attrs.aggregate.is_none() && input.fields.iter().all(|f| f.attrs.aggregate.is_none()) {
+    let aggregate = field_role(
+        cx,
+        input,
+        attrs.aggregate.as_ref(),
+        |field| field.attrs.aggregate,
+        "aggregate",
+    );
+    let aggregate_given =
+        attrs.was_given("aggregate") || input.fields.iter().any(|f| f.attrs.aggregate.is_some());
+    if !aggregate_given {
         cx.error_spanned_by(
             input.ident,
             "missing aggregate: name the field that identifies the aggregate with `#[outbox(aggregate = \"user_id\")]` on the struct, or mark the field `#[outbox(aggregate)]`",
@@ -79,7 +92,10 @@ fn field_role<'a>(
     marker: impl Fn(&Field<'_>) -> Option<Span>,
     role: &str,
 ) -> Option<&'a Field<'a>> {
-    let mut marked = input.fields.iter().filter_map(|field| Some((field, marker(field)?)));
+    let mut marked = input
+        .fields
+        .iter()
+        .filter_map(|field| Some((field, marker(field)?)));
     let first_marked = marked.next();
     for (_, span) in marked {
         cx.push(syn::Error::new(
@@ -96,7 +112,10 @@ fn field_role<'a>(
                 ));
             }
             let name = lit.value();
-            let found = input.fields.iter().find(|field| field.ident == name.as_str());
+            let found = input
+                .fields
+                .iter()
+                .find(|field| field.ident == name.as_str());
             if found.is_none() {
                 let fields = input
                     .fields

@@ -114,7 +114,11 @@ impl Envelope {
         non_empty(EventField::EventType, &self.event_type)?;
         max_len(EventField::EventType, &self.event_type, MAX_NAME_LEN)?;
         non_empty(EventField::EventVersion, &self.event_version)?;
-        max_len(EventField::EventVersion, &self.event_version, MAX_VERSION_LEN)?;
+        max_len(
+            EventField::EventVersion,
+            &self.event_version,
+            MAX_VERSION_LEN,
+        )?;
         non_empty(EventField::AggregateId, &self.aggregate_id)?;
         max_len(EventField::AggregateId, &self.aggregate_id, MAX_NAME_LEN)?;
         validate_topic(&self.topic)?;
@@ -226,11 +230,22 @@ mod tests {
             ("orders/events", false),
             ("ordérs", false),
         ] {
-            let result = Envelope { topic: topic.to_owned(), ..envelope() }.validate();
+            let result = Envelope {
+                topic: topic.to_owned(),
+                ..envelope()
+            }
+            .validate();
             assert_eq!(result.is_ok(), ok, "{topic:?}: {result:?}");
         }
         let long = "t".repeat(MAX_TOPIC_LEN + 1);
-        assert!(Envelope { topic: long, ..envelope() }.validate().is_err());
+        assert!(
+            Envelope {
+                topic: long,
+                ..envelope()
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[test]

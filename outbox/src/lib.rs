@@ -73,8 +73,8 @@
 //! your own `Migrator`. The [`entity`] module holds their SeaORM entities. Table names
 //! can be changed with [`Tables`], which accepts only safe identifiers.
 
-mod envelope;
 pub mod entity;
+mod envelope;
 mod error;
 mod event;
 pub mod headers;

@@ -81,7 +81,12 @@ impl Outbox {
     /// `DatabaseTransaction`, so the event exists if and only if the transaction
     /// commits. Options are set on the returned [`Store`]; `.await` it to write.
     /// It resolves to the event's id.
-    pub fn store<'a, C, E>(&'a self, conn: &'a C, event: &E, topic: impl Into<String>) -> Store<'a, C>
+    pub fn store<'a, C, E>(
+        &'a self,
+        conn: &'a C,
+        event: &E,
+        topic: impl Into<String>,
+    ) -> Store<'a, C>
     where
         C: ConnectionTrait,
         E: OutboxEvent + ?Sized,
@@ -100,7 +105,11 @@ impl Outbox {
     ///
     /// # Errors
     /// The first invalid envelope's error, or the database's.
-    pub async fn store_batch<C>(&self, conn: &C, envelopes: impl IntoIterator<Item = Envelope>) -> Result<Vec<Uuid>>
+    pub async fn store_batch<C>(
+        &self,
+        conn: &C,
+        envelopes: impl IntoIterator<Item = Envelope>,
+    ) -> Result<Vec<Uuid>>
     where
         C: ConnectionTrait,
     {
@@ -112,13 +121,21 @@ impl Outbox {
         let ids = envelopes.iter().map(Envelope::id).collect();
         let mut envelopes = envelopes.into_iter().peekable();
         while envelopes.peek().is_some() {
-            let chunk: Vec<Envelope> = envelopes.by_ref().take(dialect.max_rows_per_insert()).collect();
+            let chunk: Vec<Envelope> = envelopes
+                .by_ref()
+                .take(dialect.max_rows_per_insert())
+                .collect();
             self.insert(conn, dialect, chunk).await?;
         }
         Ok(ids)
     }
 
-    async fn insert<C: ConnectionTrait>(&self, conn: &C, dialect: Dialect, envelopes: Vec<Envelope>) -> Result<()> {
+    async fn insert<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        dialect: Dialect,
+        envelopes: Vec<Envelope>,
+    ) -> Result<()> {
         let now = Utc::now();
         let mut lock_ids = BTreeSet::new();
         let rows: Vec<EventRow> = envelopes
@@ -139,7 +156,11 @@ impl Outbox {
 fn row(envelope: Envelope, shard: i32, now: chrono::DateTime<Utc>) -> EventRow {
     let key = envelope.key().to_owned();
     let headers = (!envelope.headers.is_empty()).then(|| {
-        let map = envelope.headers.into_iter().map(|(name, value)| (name, value.into())).collect();
+        let map = envelope
+            .headers
+            .into_iter()
+            .map(|(name, value)| (name, value.into()))
+            .collect();
         Box::new(serde_json::Value::Object(map))
     });
     [
@@ -207,7 +228,9 @@ impl<'a, C: ConnectionTrait> IntoFuture for Store<'a, C> {
             let id = envelope.id;
             envelope.validate()?;
             let dialect = Dialect::of(self.conn.get_database_backend())?;
-            self.outbox.insert(self.conn, dialect, vec![envelope]).await?;
+            self.outbox
+                .insert(self.conn, dialect, vec![envelope])
+                .await?;
             Ok(id)
         })
     }

@@ -20,7 +20,12 @@ impl Identifier {
     /// [`Error::InvalidIdentifier`] naming the value and what is wrong with it.
     pub fn new(name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        let invalid = |reason| Err(Error::InvalidIdentifier { name: name.clone(), reason });
+        let invalid = |reason| {
+            Err(Error::InvalidIdentifier {
+                name: name.clone(),
+                reason,
+            })
+        };
         let mut chars = name.chars();
         match chars.next() {
             None => return invalid("it is empty"),
@@ -134,7 +139,10 @@ mod tests {
     #[test]
     fn accepts_plain_identifiers() {
         for name in ["_outbox", "orders_outbox", "Outbox2", "x"] {
-            assert_eq!(Identifier::new(name).map(|i| i.0).ok().as_deref(), Some(name));
+            assert_eq!(
+                Identifier::new(name).map(|i| i.0).ok().as_deref(),
+                Some(name)
+            );
         }
     }
 
@@ -145,8 +153,14 @@ mod tests {
             ("1outbox", "it must start with an ASCII letter or `_`"),
             ("out box", "only ASCII letters, digits and `_` are allowed"),
             ("out\"box", "only ASCII letters, digits and `_` are allowed"),
-            ("outbox;drop", "only ASCII letters, digits and `_` are allowed"),
-            ("schema.outbox", "only ASCII letters, digits and `_` are allowed"),
+            (
+                "outbox;drop",
+                "only ASCII letters, digits and `_` are allowed",
+            ),
+            (
+                "schema.outbox",
+                "only ASCII letters, digits and `_` are allowed",
+            ),
             ("ôutbox", "it must start with an ASCII letter or `_`"),
         ] {
             match Identifier::new(name) {
@@ -164,6 +178,9 @@ mod tests {
         assert_eq!(tables.lease().as_str(), "billing_lease");
         assert_eq!(tables.index(tables.outbox(), "claim"), "idx_billing_claim");
         let long = "a".repeat(MAX_BASE_NAME_LEN + 1);
-        assert!(matches!(Tables::with_base(&long), Err(Error::InvalidIdentifier { .. })));
+        assert!(matches!(
+            Tables::with_base(&long),
+            Err(Error::InvalidIdentifier { .. })
+        ));
     }
 }

@@ -9,7 +9,8 @@ use sea_orm_migration::MigratorTrait;
 
 /// The PostgreSQL the tests use: `DATABASE_URL`, or the machine's default.
 pub fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// A PostgreSQL schema of its own for one test, so tests run in parallel.
@@ -41,14 +42,18 @@ impl PgSchema {
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
             .sqlx_logging(false);
-        let db = Database::connect(options).await.expect("connect to test schema");
+        let db = Database::connect(options)
+            .await
+            .expect("connect to test schema");
         PgSchema { db, schema, admin }
     }
 
     /// A schema with the outbox's migrations applied.
     pub async fn migrated() -> Self {
         let schema = Self::empty().await;
-        Migrator::up(&schema.db, None).await.expect("migrate test schema");
+        Migrator::up(&schema.db, None)
+            .await
+            .expect("migrate test schema");
         schema
     }
 
@@ -66,7 +71,9 @@ impl PgSchema {
 pub async fn sqlite() -> DatabaseConnection {
     let mut options = ConnectOptions::new("sqlite::memory:");
     options.max_connections(1).sqlx_logging(false);
-    Database::connect(options).await.expect("open in-memory SQLite")
+    Database::connect(options)
+        .await
+        .expect("open in-memory SQLite")
 }
 
 /// An in-memory SQLite database with the outbox's migrations applied.

@@ -58,7 +58,12 @@ impl Dialect {
 
     /// One statement that inserts `rows` into `table`. On PostgreSQL it first takes a
     /// transaction-scoped advisory lock on each of `lock_ids` (see `postgres.rs`).
-    pub(crate) fn insert_events(self, table: &Identifier, lock_ids: &[i32], rows: Vec<EventRow>) -> Statement {
+    pub(crate) fn insert_events(
+        self,
+        table: &Identifier,
+        lock_ids: &[i32],
+        rows: Vec<EventRow>,
+    ) -> Statement {
         match self {
             Dialect::Postgres => postgres::insert_events(table, lock_ids, rows),
             Dialect::Sqlite => sqlite::insert_events(table, rows),

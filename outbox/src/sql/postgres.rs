@@ -17,14 +17,21 @@ const LOCK_CLASS: i32 = 0x6f62_6f78;
 /// later event of a key before an earlier one has become visible. The ids come
 /// sorted, so two batches lock shared keys in the same order. Being one statement, it
 /// is atomic even on a connection outside a transaction.
-pub(super) fn insert_events(table: &Identifier, lock_ids: &[i32], rows: Vec<EventRow>) -> Statement {
+pub(super) fn insert_events(
+    table: &Identifier,
+    lock_ids: &[i32],
+    rows: Vec<EventRow>,
+) -> Statement {
     let mut n = 0;
     let mut next = || {
         n += 1;
         format!("${n}")
     };
     let class = next();
-    let keys: Vec<String> = lock_ids.iter().map(|_| format!("({}::int4)", next())).collect();
+    let keys: Vec<String> = lock_ids
+        .iter()
+        .map(|_| format!("({}::int4)", next()))
+        .collect();
     let sql = format!(
         "WITH key_locks AS MATERIALIZED (\
             SELECT count(pg_advisory_xact_lock({class}::int4, k)) AS locked \
@@ -36,7 +43,8 @@ pub(super) fn insert_events(table: &Identifier, lock_ids: &[i32], rows: Vec<Even
         columns = column_list(),
         values = values_tuples(rows.len(), &mut next),
     );
-    let mut values = Vec::with_capacity(1 + lock_ids.len() + rows.len() * super::INSERT_COLUMNS.len());
+    let mut values =
+        Vec::with_capacity(1 + lock_ids.len() + rows.len() * super::INSERT_COLUMNS.len());
     values.push(Value::Int(Some(LOCK_CLASS)));
     values.extend(lock_ids.iter().map(|&id| Value::Int(Some(id))));
     values.extend(rows.into_iter().flatten());

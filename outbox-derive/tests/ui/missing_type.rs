@@ -1,0 +1,9 @@
+use outbox_derive::OutboxEvent;
+
+#[derive(OutboxEvent)]
+#[outbox(aggregate = "user_id")]
+struct UserRegistered {
+    user_id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against the real services it needs.
+#
+#   scripts/test.sh            # every test
+#   scripts/test.sh -E 'test(store)'   # extra arguments go to cargo nextest
+#
+# PostgreSQL: DATABASE_URL, default postgres://postgres@127.0.0.1:5432/test. Each test
+# works in a schema of its own. A missing service fails the run; it never skips tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
+
+fail() { echo "scripts/test.sh: $*" >&2; exit 1; }
+
+check_postgres() {
+    if command -v pg_isready >/dev/null 2>&1; then
+        pg_isready -q -d "$DATABASE_URL" -t 10 \
+            || fail "PostgreSQL is not accepting connections at $DATABASE_URL (start it, or set DATABASE_URL)"
+    else
+        # No client tools: at least check that the port answers.
+        local hostport host port
+        hostport=$(sed -E 's#^[a-z]+://([^@/]*@)?([^/?]*).*#\2#' <<<"$DATABASE_URL")
+        host=${hostport%:*}; port=${hostport##*:}; [ "$port" = "$hostport" ] && port=5432
+        (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null \
+            || fail "nothing listens at $host:$port for DATABASE_URL=$DATABASE_URL"
+    fi
+}
+
+check_postgres
+echo "scripts/test.sh: PostgreSQL at $DATABASE_URL"
+
+# nextest does not run doctests: run them first, so the summary of the main run
+# comes last.
+cargo test --workspace --doc
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast "$@"
+else
+    echo "scripts/test.sh: cargo-nextest not found, using cargo test" >&2
+    cargo test --workspace --no-fail-fast "$@"
+fi
