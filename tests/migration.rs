@@ -8,7 +8,12 @@ use outbox_tests::{PgSchema, sqlite};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
 
-const TABLES: [&str; 3] = ["_outbox", "_outbox_offset", "_outbox_lease"];
+const TABLES: [&str; 4] = [
+    "_outbox",
+    "_outbox_offset",
+    "_outbox_lease",
+    "_outbox_relay",
+];
 
 async fn tables_present(db: &DatabaseConnection) -> Vec<bool> {
     let manager = SchemaManager::new(db);
@@ -40,35 +45,36 @@ async fn index_names(db: &DatabaseConnection, schema: Option<&str>) -> Vec<Strin
         .collect()
 }
 
-const INDEXES: [&str; 6] = [
+const INDEXES: [&str; 7] = [
     "idx__outbox_aggregate_id",
     "idx__outbox_claim",
     "idx__outbox_dead",
     "idx__outbox_destination_topic",
     "idx__outbox_published_at",
+    "idx__outbox_retry",
     "idx__outbox_trace_id",
 ];
 
 async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     assert_eq!(
         tables_present(db).await,
-        [false; 3],
+        [false; 4],
         "the database starts empty"
     );
 
     Migrator::up(db, None).await.expect("first up");
-    assert_eq!(tables_present(db).await, [true; 3]);
+    assert_eq!(tables_present(db).await, [true; 4]);
     assert_eq!(index_names(db, schema).await, INDEXES);
 
     Migrator::down(db, None).await.expect("down");
     assert_eq!(
         tables_present(db).await,
-        [false; 3],
+        [false; 4],
         "down removes every table"
     );
 
     Migrator::up(db, None).await.expect("second up");
-    assert_eq!(tables_present(db).await, [true; 3]);
+    assert_eq!(tables_present(db).await, [true; 4]);
     assert_eq!(index_names(db, schema).await, INDEXES);
 }
 

@@ -1,10 +1,13 @@
-//! Creates `_outbox`, `_outbox_offset` and `_outbox_lease`.
+//! Creates `_outbox`, `_outbox_offset`, `_outbox_lease` and `_outbox_relay`.
 //!
 //! Indexes on `_outbox`, against the seed's:
 //! - `idx_<t>_claim (shard, seq) WHERE NOT published AND dead_lettered_at IS NULL`
 //!   replaces the seed's `(published, created_at)`: the relay reads one shard's pending
 //!   events in `seq` order, and a partial index holds only pending rows, so retained
 //!   history does not slow the claim.
+//! - `idx_<t>_retry (shard, partition_key) WHERE next_attempt_at IS NOT NULL AND NOT
+//!   published AND dead_lettered_at IS NULL`: the keys waiting for a retry, which the
+//!   claim skips; it holds only failed pending events, so it stays tiny.
 //! - `idx_<t>_published_at (published_at) WHERE published`: cleanup finds expired rows
 //!   without scanning pending ones.
 //! - `idx_<t>_dead (dead_lettered_at) WHERE dead_lettered_at IS NOT NULL`: lists dead
@@ -61,12 +64,13 @@ impl MigrationTrait for Migration {
         }
         manager.create_table(offset_table(t.offset())).await?;
         manager.create_table(lease_table(t.lease())).await?;
+        manager.create_table(relay_table(t.relay())).await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let t = &self.tables;
-        for table in [t.lease(), t.offset(), t.outbox()] {
+        for table in [t.relay(), t.lease(), t.offset(), t.outbox()] {
             manager
                 .drop_table(
                     Table::drop()
@@ -161,6 +165,11 @@ fn outbox_indexes(tables: &Tables) -> Vec<String> {
             "\"shard\", \"seq\"",
             "NOT \"published\" AND \"dead_lettered_at\" IS NULL",
         ),
+        index(
+            "retry",
+            "\"shard\", \"partition_key\"",
+            "\"next_attempt_at\" IS NOT NULL AND NOT \"published\" AND \"dead_lettered_at\" IS NULL",
+        ),
         index("published_at", "\"published_at\"", "\"published\""),
         index(
             "dead",
@@ -206,5 +215,16 @@ fn lease_table(table: &Identifier) -> TableCreateStatement {
                 .default(Expr::current_timestamp()),
         )
         .primary_key(Index::create().col("service_name").col("shard"))
+        .to_owned()
+}
+
+fn relay_table(table: &Identifier) -> TableCreateStatement {
+    Table::create()
+        .table(table.as_str().to_owned())
+        .col(varchar("service_name").not_null())
+        .col(varchar("relay_id").not_null())
+        .col(timestamp("started_at").not_null())
+        .col(timestamp("heartbeat_at").not_null())
+        .primary_key(Index::create().col("service_name").col("relay_id"))
         .to_owned()
 }

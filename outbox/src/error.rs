@@ -73,6 +73,38 @@ pub enum Error {
         backend: String,
     },
 
+    /// A configuration value is invalid.
+    #[error("invalid {variable}={value:?}: {reason}")]
+    Config {
+        /// The variable (or, for values set in code, the variable of that field).
+        variable: &'static str,
+        /// The value as given.
+        value: String,
+        /// What was expected.
+        reason: &'static str,
+    },
+
+    /// The Kafka client reported an error.
+    #[cfg(feature = "kafka")]
+    #[error("Kafka error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+
+    /// The relay is not healthy.
+    #[error("relay unhealthy: {reason}")]
+    Unhealthy {
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The relay did not stop within its shutdown timeout; its batch in flight was
+    /// abandoned (its events stay pending and are published again later).
+    #[error("the relay did not stop within {0:?}; its batch in flight was abandoned")]
+    ShutdownTimeout(std::time::Duration),
+
+    /// No event has this id.
+    #[error("no event with id {0}")]
+    NotFound(uuid::Uuid),
+
     /// A table name is not a safe SQL identifier.
     #[error("invalid table name {name:?}: {reason}")]
     InvalidIdentifier {

@@ -73,15 +73,30 @@
 //! your own `Migrator`. The [`entity`] module holds their SeaORM entities. Table names
 //! can be changed with [`Tables`], which accepts only safe identifiers.
 
+mod config;
 pub mod entity;
 mod envelope;
 mod error;
 mod event;
 pub mod headers;
 mod key;
+mod message;
+mod processor;
+mod publisher;
+mod repository;
 mod sql;
 mod store;
 mod tables;
+
+pub use config::ProcessorConfig;
+pub use message::Message;
+pub use processor::{
+    DEAD_LETTER_ERROR_HEADER, ProcessReport, Processor, RelayHandle, Stats, metric_names,
+};
+#[cfg(feature = "kafka")]
+pub use publisher::{KafkaConfig, KafkaPublisher};
+pub use publisher::{MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher};
+pub use repository::{Backlog, FailureOutcome};
 
 pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};

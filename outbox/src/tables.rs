@@ -61,9 +61,10 @@ impl fmt::Display for Identifier {
     }
 }
 
-/// The names of the three outbox tables.
+/// The names of the outbox tables.
 ///
-/// The defaults are the seed's `_outbox` and `_outbox_offset`, plus `_outbox_lease`.
+/// The defaults are the seed's `_outbox` and `_outbox_offset`, plus `_outbox_lease`
+/// (which relay owns which shard) and `_outbox_relay` (which relays are alive).
 /// A service that wants its own set uses [`Tables::with_base`]:
 ///
 /// ```
@@ -78,10 +79,11 @@ pub struct Tables {
     outbox: Identifier,
     offset: Identifier,
     lease: Identifier,
+    relay: Identifier,
 }
 
 impl Tables {
-    /// Names the tables `{base}`, `{base}_offset` and `{base}_lease`.
+    /// Names the tables `{base}`, `{base}_offset`, `{base}_lease` and `{base}_relay`.
     ///
     /// # Errors
     /// [`Error::InvalidIdentifier`] when `base` is not a safe identifier or is longer
@@ -97,6 +99,7 @@ impl Tables {
         Ok(Tables {
             offset: Identifier::new(format!("{base}_offset"))?,
             lease: Identifier::new(format!("{base}_lease"))?,
+            relay: Identifier::new(format!("{base}_relay"))?,
             outbox,
         })
     }
@@ -116,6 +119,11 @@ impl Tables {
         &self.lease
     }
 
+    /// The relay membership table (`_outbox_relay` by default).
+    pub fn relay(&self) -> &Identifier {
+        &self.relay
+    }
+
     /// The name of one of this set's indexes, e.g. `idx__outbox_claim`.
     pub fn index(&self, table: &Identifier, suffix: &str) -> String {
         format!("idx_{table}_{suffix}")
@@ -128,6 +136,7 @@ impl Default for Tables {
             outbox: Identifier("_outbox".to_owned()),
             offset: Identifier("_outbox_offset".to_owned()),
             lease: Identifier("_outbox_lease".to_owned()),
+            relay: Identifier("_outbox_relay".to_owned()),
         }
     }
 }

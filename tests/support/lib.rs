@@ -82,3 +82,19 @@ pub async fn migrated_sqlite() -> DatabaseConnection {
     Migrator::up(&db, None).await.expect("migrate SQLite");
     db
 }
+
+/// Polls `check` until it holds, failing the test with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

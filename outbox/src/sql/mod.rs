@@ -1,12 +1,17 @@
-//! The SQL the library runs, one module per backend.
+//! The SQL the library runs. Statements are written once; what differs between the
+//! backends (placeholders, key locks, row locks, JSON as text) comes from
+//! [`Dialect`], whose backend-specific parts live in `postgres.rs` and `sqlite.rs`.
+//! Table names are checked [`Identifier`]s; every value is a bound parameter.
 
 mod postgres;
 mod sqlite;
 
+use chrono::{DateTime, Utc};
 use sea_orm::{DbBackend, Statement, Value};
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::tables::Identifier;
+use crate::tables::{Identifier, Tables};
 
 /// The columns an insert writes, in the order of [`EventRow`]'s values. The others
 /// take their defaults (`seq` from the sequence, `published = false`, `attempts = 0`).
@@ -36,6 +41,46 @@ pub(crate) enum Dialect {
     Sqlite,
 }
 
+/// Bound parameters of one statement, with placeholders in the dialect's syntax.
+pub(crate) struct Params {
+    dialect: Dialect,
+    values: Vec<Value>,
+}
+
+impl Params {
+    pub(crate) fn new(dialect: Dialect) -> Self {
+        Params {
+            dialect,
+            values: Vec::new(),
+        }
+    }
+
+    /// Binds `value` and returns its placeholder.
+    pub(crate) fn bind(&mut self, value: impl Into<Value>) -> String {
+        self.values.push(value.into());
+        match self.dialect {
+            Dialect::Postgres => format!("${}", self.values.len()),
+            Dialect::Sqlite => format!("?{}", self.values.len()),
+        }
+    }
+
+    /// Binds each value and returns the placeholders as a comma-separated list.
+    pub(crate) fn bind_all<V: Into<Value>>(
+        &mut self,
+        values: impl IntoIterator<Item = V>,
+    ) -> String {
+        values
+            .into_iter()
+            .map(|v| self.bind(v))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub(crate) fn into_statement(self, sql: String) -> Statement {
+        Statement::from_sql_and_values(self.dialect.backend(), sql, self.values)
+    }
+}
+
 impl Dialect {
     pub(crate) fn of(backend: DbBackend) -> Result<Self> {
         match backend {
@@ -44,6 +89,13 @@ impl Dialect {
             other => Err(Error::UnsupportedBackend {
                 backend: format!("{other:?}"),
             }),
+        }
+    }
+
+    fn backend(self) -> DbBackend {
+        match self {
+            Dialect::Postgres => DbBackend::Postgres,
+            Dialect::Sqlite => DbBackend::Sqlite,
         }
     }
 
@@ -69,6 +121,380 @@ impl Dialect {
             Dialect::Sqlite => sqlite::insert_events(table, rows),
         }
     }
+
+    /// A JSON column read as text, so payloads reach the publisher as the bytes stored.
+    fn json_text(self, column: &str) -> String {
+        match self {
+            Dialect::Postgres => postgres::json_text(column),
+            Dialect::Sqlite => sqlite::json_text(column),
+        }
+    }
+
+    /// The clause that locks the rows a SELECT reads until the transaction ends.
+    fn lock_rows(self) -> &'static str {
+        match self {
+            Dialect::Postgres => postgres::LOCK_ROWS,
+            Dialect::Sqlite => sqlite::LOCK_ROWS,
+        }
+    }
+
+    /// The events of `shard` that may be published now, oldest first: pending, not
+    /// dead-lettered, not waiting for a retry, and not behind an earlier event of their
+    /// key that waits for a retry.
+    pub(crate) fn claim(
+        self,
+        table: &Identifier,
+        shard: i32,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let t = table.quoted();
+        let shard = p.bind(shard);
+        let now = p.bind(now);
+        let limit = p.bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let sql = format!(
+            "SELECT o.\"seq\", o.\"id\", o.\"event_type\", o.\"event_version\", o.\"aggregate_id\", \
+                    o.\"destination_topic\", COALESCE(o.\"partition_key\", o.\"aggregate_id\") AS \"key\", \
+                    {payload} AS \"payload\", {headers} AS \"headers\", o.\"trace_id\", o.\"user_id\", \
+                    o.\"created_at\", o.\"attempts\" \
+             FROM {t} o \
+             WHERE o.\"shard\" = {shard} AND NOT o.\"published\" AND o.\"dead_lettered_at\" IS NULL \
+               AND (o.\"next_attempt_at\" IS NULL OR o.\"next_attempt_at\" <= {now}) \
+               AND NOT EXISTS (SELECT 1 FROM {t} b \
+                   WHERE b.\"shard\" = {shard} AND b.\"next_attempt_at\" > {now} \
+                     AND NOT b.\"published\" AND b.\"dead_lettered_at\" IS NULL \
+                     AND b.\"partition_key\" = o.\"partition_key\") \
+             ORDER BY o.\"seq\" LIMIT {limit}",
+            payload = self.json_text("o.\"event_data\""),
+            headers = self.json_text("o.\"headers\""),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Locks the lease row if `owner` still holds `shard` with `token`; returns a row
+    /// only then. Run first in the write-back transaction: a relay that lost its lease
+    /// writes nothing, and on PostgreSQL the row lock keeps a new owner from taking
+    /// the lease until the write-back is done.
+    pub(crate) fn fence(self, tables: &Tables, lease: &LeaseKey<'_>, token: i64) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT \"token\" FROM {} WHERE \"service_name\" = {} AND \"shard\" = {} AND \"owner\" = {} AND \"token\" = {}{}",
+            tables.lease().quoted(),
+            p.bind(lease.service),
+            p.bind(lease.shard),
+            p.bind(lease.owner),
+            p.bind(token),
+            self.lock_rows(),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Marks events published, by `seq`.
+    pub(crate) fn mark_published(
+        self,
+        table: &Identifier,
+        seqs: &[i64],
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let now = p.bind(now);
+        let sql = format!(
+            "UPDATE {} SET \"published\" = TRUE, \"published_at\" = {now}, \"updated_at\" = {now} \
+             WHERE \"seq\" IN ({}) AND NOT \"published\"",
+            table.quoted(),
+            p.bind_all(seqs.iter().copied()),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Marks events published, by id (the seed's `MarkEventsAsPublished`).
+    pub(crate) fn mark_published_by_id(
+        self,
+        table: &Identifier,
+        ids: &[Uuid],
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let now = p.bind(now);
+        let sql = format!(
+            "UPDATE {} SET \"published\" = TRUE, \"published_at\" = {now}, \"updated_at\" = {now} \
+             WHERE \"id\" IN ({}) AND NOT \"published\"",
+            table.quoted(),
+            p.bind_all(ids.iter().copied()),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Records a failed attempt of one event, identified by `id`.
+    pub(crate) fn record_failure(
+        self,
+        table: &Identifier,
+        id: Uuid,
+        failure: &FailureUpdate<'_>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "UPDATE {} SET \"attempts\" = {}, \"last_attempt_at\" = {now}, \"updated_at\" = {now}, \
+                \"error_message\" = {}, \"next_attempt_at\" = {}, \"dead_lettered_at\" = {} \
+             WHERE \"id\" = {} AND NOT \"published\"",
+            table.quoted(),
+            p.bind(failure.attempts),
+            p.bind(failure.error),
+            p.bind(failure.next_attempt_at),
+            p.bind(failure.dead_lettered_at),
+            p.bind(id),
+            now = p.bind(failure.now),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Reads one event's attempts and state, locking the row.
+    pub(crate) fn failure_state(self, table: &Identifier, id: Uuid) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT \"attempts\", \"published\", \"dead_lettered_at\" IS NOT NULL AS \"dead\" FROM {} WHERE \"id\" = {}{}",
+            table.quoted(),
+            p.bind(id),
+            self.lock_rows(),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Records what a service published last (the seed's offset table).
+    pub(crate) fn upsert_offset(
+        self,
+        table: &Identifier,
+        service: &str,
+        event: Uuid,
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "INSERT INTO {} (\"service_name\", \"last_event_id\", \"last_processed\", \"created_at\", \"updated_at\") \
+             VALUES ({s}, {e}, {now}, {now}, {now}) \
+             ON CONFLICT (\"service_name\") DO UPDATE SET \"last_event_id\" = excluded.\"last_event_id\", \
+                \"last_processed\" = excluded.\"last_processed\", \"updated_at\" = excluded.\"updated_at\"",
+            table.quoted(),
+            s = p.bind(service),
+            e = p.bind(event),
+            now = p.bind(now),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Takes or renews a shard's lease for `owner`: succeeds (returns the token) when
+    /// the shard is free, expired, or already `owner`'s. The token grows whenever the
+    /// lease changes hands.
+    pub(crate) fn acquire_lease(
+        self,
+        tables: &Tables,
+        lease: &LeaseKey<'_>,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let t = tables.lease().quoted();
+        let sql = format!(
+            "INSERT INTO {t} AS l (\"service_name\", \"shard\", \"owner\", \"token\", \"expires_at\", \"updated_at\") \
+             VALUES ({s}, {shard}, {owner}, 1, {expires}, {now}) \
+             ON CONFLICT (\"service_name\", \"shard\") DO UPDATE SET \
+                \"token\" = CASE WHEN l.\"owner\" = excluded.\"owner\" THEN l.\"token\" ELSE l.\"token\" + 1 END, \
+                \"owner\" = excluded.\"owner\", \"expires_at\" = excluded.\"expires_at\", \"updated_at\" = excluded.\"updated_at\" \
+             WHERE l.\"owner\" = excluded.\"owner\" OR l.\"expires_at\" <= {now} \
+             RETURNING \"token\"",
+            s = p.bind(lease.service),
+            shard = p.bind(lease.shard),
+            owner = p.bind(lease.owner),
+            expires = p.bind(expires_at),
+            now = p.bind(now),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Gives up a lease at once, so another relay can take it without waiting.
+    pub(crate) fn release_lease(
+        self,
+        tables: &Tables,
+        lease: &LeaseKey<'_>,
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "UPDATE {} SET \"expires_at\" = {now}, \"updated_at\" = {now} \
+             WHERE \"service_name\" = {} AND \"shard\" = {} AND \"owner\" = {}",
+            tables.lease().quoted(),
+            p.bind(lease.service),
+            p.bind(lease.shard),
+            p.bind(lease.owner),
+            now = p.bind(now),
+        );
+        p.into_statement(sql)
+    }
+
+    /// The unexpired leases of a service: shard and owner.
+    pub(crate) fn live_leases(
+        self,
+        tables: &Tables,
+        service: &str,
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT \"shard\", \"owner\" FROM {} WHERE \"service_name\" = {} AND \"expires_at\" > {} ORDER BY \"shard\"",
+            tables.lease().quoted(),
+            p.bind(service),
+            p.bind(now),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Records that a relay is alive.
+    pub(crate) fn heartbeat(
+        self,
+        tables: &Tables,
+        service: &str,
+        relay: &str,
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "INSERT INTO {} (\"service_name\", \"relay_id\", \"started_at\", \"heartbeat_at\") VALUES ({}, {}, {now}, {now}) \
+             ON CONFLICT (\"service_name\", \"relay_id\") DO UPDATE SET \"heartbeat_at\" = excluded.\"heartbeat_at\"",
+            tables.relay().quoted(),
+            p.bind(service),
+            p.bind(relay),
+            now = p.bind(now),
+        );
+        p.into_statement(sql)
+    }
+
+    /// How many relays of a service showed life since `since`.
+    pub(crate) fn live_relays(
+        self,
+        tables: &Tables,
+        service: &str,
+        since: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT COUNT(*) AS \"n\" FROM {} WHERE \"service_name\" = {} AND \"heartbeat_at\" > {}",
+            tables.relay().quoted(),
+            p.bind(service),
+            p.bind(since),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Removes a relay's membership (on shutdown) and the rows of relays long gone.
+    pub(crate) fn leave(
+        self,
+        tables: &Tables,
+        service: &str,
+        relay: &str,
+        stale_before: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "DELETE FROM {} WHERE \"service_name\" = {} AND (\"relay_id\" = {} OR \"heartbeat_at\" < {})",
+            tables.relay().quoted(),
+            p.bind(service),
+            p.bind(relay),
+            p.bind(stale_before),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Pending events, oldest first (the seed's `GetUnpublished`).
+    pub(crate) fn unpublished(self, table: &Identifier, limit: u64) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT * FROM {} WHERE NOT \"published\" AND \"dead_lettered_at\" IS NULL ORDER BY \"seq\" LIMIT {}",
+            table.quoted(),
+            p.bind(i64::try_from(limit).unwrap_or(i64::MAX)),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Dead-lettered events, oldest first.
+    pub(crate) fn dead_letters(self, table: &Identifier, limit: u64) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT * FROM {} WHERE \"dead_lettered_at\" IS NOT NULL AND NOT \"published\" ORDER BY \"seq\" LIMIT {}",
+            table.quoted(),
+            p.bind(i64::try_from(limit).unwrap_or(i64::MAX)),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Puts dead-lettered events back in line: one by id, or all with `None`.
+    pub(crate) fn replay(
+        self,
+        table: &Identifier,
+        id: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let now = p.bind(now);
+        let only = match id {
+            Some(id) => format!(" AND \"id\" = {}", p.bind(id)),
+            None => String::new(),
+        };
+        let sql = format!(
+            "UPDATE {} SET \"dead_lettered_at\" = NULL, \"attempts\" = 0, \"next_attempt_at\" = NULL, \"updated_at\" = {now} \
+             WHERE \"dead_lettered_at\" IS NOT NULL AND NOT \"published\"{only}",
+            table.quoted(),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Deletes up to `limit` events published before `cutoff`.
+    pub(crate) fn cleanup(
+        self,
+        table: &Identifier,
+        cutoff: DateTime<Utc>,
+        limit: u64,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let t = table.quoted();
+        let sql = format!(
+            "DELETE FROM {t} WHERE \"seq\" IN (SELECT \"seq\" FROM {t} \
+                WHERE \"published\" AND \"published_at\" < {} ORDER BY \"published_at\" LIMIT {})",
+            p.bind(cutoff),
+            p.bind(i64::try_from(limit).unwrap_or(i64::MAX)),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Counts of pending and dead-lettered events, and the oldest pending event's time.
+    pub(crate) fn backlog(self, table: &Identifier) -> Statement {
+        let t = table.quoted();
+        let sql = format!(
+            "SELECT \
+                (SELECT COUNT(*) FROM {t} WHERE NOT \"published\" AND \"dead_lettered_at\" IS NULL) AS \"pending\", \
+                (SELECT MIN(\"created_at\") FROM {t} WHERE NOT \"published\" AND \"dead_lettered_at\" IS NULL) AS \"oldest\", \
+                (SELECT COUNT(*) FROM {t} WHERE \"dead_lettered_at\" IS NOT NULL AND NOT \"published\") AS \"dead\""
+        );
+        Params::new(self).into_statement(sql)
+    }
+}
+
+/// Identifies a shard lease.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseKey<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) shard: i32,
+    pub(crate) owner: &'a str,
+}
+
+/// The new state of an event after a failed attempt.
+#[derive(Debug)]
+pub(crate) struct FailureUpdate<'a> {
+    pub(crate) attempts: i32,
+    pub(crate) error: &'a str,
+    pub(crate) now: DateTime<Utc>,
+    pub(crate) next_attempt_at: Option<DateTime<Utc>>,
+    pub(crate) dead_lettered_at: Option<DateTime<Utc>>,
 }
 
 /// `"a", "b", ...` for the insert's column list.

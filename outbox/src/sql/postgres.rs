@@ -50,3 +50,11 @@ pub(super) fn insert_events(
     values.extend(rows.into_iter().flatten());
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
+
+/// Locks the rows a SELECT returns until the transaction ends.
+pub(super) const LOCK_ROWS: &str = " FOR UPDATE";
+
+/// JSONB as its text form.
+pub(super) fn json_text(column: &str) -> String {
+    format!("{column}::text")
+}

@@ -16,3 +16,12 @@ pub(super) fn insert_events(table: &Identifier, rows: Vec<EventRow>) -> Statemen
     );
     Statement::from_sql_and_values(DbBackend::Sqlite, sql, rows.into_iter().flatten())
 }
+
+/// SQLite has no row locks: one transaction writes at a time, so a write transaction
+/// already excludes every other writer.
+pub(super) const LOCK_ROWS: &str = "";
+
+/// JSON columns are stored as text.
+pub(super) fn json_text(column: &str) -> String {
+    column.to_owned()
+}

@@ -1,0 +1,361 @@
+//! [`ProcessorConfig`]: the relay's settings, by struct or from `OUTBOX_*` variables.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// How the relay runs. The defaults are the Go library's where it has the setting.
+///
+/// | field | default | variable |
+/// |---|---|---|
+/// | `service_name` | `"default"` | `OUTBOX_SERVICE_NAME` |
+/// | `interval` | 5 s | `OUTBOX_INTERVAL` |
+/// | `batch_size` | 100 | `OUTBOX_BATCH_SIZE` |
+/// | `enabled` | true | `OUTBOX_ENABLED` |
+/// | `retry_attempts` | 3 | `OUTBOX_RETRY_ATTEMPTS` |
+/// | `retry_delay` | 10 s | `OUTBOX_RETRY_DELAY` |
+/// | `cleanup_enabled` | true | `OUTBOX_CLEANUP_ENABLED` |
+/// | `cleanup_interval` | 24 h | `OUTBOX_CLEANUP_INTERVAL` |
+/// | `cleanup_after_days` | 7 | `OUTBOX_CLEANUP_AFTER_DAYS` |
+/// | `max_retry_delay` | 5 min | `OUTBOX_MAX_RETRY_DELAY` |
+/// | `min_poll_interval` | 10 ms | `OUTBOX_MIN_POLL_INTERVAL` |
+/// | `lease_ttl` | 30 s | `OUTBOX_LEASE_TTL` |
+/// | `concurrency` | 4 | `OUTBOX_CONCURRENCY` |
+/// | `dead_letter_topic` | none | `OUTBOX_DEAD_LETTER_TOPIC` |
+/// | `shutdown_timeout` | 30 s | `OUTBOX_SHUTDOWN_TIMEOUT` |
+/// | `health_timeout` | 60 s | `OUTBOX_HEALTH_TIMEOUT` |
+///
+/// Durations are written like `250ms`, `5s`, `1m 30s` or `24h`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessorConfig {
+    /// Names the relay group: relays with the same name share the work.
+    pub service_name: String,
+    /// The longest time between two polls when there is nothing to do. The relay
+    /// polls again at once after a full batch, backs off from `min_poll_interval` to
+    /// this when batches come back empty, and wakes at once when this process stores
+    /// an event.
+    pub interval: Duration,
+    /// Events per shard per batch.
+    pub batch_size: usize,
+    /// When false, `spawn` starts nothing (the handle reports itself disabled).
+    pub enabled: bool,
+    /// Retries of an event the broker refuses; after `1 + retry_attempts` failed
+    /// attempts it is dead-lettered. Broker outages do not count.
+    pub retry_attempts: u32,
+    /// The wait after the first failure; it doubles with each further failure.
+    pub retry_delay: Duration,
+    /// Whether published events are deleted after `cleanup_after_days`.
+    pub cleanup_enabled: bool,
+    /// How often cleanup runs.
+    pub cleanup_interval: Duration,
+    /// How many days published events are kept. 0 deletes them at each cleanup.
+    pub cleanup_after_days: u32,
+    /// The cap of the retry backoff.
+    pub max_retry_delay: Duration,
+    /// The shortest wait between polls.
+    pub min_poll_interval: Duration,
+    /// How long a relay's claim on a shard lasts unless renewed; a relay that dies
+    /// loses its shards after this.
+    pub lease_ttl: Duration,
+    /// How many shards one relay processes at once.
+    pub concurrency: usize,
+    /// Where dead-lettered events are also sent, if anywhere.
+    pub dead_letter_topic: Option<String>,
+    /// How long `shutdown` waits for the batch in flight before it aborts it.
+    pub shutdown_timeout: Duration,
+    /// `healthcheck` fails when no cycle has succeeded for this long.
+    pub health_timeout: Duration,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            service_name: "default".to_owned(),
+            interval: Duration::from_secs(5),
+            batch_size: 100,
+            enabled: true,
+            retry_attempts: 3,
+            retry_delay: Duration::from_secs(10),
+            cleanup_enabled: true,
+            cleanup_interval: Duration::from_secs(24 * 60 * 60),
+            cleanup_after_days: 7,
+            max_retry_delay: Duration::from_secs(5 * 60),
+            min_poll_interval: Duration::from_millis(10),
+            lease_ttl: Duration::from_secs(30),
+            concurrency: 4,
+            dead_letter_topic: None,
+            shutdown_timeout: Duration::from_secs(30),
+            health_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ProcessorConfig {
+    /// The defaults for `service_name` (the seed's `DefaultProcessorConfig`).
+    pub fn new(service_name: impl Into<String>) -> Self {
+        ProcessorConfig {
+            service_name: service_name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The defaults, overridden by every `OUTBOX_*` variable that is set.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the variable and its value when a value is invalid.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
+    ///
+    /// ```
+    /// let vars = [("OUTBOX_BATCH_SIZE", "500"), ("OUTBOX_INTERVAL", "250ms")];
+    /// let config = outbox::ProcessorConfig::from_lookup(|name| {
+    ///     vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    /// })?;
+    /// assert_eq!(config.batch_size, 500);
+    /// assert_eq!(config.interval, std::time::Duration::from_millis(250));
+    /// # Ok::<(), outbox::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the variable and its value when a value is invalid.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let env = Env(lookup);
+        let mut c = Self::default();
+        env.string("OUTBOX_SERVICE_NAME", &mut c.service_name)?;
+        env.duration("OUTBOX_INTERVAL", &mut c.interval)?;
+        env.positive("OUTBOX_BATCH_SIZE", &mut c.batch_size)?;
+        env.boolean("OUTBOX_ENABLED", &mut c.enabled)?;
+        env.number("OUTBOX_RETRY_ATTEMPTS", &mut c.retry_attempts)?;
+        env.duration("OUTBOX_RETRY_DELAY", &mut c.retry_delay)?;
+        env.boolean("OUTBOX_CLEANUP_ENABLED", &mut c.cleanup_enabled)?;
+        env.duration("OUTBOX_CLEANUP_INTERVAL", &mut c.cleanup_interval)?;
+        env.number("OUTBOX_CLEANUP_AFTER_DAYS", &mut c.cleanup_after_days)?;
+        env.duration("OUTBOX_MAX_RETRY_DELAY", &mut c.max_retry_delay)?;
+        env.duration("OUTBOX_MIN_POLL_INTERVAL", &mut c.min_poll_interval)?;
+        env.duration("OUTBOX_LEASE_TTL", &mut c.lease_ttl)?;
+        env.positive("OUTBOX_CONCURRENCY", &mut c.concurrency)?;
+        if let Some(topic) = env.get("OUTBOX_DEAD_LETTER_TOPIC") {
+            c.dead_letter_topic = Some(topic);
+        }
+        env.duration("OUTBOX_SHUTDOWN_TIMEOUT", &mut c.shutdown_timeout)?;
+        env.duration("OUTBOX_HEALTH_TIMEOUT", &mut c.health_timeout)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks values that no type can: a non-empty service name, a positive batch
+    /// size, and durations that make sense together.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |variable: &'static str, value: String, reason: &'static str| {
+            Err(Error::Config {
+                variable,
+                value,
+                reason,
+            })
+        };
+        if self.service_name.trim().is_empty() || self.service_name.chars().count() > 255 {
+            return invalid(
+                "OUTBOX_SERVICE_NAME",
+                self.service_name.clone(),
+                "expected 1 to 255 characters",
+            );
+        }
+        if self.batch_size == 0 {
+            return invalid(
+                "OUTBOX_BATCH_SIZE",
+                "0".into(),
+                "expected a positive integer",
+            );
+        }
+        if self.concurrency == 0 {
+            return invalid(
+                "OUTBOX_CONCURRENCY",
+                "0".into(),
+                "expected a positive integer",
+            );
+        }
+        if self.interval.is_zero() || self.min_poll_interval > self.interval {
+            return invalid(
+                "OUTBOX_INTERVAL",
+                humantime::format_duration(self.interval).to_string(),
+                "expected a duration above zero and not below OUTBOX_MIN_POLL_INTERVAL",
+            );
+        }
+        if self.lease_ttl < Duration::from_millis(100) {
+            return invalid(
+                "OUTBOX_LEASE_TTL",
+                humantime::format_duration(self.lease_ttl).to_string(),
+                "expected at least 100ms",
+            );
+        }
+        Ok(())
+    }
+
+    /// The wait before the next attempt after `failures` failed attempts:
+    /// `retry_delay * 2^(failures - 1)`, at most `max_retry_delay`.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(30);
+        self.retry_delay
+            .checked_mul(1 << doublings)
+            .unwrap_or(self.max_retry_delay)
+            .min(self.max_retry_delay)
+    }
+}
+
+/// Reads and parses variables, naming the variable and value in every error.
+struct Env<F>(F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+    }
+
+    fn parse<T>(
+        &self,
+        name: &'static str,
+        target: &mut T,
+        reason: &'static str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<()> {
+        if let Some(value) = self.get(name) {
+            *target = parse(value.trim()).ok_or(Error::Config {
+                variable: name,
+                value,
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn string(&self, name: &'static str, target: &mut String) -> Result<()> {
+        self.parse(name, target, "expected a non-empty value", |v| {
+            (!v.is_empty()).then(|| v.to_owned())
+        })
+    }
+
+    fn duration(&self, name: &'static str, target: &mut Duration) -> Result<()> {
+        self.parse(
+            name,
+            target,
+            "expected a duration such as 500ms, 5s, 1m 30s or 24h",
+            |v| humantime::parse_duration(v).ok(),
+        )
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &'static str, target: &mut T) -> Result<()> {
+        self.parse(name, target, "expected a non-negative integer", |v| {
+            v.parse().ok()
+        })
+    }
+
+    fn positive(&self, name: &'static str, target: &mut usize) -> Result<()> {
+        self.parse(name, target, "expected a positive integer", |v| {
+            v.parse().ok().filter(|n| *n > 0)
+        })
+    }
+
+    fn boolean(&self, name: &'static str, target: &mut bool) -> Result<()> {
+        self.parse(name, target, "expected true or false", |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Some(true),
+                "false" | "0" | "no" | "off" => Some(false),
+                _ => None,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(vars: &[(&str, &str)]) -> Result<ProcessorConfig> {
+        ProcessorConfig::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn no_variables_give_the_seed_defaults() {
+        assert_eq!(from(&[]).expect("defaults"), ProcessorConfig::default());
+    }
+
+    #[test]
+    fn every_seed_variable_is_read() {
+        let config = from(&[
+            ("OUTBOX_SERVICE_NAME", "billing"),
+            ("OUTBOX_INTERVAL", "2s"),
+            ("OUTBOX_BATCH_SIZE", "250"),
+            ("OUTBOX_ENABLED", "false"),
+            ("OUTBOX_RETRY_ATTEMPTS", "5"),
+            ("OUTBOX_RETRY_DELAY", "1m 30s"),
+            ("OUTBOX_CLEANUP_ENABLED", "0"),
+            ("OUTBOX_CLEANUP_INTERVAL", "12h"),
+            ("OUTBOX_CLEANUP_AFTER_DAYS", "30"),
+            ("OUTBOX_DEAD_LETTER_TOPIC", "billing.dlq"),
+            ("OUTBOX_LEASE_TTL", "15s"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            config,
+            ProcessorConfig {
+                service_name: "billing".into(),
+                interval: Duration::from_secs(2),
+                batch_size: 250,
+                enabled: false,
+                retry_attempts: 5,
+                retry_delay: Duration::from_secs(90),
+                cleanup_enabled: false,
+                cleanup_interval: Duration::from_secs(12 * 3600),
+                cleanup_after_days: 30,
+                dead_letter_topic: Some("billing.dlq".into()),
+                lease_ttl: Duration::from_secs(15),
+                ..ProcessorConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn each_invalid_value_is_named_in_the_error() {
+        for (variable, value) in [
+            ("OUTBOX_SERVICE_NAME", ""),
+            ("OUTBOX_INTERVAL", "5 parsecs"),
+            ("OUTBOX_BATCH_SIZE", "0"),
+            ("OUTBOX_BATCH_SIZE", "-1"),
+            ("OUTBOX_ENABLED", "maybe"),
+            ("OUTBOX_RETRY_ATTEMPTS", "three"),
+            ("OUTBOX_RETRY_DELAY", "10"),
+            ("OUTBOX_CLEANUP_ENABLED", "enabled"),
+            ("OUTBOX_CLEANUP_INTERVAL", "daily"),
+            ("OUTBOX_CLEANUP_AFTER_DAYS", "7d"),
+            ("OUTBOX_LEASE_TTL", "1ms"),
+        ] {
+            let error = from(&[(variable, value)]).expect_err(variable);
+            let text = error.to_string();
+            assert!(
+                text.contains(variable) && text.contains(&format!("{value:?}")),
+                "{variable}={value:?} gave: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_the_retry_delay_up_to_the_cap() {
+        let config = ProcessorConfig {
+            retry_delay: Duration::from_secs(10),
+            max_retry_delay: Duration::from_secs(60),
+            ..ProcessorConfig::default()
+        };
+        let delays: Vec<u64> = (1..=5).map(|n| config.backoff(n).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 60, 60]);
+        assert_eq!(config.backoff(u32::MAX), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,153 @@
+//! [`Message`]: a stored event as a publisher sees it.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sea_orm::FromQueryResult;
+use uuid::Uuid;
+
+use crate::headers;
+
+/// One event on its way to the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Store order; for one key, commit order.
+    pub seq: i64,
+    /// The event id; consumers drop duplicates by it.
+    pub id: Uuid,
+    /// The event type.
+    pub event_type: String,
+    /// The payload's schema version.
+    pub event_version: String,
+    /// The aggregate the event belongs to.
+    pub aggregate_id: String,
+    /// The destination topic.
+    pub topic: String,
+    /// The message key: the partition key, or the aggregate id.
+    pub key: String,
+    /// The payload as stored: a JSON document.
+    pub payload: String,
+    /// Extra headers given at store time.
+    pub extra_headers: Vec<(String, String)>,
+    /// The trace the event belongs to.
+    pub trace_id: Option<String>,
+    /// The user on whose behalf the event happened.
+    pub user_id: Option<String>,
+    /// When the event was stored.
+    pub created_at: DateTime<Utc>,
+    /// Failed attempts so far.
+    pub attempts: i32,
+}
+
+impl Message {
+    /// Every header of the message: the ones the relay sets ([`headers`]) followed by
+    /// the extra ones. The W3C `traceparent` header is present when the trace id is a
+    /// W3C trace id (32 hex digits, not all zero).
+    pub fn headers(&self) -> Vec<(&str, String)> {
+        let mut all = vec![
+            (headers::EVENT_ID, self.id.to_string()),
+            (headers::EVENT_TYPE, self.event_type.clone()),
+            (headers::EVENT_VERSION, self.event_version.clone()),
+            (headers::AGGREGATE_ID, self.aggregate_id.clone()),
+            (
+                headers::CREATED_AT,
+                self.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+            ),
+        ];
+        if let Some(trace_id) = &self.trace_id {
+            all.push((headers::TRACE_ID, trace_id.clone()));
+            if let Some(traceparent) = traceparent(trace_id, self.id) {
+                all.push((headers::TRACEPARENT, traceparent));
+            }
+        }
+        if let Some(user_id) = &self.user_id {
+            all.push((headers::USER_ID, user_id.clone()));
+        }
+        all.extend(
+            self.extra_headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone())),
+        );
+        all
+    }
+}
+
+/// A W3C `traceparent` continuing `trace_id`, with a span id derived from the event id
+/// (so a redelivery carries the same span), sampled.
+fn traceparent(trace_id: &str, event: Uuid) -> Option<String> {
+    let valid = trace_id.len() == 32
+        && trace_id.bytes().all(|b| b.is_ascii_hexdigit())
+        && trace_id.bytes().any(|b| b != b'0');
+    if !valid {
+        return None;
+    }
+    let span = u64::from_be_bytes(event.as_bytes()[8..].try_into().ok()?) | 1;
+    Some(format!(
+        "00-{}-{span:016x}-01",
+        trace_id.to_ascii_lowercase()
+    ))
+}
+
+/// The columns of a claimed event, as the claim query returns them.
+#[derive(Debug, FromQueryResult)]
+pub(crate) struct ClaimedRow {
+    pub(crate) seq: i64,
+    pub(crate) id: Uuid,
+    pub(crate) event_type: String,
+    pub(crate) event_version: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) destination_topic: String,
+    pub(crate) key: String,
+    pub(crate) payload: String,
+    pub(crate) headers: Option<String>,
+    pub(crate) trace_id: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) attempts: i32,
+}
+
+impl From<ClaimedRow> for Message {
+    fn from(row: ClaimedRow) -> Self {
+        // Written by the library as a JSON object of strings; anything else is ignored.
+        let extra_headers = row
+            .headers
+            .and_then(|text| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text).ok()
+            })
+            .map(|map| {
+                map.into_iter()
+                    .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Message {
+            seq: row.seq,
+            id: row.id,
+            event_type: row.event_type,
+            event_version: row.event_version,
+            aggregate_id: row.aggregate_id,
+            topic: row.destination_topic,
+            key: row.key,
+            payload: row.payload,
+            extra_headers,
+            trace_id: row.trace_id,
+            user_id: row.user_id,
+            created_at: row.created_at,
+            attempts: row.attempts,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_only_for_w3c_trace_ids() {
+        let event = Uuid::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        assert_eq!(
+            traceparent("4BF92F3577B34DA6A3CE929D0E0E4736", event).as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-0011223344556677-01")
+        );
+        assert_eq!(traceparent("00000000000000000000000000000000", event), None);
+        assert_eq!(traceparent("req-42", event), None);
+    }
+}

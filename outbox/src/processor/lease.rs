@@ -1,0 +1,191 @@
+//! Shard leases: which shards this relay may publish, shared fairly among the live
+//! relays of a service.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult};
+use tracing::{debug, info};
+
+use crate::error::Result;
+use crate::sql::{Dialect, LeaseKey};
+use crate::tables::Tables;
+
+/// The shards this relay holds, with the fencing token of each.
+#[derive(Debug)]
+pub(crate) struct Leases {
+    service: String,
+    relay_id: String,
+    shards: u16,
+    ttl: Duration,
+    owned: BTreeMap<i32, i64>,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct TokenRow {
+    token: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct LiveLease {
+    shard: i32,
+    owner: String,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct Count {
+    n: i64,
+}
+
+impl Leases {
+    pub(crate) fn new(service: &str, relay_id: &str, shards: u16, ttl: Duration) -> Self {
+        Leases {
+            service: service.to_owned(),
+            relay_id: relay_id.to_owned(),
+            shards,
+            ttl,
+            owned: BTreeMap::new(),
+        }
+    }
+
+    /// The shards held, with their tokens.
+    pub(crate) fn owned(&self) -> Vec<(i32, i64)> {
+        self.owned
+            .iter()
+            .map(|(&shard, &token)| (shard, token))
+            .collect()
+    }
+
+    /// Forgets a shard whose lease turned out to be lost.
+    pub(crate) fn lost(&mut self, shard: i32) {
+        if self.owned.remove(&shard).is_some() {
+            info!(shard, relay = %self.relay_id, "shard lease lost to another relay");
+        }
+    }
+
+    fn key(&self, shard: i32) -> LeaseKey<'_> {
+        LeaseKey {
+            service: &self.service,
+            shard,
+            owner: &self.relay_id,
+        }
+    }
+
+    fn ttl(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// One round: record that this relay is alive, count the live relays, keep (renew)
+    /// at most a fair share of shards, give up the rest, and take free or expired
+    /// shards up to the fair share. Shards are given up only here, between batches,
+    /// so two relays never work on one shard by handing it over.
+    pub(crate) async fn round(
+        &mut self,
+        db: &DatabaseConnection,
+        dialect: Dialect,
+        tables: &Tables,
+    ) -> Result<()> {
+        let now = Utc::now();
+        db.execute_raw(dialect.heartbeat(tables, &self.service, &self.relay_id, now))
+            .await?;
+        let live =
+            Count::find_by_statement(dialect.live_relays(tables, &self.service, now - self.ttl()))
+                .one(db)
+                .await?
+                .map_or(1, |c| c.n.max(1));
+        let shards = i64::from(self.shards);
+        let fair = usize::try_from((shards + live - 1) / live).unwrap_or(usize::from(self.shards));
+
+        // Give up what is beyond the fair share, highest shards first.
+        while self.owned.len() > fair {
+            let Some((shard, _)) = self.owned.pop_last() else {
+                break;
+            };
+            db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
+                .await?;
+            debug!(shard, relay = %self.relay_id, fair, "shard released for another relay");
+        }
+        // Renew the rest; a lease found taken (it expired and another relay took it) is gone.
+        let expires = now + self.ttl();
+        for shard in self.owned.keys().copied().collect::<Vec<_>>() {
+            match self
+                .acquire(db, dialect, tables, shard, now, expires)
+                .await?
+            {
+                Some(token) => {
+                    self.owned.insert(shard, token);
+                }
+                None => self.lost(shard),
+            }
+        }
+        if self.owned.len() >= fair {
+            return Ok(());
+        }
+        // Take free or expired shards, starting at a place of this relay's own so that
+        // relays starting together do not all race for the same ones.
+        let taken: HashSet<i32> =
+            LiveLease::find_by_statement(dialect.live_leases(tables, &self.service, now))
+                .all(db)
+                .await?
+                .into_iter()
+                .filter(|lease| lease.owner != self.relay_id)
+                .map(|lease| lease.shard)
+                .collect();
+        let start =
+            i32::try_from(crate::key::key_hash(&self.relay_id) % u64::from(self.shards.max(1)))
+                .unwrap_or(0);
+        let count = i32::from(self.shards);
+        for offset in 0..count {
+            if self.owned.len() >= fair {
+                break;
+            }
+            let shard = (start + offset) % count;
+            if taken.contains(&shard) || self.owned.contains_key(&shard) {
+                continue;
+            }
+            if let Some(token) = self
+                .acquire(db, dialect, tables, shard, now, expires)
+                .await?
+            {
+                debug!(shard, token, relay = %self.relay_id, "shard lease taken");
+                self.owned.insert(shard, token);
+            }
+        }
+        Ok(())
+    }
+
+    async fn acquire(
+        &self,
+        db: &DatabaseConnection,
+        dialect: Dialect,
+        tables: &Tables,
+        shard: i32,
+        now: DateTime<Utc>,
+        expires: DateTime<Utc>,
+    ) -> Result<Option<i64>> {
+        let statement = dialect.acquire_lease(tables, &self.key(shard), now, expires);
+        Ok(TokenRow::find_by_statement(statement)
+            .one(db)
+            .await?
+            .map(|row| row.token))
+    }
+
+    /// Gives up every shard and leaves the service, so other relays take over at once.
+    pub(crate) async fn release_all(
+        &mut self,
+        db: &DatabaseConnection,
+        dialect: Dialect,
+        tables: &Tables,
+    ) -> Result<()> {
+        let now = Utc::now();
+        for shard in std::mem::take(&mut self.owned).into_keys() {
+            db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
+                .await?;
+        }
+        let stale = now - self.ttl() * 10;
+        db.execute_raw(dialect.leave(tables, &self.service, &self.relay_id, stale))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,647 @@
+//! [`Processor`]: the relay that publishes stored events.
+//!
+//! Each relay instance leases shards of the service's events (see `lease.rs`) and,
+//! per shard, claims the oldest publishable events, publishes them, and writes the
+//! outcome back in one transaction fenced by its lease. No cursor is kept: a
+//! transaction that commits late is simply found pending later (G3), and within a
+//! shard events go out in `seq` order, which for one key is commit order (G4).
+
+mod lease;
+mod state;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, TransactionTrait};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info_span, warn};
+use uuid::Uuid;
+
+pub use state::Stats;
+
+use self::lease::Leases;
+use self::state::State;
+use crate::config::ProcessorConfig;
+use crate::error::{Error, Result};
+use crate::message::{ClaimedRow, Message};
+use crate::publisher::{PublishError, PublishErrorKind, Publisher};
+use crate::repository::failure_update;
+use crate::sql::{Dialect, LeaseKey};
+use crate::store::Outbox;
+
+/// Metric names (through the `metrics` facade), each labelled with `service`.
+pub mod metric_names {
+    /// Counter: events published.
+    pub const PUBLISHED: &str = "outbox_published_total";
+    /// Counter: failed publish attempts (label `kind`: `transient` or `permanent`).
+    pub const FAILED: &str = "outbox_publish_failures_total";
+    /// Counter: events dead-lettered.
+    pub const DEAD_LETTERED: &str = "outbox_dead_lettered_total";
+    /// Gauge: events pending.
+    pub const PENDING: &str = "outbox_pending";
+    /// Gauge: events dead-lettered and not replayed.
+    pub const DEAD_LETTERS: &str = "outbox_dead_letters";
+    /// Gauge: age of the oldest pending event, in seconds.
+    pub const OLDEST_PENDING_AGE: &str = "outbox_oldest_pending_age_seconds";
+    /// Histogram: time from store to broker acknowledgement, in seconds.
+    pub const PUBLISH_LATENCY: &str = "outbox_publish_latency_seconds";
+}
+
+/// The header a dead-lettered event carries on the dead-letter topic.
+pub const DEAD_LETTER_ERROR_HEADER: &str = "dead_letter_error";
+
+/// How often the backlog (pending count, oldest age) is measured.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
+/// Rows deleted per cleanup statement.
+const CLEANUP_BATCH: u64 = 1000;
+
+/// The relay: publishes the events of one service's outbox.
+///
+/// ```no_run
+/// # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), outbox::Error> {
+/// use outbox::{KafkaPublisher, Outbox, Processor, ProcessorConfig};
+///
+/// let outbox = Outbox::new(); // the same one the application stores with
+/// let relay = Processor::new(ProcessorConfig::from_env()?, db, KafkaPublisher::new("127.0.0.1:9092")?)
+///     .with_outbox(outbox.clone())
+///     .spawn();
+/// relay.healthcheck()?;
+/// // ...
+/// relay.shutdown().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Processor<P> {
+    inner: Arc<Inner<P>>,
+}
+
+#[derive(Debug)]
+struct Inner<P> {
+    config: ProcessorConfig,
+    db: DatabaseConnection,
+    publisher: P,
+    outbox: Outbox,
+    relay_id: String,
+    state: Arc<State>,
+    leases: Mutex<Leases>,
+}
+
+/// What one pass over the owned shards did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessReport {
+    /// Events claimed.
+    pub claimed: usize,
+    /// Events published.
+    pub published: usize,
+    /// Events whose attempt failed.
+    pub failed: usize,
+    /// Events dead-lettered.
+    pub dead_lettered: usize,
+    /// Whether some shard returned a full batch (more may be waiting).
+    pub full: bool,
+}
+
+impl ProcessReport {
+    fn add(&mut self, other: ProcessReport) {
+        self.claimed += other.claimed;
+        self.published += other.published;
+        self.failed += other.failed;
+        self.dead_lettered += other.dead_lettered;
+        self.full |= other.full;
+    }
+}
+
+impl<P: Publisher> Processor<P> {
+    /// A relay over `db` that publishes through `publisher`.
+    pub fn new(config: ProcessorConfig, db: DatabaseConnection, publisher: P) -> Self {
+        let relay_id = format!(
+            "{}-{}-{}",
+            config.service_name,
+            std::process::id(),
+            &Uuid::now_v7().simple().to_string()[20..]
+        );
+        Self::build(config, db, publisher, Outbox::new(), relay_id)
+    }
+
+    fn build(
+        config: ProcessorConfig,
+        db: DatabaseConnection,
+        publisher: P,
+        outbox: Outbox,
+        relay_id: String,
+    ) -> Self {
+        let leases = Leases::new(
+            &config.service_name,
+            &relay_id,
+            outbox.shards(),
+            config.lease_ttl,
+        );
+        let state = Arc::new(State::new(
+            relay_id.clone(),
+            config.health_timeout,
+            config.enabled,
+        ));
+        Processor {
+            inner: Arc::new(Inner {
+                config,
+                db,
+                publisher,
+                outbox,
+                relay_id,
+                state,
+                leases: Mutex::new(leases),
+            }),
+        }
+    }
+
+    /// Uses `outbox`'s tables and shard count, and wakes when it stores an event. Pass
+    /// a clone of the outbox the application stores with.
+    pub fn with_outbox(self, outbox: Outbox) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => Self::build(
+                inner.config,
+                inner.db,
+                inner.publisher,
+                outbox,
+                inner.relay_id,
+            ),
+            Err(inner) => Processor { inner },
+        }
+    }
+
+    /// This instance's id, as stored in the lease and relay tables.
+    pub fn relay_id(&self) -> &str {
+        &self.inner.relay_id
+    }
+
+    /// One pass by hand (the seed's `ProcessEvents`): takes or renews this relay's
+    /// shard leases, then publishes up to `batch_size` events per owned shard.
+    ///
+    /// # Errors
+    /// The database's. Publish failures are recorded on the events, not returned.
+    pub async fn process_events(&self, batch_size: usize) -> Result<ProcessReport> {
+        self.inner.lease_round().await?;
+        self.inner.process_owned(batch_size.max(1)).await
+    }
+
+    /// Starts the relay in the background. With `enabled = false` it starts nothing.
+    pub fn spawn(self) -> RelayHandle {
+        let inner = self.inner;
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut tasks = Vec::new();
+        if inner.config.enabled {
+            tasks.push(tracker.spawn(Arc::clone(&inner).run(cancel.clone())));
+            tasks.push(tracker.spawn(Arc::clone(&inner).probe(cancel.clone())));
+            if inner.config.cleanup_enabled {
+                tasks.push(tracker.spawn(Arc::clone(&inner).cleanup(cancel.clone())));
+            }
+        }
+        tracker.close();
+        RelayHandle {
+            state: Arc::clone(&inner.state),
+            relay_id: inner.relay_id.clone(),
+            shutdown_timeout: inner.config.shutdown_timeout,
+            cancel,
+            tracker,
+            tasks,
+        }
+    }
+}
+
+impl<P: Publisher> Inner<P> {
+    fn dialect(&self) -> Result<Dialect> {
+        Dialect::of(self.db.get_database_backend())
+    }
+
+    async fn lease_round(&self) -> Result<()> {
+        let dialect = self.dialect()?;
+        self.leases
+            .lock()
+            .await
+            .round(&self.db, dialect, self.outbox.tables())
+            .await
+    }
+
+    /// The main loop: lease rounds, passes over the owned shards, adaptive waits.
+    async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let config = &self.config;
+        let lease_round_every = config.lease_ttl / 3;
+        let mut next_lease_round = Instant::now();
+        let mut next_backlog = Instant::now();
+        let mut idle_wait = config.min_poll_interval;
+        while !cancel.is_cancelled() {
+            let cycle = async {
+                if Instant::now() >= next_lease_round {
+                    self.lease_round().await?;
+                    next_lease_round = Instant::now() + lease_round_every;
+                }
+                let report = self.process_owned(config.batch_size).await?;
+                if Instant::now() >= next_backlog {
+                    self.refresh_backlog().await?;
+                    next_backlog = Instant::now() + BACKLOG_INTERVAL;
+                }
+                Ok::<_, Error>(report)
+            }
+            .await;
+            let owned = self.leases.lock().await.owned().len();
+            let wait = match cycle {
+                Ok(report) => {
+                    self.state.cycle(Ok(owned));
+                    if report.full {
+                        Duration::ZERO
+                    } else if report.published > 0 {
+                        idle_wait = config.min_poll_interval;
+                        idle_wait
+                    } else {
+                        let wait = idle_wait;
+                        idle_wait = (idle_wait * 2).min(config.interval);
+                        wait
+                    }
+                }
+                Err(error) => {
+                    warn!(relay = %self.relay_id, %error, "relay cycle failed");
+                    self.state.cycle(Err(error.to_string()));
+                    idle_wait = (idle_wait * 2).min(config.interval);
+                    // A lost connection may have taken the leases with it: renew first.
+                    next_lease_round = Instant::now();
+                    idle_wait
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = self.outbox.notified() => idle_wait = config.min_poll_interval,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.state.stopped();
+        if let Ok(dialect) = self.dialect() {
+            let released = self
+                .leases
+                .lock()
+                .await
+                .release_all(&self.db, dialect, self.outbox.tables())
+                .await;
+            if let Err(error) = released {
+                warn!(relay = %self.relay_id, %error, "could not release leases; they expire on their own");
+            }
+        }
+    }
+
+    /// Publishes one batch of every owned shard, `concurrency` shards at a time.
+    async fn process_owned(&self, batch_size: usize) -> Result<ProcessReport> {
+        let owned = self.leases.lock().await.owned();
+        let results: Vec<(i32, Result<ShardOutcome>)> = futures_util::stream::iter(owned)
+            .map(|(shard, token)| async move {
+                (shard, self.process_shard(shard, token, batch_size).await)
+            })
+            .buffer_unordered(self.config.concurrency)
+            .collect()
+            .await;
+        let mut report = ProcessReport::default();
+        let mut first_error = None;
+        let mut last_published = None;
+        for (shard, result) in results {
+            match result {
+                Ok(ShardOutcome::Done(shard_report, last)) => {
+                    report.add(shard_report);
+                    last_published = last.or(last_published);
+                }
+                Ok(ShardOutcome::LeaseLost) => self.leases.lock().await.lost(shard),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if let Some(event) = last_published {
+            let dialect = self.dialect()?;
+            let statement = dialect.upsert_offset(
+                self.outbox.tables().offset(),
+                &self.config.service_name,
+                event,
+                Utc::now(),
+            );
+            self.db.execute_raw(statement).await?;
+        }
+        match first_error {
+            Some(error) if report.claimed == 0 => Err(error),
+            Some(error) => {
+                warn!(relay = %self.relay_id, %error, "a shard failed; the others were processed");
+                Ok(report)
+            }
+            None => Ok(report),
+        }
+    }
+
+    /// Claims, publishes and writes back one batch of `shard`.
+    async fn process_shard(
+        &self,
+        shard: i32,
+        token: i64,
+        batch_size: usize,
+    ) -> Result<ShardOutcome> {
+        let span = info_span!(
+            "outbox.batch",
+            service = %self.config.service_name,
+            relay = %self.relay_id,
+            shard,
+            batch_size = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+        );
+        async {
+            let dialect = self.dialect()?;
+            let tables = self.outbox.tables();
+            let claim = dialect.claim(tables.outbox(), shard, Utc::now(), batch_size);
+            let rows = ClaimedRow::find_by_statement(claim).all(&self.db).await?;
+            let span = tracing::Span::current();
+            span.record("batch_size", rows.len());
+            if rows.is_empty() {
+                return Ok(ShardOutcome::Done(ProcessReport::default(), None));
+            }
+            let messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
+            span.record(
+                "attempt",
+                messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1,
+            );
+            let outcomes = self.publisher.publish(&messages).await;
+            let acked_at = Utc::now();
+
+            let mut published = Vec::new();
+            let mut failures = Vec::new();
+            for (message, outcome) in messages.iter().zip(outcomes) {
+                match outcome {
+                    Ok(()) => published.push(message),
+                    Err(error) if error.kind() == PublishErrorKind::NotSent => {}
+                    Err(error) => failures.push((message, error)),
+                }
+            }
+            let updates: Vec<_> = failures
+                .iter()
+                .map(|(message, error)| {
+                    (
+                        *message,
+                        error,
+                        failure_update(message.attempts, error, acked_at, &self.config),
+                    )
+                })
+                .collect();
+            let dead: Vec<&Message> = updates
+                .iter()
+                .filter(|(_, _, update)| update.dead_lettered_at.is_some())
+                .map(|(message, _, _)| *message)
+                .collect();
+            for (message, error, _) in &updates {
+                warn!(event_id = %message.id, key = %message.key, %error, "publish failed");
+            }
+            self.send_to_dead_letter_topic(&updates).await;
+
+            // Write back in one transaction, only while the lease is still ours.
+            let txn = self.db.begin().await?;
+            let lease = LeaseKey {
+                service: &self.config.service_name,
+                shard,
+                owner: &self.relay_id,
+            };
+            if txn
+                .query_one_raw(dialect.fence(tables, &lease, token))
+                .await?
+                .is_none()
+            {
+                txn.rollback().await?;
+                debug!("lease lost before write-back; the new owner publishes these events again");
+                return Ok(ShardOutcome::LeaseLost);
+            }
+            if !published.is_empty() {
+                let seqs: Vec<i64> = published.iter().map(|m| m.seq).collect();
+                txn.execute_raw(dialect.mark_published(tables.outbox(), &seqs, acked_at))
+                    .await?;
+            }
+            for (message, _, update) in &updates {
+                txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, update))
+                    .await?;
+            }
+            txn.commit().await?;
+
+            self.record_metrics(&published, &updates, dead.len(), acked_at);
+            let report = ProcessReport {
+                claimed: messages.len(),
+                published: published.len(),
+                failed: updates.len(),
+                dead_lettered: dead.len(),
+                full: messages.len() >= batch_size,
+            };
+            Ok(ShardOutcome::Done(report, published.last().map(|m| m.id)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn send_to_dead_letter_topic(
+        &self,
+        updates: &[(&Message, &PublishError, crate::sql::FailureUpdate<'_>)],
+    ) {
+        let Some(topic) = &self.config.dead_letter_topic else {
+            return;
+        };
+        let dead: Vec<Message> = updates
+            .iter()
+            .filter(|(_, _, update)| update.dead_lettered_at.is_some())
+            .map(|(message, error, _)| {
+                let mut copy = (*message).clone();
+                copy.topic = topic.clone();
+                copy.extra_headers.push((
+                    DEAD_LETTER_ERROR_HEADER.to_owned(),
+                    error.message().to_owned(),
+                ));
+                copy
+            })
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        for (message, outcome) in dead.iter().zip(self.publisher.publish(&dead).await) {
+            if let Err(error) = outcome {
+                error!(event_id = %message.id, %topic, %error, "could not send a dead letter to the dead-letter topic; it stays in the table");
+            }
+        }
+    }
+
+    fn record_metrics(
+        &self,
+        published: &[&Message],
+        updates: &[(&Message, &PublishError, crate::sql::FailureUpdate<'_>)],
+        dead: usize,
+        acked_at: chrono::DateTime<Utc>,
+    ) {
+        let service = self.config.service_name.clone();
+        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        metrics::counter!(metric_names::PUBLISHED, "service" => service.clone())
+            .increment(as_u64(published.len()));
+        let latency =
+            metrics::histogram!(metric_names::PUBLISH_LATENCY, "service" => service.clone());
+        for message in published {
+            latency.record(
+                (acked_at - message.created_at)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+        }
+        for (_, error, _) in updates {
+            let kind = if error.kind() == PublishErrorKind::Permanent {
+                "permanent"
+            } else {
+                "transient"
+            };
+            metrics::counter!(metric_names::FAILED, "service" => service.clone(), "kind" => kind)
+                .increment(1);
+        }
+        metrics::counter!(metric_names::DEAD_LETTERED, "service" => service)
+            .increment(as_u64(dead));
+        self.state
+            .count(as_u64(published.len()), as_u64(updates.len()), as_u64(dead));
+    }
+
+    async fn refresh_backlog(&self) -> Result<()> {
+        let backlog = self.outbox.backlog(&self.db).await?;
+        let service = self.config.service_name.clone();
+        #[allow(clippy::cast_precision_loss)]
+        // gauges are f64; counts this large are not exact anyway
+        {
+            metrics::gauge!(metric_names::PENDING, "service" => service.clone())
+                .set(backlog.pending as f64);
+            metrics::gauge!(metric_names::DEAD_LETTERS, "service" => service.clone())
+                .set(backlog.dead_lettered as f64);
+        }
+        let age = backlog.oldest_pending_age(Utc::now()).unwrap_or_default();
+        metrics::gauge!(metric_names::OLDEST_PENDING_AGE, "service" => service)
+            .set(age.as_secs_f64());
+        self.state.backlog(backlog);
+        Ok(())
+    }
+
+    /// Checks the broker and the database on a timer, for `healthcheck`.
+    async fn probe(self: Arc<Self>, cancel: CancellationToken) {
+        let every = (self.config.health_timeout / 4)
+            .clamp(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            let broker = self.publisher.check().await.map_err(|e| e.to_string());
+            let database = self.db.ping().await.map_err(|e| e.to_string());
+            self.state.probes(broker, database);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// Deletes published events past their retention, on the configured interval.
+    async fn cleanup(self: Arc<Self>, cancel: CancellationToken) {
+        let retention =
+            Duration::from_secs(u64::from(self.config.cleanup_after_days) * 24 * 60 * 60);
+        loop {
+            match self
+                .outbox
+                .cleanup(&self.db, retention, CLEANUP_BATCH)
+                .await
+            {
+                Ok(0) => {}
+                Ok(deleted) => debug!(deleted, "cleanup removed published events"),
+                Err(error) => warn!(%error, "cleanup failed; it runs again at the next interval"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(self.config.cleanup_interval) => {}
+            }
+        }
+    }
+}
+
+/// What processing one shard came to.
+enum ShardOutcome {
+    /// The batch was written back; the id is the last event published.
+    Done(ProcessReport, Option<Uuid>),
+    /// The lease was taken by another relay before the write-back; nothing written.
+    LeaseLost,
+}
+
+/// A running relay: check it, read its figures, stop it.
+///
+/// Dropping the handle stops the relay as [`shutdown`](Self::shutdown) does, without
+/// waiting for it.
+#[derive(Debug)]
+pub struct RelayHandle {
+    state: Arc<State>,
+    relay_id: String,
+    shutdown_timeout: Duration,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// `Ok` while the relay runs, a cycle succeeded within `health_timeout`, and the
+    /// broker and the database answered the last probes.
+    ///
+    /// # Errors
+    /// [`Error::Unhealthy`] saying what is wrong.
+    pub fn healthcheck(&self) -> Result<()> {
+        self.state.healthcheck()
+    }
+
+    /// The relay's figures.
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    /// This instance's id.
+    pub fn relay_id(&self) -> &str {
+        &self.relay_id
+    }
+
+    /// Stops the relay: no new batch starts, the batch in flight is published and
+    /// written back, the shard leases are given up. Returns within `shutdown_timeout`;
+    /// past it the batch in flight is abandoned, which loses nothing: its events stay
+    /// pending and are published again.
+    ///
+    /// # Errors
+    /// [`Error::ShutdownTimeout`] when the deadline passed.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.cancel.cancel();
+        if tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.state.stopped();
+        Err(Error::ShutdownTimeout(self.shutdown_timeout))
+    }
+
+    /// Stops the relay at once, as a crash would: the batch in flight is dropped
+    /// unwritten and the leases stay until they expire. For tests and emergencies.
+    pub fn abort(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        self.state.stopped();
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

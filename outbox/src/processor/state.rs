@@ -1,0 +1,182 @@
+//! What a running relay knows about itself: counters, health, backlog.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use crate::error::{Error, Result};
+use crate::repository::Backlog;
+
+/// A snapshot of a relay's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// This relay instance's id.
+    pub relay_id: String,
+    /// Whether the relay runs (false when disabled by configuration or stopped).
+    pub running: bool,
+    /// Events this relay published since it started.
+    pub published: u64,
+    /// Failed publish attempts since it started.
+    pub failed: u64,
+    /// Events this relay dead-lettered since it started.
+    pub dead_lettered: u64,
+    /// Pending events in the table, as of the last backlog check.
+    pub pending: u64,
+    /// Dead-lettered events in the table, as of the last backlog check.
+    pub dead_letters: u64,
+    /// How long the oldest pending event has waited, as of the last backlog check.
+    pub oldest_pending_age: Option<Duration>,
+    /// Shards this relay holds.
+    pub owned_shards: usize,
+    /// Time since the last cycle that completed without error.
+    pub since_last_success: Option<Duration>,
+    /// The last error, if the last cycle or check failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Health {
+    started: Instant,
+    running: bool,
+    last_success: Option<Instant>,
+    last_error: Option<String>,
+    broker_error: Option<String>,
+    database_error: Option<String>,
+    backlog: Backlog,
+    backlog_at: chrono::DateTime<Utc>,
+    owned_shards: usize,
+}
+
+/// Shared between the relay's tasks and its handle.
+#[derive(Debug)]
+pub(crate) struct State {
+    relay_id: String,
+    health_timeout: Duration,
+    published: AtomicU64,
+    failed: AtomicU64,
+    dead_lettered: AtomicU64,
+    health: Mutex<Health>,
+}
+
+impl State {
+    pub(crate) fn new(relay_id: String, health_timeout: Duration, running: bool) -> Self {
+        State {
+            relay_id,
+            health_timeout,
+            published: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            health: Mutex::new(Health {
+                started: Instant::now(),
+                running,
+                last_success: None,
+                last_error: None,
+                broker_error: None,
+                database_error: None,
+                backlog: Backlog::default(),
+                backlog_at: Utc::now(),
+                owned_shards: 0,
+            }),
+        }
+    }
+
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn count(&self, published: u64, failed: u64, dead_lettered: u64) {
+        self.published.fetch_add(published, Ordering::Relaxed);
+        self.failed.fetch_add(failed, Ordering::Relaxed);
+        self.dead_lettered
+            .fetch_add(dead_lettered, Ordering::Relaxed);
+    }
+
+    /// A cycle ended: `Ok` when it claimed, published and wrote back without error.
+    pub(crate) fn cycle(&self, outcome: std::result::Result<usize, String>) {
+        let mut health = self.health();
+        match outcome {
+            Ok(owned_shards) => {
+                health.last_success = Some(Instant::now());
+                health.last_error = None;
+                health.owned_shards = owned_shards;
+            }
+            Err(error) => health.last_error = Some(error),
+        }
+    }
+
+    pub(crate) fn backlog(&self, backlog: Backlog) {
+        let mut health = self.health();
+        health.backlog = backlog;
+        health.backlog_at = Utc::now();
+    }
+
+    pub(crate) fn probes(
+        &self,
+        broker: std::result::Result<(), String>,
+        database: std::result::Result<(), String>,
+    ) {
+        let mut health = self.health();
+        health.broker_error = broker.err();
+        health.database_error = database.err();
+    }
+
+    pub(crate) fn stopped(&self) {
+        let mut health = self.health();
+        health.running = false;
+        health.owned_shards = 0;
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let health = self.health();
+        let since_backlog = (Utc::now() - health.backlog_at)
+            .to_std()
+            .unwrap_or_default();
+        Stats {
+            relay_id: self.relay_id.clone(),
+            running: health.running,
+            published: self.published.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            pending: health.backlog.pending,
+            dead_letters: health.backlog.dead_lettered,
+            oldest_pending_age: health
+                .backlog
+                .oldest_pending_age(health.backlog_at)
+                .map(|age| age + since_backlog),
+            owned_shards: health.owned_shards,
+            since_last_success: health.last_success.map(|at| at.elapsed()),
+            last_error: health.last_error.clone(),
+        }
+    }
+
+    /// Healthy when running, a cycle succeeded within the health timeout, and the last
+    /// probes reached the broker and the database.
+    pub(crate) fn healthcheck(&self) -> Result<()> {
+        let health = self.health();
+        let unhealthy = |reason: String| Err(Error::Unhealthy { reason });
+        if !health.running {
+            return unhealthy("the relay is not running".to_owned());
+        }
+        if let Some(error) = &health.broker_error {
+            return unhealthy(format!("broker unreachable: {error}"));
+        }
+        if let Some(error) = &health.database_error {
+            return unhealthy(format!("database unreachable: {error}"));
+        }
+        let since = health.last_success.unwrap_or(health.started).elapsed();
+        if since > self.health_timeout {
+            let last = health.last_error.as_deref().unwrap_or("none recorded");
+            return unhealthy(format!(
+                "no successful cycle for {}s (limit {}s); last error: {last}",
+                since.as_secs(),
+                self.health_timeout.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! Publishers: where the relay sends events.
+//!
+//! [`KafkaPublisher`] is the production one. [`NoOpPublisher`] accepts everything,
+//! and [`MemoryPublisher`] keeps what it receives for tests to inspect. Implement
+//! [`Publisher`] to send events anywhere else.
+
+#[cfg(feature = "kafka")]
+mod kafka;
+mod memory;
+
+use std::fmt;
+use std::future::Future;
+
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, KafkaPublisher};
+pub use memory::{MemoryPublisher, NoOpPublisher};
+
+use crate::message::Message;
+
+/// Sends batches of events to a broker.
+///
+/// # Contract
+/// - `publish` returns one result per message, in the order given.
+/// - Messages with the same key must reach the broker in the order given. When a
+///   message fails, later messages with its key in the same batch must not be
+///   delivered ahead of it: the publisher reports them as [`PublishError::not_sent`]
+///   instead of sending them.
+/// - `Ok` means the broker acknowledged the message; the relay then marks it published.
+///
+/// ```
+/// use outbox::{Message, PublishError, Publisher};
+///
+/// #[derive(Debug)]
+/// struct Stdout;
+///
+/// impl Publisher for Stdout {
+///     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+///         batch.iter().map(|m| { println!("{} {} {}", m.topic, m.key, m.payload); Ok(()) }).collect()
+///     }
+/// }
+/// ```
+pub trait Publisher: Send + Sync + 'static {
+    /// Sends `batch` and reports each message's outcome.
+    fn publish(
+        &self,
+        batch: &[Message],
+    ) -> impl Future<Output = Vec<Result<(), PublishError>>> + Send;
+
+    /// Checks that the broker can be reached, for health checks. The default says yes.
+    fn check(&self) -> impl Future<Output = Result<(), PublishError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Why a message was not published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishError {
+    kind: PublishErrorKind,
+    message: String,
+}
+
+/// How the relay treats a failed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PublishErrorKind {
+    /// The broker is unavailable or slow (timeouts, connection loss, full queues): the
+    /// message is retried without using up its attempts, so an outage dead-letters
+    /// nothing.
+    Transient,
+    /// The message itself was refused (too large, invalid): the attempt counts, and
+    /// after the configured attempts the event is dead-lettered.
+    Permanent,
+    /// Not attempted, because an earlier message with the same key failed in the same
+    /// batch. Nothing is recorded; it is sent after that message.
+    NotSent,
+}
+
+impl PublishError {
+    /// A failure the broker will likely recover from.
+    pub fn transient(message: impl Into<String>) -> Self {
+        PublishError {
+            kind: PublishErrorKind::Transient,
+            message: message.into(),
+        }
+    }
+
+    /// A failure of the message itself.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        PublishError {
+            kind: PublishErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// A message held back behind a failed message with the same key.
+    pub fn not_sent() -> Self {
+        PublishError {
+            kind: PublishErrorKind::NotSent,
+            message: "held back: an earlier event with the same key failed".to_owned(),
+        }
+    }
+
+    /// How the relay treats it.
+    pub fn kind(&self) -> PublishErrorKind {
+        self.kind
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            PublishErrorKind::Transient => "transient",
+            PublishErrorKind::Permanent => "permanent",
+            PublishErrorKind::NotSent => "not sent",
+        };
+        write!(f, "{kind} publish failure: {}", self.message)
+    }
+}
+
+impl std::error::Error for PublishError {}

@@ -1,0 +1,284 @@
+//! Operations on stored events outside the relay loop: the seed's repository and
+//! service calls, dead-letter replay, cleanup and backlog figures.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ConnectionTrait, EntityTrait, FromQueryResult, TransactionSession, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::config::ProcessorConfig;
+use crate::entity::outbox as row;
+use crate::error::{Error, Result};
+use crate::publisher::{PublishError, PublishErrorKind};
+use crate::sql::{Dialect, FailureUpdate};
+use crate::store::Outbox;
+
+/// What became of an event after a recorded failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureOutcome {
+    /// It will be tried again, not before `next_attempt_at`.
+    Retry {
+        /// Failed attempts so far.
+        attempts: i32,
+        /// The earliest next attempt.
+        next_attempt_at: DateTime<Utc>,
+    },
+    /// It used up its attempts and is dead-lettered.
+    DeadLettered {
+        /// Failed attempts.
+        attempts: i32,
+    },
+    /// It was already published or dead-lettered; nothing changed.
+    Unchanged,
+}
+
+/// Pending work in the outbox table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Events waiting to be published.
+    pub pending: u64,
+    /// Dead-lettered events.
+    pub dead_lettered: u64,
+    /// When the oldest pending event was stored.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+}
+
+impl Backlog {
+    /// How long the oldest pending event has waited, as of `now`.
+    pub fn oldest_pending_age(&self, now: DateTime<Utc>) -> Option<Duration> {
+        self.oldest_pending_at
+            .map(|at| (now - at).to_std().unwrap_or_default())
+    }
+}
+
+#[derive(Debug, FromQueryResult)]
+struct BacklogRow {
+    pending: i64,
+    oldest: Option<DateTime<Utc>>,
+    dead: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct FailureStateRow {
+    attempts: i32,
+    published: bool,
+    dead: bool,
+}
+
+/// The new state of an event after one failed attempt: a permanent failure uses up an
+/// attempt (and the last one dead-letters); a transient one only delays the event.
+pub(crate) fn failure_update<'a>(
+    attempts_so_far: i32,
+    error: &'a PublishError,
+    now: DateTime<Utc>,
+    config: &ProcessorConfig,
+) -> FailureUpdate<'a> {
+    let (attempts, dead) = match error.kind() {
+        PublishErrorKind::Permanent => {
+            let attempts = attempts_so_far.saturating_add(1);
+            (
+                attempts,
+                u32::try_from(attempts).unwrap_or(0) > config.retry_attempts,
+            )
+        }
+        _ => (attempts_so_far, false),
+    };
+    let wait = match error.kind() {
+        PublishErrorKind::Permanent => config.backoff(u32::try_from(attempts).unwrap_or(1)),
+        _ => config.retry_delay.min(config.max_retry_delay),
+    };
+    FailureUpdate {
+        attempts,
+        error: error.message(),
+        now,
+        next_attempt_at: (!dead)
+            .then(|| now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)),
+        dead_lettered_at: dead.then_some(now),
+    }
+}
+
+impl Outbox {
+    fn dialect(&self, conn: &impl ConnectionTrait) -> Result<Dialect> {
+        Dialect::of(conn.get_database_backend())
+    }
+
+    /// Pending events, oldest first (the seed's `GetUnpublished`).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn get_unpublished<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        limit: u64,
+    ) -> Result<Vec<row::Model>> {
+        let statement = self
+            .dialect(conn)?
+            .unpublished(self.tables().outbox(), limit);
+        Ok(row::Entity::find()
+            .from_raw_sql(statement)
+            .all(conn)
+            .await?)
+    }
+
+    /// Dead-lettered events, oldest first.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn dead_letters<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        limit: u64,
+    ) -> Result<Vec<row::Model>> {
+        let statement = self
+            .dialect(conn)?
+            .dead_letters(self.tables().outbox(), limit);
+        Ok(row::Entity::find()
+            .from_raw_sql(statement)
+            .all(conn)
+            .await?)
+    }
+
+    /// Marks events published by id, for custom processing (the seed's
+    /// `MarkEventsAsPublished`). Returns how many were pending.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn mark_events_as_published<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        ids: &[Uuid],
+    ) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let dialect = self.dialect(conn)?;
+        let mut marked = 0;
+        for chunk in ids.chunks(1000) {
+            let statement = dialect.mark_published_by_id(self.tables().outbox(), chunk, Utc::now());
+            marked += conn.execute_raw(statement).await?.rows_affected();
+        }
+        Ok(marked)
+    }
+
+    /// Records a failed attempt to publish event `id` (the seed's
+    /// `HandleEventFailure`): the attempt counts, the event waits
+    /// `config.backoff(attempts)`, and after `1 + config.retry_attempts` failures it is
+    /// dead-lettered.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id, or the database's.
+    pub async fn handle_event_failure<C>(
+        &self,
+        conn: &C,
+        id: Uuid,
+        error: &str,
+        config: &ProcessorConfig,
+    ) -> Result<FailureOutcome>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        let dialect = self.dialect(conn)?;
+        let table = self.tables().outbox();
+        let txn = conn.begin().await?;
+        let state = FailureStateRow::find_by_statement(dialect.failure_state(table, id))
+            .one(&txn)
+            .await?
+            .ok_or(Error::NotFound(id))?;
+        if state.published || state.dead {
+            return Ok(FailureOutcome::Unchanged);
+        }
+        let error = PublishError::permanent(error);
+        let update = failure_update(state.attempts, &error, Utc::now(), config);
+        txn.execute_raw(dialect.record_failure(table, id, &update))
+            .await?;
+        txn.commit().await?;
+        Ok(match update.next_attempt_at {
+            Some(next_attempt_at) => FailureOutcome::Retry {
+                attempts: update.attempts,
+                next_attempt_at,
+            },
+            None => FailureOutcome::DeadLettered {
+                attempts: update.attempts,
+            },
+        })
+    }
+
+    /// Puts a dead-lettered event back in line with its attempts reset. It is
+    /// published in `seq` order with the pending events of its key; events of its key
+    /// published while it was dead-lettered stay ahead of it.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when no dead-lettered event has this id, or the database's.
+    pub async fn replay<C: ConnectionTrait>(&self, conn: &C, id: Uuid) -> Result<()> {
+        let statement = self
+            .dialect(conn)?
+            .replay(self.tables().outbox(), Some(id), Utc::now());
+        match conn.execute_raw(statement).await?.rows_affected() {
+            0 => Err(Error::NotFound(id)),
+            _ => {
+                self.notify();
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts every dead-lettered event back in line; returns how many.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn replay_all_dead<C: ConnectionTrait>(&self, conn: &C) -> Result<u64> {
+        let statement = self
+            .dialect(conn)?
+            .replay(self.tables().outbox(), None, Utc::now());
+        let replayed = conn.execute_raw(statement).await?.rows_affected();
+        if replayed > 0 {
+            self.notify();
+        }
+        Ok(replayed)
+    }
+
+    /// Deletes events published more than `older_than` ago, `batch` rows per
+    /// statement so no statement holds many locks or runs long. Pending and
+    /// dead-lettered events are never deleted. Returns how many were deleted.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn cleanup<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        older_than: Duration,
+        batch: u64,
+    ) -> Result<u64> {
+        let dialect = self.dialect(conn)?;
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let batch = batch.max(1);
+        let mut deleted = 0;
+        loop {
+            let statement = dialect.cleanup(self.tables().outbox(), cutoff, batch);
+            let n = conn.execute_raw(statement).await?.rows_affected();
+            deleted += n;
+            if n < batch {
+                return Ok(deleted);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// How many events are pending and dead-lettered, and the oldest pending one.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn backlog<C: ConnectionTrait>(&self, conn: &C) -> Result<Backlog> {
+        let statement = self.dialect(conn)?.backlog(self.tables().outbox());
+        let row = BacklogRow::find_by_statement(statement).one(conn).await?;
+        Ok(row.map_or_else(Backlog::default, |row| Backlog {
+            pending: u64::try_from(row.pending).unwrap_or(0),
+            dead_lettered: u64::try_from(row.dead).unwrap_or(0),
+            oldest_pending_at: row.oldest,
+        }))
+    }
+}

@@ -1,0 +1,745 @@
+//! The relay with an in-process publisher, against PostgreSQL and SQLite: order,
+//! retries, dead letters, replay, cleanup, leases, crashes, shutdown, health.
+//! (The same relay against the real broker is in `kafka.rs`.)
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use outbox::entity::outbox as row;
+use outbox::{
+    Envelope, EventBuilder, FailureOutcome, MemoryPublisher, Message, Outbox, Processor,
+    ProcessorConfig, PublishError, Publisher,
+};
+use outbox_tests::{PgSchema, eventually, migrated_sqlite};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    Statement, TransactionTrait,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+fn fast_config(service: &str) -> ProcessorConfig {
+    ProcessorConfig {
+        interval: Duration::from_millis(100),
+        min_poll_interval: Duration::from_millis(5),
+        retry_delay: Duration::from_millis(200),
+        max_retry_delay: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(2),
+        health_timeout: Duration::from_secs(3),
+        shutdown_timeout: Duration::from_secs(5),
+        batch_size: 50,
+        ..ProcessorConfig::new(service)
+    }
+}
+
+fn counter(key: &str, n: usize) -> EventBuilder {
+    EventBuilder::new("counter.incremented", key).data(json!({ "n": n }))
+}
+
+/// Stores `per_key` events for each of `keys` keys, one transaction per event,
+/// interleaving the keys.
+async fn store_interleaved(db: &DatabaseConnection, outbox: &Outbox, keys: usize, per_key: usize) {
+    for n in 0..per_key {
+        for k in 0..keys {
+            let txn = db.begin().await.expect("begin");
+            outbox
+                .store(&txn, &counter(&format!("key-{k}"), n), "counters")
+                .await
+                .expect("store");
+            txn.commit().await.expect("commit");
+        }
+    }
+}
+
+/// For each key, the `n` of its messages in the order published (duplicates removed).
+fn per_key_order(messages: &[Message]) -> HashMap<String, Vec<u64>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
+    for message in messages {
+        if seen.insert(message.id) {
+            let payload: serde_json::Value =
+                serde_json::from_str(&message.payload).expect("JSON payload");
+            order
+                .entry(message.key.clone())
+                .or_default()
+                .push(payload["n"].as_u64().expect("n"));
+        }
+    }
+    order
+}
+
+fn assert_complete_and_ordered(messages: &[Message], keys: usize, per_key: usize) {
+    let order = per_key_order(messages);
+    assert_eq!(order.len(), keys, "every key published");
+    let expected: Vec<u64> = (0..u64::try_from(per_key).expect("small")).collect();
+    for (key, ns) in &order {
+        assert_eq!(ns, &expected, "key {key} out of order or incomplete");
+    }
+}
+
+async fn publishes_committed_events_in_key_order(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let relay = Processor::new(fast_config("orders"), db.clone(), publisher.clone())
+        .with_outbox(outbox.clone())
+        .spawn();
+
+    store_interleaved(&db, &outbox, 5, 20).await;
+    let txn = db.begin().await.expect("begin");
+    outbox
+        .store(&txn, &counter("rolled-back", 0), "counters")
+        .await
+        .expect("store");
+    txn.rollback().await.expect("rollback");
+
+    eventually(
+        "all 100 events published",
+        Duration::from_secs(20),
+        || async { publisher.messages().len() >= 100 },
+    )
+    .await;
+    relay.shutdown().await.expect("shutdown");
+
+    let messages = publisher.messages();
+    assert_complete_and_ordered(&messages, 5, 20);
+    assert!(
+        messages.iter().all(|m| m.key != "rolled-back"),
+        "a rolled-back event was published"
+    );
+    let pending = outbox.get_unpublished(&db, 10).await.expect("unpublished");
+    assert!(pending.is_empty(), "nothing left pending: {pending:?}");
+    let rows = row::Entity::find().all(&db).await.expect("rows");
+    assert!(rows.iter().all(|r| r.published && r.published_at.is_some()));
+}
+
+/// A publisher that refuses the events in `poisoned`, as a broker refuses a message
+/// that is too large, until cured.
+#[derive(Debug, Clone, Default)]
+struct Refusing {
+    inner: MemoryPublisher,
+    poisoned: Arc<std::sync::Mutex<Vec<Uuid>>>,
+}
+
+impl Refusing {
+    fn poison(&self, id: Uuid) {
+        self.poisoned.lock().expect("lock").push(id);
+    }
+
+    fn cure(&self) {
+        self.poisoned.lock().expect("lock").clear();
+    }
+}
+
+impl Publisher for Refusing {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        let poisoned = self.poisoned.lock().expect("lock").clone();
+        let mut results = Vec::new();
+        let mut failed = std::collections::HashSet::new();
+        for message in batch {
+            if failed.contains(&message.key) {
+                results.push(Err(PublishError::not_sent()));
+            } else if poisoned.contains(&message.id) {
+                failed.insert(message.key.clone());
+                results.push(Err(PublishError::permanent("message too large")));
+            } else {
+                results.extend(self.inner.publish(std::slice::from_ref(message)).await);
+            }
+        }
+        results
+    }
+}
+
+async fn poison_is_dead_lettered_others_flow_and_replay_republishes(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let publisher = Refusing::default();
+    let first = outbox
+        .store(&db, &counter("poison", 0), "counters")
+        .await
+        .expect("store poison");
+    publisher.poison(first);
+    for n in 1..4 {
+        outbox
+            .store(&db, &counter("poison", n), "counters")
+            .await
+            .expect("store later poison-key event");
+    }
+    let config = ProcessorConfig {
+        retry_attempts: 2,
+        ..fast_config("poison")
+    };
+    let relay = Processor::new(config, db.clone(), publisher.clone())
+        .with_outbox(outbox.clone())
+        .spawn();
+    store_interleaved(&db, &outbox, 3, 5).await;
+
+    eventually(
+        "the poison event is dead-lettered",
+        Duration::from_secs(20),
+        || async {
+            outbox
+                .dead_letters(&db, 10)
+                .await
+                .expect("dead letters")
+                .len()
+                == 1
+        },
+    )
+    .await;
+    let dead = outbox
+        .dead_letters(&db, 10)
+        .await
+        .expect("dead letters")
+        .remove(0);
+    assert_eq!(dead.id, first);
+    assert_eq!(dead.attempts, 3, "1 attempt + 2 retries");
+    assert_eq!(dead.error_message.as_deref(), Some("message too large"));
+    let dead_at = dead.dead_lettered_at.expect("dead-lettered");
+
+    eventually(
+        "everything else is published",
+        Duration::from_secs(20),
+        || async {
+            outbox
+                .get_unpublished(&db, 10)
+                .await
+                .expect("unpublished")
+                .is_empty()
+        },
+    )
+    .await;
+    let order = per_key_order(&publisher.inner.messages());
+    for k in 0..3 {
+        assert_eq!(
+            order[&format!("key-{k}")],
+            [0, 1, 2, 3, 4],
+            "other keys flowed"
+        );
+    }
+    assert_eq!(
+        order["poison"],
+        [1, 2, 3],
+        "the key went on, in order, after the dead letter"
+    );
+    let later = row::Entity::find()
+        .filter(row::Column::PartitionKey.eq("poison"))
+        .filter(row::Column::Id.ne(first))
+        .all(&db)
+        .await
+        .expect("rows");
+    assert!(
+        later
+            .iter()
+            .all(|r| r.published_at.is_some_and(|at| at >= dead_at)),
+        "later events of the key waited for the dead letter"
+    );
+
+    // The operator fixes the cause and replays.
+    publisher.cure();
+    outbox.replay(&db, first).await.expect("replay");
+    eventually(
+        "the replayed event is published",
+        Duration::from_secs(20),
+        || async { publisher.inner.messages().iter().any(|m| m.id == first) },
+    )
+    .await;
+    assert!(
+        outbox
+            .dead_letters(&db, 10)
+            .await
+            .expect("dead letters")
+            .is_empty()
+    );
+    relay.shutdown().await.expect("shutdown");
+    assert!(matches!(
+        outbox.replay(&db, Uuid::now_v7()).await,
+        Err(outbox::Error::NotFound(_))
+    ));
+}
+
+async fn retries_back_off_and_then_publish(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let id = outbox
+        .store(&db, &counter("flaky", 0), "counters")
+        .await
+        .expect("store");
+    outbox
+        .store(&db, &counter("flaky", 1), "counters")
+        .await
+        .expect("store");
+    publisher.fail_next(
+        id,
+        [
+            PublishError::permanent("refused once"),
+            PublishError::permanent("refused twice"),
+        ],
+    );
+    let processor = Processor::new(fast_config("retry"), db.clone(), publisher.clone());
+
+    let mut attempts_seen = Vec::new();
+    for _ in 0..100 {
+        processor.process_events(10).await.expect("process");
+        let event = row::Entity::find()
+            .filter(row::Column::Id.eq(id))
+            .one(&db)
+            .await
+            .expect("read")
+            .expect("row");
+        if event.published {
+            break;
+        }
+        if let (Some(last), Some(next)) = (event.last_attempt_at, event.next_attempt_at)
+            && attempts_seen.last().map(|(a, _)| *a) != Some(event.attempts)
+        {
+            attempts_seen.push((event.attempts, (next - last).num_milliseconds()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        attempts_seen,
+        [(1, 200), (2, 400)],
+        "delays double from the retry delay"
+    );
+    let order: Vec<u64> = per_key_order(&publisher.messages())
+        .remove("flaky")
+        .unwrap_or_default();
+    assert_eq!(order, [0, 1], "the later event waited for the retried one");
+}
+
+async fn transient_failures_use_no_attempts(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let id = outbox
+        .store(&db, &counter("k", 0), "counters")
+        .await
+        .expect("store");
+    publisher.fail_next(id, (0..5).map(|_| PublishError::transient("broker away")));
+    let processor = Processor::new(
+        ProcessorConfig {
+            retry_attempts: 1,
+            ..fast_config("transient")
+        },
+        db.clone(),
+        publisher.clone(),
+    );
+    for _ in 0..200 {
+        processor.process_events(10).await.expect("process");
+        if !publisher.messages().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let event = row::Entity::find()
+        .one(&db)
+        .await
+        .expect("read")
+        .expect("row");
+    assert!(event.published, "published after the broker came back");
+    assert_eq!(event.attempts, 0, "outages use up no attempts");
+    assert_eq!(event.dead_lettered_at, None);
+    assert_eq!(
+        event.error_message.as_deref(),
+        Some("broker away"),
+        "the last error is kept"
+    );
+}
+
+async fn cleanup_removes_only_expired_published_events(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let ids = outbox
+        .store_batch(
+            &db,
+            (0..25).map(|n| Envelope::new(&counter("k", n), "counters").expect("envelope")),
+        )
+        .await
+        .expect("store");
+    // 12 published long ago, 5 published now, 1 dead-lettered, 7 pending.
+    outbox
+        .mark_events_as_published(&db, &ids[..17])
+        .await
+        .expect("mark");
+    let backend = db.get_database_backend();
+    let old = chrono::Utc::now() - chrono::Duration::days(8);
+    let placeholders: Vec<String> = (0..12)
+        .map(|i| {
+            if backend == sea_orm::DbBackend::Postgres {
+                format!("${}", i + 2)
+            } else {
+                "?".into()
+            }
+        })
+        .collect();
+    let first = if backend == sea_orm::DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    let mut values: Vec<sea_orm::Value> = vec![old.into()];
+    values.extend(ids[..12].iter().map(|id| sea_orm::Value::from(*id)));
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        format!(
+            "UPDATE _outbox SET published_at = {first} WHERE id IN ({})",
+            placeholders.join(", ")
+        ),
+        values,
+    ))
+    .await
+    .expect("age rows");
+    let config = ProcessorConfig {
+        retry_attempts: 0,
+        ..fast_config("cleanup")
+    };
+    let outcome = outbox
+        .handle_event_failure(&db, ids[17], "refused", &config)
+        .await
+        .expect("fail");
+    assert_eq!(outcome, FailureOutcome::DeadLettered { attempts: 1 });
+
+    let deleted = outbox
+        .cleanup(&db, Duration::from_secs(7 * 24 * 3600), 5)
+        .await
+        .expect("cleanup");
+    assert_eq!(deleted, 12, "in batches of 5: 5 + 5 + 2");
+    let left: Vec<Uuid> = row::Entity::find()
+        .order_by_asc(row::Column::Seq)
+        .all(&db)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        left,
+        ids[12..],
+        "recent published, dead-lettered and pending events stay"
+    );
+    let backlog = outbox.backlog(&db).await.expect("backlog");
+    assert_eq!((backlog.pending, backlog.dead_lettered), (7, 1));
+}
+
+async fn manual_api_records_failures_like_the_seed(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let id = outbox
+        .store(&db, &counter("k", 0), "counters")
+        .await
+        .expect("store");
+    let config = ProcessorConfig {
+        retry_attempts: 1,
+        retry_delay: Duration::from_secs(10),
+        max_retry_delay: Duration::from_secs(60),
+        ..fast_config("manual")
+    };
+    let retry = outbox
+        .handle_event_failure(&db, id, "network timeout", &config)
+        .await
+        .expect("first failure");
+    let FailureOutcome::Retry {
+        attempts: 1,
+        next_attempt_at,
+    } = retry
+    else {
+        panic!("expected a retry: {retry:?}")
+    };
+    let wait = (next_attempt_at - chrono::Utc::now()).num_seconds();
+    assert!((8..=10).contains(&wait), "waits the retry delay, {wait}s");
+    let dead = outbox
+        .handle_event_failure(&db, id, "network timeout", &config)
+        .await
+        .expect("second failure");
+    assert_eq!(dead, FailureOutcome::DeadLettered { attempts: 2 });
+    assert_eq!(
+        outbox
+            .handle_event_failure(&db, id, "again", &config)
+            .await
+            .expect("third"),
+        FailureOutcome::Unchanged
+    );
+    assert!(matches!(
+        outbox
+            .handle_event_failure(&db, Uuid::now_v7(), "x", &config)
+            .await,
+        Err(outbox::Error::NotFound(_))
+    ));
+    assert_eq!(outbox.replay_all_dead(&db).await.expect("replay"), 1);
+    assert_eq!(
+        outbox
+            .get_unpublished(&db, 10)
+            .await
+            .expect("unpublished")
+            .len(),
+        1
+    );
+    assert_eq!(
+        outbox
+            .mark_events_as_published(&db, &[id])
+            .await
+            .expect("mark"),
+        1
+    );
+    assert_eq!(
+        outbox
+            .mark_events_as_published(&db, &[id])
+            .await
+            .expect("mark again"),
+        0
+    );
+    assert!(
+        outbox
+            .get_unpublished(&db, 10)
+            .await
+            .expect("unpublished")
+            .is_empty()
+    );
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let pg = super::PgSchema::migrated().await;
+                    super::$name(pg.db.clone()).await;
+                    pg.drop().await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::migrated_sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    publishes_committed_events_in_key_order,
+    poison_is_dead_lettered_others_flow_and_replay_republishes,
+    retries_back_off_and_then_publish,
+    transient_failures_use_no_attempts,
+    cleanup_removes_only_expired_published_events,
+    manual_api_records_failures_like_the_seed,
+);
+
+/// Three relays of one service share the shards and keep each key in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_three_relays_share_the_work_in_key_order() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let relays: Vec<_> = (0..3)
+        .map(|_| Processor::new(fast_config("shared"), pg.db.clone(), publisher.clone()).spawn())
+        .collect();
+    store_interleaved(&pg.db, &outbox, 20, 15).await;
+    eventually(
+        "all 300 events published",
+        Duration::from_secs(30),
+        || async {
+            per_key_order(&publisher.messages())
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+                == 300
+        },
+    )
+    .await;
+    eventually(
+        "every relay holds shards",
+        Duration::from_secs(10),
+        || async { relays.iter().all(|r| r.stats().owned_shards > 0) },
+    )
+    .await;
+    let owned: usize = relays.iter().map(|r| r.stats().owned_shards).sum();
+    assert!(owned <= 16, "no shard is held twice: {owned}");
+    for relay in relays {
+        relay.shutdown().await.expect("shutdown");
+    }
+    assert_complete_and_ordered(&publisher.messages(), 20, 15);
+    pg.drop().await;
+}
+
+/// A publisher that takes its time, to catch the relay mid-batch.
+#[derive(Debug, Clone)]
+struct Slow {
+    inner: MemoryPublisher,
+    delay: Duration,
+    started: Arc<AtomicBool>,
+}
+
+impl Publisher for Slow {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        self.started.store(true, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        self.inner.publish(batch).await
+    }
+}
+
+/// A relay killed mid-batch loses nothing: another takes over when the lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crashed_relay_is_replaced_after_its_lease_expires() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    store_interleaved(&pg.db, &outbox, 4, 25).await;
+    let slow = Slow {
+        inner: MemoryPublisher::new(),
+        delay: Duration::from_secs(30),
+        started: Arc::default(),
+    };
+    let doomed = Processor::new(fast_config("crash"), pg.db.clone(), slow.clone()).spawn();
+    eventually(
+        "the first relay is mid-batch",
+        Duration::from_secs(10),
+        || async { slow.started.load(Ordering::SeqCst) },
+    )
+    .await;
+    doomed.abort();
+
+    let survivor_publisher = MemoryPublisher::new();
+    let survivor = Processor::new(
+        fast_config("crash"),
+        pg.db.clone(),
+        survivor_publisher.clone(),
+    )
+    .spawn();
+    eventually(
+        "the survivor publishes everything",
+        Duration::from_secs(30),
+        || async { survivor_publisher.messages().len() >= 100 },
+    )
+    .await;
+    survivor.shutdown().await.expect("shutdown");
+    assert_complete_and_ordered(&survivor_publisher.messages(), 4, 25);
+    pg.drop().await;
+}
+
+/// Shutdown during a slow batch returns within its deadline; nothing is lost or
+/// half-marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_shutdown_during_a_busy_batch_keeps_its_deadline() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    store_interleaved(&pg.db, &outbox, 4, 25).await;
+
+    // The batch finishes within the deadline: it is written back.
+    let slow = Slow {
+        inner: MemoryPublisher::new(),
+        delay: Duration::from_millis(500),
+        started: Arc::default(),
+    };
+    let small_batches = ProcessorConfig {
+        batch_size: 5,
+        ..fast_config("stop")
+    };
+    let relay = Processor::new(small_batches.clone(), pg.db.clone(), slow.clone()).spawn();
+    eventually("mid-batch", Duration::from_secs(10), || async {
+        slow.started.load(Ordering::SeqCst)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    relay.shutdown().await.expect("graceful shutdown");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let published = slow.inner.messages().len();
+    let marked = row::Entity::find()
+        .filter(row::Column::Published.eq(true))
+        .all(&pg.db)
+        .await
+        .expect("rows")
+        .len();
+    assert_eq!(
+        marked, published,
+        "what was acknowledged is marked, nothing else"
+    );
+
+    // The batch outlives the deadline: shutdown returns on time, the batch stays pending.
+    let stuck = Slow {
+        inner: MemoryPublisher::new(),
+        delay: Duration::from_secs(60),
+        started: Arc::default(),
+    };
+    let config = ProcessorConfig {
+        shutdown_timeout: Duration::from_millis(500),
+        ..small_batches
+    };
+    let relay = Processor::new(config, pg.db.clone(), stuck.clone()).spawn();
+    eventually("mid-batch", Duration::from_secs(10), || async {
+        stuck.started.load(Ordering::SeqCst)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let result = relay.shutdown().await;
+    assert!(
+        matches!(result, Err(outbox::Error::ShutdownTimeout(_))),
+        "{result:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let marked_after = row::Entity::find()
+        .filter(row::Column::Published.eq(true))
+        .all(&pg.db)
+        .await
+        .expect("rows")
+        .len();
+    assert_eq!(marked_after, marked, "the abandoned batch was not marked");
+
+    // A new relay publishes the rest, once the abandoned leases expire.
+    let finisher = MemoryPublisher::new();
+    let relay = Processor::new(fast_config("stop"), pg.db.clone(), finisher.clone()).spawn();
+    eventually("the rest is published", Duration::from_secs(30), || async {
+        outbox
+            .get_unpublished(&pg.db, 1)
+            .await
+            .expect("unpublished")
+            .is_empty()
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    let mut all = slow.inner.messages();
+    all.extend(finisher.messages());
+    assert_complete_and_ordered(&all, 4, 25);
+    pg.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_health_and_stats_report_the_relay() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let relay = Processor::new(fast_config("health"), pg.db.clone(), publisher.clone())
+        .with_outbox(outbox.clone())
+        .spawn();
+    store_interleaved(&pg.db, &outbox, 2, 5).await;
+    eventually("healthy and published", Duration::from_secs(10), || async {
+        relay.healthcheck().is_ok() && relay.stats().published == 10
+    })
+    .await;
+    let stats = relay.stats();
+    assert!(stats.running);
+    assert_eq!((stats.failed, stats.dead_lettered), (0, 0));
+    assert_eq!(stats.owned_shards, 16);
+    assert!(
+        stats
+            .since_last_success
+            .is_some_and(|age| age < Duration::from_secs(3))
+    );
+
+    let disabled = Processor::new(
+        ProcessorConfig {
+            enabled: false,
+            ..fast_config("off")
+        },
+        pg.db.clone(),
+        publisher.clone(),
+    )
+    .spawn();
+    assert!(!disabled.stats().running);
+    assert!(disabled.healthcheck().is_err());
+    disabled.shutdown().await.expect("disabled shutdown");
+
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}
