@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against the real services it needs.
 #
-#   scripts/test.sh            # every test
-#   scripts/test.sh -E 'test(store)'   # extra arguments go to cargo nextest
+#   scripts/test.sh                     # every test
+#   scripts/test.sh -E 'test(store)'    # extra arguments go to cargo nextest
 #
 # PostgreSQL: DATABASE_URL, default postgres://postgres@127.0.0.1:5432/test. Each test
-# works in a schema of its own. A missing service fails the run; it never skips tests.
+# works in a schema of its own.
+# Kafka: a fresh tansu broker (installed from crates.io when missing) on
+# 127.0.0.1:9092 for the run, stopped at the end; set KAFKA_BROKERS to use a broker
+# of your own instead.
+# A missing service fails the run; it never skips tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +33,14 @@ check_postgres() {
 
 check_postgres
 echo "scripts/test.sh: PostgreSQL at $DATABASE_URL"
+
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+    scripts/broker.sh stop # a broker left by an interrupted run
+    scripts/broker.sh start
+    trap 'scripts/broker.sh stop' EXIT
+    export KAFKA_BROKERS=127.0.0.1:9092
+fi
+echo "scripts/test.sh: Kafka at $KAFKA_BROKERS"
 
 # nextest does not run doctests: run them first, so the summary of the main run
 # comes last.

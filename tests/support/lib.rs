@@ -1,6 +1,8 @@
 //! Shared fixtures for the integration tests: an isolated PostgreSQL schema per test,
 //! and an in-memory SQLite database.
 
+pub mod kafka;
+
 use std::time::Duration;
 
 use outbox_migration::Migrator;

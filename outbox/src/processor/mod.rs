@@ -103,6 +103,8 @@ pub struct ProcessReport {
     pub failed: usize,
     /// Events dead-lettered.
     pub dead_lettered: usize,
+    /// Of the failed, those that failed because the broker was unavailable.
+    pub transient_failures: usize,
     /// Whether some shard returned a full batch (more may be waiting).
     pub full: bool,
 }
@@ -113,6 +115,7 @@ impl ProcessReport {
         self.published += other.published;
         self.failed += other.failed;
         self.dead_lettered += other.dead_lettered;
+        self.transient_failures += other.transient_failures;
         self.full |= other.full;
     }
 }
@@ -252,6 +255,15 @@ impl<P: Publisher> Inner<P> {
             .await;
             let owned = self.leases.lock().await.owned().len();
             let wait = match cycle {
+                Ok(report) if report.transient_failures > 0 && report.published == 0 => {
+                    // The broker is away: not a successful cycle, and no hurry.
+                    self.state.cycle(Err(format!(
+                        "{} events failed to publish: the broker is unavailable",
+                        report.transient_failures
+                    )));
+                    idle_wait = (idle_wait * 2).min(config.interval);
+                    idle_wait
+                }
                 Ok(report) => {
                     self.state.cycle(Ok(owned));
                     if report.full {
@@ -437,6 +449,10 @@ impl<P: Publisher> Inner<P> {
                 published: published.len(),
                 failed: updates.len(),
                 dead_lettered: dead.len(),
+                transient_failures: updates
+                    .iter()
+                    .filter(|(_, error, _)| error.kind() == PublishErrorKind::Transient)
+                    .count(),
                 full: messages.len() >= batch_size,
             };
             Ok(ShardOutcome::Done(report, published.last().map(|m| m.id)))

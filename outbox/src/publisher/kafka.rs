@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -103,9 +104,14 @@ impl fmt::Debug for KafkaConfig {
 /// A batch is enqueued whole, then its delivery reports are awaited together, so many
 /// messages are in flight at once. The message key is the event's key, and every
 /// event header (see [`Message::headers`]) travels as a Kafka header.
+///
+/// A producer that hits a fatal error (librdkafka's idempotence state can be fenced,
+/// for example after messages timed out while the broker was away) is replaced by a
+/// new one from the same configuration; the failed messages are retried.
 #[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    config: KafkaConfig,
+    producer: Arc<RwLock<FutureProducer>>,
 }
 
 impl KafkaPublisher {
@@ -123,15 +129,45 @@ impl KafkaPublisher {
     /// [`Error::Kafka`](crate::Error::Kafka) when the configuration is invalid.
     pub fn from_config(config: KafkaConfig) -> Result<Self> {
         let producer = config.client.create()?;
-        Ok(KafkaPublisher { producer })
+        Ok(KafkaPublisher {
+            config,
+            producer: Arc::new(RwLock::new(producer)),
+        })
     }
 
-    /// The rdkafka producer.
-    pub fn producer(&self) -> &FutureProducer {
-        &self.producer
+    /// The rdkafka producer in use.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    fn enqueue(&self, message: &Message) -> Result<DeliveryFuture, PublishError> {
+    /// Replaces `failed` with a new producer, unless another batch did already.
+    fn replace_broken(&self, failed: &FutureProducer, reason: &str) {
+        let mut current = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return; // another batch replaced it already
+        }
+        match self.config.client.create() {
+            Ok(fresh) => {
+                warn!(%reason, "Kafka producer failed fatally; replaced it with a new one");
+                *current = fresh;
+            }
+            Err(error) => {
+                warn!(%reason, %error, "Kafka producer failed fatally and could not be recreated")
+            }
+        }
+    }
+
+    fn enqueue(
+        &self,
+        producer: &FutureProducer,
+        message: &Message,
+    ) -> Result<DeliveryFuture, PublishError> {
         let _span = debug_span!("outbox.publish", event_id = %message.id, event_type = %message.event_type, key = %message.key)
             .entered();
         let headers = message.headers();
@@ -146,7 +182,7 @@ impl KafkaPublisher {
             .key(message.key.as_str())
             .payload(message.payload.as_str())
             .headers(kafka_headers);
-        self.producer
+        producer
             .send_result(record)
             .map_err(|(error, _)| classify(&error))
     }
@@ -154,13 +190,16 @@ impl KafkaPublisher {
 
 impl fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaPublisher").finish_non_exhaustive()
+        f.debug_struct("KafkaPublisher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
         // Enqueue everything first: the producer batches and pipelines the requests.
+        let producer = self.producer();
         let mut failed_keys: HashSet<&str> = HashSet::new();
         let pending: Vec<Result<DeliveryFuture, PublishError>> = batch
             .iter()
@@ -168,27 +207,44 @@ impl Publisher for KafkaPublisher {
                 if failed_keys.contains(message.key.as_str()) {
                     return Err(PublishError::not_sent());
                 }
-                let enqueued = self.enqueue(message);
+                let enqueued = self.enqueue(&producer, message);
                 if enqueued.is_err() {
                     failed_keys.insert(&message.key);
                 }
                 enqueued
             })
             .collect();
-        let outcomes = join_all(pending.into_iter().map(|enqueued| async move {
-            match enqueued?.await {
-                Ok(Ok(_delivery)) => Ok(()),
-                Ok(Err((error, _message))) => Err(classify(&error)),
-                Err(_canceled) => Err(PublishError::transient("the producer was shut down")),
+        let broken = std::sync::atomic::AtomicBool::new(false);
+        let outcomes = join_all(pending.into_iter().map(|enqueued| {
+            let broken = &broken;
+            async move {
+                match enqueued?.await {
+                    Ok(Ok(_delivery)) => Ok(()),
+                    Ok(Err((error, _message))) => {
+                        if breaks_the_producer(&error) {
+                            broken.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(classify(&error))
+                    }
+                    Err(_canceled) => Err(PublishError::transient("the producer was shut down")),
+                }
             }
         }))
         .await;
         warn_on_reordering(batch, &outcomes);
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            self.replace_broken(&producer, &format!("{code:?}: {reason}"));
+        } else if broken.into_inner() {
+            self.replace_broken(
+                &producer,
+                "the broker fenced the producer's idempotence state",
+            );
+        }
         outcomes
     }
 
     async fn check(&self) -> Result<(), PublishError> {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let probe = tokio::task::spawn_blocking(move || {
             producer
                 .client()
@@ -226,6 +282,22 @@ fn warn_on_reordering(batch: &[Message], outcomes: &[Result<(), PublishError>]) 
             _ => {}
         }
     }
+}
+
+/// Errors after which the producer's idempotence state is unusable: every later
+/// message would fail the same way until a new producer starts a new state.
+fn breaks_the_producer(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerIdMapping
+        )
+    )
 }
 
 /// Errors of the message itself are permanent; everything else (the broker being

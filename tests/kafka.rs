@@ -1,0 +1,474 @@
+//! The relay against the real Kafka-protocol broker (tansu, started by
+//! `scripts/test.sh`) and librdkafka's MockCluster for fault injection.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use outbox::{
+    EventBuilder, KafkaConfig, KafkaPublisher, Outbox, OutboxEvent, Processor, ProcessorConfig,
+};
+use outbox_tests::kafka::{PrivateBroker, Received, brokers, consume, create_topic, unique_topic};
+use outbox_tests::{PgSchema, eventually};
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
+use serde::Serialize;
+use serde_json::json;
+
+fn config(service: &str) -> ProcessorConfig {
+    ProcessorConfig {
+        interval: Duration::from_millis(200),
+        min_poll_interval: Duration::from_millis(5),
+        retry_delay: Duration::from_millis(300),
+        max_retry_delay: Duration::from_secs(3),
+        lease_ttl: Duration::from_secs(3),
+        health_timeout: Duration::from_secs(4),
+        shutdown_timeout: Duration::from_secs(10),
+        batch_size: 100,
+        ..ProcessorConfig::new(service)
+    }
+}
+
+fn publisher(brokers: &str) -> KafkaPublisher {
+    KafkaPublisher::from_config(KafkaConfig::new(brokers).message_timeout(Duration::from_secs(5)))
+        .expect("producer")
+}
+
+fn counter(key: &str, n: usize) -> EventBuilder {
+    EventBuilder::new("counter.incremented", key).data(json!({ "n": n }))
+}
+
+/// Drops duplicates by event id, keeping first occurrences in arrival order.
+fn first_occurrences(received: &[Received]) -> Vec<&Received> {
+    let mut seen = HashSet::new();
+    received
+        .iter()
+        .filter(|m| seen.insert(m.event_id().to_owned()))
+        .collect()
+}
+
+/// For each key, the `n` of its events in the order first received.
+fn per_key_order(received: &[Received]) -> HashMap<String, Vec<u64>> {
+    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
+    for message in first_occurrences(received) {
+        let payload: serde_json::Value =
+            serde_json::from_str(&message.payload).expect("JSON payload");
+        order
+            .entry(message.key.clone())
+            .or_default()
+            .push(payload["n"].as_u64().expect("n"));
+    }
+    order
+}
+
+#[derive(Serialize, OutboxEvent)]
+#[outbox(type = "user.registered", version = "v2", aggregate = "user_id")]
+struct UserRegistered {
+    user_id: u64,
+    email: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_arrive_with_key_payload_and_every_header() {
+    let pg = PgSchema::migrated().await;
+    let brokers = brokers();
+    let topic = unique_topic("users");
+    create_topic(&brokers, &topic, 3).await;
+    let outbox = Outbox::new();
+    let relay = Processor::new(config("e2e"), pg.db.clone(), publisher(&brokers))
+        .with_outbox(outbox.clone())
+        .spawn();
+
+    let txn = pg.db.begin().await.expect("begin");
+    let id = outbox
+        .store(
+            &txn,
+            &UserRegistered {
+                user_id: 7,
+                email: "ada@example.com".into(),
+            },
+            &topic,
+        )
+        .partition_key("tenant-3")
+        .user_id("admin-1")
+        .trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+        .header("tenant", "acme")
+        .await
+        .expect("store");
+    outbox.commit(txn).await.expect("commit");
+    let txn = pg.db.begin().await.expect("begin");
+    outbox
+        .store(
+            &txn,
+            &UserRegistered {
+                user_id: 8,
+                email: "mallory@example.com".into(),
+            },
+            &topic,
+        )
+        .await
+        .expect("store");
+    txn.rollback().await.expect("rollback");
+    let order = EventBuilder::new("order.created", "order-17").data(json!({ "amount": 4200 }));
+    outbox
+        .store(&pg.db, &order, &topic)
+        .await
+        .expect("store builder event");
+
+    let received = consume(&brokers, &topic, 3, Duration::from_secs(8)).await;
+    relay.shutdown().await.expect("shutdown");
+    assert_eq!(
+        received.len(),
+        2,
+        "the rolled-back event never arrives: {received:?}"
+    );
+    let user = received
+        .iter()
+        .find(|m| m.key == "tenant-3")
+        .expect("the user event");
+    let row = outbox::entity::outbox::Entity::find_by_id(1)
+        .one(&pg.db)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&user.payload).expect("json"),
+        json!({ "user_id": 7, "email": "ada@example.com" })
+    );
+    let expected: HashMap<String, String> = [
+        ("event_id", id.to_string()),
+        ("event_type", "user.registered".into()),
+        ("event_version", "v2".into()),
+        ("aggregate_id", "7".into()),
+        ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        (
+            "traceparent",
+            user.headers.get("traceparent").cloned().unwrap_or_default(),
+        ),
+        ("user_id", "admin-1".into()),
+        (
+            "created_at",
+            row.created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        ),
+        ("tenant", "acme".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(user.headers, expected);
+    let traceparent = &user.headers["traceparent"];
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+            && traceparent.ends_with("-01"),
+        "{traceparent}"
+    );
+    let order = received
+        .iter()
+        .find(|m| m.key == "order-17")
+        .expect("the builder event");
+    assert_eq!(order.headers["event_type"], "order.created");
+    assert!(!order.headers.contains_key("traceparent"));
+    pg.drop().await;
+}
+
+/// 2,000 events over 20 keys, stored by concurrent writers, published by three relays
+/// of one service: every key arrives complete and in store order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_relays_keep_every_keys_order() {
+    let pg = PgSchema::migrated().await;
+    let brokers = brokers();
+    let topic = unique_topic("order");
+    create_topic(&brokers, &topic, 4).await;
+    let outbox = Outbox::new();
+    let relays: Vec<_> = (0..3)
+        .map(|_| Processor::new(config("order"), pg.db.clone(), publisher(&brokers)).spawn())
+        .collect();
+
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (db, outbox, topic) = (pg.db.clone(), outbox.clone(), topic.clone());
+            tokio::spawn(async move {
+                write_keys(&db, &outbox, &topic, (w * 5..w * 5 + 5).collect(), 100).await
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let received = consume(&brokers, &topic, 2000, Duration::from_secs(90)).await;
+    for relay in relays {
+        relay.shutdown().await.expect("shutdown");
+    }
+    let order = per_key_order(&received);
+    assert_eq!(order.len(), 20);
+    let expected: Vec<u64> = (0..100).collect();
+    for (key, ns) in &order {
+        assert_eq!(ns, &expected, "key {key}");
+    }
+    pg.drop().await;
+}
+
+/// Stores `per_key` events for each key, one transaction each, keys interleaved.
+async fn write_keys(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    topic: &str,
+    keys: Vec<usize>,
+    per_key: usize,
+) {
+    for n in 0..per_key {
+        for k in &keys {
+            let txn = db.begin().await.expect("begin");
+            outbox
+                .store(&txn, &counter(&format!("key-{k}"), n), topic)
+                .await
+                .expect("store");
+            txn.commit().await.expect("commit");
+        }
+    }
+}
+
+/// MockCluster refuses the first produce requests: the event's attempts grow, each
+/// wait longer than the last, and it is published after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_produce_requests_are_retried_with_growing_delays() {
+    let pg = PgSchema::migrated().await;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("mocked", 1, 1).expect("topic");
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
+        ],
+    );
+    let outbox = Outbox::new();
+    let id = outbox
+        .store(&pg.db, &counter("k", 0), "mocked")
+        .await
+        .expect("store");
+    let processor = Processor::new(config("mock"), pg.db.clone(), publisher(&brokers));
+
+    let mut waits = Vec::new();
+    for _ in 0..200 {
+        processor.process_events(10).await.expect("process");
+        let event = outbox::entity::outbox::Entity::find_by_id(1)
+            .one(&pg.db)
+            .await
+            .expect("read")
+            .expect("row");
+        if event.published {
+            break;
+        }
+        if let (Some(last), Some(next)) = (event.last_attempt_at, event.next_attempt_at)
+            && waits.last().map(|(attempts, _)| *attempts) != Some(event.attempts)
+        {
+            waits.push((event.attempts, (next - last).num_milliseconds()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        waits,
+        [(1, 300), (2, 600)],
+        "two refusals, the second wait twice the first"
+    );
+    let received = consume(&brokers, "mocked", 1, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].event_id(), id.to_string());
+    pg.drop().await;
+}
+
+/// An event larger than the producer may send is dead-lettered after its attempts
+/// (and copied to the dead-letter topic) while other keys flow; later events of its key
+/// wait for it; after the limit is raised, replay publishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_event_is_dead_lettered_while_other_keys_flow_and_replay_publishes_it() {
+    let pg = PgSchema::migrated().await;
+    let brokers = brokers();
+    let topic = unique_topic("sized");
+    let dead_letter_topic = unique_topic("sized-dlq");
+    create_topic(&brokers, &topic, 2).await;
+    create_topic(&brokers, &dead_letter_topic, 1).await;
+    let outbox = Outbox::new();
+    let big =
+        EventBuilder::new("blob.stored", "big").data(json!({ "n": 0, "blob": "x".repeat(50_000) }));
+    let big_id = outbox.store(&pg.db, &big, &topic).await.expect("store big");
+    for n in 1..3 {
+        outbox
+            .store(&pg.db, &counter("big", n), &topic)
+            .await
+            .expect("store after big");
+    }
+    for n in 0..20 {
+        outbox
+            .store(&pg.db, &counter(&format!("small-{}", n % 4), n / 4), &topic)
+            .await
+            .expect("store small");
+    }
+
+    let limited = KafkaConfig::new(&brokers).set("message.max.bytes", "20000");
+    let relay_config = ProcessorConfig {
+        retry_attempts: 2,
+        dead_letter_topic: Some(dead_letter_topic.clone()),
+        ..config("sized")
+    };
+    let relay = Processor::new(
+        relay_config.clone(),
+        pg.db.clone(),
+        KafkaPublisher::from_config(limited).expect("producer"),
+    )
+    .with_outbox(outbox.clone())
+    .spawn();
+    let received = consume(&brokers, &topic, 22, Duration::from_secs(30)).await;
+    let dead = outbox.dead_letters(&pg.db, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id, dead[0].attempts), (big_id, 3));
+    assert!(
+        dead[0]
+            .error_message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("too large"),
+        "{:?}",
+        dead[0].error_message
+    );
+    let order = per_key_order(&received);
+    for k in 0..4 {
+        assert_eq!(order[&format!("small-{k}")], [0, 1, 2, 3, 4]);
+    }
+    assert_eq!(
+        order["big"],
+        [1, 2],
+        "the key went on after the dead letter, in order"
+    );
+    let rows = outbox::entity::outbox::Entity::find()
+        .all(&pg.db)
+        .await
+        .expect("rows");
+    let dead_at = dead[0].dead_lettered_at.expect("dead-lettered at");
+    assert!(
+        rows.iter()
+            .filter(|r| r.aggregate_id == "big" && r.id != big_id)
+            .all(|r| r.published_at >= Some(dead_at)),
+        "later events of the key waited for the dead letter"
+    );
+    let copies = consume(&brokers, &dead_letter_topic, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        copies.len(),
+        0,
+        "too large for the dead-letter topic as well: it stays in the table only"
+    );
+    relay.shutdown().await.expect("shutdown");
+
+    // The operator raises the limit and replays.
+    let relay = Processor::new(relay_config, pg.db.clone(), publisher(&brokers))
+        .with_outbox(outbox.clone())
+        .spawn();
+    outbox.replay(&pg.db, big_id).await.expect("replay");
+    let received = consume(&brokers, &topic, 23, Duration::from_secs(30)).await;
+    assert!(
+        received.iter().any(|m| m.event_id() == big_id.to_string()),
+        "the replayed event arrives"
+    );
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}
+
+/// A relay aborted mid-stream loses nothing: another relay of the service takes over
+/// its shards once the lease expires, and every key stays in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_relay_loses_nothing() {
+    let pg = PgSchema::migrated().await;
+    let brokers = brokers();
+    let topic = unique_topic("crash");
+    create_topic(&brokers, &topic, 2).await;
+    let outbox = Outbox::new();
+    write_keys(&pg.db, &outbox, &topic, (0..8).collect(), 50).await;
+    let small_batches = ProcessorConfig {
+        batch_size: 5,
+        ..config("crash")
+    };
+    let doomed = Processor::new(small_batches.clone(), pg.db.clone(), publisher(&brokers)).spawn();
+    eventually(
+        "the first relay is publishing",
+        Duration::from_secs(20),
+        || async { doomed.stats().published > 20 },
+    )
+    .await;
+    doomed.abort();
+    let survivor = Processor::new(small_batches, pg.db.clone(), publisher(&brokers)).spawn();
+    let received = consume(&brokers, &topic, 400, Duration::from_secs(60)).await;
+    survivor.shutdown().await.expect("shutdown");
+    let order = per_key_order(&received);
+    let expected: Vec<u64> = (0..50).collect();
+    assert_eq!(order.len(), 8);
+    for (key, ns) in &order {
+        assert_eq!(ns, &expected, "key {key}");
+    }
+    pg.drop().await;
+}
+
+/// With the broker frozen, events stay pending and the relay reports itself
+/// unhealthy; when it returns, everything is published and health recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_keeps_events_pending_and_recovers() {
+    let pg = PgSchema::migrated().await;
+    let broker = PrivateBroker::start().await;
+    let topic = unique_topic("outage");
+    create_topic(&broker.address, &topic, 1).await;
+    let outbox = Outbox::new();
+    let publisher = KafkaPublisher::from_config(
+        KafkaConfig::new(&broker.address).message_timeout(Duration::from_secs(2)),
+    )
+    .expect("producer");
+    let relay = Processor::new(config("outage"), pg.db.clone(), publisher)
+        .with_outbox(outbox.clone())
+        .spawn();
+    write_keys(&pg.db, &outbox, &topic, (0..5).collect(), 10).await;
+    eventually(
+        "published and healthy before the outage",
+        Duration::from_secs(20),
+        || async { relay.stats().published >= 50 && relay.healthcheck().is_ok() },
+    )
+    .await;
+
+    broker.freeze();
+    write_keys(&pg.db, &outbox, &topic, (0..5).collect(), 10).await;
+    eventually(
+        "unhealthy while the broker is away",
+        Duration::from_secs(20),
+        || async { relay.healthcheck().is_err() },
+    )
+    .await;
+    let backlog = outbox.backlog(&pg.db).await.expect("backlog");
+    assert!(backlog.pending > 0, "events wait for the broker");
+    assert_eq!(backlog.dead_lettered, 0, "an outage dead-letters nothing");
+
+    broker.thaw();
+    eventually(
+        "everything published after the broker returns",
+        Duration::from_secs(60),
+        || async { outbox.backlog(&pg.db).await.expect("backlog").pending == 0 },
+    )
+    .await;
+    eventually("healthy again", Duration::from_secs(20), || async {
+        relay.healthcheck().is_ok()
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    let received = consume(&broker.address, &topic, 100, Duration::from_secs(30)).await;
+    let order = per_key_order(&received);
+    // Each key got n = 0..9 before the outage and again 0..9 after: 20 events in order.
+    for k in 0..5 {
+        let ns = &order[&format!("key-{k}")];
+        assert_eq!(ns.len(), 20, "key-{k}: {ns:?}");
+        assert_eq!(
+            ns[..10],
+            ns[10..],
+            "key-{k} in order on both sides of the outage"
+        );
+    }
+    pg.drop().await;
+}

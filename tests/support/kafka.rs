@@ -1,0 +1,181 @@
+//! The real broker for the tests: topics, a consumer, and a private broker process
+//! for tests that freeze it.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+
+/// The broker the test script started: `KAFKA_BROKERS`, default `127.0.0.1:9092`.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Creates `topic` with `partitions` partitions on `brokers`. Panics with a clear
+/// message when the broker is unreachable: a missing broker fails tests.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &options)
+        .await
+        .unwrap_or_else(|error| {
+            panic!("the Kafka broker at {brokers} is not reachable ({error}); run the tests with scripts/test.sh")
+        });
+    for result in results {
+        result.unwrap_or_else(|(topic, error)| panic!("create topic {topic}: {error}"));
+    }
+}
+
+/// One consumed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The message key.
+    pub key: String,
+    /// The payload as text.
+    pub payload: String,
+    /// The headers, by name.
+    pub headers: HashMap<String, String>,
+    /// The partition it was read from.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+}
+
+impl Received {
+    /// The `event_id` header.
+    pub fn event_id(&self) -> &str {
+        self.headers.get("event_id").map_or("", String::as_str)
+    }
+}
+
+/// Reads `topic` from the beginning until `count` distinct events (by `event_id`)
+/// arrived or `timeout` passed, and returns every message, duplicates included, in
+/// arrival order (per partition, offset order).
+pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Received> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("test-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut received = Vec::new();
+    let mut distinct = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while distinct.len() < count {
+        let Ok(next) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let message = next.expect("consume");
+        let text =
+            |bytes: Option<&[u8]>| String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned();
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), text(h.value)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let received_message = Received {
+            key: text(message.key()),
+            payload: text(message.payload()),
+            headers,
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        distinct.insert(received_message.event_id().to_owned());
+        received.push(received_message);
+    }
+    received
+}
+
+/// A broker process of the test's own, for tests that stop or freeze it. Killed on drop.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    child: Child,
+    /// `host:port` to bootstrap from.
+    pub address: String,
+}
+
+impl PrivateBroker {
+    /// Starts `tansu` (from PATH) on a free port and waits until it listens.
+    pub async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (scripts/broker.sh install puts it on PATH)");
+        let broker = PrivateBroker { child, address };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&broker.address)
+                .await
+                .is_ok()
+            {
+                return broker;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("tansu did not listen on {} within 5 s", broker.address);
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a frozen broker (SIGCONT), with everything it held.
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
