@@ -67,6 +67,63 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Relaying
+//!
+//! A [`Processor`] publishes what was stored, through a [`Publisher`]: the
+//! [`KafkaPublisher`] in production, your own implementation, or the [`NoOpPublisher`]
+//! and [`MemoryPublisher`] in tests. Configure it with [`ProcessorConfig`] (a struct
+//! with the Go library's defaults, or `OUTBOX_*` variables through
+//! [`ProcessorConfig::from_env`]).
+//!
+//! ```
+//! # use outbox::{EventBuilder, MemoryPublisher, Outbox, Processor, ProcessorConfig};
+//! # use sea_orm::Database;
+//! # use sea_orm_migration::MigratorTrait;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
+//! # options.max_connections(1);
+//! # let db = Database::connect(options).await?;
+//! # outbox_migration::Migrator::up(&db, None).await?;
+//! let outbox = Outbox::new();
+//! let publisher = MemoryPublisher::new();
+//! let relay = Processor::new(ProcessorConfig::new("orders"), db.clone(), publisher.clone())
+//!     .with_outbox(outbox.clone()) // a store in this process wakes the relay
+//!     .spawn();
+//!
+//! outbox.store(&db, &EventBuilder::new("order.created", "order-17"), "order-events").await?;
+//! while publisher.messages().is_empty() {
+//!     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+//! }
+//! assert_eq!(relay.stats().published, 1);
+//! relay.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Atomic**: an event is stored if and only if its transaction commits.
+//! - **At least once**: every committed event is published, across relay crashes,
+//!   broker outages and database restarts. A crash between the broker's acknowledgement
+//!   and the database update publishes an event again; consumers drop duplicates by the
+//!   `event_id` header.
+//! - **No skip on late commit**: the relay keeps no cursor; whatever is pending and
+//!   visible is published, however late its transaction committed.
+//! - **Per-key order**: events with the same key reach the broker in the order their
+//!   transactions committed, also with several relays of one service: a key's events
+//!   live in one shard, a shard is leased to one relay at a time, and the lease is
+//!   checked (with a fencing token) when results are written back. Storing takes a
+//!   transaction-scoped lock on the key, so for one key, store order is commit order.
+//! - **Poison isolation**: an event the broker refuses holds back only the later events
+//!   of its key. It is retried with exponential backoff, then dead-lettered and kept
+//!   until replayed. Broker outages use up no attempts.
+//! - **Bounded table**: published events are deleted after the retention, in batches.
+//!
+//! Store events of several keys in one transaction with one [`Outbox::store_batch`]
+//! call, or always in the same key order: the key locks are taken in sorted order
+//! within one call, and two transactions that lock the same keys in opposite orders
+//! can deadlock (PostgreSQL then aborts one of them).
+//!
 //! # Tables
 //!
 //! The `outbox-migration` crate creates the tables; its migrations can be added to

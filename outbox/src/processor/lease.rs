@@ -89,6 +89,9 @@ impl Leases {
         let now = Utc::now();
         db.execute_raw(dialect.heartbeat(tables, &self.service, &self.relay_id, now))
             .await?;
+        let stale = now - self.ttl() * 10;
+        db.execute_raw(dialect.leave(tables, &self.service, None, stale))
+            .await?;
         let live =
             Count::find_by_statement(dialect.live_relays(tables, &self.service, now - self.ttl()))
                 .one(db)
@@ -184,7 +187,7 @@ impl Leases {
                 .await?;
         }
         let stale = now - self.ttl() * 10;
-        db.execute_raw(dialect.leave(tables, &self.service, &self.relay_id, stale))
+        db.execute_raw(dialect.leave(tables, &self.service, Some(&self.relay_id), stale))
             .await?;
         Ok(())
     }

@@ -77,7 +77,7 @@ const CLEANUP_BATCH: u64 = 1000;
 /// ```
 #[derive(Debug)]
 pub struct Processor<P> {
-    inner: Arc<Inner<P>>,
+    inner: Inner<P>,
 }
 
 #[derive(Debug)]
@@ -151,7 +151,7 @@ impl<P: Publisher> Processor<P> {
             config.enabled,
         ));
         Processor {
-            inner: Arc::new(Inner {
+            inner: Inner {
                 config,
                 db,
                 publisher,
@@ -159,23 +159,21 @@ impl<P: Publisher> Processor<P> {
                 relay_id,
                 state,
                 leases: Mutex::new(leases),
-            }),
+            },
         }
     }
 
     /// Uses `outbox`'s tables and shard count, and wakes when it stores an event. Pass
     /// a clone of the outbox the application stores with.
     pub fn with_outbox(self, outbox: Outbox) -> Self {
-        match Arc::try_unwrap(self.inner) {
-            Ok(inner) => Self::build(
-                inner.config,
-                inner.db,
-                inner.publisher,
-                outbox,
-                inner.relay_id,
-            ),
-            Err(inner) => Processor { inner },
-        }
+        let inner = self.inner;
+        Self::build(
+            inner.config,
+            inner.db,
+            inner.publisher,
+            outbox,
+            inner.relay_id,
+        )
     }
 
     /// This instance's id, as stored in the lease and relay tables.
@@ -195,7 +193,7 @@ impl<P: Publisher> Processor<P> {
 
     /// Starts the relay in the background. With `enabled = false` it starts nothing.
     pub fn spawn(self) -> RelayHandle {
-        let inner = self.inner;
+        let inner = Arc::new(self.inner);
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut tasks = Vec::new();

@@ -38,14 +38,14 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// A producer for `brokers` (comma-separated `host:port`), with a 30 s message
-    /// timeout and 5 ms linger.
+    /// A producer for `brokers` (comma-separated `host:port`), with a 10 s message
+    /// timeout (below the relay's default 30 s lease) and 5 ms linger.
     pub fn new(brokers: &str) -> Self {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
-            .set("message.timeout.ms", "30000")
+            .set("message.timeout.ms", "10000")
             .set("linger.ms", "5");
         KafkaConfig { client }
     }

@@ -386,20 +386,24 @@ impl Dialect {
         p.into_statement(sql)
     }
 
-    /// Removes a relay's membership (on shutdown) and the rows of relays long gone.
+    /// Removes the membership of relays silent since `stale_before`, and of `relay`
+    /// (one shutting down).
     pub(crate) fn leave(
         self,
         tables: &Tables,
         service: &str,
-        relay: &str,
+        relay: Option<&str>,
         stale_before: DateTime<Utc>,
     ) -> Statement {
         let mut p = Params::new(self);
+        let this_one = match relay {
+            Some(relay) => format!(" OR \"relay_id\" = {}", p.bind(relay)),
+            None => String::new(),
+        };
         let sql = format!(
-            "DELETE FROM {} WHERE \"service_name\" = {} AND (\"relay_id\" = {} OR \"heartbeat_at\" < {})",
+            "DELETE FROM {} WHERE \"service_name\" = {} AND (\"heartbeat_at\" < {}{this_one})",
             tables.relay().quoted(),
             p.bind(service),
-            p.bind(relay),
             p.bind(stale_before),
         );
         p.into_statement(sql)
