@@ -743,3 +743,76 @@ async fn postgres_health_and_stats_report_the_relay() {
     relay.shutdown().await.expect("shutdown");
     pg.drop().await;
 }
+
+/// G3: a transaction that stored early and commits late is still published; meanwhile
+/// other keys keep flowing for many relay cycles; and a second transaction of the same
+/// key, which has to wait for the first, is published after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_late_commit_is_published_in_commit_order_while_other_keys_flow() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let relay = Processor::new(fast_config("late"), pg.db.clone(), publisher.clone())
+        .with_outbox(outbox.clone())
+        .spawn();
+
+    // A takes its id and `seq` first and holds its transaction open.
+    let a = pg.db.begin().await.expect("begin A");
+    let a_id = outbox
+        .store(&a, &counter("k", 1), "counters")
+        .await
+        .expect("store A");
+
+    // B stores the same key: it waits for A.
+    let (db, ob) = (pg.db.clone(), outbox.clone());
+    let b = tokio::spawn(async move {
+        let txn = db.begin().await.expect("begin B");
+        let id = ob
+            .store(&txn, &counter("k", 2), "counters")
+            .await
+            .expect("store B");
+        txn.commit().await.expect("commit B");
+        id
+    });
+
+    // Other keys, stored and committed after A took its id, flow for many cycles.
+    for n in 0..10 {
+        outbox
+            .store(&pg.db, &counter("other", n), "counters")
+            .await
+            .expect("store other");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(
+        "the other key is published while A is open",
+        Duration::from_secs(10),
+        || async {
+            per_key_order(&publisher.messages())
+                .get("other")
+                .map(Vec::len)
+                == Some(10)
+        },
+    )
+    .await;
+    assert!(!b.is_finished(), "B waits for A's key");
+    assert!(
+        publisher.messages().iter().all(|m| m.key != "k"),
+        "nothing of `k` is visible yet"
+    );
+
+    outbox.commit(a).await.expect("commit A");
+    let b_id = b.await.expect("B");
+    eventually("A and B are published", Duration::from_secs(10), || async {
+        per_key_order(&publisher.messages()).get("k").map(Vec::len) == Some(2)
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    let k: Vec<Uuid> = publisher
+        .messages()
+        .iter()
+        .filter(|m| m.key == "k")
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(k, [a_id, b_id], "published in commit order");
+    pg.drop().await;
+}

@@ -153,7 +153,7 @@ pub use processor::{
 #[cfg(feature = "kafka")]
 pub use publisher::{KafkaConfig, KafkaPublisher};
 pub use publisher::{MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher};
-pub use repository::{Backlog, FailureOutcome};
+pub use repository::{Backlog, FailureOutcome, RelayInfo, TopicBacklog};
 
 pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};

@@ -54,6 +54,39 @@ impl Backlog {
     }
 }
 
+/// Pending work of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct TopicBacklog {
+    /// The topic.
+    pub topic: String,
+    /// Events waiting to be published.
+    pub pending: i64,
+    /// Dead-lettered events.
+    pub dead: i64,
+    /// When the oldest pending event was stored.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+/// A relay instance as recorded in the relay table, with the shards it holds.
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct RelayInfo {
+    /// The relay's service.
+    pub service_name: String,
+    /// The instance's id.
+    pub relay_id: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its last sign of life.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Shards it holds unexpired leases on.
+    pub shards: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct CountRow {
+    n: i64,
+}
+
 #[derive(Debug, FromQueryResult)]
 struct BacklogRow {
     pending: i64,
@@ -266,6 +299,56 @@ impl Outbox {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// One event by id.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown id, or the database's.
+    pub async fn event<C: ConnectionTrait>(&self, conn: &C, id: Uuid) -> Result<row::Model> {
+        let statement = self.dialect(conn)?.event(self.tables().outbox(), id);
+        row::Entity::find()
+            .from_raw_sql(statement)
+            .one(conn)
+            .await?
+            .ok_or(Error::NotFound(id))
+    }
+
+    /// Pending and dead-lettered events per topic.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn topic_backlog<C: ConnectionTrait>(&self, conn: &C) -> Result<Vec<TopicBacklog>> {
+        let statement = self.dialect(conn)?.topic_backlog(self.tables().outbox());
+        Ok(TopicBacklog::find_by_statement(statement).all(conn).await?)
+    }
+
+    /// The relay instances on record (live and recently gone) with the shards each holds.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn relays<C: ConnectionTrait>(&self, conn: &C) -> Result<Vec<RelayInfo>> {
+        let statement = self.dialect(conn)?.relays(self.tables(), Utc::now());
+        Ok(RelayInfo::find_by_statement(statement).all(conn).await?)
+    }
+
+    /// How many published events are older than `older_than` (what
+    /// [`cleanup`](Self::cleanup) would delete).
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn count_published_older_than<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        older_than: Duration,
+    ) -> Result<u64> {
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let statement = self
+            .dialect(conn)?
+            .count_published_before(self.tables().outbox(), cutoff);
+        let count = CountRow::find_by_statement(statement).one(conn).await?;
+        Ok(count.map_or(0, |c| u64::try_from(c.n).unwrap_or(0)))
     }
 
     /// How many events are pending and dead-lettered, and the oldest pending one.

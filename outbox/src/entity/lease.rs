@@ -6,7 +6,7 @@ use sea_orm::entity::prelude::*;
 /// unexpired lease, and writes results back only if the lease's token is still the one
 /// it was granted, so a relay that stalled past its lease cannot overwrite the work of
 /// the relay that took over.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "_outbox_lease")]
 pub struct Model {
     /// The relay's service name.

@@ -7,7 +7,7 @@
 use sea_orm::entity::prelude::*;
 
 /// Progress of one service's relay.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "_outbox_offset")]
 pub struct Model {
     /// The relay's service name.

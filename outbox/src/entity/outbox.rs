@@ -7,7 +7,7 @@ use sea_orm::entity::prelude::*;
 /// Every column of the seed is here. The extra columns exist for the relay:
 /// `seq` (commit order per key), `shard` (lease ownership), `headers` (extra Kafka
 /// headers), `next_attempt_at` (retry backoff) and `dead_lettered_at` (dead letters).
-#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "_outbox")]
 pub struct Model {
     /// Store order. Taken while the event's key is locked, so for one key it follows

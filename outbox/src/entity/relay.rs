@@ -4,7 +4,7 @@ use sea_orm::entity::prelude::*;
 
 /// One running relay instance. Relays count the live instances of their service to
 /// share the shards fairly: each holds at most `ceil(shards / live relays)`.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "_outbox_relay")]
 pub struct Model {
     /// The relay's service name.

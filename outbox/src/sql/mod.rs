@@ -483,6 +483,62 @@ impl Dialect {
     }
 }
 
+impl Dialect {
+    /// Per topic: pending and dead-lettered events, and the oldest pending one.
+    pub(crate) fn topic_backlog(self, table: &Identifier) -> Statement {
+        let sql = format!(
+            "SELECT \"destination_topic\" AS \"topic\", \
+                SUM(CASE WHEN \"dead_lettered_at\" IS NULL THEN 1 ELSE 0 END) AS \"pending\", \
+                SUM(CASE WHEN \"dead_lettered_at\" IS NULL THEN 0 ELSE 1 END) AS \"dead\", \
+                MIN(CASE WHEN \"dead_lettered_at\" IS NULL THEN \"created_at\" END) AS \"oldest\" \
+             FROM {} WHERE NOT \"published\" GROUP BY \"destination_topic\" ORDER BY \"destination_topic\"",
+            table.quoted()
+        );
+        Params::new(self).into_statement(sql)
+    }
+
+    /// The relays of every service with their unexpired leases.
+    pub(crate) fn relays(self, tables: &Tables, now: DateTime<Utc>) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT r.\"service_name\", r.\"relay_id\", r.\"started_at\", r.\"heartbeat_at\", \
+                (SELECT COUNT(*) FROM {lease} l WHERE l.\"service_name\" = r.\"service_name\" \
+                    AND l.\"owner\" = r.\"relay_id\" AND l.\"expires_at\" > {now}) AS \"shards\" \
+             FROM {relay} r ORDER BY r.\"service_name\", r.\"relay_id\"",
+            lease = tables.lease().quoted(),
+            relay = tables.relay().quoted(),
+            now = p.bind(now),
+        );
+        p.into_statement(sql)
+    }
+
+    /// One event by id.
+    pub(crate) fn event(self, table: &Identifier, id: Uuid) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT * FROM {} WHERE \"id\" = {}",
+            table.quoted(),
+            p.bind(id)
+        );
+        p.into_statement(sql)
+    }
+
+    /// How many events were published before `cutoff`.
+    pub(crate) fn count_published_before(
+        self,
+        table: &Identifier,
+        cutoff: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT COUNT(*) AS \"n\" FROM {} WHERE \"published\" AND \"published_at\" < {}",
+            table.quoted(),
+            p.bind(cutoff)
+        );
+        p.into_statement(sql)
+    }
+}
+
 /// Identifies a shard lease.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LeaseKey<'a> {

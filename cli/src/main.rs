@@ -1,0 +1,423 @@
+//! `outbox`: see and fix what is stuck in the outbox without writing SQL, and run the
+//! relay as its own process.
+//!
+//! ```text
+//! outbox status                                  # pending, dead letters, per topic, relays
+//! outbox list --dead                             # dead-lettered events
+//! outbox show 01a2...                            # one event, every column
+//! outbox replay 01a2... --yes                    # put a dead letter back in line
+//! outbox replay --all-dead                       # dry run: what would be replayed
+//! outbox purge --published-older-than 30d --yes  # delete old published events
+//! outbox relay                                   # run the relay until Ctrl-C / SIGTERM
+//! ```
+//!
+//! Every command reads `DATABASE_URL` (or `--database-url`); `--json` prints JSON for
+//! scripts. Commands that write do a dry run unless given `--yes`.
+
+mod table;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use outbox::entity::outbox::Model as Event;
+use outbox::{KafkaPublisher, Outbox, Processor, ProcessorConfig, Tables};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use serde::Serialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::table::Table;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbox",
+    version,
+    about = "Inspect and repair the transactional outbox, or run its relay"
+)]
+struct Cli {
+    /// The database, e.g. postgres://user@host:5432/app or sqlite://app.sqlite
+    #[arg(
+        long,
+        short = 'u',
+        env = "DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
+
+    /// Base name of the outbox tables (see outbox::Tables::with_base).
+    #[arg(long, default_value = "_outbox", global = true)]
+    table: String,
+
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// How long to try to reach the database.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    connect_timeout: Duration,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Pending and dead-lettered events, the oldest pending event's age, per topic, and
+    /// the relays with the shards they hold.
+    Status,
+    /// List pending events (oldest first), or dead letters with --dead.
+    List {
+        /// List dead-lettered events instead of pending ones.
+        #[arg(long)]
+        dead: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// Show one event with every column.
+    Show {
+        /// The event id.
+        id: Uuid,
+    },
+    /// Put dead-lettered events back in line (a dry run without --yes).
+    Replay(Replay),
+    /// Delete published events older than a duration (a dry run without --yes).
+    Purge {
+        /// e.g. 7d, 12h, 30m
+        #[arg(long, value_parser = humantime::parse_duration)]
+        published_older_than: Duration,
+        #[command(flatten)]
+        confirm: Confirm,
+    },
+    /// Run the relay until Ctrl-C or SIGTERM. Configured by the OUTBOX_* variables.
+    Relay {
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "KAFKA_BROKERS")]
+        brokers: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["id", "all_dead"])))]
+struct Replay {
+    /// The dead-lettered event to replay.
+    id: Option<Uuid>,
+    /// Replay every dead-lettered event.
+    #[arg(long)]
+    all_dead: bool,
+    #[command(flatten)]
+    confirm: Confirm,
+}
+
+#[derive(Debug, Args)]
+struct Confirm {
+    /// Do it; without this the command only says what it would do.
+    #[arg(long)]
+    yes: bool,
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let tables = Tables::with_base(&cli.table)?;
+    let outbox = Outbox::new().with_tables(tables);
+    let db = connect(cli.database_url.as_deref(), cli.connect_timeout).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Status => status(&db, &outbox, json).await,
+        Command::List { dead, limit } => {
+            let events = if dead {
+                outbox.dead_letters(&db, limit).await?
+            } else {
+                outbox.get_unpublished(&db, limit).await?
+            };
+            list(&events, json)
+        }
+        Command::Show { id } => show(&outbox.event(&db, id).await?, json),
+        Command::Replay(replay) => match replay.id {
+            Some(id) => replay_one(&db, &outbox, id, replay.confirm.yes, json).await,
+            None => replay_all(&db, &outbox, replay.confirm.yes, json).await,
+        },
+        Command::Purge {
+            published_older_than,
+            confirm,
+        } => purge(&db, &outbox, published_older_than, confirm.yes, json).await,
+        Command::Relay { brokers } => relay(db, outbox, &brokers).await,
+    }
+}
+
+async fn connect(url: Option<&str>, timeout: Duration) -> Result<DatabaseConnection, Failure> {
+    let url = url.ok_or("no database given: set DATABASE_URL or pass --database-url")?;
+    let mut options = ConnectOptions::new(url);
+    options
+        .connect_timeout(timeout)
+        .acquire_timeout(timeout)
+        .sqlx_logging(false);
+    Database::connect(options).await.map_err(|error| {
+        format!("cannot connect to the database at {}: {error}", redact(url)).into()
+    })
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn age(at: Option<chrono::DateTime<Utc>>) -> String {
+    at.map_or_else(
+        || "-".to_owned(),
+        |at| {
+            let secs = (Utc::now() - at).num_seconds().max(0);
+            humantime::format_duration(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+                .to_string()
+        },
+    )
+}
+
+async fn status(db: &DatabaseConnection, outbox: &Outbox, json: bool) -> Result<(), Failure> {
+    let backlog = outbox.backlog(db).await?;
+    let topics = outbox.topic_backlog(db).await?;
+    let relays = outbox.relays(db).await?;
+    let oldest_age = backlog
+        .oldest_pending_age(Utc::now())
+        .map(|d| d.as_secs_f64());
+    if json {
+        return print_json(&json!({
+            "pending": backlog.pending,
+            "dead_lettered": backlog.dead_lettered,
+            "oldest_pending_at": backlog.oldest_pending_at,
+            "oldest_pending_age_seconds": oldest_age,
+            "topics": topics.iter().map(|t| json!({
+                "topic": t.topic, "pending": t.pending, "dead_lettered": t.dead, "oldest_pending_at": t.oldest,
+            })).collect::<Vec<_>>(),
+            "relays": relays.iter().map(|r| json!({
+                "service": r.service_name, "relay_id": r.relay_id, "shards": r.shards,
+                "started_at": r.started_at, "heartbeat_at": r.heartbeat_at,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    println!(
+        "pending {}, dead-lettered {}, oldest pending {}",
+        backlog.pending,
+        backlog.dead_lettered,
+        age(backlog.oldest_pending_at)
+    );
+    let mut by_topic = Table::new(&["topic", "pending", "dead-lettered", "oldest pending"]);
+    for t in &topics {
+        by_topic.row(vec![
+            t.topic.clone(),
+            t.pending.to_string(),
+            t.dead.to_string(),
+            age(t.oldest),
+        ]);
+    }
+    println!("\n{}", by_topic.render());
+    let mut by_relay = Table::new(&["service", "relay", "shards", "last heartbeat"]);
+    for r in &relays {
+        by_relay.row(vec![
+            r.service_name.clone(),
+            r.relay_id.clone(),
+            r.shards.to_string(),
+            format!("{} ago", age(Some(r.heartbeat_at))),
+        ]);
+    }
+    println!("\n{}", by_relay.render());
+    Ok(())
+}
+
+fn list(events: &[Event], json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(&events);
+    }
+    let mut table = Table::new(&["id", "type", "topic", "key", "attempts", "age", "error"]);
+    for e in events {
+        table.row(vec![
+            e.id.to_string(),
+            e.event_type.clone(),
+            e.destination_topic.clone(),
+            e.partition_key
+                .clone()
+                .unwrap_or_else(|| e.aggregate_id.clone()),
+            e.attempts.to_string(),
+            age(Some(e.created_at)),
+            e.error_message
+                .clone()
+                .unwrap_or_default()
+                .chars()
+                .take(60)
+                .collect(),
+        ]);
+    }
+    println!("{}", table.render());
+    Ok(())
+}
+
+fn show(event: &Event, json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(event);
+    }
+    let value = serde_json::to_value(event)?;
+    let mut table = Table::new(&["column", "value"]);
+    if let serde_json::Value::Object(columns) = value {
+        for (column, value) in columns {
+            let text = match value {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Null => "-".to_owned(),
+                other => other.to_string(),
+            };
+            table.row(vec![column, text]);
+        }
+    }
+    println!("{}", table.render());
+    Ok(())
+}
+
+async fn replay_one(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    id: Uuid,
+    yes: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let event = outbox.event(db, id).await?;
+    if event.dead_lettered_at.is_none() || event.published {
+        return Err(
+            format!("event {id} is not dead-lettered; only dead letters can be replayed").into(),
+        );
+    }
+    if yes {
+        outbox.replay(db, id).await?;
+    }
+    report(
+        json,
+        yes,
+        "replayed",
+        1,
+        "replay",
+        &format!("dead-lettered event {id}"),
+    )
+}
+
+async fn replay_all(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    yes: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let count = if yes {
+        outbox.replay_all_dead(db).await?
+    } else {
+        outbox.backlog(db).await?.dead_lettered
+    };
+    report(
+        json,
+        yes,
+        "replayed",
+        count,
+        "replay",
+        &format!("{count} dead-lettered events"),
+    )
+}
+
+async fn purge(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    older_than: Duration,
+    yes: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let count = if yes {
+        outbox.cleanup(db, older_than, 1000).await?
+    } else {
+        outbox.count_published_older_than(db, older_than).await?
+    };
+    let what = format!(
+        "{count} events published more than {} ago",
+        humantime::format_duration(older_than)
+    );
+    report(json, yes, "deleted", count, "delete", &what)
+}
+
+/// Says what a writing command did, or in a dry run what it would do.
+fn report(
+    json: bool,
+    done: bool,
+    past: &str,
+    count: u64,
+    verb: &str,
+    what: &str,
+) -> Result<(), Failure> {
+    if json {
+        return print_json(
+            &json!({ "dry_run": !done, past: if done { count } else { 0 }, "would_affect": count }),
+        );
+    }
+    if done {
+        println!("{past} {what}");
+    } else {
+        println!("dry run: would {verb} {what}; run again with --yes to do it");
+    }
+    Ok(())
+}
+
+async fn relay(db: DatabaseConnection, outbox: Outbox, brokers: &str) -> Result<(), Failure> {
+    let config = ProcessorConfig::from_env()?;
+    let relay = Processor::new(config, db, KafkaPublisher::new(brokers)?)
+        .with_outbox(outbox)
+        .spawn();
+    eprintln!(
+        "relay {} running; Ctrl-C or SIGTERM stops it",
+        relay.relay_id()
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let stats = relay.stats();
+    relay.shutdown().await?;
+    eprintln!("relay stopped after publishing {} events", stats.published);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(super::redact("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(super::redact("sqlite::memory:"), "sqlite::memory:");
+    }
+}

@@ -1,0 +1,288 @@
+//! The `outbox` command against a real PostgreSQL: every command, its JSON, and its
+//! errors for bad input.
+
+use std::process::{Command, Output};
+
+use outbox::{EventBuilder, Outbox, ProcessorConfig};
+use outbox_tests::{PgSchema, database_url};
+use sea_orm::ConnectionTrait;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Runs `outbox` on the test's schema.
+fn outbox_cli(schema: &PgSchema, args: &[&str]) -> Output {
+    let url = format!(
+        "{}?options=-c%20search_path%3D{}",
+        database_url(),
+        schema.schema
+    );
+    Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .expect("run outbox")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_str(&stdout(output)).expect("JSON output")
+}
+
+fn stderr_of_failure(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "expected a failure, got: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Three pending events over two topics, one dead letter, two events published long
+/// ago and one published now.
+async fn fixture() -> (PgSchema, Uuid, Uuid) {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    let mut ids = Vec::new();
+    for (topic, key) in [
+        ("orders", "o-1"),
+        ("orders", "o-2"),
+        ("users", "u-1"),
+        ("users", "u-2"),
+        ("users", "u-3"),
+        ("users", "u-4"),
+        ("users", "u-5"),
+    ] {
+        ids.push(
+            outbox
+                .store(&pg.db, &EventBuilder::new("thing.happened", key), topic)
+                .await
+                .expect("store"),
+        );
+    }
+    let config = ProcessorConfig {
+        retry_attempts: 0,
+        ..ProcessorConfig::default()
+    };
+    outbox
+        .handle_event_failure(&pg.db, ids[3], "message too large", &config)
+        .await
+        .expect("dead-letter");
+    outbox
+        .mark_events_as_published(&pg.db, &ids[4..])
+        .await
+        .expect("publish");
+    pg.db
+        .execute_unprepared(&format!(
+            "UPDATE _outbox SET published_at = now() - interval '10 days' WHERE id IN ('{}', '{}')",
+            ids[4], ids[5]
+        ))
+        .await
+        .expect("age");
+    (pg, ids[0], ids[3])
+}
+
+#[tokio::test]
+async fn status_reports_backlog_per_topic_and_relays() {
+    let (pg, _, _) = fixture().await;
+    let status = json(&outbox_cli(&pg, &["status", "--json"]));
+    assert_eq!(status["pending"], 3);
+    assert_eq!(status["dead_lettered"], 1);
+    assert!(
+        status["oldest_pending_age_seconds"]
+            .as_f64()
+            .is_some_and(|age| age >= 0.0)
+    );
+    let topics: Vec<(String, i64, i64)> = status["topics"]
+        .as_array()
+        .expect("topics")
+        .iter()
+        .map(|t| {
+            (
+                t["topic"].as_str().unwrap_or_default().to_owned(),
+                t["pending"].as_i64().unwrap_or(-1),
+                t["dead_lettered"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(
+        topics,
+        [("orders".to_owned(), 2, 0), ("users".to_owned(), 1, 1)]
+    );
+    assert_eq!(status["relays"], Value::Array(Vec::new()));
+
+    let text = stdout(&outbox_cli(&pg, &["status"]));
+    assert!(
+        text.starts_with("pending 3, dead-lettered 1, oldest pending "),
+        "{text}"
+    );
+    assert!(
+        text.contains("topic   pending  dead-lettered  oldest pending"),
+        "{text}"
+    );
+    assert!(
+        text.contains("service  relay  shards  last heartbeat"),
+        "{text}"
+    );
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn list_and_show_events() {
+    let (pg, pending, dead) = fixture().await;
+    let listed = json(&outbox_cli(&pg, &["list", "--json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    assert_eq!(listed[0]["id"], pending.to_string(), "oldest first");
+    let dead_letters = json(&outbox_cli(&pg, &["list", "--dead", "--json"]));
+    assert_eq!(dead_letters.as_array().map(Vec::len), Some(1));
+    assert_eq!(dead_letters[0]["error_message"], "message too large");
+    let table = stdout(&outbox_cli(&pg, &["list", "--dead"]));
+    assert!(
+        table.lines().nth(1).is_some_and(
+            |line| line.starts_with(&dead.to_string()) && line.ends_with("message too large")
+        ),
+        "{table}"
+    );
+
+    let shown = json(&outbox_cli(&pg, &["show", &dead.to_string(), "--json"]));
+    assert_eq!(shown["id"], dead.to_string());
+    assert_eq!(shown["attempts"], 1);
+    let text = stdout(&outbox_cli(&pg, &["show", &dead.to_string()]));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("destination_topic") && l.ends_with("users")),
+        "{text}"
+    );
+
+    let unknown = Uuid::now_v7();
+    let error = stderr_of_failure(&outbox_cli(&pg, &["show", &unknown.to_string()]));
+    assert_eq!(error.trim(), format!("error: no event with id {unknown}"));
+    let error = stderr_of_failure(&outbox_cli(&pg, &["show", "not-a-uuid"]));
+    assert!(error.contains("invalid value 'not-a-uuid'"), "{error}");
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn replay_asks_for_yes_then_puts_dead_letters_back() {
+    let (pg, pending, dead) = fixture().await;
+    let dry = stdout(&outbox_cli(&pg, &["replay", &dead.to_string()]));
+    assert!(
+        dry.starts_with("dry run: would replay dead-lettered event"),
+        "{dry}"
+    );
+    assert_eq!(
+        json(&outbox_cli(&pg, &["status", "--json"]))["dead_lettered"],
+        1,
+        "a dry run changes nothing"
+    );
+
+    let error = stderr_of_failure(&outbox_cli(&pg, &["replay", &pending.to_string(), "--yes"]));
+    assert!(error.contains("is not dead-lettered"), "{error}");
+
+    let all = json(&outbox_cli(&pg, &["replay", "--all-dead", "--json"]));
+    assert_eq!(
+        (all["dry_run"].clone(), all["would_affect"].clone()),
+        (Value::Bool(true), Value::from(1))
+    );
+    let done = json(&outbox_cli(
+        &pg,
+        &["replay", &dead.to_string(), "--yes", "--json"],
+    ));
+    assert_eq!(
+        (done["dry_run"].clone(), done["replayed"].clone()),
+        (Value::Bool(false), Value::from(1))
+    );
+    let status = json(&outbox_cli(&pg, &["status", "--json"]));
+    assert_eq!(
+        (status["pending"].clone(), status["dead_lettered"].clone()),
+        (Value::from(4), Value::from(0))
+    );
+
+    let usage = stderr_of_failure(&outbox_cli(&pg, &["replay"]));
+    assert!(
+        usage.contains("--all-dead"),
+        "replay needs an id or --all-dead: {usage}"
+    );
+    pg.drop().await;
+}
+
+#[tokio::test]
+async fn purge_deletes_only_old_published_events_after_yes() {
+    let (pg, _, _) = fixture().await;
+    let dry = json(&outbox_cli(
+        &pg,
+        &["purge", "--published-older-than", "7d", "--json"],
+    ));
+    assert_eq!(
+        (dry["dry_run"].clone(), dry["would_affect"].clone()),
+        (Value::Bool(true), Value::from(2))
+    );
+    let text = stdout(&outbox_cli(
+        &pg,
+        &["purge", "--published-older-than", "7days"],
+    ));
+    assert_eq!(
+        text.trim(),
+        "dry run: would delete 2 events published more than 7days ago; run again with --yes to do it"
+    );
+    let done = stdout(&outbox_cli(
+        &pg,
+        &["purge", "--published-older-than", "7d", "--yes"],
+    ));
+    assert_eq!(
+        done.trim(),
+        "deleted 2 events published more than 7days ago"
+    );
+    let status = json(&outbox_cli(&pg, &["status", "--json"]));
+    assert_eq!(
+        (status["pending"].clone(), status["dead_lettered"].clone()),
+        (Value::from(3), Value::from(1))
+    );
+    let error = stderr_of_failure(&outbox_cli(
+        &pg,
+        &["purge", "--published-older-than", "a while"],
+    ));
+    assert!(error.contains("invalid value 'a while'"), "{error}");
+    pg.drop().await;
+}
+
+#[test]
+fn bad_database_urls_are_explained() {
+    let output = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["status", "--connect-timeout", "1s"])
+        .env("DATABASE_URL", "postgres://app:s3cret@127.0.0.1:1/nowhere")
+        .output()
+        .expect("run");
+    let error = stderr_of_failure(&output);
+    assert!(
+        error.starts_with(
+            "error: cannot connect to the database at postgres://app:***@127.0.0.1:1/nowhere"
+        ),
+        "{error}"
+    );
+    assert!(!error.contains("s3cret"), "the password is not printed");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["status"])
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run");
+    assert_eq!(
+        stderr_of_failure(&output).trim(),
+        "error: no database given: set DATABASE_URL or pass --database-url"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["status", "--table", "bad name"])
+        .env("DATABASE_URL", database_url())
+        .output()
+        .expect("run");
+    assert!(stderr_of_failure(&output).contains("invalid table name \"bad name\""));
+}

@@ -1,0 +1,501 @@
+//! The torture suite: everything production does to the outbox, at once, then a check
+//! of every guarantee.
+//!
+//! Writers store events for shared keys in their own transactions (some commit late,
+//! some roll back, some store several keys at once, some hold their transaction open
+//! for seconds) while relay processes of one service are killed with SIGKILL and
+//! restarted, the broker is frozen for a few seconds, and the relays' database
+//! connections are cut. Then a consumer reads everything and the suite checks: no
+//! loss, no phantom, per-key commit order, bounded duplicates, no dead letters,
+//! bounded relay memory.
+//!
+//! Knobs (environment): `TORTURE_SEED` (printed at start; set it to replay a run),
+//! `TORTURE_SECONDS` (how long writers write, default 20), `TORTURE_WRITERS` (8),
+//! `TORTURE_KEYS` (32), `TORTURE_RELAYS` (3), `TORTURE_RESTART_POSTGRES=1` (local only:
+//! also restart the PostgreSQL server, which needs `pg_ctlcluster` and root).
+//! A local soak: `TORTURE_SECONDS=300 TORTURE_WRITERS=16 TORTURE_KEYS=256 scripts/test.sh -E 'test(torture)'`.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use outbox::{Envelope, EventBuilder, Outbox};
+use outbox_tests::kafka::{PrivateBroker, consume, create_topic};
+use outbox_tests::{PgSchema, database_url};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
+use serde_json::json;
+use uuid::Uuid;
+
+const BATCH_SIZE: u64 = 50;
+const CONCURRENCY: u64 = 4;
+
+/// A small, seedable random source (xorshift64*): the suite must replay from its seed.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn fork(&mut self) -> Rng {
+        Rng(self.next() | 1)
+    }
+}
+
+#[derive(Debug)]
+struct Size {
+    seed: u64,
+    seconds: u64,
+    writers: u64,
+    keys: u64,
+    relays: usize,
+    restart_postgres: bool,
+}
+
+impl Size {
+    fn from_env() -> Self {
+        let var = |name: &str, default: u64| {
+            std::env::var(name).ok().map_or(default, |v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+            })
+        };
+        let seed = var(
+            "TORTURE_SEED",
+            u64::from(Uuid::now_v7().as_fields().1) << 32 | u64::from(std::process::id()),
+        );
+        Size {
+            seed: seed.max(1),
+            seconds: var("TORTURE_SECONDS", 20),
+            writers: var("TORTURE_WRITERS", 8),
+            keys: var("TORTURE_KEYS", 32),
+            relays: usize::try_from(var("TORTURE_RELAYS", 3)).unwrap_or(3),
+            restart_postgres: var("TORTURE_RESTART_POSTGRES", 0) == 1,
+        }
+    }
+}
+
+/// What the writers know: which events committed (with their key and per-key commit
+/// counter) and which rolled back.
+#[derive(Debug, Default)]
+struct Ledger {
+    committed: HashMap<String, (String, i64)>,
+    rolled_back: HashSet<String>,
+    /// Commits whose outcome is unknown (the connection failed during COMMIT).
+    unknown: HashSet<String>,
+}
+
+/// The relay processes, killed and restarted at will.
+struct Relays {
+    schema: String,
+    brokers: String,
+    children: Vec<Child>,
+    max_rss_kib: u64,
+    kills: u64,
+}
+
+impl Relays {
+    fn start(&mut self, slot: usize) {
+        let child = Command::new(env!("CARGO_BIN_EXE_outbox-torture-relay"))
+            .env(
+                "DATABASE_URL",
+                format!("{}?application_name=outbox-torture-relay", database_url()),
+            )
+            .env("OUTBOX_TORTURE_SCHEMA", &self.schema)
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("OUTBOX_SERVICE_NAME", "torture")
+            .env("OUTBOX_BATCH_SIZE", BATCH_SIZE.to_string())
+            .env("OUTBOX_CONCURRENCY", CONCURRENCY.to_string())
+            .env("OUTBOX_INTERVAL", "200ms")
+            .env("OUTBOX_MIN_POLL_INTERVAL", "5ms")
+            .env("OUTBOX_LEASE_TTL", "2s")
+            .env("OUTBOX_RETRY_DELAY", "200ms")
+            .env("OUTBOX_RETRY_ATTEMPTS", "1000")
+            .env("OUTBOX_SHUTDOWN_TIMEOUT", "10s")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start a relay process");
+        if slot < self.children.len() {
+            self.children[slot] = child;
+        } else {
+            self.children.push(child);
+        }
+    }
+
+    /// Peak memory of the running relays, in KiB.
+    fn sample_memory(&mut self) {
+        for child in &self.children {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            let peak = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            self.max_rss_kib = self.max_rss_kib.max(peak);
+        }
+    }
+
+    fn kill_and_restart(&mut self, slot: usize) {
+        self.sample_memory();
+        let child = &mut self.children[slot];
+        child.kill().expect("SIGKILL a relay");
+        child.wait().expect("reap a killed relay");
+        self.kills += 1;
+        self.start(slot);
+    }
+
+    fn stop_all(&mut self) {
+        self.sample_memory();
+        for child in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.children {
+            let status = child.wait().expect("wait for a relay");
+            assert!(
+                status.success(),
+                "a relay did not shut down cleanly: {status}"
+            );
+        }
+    }
+}
+
+async fn execute(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Result<Vec<sea_orm::QueryResult>, sea_orm::DbErr> {
+    conn.query_all_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
+    .await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Committed,
+    RolledBack,
+    Unknown,
+}
+
+fn record(ledger: &Mutex<Ledger>, records: Vec<(String, String, i64)>, outcome: Outcome) {
+    let mut ledger = ledger.lock().expect("ledger");
+    for (id, key, counter) in records {
+        match outcome {
+            Outcome::Committed => {
+                ledger.committed.insert(id, (key, counter));
+            }
+            Outcome::RolledBack => {
+                ledger.rolled_back.insert(id);
+            }
+            Outcome::Unknown => {
+                ledger.unknown.insert(id);
+            }
+        }
+    }
+}
+
+/// One writer: transactions of one to three keys until `stop`. Each transaction stores
+/// one event per key, then bumps the keys' counters (row locks, in key order). The
+/// counter is the key's commit order, taken independently of the outbox, so a relay
+/// that published a key's events out of commit order is caught.
+async fn writer(
+    db: DatabaseConnection,
+    outbox: Outbox,
+    topic: String,
+    keys: u64,
+    mut rng: Rng,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<Ledger>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let count = if rng.chance(20) { 2 + rng.below(2) } else { 1 };
+        let mut chosen: Vec<String> = (0..count)
+            .map(|_| format!("key-{:03}", rng.below(keys)))
+            .collect();
+        chosen.sort();
+        chosen.dedup();
+        let Ok(txn) = db.begin().await else { continue };
+        let envelopes: Vec<Envelope> = chosen
+            .iter()
+            .map(|key| {
+                let event = EventBuilder::new("torture.event", key).data(json!({ "key": key }));
+                Envelope::new(&event, &topic).expect("envelope")
+            })
+            .collect();
+        let ids: Vec<String> = envelopes.iter().map(|e| e.id().to_string()).collect();
+        if outbox.store_batch(&txn, envelopes).await.is_err() {
+            let _ = txn.rollback().await;
+            continue;
+        }
+        let mut records = Vec::new();
+        for (id, key) in ids.into_iter().zip(&chosen) {
+            let rows = execute(
+                &txn,
+                "UPDATE torture_keys SET counter = counter + 1 WHERE key = $1 RETURNING counter",
+                vec![key.clone().into()],
+            )
+            .await;
+            match rows
+                .ok()
+                .and_then(|rows| rows.first().and_then(|r| r.try_get_by_index::<i64>(0).ok()))
+            {
+                Some(counter) => records.push((id, key.clone(), counter)),
+                None => break,
+            }
+        }
+        if records.len() != chosen.len() {
+            let _ = txn.rollback().await;
+            continue;
+        }
+        if rng.chance(2) {
+            tokio::time::sleep(Duration::from_millis(2000 + rng.below(2000))).await; // held open for seconds
+        } else if rng.chance(15) {
+            tokio::time::sleep(Duration::from_millis(rng.below(200))).await; // ids taken early, committed late
+        }
+        if rng.chance(10) {
+            let _ = txn.rollback().await;
+            record(&ledger, records, Outcome::RolledBack);
+            continue;
+        }
+        let outcome = if txn.commit().await.is_ok() {
+            Outcome::Committed
+        } else {
+            Outcome::Unknown
+        };
+        record(&ledger, records, outcome);
+        tokio::time::sleep(Duration::from_millis(rng.below(15))).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn torture() {
+    let size = Size::from_env();
+    println!("torture: {size:?} (replay with TORTURE_SEED={})", size.seed);
+    let started = Instant::now();
+    let mut rng = Rng(size.seed);
+
+    let pg = PgSchema::migrated().await;
+    pg.db
+        .execute_unprepared(
+            "CREATE TABLE torture_keys (key TEXT PRIMARY KEY, counter BIGINT NOT NULL DEFAULT 0)",
+        )
+        .await
+        .expect("key table");
+    for k in 0..size.keys {
+        pg.db
+            .execute_unprepared(&format!(
+                "INSERT INTO torture_keys (key) VALUES ('key-{k:03}')"
+            ))
+            .await
+            .expect("key row");
+    }
+    let broker = PrivateBroker::start().await;
+    let topic = format!("torture-{}", Uuid::now_v7().simple());
+    create_topic(&broker.address, &topic, 4).await;
+
+    let mut relays = Relays {
+        schema: pg.schema.clone(),
+        brokers: broker.address.clone(),
+        children: Vec::new(),
+        max_rss_kib: 0,
+        kills: 0,
+    };
+    for slot in 0..size.relays {
+        relays.start(slot);
+    }
+
+    let outbox = Outbox::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let writers: Vec<_> = (0..size.writers)
+        .map(|_| {
+            tokio::spawn(writer(
+                pg.db.clone(),
+                outbox.clone(),
+                topic.clone(),
+                size.keys,
+                rng.fork(),
+                Arc::clone(&stop),
+                Arc::clone(&ledger),
+            ))
+        })
+        .collect();
+
+    // Chaos while the writers write.
+    let deadline = Instant::now() + Duration::from_secs(size.seconds);
+    let outage_at = Instant::now() + Duration::from_secs(size.seconds / 3);
+    let cut_at = Instant::now() + Duration::from_secs(size.seconds / 2);
+    let restart_at = Instant::now() + Duration::from_secs(size.seconds * 2 / 3);
+    let (mut outage_done, mut cut_done, mut restart_done) = (false, false, !size.restart_postgres);
+    let cuts = AtomicU64::new(0);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+        relays.sample_memory();
+        let slot = usize::try_from(rng.below(size.relays as u64)).unwrap_or(0);
+        relays.kill_and_restart(slot);
+        if !outage_done && Instant::now() >= outage_at {
+            outage_done = true;
+            println!("torture: broker frozen for 4 s");
+            broker.freeze();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            broker.thaw();
+        }
+        if !cut_done && Instant::now() >= cut_at {
+            cut_done = true;
+            let cut = pg
+                .db
+                .query_all_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outbox-torture-relay'",
+                ))
+                .await
+                .expect("cut the relays' connections")
+                .len();
+            cuts.store(cut as u64, Ordering::Relaxed);
+            println!("torture: cut {cut} relay connections");
+        }
+        if !restart_done && Instant::now() >= restart_at {
+            restart_done = true;
+            println!("torture: restarting PostgreSQL");
+            let version = std::fs::read_dir("/etc/postgresql")
+                .expect("/etc/postgresql")
+                .next()
+                .expect("a cluster")
+                .expect("entry")
+                .file_name();
+            let status = Command::new("pg_ctlcluster")
+                .args([
+                    "--skip-systemctl-redirect",
+                    &version.to_string_lossy(),
+                    "main",
+                    "restart",
+                ])
+                .status()
+                .expect("pg_ctlcluster");
+            assert!(status.success(), "PostgreSQL restart failed");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+
+    // Let the relays finish, then read everything.
+    let drained = Instant::now() + Duration::from_secs(120);
+    while !outbox.backlog(&pg.db).await.is_ok_and(|b| b.pending == 0) {
+        assert!(
+            Instant::now() < drained,
+            "the relays did not publish every pending event within 120 s"
+        );
+        relays.sample_memory();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let backlog = outbox.backlog(&pg.db).await.expect("backlog");
+    relays.stop_all();
+
+    let ledger = Arc::try_unwrap(ledger)
+        .expect("writers done")
+        .into_inner()
+        .expect("ledger");
+    let expected = ledger.committed.len() + ledger.unknown.len();
+    let received = consume(&broker.address, &topic, expected, Duration::from_secs(60)).await;
+
+    // Checks.
+    let mut first_seen: Vec<&str> = Vec::new();
+    let mut seen = HashSet::new();
+    for message in &received {
+        if seen.insert(message.event_id()) {
+            first_seen.push(message.event_id());
+        }
+    }
+    let duplicates = received.len() - seen.len();
+    let lost: Vec<&String> = ledger
+        .committed
+        .keys()
+        .filter(|id| !seen.contains(id.as_str()))
+        .collect();
+    let phantoms: Vec<&String> = ledger
+        .rolled_back
+        .iter()
+        .filter(|id| seen.contains(id.as_str()))
+        .collect();
+    let mut per_key: HashMap<&str, Vec<i64>> = HashMap::new();
+    for id in &first_seen {
+        if let Some((key, counter)) = ledger.committed.get(*id) {
+            per_key.entry(key).or_default().push(*counter);
+        }
+    }
+    let out_of_order: Vec<(&str, &Vec<i64>)> = per_key
+        .iter()
+        .filter(|(_, counters)| counters.windows(2).any(|w| w[0] >= w[1]))
+        .map(|(key, counters)| (*key, counters))
+        .collect();
+    let incidents = relays.kills + 2;
+    println!(
+        "torture: {} committed, {} rolled back, {} unknown; {} kills, {} connections cut; {} messages, {} duplicates (bound {}); max relay RSS {} MiB; {:.1?}",
+        ledger.committed.len(),
+        ledger.rolled_back.len(),
+        ledger.unknown.len(),
+        relays.kills,
+        cuts.load(Ordering::Relaxed),
+        received.len(),
+        duplicates,
+        incidents * BATCH_SIZE * CONCURRENCY,
+        relays.max_rss_kib / 1024,
+        started.elapsed()
+    );
+    assert!(
+        lost.is_empty(),
+        "lost {} committed events, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    assert!(
+        phantoms.is_empty(),
+        "published {} rolled-back events, e.g. {:?}",
+        phantoms.len(),
+        phantoms.first()
+    );
+    assert!(
+        out_of_order.is_empty(),
+        "keys out of commit order: {:?}",
+        out_of_order.first()
+    );
+    assert!(
+        (duplicates as u64) <= incidents * BATCH_SIZE * CONCURRENCY,
+        "{duplicates} duplicates exceed (kills + outages) x batch x concurrency"
+    );
+    assert_eq!(
+        backlog.dead_lettered, 0,
+        "no event was poisoned, none may be dead-lettered"
+    );
+    assert!(
+        relays.max_rss_kib < 200 * 1024,
+        "relay memory grew to {} MiB",
+        relays.max_rss_kib / 1024
+    );
+    assert!(
+        ledger.committed.len() > 100,
+        "the run stored too little to prove anything"
+    );
+    pg.drop().await;
+}
