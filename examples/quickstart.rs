@@ -15,18 +15,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use outbox::{EventBuilder, KafkaPublisher, Outbox, OutboxEvent, Processor, ProcessorConfig};
-use outbox_migration::Migrator;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement, TransactionTrait,
-};
-use sea_orm_migration::MigratorTrait;
+use outbox_examples::{Broker, Error, consumer, database, receive};
+use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -40,17 +30,12 @@ struct UserRegistered {
     username: String,
 }
 
-const TOPICS: [&str; 2] = ["user-events", "order-events"];
-
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let db = connect().await?;
-    Migrator::up(&db, None).await?;
-    db.execute_unprepared(
-        "CREATE TABLE IF NOT EXISTS quickstart_users (id VARCHAR(36) PRIMARY KEY, email VARCHAR(255) NOT NULL)",
-    )
-    .await?;
-    let (brokers, _mock) = broker().await?;
+async fn main() -> Result<(), Error> {
+    let db = database().await?;
+    db.execute_unprepared("CREATE TABLE IF NOT EXISTS quickstart_users (id VARCHAR(36) PRIMARY KEY, email VARCHAR(255) NOT NULL)")
+        .await?;
+    let broker = Broker::start(&["user-events", "order-events"]).await?;
 
     // The relay runs in this process; it shares the outbox handle so a store wakes it.
     let outbox = Outbox::new();
@@ -58,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         interval: Duration::from_secs(1),
         ..ProcessorConfig::new("quickstart")
     };
-    let relay = Processor::new(config, db.clone(), KafkaPublisher::new(&brokers)?)
+    let relay = Processor::new(config, db.clone(), KafkaPublisher::new(&broker.brokers)?)
         .with_outbox(outbox.clone())
         .spawn();
 
@@ -110,11 +95,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     stored.insert(id.to_string());
 
     // Read what the relay published.
-    let arrived = consume(&brokers, &stored, Duration::from_secs(30)).await?;
+    let consumer = consumer(&broker.brokers, &["user-events", "order-events"])?;
+    let arrived = receive(&consumer, &stored, Duration::from_secs(30)).await?;
     println!("consumed {} events from the broker:", arrived.len());
-    for (topic, key, headers) in &arrived {
-        println!("  {topic:<13} key={key}");
-        println!("    {headers}");
+    for message in &arrived {
+        println!("  {:<13} key={}", message.topic, message.key);
+        println!("    {}", message.headers.join(", "));
     }
     let stats = relay.stats();
     relay.shutdown().await?;
@@ -123,101 +109,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.published, stats.failed, stats.dead_lettered
     );
 
-    if arrived.len() != stored.len()
-        || arrived
-            .iter()
-            .any(|(_, _, h)| h.contains(&phantom.to_string()))
-    {
+    if arrived.len() != stored.len() || arrived.iter().any(|m| m.event_id == phantom.to_string()) {
         return Err("the broker did not receive exactly the committed events".into());
     }
     Ok(())
-}
-
-async fn connect() -> Result<DatabaseConnection, sea_orm::DbErr> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) => Database::connect(url).await,
-        Err(_) => {
-            // One connection: every connection to `sqlite::memory:` is a new database.
-            let mut options = ConnectOptions::new("sqlite::memory:");
-            options.max_connections(1).sqlx_logging(false);
-            Database::connect(options).await
-        }
-    }
-}
-
-/// `KAFKA_BROKERS`, or librdkafka's in-process mock broker (kept alive by the caller).
-async fn broker() -> Result<
-    (String, Option<MockCluster<'static, DefaultProducerContext>>),
-    Box<dyn std::error::Error>,
-> {
-    if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()?;
-        let topics: Vec<NewTopic<'_>> = TOPICS
-            .iter()
-            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
-            .collect();
-        // "Already exists" is fine on a second run.
-        let _ = admin.create_topics(&topics, &AdminOptions::new()).await?;
-        return Ok((brokers, None));
-    }
-    let cluster = MockCluster::new(1)?;
-    for topic in TOPICS {
-        cluster.create_topic(topic, 1, 1)?;
-    }
-    Ok((cluster.bootstrap_servers(), Some(cluster)))
-}
-
-/// Reads both topics until every event in `expected` arrived; returns topic, key and
-/// headers of each.
-async fn consume(
-    brokers: &str,
-    expected: &HashSet<String>,
-    timeout: Duration,
-) -> Result<Vec<(String, String, String)>, Box<dyn std::error::Error>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("quickstart-{}", Uuid::now_v7().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
-    consumer.subscribe(&TOPICS)?;
-    let mut arrived = Vec::new();
-    let mut seen = HashSet::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    while seen.len() < expected.len() {
-        let message = tokio::time::timeout_at(deadline, consumer.recv())
-            .await
-            .map_err(|_| "timed out waiting for events")??;
-        let headers: Vec<String> = message
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        format!(
-                            "{}={}",
-                            h.key,
-                            String::from_utf8_lossy(h.value.unwrap_or_default())
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let event_id = headers
-            .iter()
-            .find_map(|h| h.strip_prefix("event_id="))
-            .unwrap_or_default()
-            .to_owned();
-        if expected.contains(&event_id) && seen.insert(event_id) {
-            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-            arrived.push((message.topic().to_owned(), key, headers.join(", ")));
-        }
-    }
-    Ok(arrived)
 }
 
 async fn insert_user(

@@ -1,9 +1,9 @@
 //! `#[derive(OutboxEvent)]`: the procedural macro behind `outbox::OutboxEvent`.
 //!
 //! Use it through the `outbox` crate, which re-exports it; the attribute reference
-//! lives on `outbox::OutboxEvent`. The work is split in stages: [`ast`] builds a typed
-//! view of the input and parses the attributes ([`attr`]), [`valid`] checks them
-//! against each other and against the struct's fields, and [`expand`] writes the impl.
+//! lives on `outbox::OutboxEvent`. The work is split in stages: `ast` builds a typed
+//! view of the input and parses the attributes (`attr`), `valid` checks them
+//! against each other and against the struct's fields, and `expand` writes the impl.
 //! Every mistake becomes a `syn::Error` at the offending token; all mistakes in one
 //! input are reported together.
 

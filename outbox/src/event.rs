@@ -10,7 +10,7 @@ pub const DEFAULT_EVENT_VERSION: &str = "v1";
 
 /// A domain event that can be stored in the outbox.
 ///
-/// Usually derived; see [`derive@OutboxEvent`] for the attributes. Implement it by hand
+/// Usually derived; see the [crate documentation](crate#defining-events) for the attributes. Implement it by hand
 /// when an event needs logic the attributes cannot express:
 ///
 /// ```

@@ -92,10 +92,10 @@
 //!     .spawn();
 //!
 //! outbox.store(&db, &EventBuilder::new("order.created", "order-17"), "order-events").await?;
-//! while publisher.messages().is_empty() {
+//! while relay.stats().published == 0 {
 //!     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
 //! }
-//! assert_eq!(relay.stats().published, 1);
+//! assert_eq!(publisher.messages()[0].event_type, "order.created");
 //! relay.shutdown().await?;
 //! # Ok(()) }
 //! ```
@@ -124,11 +124,46 @@
 //! within one call, and two transactions that lock the same keys in opposite orders
 //! can deadlock (PostgreSQL then aborts one of them).
 //!
+//! # Configuration
+//!
+//! [`ProcessorConfig`] documents every field with its default and its `OUTBOX_*`
+//! variable. An invalid variable is an [`Error::Config`] naming the variable and the
+//! value; nothing falls back to a default silently.
+//!
 //! # Tables
 //!
-//! The `outbox-migration` crate creates the tables; its migrations can be added to
-//! your own `Migrator`. The [`entity`] module holds their SeaORM entities. Table names
-//! can be changed with [`Tables`], which accepts only safe identifiers.
+//! The `outbox-migration` crate creates the tables (`cargo run -p outbox-migration --
+//! up` with `DATABASE_URL` set). To keep one migration history, add its migrations to
+//! your own `Migrator`:
+//!
+//! ```ignore
+//! impl MigratorTrait for Migrator {
+//!     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+//!         let mut migrations: Vec<Box<dyn MigrationTrait>> = vec![Box::new(m20240101_create_users::Migration)];
+//!         migrations.extend(outbox_migration::migrations());
+//!         migrations
+//!     }
+//! }
+//! ```
+//!
+//! The [`entity`] module holds the tables' SeaORM entities. Table names can be changed
+//! with [`Tables`], which accepts only safe identifiers.
+//!
+//! # Operations
+//!
+//! - **Scaling relays**: run more processes with the same `service_name`. Each relay
+//!   holds a fair share (`ceil(shards / relays)`) of the 16 shards; a new relay gets
+//!   its share within a third of `lease_ttl`, a dead one's shards move after
+//!   `lease_ttl`. More relays than shards add nothing.
+//! - **Dead letters**: `outbox list --dead` (the `outbox-cli` crate) or
+//!   [`Outbox::dead_letters`] show them with their error; fix the cause, then
+//!   `outbox replay ID --yes` or [`Outbox::replay`]. A replayed event is published after
+//!   the events of its key that went out while it was dead.
+//! - **Retention**: published events are kept `cleanup_after_days` days for
+//!   inspection and deleted in batches of 1,000; pending and dead-lettered events are
+//!   never deleted. `outbox purge --published-older-than 1d --yes` deletes on demand.
+//! - **Watching**: [`RelayHandle::healthcheck`] for liveness probes; the gauges
+//!   `outbox_pending` and `outbox_oldest_pending_age_seconds` for alerts on lag.
 
 mod config;
 pub mod entity;

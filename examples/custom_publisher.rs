@@ -1,0 +1,79 @@
+//! A custom publisher: the relay sends events wherever `Publisher::publish` says. This
+//! one writes them to standard output as JSON lines and refuses events above a size,
+//! to show how failures are reported per event.
+//!
+//! ```text
+//! cargo run --example custom_publisher
+//! ```
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use outbox::{EventBuilder, Message, Outbox, Processor, ProcessorConfig, PublishError, Publisher};
+use outbox_examples::{Error, database};
+use serde_json::json;
+
+/// Prints each event as a JSON line.
+#[derive(Debug)]
+struct JsonLines {
+    max_payload: usize,
+}
+
+impl Publisher for JsonLines {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        // Keep per-key order: after a failure, hold back the later events of its key.
+        let mut failed_keys = HashSet::new();
+        batch
+            .iter()
+            .map(|message| {
+                if failed_keys.contains(&message.key) {
+                    return Err(PublishError::not_sent());
+                }
+                if message.payload.len() > self.max_payload {
+                    failed_keys.insert(message.key.clone());
+                    return Err(PublishError::permanent(format!("payload of {} bytes is too large", message.payload.len())));
+                }
+                let headers: serde_json::Map<String, serde_json::Value> =
+                    message.headers().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+                println!("{}", json!({ "topic": message.topic, "key": message.key, "headers": headers, "payload": message.payload }));
+                Ok(())
+            })
+            .collect()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let db = database().await?;
+    let outbox = Outbox::new();
+    let config = ProcessorConfig {
+        retry_attempts: 0,
+        ..ProcessorConfig::new("stdout")
+    };
+    let relay = Processor::new(config, db.clone(), JsonLines { max_payload: 100 })
+        .with_outbox(outbox.clone())
+        .spawn();
+
+    outbox
+        .store(
+            &db,
+            &EventBuilder::new("note.added", "n-1").data(json!({ "text": "hello" })),
+            "notes",
+        )
+        .await?;
+    let big = EventBuilder::new("note.added", "n-2").data(json!({ "text": "x".repeat(200) }));
+    outbox.store(&db, &big, "notes").await?;
+
+    while outbox.backlog(&db).await?.pending > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for dead in outbox.dead_letters(&db, 10).await? {
+        println!(
+            "dead-lettered {}: {}",
+            dead.id,
+            dead.error_message.unwrap_or_default()
+        );
+    }
+    relay.shutdown().await?;
+    Ok(())
+}
