@@ -1,29 +1,25 @@
-//! `outbox-bench`: measures the outbox against PostgreSQL and a Kafka-protocol broker.
+//! `outbox-bench`: measures the outbox against PostgreSQL and a Kafka-protocol broker,
+//! prints a table, and writes the same figures as JSON.
 //!
 //! ```text
-//! cargo run --release -p outbox-bench -- relay --events 20000
+//! cargo run --release -p outbox-bench -- all            # the full run (several minutes)
+//! cargo run --release -p outbox-bench -- all --quick    # seconds; CI runs this
+//! cargo run --release -p outbox-bench -- relay --events 20000   # relay throughput only
 //! ```
 //!
-//! Every figure is measured in the same run as its baseline and quoted as a ratio.
+//! Every comparison is a ratio of figures measured in the same run: the machines are
+//! shared and noisy, so absolute numbers travel badly.
 
-use std::time::{Duration, Instant};
+mod scenarios;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use outbox::{
-    Envelope, EventBuilder, KafkaConfig, KafkaPublisher, Outbox, Processor, ProcessorConfig,
-};
-use outbox_migration::Migrator;
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
-use sea_orm_migration::MigratorTrait;
-use serde_json::json;
 
 #[derive(Debug, Parser)]
-#[command(about = "Benchmarks of the outbox")]
+#[command(about = "Benchmarks of the outbox against PostgreSQL and a Kafka-protocol broker")]
 struct Cli {
-    /// PostgreSQL to measure against.
+    /// PostgreSQL to measure against; every scenario works in a schema of its own.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -39,146 +35,70 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Relay throughput: preload events, time one processor publishing them all.
+    /// Every scenario: store overhead, relay throughput against its limits, latency,
+    /// scale, peak memory.
+    All {
+        /// A small run that takes seconds, to keep the benchmark from rotting.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the figures as JSON.
+        #[arg(long, default_value = "target/bench/results.json")]
+        json: PathBuf,
+    },
+    /// Relay throughput only: one relay on preloaded events, beside its two limits.
     Relay {
-        /// Events to preload.
+        /// Events of 1 KiB to preload.
         #[arg(long, default_value_t = 20_000)]
         events: usize,
-        /// Distinct keys.
-        #[arg(long, default_value_t = 64)]
-        keys: usize,
-        /// Events per shard per batch.
-        #[arg(long, default_value_t = 500)]
-        batch_size: usize,
-        /// Shards processed at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
+    },
+    /// Latency only: commit-to-receive at 1,000 events/s, relay in-process and not.
+    Latency {
+        /// How long the writers write.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// Internal: a relay process for the cross-process latency scenario.
+    #[command(hide = true)]
+    RelayProcess {
+        /// The schema to relay from.
+        #[arg(long)]
+        schema: String,
     },
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), scenarios::Failure> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Relay {
-            events,
-            keys,
-            batch_size,
-            concurrency,
-        } => {
-            let schema = BenchSchema::create(&cli.database_url).await?;
-            let outbox = Outbox::new();
-            let topic = format!("bench-{}", uuid::Uuid::now_v7().simple());
-            create_topic(&cli.brokers, &topic, 8).await?;
-            let started = Instant::now();
-            preload(&schema.db, &outbox, &topic, events, keys).await?;
-            println!(
-                "preloaded {events} events of 1 KiB over {keys} keys in {:.1?}",
-                started.elapsed()
-            );
-            let config = ProcessorConfig {
-                batch_size,
-                concurrency,
-                ..ProcessorConfig::new("bench")
+        Command::All { quick, json } => {
+            let size = if quick {
+                scenarios::Size::quick()
+            } else {
+                scenarios::Size::full()
             };
-            let publisher = KafkaPublisher::from_config(KafkaConfig::new(&cli.brokers))?;
-            let started = Instant::now();
-            let relay = Processor::new(config, schema.db.clone(), publisher)
-                .with_outbox(outbox.clone())
-                .spawn();
-            while relay.stats().published < events as u64 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+            let report = scenarios::run_all(&cli.database_url, &cli.brokers, &size).await?;
+            println!("{}", report.table());
+            if let Some(dir) = json.parent() {
+                std::fs::create_dir_all(dir)?;
             }
-            let elapsed = started.elapsed();
-            relay.shutdown().await?;
-            println!(
-                "relay: {events} events in {:.2?} = {:.0} events/s (batch {batch_size}, concurrency {concurrency})",
-                elapsed,
-                events as f64 / elapsed.as_secs_f64()
-            );
-            schema.drop().await?;
+            std::fs::write(&json, serde_json::to_string_pretty(&report.json())?)?;
+            println!("figures written to {}", json.display());
+            Ok(())
+        }
+        Command::Relay { events } => {
+            let size = scenarios::Size::relay_only(events);
+            let report = scenarios::run_relay(&cli.database_url, &cli.brokers, &size).await?;
+            println!("{}", report.table());
+            Ok(())
+        }
+        Command::Latency { duration } => {
+            let size = scenarios::Size::latency_only(duration);
+            let report = scenarios::run_latency(&cli.database_url, &cli.brokers, &size).await?;
+            println!("{}", report.table());
+            Ok(())
+        }
+        Command::RelayProcess { schema } => {
+            scenarios::relay_process(&cli.database_url, &cli.brokers, &schema).await
         }
     }
-    Ok(())
-}
-
-/// A schema of its own for one measurement.
-struct BenchSchema {
-    db: DatabaseConnection,
-    admin: DatabaseConnection,
-    name: String,
-}
-
-impl BenchSchema {
-    async fn create(url: &str) -> Result<Self, Box<dyn std::error::Error>> {
-        let admin = Database::connect(url).await?;
-        let name = format!("bench_{}", uuid::Uuid::now_v7().simple());
-        admin
-            .execute_unprepared(&format!("CREATE SCHEMA {name}"))
-            .await?;
-        let mut options = ConnectOptions::new(url);
-        options
-            .set_schema_search_path(name.clone())
-            .max_connections(10)
-            .sqlx_logging(false);
-        let db = Database::connect(options).await?;
-        Migrator::up(&db, None).await?;
-        Ok(BenchSchema { db, admin, name })
-    }
-
-    async fn drop(self) -> Result<(), Box<dyn std::error::Error>> {
-        self.db.close().await?;
-        self.admin
-            .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .await?;
-        Ok(())
-    }
-}
-
-/// A JSON payload of about 1 KiB.
-fn payload(n: usize) -> serde_json::Value {
-    json!({ "n": n, "filler": "x".repeat(1000) })
-}
-
-async fn preload(
-    db: &DatabaseConnection,
-    outbox: &Outbox,
-    topic: &str,
-    events: usize,
-    keys: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut n = 0;
-    while n < events {
-        let chunk: Vec<Envelope> = (n..events.min(n + 2000))
-            .map(|i| {
-                Envelope::new(
-                    &EventBuilder::new("bench.event", format!("key-{}", i % keys)).data(payload(i)),
-                    topic,
-                )
-            })
-            .collect::<Result<_, _>>()?;
-        n += chunk.len();
-        outbox.store_batch(db, chunk).await?;
-    }
-    Ok(())
-}
-
-async fn create_topic(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    for result in admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        result.map_err(|(topic, error)| format!("create topic {topic}: {error}"))?;
-    }
-    Ok(())
 }

@@ -13,7 +13,9 @@
 //! - `idx_<t>_dead (dead_lettered_at) WHERE dead_lettered_at IS NOT NULL`: lists dead
 //!   letters.
 //! - the seed's `destination_topic`, `aggregate_id` and partial `trace_id` indexes, and
-//!   a unique index on the event id.
+//!   a unique index on the event id. (A partial `destination_topic` index on pending
+//!   rows was tried: with stale statistics the planner preferred it to the claim index
+//!   and scanned every pending row per claim.)
 
 use outbox::{Identifier, Tables};
 use sea_orm_migration::prelude::*;

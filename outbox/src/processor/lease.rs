@@ -28,6 +28,12 @@ struct TokenRow {
 }
 
 #[derive(Debug, FromQueryResult)]
+struct Renewed {
+    shard: i32,
+    token: i64,
+}
+
+#[derive(Debug, FromQueryResult)]
 struct LiveLease {
     shard: i32,
     owner: String,
@@ -109,17 +115,26 @@ impl Leases {
                 .await?;
             debug!(shard, relay = %self.relay_id, fair, "shard released for another relay");
         }
-        // Renew the rest; a lease found taken (it expired and another relay took it) is gone.
+        // Renew the rest in one statement; a lease found taken (it expired and another
+        // relay took it) is gone.
         let expires = now + self.ttl();
-        for shard in self.owned.keys().copied().collect::<Vec<_>>() {
-            match self
-                .acquire(db, dialect, tables, shard, now, expires)
+        if !self.owned.is_empty() {
+            let shards: Vec<i32> = self.owned.keys().copied().collect();
+            let statement =
+                dialect.renew_leases(tables, &self.service, &self.relay_id, &shards, now, expires);
+            let renewed: BTreeMap<i32, i64> = Renewed::find_by_statement(statement)
+                .all(db)
                 .await?
-            {
-                Some(token) => {
-                    self.owned.insert(shard, token);
+                .into_iter()
+                .map(|row| (row.shard, row.token))
+                .collect();
+            for shard in shards {
+                match renewed.get(&shard) {
+                    Some(&token) => {
+                        self.owned.insert(shard, token);
+                    }
+                    None => self.lost(shard),
                 }
-                None => self.lost(shard),
             }
         }
         if self.owned.len() >= fair {

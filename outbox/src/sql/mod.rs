@@ -141,6 +141,11 @@ impl Dialect {
     /// The events of `shard` that may be published now, oldest first: pending, not
     /// dead-lettered, not waiting for a retry, and not behind an earlier event of their
     /// key that waits for a retry.
+    ///
+    /// The keys waiting for a retry are found first, once, in a materialized CTE (a
+    /// handful of rows, from the tiny `retry` index), so the anti-join runs against
+    /// that list whatever the planner believes about the table: a correlated
+    /// `NOT EXISTS` over the table itself can turn quadratic on stale statistics.
     pub(crate) fn claim(
         self,
         table: &Identifier,
@@ -154,17 +159,18 @@ impl Dialect {
         let now = p.bind(now);
         let limit = p.bind(i64::try_from(limit).unwrap_or(i64::MAX));
         let sql = format!(
-            "SELECT o.\"seq\", o.\"id\", o.\"event_type\", o.\"event_version\", o.\"aggregate_id\", \
+            "WITH \"waiting\" AS MATERIALIZED (\
+                SELECT DISTINCT b.\"partition_key\" FROM {t} b \
+                WHERE b.\"shard\" = {shard} AND b.\"next_attempt_at\" > {now} \
+                  AND NOT b.\"published\" AND b.\"dead_lettered_at\" IS NULL) \
+             SELECT o.\"seq\", o.\"id\", o.\"event_type\", o.\"event_version\", o.\"aggregate_id\", \
                     o.\"destination_topic\", COALESCE(o.\"partition_key\", o.\"aggregate_id\") AS \"key\", \
                     {payload} AS \"payload\", {headers} AS \"headers\", o.\"trace_id\", o.\"user_id\", \
                     o.\"created_at\", o.\"attempts\" \
              FROM {t} o \
              WHERE o.\"shard\" = {shard} AND NOT o.\"published\" AND o.\"dead_lettered_at\" IS NULL \
                AND (o.\"next_attempt_at\" IS NULL OR o.\"next_attempt_at\" <= {now}) \
-               AND NOT EXISTS (SELECT 1 FROM {t} b \
-                   WHERE b.\"shard\" = {shard} AND b.\"next_attempt_at\" > {now} \
-                     AND NOT b.\"published\" AND b.\"dead_lettered_at\" IS NULL \
-                     AND b.\"partition_key\" = o.\"partition_key\") \
+               AND NOT EXISTS (SELECT 1 FROM \"waiting\" w WHERE w.\"partition_key\" = o.\"partition_key\") \
              ORDER BY o.\"seq\" LIMIT {limit}",
             payload = self.json_text("o.\"event_data\""),
             headers = self.json_text("o.\"headers\""),
@@ -308,6 +314,33 @@ impl Dialect {
             owner = p.bind(lease.owner),
             expires = p.bind(expires_at),
             now = p.bind(now),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Extends the leases `owner` still holds among `shards`, in one statement; returns
+    /// the shards (with their tokens) that were still `owner`'s. A lease that expired
+    /// but that nobody took is still `owner`'s: nobody else published its shard.
+    pub(crate) fn renew_leases(
+        self,
+        tables: &Tables,
+        service: &str,
+        owner: &str,
+        shards: &[i32],
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "UPDATE {} SET \"expires_at\" = {}, \"updated_at\" = {} \
+             WHERE \"service_name\" = {} AND \"owner\" = {} AND \"shard\" IN ({}) \
+             RETURNING \"shard\", \"token\"",
+            tables.lease().quoted(),
+            p.bind(expires_at),
+            p.bind(now),
+            p.bind(service),
+            p.bind(owner),
+            p.bind_all(shards.iter().copied()),
         );
         p.into_statement(sql)
     }
