@@ -136,10 +136,20 @@
 //! up` with `DATABASE_URL` set). To keep one migration history, add its migrations to
 //! your own `Migrator`:
 //!
-//! ```ignore
+//! ```
+//! use sea_orm_migration::prelude::*;
+//!
+//! # #[derive(DeriveMigrationName)]
+//! # struct CreateUsers;
+//! # #[async_trait::async_trait]
+//! # impl MigrationTrait for CreateUsers {
+//! #     async fn up(&self, _: &SchemaManager) -> Result<(), DbErr> { Ok(()) }
+//! # }
+//! pub struct Migrator;
+//!
 //! impl MigratorTrait for Migrator {
 //!     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-//!         let mut migrations: Vec<Box<dyn MigrationTrait>> = vec![Box::new(m20240101_create_users::Migration)];
+//!         let mut migrations: Vec<Box<dyn MigrationTrait>> = vec![Box::new(CreateUsers)];
 //!         migrations.extend(outbox_migration::migrations());
 //!         migrations
 //!     }
