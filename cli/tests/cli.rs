@@ -286,3 +286,62 @@ fn bad_database_urls_are_explained() {
         .expect("run");
     assert!(stderr_of_failure(&output).contains("invalid table name \"bad name\""));
 }
+
+/// `outbox relay` publishes what is pending and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_runs_until_sigterm() {
+    use outbox_tests::kafka::{brokers, consume, create_topic, unique_topic};
+    let pg = PgSchema::migrated().await;
+    let brokers = brokers();
+    let topic = unique_topic("cli-relay");
+    create_topic(&brokers, &topic, 1).await;
+    let id = Outbox::new()
+        .store(&pg.db, &EventBuilder::new("thing.happened", "k"), &topic)
+        .await
+        .expect("store");
+
+    let url = format!(
+        "{}?options=-c%20search_path%3D{}",
+        database_url(),
+        pg.schema
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["relay"])
+        .env("DATABASE_URL", url)
+        .env("KAFKA_BROKERS", &brokers)
+        .env("OUTBOX_SERVICE_NAME", "cli-test")
+        .env("OUTBOX_INTERVAL", "100ms")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start outbox relay");
+    let received = consume(&brokers, &topic, 1, std::time::Duration::from_secs(30)).await;
+    assert_eq!(
+        received.first().map(|m| m.event_id().to_owned()),
+        Some(id.to_string())
+    );
+    outbox_tests::eventually(
+        "the relay marks it published",
+        std::time::Duration::from_secs(10),
+        || async {
+            Outbox::new()
+                .backlog(&pg.db)
+                .await
+                .is_ok_and(|b| b.pending == 0)
+        },
+    )
+    .await;
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("relay stopped after publishing 1 events"),
+        "{stderr}"
+    );
+    pg.drop().await;
+}

@@ -147,13 +147,7 @@ impl Outbox {
         conn: &C,
         limit: u64,
     ) -> Result<Vec<row::Model>> {
-        let statement = self
-            .dialect(conn)?
-            .unpublished(self.tables().outbox(), limit);
-        Ok(row::Entity::find()
-            .from_raw_sql(statement)
-            .all(conn)
-            .await?)
+        self.events(conn, false, limit).await
     }
 
     /// Dead-lettered events, oldest first.
@@ -165,9 +159,18 @@ impl Outbox {
         conn: &C,
         limit: u64,
     ) -> Result<Vec<row::Model>> {
+        self.events(conn, true, limit).await
+    }
+
+    async fn events<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        dead: bool,
+        limit: u64,
+    ) -> Result<Vec<row::Model>> {
         let statement = self
             .dialect(conn)?
-            .dead_letters(self.tables().outbox(), limit);
+            .events(self.tables().outbox(), dead, limit);
         Ok(row::Entity::find()
             .from_raw_sql(statement)
             .all(conn)
@@ -190,7 +193,7 @@ impl Outbox {
         let dialect = self.dialect(conn)?;
         let mut marked = 0;
         for chunk in ids.chunks(1000) {
-            let statement = dialect.mark_published_by_id(self.tables().outbox(), chunk, Utc::now());
+            let statement = dialect.mark_published(self.tables().outbox(), "id", chunk, Utc::now());
             marked += conn.execute_raw(statement).await?.rows_affected();
         }
         Ok(marked)

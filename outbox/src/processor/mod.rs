@@ -432,7 +432,7 @@ impl<P: Publisher> Inner<P> {
             }
             if !published.is_empty() {
                 let seqs: Vec<i64> = published.iter().map(|m| m.seq).collect();
-                txn.execute_raw(dialect.mark_published(tables.outbox(), &seqs, acked_at))
+                txn.execute_raw(dialect.mark_published(tables.outbox(), "seq", &seqs, acked_at))
                     .await?;
             }
             for (message, _, update) in &updates {

@@ -196,38 +196,22 @@ impl Dialect {
         p.into_statement(sql)
     }
 
-    /// Marks events published, by `seq`.
-    pub(crate) fn mark_published(
+    /// Marks the pending events whose `key_column` (`seq` or `id`) is in `keys` as
+    /// published.
+    pub(crate) fn mark_published<V: Into<Value> + Copy>(
         self,
         table: &Identifier,
-        seqs: &[i64],
+        key_column: &'static str,
+        keys: &[V],
         now: DateTime<Utc>,
     ) -> Statement {
         let mut p = Params::new(self);
         let now = p.bind(now);
         let sql = format!(
             "UPDATE {} SET \"published\" = TRUE, \"published_at\" = {now}, \"updated_at\" = {now} \
-             WHERE \"seq\" IN ({}) AND NOT \"published\"",
+             WHERE \"{key_column}\" IN ({}) AND NOT \"published\"",
             table.quoted(),
-            p.bind_all(seqs.iter().copied()),
-        );
-        p.into_statement(sql)
-    }
-
-    /// Marks events published, by id (the seed's `MarkEventsAsPublished`).
-    pub(crate) fn mark_published_by_id(
-        self,
-        table: &Identifier,
-        ids: &[Uuid],
-        now: DateTime<Utc>,
-    ) -> Statement {
-        let mut p = Params::new(self);
-        let now = p.bind(now);
-        let sql = format!(
-            "UPDATE {} SET \"published\" = TRUE, \"published_at\" = {now}, \"updated_at\" = {now} \
-             WHERE \"id\" IN ({}) AND NOT \"published\"",
-            table.quoted(),
-            p.bind_all(ids.iter().copied()),
+            p.bind_all(keys.iter().copied()),
         );
         p.into_statement(sql)
     }
@@ -442,22 +426,16 @@ impl Dialect {
         p.into_statement(sql)
     }
 
-    /// Pending events, oldest first (the seed's `GetUnpublished`).
-    pub(crate) fn unpublished(self, table: &Identifier, limit: u64) -> Statement {
+    /// Pending (or, with `dead`, dead-lettered) events, oldest first.
+    pub(crate) fn events(self, table: &Identifier, dead: bool, limit: u64) -> Statement {
         let mut p = Params::new(self);
+        let state = if dead {
+            "\"dead_lettered_at\" IS NOT NULL"
+        } else {
+            "\"dead_lettered_at\" IS NULL"
+        };
         let sql = format!(
-            "SELECT * FROM {} WHERE NOT \"published\" AND \"dead_lettered_at\" IS NULL ORDER BY \"seq\" LIMIT {}",
-            table.quoted(),
-            p.bind(i64::try_from(limit).unwrap_or(i64::MAX)),
-        );
-        p.into_statement(sql)
-    }
-
-    /// Dead-lettered events, oldest first.
-    pub(crate) fn dead_letters(self, table: &Identifier, limit: u64) -> Statement {
-        let mut p = Params::new(self);
-        let sql = format!(
-            "SELECT * FROM {} WHERE \"dead_lettered_at\" IS NOT NULL AND NOT \"published\" ORDER BY \"seq\" LIMIT {}",
+            "SELECT * FROM {} WHERE NOT \"published\" AND {state} ORDER BY \"seq\" LIMIT {}",
             table.quoted(),
             p.bind(i64::try_from(limit).unwrap_or(i64::MAX)),
         );
