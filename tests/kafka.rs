@@ -8,7 +8,7 @@ use outbox::{
     EventBuilder, KafkaConfig, KafkaPublisher, Outbox, OutboxEvent, Processor, ProcessorConfig,
 };
 use outbox_tests::kafka::{PrivateBroker, Received, brokers, consume, create_topic, unique_topic};
-use outbox_tests::{PgSchema, eventually};
+use outbox_tests::{PgSchema, eventually, retry_waits};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
@@ -251,24 +251,7 @@ async fn refused_produce_requests_are_retried_with_growing_delays() {
         .expect("store");
     let processor = Processor::new(config("mock"), pg.db.clone(), publisher(&brokers));
 
-    let mut waits = Vec::new();
-    for _ in 0..200 {
-        processor.process_events(10).await.expect("process");
-        let event = outbox::entity::outbox::Entity::find_by_id(1)
-            .one(&pg.db)
-            .await
-            .expect("read")
-            .expect("row");
-        if event.published {
-            break;
-        }
-        if let (Some(last), Some(next)) = (event.last_attempt_at, event.next_attempt_at)
-            && waits.last().map(|(attempts, _)| *attempts) != Some(event.attempts)
-        {
-            waits.push((event.attempts, (next - last).num_milliseconds()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let waits = retry_waits(&processor, &pg.db, id).await;
     assert_eq!(
         waits,
         [(1, 300), (2, 600)],

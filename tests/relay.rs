@@ -12,7 +12,7 @@ use outbox::{
     Envelope, EventBuilder, FailureOutcome, MemoryPublisher, Message, Outbox, Processor,
     ProcessorConfig, PublishError, Publisher,
 };
-use outbox_tests::{PgSchema, eventually, migrated_sqlite};
+use outbox_tests::{PgSchema, eventually, migrated_sqlite, retry_waits};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     Statement, TransactionTrait,
@@ -278,25 +278,7 @@ async fn retries_back_off_and_then_publish(db: DatabaseConnection) {
     );
     let processor = Processor::new(fast_config("retry"), db.clone(), publisher.clone());
 
-    let mut attempts_seen = Vec::new();
-    for _ in 0..100 {
-        processor.process_events(10).await.expect("process");
-        let event = row::Entity::find()
-            .filter(row::Column::Id.eq(id))
-            .one(&db)
-            .await
-            .expect("read")
-            .expect("row");
-        if event.published {
-            break;
-        }
-        if let (Some(last), Some(next)) = (event.last_attempt_at, event.next_attempt_at)
-            && attempts_seen.last().map(|(a, _)| *a) != Some(event.attempts)
-        {
-            attempts_seen.push((event.attempts, (next - last).num_milliseconds()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let attempts_seen = retry_waits(&processor, &db, id).await;
     assert_eq!(
         attempts_seen,
         [(1, 200), (2, 400)],

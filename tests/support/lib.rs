@@ -100,3 +100,35 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs `processor` pass by pass until event `id` is published, and returns the
+/// failed attempts it went through with the wait each set (attempts, milliseconds from
+/// the failure to the next allowed attempt).
+pub async fn retry_waits<P: outbox::Publisher>(
+    processor: &outbox::Processor<P>,
+    db: &DatabaseConnection,
+    id: uuid::Uuid,
+) -> Vec<(i32, i64)> {
+    use outbox::entity::outbox as row;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let mut waits: Vec<(i32, i64)> = Vec::new();
+    for _ in 0..200 {
+        processor.process_events(10).await.expect("process");
+        let event = row::Entity::find()
+            .filter(row::Column::Id.eq(id))
+            .one(db)
+            .await
+            .expect("read")
+            .expect("row");
+        if event.published {
+            return waits;
+        }
+        if let (Some(last), Some(next)) = (event.last_attempt_at, event.next_attempt_at)
+            && waits.last().map(|(attempts, _)| *attempts) != Some(event.attempts)
+        {
+            waits.push((event.attempts, (next - last).num_milliseconds()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("event {id} was not published after 200 passes; waits so far: {waits:?}");
+}
