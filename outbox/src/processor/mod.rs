@@ -591,7 +591,8 @@ enum ShardOutcome {
 /// A running relay: check it, read its figures, stop it.
 ///
 /// Dropping the handle stops the relay as [`shutdown`](Self::shutdown) does, without
-/// waiting for it.
+/// waiting for it: keep it for as long as the relay should run.
+#[must_use = "dropping the handle stops the relay"]
 #[derive(Debug)]
 pub struct RelayHandle {
     state: Arc<State>,
