@@ -1,7 +1,7 @@
 //! The relay against the real Kafka-protocol broker (tansu, started by
 //! `scripts/test.sh`) and librdkafka's MockCluster for fault injection.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use outbox::{
@@ -38,27 +38,13 @@ fn counter(key: &str, n: usize) -> EventBuilder {
     EventBuilder::new("counter.incremented", key).data(json!({ "n": n }))
 }
 
-/// Drops duplicates by event id, keeping first occurrences in arrival order.
-fn first_occurrences(received: &[Received]) -> Vec<&Received> {
-    let mut seen = HashSet::new();
-    received
-        .iter()
-        .filter(|m| seen.insert(m.event_id().to_owned()))
-        .collect()
-}
-
 /// For each key, the `n` of its events in the order first received.
 fn per_key_order(received: &[Received]) -> HashMap<String, Vec<u64>> {
-    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
-    for message in first_occurrences(received) {
-        let payload: serde_json::Value =
-            serde_json::from_str(&message.payload).expect("JSON payload");
-        order
-            .entry(message.key.clone())
-            .or_default()
-            .push(payload["n"].as_u64().expect("n"));
-    }
-    order
+    outbox_tests::per_key_order(
+        received
+            .iter()
+            .map(|m| (m.event_id().to_owned(), m.key.as_str(), m.payload.as_str())),
+    )
 }
 
 #[derive(Serialize, OutboxEvent)]

@@ -55,19 +55,11 @@ async fn store_interleaved(db: &DatabaseConnection, outbox: &Outbox, keys: usize
 
 /// For each key, the `n` of its messages in the order published (duplicates removed).
 fn per_key_order(messages: &[Message]) -> HashMap<String, Vec<u64>> {
-    let mut seen = std::collections::HashSet::new();
-    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
-    for message in messages {
-        if seen.insert(message.id) {
-            let payload: serde_json::Value =
-                serde_json::from_str(&message.payload).expect("JSON payload");
-            order
-                .entry(message.key.clone())
-                .or_default()
-                .push(payload["n"].as_u64().expect("n"));
-        }
-    }
-    order
+    outbox_tests::per_key_order(
+        messages
+            .iter()
+            .map(|m| (m.id.to_string(), m.key.as_str(), m.payload.as_str())),
+    )
 }
 
 fn assert_complete_and_ordered(messages: &[Message], keys: usize, per_key: usize) {

@@ -132,3 +132,23 @@ pub async fn retry_waits<P: outbox::Publisher>(
     }
     panic!("event {id} was not published after 200 passes; waits so far: {waits:?}");
 }
+
+/// For each key, the `n` field of its events' JSON payloads in the order given, after
+/// dropping repeated event ids (a consumer's view of at-least-once delivery). Takes
+/// `(event id, key, payload)` triples.
+pub fn per_key_order<'a>(
+    events: impl IntoIterator<Item = (String, &'a str, &'a str)>,
+) -> std::collections::HashMap<String, Vec<u64>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut order: std::collections::HashMap<String, Vec<u64>> = std::collections::HashMap::new();
+    for (id, key, payload) in events {
+        if seen.insert(id) {
+            let payload: serde_json::Value = serde_json::from_str(payload).expect("JSON payload");
+            order
+                .entry(key.to_owned())
+                .or_default()
+                .push(payload["n"].as_u64().expect("an `n` in the payload"));
+        }
+    }
+    order
+}
