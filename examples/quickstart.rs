@@ -102,6 +102,11 @@ async fn main() -> Result<(), Error> {
         println!("  {:<13} key={}", message.topic, message.key);
         println!("    {}", message.headers.join(", "));
     }
+    // The consumer can see an event before the relay has recorded its acknowledgement.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.stats().published < stored.len() as u64 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let stats = relay.stats();
     relay.shutdown().await?;
     println!(

@@ -223,11 +223,12 @@ impl<P: Publisher> Inner<P> {
 
     async fn lease_round(&self) -> Result<()> {
         let dialect = self.dialect()?;
-        self.leases
-            .lock()
-            .await
+        let mut leases = self.leases.lock().await;
+        leases
             .round(&self.db, dialect, self.outbox.tables())
-            .await
+            .await?;
+        self.state.owned_shards(leases.owned().len());
+        Ok(())
     }
 
     /// The main loop: lease rounds, passes over the owned shards, adaptive waits.

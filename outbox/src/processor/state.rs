@@ -109,6 +109,10 @@ impl State {
         }
     }
 
+    pub(crate) fn owned_shards(&self, owned: usize) {
+        self.health().owned_shards = owned;
+    }
+
     pub(crate) fn backlog(&self, backlog: Backlog) {
         let mut health = self.health();
         health.backlog = backlog;
