@@ -687,9 +687,16 @@ async fn postgres_health_and_stats_report_the_relay() {
         .with_outbox(outbox.clone())
         .spawn();
     store_interleaved(&pg.db, &outbox, 2, 5).await;
-    eventually("healthy and published", Duration::from_secs(10), || async {
-        relay.healthcheck().is_ok() && relay.stats().published == 10
-    })
+    eventually(
+        "healthy, published, and a cycle completed",
+        Duration::from_secs(10),
+        || async {
+            let stats = relay.stats();
+            relay.healthcheck().is_ok()
+                && stats.published == 10
+                && stats.since_last_success.is_some()
+        },
+    )
     .await;
     let stats = relay.stats();
     assert!(stats.running);
