@@ -78,6 +78,16 @@ impl Leases {
         }
     }
 
+    /// How many shards are held.
+    pub(crate) fn count(&self) -> usize {
+        self.owned.len()
+    }
+
+    /// Relays silent since before this are gone for good; their rows are removed.
+    fn gone_before(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now - self.ttl() * 10
+    }
+
     fn ttl(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX)
     }
@@ -95,8 +105,7 @@ impl Leases {
         let now = Utc::now();
         db.execute_raw(dialect.heartbeat(tables, &self.service, &self.relay_id, now))
             .await?;
-        let stale = now - self.ttl() * 10;
-        db.execute_raw(dialect.leave(tables, &self.service, None, stale))
+        db.execute_raw(dialect.leave(tables, &self.service, None, self.gone_before(now)))
             .await?;
         let live =
             Count::find_by_statement(dialect.live_relays(tables, &self.service, now - self.ttl()))
@@ -201,9 +210,13 @@ impl Leases {
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
                 .await?;
         }
-        let stale = now - self.ttl() * 10;
-        db.execute_raw(dialect.leave(tables, &self.service, Some(&self.relay_id), stale))
-            .await?;
+        db.execute_raw(dialect.leave(
+            tables,
+            &self.service,
+            Some(&self.relay_id),
+            self.gone_before(now),
+        ))
+        .await?;
         Ok(())
     }
 }

@@ -227,7 +227,7 @@ impl<P: Publisher> Inner<P> {
         leases
             .round(&self.db, dialect, self.outbox.tables())
             .await?;
-        self.state.owned_shards(leases.owned().len());
+        self.state.owned_shards(leases.count());
         Ok(())
     }
 
@@ -252,7 +252,7 @@ impl<P: Publisher> Inner<P> {
                 Ok::<_, Error>(report)
             }
             .await;
-            let owned = self.leases.lock().await.owned().len();
+            let owned = self.leases.lock().await.count();
             let wait = match cycle {
                 Ok(report) if report.transient_failures > 0 && report.published == 0 => {
                     // The broker is away: not a successful cycle, and no hurry.
