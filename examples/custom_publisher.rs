@@ -50,7 +50,7 @@ async fn main() -> Result<(), Error> {
         retry_attempts: 0,
         ..ProcessorConfig::new("stdout")
     };
-    let relay = Processor::new(config, db.clone(), JsonLines { max_payload: 100 })
+    let relay = Processor::new(config, db.clone(), JsonLines { max_payload: 100 })?
         .with_outbox(outbox.clone())
         .spawn();
 

@@ -23,7 +23,7 @@ async fn main() -> Result<(), Error> {
         ProcessorConfig::new("orders"),
         db.clone(),
         KafkaPublisher::new(&broker.brokers)?,
-    )
+    )?
     .with_outbox(outbox.clone())
     .spawn();
 

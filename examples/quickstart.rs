@@ -43,7 +43,7 @@ async fn main() -> Result<(), Error> {
         interval: Duration::from_secs(1),
         ..ProcessorConfig::new("quickstart")
     };
-    let relay = Processor::new(config, db.clone(), KafkaPublisher::new(&broker.brokers)?)
+    let relay = Processor::new(config, db.clone(), KafkaPublisher::new(&broker.brokers)?)?
         .with_outbox(outbox.clone())
         .spawn();
 

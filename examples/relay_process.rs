@@ -26,7 +26,7 @@ async fn main() -> Result<(), Error> {
         ProcessorConfig::from_env()?,
         db,
         KafkaPublisher::new(&brokers)?,
-    )
+    )?
     .spawn();
     println!("relay {} started", relay.relay_id());
 

@@ -13,6 +13,7 @@ use outbox::{
     ProcessorConfig, PublishError, Publisher,
 };
 use outbox_tests::{PgSchema, eventually, migrated_sqlite, retry_waits};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     Statement, TransactionTrait,
@@ -75,6 +76,7 @@ async fn publishes_committed_events_in_key_order(db: DatabaseConnection) {
     let outbox = Outbox::new();
     let publisher = MemoryPublisher::new();
     let relay = Processor::new(fast_config("orders"), db.clone(), publisher.clone())
+        .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
 
@@ -162,6 +164,7 @@ async fn poison_is_dead_lettered_others_flow_and_replay_republishes(db: Database
         ..fast_config("poison")
     };
     let relay = Processor::new(config, db.clone(), publisher.clone())
+        .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
     store_interleaved(&db, &outbox, 3, 5).await;
@@ -268,7 +271,8 @@ async fn retries_back_off_and_then_publish(db: DatabaseConnection) {
             PublishError::permanent("refused twice"),
         ],
     );
-    let processor = Processor::new(fast_config("retry"), db.clone(), publisher.clone());
+    let processor = Processor::new(fast_config("retry"), db.clone(), publisher.clone())
+        .expect("valid relay config");
 
     let attempts_seen = retry_waits(&processor, &db, id).await;
     assert_eq!(
@@ -297,7 +301,8 @@ async fn transient_failures_use_no_attempts(db: DatabaseConnection) {
         },
         db.clone(),
         publisher.clone(),
-    );
+    )
+    .expect("valid relay config");
     for _ in 0..200 {
         processor.process_events(10).await.expect("process");
         if !publisher.messages().is_empty() {
@@ -469,6 +474,159 @@ async fn manual_api_records_failures_like_the_seed(db: DatabaseConnection) {
     );
 }
 
+/// A row without a partition key is keyed by its aggregate id everywhere: a failed
+/// one holds back the later events of its aggregate.
+async fn null_partition_key_holds_back_its_aggregate(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let first = outbox
+        .store(&db, &counter("agg-1", 0), "counters")
+        .await
+        .expect("store");
+    outbox
+        .store(&db, &counter("agg-1", 1), "counters")
+        .await
+        .expect("store");
+    // Rows written by other writers (or by older versions) may have no partition key.
+    row::Entity::update_many()
+        .col_expr(
+            row::Column::PartitionKey,
+            Expr::value(sea_orm::Value::String(None)),
+        )
+        .exec(&db)
+        .await
+        .expect("clear partition keys");
+    row::Entity::update_many()
+        .col_expr(row::Column::Attempts, Expr::value(1))
+        .col_expr(
+            row::Column::NextAttemptAt,
+            Expr::value(chrono::Utc::now() + chrono::Duration::hours(1)),
+        )
+        .filter(row::Column::Id.eq(first))
+        .exec(&db)
+        .await
+        .expect("fail the first");
+    let publisher = MemoryPublisher::new();
+    let processor = Processor::new(fast_config("null-key"), db.clone(), publisher.clone())
+        .expect("valid relay config");
+    processor.process_events(10).await.expect("process");
+    assert!(
+        publisher.messages().is_empty(),
+        "the later event of the aggregate waits for the failed one: {:?}",
+        publisher.messages()
+    );
+}
+
+/// Settings that would hang, spin or overflow are refused, naming the setting.
+#[tokio::test]
+async fn invalid_relay_configs_are_refused_with_the_setting_named() {
+    let db = migrated_sqlite().await;
+    let cases = [
+        (
+            ProcessorConfig {
+                concurrency: 0,
+                ..fast_config("v")
+            },
+            "OUTBOX_CONCURRENCY",
+        ),
+        (
+            ProcessorConfig {
+                batch_size: 0,
+                ..fast_config("v")
+            },
+            "OUTBOX_BATCH_SIZE",
+        ),
+        (
+            ProcessorConfig {
+                batch_size: 100_000,
+                ..fast_config("v")
+            },
+            "OUTBOX_BATCH_SIZE",
+        ),
+        (
+            ProcessorConfig {
+                min_poll_interval: Duration::ZERO,
+                ..fast_config("v")
+            },
+            "OUTBOX_MIN_POLL_INTERVAL",
+        ),
+        (
+            ProcessorConfig {
+                lease_ttl: Duration::from_secs(300_000 * 365 * 86_400),
+                ..fast_config("v")
+            },
+            "OUTBOX_LEASE_TTL",
+        ),
+        (
+            ProcessorConfig {
+                cleanup_after_days: u32::MAX,
+                ..fast_config("v")
+            },
+            "OUTBOX_CLEANUP_AFTER_DAYS",
+        ),
+        (
+            ProcessorConfig {
+                max_retry_delay: Duration::from_secs(300_000 * 365 * 86_400),
+                ..fast_config("v")
+            },
+            "OUTBOX_MAX_RETRY_DELAY",
+        ),
+        (
+            ProcessorConfig {
+                service_name: "s".repeat(256),
+                ..fast_config("v")
+            },
+            "OUTBOX_SERVICE_NAME",
+        ),
+    ];
+    for (config, expected) in cases {
+        match Processor::new(config, db.clone(), MemoryPublisher::new()) {
+            Err(outbox::Error::Config { variable, .. }) => assert_eq!(variable, expected),
+            other => panic!("{expected}: expected a configuration error, got {other:?}"),
+        }
+    }
+}
+
+/// The longest service name still gives relay ids that fit their columns.
+#[tokio::test]
+async fn postgres_the_longest_service_name_fits_the_relay_tables() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    outbox
+        .store(&pg.db, &counter("k", 0), "counters")
+        .await
+        .expect("store");
+    let publisher = MemoryPublisher::new();
+    let processor = Processor::new(
+        ProcessorConfig {
+            service_name: "s".repeat(255),
+            ..fast_config("unused")
+        },
+        pg.db.clone(),
+        publisher.clone(),
+    )
+    .expect("valid relay config");
+    let report = processor.process_events(10).await.expect("process");
+    assert_eq!(report.published, 1);
+    pg.drop().await;
+}
+
+/// Ages too large for a date are an error, not a panic.
+#[tokio::test]
+async fn ages_past_every_date_are_refused() {
+    let db = migrated_sqlite().await;
+    let outbox = Outbox::new();
+    let ages = Duration::from_secs(300_000 * 365 * 86_400);
+    for result in [
+        outbox.count_published_older_than(&db, ages).await,
+        outbox.cleanup(&db, ages, 100).await,
+    ] {
+        assert!(
+            matches!(result, Err(outbox::Error::DurationOutOfRange { .. })),
+            "{result:?}"
+        );
+    }
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -499,6 +657,7 @@ on_both_backends!(
     transient_failures_use_no_attempts,
     cleanup_removes_only_expired_published_events,
     manual_api_records_failures_like_the_seed,
+    null_partition_key_holds_back_its_aggregate,
 );
 
 /// Three relays of one service share the shards and keep each key in order.
@@ -508,7 +667,11 @@ async fn postgres_three_relays_share_the_work_in_key_order() {
     let outbox = Outbox::new();
     let publisher = MemoryPublisher::new();
     let relays: Vec<_> = (0..3)
-        .map(|_| Processor::new(fast_config("shared"), pg.db.clone(), publisher.clone()).spawn())
+        .map(|_| {
+            Processor::new(fast_config("shared"), pg.db.clone(), publisher.clone())
+                .expect("valid relay config")
+                .spawn()
+        })
         .collect();
     store_interleaved(&pg.db, &outbox, 20, 15).await;
     eventually(
@@ -565,7 +728,9 @@ async fn postgres_crashed_relay_is_replaced_after_its_lease_expires() {
         delay: Duration::from_secs(30),
         started: Arc::default(),
     };
-    let doomed = Processor::new(fast_config("crash"), pg.db.clone(), slow.clone()).spawn();
+    let doomed = Processor::new(fast_config("crash"), pg.db.clone(), slow.clone())
+        .expect("valid relay config")
+        .spawn();
     eventually(
         "the first relay is mid-batch",
         Duration::from_secs(10),
@@ -580,6 +745,7 @@ async fn postgres_crashed_relay_is_replaced_after_its_lease_expires() {
         pg.db.clone(),
         survivor_publisher.clone(),
     )
+    .expect("valid relay config")
     .spawn();
     eventually(
         "the survivor publishes everything",
@@ -610,7 +776,9 @@ async fn postgres_shutdown_during_a_busy_batch_keeps_its_deadline() {
         batch_size: 5,
         ..fast_config("stop")
     };
-    let relay = Processor::new(small_batches.clone(), pg.db.clone(), slow.clone()).spawn();
+    let relay = Processor::new(small_batches.clone(), pg.db.clone(), slow.clone())
+        .expect("valid relay config")
+        .spawn();
     eventually("mid-batch", Duration::from_secs(10), || async {
         slow.started.load(Ordering::SeqCst)
     })
@@ -640,7 +808,9 @@ async fn postgres_shutdown_during_a_busy_batch_keeps_its_deadline() {
         shutdown_timeout: Duration::from_millis(500),
         ..small_batches
     };
-    let relay = Processor::new(config, pg.db.clone(), stuck.clone()).spawn();
+    let relay = Processor::new(config, pg.db.clone(), stuck.clone())
+        .expect("valid relay config")
+        .spawn();
     eventually("mid-batch", Duration::from_secs(10), || async {
         stuck.started.load(Ordering::SeqCst)
     })
@@ -662,7 +832,9 @@ async fn postgres_shutdown_during_a_busy_batch_keeps_its_deadline() {
 
     // A new relay publishes the rest, once the abandoned leases expire.
     let finisher = MemoryPublisher::new();
-    let relay = Processor::new(fast_config("stop"), pg.db.clone(), finisher.clone()).spawn();
+    let relay = Processor::new(fast_config("stop"), pg.db.clone(), finisher.clone())
+        .expect("valid relay config")
+        .spawn();
     eventually("the rest is published", Duration::from_secs(30), || async {
         outbox
             .get_unpublished(&pg.db, 1)
@@ -684,6 +856,7 @@ async fn postgres_health_and_stats_report_the_relay() {
     let outbox = Outbox::new();
     let publisher = MemoryPublisher::new();
     let relay = Processor::new(fast_config("health"), pg.db.clone(), publisher.clone())
+        .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
     store_interleaved(&pg.db, &outbox, 2, 5).await;
@@ -716,6 +889,7 @@ async fn postgres_health_and_stats_report_the_relay() {
         pg.db.clone(),
         publisher.clone(),
     )
+    .expect("valid relay config")
     .spawn();
     assert!(!disabled.stats().running);
     assert!(disabled.healthcheck().is_err());
@@ -734,6 +908,7 @@ async fn postgres_late_commit_is_published_in_commit_order_while_other_keys_flow
     let outbox = Outbox::new();
     let publisher = MemoryPublisher::new();
     let relay = Processor::new(fast_config("late"), pg.db.clone(), publisher.clone())
+        .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
 

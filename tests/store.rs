@@ -481,3 +481,122 @@ async fn postgres_rows_are_invisible_until_commit() {
     assert_eq!(rows(&pg.db).await.len(), 1);
     pg.drop().await;
 }
+
+/// A NUL character would make PostgreSQL abort the caller's transaction: it is refused
+/// before anything is written, and the transaction goes on.
+#[tokio::test]
+async fn postgres_nul_characters_are_refused_and_the_transaction_stays_usable() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    let txn = pg.db.begin().await.expect("begin");
+    let with_nul = EventBuilder::new("note.added", "n-1").data(json!({ "text": "a\u{0}b" }));
+    let refused = outbox.store(&txn, &with_nul, "notes").await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::NulCharacter {
+                field: EventField::Payload
+            })
+        ),
+        "{refused:?}"
+    );
+    let refused = outbox
+        .store(&txn, &EventBuilder::new("note.added", "n-1"), "notes")
+        .header("tenant", "ac\u{0}me")
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::NulCharacter {
+                field: EventField::Headers
+            })
+        ),
+        "{refused:?}"
+    );
+    outbox
+        .store(&txn, &EventBuilder::new("note.added", "n-1"), "notes")
+        .await
+        .expect("the transaction is still usable");
+    txn.commit().await.expect("commit");
+    assert_eq!(rows(&pg.db).await.len(), 1);
+    pg.drop().await;
+}
+
+/// A batch of several statements on a bare connection is all or nothing: a failure in
+/// its second statement leaves no row of the first.
+#[tokio::test]
+async fn postgres_batch_of_several_statements_is_atomic_on_a_bare_connection() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    let first = Envelope::new(&EventBuilder::new("n.added", "k-0"), "numbers").expect("envelope");
+    let mut envelopes = vec![first.clone()];
+    for n in 1..5000 {
+        envelopes.push(
+            Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers")
+                .expect("envelope"),
+        );
+    }
+    envelopes.push(first); // the same id again: the second statement fails
+    let result = outbox.store_batch(&pg.db, envelopes).await;
+    assert!(matches!(result, Err(Error::Db(_))), "{result:?}");
+    assert_eq!(rows(&pg.db).await.len(), 0, "nothing of the batch is left");
+
+    // Inside the caller's transaction, the failed batch is rolled back to its
+    // savepoint: the transaction goes on.
+    let txn = pg.db.begin().await.expect("begin");
+    let again = Envelope::new(&EventBuilder::new("n.added", "k-x"), "numbers").expect("envelope");
+    let mut envelopes: Vec<Envelope> = (0..4100)
+        .map(|n| {
+            Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers")
+                .expect("envelope")
+        })
+        .collect();
+    envelopes.push(again.clone());
+    envelopes.push(again);
+    assert!(outbox.store_batch(&txn, envelopes).await.is_err());
+    outbox
+        .store(&txn, &EventBuilder::new("n.added", "k-y"), "numbers")
+        .await
+        .expect("the transaction is still usable");
+    txn.commit().await.expect("commit");
+    assert_eq!(rows(&pg.db).await.len(), 1);
+    pg.drop().await;
+}
+
+/// Two large batches over the same keys in opposite orders, in concurrent
+/// transactions: both commit (all keys are locked first, in one order), neither is
+/// chosen as a deadlock victim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_large_batches_over_shared_keys_do_not_deadlock() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    let batch = |reverse: bool| {
+        let mut keys: Vec<usize> = (0..6000).collect();
+        if reverse {
+            keys.reverse();
+        }
+        keys.into_iter()
+            .map(|n| {
+                Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers")
+                    .expect("envelope")
+            })
+            .collect::<Vec<_>>()
+    };
+    let writers: Vec<_> = [false, true]
+        .into_iter()
+        .map(|reverse| {
+            let (db, outbox, envelopes) = (pg.db.clone(), outbox.clone(), batch(reverse));
+            tokio::spawn(async move {
+                let txn = db.begin().await.expect("begin");
+                outbox.store_batch(&txn, envelopes).await?;
+                txn.commit().await?;
+                Ok::<_, Error>(())
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer").expect("both batches commit");
+    }
+    assert_eq!(rows(&pg.db).await.len(), 12_000);
+    pg.drop().await;
+}

@@ -391,7 +391,7 @@ fn report(
 
 async fn relay(db: DatabaseConnection, outbox: Outbox, brokers: &str) -> Result<(), Failure> {
     let config = ProcessorConfig::from_env()?;
-    let relay = Processor::new(config, db, KafkaPublisher::new(brokers)?)
+    let relay = Processor::new(config, db, KafkaPublisher::new(brokers)?)?
         .with_outbox(outbox)
         .spawn();
     eprintln!(

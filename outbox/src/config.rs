@@ -4,6 +4,16 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The largest batch: its write-back binds one parameter per event, within every
+/// backend's limit.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+/// The longest lease: a relay that dies holds its shards this long.
+const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest retention, about a hundred years.
+const MAX_CLEANUP_AFTER_DAYS: u32 = 36_500;
+/// The longest of the other durations: timestamps computed from them stay in range.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// How the relay runs. The defaults are the Go library's where it has the setting.
 ///
 /// | field | default | variable |
@@ -146,8 +156,11 @@ impl ProcessorConfig {
         Ok(c)
     }
 
-    /// Checks values that no type can: a non-empty service name, a positive batch
-    /// size, and durations that make sense together.
+    /// Checks values that no type can: a non-empty service name, a batch size from 1
+    /// to [`MAX_BATCH_SIZE`], a positive concurrency, a minimum poll interval of at
+    /// least 1 ms, a lease from 100 ms to 24 h, a retention of at most 36,500 days,
+    /// other durations of at most 365 days, and durations that make sense together.
+    /// [`Processor::new`](crate::Processor::new) runs it.
     ///
     /// # Errors
     /// [`Error::Config`] naming the field.
@@ -166,11 +179,11 @@ impl ProcessorConfig {
                 "expected 1 to 255 characters",
             );
         }
-        if self.batch_size == 0 {
+        if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {
             return invalid(
                 "OUTBOX_BATCH_SIZE",
-                "0".into(),
-                "expected a positive integer",
+                self.batch_size.to_string(),
+                "expected an integer from 1 to 10000",
             );
         }
         if self.concurrency == 0 {
@@ -187,12 +200,42 @@ impl ProcessorConfig {
                 "expected a duration above zero and not below OUTBOX_MIN_POLL_INTERVAL",
             );
         }
-        if self.lease_ttl < Duration::from_millis(100) {
+        if self.min_poll_interval < Duration::from_millis(1) {
+            return invalid(
+                "OUTBOX_MIN_POLL_INTERVAL",
+                humantime::format_duration(self.min_poll_interval).to_string(),
+                "expected at least 1ms",
+            );
+        }
+        if self.lease_ttl < Duration::from_millis(100) || self.lease_ttl > MAX_LEASE_TTL {
             return invalid(
                 "OUTBOX_LEASE_TTL",
                 humantime::format_duration(self.lease_ttl).to_string(),
-                "expected at least 100ms",
+                "expected from 100ms to 24h",
             );
+        }
+        if self.cleanup_after_days > MAX_CLEANUP_AFTER_DAYS {
+            return invalid(
+                "OUTBOX_CLEANUP_AFTER_DAYS",
+                self.cleanup_after_days.to_string(),
+                "expected at most 36500 days",
+            );
+        }
+        for (variable, value) in [
+            ("OUTBOX_INTERVAL", self.interval),
+            ("OUTBOX_RETRY_DELAY", self.retry_delay),
+            ("OUTBOX_MAX_RETRY_DELAY", self.max_retry_delay),
+            ("OUTBOX_CLEANUP_INTERVAL", self.cleanup_interval),
+            ("OUTBOX_SHUTDOWN_TIMEOUT", self.shutdown_timeout),
+            ("OUTBOX_HEALTH_TIMEOUT", self.health_timeout),
+        ] {
+            if value > MAX_DURATION {
+                return invalid(
+                    variable,
+                    humantime::format_duration(value).to_string(),
+                    "expected at most 365 days",
+                );
+            }
         }
         Ok(())
     }
@@ -337,6 +380,10 @@ mod tests {
             ("OUTBOX_CLEANUP_INTERVAL", "daily"),
             ("OUTBOX_CLEANUP_AFTER_DAYS", "7d"),
             ("OUTBOX_LEASE_TTL", "1ms"),
+            ("OUTBOX_BATCH_SIZE", "100000"),
+            ("OUTBOX_CONCURRENCY", "0"),
+            ("OUTBOX_MIN_POLL_INTERVAL", "0s"),
+            ("OUTBOX_CLEANUP_AFTER_DAYS", "4000000000"),
         ] {
             let error = from(&[(variable, value)]).expect_err(variable);
             let text = error.to_string();
@@ -344,6 +391,23 @@ mod tests {
                 text.contains(variable) && text.contains(&format!("{value:?}")),
                 "{variable}={value:?} gave: {text}"
             );
+        }
+    }
+
+    #[test]
+    fn durations_that_would_overflow_a_timestamp_are_refused() {
+        for variable in [
+            "OUTBOX_LEASE_TTL",
+            "OUTBOX_MAX_RETRY_DELAY",
+            "OUTBOX_RETRY_DELAY",
+            "OUTBOX_CLEANUP_INTERVAL",
+            "OUTBOX_HEALTH_TIMEOUT",
+            "OUTBOX_SHUTDOWN_TIMEOUT",
+        ] {
+            let error = from(&[(variable, "300000y")])
+                .expect_err(variable)
+                .to_string();
+            assert!(error.contains(variable), "{variable}: {error}");
         }
     }
 

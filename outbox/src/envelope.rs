@@ -135,7 +135,52 @@ impl Envelope {
         for name in self.headers.keys() {
             validate_header_name(name)?;
         }
+        self.refuse_nul()
+    }
+
+    /// PostgreSQL stores no NUL character in text or JSONB; refusing it here keeps the
+    /// caller's transaction usable.
+    fn refuse_nul(&self) -> Result<()> {
+        let fields = [
+            (EventField::EventType, Some(&self.event_type)),
+            (EventField::EventVersion, Some(&self.event_version)),
+            (EventField::AggregateId, Some(&self.aggregate_id)),
+            (EventField::Topic, Some(&self.topic)),
+            (EventField::PartitionKey, self.partition_key.as_ref()),
+            (EventField::UserId, self.user_id.as_ref()),
+            (EventField::TraceId, self.trace_id.as_ref()),
+        ];
+        for (field, value) in fields {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(Error::NulCharacter { field });
+            }
+        }
+        if self
+            .headers
+            .iter()
+            .any(|(name, value)| name.contains('\0') || value.contains('\0'))
+        {
+            return Err(Error::NulCharacter {
+                field: EventField::Headers,
+            });
+        }
+        if json_has_nul(&self.payload) {
+            return Err(Error::NulCharacter {
+                field: EventField::Payload,
+            });
+        }
         Ok(())
+    }
+}
+
+fn json_has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || json_has_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -258,6 +303,37 @@ mod tests {
                 assert_eq!((field, len, max), (EventField::PartitionKey, 256, 255));
             }
             other => panic!("expected FieldTooLong, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_wherever_they_hide() {
+        let cases = [
+            (envelope().partition_key("a\0b"), EventField::PartitionKey),
+            (envelope().user_id("\0"), EventField::UserId),
+            (envelope().trace_id("t\0"), EventField::TraceId),
+            (envelope().header("tenant", "ac\0me"), EventField::Headers),
+            (envelope().header("ten\0ant", "acme"), EventField::Headers),
+            (
+                Envelope {
+                    payload: serde_json::json!({ "deep": [{ "text": "x\u{0}y" }] }),
+                    ..envelope()
+                },
+                EventField::Payload,
+            ),
+            (
+                Envelope {
+                    payload: serde_json::json!({ "k\u{0}": 1 }),
+                    ..envelope()
+                },
+                EventField::Payload,
+            ),
+        ];
+        for (envelope, expected) in cases {
+            match envelope.validate() {
+                Err(Error::NulCharacter { field }) => assert_eq!(field, expected),
+                other => panic!("expected a NUL error for {expected}, got {other:?}"),
+            }
         }
     }
 

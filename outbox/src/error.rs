@@ -10,7 +10,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong when storing or relaying events.
 ///
 /// Errors about the event itself ([`Error::EmptyField`], [`Error::FieldTooLong`],
-/// [`Error::InvalidTopic`], [`Error::InvalidHeader`], [`Error::Serialize`]) are found
+/// [`Error::NulCharacter`], [`Error::InvalidTopic`], [`Error::InvalidHeader`],
+/// [`Error::Serialize`]) are found
 /// before anything is written, so the caller's transaction is untouched and still
 /// theirs to commit or roll back.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,14 @@ pub enum Error {
         max: usize,
     },
 
+    /// A field, a header or a string in the JSON payload holds a NUL character
+    /// (`\0`), which PostgreSQL cannot store (it would abort the caller's transaction).
+    #[error("{field} contains a NUL character (\\0), which PostgreSQL cannot store")]
+    NulCharacter {
+        /// Which field.
+        field: EventField,
+    },
+
     /// The destination topic is not a valid Kafka topic name.
     #[error("invalid topic {topic:?}: {reason}")]
     InvalidTopic {
@@ -82,6 +91,15 @@ pub enum Error {
         value: String,
         /// What was expected.
         reason: &'static str,
+    },
+
+    /// A duration too long to compute a date from (for example an age of 300,000 years).
+    #[error("{what} of {} reaches past the dates that can be stored", humantime::format_duration(*.value))]
+    DurationOutOfRange {
+        /// What the duration was for.
+        what: &'static str,
+        /// The duration as given.
+        value: std::time::Duration,
     },
 
     /// The Kafka client reported an error.
@@ -133,6 +151,10 @@ pub enum EventField {
     TraceId,
     /// The user id (`user_id` column).
     UserId,
+    /// The JSON payload (`event_data` column).
+    Payload,
+    /// The extra headers (`headers` column).
+    Headers,
 }
 
 impl EventField {
@@ -146,6 +168,8 @@ impl EventField {
             EventField::PartitionKey => "partition_key",
             EventField::TraceId => "trace_id",
             EventField::UserId => "user_id",
+            EventField::Payload => "event_data",
+            EventField::Headers => "headers",
         }
     }
 }
@@ -160,6 +184,8 @@ impl fmt::Display for EventField {
             EventField::PartitionKey => "partition key",
             EventField::TraceId => "trace id",
             EventField::UserId => "user id",
+            EventField::Payload => "payload",
+            EventField::Headers => "headers",
         };
         write!(f, "{name} ({})", self.column())
     }

@@ -87,7 +87,7 @@
 //! # outbox_migration::Migrator::up(&db, None).await?;
 //! let outbox = Outbox::new();
 //! let publisher = MemoryPublisher::new();
-//! let relay = Processor::new(ProcessorConfig::new("orders"), db.clone(), publisher.clone())
+//! let relay = Processor::new(ProcessorConfig::new("orders"), db.clone(), publisher.clone())?
 //!     .with_outbox(outbox.clone()) // a store in this process wakes the relay
 //!     .spawn();
 //!
@@ -114,9 +114,18 @@
 //!   live in one shard, a shard is leased to one relay at a time, and the lease is
 //!   checked (with a fencing token) when results are written back. Storing takes a
 //!   transaction-scoped lock on the key, so for one key, store order is commit order.
-//! - **Poison isolation**: an event the broker refuses holds back only the later events
-//!   of its key. It is retried with exponential backoff, then dead-lettered and kept
-//!   until replayed. Broker outages use up no attempts.
+//!   The Kafka producer runs with the gapless guarantee, and a batch not acknowledged
+//!   within the delivery timeout is purged and its producer replaced, so of each
+//!   partition the broker holds a prefix of what was sent; after the first event of a
+//!   key that did not go through, no later event of that key is marked published.
+//! - **Poison isolation**: an event that fails holds back only the later events of its
+//!   key. It is retried with exponential backoff, then dead-lettered and kept until
+//!   replayed (it then goes out after the events of its key published meanwhile). A
+//!   failure uses up an attempt unless the broker is unreachable as a whole, or the
+//!   topic exists and the broker was only slow: outages dead-letter nothing; missing
+//!   topics, refused sizes, denied authorizations and policy violations do. Events that
+//!   shared a refused record batch are each sent again alone, so only the one at fault
+//!   uses an attempt.
 //! - **Bounded table**: published events are deleted after the retention, in batches.
 //!
 //! Store events of several keys in one transaction with one [`Outbox::store_batch`]
@@ -190,7 +199,7 @@ mod sql;
 mod store;
 mod tables;
 
-pub use config::ProcessorConfig;
+pub use config::{MAX_BATCH_SIZE, ProcessorConfig};
 pub use message::Message;
 pub use processor::{
     DEAD_LETTER_ERROR_HEADER, ProcessReport, Processor, RelayHandle, Stats, metric_names,

@@ -127,10 +127,25 @@ pub(crate) fn failure_update<'a>(
         attempts,
         error: error.message(),
         now,
-        next_attempt_at: (!dead)
-            .then(|| now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)),
+        next_attempt_at: (!dead).then(|| {
+            chrono::Duration::from_std(wait)
+                .ok()
+                .and_then(|wait| now.checked_add_signed(wait))
+                .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        }),
         dead_lettered_at: dead.then_some(now),
     }
+}
+
+/// The time `older_than` ago.
+fn cutoff(older_than: Duration) -> Result<DateTime<Utc>> {
+    chrono::Duration::from_std(older_than)
+        .ok()
+        .and_then(|age| Utc::now().checked_sub_signed(age))
+        .ok_or(Error::DurationOutOfRange {
+            what: "age",
+            value: older_than,
+        })
 }
 
 impl Outbox {
@@ -281,7 +296,8 @@ impl Outbox {
     /// dead-lettered events are never deleted. Returns how many were deleted.
     ///
     /// # Errors
-    /// The database's.
+    /// [`Error::DurationOutOfRange`] when `older_than` reaches before the earliest
+    /// date there is, or the database's.
     pub async fn cleanup<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -289,8 +305,7 @@ impl Outbox {
         batch: u64,
     ) -> Result<u64> {
         let dialect = self.dialect(conn)?;
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff = cutoff(older_than)?;
         let batch = batch.max(1);
         let mut deleted = 0;
         loop {
@@ -339,14 +354,14 @@ impl Outbox {
     /// [`cleanup`](Self::cleanup) would delete).
     ///
     /// # Errors
-    /// The database's.
+    /// [`Error::DurationOutOfRange`] when `older_than` reaches before the earliest
+    /// date there is, or the database's.
     pub async fn count_published_older_than<C: ConnectionTrait>(
         &self,
         conn: &C,
         older_than: Duration,
     ) -> Result<u64> {
-        let cutoff =
-            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff = cutoff(older_than)?;
         let statement = self
             .dialect(conn)?
             .count_published_before(self.tables().outbox(), cutoff);

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionSession, TransactionTrait, Value};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -17,6 +17,9 @@ use crate::event::OutboxEvent;
 use crate::key::{key_hash, lock_id, shard_of};
 use crate::sql::{Dialect, EventRow};
 use crate::tables::Tables;
+
+/// How many keys one locking statement takes, within PostgreSQL's bind parameter limit.
+const MAX_KEYS_PER_LOCK: usize = 30_000;
 
 /// How many shards events are spread over unless configured otherwise.
 pub const DEFAULT_SHARDS: u16 = 16;
@@ -127,20 +130,27 @@ impl Outbox {
         }
     }
 
-    /// Stores several events in one INSERT statement (split only beyond the backend's
-    /// limit on bind parameters: 4,096 events on PostgreSQL, 2,048 on SQLite). Every
-    /// envelope is checked first: if one is invalid, nothing is written. Returns the
-    /// ids in the order given.
+    /// Stores several events in one INSERT statement. Every envelope is checked
+    /// first: if one is invalid, nothing is written. Returns the ids in the order
+    /// given.
+    ///
+    /// Beyond the backend's limit on bind parameters (4,096 events on PostgreSQL,
+    /// 2,048 on SQLite) the batch takes several statements, run in a transaction of
+    /// their own (a savepoint when `conn` is a transaction), so it stays atomic on a
+    /// bare connection; on PostgreSQL all its keys are locked first, in one global
+    /// order, so two large batches never deadlock.
     ///
     /// # Errors
-    /// The first invalid envelope's error, or the database's.
+    /// The first invalid envelope's error, or the database's. When a statement of a
+    /// multi-statement batch fails, the batch is rolled back (to its savepoint inside
+    /// the caller's transaction, which stays usable).
     pub async fn store_batch<C>(
         &self,
         conn: &C,
         envelopes: impl IntoIterator<Item = Envelope>,
     ) -> Result<Vec<Uuid>>
     where
-        C: ConnectionTrait,
+        C: ConnectionTrait + TransactionTrait,
     {
         let envelopes: Vec<Envelope> = envelopes.into_iter().collect();
         for envelope in &envelopes {
@@ -148,16 +158,49 @@ impl Outbox {
         }
         let dialect = Dialect::of(conn.get_database_backend())?;
         let ids = envelopes.iter().map(Envelope::id).collect();
+        if envelopes.len() <= dialect.max_rows_per_insert() {
+            self.insert(conn, dialect, envelopes, Locks::Take).await?;
+        } else {
+            let txn = conn.begin().await?;
+            match self.insert_in_chunks(&txn, dialect, envelopes).await {
+                Ok(()) => txn.commit().await?,
+                Err(error) => {
+                    txn.rollback().await?;
+                    return Err(error);
+                }
+            }
+        }
+        self.notify();
+        Ok(ids)
+    }
+
+    /// Locks every key of `envelopes` in one order, then inserts them chunk by chunk.
+    async fn insert_in_chunks<T: ConnectionTrait>(
+        &self,
+        txn: &T,
+        dialect: Dialect,
+        envelopes: Vec<Envelope>,
+    ) -> Result<()> {
+        let lock_ids: Vec<i32> = envelopes
+            .iter()
+            .map(|envelope| lock_id(key_hash(envelope.key())))
+            .collect::<BTreeSet<i32>>()
+            .into_iter()
+            .collect();
+        for keys in lock_ids.chunks(MAX_KEYS_PER_LOCK) {
+            if let Some(statement) = dialect.lock_keys(keys) {
+                txn.execute_raw(statement).await?;
+            }
+        }
         let mut envelopes = envelopes.into_iter().peekable();
         while envelopes.peek().is_some() {
             let chunk: Vec<Envelope> = envelopes
                 .by_ref()
                 .take(dialect.max_rows_per_insert())
                 .collect();
-            self.insert(conn, dialect, chunk).await?;
+            self.insert(txn, dialect, chunk, Locks::Held).await?;
         }
-        self.notify();
-        Ok(ids)
+        Ok(())
     }
 
     async fn insert<C: ConnectionTrait>(
@@ -165,6 +208,7 @@ impl Outbox {
         conn: &C,
         dialect: Dialect,
         envelopes: Vec<Envelope>,
+        locks: Locks,
     ) -> Result<()> {
         let now = Utc::now();
         let mut lock_ids = BTreeSet::new();
@@ -176,11 +220,21 @@ impl Outbox {
                 row(envelope, shard_of(hash, self.shards()), now)
             })
             .collect();
-        let lock_ids: Vec<i32> = lock_ids.into_iter().collect();
+        let lock_ids: Vec<i32> = match locks {
+            Locks::Take => lock_ids.into_iter().collect(),
+            Locks::Held => Vec::new(),
+        };
         let statement = dialect.insert_events(self.tables.outbox(), &lock_ids, rows);
         conn.execute_raw(statement).await?;
         Ok(())
     }
+}
+
+/// Whether an insert takes its keys' locks itself or runs where they are held already.
+#[derive(Debug, Clone, Copy)]
+enum Locks {
+    Take,
+    Held,
 }
 
 fn row(envelope: Envelope, shard: i32, now: chrono::DateTime<Utc>) -> EventRow {
@@ -259,7 +313,7 @@ impl<'a, C: ConnectionTrait> IntoFuture for Store<'a, C> {
             envelope.validate()?;
             let dialect = Dialect::of(self.conn.get_database_backend())?;
             self.outbox
-                .insert(self.conn, dialect, vec![envelope])
+                .insert(self.conn, dialect, vec![envelope], Locks::Take)
                 .await?;
             self.outbox.notify();
             Ok(id)

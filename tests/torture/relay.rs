@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let publisher = KafkaPublisher::from_config(
         KafkaConfig::new(&brokers).message_timeout(Duration::from_secs(3)),
     )?;
-    let relay = Processor::new(ProcessorConfig::from_env()?, db, publisher).spawn();
+    let relay = Processor::new(ProcessorConfig::from_env()?, db, publisher)?.spawn();
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = terminate.recv() => {}

@@ -9,6 +9,7 @@
 mod lease;
 mod state;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,7 +68,7 @@ const CLEANUP_BATCH: u64 = 1000;
 /// use outbox::{KafkaPublisher, Outbox, Processor, ProcessorConfig};
 ///
 /// let outbox = Outbox::new(); // the same one the application stores with
-/// let relay = Processor::new(ProcessorConfig::from_env()?, db, KafkaPublisher::new("127.0.0.1:9092")?)
+/// let relay = Processor::new(ProcessorConfig::from_env()?, db, KafkaPublisher::new("127.0.0.1:9092")?)?
 ///     .with_outbox(outbox.clone())
 ///     .spawn();
 /// relay.healthcheck()?;
@@ -122,14 +123,15 @@ impl ProcessReport {
 
 impl<P: Publisher> Processor<P> {
     /// A relay over `db` that publishes through `publisher`.
-    pub fn new(config: ProcessorConfig, db: DatabaseConnection, publisher: P) -> Self {
-        let relay_id = format!(
-            "{}-{}-{}",
-            config.service_name,
-            std::process::id(),
-            &Uuid::now_v7().simple().to_string()[20..]
-        );
-        Self::build(config, db, publisher, Outbox::new(), relay_id)
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `config` is invalid (see [`ProcessorConfig::validate`]),
+    /// [`Error::UnsupportedBackend`] when `db` is neither PostgreSQL nor SQLite.
+    pub fn new(config: ProcessorConfig, db: DatabaseConnection, publisher: P) -> Result<Self> {
+        config.validate()?;
+        Dialect::of(db.get_database_backend())?;
+        let relay_id = relay_id(&config.service_name);
+        Ok(Self::build(config, db, publisher, Outbox::new(), relay_id))
     }
 
     fn build(
@@ -386,15 +388,7 @@ impl<P: Publisher> Inner<P> {
             let outcomes = self.publisher.publish(&messages).await;
             let acked_at = Utc::now();
 
-            let mut published = Vec::new();
-            let mut failures = Vec::new();
-            for (message, outcome) in messages.iter().zip(outcomes) {
-                match outcome {
-                    Ok(()) => published.push(message),
-                    Err(error) if error.kind() == PublishErrorKind::NotSent => {}
-                    Err(error) => failures.push((message, error)),
-                }
-            }
+            let (published, failures) = sort_outcomes(&messages, outcomes);
             let updates: Vec<_> = failures
                 .iter()
                 .map(|(message, error)| {
@@ -579,6 +573,52 @@ impl<P: Publisher> Inner<P> {
             }
         }
     }
+}
+
+/// Splits a batch's outcomes into the events to mark published and the failures to
+/// record, keeping per-key order: after the first event of a key that did not go
+/// through, no later event of that key is marked (a publisher that acknowledged one
+/// broke its contract; it is logged and the event goes out again after the earlier
+/// one), and only that first failure is recorded, so an event never uses up an
+/// attempt for an earlier event of its key.
+fn sort_outcomes(
+    messages: &[Message],
+    outcomes: Vec<std::result::Result<(), PublishError>>,
+) -> (Vec<&Message>, Vec<(&Message, PublishError)>) {
+    let mut published = Vec::new();
+    let mut failures = Vec::new();
+    let mut stopped: HashSet<&str> = HashSet::new();
+    for (message, outcome) in messages.iter().zip(outcomes) {
+        let behind = stopped.contains(message.key.as_str());
+        match outcome {
+            Ok(()) if behind => error!(
+                event_id = %message.id,
+                key = %message.key,
+                "the publisher acknowledged an event after an earlier event of its key failed; \
+                 it is not marked published and goes out again after that event"
+            ),
+            Ok(()) => published.push(message),
+            Err(_) if behind => {}
+            Err(error) => {
+                stopped.insert(&message.key);
+                if error.kind() != PublishErrorKind::NotSent {
+                    failures.push((message, error));
+                }
+            }
+        }
+    }
+    (published, failures)
+}
+
+/// A relay instance's id: the service name (its first 200 characters, so the id fits
+/// its 255-character columns), the process id and a random suffix.
+fn relay_id(service: &str) -> String {
+    let service: String = service.chars().take(200).collect();
+    format!(
+        "{service}-{}-{}",
+        std::process::id(),
+        &Uuid::now_v7().simple().to_string()[20..]
+    )
 }
 
 /// What processing one shard came to.

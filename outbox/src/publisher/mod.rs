@@ -24,7 +24,9 @@ use crate::message::Message;
 /// - Messages with the same key must reach the broker in the order given. When a
 ///   message fails, later messages with its key in the same batch must not be
 ///   delivered ahead of it: the publisher reports them as [`PublishError::not_sent`]
-///   instead of sending them.
+///   instead of sending them. (The relay enforces its side too: after the first
+///   message of a key that did not go through, it marks no later message of that key
+///   and records no further failure for it.)
 /// - `Ok` means the broker acknowledged the message; the relay then marks it published.
 ///
 /// ```
@@ -63,15 +65,17 @@ pub struct PublishError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum PublishErrorKind {
-    /// The broker is unavailable or slow (timeouts, connection loss, full queues): the
-    /// message is retried without using up its attempts, so an outage dead-letters
-    /// nothing.
+    /// The broker is unreachable as a whole, or too slow for a topic that is fine:
+    /// the message is retried after the retry delay without using up its attempts, so
+    /// an outage dead-letters nothing.
     Transient,
-    /// The message itself was refused (too large, invalid): the attempt counts, and
-    /// after the configured attempts the event is dead-lettered.
+    /// Anything else: the message, its topic or the rights on it were refused (too
+    /// large, invalid, a missing topic, no authorization, a policy). The attempt
+    /// counts, and after the configured attempts the event is dead-lettered.
     Permanent,
-    /// Not attempted, because an earlier message with the same key failed in the same
-    /// batch. Nothing is recorded; it is sent after that message.
+    /// Not attempted, or failed only because another message did (an earlier message
+    /// with the same key failed in the same batch; the producer stopped behind a
+    /// refused record batch). Nothing is recorded; it is sent again after that message.
     NotSent,
 }
 
@@ -92,11 +96,11 @@ impl PublishError {
         }
     }
 
-    /// A message held back behind a failed message with the same key.
+    /// A message held back behind a failed message, or failed because of one.
     pub fn not_sent() -> Self {
         PublishError {
             kind: PublishErrorKind::NotSent,
-            message: "held back: an earlier event with the same key failed".to_owned(),
+            message: "held back: an earlier message failed".to_owned(),
         }
     }
 

@@ -122,6 +122,15 @@ impl Dialect {
         }
     }
 
+    /// Locks the keys `lock_ids` until the transaction ends, where the backend has key
+    /// locks (PostgreSQL); `None` on SQLite, whose single writer needs none.
+    pub(crate) fn lock_keys(self, lock_ids: &[i32]) -> Option<Statement> {
+        match self {
+            Dialect::Postgres => Some(postgres::lock_keys(lock_ids)),
+            Dialect::Sqlite => None,
+        }
+    }
+
     /// A JSON column read as text, so payloads reach the publisher as the bytes stored.
     fn json_text(self, column: &str) -> String {
         match self {
@@ -160,18 +169,20 @@ impl Dialect {
         let limit = p.bind(i64::try_from(limit).unwrap_or(i64::MAX));
         let sql = format!(
             "WITH \"waiting\" AS MATERIALIZED (\
-                SELECT DISTINCT b.\"partition_key\" FROM {t} b \
+                SELECT DISTINCT {waiting_key} AS \"key\" FROM {t} b \
                 WHERE b.\"shard\" = {shard} AND b.\"next_attempt_at\" > {now} \
                   AND NOT b.\"published\" AND b.\"dead_lettered_at\" IS NULL) \
              SELECT o.\"seq\", o.\"id\", o.\"event_type\", o.\"event_version\", o.\"aggregate_id\", \
-                    o.\"destination_topic\", COALESCE(o.\"partition_key\", o.\"aggregate_id\") AS \"key\", \
+                    o.\"destination_topic\", {key} AS \"key\", \
                     {payload} AS \"payload\", {headers} AS \"headers\", o.\"trace_id\", o.\"user_id\", \
                     o.\"created_at\", o.\"attempts\" \
              FROM {t} o \
              WHERE o.\"shard\" = {shard} AND NOT o.\"published\" AND o.\"dead_lettered_at\" IS NULL \
                AND (o.\"next_attempt_at\" IS NULL OR o.\"next_attempt_at\" <= {now}) \
-               AND NOT EXISTS (SELECT 1 FROM \"waiting\" w WHERE w.\"partition_key\" = o.\"partition_key\") \
+               AND NOT EXISTS (SELECT 1 FROM \"waiting\" w WHERE w.\"key\" = {key}) \
              ORDER BY o.\"seq\" LIMIT {limit}",
+            key = event_key("o"),
+            waiting_key = event_key("b"),
             payload = self.json_text("o.\"event_data\""),
             headers = self.json_text("o.\"headers\""),
         );
@@ -566,6 +577,13 @@ pub(crate) struct FailureUpdate<'a> {
     pub(crate) now: DateTime<Utc>,
     pub(crate) next_attempt_at: Option<DateTime<Utc>>,
     pub(crate) dead_lettered_at: Option<DateTime<Utc>>,
+}
+
+/// The key that orders an event (and becomes its Kafka key), for the row aliased
+/// `alias`: its partition key, or its aggregate id when that is NULL. Every statement
+/// that compares keys uses this one expression.
+fn event_key(alias: &str) -> String {
+    format!("COALESCE({alias}.\"partition_key\", {alias}.\"aggregate_id\")")
 }
 
 /// `"a", "b", ...` for the insert's column list.

@@ -27,28 +27,57 @@ pub(super) fn insert_events(
         n += 1;
         format!("${n}")
     };
-    let class = next();
-    let keys: Vec<String> = lock_ids
-        .iter()
-        .map(|_| format!("({}::int4)", next()))
-        .collect();
-    let sql = format!(
-        "WITH key_locks AS MATERIALIZED (\
-            SELECT count(pg_advisory_xact_lock({class}::int4, k)) AS locked \
-            FROM (VALUES {keys}) AS keys (k)) \
-         INSERT INTO {table} ({columns}) \
-         SELECT v.* FROM key_locks, (VALUES {values}) AS v",
-        keys = keys.join(", "),
-        table = table.quoted(),
-        columns = column_list(),
-        values = values_tuples(rows.len(), &mut next),
-    );
     let mut values =
         Vec::with_capacity(1 + lock_ids.len() + rows.len() * super::INSERT_COLUMNS.len());
-    values.push(Value::Int(Some(LOCK_CLASS)));
-    values.extend(lock_ids.iter().map(|&id| Value::Int(Some(id))));
+    let sql = if lock_ids.is_empty() {
+        format!(
+            "INSERT INTO {table} ({columns}) VALUES {values}",
+            table = table.quoted(),
+            columns = column_list(),
+            values = values_tuples(rows.len(), &mut next),
+        )
+    } else {
+        values.push(Value::Int(Some(LOCK_CLASS)));
+        values.extend(lock_ids.iter().map(|&id| Value::Int(Some(id))));
+        format!(
+            "WITH key_locks AS MATERIALIZED ({locks}) \
+             INSERT INTO {table} ({columns}) \
+             SELECT v.* FROM key_locks, (VALUES {values}) AS v",
+            locks = lock_query(lock_ids.len(), &mut next),
+            table = table.quoted(),
+            columns = column_list(),
+            values = values_tuples(rows.len(), &mut next),
+        )
+    };
     values.extend(rows.into_iter().flatten());
     Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// Locks the keys `lock_ids` (sorted) until the transaction ends, for a batch that
+/// takes several insert statements: all its keys are locked first, in one order, so
+/// two large batches never wait for each other in a cycle.
+pub(super) fn lock_keys(lock_ids: &[i32]) -> Statement {
+    let mut n = 0;
+    let sql = lock_query(lock_ids.len(), || {
+        n += 1;
+        format!("${n}")
+    });
+    let mut values = Vec::with_capacity(1 + lock_ids.len());
+    values.push(Value::Int(Some(LOCK_CLASS)));
+    values.extend(lock_ids.iter().map(|&id| Value::Int(Some(id))));
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// `SELECT count(pg_advisory_xact_lock(class, k)) ...` over `keys` placeholders,
+/// after the class's; the keys are locked in the order given.
+fn lock_query(keys: usize, mut next: impl FnMut() -> String) -> String {
+    let class = next();
+    let keys: Vec<String> = (0..keys).map(|_| format!("({}::int4)", next())).collect();
+    format!(
+        "SELECT count(pg_advisory_xact_lock({class}::int4, k)) AS locked \
+         FROM (VALUES {}) AS keys (k)",
+        keys.join(", ")
+    )
 }
 
 /// Locks the rows a SELECT returns until the transaction ends.

@@ -1,0 +1,422 @@
+//! [`KafkaPublisher`]: publishes through rdkafka's idempotent `FutureProducer`.
+//!
+//! How failures are judged, so that per-key order holds and only a message at fault
+//! uses up its attempts:
+//! - The producer keeps a partition's messages in order. With one request in flight
+//!   per broker connection (the default here) and the gapless guarantee, nothing after
+//!   a refused record batch is even sent; a batch not acknowledged within the delivery
+//!   timeout is purged and the producer replaced. So what the broker holds of a
+//!   partition is always a prefix of what was sent, whatever the broker's own
+//!   idempotence checks.
+//! - A failure counts as an attempt unless the broker is unreachable as a whole
+//!   (nothing in the batch was acknowledged and the cluster's metadata cannot be
+//!   read). An undelivered message whose topic exists and is healthy is an outage of
+//!   that broker, not the message's fault; one whose topic is missing or broken counts.
+//! - When the broker refuses a record batch, every message in it fails alike. When
+//!   several messages of one partition were refused together, each is sent again
+//!   alone: the ones refused alone count an attempt, the others go through.
+//! - Messages that failed only because another one did (the producer stopped behind a
+//!   refused batch) are reported as not sent: they use no attempt.
+
+mod config;
+mod failure;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
+use tokio::time::Instant;
+use tracing::{debug_span, warn};
+
+pub use self::config::KafkaConfig;
+use self::failure::{Cause, breaks_the_producer};
+use super::{PublishError, Publisher};
+use crate::error::Result;
+use crate::message::Message;
+
+/// How long a metadata request of the health check or of a failure's diagnosis may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long purged messages may take to report back.
+const PURGE_GRACE: Duration = Duration::from_secs(5);
+
+/// Publishes to Kafka.
+///
+/// A batch is enqueued whole, then its delivery reports are awaited together, so many
+/// messages travel in each request. The message key is the event's key, and every
+/// event header (see [`Message::headers`]) travels as a Kafka header.
+///
+/// A producer that hits a fatal error (the gapless guarantee stops it after a refused
+/// record batch; librdkafka's idempotence state can be fenced after an outage) or
+/// whose batch timed out is replaced by a new one from the same configuration; the
+/// failed messages are retried.
+#[derive(Clone)]
+pub struct KafkaPublisher {
+    config: KafkaConfig,
+    delivery_timeout: Duration,
+    producer: Arc<RwLock<FutureProducer>>,
+}
+
+/// What became of one message of a batch.
+#[derive(Debug)]
+enum Delivery {
+    /// The broker acknowledged it.
+    Acked,
+    /// Not sent: an earlier message of its key could not be enqueued.
+    Held,
+    /// It failed.
+    Failed {
+        cause: Cause,
+        error: String,
+        /// The partition it was assigned to, when it got that far.
+        partition: Option<i32>,
+    },
+}
+
+impl Delivery {
+    /// `result` is a delivery future's: `Err` when the producer went away first.
+    fn of<Canceled>(result: std::result::Result<OwnedDeliveryResult, Canceled>) -> Self {
+        match result {
+            Ok(Ok(_)) => Delivery::Acked,
+            Ok(Err((error, message))) => Delivery::Failed {
+                cause: Cause::of(&error),
+                error: error.to_string(),
+                partition: Some(message.partition()),
+            },
+            Err(_canceled) => Delivery::Failed {
+                cause: Cause::Undelivered,
+                error: "the producer was shut down".to_owned(),
+                partition: None,
+            },
+        }
+    }
+}
+
+/// Topics the cluster has, each with its error if it has one.
+type Topics = HashMap<String, Option<RDKafkaErrorCode>>;
+
+impl KafkaPublisher {
+    /// A publisher for `brokers` with the defaults of [`KafkaConfig::new`].
+    ///
+    /// # Errors
+    /// [`Error::Kafka`](crate::Error::Kafka) when the producer cannot be created.
+    pub fn new(brokers: &str) -> Result<Self> {
+        Self::from_config(KafkaConfig::new(brokers))
+    }
+
+    /// A publisher with `config`.
+    ///
+    /// # Errors
+    /// [`Error::Kafka`](crate::Error::Kafka) when the configuration is invalid.
+    pub fn from_config(config: KafkaConfig) -> Result<Self> {
+        let producer = config.producer_config().create()?;
+        Ok(KafkaPublisher {
+            delivery_timeout: config.delivery_timeout(),
+            config,
+            producer: Arc::new(RwLock::new(producer)),
+        })
+    }
+
+    /// The rdkafka producer in use.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces `failed` with a new producer, unless another batch did already.
+    fn replace(&self, failed: &FutureProducer, reason: &str) {
+        let mut current = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
+            return; // another batch replaced it already
+        }
+        match self.config.producer_config().create() {
+            Ok(fresh) => {
+                warn!(%reason, "replaced the Kafka producer with a new one");
+                *current = fresh;
+            }
+            Err(error) => {
+                warn!(%reason, %error, "the Kafka producer must be replaced but could not be recreated")
+            }
+        }
+    }
+
+    fn enqueue(
+        &self,
+        producer: &FutureProducer,
+        message: &Message,
+    ) -> std::result::Result<DeliveryFuture, KafkaError> {
+        let _span = debug_span!("outbox.publish", event_id = %message.id, event_type = %message.event_type, key = %message.key)
+            .entered();
+        let headers = message.headers();
+        let mut kafka_headers = OwnedHeaders::new_with_capacity(headers.len());
+        for (key, value) in &headers {
+            kafka_headers = kafka_headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            });
+        }
+        let record = FutureRecord::to(&message.topic)
+            .key(message.key.as_str())
+            .payload(message.payload.as_str())
+            .headers(kafka_headers);
+        producer.send_result(record).map_err(|(error, _)| error)
+    }
+
+    /// Sends `batch` on the current producer and waits for every acknowledgement, at
+    /// most the delivery timeout. Past it, purges what the producer still holds and
+    /// replaces it, so nothing of this batch can reach the broker later.
+    async fn deliver(&self, batch: &[&Message]) -> Vec<Delivery> {
+        let producer = self.producer();
+        let mut deliveries: Vec<Option<Delivery>> = batch.iter().map(|_| None).collect();
+        let mut failed_keys: HashSet<&str> = HashSet::new();
+        let mut in_flight = FuturesUnordered::new();
+        for (index, message) in batch.iter().enumerate() {
+            if failed_keys.contains(message.key.as_str()) {
+                deliveries[index] = Some(Delivery::Held);
+                continue;
+            }
+            match self.enqueue(&producer, message) {
+                Ok(future) => in_flight.push(async move { (index, future.await) }),
+                Err(error) => {
+                    failed_keys.insert(&message.key);
+                    deliveries[index] = Some(Delivery::Failed {
+                        cause: Cause::of(&error),
+                        error: error.to_string(),
+                        partition: None,
+                    });
+                }
+            }
+        }
+        let mut deadline = Instant::now() + self.delivery_timeout;
+        let mut purged = false;
+        let mut broken = false;
+        loop {
+            match tokio::time::timeout_at(deadline, in_flight.next()).await {
+                Ok(Some((index, result))) => {
+                    if let Ok(Err((error, _))) = &result {
+                        broken |= breaks_the_producer(error);
+                    }
+                    deliveries[index] = Some(Delivery::of(result));
+                }
+                Ok(None) => break,
+                Err(_elapsed) if !purged => {
+                    producer.purge(PurgeConfig::default().queue().inflight());
+                    purged = true;
+                    deadline = Instant::now() + PURGE_GRACE;
+                }
+                Err(_elapsed) => break,
+            }
+        }
+        drop(in_flight);
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            self.replace(&producer, &format!("fatal error {code:?}: {reason}"));
+        } else if broken {
+            self.replace(&producer, "the producer's idempotence state is unusable");
+        } else if purged {
+            self.replace(
+                &producer,
+                &format!(
+                    "a batch was not acknowledged within {}",
+                    humantime::format_duration(self.delivery_timeout)
+                ),
+            );
+        }
+        let timeout = humantime::format_duration(self.delivery_timeout).to_string();
+        deliveries
+            .into_iter()
+            .map(|delivery| {
+                delivery.unwrap_or_else(|| Delivery::Failed {
+                    cause: Cause::Undelivered,
+                    error: format!("no acknowledgement within {timeout}"),
+                    partition: None,
+                })
+            })
+            .collect()
+    }
+
+    /// The cluster's topics, read with a short timeout: `Err` when the broker cannot
+    /// be reached.
+    async fn topics(&self) -> std::result::Result<Topics, String> {
+        let producer = self.producer();
+        let timeout = self.delivery_timeout.min(PROBE_TIMEOUT);
+        let fetch = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|metadata| {
+                    metadata
+                        .topics()
+                        .iter()
+                        .map(|topic| (topic.name().to_owned(), topic.error().map(Into::into)))
+                        .collect::<Topics>()
+                })
+        });
+        match fetch.await {
+            Ok(Ok(topics)) => Ok(topics),
+            Ok(Err(error)) => Err(format!("broker unreachable: {error}")),
+            Err(error) => Err(format!("broker check failed: {error}")),
+        }
+    }
+
+    /// Turns deliveries into the relay's outcomes (see the module docs).
+    async fn judge(
+        &self,
+        batch: &[Message],
+        deliveries: Vec<Delivery>,
+    ) -> Vec<std::result::Result<(), PublishError>> {
+        let failed = |cause| {
+            deliveries
+                .iter()
+                .any(|d| matches!(d, Delivery::Failed { cause: c, .. } if *c == cause))
+        };
+        let acked = deliveries.iter().any(|d| matches!(d, Delivery::Acked));
+        let topics = if failed(Cause::Undelivered) || (!acked && failed(Cause::Refused)) {
+            Some(self.topics().await)
+        } else {
+            None
+        };
+        let reachable = acked || matches!(topics, Some(Ok(_)));
+        let mut refused_together: HashMap<(&str, i32), usize> = HashMap::new();
+        for (message, delivery) in batch.iter().zip(&deliveries) {
+            if let Delivery::Failed {
+                cause: Cause::Refused,
+                partition: Some(partition),
+                ..
+            } = delivery
+            {
+                *refused_together
+                    .entry((message.topic.as_str(), *partition))
+                    .or_default() += 1;
+            }
+        }
+
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut suspects = Vec::new();
+        for (index, (message, delivery)) in batch.iter().zip(deliveries).enumerate() {
+            let outcome = match delivery {
+                Delivery::Acked => Ok(()),
+                Delivery::Held
+                | Delivery::Failed {
+                    cause: Cause::Collateral,
+                    ..
+                } => Err(PublishError::not_sent()),
+                Delivery::Failed { error, .. } if !reachable => Err(PublishError::transient(
+                    format!("broker unreachable: {error}"),
+                )),
+                Delivery::Failed {
+                    cause: Cause::Undelivered,
+                    error,
+                    ..
+                } => Err(undelivered(message, &error, topics.as_ref())),
+                Delivery::Failed {
+                    cause: Cause::Refused,
+                    error,
+                    partition,
+                } => {
+                    let shared = partition.is_some_and(|partition| {
+                        refused_together[&(message.topic.as_str(), partition)] > 1
+                    });
+                    if shared {
+                        suspects.push(index);
+                    }
+                    Err(PublishError::permanent(error))
+                }
+            };
+            outcomes.push(outcome);
+        }
+        for index in suspects {
+            outcomes[index] = self.alone(batch, &outcomes, index).await;
+        }
+        outcomes
+    }
+
+    /// Sends `batch[index]`, refused together with other messages, again on its own,
+    /// unless an earlier message of its key is not through.
+    async fn alone(
+        &self,
+        batch: &[Message],
+        outcomes: &[std::result::Result<(), PublishError>],
+        index: usize,
+    ) -> std::result::Result<(), PublishError> {
+        let message = &batch[index];
+        let blocked = batch[..index]
+            .iter()
+            .zip(outcomes)
+            .any(|(earlier, outcome)| earlier.key == message.key && outcome.is_err());
+        if blocked {
+            return Err(PublishError::not_sent());
+        }
+        match self.deliver(&[message]).await.pop() {
+            Some(Delivery::Acked) => Ok(()),
+            Some(Delivery::Failed {
+                cause: Cause::Refused,
+                error,
+                ..
+            }) => Err(PublishError::permanent(error)),
+            Some(Delivery::Failed {
+                cause: Cause::Undelivered,
+                error,
+                ..
+            }) => Err(PublishError::transient(error)),
+            _ => Err(PublishError::not_sent()),
+        }
+    }
+}
+
+/// An undelivered message counts as an attempt when its topic is missing or broken;
+/// otherwise the broker was too slow for it.
+fn undelivered(
+    message: &Message,
+    error: &str,
+    topics: Option<&std::result::Result<Topics, String>>,
+) -> PublishError {
+    match topics {
+        Some(Ok(topics)) => match topics.get(&message.topic) {
+            None => PublishError::permanent(format!(
+                "topic {:?} does not exist on the broker: {error}",
+                message.topic
+            )),
+            Some(Some(code)) => PublishError::permanent(format!(
+                "topic {:?} is unavailable ({code}): {error}",
+                message.topic
+            )),
+            Some(None) => PublishError::transient(error),
+        },
+        _ => PublishError::transient(error),
+    }
+}
+
+impl fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("config", &self.config)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, batch: &[Message]) -> Vec<std::result::Result<(), PublishError>> {
+        let messages: Vec<&Message> = batch.iter().collect();
+        let deliveries = self.deliver(&messages).await;
+        self.judge(batch, deliveries).await
+    }
+
+    async fn check(&self) -> std::result::Result<(), PublishError> {
+        self.topics()
+            .await
+            .map(|_| ())
+            .map_err(PublishError::transient)
+    }
+}
