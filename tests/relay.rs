@@ -972,3 +972,99 @@ async fn postgres_late_commit_is_published_in_commit_order_while_other_keys_flow
     assert_eq!(k, [a_id, b_id], "published in commit order");
     pg.drop().await;
 }
+
+/// Leases are renewed on a schedule of their own: three relays whose every batch takes
+/// longer than the lease keep their shards, and publish nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_passes_slower_than_the_lease_keep_their_shards() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    store_interleaved(&pg.db, &outbox, 16, 3).await;
+    let publisher = MemoryPublisher::new();
+    let slow = Slow {
+        inner: publisher.clone(),
+        delay: Duration::from_millis(1500),
+        started: Arc::new(AtomicBool::new(false)),
+    };
+    let config = ProcessorConfig {
+        lease_ttl: Duration::from_secs(1),
+        batch_size: 1,
+        ..fast_config("slow-broker")
+    };
+    let relays: Vec<_> = (0..3)
+        .map(|_| {
+            Processor::new(config.clone(), pg.db.clone(), slow.clone())
+                .expect("valid relay config")
+                .spawn()
+        })
+        .collect();
+    eventually(
+        "all 48 events published",
+        Duration::from_secs(90),
+        || async { outbox.backlog(&pg.db).await.expect("backlog").pending == 0 },
+    )
+    .await;
+    for relay in relays {
+        relay.shutdown().await.expect("shutdown");
+    }
+    let messages = publisher.messages();
+    let distinct: std::collections::HashSet<Uuid> = messages.iter().map(|m| m.id).collect();
+    assert_eq!(distinct.len(), 48);
+    assert_eq!(messages.len(), 48, "no batch was published twice");
+    assert_complete_and_ordered(&messages, 16, 3);
+    pg.drop().await;
+}
+
+/// Writers with more shards than the relays: the relay says so (health check, metric)
+/// instead of leaving those events pending in silence; given the writers' count
+/// (`OUTBOX_SHARDS`), it publishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_events_outside_the_relays_shards_fail_the_health_check() {
+    let pg = PgSchema::migrated().await;
+    let wide = Outbox::new().with_shards(std::num::NonZeroU16::new(64).expect("non-zero"));
+    store_interleaved(&pg.db, &wide, 40, 1).await;
+    let publisher = MemoryPublisher::new();
+    let narrow = Processor::new(fast_config("shards"), pg.db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .spawn();
+    eventually(
+        "the relay reports the misconfiguration",
+        Duration::from_secs(10),
+        || async {
+            narrow
+                .healthcheck()
+                .is_err_and(|error| error.to_string().contains("OUTBOX_SHARDS"))
+        },
+    )
+    .await;
+    narrow.shutdown().await.expect("shutdown");
+
+    let config =
+        ProcessorConfig::from_lookup(|name| (name == "OUTBOX_SHARDS").then(|| "64".to_owned()))
+            .expect("config");
+    let matching = Processor::new(
+        ProcessorConfig {
+            service_name: "shards".into(),
+            ..config
+        },
+        pg.db.clone(),
+        publisher.clone(),
+    )
+    .expect("valid relay config")
+    .spawn();
+    eventually("everything published", Duration::from_secs(20), || async {
+        outbox_pending(&pg.db).await == 0
+    })
+    .await;
+    assert!(
+        matching.healthcheck().is_ok(),
+        "{:?}",
+        matching.healthcheck()
+    );
+    matching.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}
+
+async fn outbox_pending(db: &DatabaseConnection) -> u64 {
+    Outbox::new().backlog(db).await.expect("backlog").pending
+}

@@ -51,6 +51,11 @@ struct Cli {
     #[arg(long, default_value = "_outbox", global = true)]
     table: String,
 
+    /// How many shards events are spread over: the writers' count (`relay` leases
+    /// these; `status` reports pending events outside them).
+    #[arg(long, env = "OUTBOX_SHARDS", default_value = "16", global = true)]
+    shards: std::num::NonZeroU16,
+
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -135,7 +140,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let tables = Tables::with_base(&cli.table)?;
-    let outbox = Outbox::new().with_tables(tables);
+    let outbox = Outbox::new().with_tables(tables).with_shards(cli.shards);
     let db = connect(cli.database_url.as_deref(), cli.connect_timeout).await?;
     let json = cli.json;
     match cli.command {
@@ -207,6 +212,7 @@ async fn status(db: &DatabaseConnection, outbox: &Outbox, json: bool) -> Result<
     let backlog = outbox.backlog(db).await?;
     let topics = outbox.topic_backlog(db).await?;
     let relays = outbox.relays(db).await?;
+    let outside = outbox.pending_outside_shards(db).await?;
     let oldest_age = backlog
         .oldest_pending_age(Utc::now())
         .map(|d| d.as_secs_f64());
@@ -216,6 +222,7 @@ async fn status(db: &DatabaseConnection, outbox: &Outbox, json: bool) -> Result<
             "dead_lettered": backlog.dead_lettered,
             "oldest_pending_at": backlog.oldest_pending_at,
             "oldest_pending_age_seconds": oldest_age,
+            "pending_outside_shards": outside,
             "topics": topics.iter().map(|t| json!({
                 "topic": t.topic, "pending": t.pending, "dead_lettered": t.dead, "oldest_pending_at": t.oldest,
             })).collect::<Vec<_>>(),
@@ -231,6 +238,13 @@ async fn status(db: &DatabaseConnection, outbox: &Outbox, json: bool) -> Result<
         backlog.dead_lettered,
         age(backlog.oldest_pending_at)
     );
+    if outside > 0 {
+        println!(
+            "warning: {outside} pending events are in shards at or above {} (--shards / OUTBOX_SHARDS): \
+             no relay of that count publishes them; give writers and relays the same count",
+            outbox.shards()
+        );
+    }
     let mut by_topic = Table::new(&["topic", "pending", "dead-lettered", "oldest pending"]);
     for t in &topics {
         by_topic.row(vec![

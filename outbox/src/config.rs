@@ -1,5 +1,6 @@
 //! [`ProcessorConfig`]: the relay's settings, by struct or from `OUTBOX_*` variables.
 
+use std::num::NonZeroU16;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -34,6 +35,7 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// | `dead_letter_topic` | none | `OUTBOX_DEAD_LETTER_TOPIC` |
 /// | `shutdown_timeout` | 30 s | `OUTBOX_SHUTDOWN_TIMEOUT` |
 /// | `health_timeout` | 60 s | `OUTBOX_HEALTH_TIMEOUT` |
+/// | `shards` | 16 | `OUTBOX_SHARDS` |
 ///
 /// Durations are written like `250ms`, `5s`, `1m 30s` or `24h`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +77,11 @@ pub struct ProcessorConfig {
     pub shutdown_timeout: Duration,
     /// `healthcheck` fails when no cycle has succeeded for this long.
     pub health_timeout: Duration,
+    /// How many shards events are spread over. Every writer and relay of one outbox
+    /// table must use the same number (see [`Outbox::with_shards`](crate::Outbox::with_shards));
+    /// a relay given an [`Outbox`](crate::Outbox) with
+    /// [`Processor::with_outbox`](crate::Processor::with_outbox) uses that outbox's.
+    pub shards: NonZeroU16,
 }
 
 impl Default for ProcessorConfig {
@@ -96,6 +103,7 @@ impl Default for ProcessorConfig {
             dead_letter_topic: None,
             shutdown_timeout: Duration::from_secs(30),
             health_timeout: Duration::from_secs(60),
+            shards: crate::store::DEFAULT_SHARD_COUNT,
         }
     }
 }
@@ -152,6 +160,12 @@ impl ProcessorConfig {
         }
         env.duration("OUTBOX_SHUTDOWN_TIMEOUT", &mut c.shutdown_timeout)?;
         env.duration("OUTBOX_HEALTH_TIMEOUT", &mut c.health_timeout)?;
+        env.parse(
+            "OUTBOX_SHARDS",
+            &mut c.shards,
+            "expected an integer from 1 to 65535",
+            |v| v.parse().ok(),
+        )?;
         c.validate()?;
         Ok(c)
     }
@@ -345,6 +359,7 @@ mod tests {
             ("OUTBOX_CLEANUP_AFTER_DAYS", "30"),
             ("OUTBOX_DEAD_LETTER_TOPIC", "billing.dlq"),
             ("OUTBOX_LEASE_TTL", "15s"),
+            ("OUTBOX_SHARDS", "64"),
         ])
         .expect("valid");
         assert_eq!(
@@ -361,6 +376,7 @@ mod tests {
                 cleanup_after_days: 30,
                 dead_letter_topic: Some("billing.dlq".into()),
                 lease_ttl: Duration::from_secs(15),
+                shards: NonZeroU16::new(64).expect("non-zero"),
                 ..ProcessorConfig::default()
             }
         );
@@ -384,6 +400,8 @@ mod tests {
             ("OUTBOX_CONCURRENCY", "0"),
             ("OUTBOX_MIN_POLL_INTERVAL", "0s"),
             ("OUTBOX_CLEANUP_AFTER_DAYS", "4000000000"),
+            ("OUTBOX_SHARDS", "0"),
+            ("OUTBOX_SHARDS", "70000"),
         ] {
             let error = from(&[(variable, value)]).expect_err(variable);
             let text = error.to_string();

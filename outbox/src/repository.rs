@@ -369,6 +369,20 @@ impl Outbox {
         Ok(count.map_or(0, |c| u64::try_from(c.n).unwrap_or(0)))
     }
 
+    /// How many pending events sit in shards at or above this outbox's shard count:
+    /// stored by a writer configured with more shards, they are leased by no relay of
+    /// this count and would wait forever. Anything above zero is a misconfiguration.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn pending_outside_shards<C: ConnectionTrait>(&self, conn: &C) -> Result<u64> {
+        let statement = self
+            .dialect(conn)?
+            .count_pending_from_shard(self.tables().outbox(), i32::from(self.shards()));
+        let count = CountRow::find_by_statement(statement).one(conn).await?;
+        Ok(count.map_or(0, |c| u64::try_from(c.n).unwrap_or(0)))
+    }
+
     /// How many events are pending and dead-lettered, and the oldest pending one.
     ///
     /// # Errors

@@ -24,6 +24,12 @@ const MAX_KEYS_PER_LOCK: usize = 30_000;
 /// How many shards events are spread over unless configured otherwise.
 pub const DEFAULT_SHARDS: u16 = 16;
 
+/// [`DEFAULT_SHARDS`] as a non-zero count.
+pub(crate) const DEFAULT_SHARD_COUNT: NonZeroU16 = match NonZeroU16::new(DEFAULT_SHARDS) {
+    Some(shards) => shards,
+    None => panic!("the default shard count is not zero"),
+};
+
 /// The entry point for storing events: holds the table names and the shard count.
 ///
 /// Cheap to clone; create one at start-up and share it.

@@ -20,6 +20,10 @@ pub(crate) struct Leases {
     shards: u16,
     ttl: Duration,
     owned: BTreeMap<i32, i64>,
+    /// Shards with a batch in flight: never given up until it is written back.
+    busy: HashSet<i32>,
+    /// Set when the relay stops: no round takes or renews anything after.
+    closed: bool,
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -52,7 +56,23 @@ impl Leases {
             shards,
             ttl,
             owned: BTreeMap::new(),
+            busy: HashSet::new(),
+            closed: false,
         }
+    }
+
+    /// Marks `shard` busy for a batch if this relay still holds it with `token`.
+    pub(crate) fn start_batch(&mut self, shard: i32, token: i64) -> bool {
+        let held = self.owned.get(&shard) == Some(&token);
+        if held {
+            self.busy.insert(shard);
+        }
+        held
+    }
+
+    /// The batch of `shard` is written back (or abandoned).
+    pub(crate) fn end_batch(&mut self, shard: i32) {
+        self.busy.remove(&shard);
     }
 
     /// The shards held, with their tokens.
@@ -94,14 +114,18 @@ impl Leases {
 
     /// One round: record that this relay is alive, count the live relays, keep (renew)
     /// at most a fair share of shards, give up the rest, and take free or expired
-    /// shards up to the fair share. Shards are given up only here, between batches,
-    /// so two relays never work on one shard by handing it over.
+    /// shards up to the fair share. Rounds run on their own schedule, beside the
+    /// batches; a shard with a batch in flight is never given up, so two relays never
+    /// work on one shard by handing it over.
     pub(crate) async fn round(
         &mut self,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
     ) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
         let now = Utc::now();
         db.execute_raw(dialect.heartbeat(tables, &self.service, &self.relay_id, now))
             .await?;
@@ -115,11 +139,18 @@ impl Leases {
         let shards = i64::from(self.shards);
         let fair = usize::try_from((shards + live - 1) / live).unwrap_or(usize::from(self.shards));
 
-        // Give up what is beyond the fair share, highest shards first.
-        while self.owned.len() > fair {
-            let Some((shard, _)) = self.owned.pop_last() else {
-                break;
-            };
+        // Give up what is beyond the fair share, highest idle shards first.
+        let surplus = self.owned.len().saturating_sub(fair);
+        let release: Vec<i32> = self
+            .owned
+            .keys()
+            .rev()
+            .filter(|shard| !self.busy.contains(shard))
+            .take(surplus)
+            .copied()
+            .collect();
+        for shard in release {
+            self.owned.remove(&shard);
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
                 .await?;
             debug!(shard, relay = %self.relay_id, fair, "shard released for another relay");
@@ -205,6 +236,7 @@ impl Leases {
         dialect: Dialect,
         tables: &Tables,
     ) -> Result<()> {
+        self.closed = true;
         let now = Utc::now();
         for shard in std::mem::take(&mut self.owned).into_keys() {
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::StreamExt;
 use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, TransactionTrait};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -49,6 +49,10 @@ pub mod metric_names {
     pub const DEAD_LETTERS: &str = "outbox_dead_letters";
     /// Gauge: age of the oldest pending event, in seconds.
     pub const OLDEST_PENDING_AGE: &str = "outbox_oldest_pending_age_seconds";
+    /// Gauge: pending events in shards this relay's shard count does not cover (a
+    /// writer with more shards than the relays); anything above zero is a
+    /// misconfiguration.
+    pub const PENDING_OUTSIDE_SHARDS: &str = "outbox_pending_outside_shards";
     /// Histogram: time from store to broker acknowledgement, in seconds.
     pub const PUBLISH_LATENCY: &str = "outbox_publish_latency_seconds";
 }
@@ -90,6 +94,10 @@ struct Inner<P> {
     relay_id: String,
     state: Arc<State>,
     leases: Mutex<Leases>,
+    /// Asks the lease keeper for a round now.
+    renew_now: Notify,
+    /// Tells the main loop that a lease round took shards.
+    leased: Notify,
 }
 
 /// What one pass over the owned shards did.
@@ -131,7 +139,8 @@ impl<P: Publisher> Processor<P> {
         config.validate()?;
         Dialect::of(db.get_database_backend())?;
         let relay_id = relay_id(&config.service_name);
-        Ok(Self::build(config, db, publisher, Outbox::new(), relay_id))
+        let outbox = Outbox::new().with_shards(config.shards);
+        Ok(Self::build(config, db, publisher, outbox, relay_id))
     }
 
     fn build(
@@ -161,14 +170,24 @@ impl<P: Publisher> Processor<P> {
                 relay_id,
                 state,
                 leases: Mutex::new(leases),
+                renew_now: Notify::new(),
+                leased: Notify::new(),
             },
         }
     }
 
-    /// Uses `outbox`'s tables and shard count, and wakes when it stores an event. Pass
-    /// a clone of the outbox the application stores with.
+    /// Uses `outbox`'s tables and shard count (instead of the configuration's), and
+    /// wakes when it stores an event. Pass a clone of the outbox the application
+    /// stores with.
     pub fn with_outbox(self, outbox: Outbox) -> Self {
         let inner = self.inner;
+        if outbox.shards() != inner.config.shards.get() {
+            warn!(
+                configured = inner.config.shards.get(),
+                outbox = outbox.shards(),
+                "the relay uses the outbox's shard count, not the configuration's"
+            );
+        }
         Self::build(
             inner.config,
             inner.db,
@@ -200,6 +219,7 @@ impl<P: Publisher> Processor<P> {
         let tracker = TaskTracker::new();
         let mut tasks = Vec::new();
         if inner.config.enabled {
+            tasks.push(tracker.spawn(Arc::clone(&inner).keep_leases(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).run(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).probe(cancel.clone())));
             if inner.config.cleanup_enabled {
@@ -223,29 +243,46 @@ impl<P: Publisher> Inner<P> {
         Dialect::of(self.db.get_database_backend())
     }
 
-    async fn lease_round(&self) -> Result<()> {
+    /// One lease round; returns whether it took shards.
+    async fn lease_round(&self) -> Result<bool> {
         let dialect = self.dialect()?;
         let mut leases = self.leases.lock().await;
+        let before = leases.count();
         leases
             .round(&self.db, dialect, self.outbox.tables())
             .await?;
         self.state.owned_shards(leases.count());
-        Ok(())
+        Ok(leases.count() > before)
     }
 
-    /// The main loop: lease rounds, passes over the owned shards, adaptive waits.
+    /// Renews the leases and the heartbeat every third of the lease time, on a
+    /// schedule of its own: however long a batch takes (a slow broker), the shards
+    /// stay this relay's while it lives and reaches the database.
+    async fn keep_leases(self: Arc<Self>, cancel: CancellationToken) {
+        let every = self.config.lease_ttl / 3;
+        while !cancel.is_cancelled() {
+            match self.lease_round().await {
+                Ok(true) => self.leased.notify_one(),
+                Ok(false) => {}
+                Err(error) => {
+                    warn!(relay = %self.relay_id, %error, "lease round failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.renew_now.notified() => {}
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// The main loop: passes over the owned shards, adaptive waits.
     async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let config = &self.config;
-        let lease_round_every = config.lease_ttl / 3;
-        let mut next_lease_round = Instant::now();
         let mut next_backlog = Instant::now();
         let mut idle_wait = config.min_poll_interval;
         while !cancel.is_cancelled() {
             let cycle = async {
-                if Instant::now() >= next_lease_round {
-                    self.lease_round().await?;
-                    next_lease_round = Instant::now() + lease_round_every;
-                }
                 let report = self.process_owned(config.batch_size).await?;
                 if Instant::now() >= next_backlog {
                     self.refresh_backlog().await?;
@@ -282,8 +319,8 @@ impl<P: Publisher> Inner<P> {
                     warn!(relay = %self.relay_id, %error, "relay cycle failed");
                     self.state.cycle(Err(error.to_string()));
                     idle_wait = (idle_wait * 2).min(config.interval);
-                    // A lost connection may have taken the leases with it: renew first.
-                    next_lease_round = Instant::now();
+                    // A lost connection may have taken the leases with it: renew now.
+                    self.renew_now.notify_one();
                     idle_wait
                 }
             };
@@ -293,6 +330,7 @@ impl<P: Publisher> Inner<P> {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = self.outbox.notified() => idle_wait = config.min_poll_interval,
+                () = self.leased.notified() => idle_wait = config.min_poll_interval,
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -330,6 +368,7 @@ impl<P: Publisher> Inner<P> {
                     last_published = last.or(last_published);
                 }
                 Ok(ShardOutcome::LeaseLost) => self.leases.lock().await.lost(shard),
+                Ok(ShardOutcome::NotHeld) => {}
                 Err(error) => {
                     first_error.get_or_insert(error);
                 }
@@ -357,6 +396,23 @@ impl<P: Publisher> Inner<P> {
 
     /// Claims, publishes and writes back one batch of `shard`.
     async fn process_shard(
+        &self,
+        shard: i32,
+        token: i64,
+        batch_size: usize,
+    ) -> Result<ShardOutcome> {
+        // The lease keeper may have given the shard up (or found it lost) since the
+        // pass began: claim nothing then.
+        if !self.leases.lock().await.start_batch(shard, token) {
+            return Ok(ShardOutcome::NotHeld);
+        }
+        let outcome = self.publish_shard(shard, token, batch_size).await;
+        self.leases.lock().await.end_batch(shard);
+        outcome
+    }
+
+    /// Claims, publishes and writes back one batch of `shard`, which is marked busy.
+    async fn publish_shard(
         &self,
         shard: i32,
         token: i64,
@@ -532,9 +588,26 @@ impl<P: Publisher> Inner<P> {
                 .set(backlog.dead_lettered as f64);
         }
         let age = backlog.oldest_pending_age(Utc::now()).unwrap_or_default();
-        metrics::gauge!(metric_names::OLDEST_PENDING_AGE, "service" => service)
+        metrics::gauge!(metric_names::OLDEST_PENDING_AGE, "service" => service.clone())
             .set(age.as_secs_f64());
         self.state.backlog(backlog);
+
+        // Events a writer put in shards no relay of this count leases would wait forever.
+        let outside = self.outbox.pending_outside_shards(&self.db).await?;
+        #[allow(clippy::cast_precision_loss)] // as above
+        metrics::gauge!(metric_names::PENDING_OUTSIDE_SHARDS, "service" => service)
+            .set(outside as f64);
+        let problem = (outside > 0).then(|| {
+            format!(
+                "{outside} pending events are in shards at or above this relay's shard count ({}): \
+                 their writers use more shards; give writers and relays the same count (OUTBOX_SHARDS)",
+                self.outbox.shards()
+            )
+        });
+        if let Some(problem) = &problem {
+            error!(relay = %self.relay_id, "{problem}");
+        }
+        self.state.misconfigured(problem);
         Ok(())
     }
 
@@ -627,6 +700,8 @@ enum ShardOutcome {
     Done(ProcessReport, Option<Uuid>),
     /// The lease was taken by another relay before the write-back; nothing written.
     LeaseLost,
+    /// The shard was no longer held when its batch was to start; nothing claimed.
+    NotHeld,
 }
 
 /// A running relay: check it, read its figures, stop it.

@@ -48,6 +48,7 @@ struct Health {
     backlog: Backlog,
     backlog_at: chrono::DateTime<Utc>,
     owned_shards: usize,
+    misconfigured: Option<String>,
 }
 
 /// Shared between the relay's tasks and its handle.
@@ -79,6 +80,7 @@ impl State {
                 backlog: Backlog::default(),
                 backlog_at: Utc::now(),
                 owned_shards: 0,
+                misconfigured: None,
             }),
         }
     }
@@ -117,6 +119,11 @@ impl State {
         let mut health = self.health();
         health.backlog = backlog;
         health.backlog_at = Utc::now();
+    }
+
+    /// Records a configuration problem found at run time, or that there is none.
+    pub(crate) fn misconfigured(&self, problem: Option<String>) {
+        self.health().misconfigured = problem;
     }
 
     pub(crate) fn probes(
@@ -158,13 +165,17 @@ impl State {
         }
     }
 
-    /// Healthy when running, a cycle succeeded within the health timeout, and the last
-    /// probes reached the broker and the database.
+    /// Healthy when running, no configuration problem was found (pending events in
+    /// shards the relay's shard count does not cover), a cycle succeeded within the
+    /// health timeout, and the last probes reached the broker and the database.
     pub(crate) fn healthcheck(&self) -> Result<()> {
         let health = self.health();
         let unhealthy = |reason: String| Err(Error::Unhealthy { reason });
         if !health.running {
             return unhealthy("the relay is not running".to_owned());
+        }
+        if let Some(problem) = &health.misconfigured {
+            return unhealthy(problem.clone());
         }
         if let Some(error) = &health.broker_error {
             return unhealthy(format!("broker unreachable: {error}"));

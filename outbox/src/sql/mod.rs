@@ -545,6 +545,18 @@ impl Dialect {
         p.into_statement(sql)
     }
 
+    /// How many pending events are in shard `first` or above (a range scan of the claim
+    /// index).
+    pub(crate) fn count_pending_from_shard(self, table: &Identifier, first: i32) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT COUNT(*) AS \"n\" FROM {} WHERE \"shard\" >= {} AND NOT \"published\" AND \"dead_lettered_at\" IS NULL",
+            table.quoted(),
+            p.bind(first)
+        );
+        p.into_statement(sql)
+    }
+
     /// How many events were published before `cutoff`.
     pub(crate) fn count_published_before(
         self,
