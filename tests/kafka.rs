@@ -455,7 +455,7 @@ async fn broker_outage_keeps_events_pending_and_recovers() {
     pg.drop().await;
 }
 
-/// Runs `processor` pass by pass until nothing is pending (or `passes` ran out).
+/// Runs `processor` pass by pass until nothing is pending; fails after 200 passes.
 async fn drain<P: outbox::Publisher>(
     processor: &Processor<P>,
     outbox: &Outbox,
