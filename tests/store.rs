@@ -522,21 +522,19 @@ async fn postgres_nul_characters_are_refused_and_the_transaction_stays_usable() 
     pg.drop().await;
 }
 
+/// An envelope of key `k-{n}` for the topic `numbers`.
+fn numbered(n: usize) -> Envelope {
+    Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers").expect("envelope")
+}
+
 /// A batch of several statements on a bare connection is all or nothing: a failure in
 /// its second statement leaves no row of the first.
 #[tokio::test]
 async fn postgres_batch_of_several_statements_is_atomic_on_a_bare_connection() {
     let pg = PgSchema::migrated().await;
     let outbox = Outbox::new();
-    let first = Envelope::new(&EventBuilder::new("n.added", "k-0"), "numbers").expect("envelope");
-    let mut envelopes = vec![first.clone()];
-    for n in 1..5000 {
-        envelopes.push(
-            Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers")
-                .expect("envelope"),
-        );
-    }
-    envelopes.push(first); // the same id again: the second statement fails
+    let mut envelopes: Vec<Envelope> = (0..5000).map(numbered).collect();
+    envelopes.push(envelopes[0].clone()); // the same id again: the second statement fails
     let result = outbox.store_batch(&pg.db, envelopes).await;
     assert!(matches!(result, Err(Error::Db(_))), "{result:?}");
     assert_eq!(rows(&pg.db).await.len(), 0, "nothing of the batch is left");
@@ -544,15 +542,8 @@ async fn postgres_batch_of_several_statements_is_atomic_on_a_bare_connection() {
     // Inside the caller's transaction, the failed batch is rolled back to its
     // savepoint: the transaction goes on.
     let txn = pg.db.begin().await.expect("begin");
-    let again = Envelope::new(&EventBuilder::new("n.added", "k-x"), "numbers").expect("envelope");
-    let mut envelopes: Vec<Envelope> = (0..4100)
-        .map(|n| {
-            Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers")
-                .expect("envelope")
-        })
-        .collect();
-    envelopes.push(again.clone());
-    envelopes.push(again);
+    let mut envelopes: Vec<Envelope> = (0..4100).map(numbered).collect();
+    envelopes.push(envelopes[0].clone());
     assert!(outbox.store_batch(&txn, envelopes).await.is_err());
     outbox
         .store(&txn, &EventBuilder::new("n.added", "k-y"), "numbers")
@@ -575,12 +566,7 @@ async fn postgres_large_batches_over_shared_keys_do_not_deadlock() {
         if reverse {
             keys.reverse();
         }
-        keys.into_iter()
-            .map(|n| {
-                Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers")
-                    .expect("envelope")
-            })
-            .collect::<Vec<_>>()
+        keys.into_iter().map(numbered).collect::<Vec<_>>()
     };
     let writers: Vec<_> = [false, true]
         .into_iter()
