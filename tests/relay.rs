@@ -1068,3 +1068,107 @@ async fn postgres_events_outside_the_relays_shards_fail_the_health_check() {
 async fn outbox_pending(db: &DatabaseConnection) -> u64 {
     Outbox::new().backlog(db).await.expect("backlog").pending
 }
+
+/// Samples `relay`'s held shards every 100 ms for `period` and returns the fewest seen.
+async fn fewest_shards_held(relay: &outbox::RelayHandle, period: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + period;
+    let mut fewest = usize::MAX;
+    while tokio::time::Instant::now() < deadline {
+        fewest = fewest.min(relay.stats().owned_shards);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fewest
+}
+
+/// A relay whose host clock runs an hour ahead (or behind) goes by the database's
+/// clock: it takes no lease from the live relay, and the two share the shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_skewed_clock_takes_no_lease_from_a_live_relay() {
+    let pg = PgSchema::migrated().await;
+    for skew in [chrono::Duration::hours(1), chrono::Duration::hours(-1)] {
+        let honest = Processor::new(fast_config("clocks"), pg.db.clone(), MemoryPublisher::new())
+            .expect("valid relay config")
+            .spawn();
+        eventually(
+            "the first relay holds every shard",
+            Duration::from_secs(10),
+            || async { honest.stats().owned_shards == 16 },
+        )
+        .await;
+        let skewed = Processor::new(fast_config("clocks"), pg.db.clone(), MemoryPublisher::new())
+            .expect("valid relay config")
+            .with_clock_skew(skew)
+            .spawn();
+        let fewest = fewest_shards_held(&honest, Duration::from_secs(4)).await;
+        assert_eq!(fewest, 8, "skew {skew}: the live relay kept its fair share");
+        assert_eq!(
+            skewed.stats().owned_shards,
+            8,
+            "skew {skew}: and the other took the rest"
+        );
+        skewed.shutdown().await.expect("shutdown");
+        honest.shutdown().await.expect("shutdown");
+    }
+    pg.drop().await;
+}
+
+/// Two services on one outbox table: the relays of the one that started later publish
+/// nothing and say why; when the first service's relays stop, they take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_second_service_on_one_table_publishes_nothing_while_the_first_runs() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    let first_publisher = MemoryPublisher::new();
+    let first = Processor::new(fast_config("first"), pg.db.clone(), first_publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone())
+        .spawn();
+    eventually(
+        "the first service holds every shard",
+        Duration::from_secs(10),
+        || async { first.stats().owned_shards == 16 },
+    )
+    .await;
+    let second_publisher = MemoryPublisher::new();
+    let second = Processor::new(
+        fast_config("second"),
+        pg.db.clone(),
+        second_publisher.clone(),
+    )
+    .expect("valid relay config")
+    .with_outbox(outbox.clone())
+    .spawn();
+    eventually(
+        "the second service says why it waits",
+        Duration::from_secs(10),
+        || async {
+            second
+                .healthcheck()
+                .is_err_and(|error| error.to_string().contains("\"first\""))
+        },
+    )
+    .await;
+    store_interleaved(&pg.db, &outbox, 5, 4).await;
+    eventually(
+        "the first service published everything",
+        Duration::from_secs(10),
+        || async { outbox_pending(&pg.db).await == 0 },
+    )
+    .await;
+    assert_eq!(first_publisher.messages().len(), 20);
+    assert!(
+        second_publisher.messages().is_empty(),
+        "published once, by one service"
+    );
+
+    first.shutdown().await.expect("shutdown");
+    store_interleaved(&pg.db, &outbox, 5, 1).await;
+    eventually(
+        "the second service took over",
+        Duration::from_secs(15),
+        || async { second_publisher.messages().len() == 5 },
+    )
+    .await;
+    second.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}

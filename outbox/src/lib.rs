@@ -128,6 +128,11 @@
 //!   uses an attempt.
 //! - **Bounded table**: published events are deleted after the retention, in batches.
 //!
+//! Leases, heartbeats and retry times go by the database's clock (the offset of the
+//! host's clock to PostgreSQL's is measured at every lease round). One outbox table
+//! belongs to one service: relays of a second service on the same table publish
+//! nothing, and fail their health check, while the first service's relays run.
+//!
 //! Store events of several keys in one transaction with one [`Outbox::store_batch`]
 //! call, or always in the same key order: the key locks are taken in sorted order
 //! within one call, and two transactions that lock the same keys in opposite orders

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult};
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use crate::error::Result;
 use crate::sql::{Dialect, LeaseKey};
@@ -24,6 +24,9 @@ pub(crate) struct Leases {
     busy: HashSet<i32>,
     /// Set when the relay stops: no round takes or renews anything after.
     closed: bool,
+    /// Another service whose relays publish the same table and were there first:
+    /// this relay holds nothing while they live.
+    yielded_to: Option<String>,
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -44,6 +47,12 @@ struct LiveLease {
 }
 
 #[derive(Debug, FromQueryResult)]
+struct LiveService {
+    service_name: String,
+    since: DateTime<Utc>,
+}
+
+#[derive(Debug, FromQueryResult)]
 struct Count {
     n: i64,
 }
@@ -58,7 +67,14 @@ impl Leases {
             owned: BTreeMap::new(),
             busy: HashSet::new(),
             closed: false,
+            yielded_to: None,
         }
+    }
+
+    /// The service this relay gives way to, if another service's relays publish the
+    /// same table and started first.
+    pub(crate) fn yielded_to(&self) -> Option<&str> {
+        self.yielded_to.as_deref()
     }
 
     /// Marks `shard` busy for a batch if this relay still holds it with `token`.
@@ -117,20 +133,49 @@ impl Leases {
     /// shards up to the fair share. Rounds run on their own schedule, beside the
     /// batches; a shard with a batch in flight is never given up, so two relays never
     /// work on one shard by handing it over.
+    ///
+    /// One outbox table belongs to one service: when relays of another service publish
+    /// the same table and started first, this relay gives up its idle shards, takes
+    /// none, and says so, until they are gone. (Two services would each publish every
+    /// event, and one key's events could go out from both at once.)
+    ///
+    /// `now` is the database's time (see `clock.rs`).
     pub(crate) async fn round(
         &mut self,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
+        now: DateTime<Utc>,
     ) -> Result<()> {
         if self.closed {
             return Ok(());
         }
-        let now = Utc::now();
         db.execute_raw(dialect.heartbeat(tables, &self.service, &self.relay_id, now))
             .await?;
         db.execute_raw(dialect.leave(tables, &self.service, None, self.gone_before(now)))
             .await?;
+        if let Some(owner) = self.table_owner(db, dialect, tables, now).await? {
+            if self.yielded_to.as_deref() != Some(owner.as_str()) {
+                error!(
+                    relay = %self.relay_id, service = %self.service, other = %owner,
+                    "relays of another service publish this outbox table; this relay publishes nothing while they run (give each service its own tables)"
+                );
+            }
+            self.yielded_to = Some(owner);
+            let idle: Vec<i32> = self
+                .owned
+                .keys()
+                .filter(|shard| !self.busy.contains(shard))
+                .copied()
+                .collect();
+            for shard in idle {
+                self.owned.remove(&shard);
+                db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
+                    .await?;
+            }
+            return Ok(());
+        }
+        self.yielded_to = None;
         let live =
             Count::find_by_statement(dialect.live_relays(tables, &self.service, now - self.ttl()))
                 .one(db)
@@ -213,6 +258,27 @@ impl Leases {
         Ok(())
     }
 
+    /// The other service that owns the table, if any: of the services with live
+    /// relays, the one whose relays started first.
+    async fn table_owner(
+        &self,
+        db: &DatabaseConnection,
+        dialect: Dialect,
+        tables: &Tables,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        let services =
+            LiveService::find_by_statement(dialect.live_services(tables, now - self.ttl()))
+                .all(db)
+                .await?;
+        let first = services
+            .into_iter()
+            .min_by(|a, b| (a.since, &a.service_name).cmp(&(b.since, &b.service_name)));
+        Ok(first
+            .map(|owner| owner.service_name)
+            .filter(|owner| *owner != self.service))
+    }
+
     async fn acquire(
         &self,
         db: &DatabaseConnection,
@@ -235,9 +301,9 @@ impl Leases {
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
+        now: DateTime<Utc>,
     ) -> Result<()> {
         self.closed = true;
-        let now = Utc::now();
         for shard in std::mem::take(&mut self.owned).into_keys() {
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
                 .await?;

@@ -6,6 +6,7 @@
 //! transaction that commits late is simply found pending later (G3), and within a
 //! shard events go out in `seq` order, which for one key is commit order (G4).
 
+mod clock;
 mod lease;
 mod state;
 
@@ -25,6 +26,7 @@ use uuid::Uuid;
 
 pub use state::Stats;
 
+use self::clock::Clock;
 use self::lease::Leases;
 use self::state::State;
 use crate::config::ProcessorConfig;
@@ -98,6 +100,7 @@ struct Inner<P> {
     renew_now: Notify,
     /// Tells the main loop that a lease round took shards.
     leased: Notify,
+    clock: Clock,
 }
 
 /// What one pass over the owned shards did.
@@ -140,7 +143,14 @@ impl<P: Publisher> Processor<P> {
         Dialect::of(db.get_database_backend())?;
         let relay_id = relay_id(&config.service_name);
         let outbox = Outbox::new().with_shards(config.shards);
-        Ok(Self::build(config, db, publisher, outbox, relay_id))
+        Ok(Self::build(
+            config,
+            db,
+            publisher,
+            outbox,
+            relay_id,
+            chrono::Duration::zero(),
+        ))
     }
 
     fn build(
@@ -149,6 +159,7 @@ impl<P: Publisher> Processor<P> {
         publisher: P,
         outbox: Outbox,
         relay_id: String,
+        skew: chrono::Duration,
     ) -> Self {
         let leases = Leases::new(
             &config.service_name,
@@ -172,6 +183,7 @@ impl<P: Publisher> Processor<P> {
                 leases: Mutex::new(leases),
                 renew_now: Notify::new(),
                 leased: Notify::new(),
+                clock: Clock::new(skew),
             },
         }
     }
@@ -188,12 +200,30 @@ impl<P: Publisher> Processor<P> {
                 "the relay uses the outbox's shard count, not the configuration's"
             );
         }
+        let skew = inner.clock.skew();
         Self::build(
             inner.config,
             inner.db,
             inner.publisher,
             outbox,
             inner.relay_id,
+            skew,
+        )
+    }
+
+    /// Runs this relay as if its host's clock were `skew` ahead (or behind, when
+    /// negative). For tests of clock skew only: the relay goes by the database's clock
+    /// whatever its host's says.
+    #[doc(hidden)]
+    pub fn with_clock_skew(self, skew: chrono::Duration) -> Self {
+        let inner = self.inner;
+        Self::build(
+            inner.config,
+            inner.db,
+            inner.publisher,
+            inner.outbox,
+            inner.relay_id,
+            skew,
         )
     }
 
@@ -246,12 +276,20 @@ impl<P: Publisher> Inner<P> {
     /// One lease round; returns whether it took shards.
     async fn lease_round(&self) -> Result<bool> {
         let dialect = self.dialect()?;
+        self.clock.sync(&self.db, dialect).await?;
         let mut leases = self.leases.lock().await;
         let before = leases.count();
         leases
-            .round(&self.db, dialect, self.outbox.tables())
+            .round(&self.db, dialect, self.outbox.tables(), self.clock.now())
             .await?;
         self.state.owned_shards(leases.count());
+        self.state.yielded(leases.yielded_to().map(|other| {
+            format!(
+                "relays of service {other:?} publish this outbox table too and started first; \
+                 this relay (service {:?}) publishes nothing while they run: give each service its own tables",
+                self.config.service_name
+            )
+        }));
         Ok(leases.count() > before)
     }
 
@@ -340,7 +378,7 @@ impl<P: Publisher> Inner<P> {
                 .leases
                 .lock()
                 .await
-                .release_all(&self.db, dialect, self.outbox.tables())
+                .release_all(&self.db, dialect, self.outbox.tables(), self.clock.now())
                 .await;
             if let Err(error) = released {
                 warn!(relay = %self.relay_id, %error, "could not release leases; they expire on their own");
@@ -380,7 +418,7 @@ impl<P: Publisher> Inner<P> {
                 self.outbox.tables().offset(),
                 &self.config.service_name,
                 event,
-                Utc::now(),
+                self.clock.now(),
             );
             self.db.execute_raw(statement).await?;
         }
@@ -429,7 +467,7 @@ impl<P: Publisher> Inner<P> {
         async {
             let dialect = self.dialect()?;
             let tables = self.outbox.tables();
-            let claim = dialect.claim(tables.outbox(), shard, Utc::now(), batch_size);
+            let claim = dialect.claim(tables.outbox(), shard, self.clock.now(), batch_size);
             let rows = ClaimedRow::find_by_statement(claim).all(&self.db).await?;
             let span = tracing::Span::current();
             span.record("batch_size", rows.len());
@@ -442,7 +480,7 @@ impl<P: Publisher> Inner<P> {
                 messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1,
             );
             let outcomes = self.publisher.publish(&messages).await;
-            let acked_at = Utc::now();
+            let acked_at = self.clock.now();
 
             let (published, failures) = sort_outcomes(&messages, outcomes);
             let updates: Vec<_> = failures
@@ -587,7 +625,9 @@ impl<P: Publisher> Inner<P> {
             metrics::gauge!(metric_names::DEAD_LETTERS, "service" => service.clone())
                 .set(backlog.dead_lettered as f64);
         }
-        let age = backlog.oldest_pending_age(Utc::now()).unwrap_or_default();
+        let age = backlog
+            .oldest_pending_age(self.clock.now())
+            .unwrap_or_default();
         metrics::gauge!(metric_names::OLDEST_PENDING_AGE, "service" => service.clone())
             .set(age.as_secs_f64());
         self.state.backlog(backlog);

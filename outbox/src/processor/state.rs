@@ -49,6 +49,7 @@ struct Health {
     backlog_at: chrono::DateTime<Utc>,
     owned_shards: usize,
     misconfigured: Option<String>,
+    yielded: Option<String>,
 }
 
 /// Shared between the relay's tasks and its handle.
@@ -81,6 +82,7 @@ impl State {
                 backlog_at: Utc::now(),
                 owned_shards: 0,
                 misconfigured: None,
+                yielded: None,
             }),
         }
     }
@@ -124,6 +126,12 @@ impl State {
     /// Records a configuration problem found at run time, or that there is none.
     pub(crate) fn misconfigured(&self, problem: Option<String>) {
         self.health().misconfigured = problem;
+    }
+
+    /// Records that the relay gives way to another service on its table, or that it
+    /// does not.
+    pub(crate) fn yielded(&self, problem: Option<String>) {
+        self.health().yielded = problem;
     }
 
     pub(crate) fn probes(
@@ -174,7 +182,7 @@ impl State {
         if !health.running {
             return unhealthy("the relay is not running".to_owned());
         }
-        if let Some(problem) = &health.misconfigured {
+        if let Some(problem) = health.misconfigured.as_ref().or(health.yielded.as_ref()) {
             return unhealthy(problem.clone());
         }
         if let Some(error) = &health.broker_error {

@@ -131,6 +131,18 @@ impl Dialect {
         }
     }
 
+    /// Reads the database's clock, where relays on several hosts may share it
+    /// (PostgreSQL); `None` on SQLite, which lives in one process.
+    pub(crate) fn database_now(self) -> Option<Statement> {
+        match self {
+            Dialect::Postgres => Some(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT clock_timestamp() AS \"now\"",
+            )),
+            Dialect::Sqlite => None,
+        }
+    }
+
     /// A JSON column read as text, so payloads reach the publisher as the bytes stored.
     fn json_text(self, column: &str) -> String {
         match self {
@@ -393,6 +405,18 @@ impl Dialect {
             p.bind(service),
             p.bind(relay),
             now = p.bind(now),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Per service, the earliest start of its relays that showed life since `since`.
+    pub(crate) fn live_services(self, tables: &Tables, since: DateTime<Utc>) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "SELECT \"service_name\", MIN(\"started_at\") AS \"since\" FROM {} \
+             WHERE \"heartbeat_at\" > {} GROUP BY \"service_name\"",
+            tables.relay().quoted(),
+            p.bind(since),
         );
         p.into_statement(sql)
     }
