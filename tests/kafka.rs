@@ -691,3 +691,82 @@ async fn a_frozen_broker_dead_letters_nothing() {
     );
     pg.drop().await;
 }
+
+/// Three relays; one reaches the database but not its broker (frozen). Within the
+/// stall timeout plus a lease, it gives up its shards and the other two publish every
+/// event; when its broker answers again, it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_cut_off_from_kafka_gives_up_its_shards_and_rejoins() {
+    let pg = PgSchema::migrated().await;
+    let brokers = brokers();
+    let topic = unique_topic("cut-off");
+    create_topic(&brokers, &topic, 2).await;
+    let unreachable = PrivateBroker::start().await;
+    create_topic(&unreachable.address, &topic, 2).await;
+    let relay_config = ProcessorConfig {
+        stall_timeout: Duration::from_secs(3),
+        lease_ttl: Duration::from_secs(2),
+        ..config("cut-off")
+    };
+    let quick = |address: &str| {
+        KafkaPublisher::from_config(
+            KafkaConfig::new(address).message_timeout(Duration::from_secs(1)),
+        )
+        .expect("producer")
+    };
+    let cut_off = Processor::new(
+        relay_config.clone(),
+        pg.db.clone(),
+        quick(&unreachable.address),
+    )
+    .expect("valid relay config")
+    .spawn();
+    let healthy: Vec<_> = (0..2)
+        .map(|_| {
+            Processor::new(relay_config.clone(), pg.db.clone(), quick(&brokers))
+                .expect("valid relay config")
+                .spawn()
+        })
+        .collect();
+    eventually(
+        "the three relays share the shards",
+        Duration::from_secs(10),
+        || async { cut_off.stats().owned_shards > 0 },
+    )
+    .await;
+    unreachable.freeze();
+    let outbox = Outbox::new();
+    write_keys(&pg.db, &outbox, &topic, (0..16).collect(), 3).await;
+    let started = std::time::Instant::now();
+    eventually(
+        "every event published by the relays that can deliver",
+        Duration::from_secs(30),
+        || async { outbox.backlog(&pg.db).await.expect("backlog").pending == 0 },
+    )
+    .await;
+    eprintln!("all published {:?} after the writes", started.elapsed());
+    eventually(
+        "the cut-off relay holds nothing",
+        Duration::from_secs(5),
+        || async { cut_off.stats().owned_shards == 0 },
+    )
+    .await;
+    let health = cut_off.healthcheck().expect_err("unhealthy while cut off");
+    assert!(health.to_string().contains("nothing delivered"), "{health}");
+    let received = consume(&brokers, &topic, 48, Duration::from_secs(20)).await;
+    let order = per_key_order(&received);
+    for k in 0..16 {
+        assert_eq!(order[&format!("key-{k}")], [0, 1, 2], "key-{k}");
+    }
+
+    unreachable.thaw();
+    eventually("the relay rejoins", Duration::from_secs(30), || async {
+        cut_off.stats().owned_shards > 0
+    })
+    .await;
+    cut_off.shutdown().await.expect("shutdown");
+    for relay in healthy {
+        relay.shutdown().await.expect("shutdown");
+    }
+    pg.drop().await;
+}

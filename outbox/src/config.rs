@@ -36,6 +36,7 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// | `shutdown_timeout` | 30 s | `OUTBOX_SHUTDOWN_TIMEOUT` |
 /// | `health_timeout` | 60 s | `OUTBOX_HEALTH_TIMEOUT` |
 /// | `shards` | 16 | `OUTBOX_SHARDS` |
+/// | `stall_timeout` | 20 s | `OUTBOX_STALL_TIMEOUT` |
 ///
 /// Durations are written like `250ms`, `5s`, `1m 30s` or `24h`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +83,11 @@ pub struct ProcessorConfig {
     /// a relay given an [`Outbox`](crate::Outbox) with
     /// [`Processor::with_outbox`](crate::Processor::with_outbox) uses that outbox's.
     pub shards: NonZeroU16,
+    /// A relay that reaches the database but has delivered nothing to the broker for
+    /// this long (every attempt failing as an outage) gives up its shards and stops
+    /// heartbeating, so relays that can deliver take its keys; it rejoins once the
+    /// broker answers it again. Keep it above the publisher's delivery timeout.
+    pub stall_timeout: Duration,
 }
 
 impl Default for ProcessorConfig {
@@ -104,6 +110,7 @@ impl Default for ProcessorConfig {
             shutdown_timeout: Duration::from_secs(30),
             health_timeout: Duration::from_secs(60),
             shards: crate::store::DEFAULT_SHARD_COUNT,
+            stall_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -160,6 +167,7 @@ impl ProcessorConfig {
         }
         env.duration("OUTBOX_SHUTDOWN_TIMEOUT", &mut c.shutdown_timeout)?;
         env.duration("OUTBOX_HEALTH_TIMEOUT", &mut c.health_timeout)?;
+        env.duration("OUTBOX_STALL_TIMEOUT", &mut c.stall_timeout)?;
         env.parse(
             "OUTBOX_SHARDS",
             &mut c.shards,
@@ -242,6 +250,7 @@ impl ProcessorConfig {
             ("OUTBOX_CLEANUP_INTERVAL", self.cleanup_interval),
             ("OUTBOX_SHUTDOWN_TIMEOUT", self.shutdown_timeout),
             ("OUTBOX_HEALTH_TIMEOUT", self.health_timeout),
+            ("OUTBOX_STALL_TIMEOUT", self.stall_timeout),
         ] {
             if value > MAX_DURATION {
                 return invalid(

@@ -162,17 +162,7 @@ impl Leases {
                 );
             }
             self.yielded_to = Some(owner);
-            let idle: Vec<i32> = self
-                .owned
-                .keys()
-                .filter(|shard| !self.busy.contains(shard))
-                .copied()
-                .collect();
-            for shard in idle {
-                self.owned.remove(&shard);
-                db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
-                    .await?;
-            }
+            self.release_idle(db, dialect, tables, now).await?;
             return Ok(());
         }
         self.yielded_to = None;
@@ -293,6 +283,49 @@ impl Leases {
             .one(db)
             .await?
             .map(|row| row.token))
+    }
+
+    /// Gives up every shard without a batch in flight.
+    async fn release_idle(
+        &mut self,
+        db: &DatabaseConnection,
+        dialect: Dialect,
+        tables: &Tables,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let idle: Vec<i32> = self
+            .owned
+            .keys()
+            .filter(|shard| !self.busy.contains(shard))
+            .copied()
+            .collect();
+        for shard in idle {
+            self.owned.remove(&shard);
+            db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Gives up every idle shard and leaves the service (its heartbeat row goes), so
+    /// the other relays count one relay fewer and take the shards; a later round
+    /// rejoins. For a relay that cannot reach the broker.
+    pub(crate) async fn stand_aside(
+        &mut self,
+        db: &DatabaseConnection,
+        dialect: Dialect,
+        tables: &Tables,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.release_idle(db, dialect, tables, now).await?;
+        db.execute_raw(dialect.leave(
+            tables,
+            &self.service,
+            Some(&self.relay_id),
+            self.gone_before(now),
+        ))
+        .await?;
+        Ok(())
     }
 
     /// Gives up every shard and leaves the service, so other relays take over at once.

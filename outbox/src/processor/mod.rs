@@ -21,14 +21,14 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
 pub use state::Stats;
 
 use self::clock::Clock;
 use self::lease::Leases;
-use self::state::State;
+use self::state::{Concern, State};
 use crate::config::ProcessorConfig;
 use crate::error::{Error, Result};
 use crate::message::{ClaimedRow, Message};
@@ -101,6 +101,8 @@ struct Inner<P> {
     /// Tells the main loop that a lease round took shards.
     leased: Notify,
     clock: Clock,
+    /// Since when every batch has failed as an outage with nothing delivered.
+    stalled_since: std::sync::Mutex<Option<Instant>>,
 }
 
 /// What one pass over the owned shards did.
@@ -184,6 +186,7 @@ impl<P: Publisher> Processor<P> {
                 renew_now: Notify::new(),
                 leased: Notify::new(),
                 clock: Clock::new(skew),
+                stalled_since: std::sync::Mutex::new(None),
             },
         }
     }
@@ -283,7 +286,7 @@ impl<P: Publisher> Inner<P> {
             .round(&self.db, dialect, self.outbox.tables(), self.clock.now())
             .await?;
         self.state.owned_shards(leases.count());
-        self.state.yielded(leases.yielded_to().map(|other| {
+        self.state.concern(Concern::OtherService, leases.yielded_to().map(|other| {
             format!(
                 "relays of service {other:?} publish this outbox table too and started first; \
                  this relay (service {:?}) publishes nothing while they run: give each service its own tables",
@@ -299,7 +302,12 @@ impl<P: Publisher> Inner<P> {
     async fn keep_leases(self: Arc<Self>, cancel: CancellationToken) {
         let every = self.config.lease_ttl / 3;
         while !cancel.is_cancelled() {
-            match self.lease_round().await {
+            let round = if self.stalled() {
+                self.stand_aside_or_rejoin().await
+            } else {
+                self.lease_round().await
+            };
+            match round {
                 Ok(true) => self.leased.notify_one(),
                 Ok(false) => {}
                 Err(error) => {
@@ -312,6 +320,52 @@ impl<P: Publisher> Inner<P> {
                 () = tokio::time::sleep(every) => {}
             }
         }
+    }
+
+    fn stalled_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.stalled_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether nothing has been delivered for the stall timeout.
+    fn stalled(&self) -> bool {
+        self.stalled_since()
+            .is_some_and(|since| since.elapsed() >= self.config.stall_timeout)
+    }
+
+    /// For a stalled relay: rejoins (a normal lease round) when the broker answers
+    /// again; otherwise gives up its shards and its heartbeat, so relays that can
+    /// deliver take its keys.
+    async fn stand_aside_or_rejoin(&self) -> Result<bool> {
+        if self.publisher.check().await.is_ok() {
+            info!(relay = %self.relay_id, "the broker answers again; rejoining");
+            *self.stalled_since() = None;
+            self.state.concern(Concern::Stalled, None);
+            return self.lease_round().await;
+        }
+        let dialect = self.dialect()?;
+        self.clock.sync(&self.db, dialect).await?;
+        let mut leases = self.leases.lock().await;
+        if leases.count() > 0 {
+            warn!(
+                relay = %self.relay_id,
+                "nothing delivered to the broker for {}; giving up this relay's shards until it answers again",
+                humantime::format_duration(self.config.stall_timeout)
+            );
+        }
+        leases
+            .stand_aside(&self.db, dialect, self.outbox.tables(), self.clock.now())
+            .await?;
+        self.state.owned_shards(leases.count());
+        self.state.concern(
+            Concern::Stalled,
+            Some(format!(
+                "nothing delivered to the broker for over {}: shards given up until it answers again",
+                humantime::format_duration(self.config.stall_timeout)
+            )),
+        );
+        Ok(false)
     }
 
     /// The main loop: passes over the owned shards, adaptive waits.
@@ -333,6 +387,7 @@ impl<P: Publisher> Inner<P> {
             let wait = match cycle {
                 Ok(report) if report.transient_failures > 0 && report.published == 0 => {
                     // The broker is away: not a successful cycle, and no hurry.
+                    self.stalled_since().get_or_insert_with(Instant::now);
                     self.state.cycle(Err(format!(
                         "{} events failed to publish: the broker is unavailable",
                         report.transient_failures
@@ -341,6 +396,9 @@ impl<P: Publisher> Inner<P> {
                     idle_wait
                 }
                 Ok(report) => {
+                    if report.published > 0 {
+                        *self.stalled_since() = None;
+                    }
                     self.state.cycle(Ok(owned));
                     if report.full {
                         Duration::ZERO
@@ -647,7 +705,7 @@ impl<P: Publisher> Inner<P> {
         if let Some(problem) = &problem {
             error!(relay = %self.relay_id, "{problem}");
         }
-        self.state.misconfigured(problem);
+        self.state.concern(Concern::OutsideShards, problem);
         Ok(())
     }
 

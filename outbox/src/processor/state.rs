@@ -1,5 +1,6 @@
 //! What a running relay knows about itself: counters, health, backlog.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -48,8 +49,19 @@ struct Health {
     backlog: Backlog,
     backlog_at: chrono::DateTime<Utc>,
     owned_shards: usize,
-    misconfigured: Option<String>,
-    yielded: Option<String>,
+    /// Problems found at run time that make the relay unhealthy, by kind.
+    concerns: BTreeMap<Concern, String>,
+}
+
+/// A kind of problem the relay finds while it runs, each set and cleared on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Concern {
+    /// Pending events in shards the relay's shard count does not cover.
+    OutsideShards,
+    /// Another service's relays publish the same table.
+    OtherService,
+    /// Nothing delivered to the broker for longer than the stall timeout.
+    Stalled,
 }
 
 /// Shared between the relay's tasks and its handle.
@@ -81,8 +93,7 @@ impl State {
                 backlog: Backlog::default(),
                 backlog_at: Utc::now(),
                 owned_shards: 0,
-                misconfigured: None,
-                yielded: None,
+                concerns: BTreeMap::new(),
             }),
         }
     }
@@ -123,15 +134,13 @@ impl State {
         health.backlog_at = Utc::now();
     }
 
-    /// Records a configuration problem found at run time, or that there is none.
-    pub(crate) fn misconfigured(&self, problem: Option<String>) {
-        self.health().misconfigured = problem;
-    }
-
-    /// Records that the relay gives way to another service on its table, or that it
-    /// does not.
-    pub(crate) fn yielded(&self, problem: Option<String>) {
-        self.health().yielded = problem;
+    /// Records a problem of kind `concern` found at run time, or that there is none.
+    pub(crate) fn concern(&self, concern: Concern, problem: Option<String>) {
+        let mut health = self.health();
+        match problem {
+            Some(problem) => health.concerns.insert(concern, problem),
+            None => health.concerns.remove(&concern),
+        };
     }
 
     pub(crate) fn probes(
@@ -173,8 +182,9 @@ impl State {
         }
     }
 
-    /// Healthy when running, no configuration problem was found (pending events in
-    /// shards the relay's shard count does not cover), a cycle succeeded within the
+    /// Healthy when running, no problem was found at run time (pending events in
+    /// shards the relay's shard count does not cover, another service on the table,
+    /// nothing delivered for the stall timeout), a cycle succeeded within the
     /// health timeout, and the last probes reached the broker and the database.
     pub(crate) fn healthcheck(&self) -> Result<()> {
         let health = self.health();
@@ -182,7 +192,7 @@ impl State {
         if !health.running {
             return unhealthy("the relay is not running".to_owned());
         }
-        if let Some(problem) = health.misconfigured.as_ref().or(health.yielded.as_ref()) {
+        if let Some(problem) = health.concerns.values().next() {
             return unhealthy(problem.clone());
         }
         if let Some(error) = &health.broker_error {
