@@ -17,22 +17,27 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 
 fail() { echo "scripts/test.sh: $*" >&2; exit 1; }
 
+# DATABASE_URL without its password, for messages.
+shown_url() {
+    sed -E 's#(://[^:/@]*:)[^@]*@#\1***@#; s#((ssl)?password=)[^&]*#\1***#g' <<<"$DATABASE_URL"
+}
+
 check_postgres() {
     if command -v pg_isready >/dev/null 2>&1; then
         pg_isready -q -d "$DATABASE_URL" -t 10 \
-            || fail "PostgreSQL is not accepting connections at $DATABASE_URL (start it, or set DATABASE_URL)"
+            || fail "PostgreSQL is not accepting connections at $(shown_url) (start it, or set DATABASE_URL)"
     else
         # No client tools: at least check that the port answers.
         local hostport host port
         hostport=$(sed -E 's#^[a-z]+://([^@/]*@)?([^/?]*).*#\2#' <<<"$DATABASE_URL")
         host=${hostport%:*}; port=${hostport##*:}; [ "$port" = "$hostport" ] && port=5432
         (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null \
-            || fail "nothing listens at $host:$port for DATABASE_URL=$DATABASE_URL"
+            || fail "nothing listens at $host:$port for DATABASE_URL=$(shown_url)"
     fi
 }
 
 check_postgres
-echo "scripts/test.sh: PostgreSQL at $DATABASE_URL"
+echo "scripts/test.sh: PostgreSQL at $(shown_url)"
 
 if [ -z "${KAFKA_BROKERS:-}" ]; then
     scripts/broker.sh stop # a broker left by an interrupted run

@@ -14,6 +14,7 @@
 //! Every command reads `DATABASE_URL` (or `--database-url`); `--json` prints JSON for
 //! scripts. Commands that write do a dry run unless given `--yes`.
 
+mod redact;
 mod table;
 
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::redact::Secrets;
 use crate::table::Table;
 
 #[derive(Debug, Parser)]
@@ -174,22 +176,11 @@ async fn connect(url: Option<&str>, timeout: Duration) -> Result<DatabaseConnect
         .acquire_timeout(timeout)
         .sqlx_logging(false);
     Database::connect(options).await.map_err(|error| {
-        format!("cannot connect to the database at {}: {error}", redact(url)).into()
+        let secrets = Secrets::of_url(url);
+        secrets
+            .scrub(&format!("cannot connect to the database at {url}: {error}"))
+            .into()
     })
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 fn print_json(value: &impl Serialize) -> Result<(), Failure> {
@@ -421,17 +412,4 @@ async fn relay(db: DatabaseConnection, outbox: Outbox, brokers: &str) -> Result<
     relay.shutdown().await?;
     eprintln!("relay stopped after publishing {} events", stats.published);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            super::redact("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(super::redact("postgres://app@db/x"), "postgres://app@db/x");
-        assert_eq!(super::redact("sqlite::memory:"), "sqlite::memory:");
-    }
 }

@@ -269,6 +269,32 @@ fn bad_database_urls_are_explained() {
     );
     assert!(!error.contains("s3cret"), "the password is not printed");
 
+    // Passwords that break URL parsing, or hide in the query, are not printed either,
+    // neither in the URL nor in what sqlx reports about it.
+    for (url, password) in [
+        (
+            "postgres://app:pa/ss#w?rd@127.0.0.1:1/nowhere",
+            "pa/ss#w?rd",
+        ),
+        (
+            "postgres://app@127.0.0.1:1/nowhere?password=s3cr%2Ft",
+            "s3cr",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_outbox"))
+            .args(["status", "--connect-timeout", "1s"])
+            .env("DATABASE_URL", url)
+            .output()
+            .expect("run");
+        let error = stderr_of_failure(&output);
+        assert!(error.starts_with("error: cannot connect"), "{error}");
+        assert!(!error.contains(password), "{url}: {error}");
+        assert!(
+            !error.contains("s3cr/t"),
+            "{url}: the decoded form neither: {error}"
+        );
+    }
+
     let output = Command::new(env!("CARGO_BIN_EXE_outbox"))
         .args(["status"])
         .env_remove("DATABASE_URL")

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
 
 /// Requests in flight per broker connection.
 const MAX_IN_FLIGHT: &str = "max.in.flight.requests.per.connection";
@@ -44,6 +45,10 @@ const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// assert_eq!(config.client_config().get("enable.idempotence"), Some("true"));
 /// assert_eq!(config.delivery_timeout(), Duration::from_secs(10));
 /// ```
+///
+/// Values of secret properties (any with `password` or `secret` in the name, private
+/// keys, SASL and OAUTHBEARER configurations) appear in no error, log line or `Debug`
+/// output.
 #[derive(Clone)]
 pub struct KafkaConfig {
     client: ClientConfig,
@@ -131,6 +136,60 @@ impl KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// The values of the properties that hold secrets.
+    fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = self
+            .client
+            .config_map()
+            .iter()
+            .filter(|(key, value)| is_secret(key) && !value.is_empty())
+            .map(|(_, value)| value.to_string())
+            .collect();
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        secrets
+    }
+
+    /// `error` with every secret value of this configuration replaced by `***`:
+    /// librdkafka's configuration errors quote the value they refuse.
+    pub(super) fn redact(&self, error: KafkaError) -> KafkaError {
+        let secrets = self.secrets();
+        let scrub = |text: &str| {
+            secrets.iter().fold(text.to_owned(), |text, secret| {
+                text.replace(secret.as_str(), "***")
+            })
+        };
+        match error {
+            KafkaError::ClientConfig(result, description, key, value) => {
+                let value = if is_secret(&key) {
+                    "***".to_owned()
+                } else {
+                    scrub(&value)
+                };
+                KafkaError::ClientConfig(result, scrub(&description), key, value)
+            }
+            KafkaError::ClientCreation(message) => KafkaError::ClientCreation(scrub(&message)),
+            other => other,
+        }
+    }
+}
+
+/// Whether a librdkafka property holds a secret (passwords, client secrets, private
+/// keys, SASL and OAUTHBEARER configurations): its value never appears in errors,
+/// logs or `Debug` output.
+fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "ssl.key.pem",
+        "sasl.oauthbearer.config",
+        "jaas",
+    ]
+    .iter()
+    .any(|part| key.contains(part))
+}
+
 impl fmt::Debug for KafkaConfig {
     /// Shows the keys only: values may hold credentials.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -138,5 +197,43 @@ impl fmt::Debug for KafkaConfig {
         let mut keys: Vec<&&str> = map.keys().collect();
         keys.sort();
         f.debug_struct("KafkaConfig").field("keys", &keys).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_values_appear_in_no_error_and_no_debug_output() {
+        for (key, secret) in [
+            ("ssl.key.password", "hunter2-key"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----abc"),
+            ("sasl.oauthbearer.client.secret", "hunter2-oidc"),
+        ] {
+            let config = KafkaConfig::new("127.0.0.1:1")
+                .set("sasl.password", "hunter2-sasl")
+                .set(key, secret);
+            assert!(!format!("{config:?}").contains("hunter2"));
+            // This build has no OpenSSL: librdkafka refuses the property, quoting it.
+            let Err(error) = config
+                .producer_config()
+                .create::<rdkafka::producer::FutureProducer>()
+            else {
+                panic!("{key} is refused in a build without OpenSSL");
+            };
+            assert!(
+                format!("{error}").contains(secret),
+                "the raw error quotes it"
+            );
+            let redacted = config.redact(error);
+            for shown in [format!("{redacted}"), format!("{redacted:?}")] {
+                assert!(!shown.contains(secret), "{shown}");
+                assert!(
+                    shown.contains(key),
+                    "the error still names the property: {shown}"
+                );
+            }
+        }
     }
 }

@@ -115,7 +115,10 @@ impl KafkaPublisher {
     /// # Errors
     /// [`Error::Kafka`](crate::Error::Kafka) when the configuration is invalid.
     pub fn from_config(config: KafkaConfig) -> Result<Self> {
-        let producer = config.producer_config().create()?;
+        let producer = config
+            .producer_config()
+            .create()
+            .map_err(|error| config.redact(error))?;
         Ok(KafkaPublisher {
             delivery_timeout: config.delivery_timeout(),
             config,
@@ -146,6 +149,7 @@ impl KafkaPublisher {
                 *current = fresh;
             }
             Err(error) => {
+                let error = self.config.redact(error);
                 warn!(%reason, %error, "the Kafka producer must be replaced but could not be recreated")
             }
         }
