@@ -3,7 +3,6 @@
 
 use outbox::Tables;
 use outbox_migration::Migrator;
-use outbox_migration::m20261127_000001_create_outbox_tables::Migration;
 use outbox_tests::{PgSchema, sqlite};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
@@ -45,11 +44,12 @@ async fn index_names(db: &DatabaseConnection, schema: Option<&str>) -> Vec<Strin
         .collect()
 }
 
-const INDEXES: [&str; 7] = [
+const INDEXES: [&str; 8] = [
     "idx__outbox_aggregate_id",
     "idx__outbox_claim",
     "idx__outbox_dead",
     "idx__outbox_destination_topic",
+    "idx__outbox_parked",
     "idx__outbox_published_at",
     "idx__outbox_retry",
     "idx__outbox_trace_id",
@@ -98,7 +98,7 @@ impl MigratorTrait for CustomMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         let tables = Tables::with_base("billing_outbox").expect("valid base name");
         let mut migrations = outbox_migration::migrations();
-        migrations.push(Box::new(Migration::new(tables)));
+        migrations.extend(outbox_migration::migrations_for(&tables));
         migrations
     }
 }
@@ -128,7 +128,9 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
         applied,
         [
             "m20261127_000001_create_outbox_tables",
-            "m20261127_000001_create_outbox_tables_billing_outbox"
+            "m20261127_000002_park_waiting_events",
+            "m20261127_000001_create_outbox_tables_billing_outbox",
+            "m20261127_000002_park_waiting_events_billing_outbox"
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");

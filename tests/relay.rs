@@ -280,6 +280,8 @@ async fn retries_back_off_and_then_publish(db: DatabaseConnection) {
         [(1, 200), (2, 400)],
         "delays double from the retry delay"
     );
+    // The later event was parked behind the retried one; it goes out in the next pass.
+    processor.process_events(10).await.expect("process");
     let order: Vec<u64> = per_key_order(&publisher.messages())
         .remove("flaky")
         .unwrap_or_default();
@@ -627,6 +629,189 @@ async fn ages_past_every_date_are_refused() {
     }
 }
 
+async fn parked_flags(db: &DatabaseConnection, key: &str) -> Vec<bool> {
+    row::Entity::find()
+        .filter(row::Column::PartitionKey.eq(key))
+        .order_by_asc(row::Column::Seq)
+        .all(db)
+        .await
+        .expect("rows")
+        .into_iter()
+        .map(|r| r.parked)
+        .collect()
+}
+
+/// The events behind a key's failed event are parked (out of the claim index), those
+/// stored while it waits too; when it is published they go out, in order. Parked
+/// events whose failed event went through by other means are unparked by the relay.
+async fn events_behind_a_failed_one_are_parked_and_follow_it(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let publisher = Refusing::default();
+    let head = outbox
+        .store(&db, &counter("blocked", 0), "counters")
+        .await
+        .expect("store");
+    outbox
+        .store(&db, &counter("blocked", 1), "counters")
+        .await
+        .expect("store");
+    publisher.poison(head);
+    let processor = Processor::new(
+        ProcessorConfig {
+            retry_delay: Duration::from_secs(3600),
+            max_retry_delay: Duration::from_secs(3600),
+            ..fast_config("parked")
+        },
+        db.clone(),
+        publisher.clone(),
+    )
+    .expect("valid relay config")
+    .with_outbox(outbox.clone());
+    processor.process_events(10).await.expect("process");
+    for n in 2..5 {
+        outbox
+            .store(&db, &counter("blocked", n), "counters")
+            .await
+            .expect("store while blocked");
+    }
+    assert_eq!(
+        parked_flags(&db, "blocked").await,
+        [false, true, true, true, true],
+        "parked by the relay when the first event failed, then at store time"
+    );
+    assert_eq!(outbox.backlog(&db).await.expect("backlog").pending, 5);
+
+    // However they came to be unparked, events behind the failed one are parked by
+    // the claim that meets them, never published ahead of it.
+    row::Entity::update_many()
+        .col_expr(row::Column::Parked, Expr::value(false))
+        .exec(&db)
+        .await
+        .expect("unpark by hand");
+    processor.process_events(10).await.expect("process");
+    assert!(publisher.inner.messages().is_empty());
+    assert_eq!(
+        parked_flags(&db, "blocked").await,
+        [false, true, true, true, true],
+        "parked again by the claim"
+    );
+
+    // The failed event goes through by hand: the relay unparks the rest.
+    outbox
+        .mark_events_as_published(&db, &[head])
+        .await
+        .expect("mark");
+    processor.process_events(10).await.expect("process");
+    processor.process_events(10).await.expect("process");
+    let order = per_key_order(&publisher.inner.messages())
+        .remove("blocked")
+        .unwrap_or_default();
+    assert_eq!(order, [1, 2, 3, 4]);
+    assert_eq!(
+        parked_flags(&db, "blocked").await,
+        [false; 5],
+        "nothing stays parked"
+    );
+}
+
+/// An event stored after its key's failure must not overtake the events parked by
+/// that failure when the failed event is due again (found by the torture suite).
+async fn an_event_stored_after_a_failure_does_not_overtake_the_parked_ones(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let head = outbox
+        .store(&db, &counter("k", 0), "counters")
+        .await
+        .expect("store");
+    for n in 1..3 {
+        outbox
+            .store(&db, &counter("k", n), "counters")
+            .await
+            .expect("store");
+    }
+    publisher.fail_next(head, [PublishError::permanent("refused once")]);
+    let processor = Processor::new(fast_config("overtake"), db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone());
+    processor
+        .process_events(10)
+        .await
+        .expect("the first event fails");
+    outbox
+        .store(&db, &counter("k", 3), "counters")
+        .await
+        .expect("store after the failure");
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the retry delay
+    for _ in 0..3 {
+        processor.process_events(10).await.expect("process");
+    }
+    let order = per_key_order(&publisher.messages())
+        .remove("k")
+        .unwrap_or_default();
+    assert_eq!(order, [0, 1, 2, 3]);
+}
+
+/// Events left parked when their key's failed event went through without unparking
+/// them (a store whose transaction was open while the relay wrote the failed event
+/// back) are unparked as soon as a later event of the key is claimed, in order,
+/// without waiting for the relay's periodic sweep.
+async fn orphaned_parked_events_go_out_in_order_with_the_next_event(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let head = outbox
+        .store(&db, &counter("k", 0), "counters")
+        .await
+        .expect("store");
+    publisher.fail_next(head, [PublishError::permanent("refused")]);
+    let relay = Processor::new(
+        ProcessorConfig {
+            retry_delay: Duration::from_secs(3600),
+            max_retry_delay: Duration::from_secs(3600),
+            ..fast_config("orphans")
+        },
+        db.clone(),
+        publisher.clone(),
+    )
+    .expect("valid relay config")
+    .with_outbox(outbox.clone())
+    .spawn();
+    eventually(
+        "the first event failed",
+        Duration::from_secs(10),
+        || async { outbox.get_unpublished(&db, 1).await.expect("pending")[0].attempts == 1 },
+    )
+    .await;
+    for n in 1..3 {
+        outbox
+            .store(&db, &counter("k", n), "counters")
+            .await
+            .expect("store while blocked");
+    }
+    assert_eq!(parked_flags(&db, "k").await, [false, true, true]);
+    // The failed event goes out by other means, leaving the others parked.
+    row::Entity::update_many()
+        .col_expr(row::Column::Published, Expr::value(true))
+        .filter(row::Column::Id.eq(head))
+        .exec(&db)
+        .await
+        .expect("publish by hand");
+    outbox
+        .store(&db, &counter("k", 3), "counters")
+        .await
+        .expect("store after");
+    eventually(
+        "the parked events and the new one are published, before any sweep",
+        Duration::from_secs(5),
+        || async { publisher.messages().len() == 3 },
+    )
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    let order = per_key_order(&publisher.messages())
+        .remove("k")
+        .unwrap_or_default();
+    assert_eq!(order, [1, 2, 3]);
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -658,6 +843,9 @@ on_both_backends!(
     cleanup_removes_only_expired_published_events,
     manual_api_records_failures_like_the_seed,
     null_partition_key_holds_back_its_aggregate,
+    events_behind_a_failed_one_are_parked_and_follow_it,
+    an_event_stored_after_a_failure_does_not_overtake_the_parked_ones,
+    orphaned_parked_events_go_out_in_order_with_the_next_event,
 );
 
 /// Three relays of one service share the shards and keep each key in order.
@@ -1171,4 +1359,55 @@ async fn postgres_a_second_service_on_one_table_publishes_nothing_while_the_firs
     .await;
     second.shutdown().await.expect("shutdown");
     pg.drop().await;
+}
+
+/// The status figures read pending and dead-lettered events through their indexes,
+/// never the published history: with 3,000 published events and 12 others, they touch
+/// a few dozen rows at most.
+#[tokio::test]
+async fn postgres_status_figures_do_not_read_the_published_history() {
+    let pg = PgSchema::migrated().await;
+    pg.db
+        .execute_unprepared(
+            "INSERT INTO _outbox (id, event_type, aggregate_id, event_data, destination_topic, partition_key, shard, published, published_at) \
+             SELECT gen_random_uuid(), 'old', 'k' || (g % 64), '{}'::jsonb, 'history', 'k' || (g % 64), g % 16, TRUE, now() \
+             FROM generate_series(1, 3000) g",
+        )
+        .await
+        .expect("history");
+    let outbox = Outbox::new();
+    store_interleaved(&pg.db, &outbox, 4, 3).await;
+    pg.db
+        .execute_unprepared("ANALYZE _outbox")
+        .await
+        .expect("analyze");
+
+    let txn = pg.db.begin().await.expect("begin");
+    txn.execute_unprepared("SET LOCAL enable_seqscan = off")
+        .await
+        .expect("no sequential scans where an index serves");
+    let before = rows_read(&txn, &pg.schema).await;
+    let backlog = outbox.backlog(&txn).await.expect("backlog");
+    let topics = outbox.topic_backlog(&txn).await.expect("topics");
+    let read = rows_read(&txn, &pg.schema).await - before;
+    txn.commit().await.expect("commit");
+    assert_eq!(backlog.pending, 12);
+    assert!(backlog.oldest_pending_at.is_some());
+    assert_eq!(topics.len(), 1, "{topics:?}");
+    assert!(read < 100, "the status figures read {read} rows");
+    pg.drop().await;
+}
+
+/// Rows of `_outbox` read so far in this transaction, by sequential and index scans.
+async fn rows_read(txn: &sea_orm::DatabaseTransaction, schema: &str) -> i64 {
+    let statement = Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::int8 AS n \
+         FROM pg_stat_xact_user_tables WHERE schemaname = $1 AND relname = '_outbox'",
+        [schema.into()],
+    );
+    txn.query_one_raw(statement)
+        .await
+        .expect("stats")
+        .map_or(0, |row| row.try_get::<i64>("", "n").expect("n"))
 }

@@ -317,12 +317,12 @@ async fn invalid_input_is_rejected_and_nothing_is_written(db: &DatabaseConnectio
 
 async fn custom_tables_are_used(db: &DatabaseConnection) {
     let tables = Tables::with_base("billing_outbox").expect("valid base");
-    let migration =
-        outbox_migration::m20261127_000001_create_outbox_tables::Migration::new(tables.clone());
     let manager = sea_orm_migration::SchemaManager::new(db);
-    sea_orm_migration::MigrationTrait::up(&migration, &manager)
-        .await
-        .expect("create custom tables");
+    for migration in outbox_migration::migrations_for(&tables) {
+        sea_orm_migration::MigrationTrait::up(&*migration, &manager)
+            .await
+            .expect("create custom tables");
+    }
     let outbox = Outbox::new().with_tables(tables);
     outbox
         .store(db, &registered(), "user-events")

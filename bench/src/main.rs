@@ -57,6 +57,13 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
+    /// The claim behind a blocked key only: flowing keys' throughput with `blocked`
+    /// events piled up behind one key's failed event, against nothing blocked.
+    Blocked {
+        /// Events behind the blocked key.
+        #[arg(long, default_value_t = 100_000)]
+        blocked: usize,
+    },
     /// Internal: a relay process for the cross-process latency scenario.
     #[command(hide = true)]
     RelayProcess {
@@ -94,6 +101,12 @@ async fn main() -> Result<(), scenarios::Failure> {
         Command::Latency { duration } => {
             let size = scenarios::Size::latency_only(duration);
             let report = scenarios::run_latency(&cli.database_url, &cli.brokers, &size).await?;
+            println!("{}", report.table());
+            Ok(())
+        }
+        Command::Blocked { blocked } => {
+            let size = scenarios::Size::blocked_only(blocked);
+            let report = scenarios::run_blocked(&cli.database_url, &cli.brokers, &size).await?;
             println!("{}", report.table());
             Ok(())
         }

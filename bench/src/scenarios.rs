@@ -34,6 +34,8 @@ pub(crate) struct Size {
     relay_events: usize,
     scale_events: usize,
     retained: usize,
+    blocked: usize,
+    flowing: usize,
     latency: Duration,
     rate: u64,
 }
@@ -46,6 +48,8 @@ impl Size {
             relay_events: 5_000,
             scale_events: 3_000,
             retained: 10_000,
+            blocked: 5_000,
+            flowing: 3_000,
             latency: Duration::from_secs(2),
             rate: 1_000,
         }
@@ -55,6 +59,14 @@ impl Size {
     pub(crate) fn relay_only(events: usize) -> Self {
         Size {
             relay_events: events,
+            ..Self::full()
+        }
+    }
+
+    /// The full sizes, with `blocked` events behind the blocked key.
+    pub(crate) fn blocked_only(blocked: usize) -> Self {
+        Size {
+            blocked,
             ..Self::full()
         }
     }
@@ -74,6 +86,8 @@ impl Size {
             relay_events: 200_000,
             scale_events: 50_000,
             retained: 1_000_000,
+            blocked: 100_000,
+            flowing: 20_000,
             latency: Duration::from_secs(30),
             rate: 1_000,
         }
@@ -298,11 +312,21 @@ async fn drain<P: outbox::Publisher + Clone>(
     processors: usize,
     events: usize,
 ) -> Result<f64, Failure> {
+    drain_with(db, publisher, processors, events, &relay_config("bench")).await
+}
+
+/// [`drain`] with relays configured by `config`.
+async fn drain_with<P: outbox::Publisher + Clone>(
+    db: &DatabaseConnection,
+    publisher: &P,
+    processors: usize,
+    events: usize,
+    config: &ProcessorConfig,
+) -> Result<f64, Failure> {
     let started = Instant::now();
     let relays = (0..processors)
         .map(|_| {
-            Processor::new(relay_config("bench"), db.clone(), publisher.clone())
-                .map(Processor::spawn)
+            Processor::new(config.clone(), db.clone(), publisher.clone()).map(Processor::spawn)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let target = events as u64;
@@ -331,7 +355,120 @@ pub(crate) async fn run_all(url: &str, brokers: &str, size: &Size) -> Result<Rep
     store_overhead(url, size, &mut report).await?;
     latency(url, brokers, size, &mut report).await?;
     scale(url, brokers, size, &mut report).await?;
+    blocked_key(url, size, &mut report).await?;
     Ok(report)
+}
+
+/// Stores `events` (key, n) with `outbox`, 2,000 per statement.
+async fn preload_keys(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    events: impl Iterator<Item = (String, usize)>,
+) -> Result<(), Failure> {
+    let envelopes: Vec<Envelope> = events
+        .map(|(key, n)| {
+            Envelope::new(
+                &EventBuilder::new("bench.event", key).data(payload(n)),
+                "bench",
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    for chunk in envelopes.chunks(2000) {
+        outbox.store_batch(db, chunk.to_vec()).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn run_blocked(url: &str, brokers: &str, size: &Size) -> Result<Report, Failure> {
+    let mut report = Report {
+        quick: size.quick,
+        machine: machine(url, brokers, size).await?,
+        ..Report::default()
+    };
+    blocked_key(url, size, &mut report).await?;
+    Ok(report)
+}
+
+/// (8): the relay's claim behind a blocked key. One key's first event failed and waits
+/// (a day), `blocked` events of that key piled up behind it; 63 other keys flow. The
+/// flowing keys' throughput against the same run with nothing blocked, broker left
+/// out (no-op publisher), so the database's side is what is measured. Twice: over the
+/// usual 16 shards, and over one shard, where every claim would have to pass the
+/// blocked key's events.
+async fn blocked_key(url: &str, size: &Size, report: &mut Report) -> Result<(), Failure> {
+    for shards in [16, 1] {
+        let shards = std::num::NonZeroU16::new(shards).ok_or("shards")?;
+        let outbox = Outbox::new().with_shards(shards);
+        let config = ProcessorConfig {
+            shards,
+            ..relay_config("bench")
+        };
+        let free = flowing_throughput(url, size, &outbox, &config, 0).await?;
+        let blocked = flowing_throughput(url, size, &outbox, &config, size.blocked).await?;
+        report.add(
+            "blocked key",
+            format!("{shards} shards: {} events over 63 keys", size.flowing),
+            free,
+            "events/s",
+        );
+        report
+            .add(
+                "blocked key",
+                format!(
+                    "{shards} shards: the same, {} events behind one blocked key",
+                    size.blocked
+                ),
+                blocked,
+                "events/s",
+            )
+            .ratio(blocked / free, "of nothing blocked")
+            .target(">= 0.90x", blocked / free >= 0.9);
+    }
+    Ok(())
+}
+
+/// Publishes `size.flowing` events over 63 keys, with `blocked` events waiting behind
+/// one key's failed event (stored while it waits, as they would arrive); events/s.
+async fn flowing_throughput(
+    url: &str,
+    size: &Size,
+    outbox: &Outbox,
+    config: &ProcessorConfig,
+    blocked: usize,
+) -> Result<f64, Failure> {
+    let schema = Schema::create(url, 10).await?;
+    if blocked > 0 {
+        let head = outbox
+            .store(
+                &schema.db,
+                &EventBuilder::new("bench.event", "blocked").data(payload(0)),
+                "bench",
+            )
+            .await?;
+        let waits_a_day = ProcessorConfig {
+            retry_delay: Duration::from_secs(86_400),
+            max_retry_delay: Duration::from_secs(86_400),
+            ..ProcessorConfig::default()
+        };
+        outbox
+            .handle_event_failure(&schema.db, head, "refused", &waits_a_day)
+            .await?;
+        preload_keys(
+            &schema.db,
+            outbox,
+            (1..=blocked).map(|n| ("blocked".to_owned(), n)),
+        )
+        .await?;
+    }
+    let flowing = (0..size.flowing).map(|n| (format!("key-{}", 1 + n % 63), n));
+    preload_keys(&schema.db, outbox, flowing).await?;
+    schema
+        .db
+        .execute_unprepared("VACUUM ANALYZE _outbox")
+        .await?;
+    let rate = drain_with(&schema.db, &NoOpPublisher, 1, size.flowing, config).await?;
+    schema.drop().await?;
+    Ok(rate)
 }
 
 /// Relay throughput and its limits (scenarios 2 and 5), first: peak memory is read

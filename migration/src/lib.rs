@@ -20,17 +20,29 @@
 //! ```
 //!
 //! Both PostgreSQL and SQLite are supported. For tables with other names, construct
-//! the migrations with [`m20261127_000001_create_outbox_tables::Migration::new`].
+//! the migrations with [`migrations_for`].
 
 pub mod m20261127_000001_create_outbox_tables;
+pub mod m20261127_000002_park_waiting_events;
 
 use sea_orm_migration::prelude::*;
 
 /// The outbox's migrations over the default table names, in order.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(
-        m20261127_000001_create_outbox_tables::Migration::default(),
-    )]
+    migrations_for(&outbox::Tables::default())
+}
+
+/// The outbox's migrations over `tables`, in order. Their names carry the base table's
+/// name (unless it is the default), so several outboxes can live in one `Migrator`.
+pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
+    vec![
+        Box::new(m20261127_000001_create_outbox_tables::Migration::new(
+            tables.clone(),
+        )),
+        Box::new(m20261127_000002_park_waiting_events::Migration::new(
+            tables.clone(),
+        )),
+    ]
 }
 
 /// A migrator with only the outbox's migrations, used by the CLI and the tests.

@@ -102,6 +102,21 @@ pub(crate) struct ClaimedRow {
     pub(crate) user_id: Option<String>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) attempts: i32,
+    /// Whether it failed before: its key's later events may be parked behind it.
+    pub(crate) retried: bool,
+    /// Whether an event of its key waits for a retry.
+    pub(crate) waiting: bool,
+    /// Whether an event of its key failed and is pending.
+    pub(crate) failing: bool,
+    /// Whether an earlier event of its key is parked.
+    pub(crate) after_parked: bool,
+}
+
+impl ClaimedRow {
+    /// Whether it must wait for an earlier event of its key.
+    pub(crate) fn behind(&self) -> bool {
+        self.waiting || self.after_parked
+    }
 }
 
 impl From<ClaimedRow> for Message {

@@ -83,6 +83,12 @@ pub struct RelayInfo {
 }
 
 #[derive(Debug, FromQueryResult)]
+struct ParkedKey {
+    shard: i32,
+    key: String,
+}
+
+#[derive(Debug, FromQueryResult)]
 struct CountRow {
     n: i64,
 }
@@ -210,6 +216,10 @@ impl Outbox {
         for chunk in ids.chunks(1000) {
             let statement = dialect.mark_published(self.tables().outbox(), "id", chunk, Utc::now());
             marked += conn.execute_raw(statement).await?.rows_affected();
+        }
+        if marked > 0 {
+            // A published event may have held later events of its key parked.
+            self.unpark_orphans(conn).await?;
         }
         Ok(marked)
     }
@@ -369,6 +379,26 @@ impl Outbox {
         Ok(count.map_or(0, |c| u64::try_from(c.n).unwrap_or(0)))
     }
 
+    /// Unparks the events whose key no longer has a failed pending event (after a
+    /// manual `mark_events_as_published`, `replay` or the like), so no event stays
+    /// parked for good. The relay runs it every few seconds.
+    ///
+    /// # Errors
+    /// The database's.
+    pub(crate) async fn unpark_orphans<C: ConnectionTrait>(&self, conn: &C) -> Result<u64> {
+        let dialect = self.dialect(conn)?;
+        let table = self.tables().outbox();
+        let orphans = ParkedKey::find_by_statement(dialect.orphaned_parked_keys(table))
+            .all(conn)
+            .await?;
+        let mut unparked = 0;
+        for orphan in orphans {
+            let statement = dialect.unpark(table, orphan.shard, &[orphan.key.as_str()]);
+            unparked += conn.execute_raw(statement).await?.rows_affected();
+        }
+        Ok(unparked)
+    }
+
     /// How many pending events sit in shards at or above this outbox's shard count:
     /// stored by a writer configured with more shards, they are leased by no relay of
     /// this count and would wait forever. Anything above zero is a misconfiguration.
@@ -388,7 +418,9 @@ impl Outbox {
     /// # Errors
     /// The database's.
     pub async fn backlog<C: ConnectionTrait>(&self, conn: &C) -> Result<Backlog> {
-        let statement = self.dialect(conn)?.backlog(self.tables().outbox());
+        let statement = self
+            .dialect(conn)?
+            .backlog(self.tables().outbox(), self.shards());
         let row = BacklogRow::find_by_statement(statement).one(conn).await?;
         Ok(row.map_or_else(Backlog::default, |row| Backlog {
             pending: u64::try_from(row.pending).unwrap_or(0),

@@ -56,6 +56,9 @@ pub struct Model {
     /// When the event was dead-lettered after its last allowed attempt. A
     /// dead-lettered event is kept with its error until it is replayed.
     pub dead_lettered_at: Option<DateTimeUtc>,
+    /// Whether the event waits behind an earlier event of its key that failed (kept
+    /// out of the claim index until that event is published or dead-lettered).
+    pub parked: bool,
     /// The trace the event belongs to.
     pub trace_id: Option<String>,
     /// The user on whose behalf the event happened.

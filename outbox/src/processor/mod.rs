@@ -62,6 +62,10 @@ pub mod metric_names {
 /// The header a dead-lettered event carries on the dead-letter topic.
 pub const DEAD_LETTER_ERROR_HEADER: &str = "dead_letter_error";
 
+/// How often parked events whose failed event went through by other means than the
+/// relay's write-back (a manual call; a relay that lost its lease while parking) are
+/// looked for: one pass over the parked index, then a probe per parked key.
+const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the backlog (pending count, oldest age) is measured.
 const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
 /// Rows deleted per cleanup statement.
@@ -242,6 +246,7 @@ impl<P: Publisher> Processor<P> {
     /// The database's. Publish failures are recorded on the events, not returned.
     pub async fn process_events(&self, batch_size: usize) -> Result<ProcessReport> {
         self.inner.lease_round().await?;
+        self.inner.outbox.unpark_orphans(&self.inner.db).await?;
         self.inner.process_owned(batch_size.max(1)).await
     }
 
@@ -372,6 +377,7 @@ impl<P: Publisher> Inner<P> {
     async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let config = &self.config;
         let mut next_backlog = Instant::now();
+        let mut next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
         let mut idle_wait = config.min_poll_interval;
         while !cancel.is_cancelled() {
             let cycle = async {
@@ -379,6 +385,10 @@ impl<P: Publisher> Inner<P> {
                 if Instant::now() >= next_backlog {
                     self.refresh_backlog().await?;
                     next_backlog = Instant::now() + BACKLOG_INTERVAL;
+                }
+                if Instant::now() >= next_sweep {
+                    self.outbox.unpark_orphans(&self.db).await?;
+                    next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
                 }
                 Ok::<_, Error>(report)
             }
@@ -507,6 +517,36 @@ impl<P: Publisher> Inner<P> {
         outcome
     }
 
+    /// Events a claim met behind an earlier event of their key: while the key is
+    /// failing, parks them with the rest of their key (once, so later claims pass none
+    /// of them); when it is not, the earlier parked events are orphans of a race with
+    /// a write-back, and the key's events are unparked to go out in order.
+    async fn settle_behind(&self, shard: i32, behind: &[ClaimedRow]) -> Result<()> {
+        let dialect = self.dialect()?;
+        let table = self.outbox.tables().outbox();
+        let mut first: std::collections::BTreeMap<&str, &ClaimedRow> =
+            std::collections::BTreeMap::new();
+        for row in behind {
+            first.entry(row.key.as_str()).or_insert(row);
+        }
+        let orphaned: Vec<&str> = first
+            .values()
+            .filter(|row| !row.failing)
+            .map(|row| row.key.as_str())
+            .collect();
+        if !orphaned.is_empty() {
+            self.db
+                .execute_raw(dialect.unpark(table, shard, &orphaned))
+                .await?;
+        }
+        for row in first.values().filter(|row| row.failing) {
+            self.db
+                .execute_raw(dialect.park_behind(table, shard, &row.key, row.seq - 1))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Claims, publishes and writes back one batch of `shard`, which is marked busy.
     async fn publish_shard(
         &self,
@@ -526,12 +566,23 @@ impl<P: Publisher> Inner<P> {
             let dialect = self.dialect()?;
             let tables = self.outbox.tables();
             let claim = dialect.claim(tables.outbox(), shard, self.clock.now(), batch_size);
-            let rows = ClaimedRow::find_by_statement(claim).all(&self.db).await?;
+            let (behind, rows): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
+                ClaimedRow::find_by_statement(claim)
+                    .all(&self.db)
+                    .await?
+                    .into_iter()
+                    .partition(ClaimedRow::behind);
+            self.settle_behind(shard, &behind).await?;
             let span = tracing::Span::current();
             span.record("batch_size", rows.len());
             if rows.is_empty() {
-                return Ok(ShardOutcome::Done(ProcessReport::default(), None));
+                let report = ProcessReport {
+                    full: !behind.is_empty(),
+                    ..ProcessReport::default()
+                };
+                return Ok(ShardOutcome::Done(report, None));
             }
+            let retried: HashSet<i64> = rows.iter().filter(|r| r.retried).map(|r| r.seq).collect();
             let messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
             span.record(
                 "attempt",
@@ -585,6 +636,29 @@ impl<P: Publisher> Inner<P> {
             for (message, _, update) in &updates {
                 txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, update))
                     .await?;
+                if update.dead_lettered_at.is_none() {
+                    // The key waits: its later events leave the claim index meanwhile.
+                    txn.execute_raw(dialect.park_behind(
+                        tables.outbox(),
+                        shard,
+                        &message.key,
+                        message.seq,
+                    ))
+                    .await?;
+                }
+            }
+            // Keys whose failed event is through (published or dead-lettered): their
+            // parked events go back in line.
+            let through: Vec<&str> = published
+                .iter()
+                .filter(|m| retried.contains(&m.seq))
+                .map(|m| m.key.as_str())
+                .chain(dead.iter().map(|m| m.key.as_str()))
+                .collect();
+            let unparked = !through.is_empty();
+            if unparked {
+                txn.execute_raw(dialect.unpark(tables.outbox(), shard, &through))
+                    .await?;
             }
             txn.commit().await?;
 
@@ -598,7 +672,8 @@ impl<P: Publisher> Inner<P> {
                     .iter()
                     .filter(|(_, error, _)| error.kind() == PublishErrorKind::Transient)
                     .count(),
-                full: messages.len() >= batch_size,
+                // Unparked events are ready now: go again at once, as after a full batch.
+                full: messages.len() >= batch_size || unparked || !behind.is_empty(),
             };
             Ok(ShardOutcome::Done(report, published.last().map(|m| m.id)))
         }

@@ -159,14 +159,27 @@ impl Dialect {
         }
     }
 
-    /// The events of `shard` that may be published now, oldest first: pending, not
-    /// dead-lettered, not waiting for a retry, and not behind an earlier event of their
-    /// key that waits for a retry.
+    /// The next events of `shard` that may be published now, oldest first: pending,
+    /// not dead-lettered, not parked, not waiting for a retry. Each comes with three
+    /// flags about its key: `waiting` (an event of it waits for a retry), `failing`
+    /// (an event of it failed and is pending, due or not) and `after_parked` (an
+    /// earlier event of it is parked). An event after a parked one must not go out: an
+    /// event stored after its key's failure would otherwise overtake the parked ones
+    /// once the failed event is due again. The relay parks such events while their
+    /// key is failing, and unparks the key's events when it is not (they stayed parked
+    /// by a race with the write-back that published the failed event).
     ///
     /// The keys waiting for a retry are found first, once, in a materialized CTE (a
     /// handful of rows, from the tiny `retry` index), so the anti-join runs against
     /// that list whatever the planner believes about the table: a correlated
     /// `NOT EXISTS` over the table itself can turn quadratic on stale statistics.
+    ///
+    /// The next `limit` ready events of the shard are found second, in their own
+    /// materialized CTE that the claim index answers alone (it holds `seq` and
+    /// `next_attempt_at`): asked for whole rows in `seq` order, the planner may walk
+    /// the primary key instead and filter, reading past every parked or published
+    /// event it meets. Events behind a waiting key are parked (out of the claim index),
+    /// so the claim's cost does not grow with them.
     pub(crate) fn claim(
         self,
         table: &Identifier,
@@ -183,17 +196,28 @@ impl Dialect {
             "WITH \"waiting\" AS MATERIALIZED (\
                 SELECT DISTINCT {waiting_key} AS \"key\" FROM {t} b \
                 WHERE b.\"shard\" = {shard} AND b.\"next_attempt_at\" > {now} \
-                  AND NOT b.\"published\" AND b.\"dead_lettered_at\" IS NULL) \
+                  AND NOT b.\"published\" AND b.\"dead_lettered_at\" IS NULL), \
+             \"failing\" AS MATERIALIZED (\
+                SELECT DISTINCT {waiting_key} AS \"key\" FROM {t} b \
+                WHERE b.\"shard\" = {shard} AND b.\"next_attempt_at\" IS NOT NULL \
+                  AND NOT b.\"published\" AND b.\"dead_lettered_at\" IS NULL), \
+             \"next\" AS MATERIALIZED (\
+                SELECT c.\"seq\" FROM {t} c \
+                WHERE c.\"shard\" = {shard} AND NOT c.\"published\" AND c.\"dead_lettered_at\" IS NULL AND NOT c.\"parked\" \
+                  AND (c.\"next_attempt_at\" IS NULL OR c.\"next_attempt_at\" <= {now}) \
+                ORDER BY c.\"seq\" LIMIT {limit}) \
              SELECT o.\"seq\", o.\"id\", o.\"event_type\", o.\"event_version\", o.\"aggregate_id\", \
                     o.\"destination_topic\", {key} AS \"key\", \
                     {payload} AS \"payload\", {headers} AS \"headers\", o.\"trace_id\", o.\"user_id\", \
-                    o.\"created_at\", o.\"attempts\" \
-             FROM {t} o \
-             WHERE o.\"shard\" = {shard} AND NOT o.\"published\" AND o.\"dead_lettered_at\" IS NULL \
-               AND (o.\"next_attempt_at\" IS NULL OR o.\"next_attempt_at\" <= {now}) \
-               AND NOT EXISTS (SELECT 1 FROM \"waiting\" w WHERE w.\"key\" = {key}) \
-             ORDER BY o.\"seq\" LIMIT {limit}",
+                    o.\"created_at\", o.\"attempts\", o.\"next_attempt_at\" IS NOT NULL AS \"retried\", \
+                    EXISTS (SELECT 1 FROM \"waiting\" w WHERE w.\"key\" = {key}) AS \"waiting\", \
+                    EXISTS (SELECT 1 FROM \"failing\" f WHERE f.\"key\" = {key}) AS \"failing\", \
+                    EXISTS (SELECT 1 FROM {t} p WHERE p.\"parked\" AND p.\"shard\" = o.\"shard\" \
+                        AND {parked_key} = {key} AND p.\"seq\" < o.\"seq\") AS \"after_parked\" \
+             FROM \"next\" n JOIN {t} o ON o.\"seq\" = n.\"seq\" \
+             ORDER BY o.\"seq\"",
             key = event_key("o"),
+            parked_key = event_key("p"),
             waiting_key = event_key("b"),
             payload = self.json_text("o.\"event_data\""),
             headers = self.json_text("o.\"headers\""),
@@ -231,7 +255,7 @@ impl Dialect {
         let mut p = Params::new(self);
         let now = p.bind(now);
         let sql = format!(
-            "UPDATE {} SET \"published\" = TRUE, \"published_at\" = {now}, \"updated_at\" = {now} \
+            "UPDATE {} SET \"published\" = TRUE, \"published_at\" = {now}, \"updated_at\" = {now}, \"parked\" = FALSE \
              WHERE \"{key_column}\" IN ({}) AND NOT \"published\"",
             table.quoted(),
             p.bind_all(keys.iter().copied()),
@@ -249,7 +273,7 @@ impl Dialect {
         let mut p = Params::new(self);
         let sql = format!(
             "UPDATE {} SET \"attempts\" = {}, \"last_attempt_at\" = {now}, \"updated_at\" = {now}, \
-                \"error_message\" = {}, \"next_attempt_at\" = {}, \"dead_lettered_at\" = {} \
+                \"error_message\" = {}, \"next_attempt_at\" = {}, \"dead_lettered_at\" = {}, \"parked\" = FALSE \
              WHERE \"id\" = {} AND NOT \"published\"",
             table.quoted(),
             p.bind(failure.attempts),
@@ -272,6 +296,60 @@ impl Dialect {
             self.lock_rows(),
         );
         p.into_statement(sql)
+    }
+
+    /// Parks the pending events of `key` in `shard` stored after `seq` (the event that
+    /// failed): a range scan of the claim index over the shard's unparked events.
+    pub(crate) fn park_behind(
+        self,
+        table: &Identifier,
+        shard: i32,
+        key: &str,
+        seq: i64,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "UPDATE {} SET \"parked\" = TRUE WHERE \"shard\" = {} AND {PENDING} AND NOT \"parked\" \
+               AND {} = {} AND \"seq\" > {}",
+            table.quoted(),
+            p.bind(shard),
+            event_key(table.quoted().as_str()),
+            p.bind(key),
+            p.bind(seq),
+        );
+        p.into_statement(sql)
+    }
+
+    /// Unparks the events of `keys` in `shard` (their failed event was published or
+    /// dead-lettered), through the `parked` index.
+    pub(crate) fn unpark(self, table: &Identifier, shard: i32, keys: &[&str]) -> Statement {
+        let mut p = Params::new(self);
+        let sql = format!(
+            "UPDATE {} SET \"parked\" = FALSE WHERE \"parked\" AND \"shard\" = {} AND {} IN ({})",
+            table.quoted(),
+            p.bind(shard),
+            event_key(table.quoted().as_str()),
+            p.bind_all(keys.iter().map(|key| (*key).to_owned())),
+        );
+        p.into_statement(sql)
+    }
+
+    /// The shards and keys of parked events whose key has no failed pending event any
+    /// more (its failed event was published, dead-lettered or replayed by other means
+    /// than the relay's write-back). The distinct keys are found first, then each is
+    /// checked once, on the small `retry` index.
+    pub(crate) fn orphaned_parked_keys(self, table: &Identifier) -> Statement {
+        let t = table.quoted();
+        let sql = format!(
+            "SELECT p.\"shard\", p.\"key\" FROM (\
+                SELECT DISTINCT \"shard\", {row_key} AS \"key\" FROM {t} WHERE \"parked\") AS p \
+             WHERE NOT EXISTS (SELECT 1 FROM {t} b WHERE b.\"shard\" = p.\"shard\" \
+                AND b.\"next_attempt_at\" IS NOT NULL AND NOT b.\"published\" AND b.\"dead_lettered_at\" IS NULL \
+                AND {b_key} = p.\"key\")",
+            row_key = event_key(&t),
+            b_key = event_key("b"),
+        );
+        Params::new(self).into_statement(sql)
     }
 
     /// Records what a service published last (the seed's offset table).
@@ -516,13 +594,24 @@ impl Dialect {
         p.into_statement(sql)
     }
 
-    /// Counts of pending and dead-lettered events, and the oldest pending event's time.
-    pub(crate) fn backlog(self, table: &Identifier) -> Statement {
+    /// Counts of pending and dead-lettered events, and the oldest pending event's time,
+    /// read from the partial indexes only (claim, parked, dead), never from published
+    /// history. The oldest pending event is the first of some shard's claim index (a
+    /// parked event always has an older, unparked one of its key before it).
+    pub(crate) fn backlog(self, table: &Identifier, shards: u16) -> Statement {
         let t = table.quoted();
+        let shard_list = (0..shards)
+            .map(|shard| format!("({shard})"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
-            "SELECT \
-                (SELECT COUNT(*) FROM {t} WHERE NOT \"published\" AND \"dead_lettered_at\" IS NULL) AS \"pending\", \
-                (SELECT MIN(\"created_at\") FROM {t} WHERE NOT \"published\" AND \"dead_lettered_at\" IS NULL) AS \"oldest\", \
+            "WITH \"shards\" (\"shard\") AS (VALUES {shard_list}) \
+             SELECT \
+                (SELECT COUNT(*) FROM {t} WHERE {PENDING} AND NOT \"parked\") \
+                  + (SELECT COUNT(*) FROM {t} WHERE \"parked\" AND {PENDING}) AS \"pending\", \
+                (SELECT MIN((SELECT o.\"created_at\" FROM {t} o WHERE o.\"shard\" = s.\"shard\" \
+                    AND NOT o.\"published\" AND o.\"dead_lettered_at\" IS NULL AND NOT o.\"parked\" \
+                    ORDER BY o.\"seq\" LIMIT 1)) FROM \"shards\" s) AS \"oldest\", \
                 (SELECT COUNT(*) FROM {t} WHERE \"dead_lettered_at\" IS NOT NULL AND NOT \"published\") AS \"dead\""
         );
         Params::new(self).into_statement(sql)
@@ -530,15 +619,19 @@ impl Dialect {
 }
 
 impl Dialect {
-    /// Per topic: pending and dead-lettered events, and the oldest pending one.
+    /// Per topic: pending and dead-lettered events, and the oldest pending one, read
+    /// through the partial indexes of pending, parked and dead-lettered events.
     pub(crate) fn topic_backlog(self, table: &Identifier) -> Statement {
+        let t = table.quoted();
         let sql = format!(
-            "SELECT \"destination_topic\" AS \"topic\", \
-                SUM(CASE WHEN \"dead_lettered_at\" IS NULL THEN 1 ELSE 0 END) AS \"pending\", \
-                SUM(CASE WHEN \"dead_lettered_at\" IS NULL THEN 0 ELSE 1 END) AS \"dead\", \
-                MIN(CASE WHEN \"dead_lettered_at\" IS NULL THEN \"created_at\" END) AS \"oldest\" \
-             FROM {} WHERE NOT \"published\" GROUP BY \"destination_topic\" ORDER BY \"destination_topic\"",
-            table.quoted()
+            "SELECT \"topic\", SUM(\"pending\") AS \"pending\", SUM(\"dead\") AS \"dead\", MIN(\"oldest\") AS \"oldest\" \
+             FROM (\
+                SELECT \"destination_topic\" AS \"topic\", 1 AS \"pending\", 0 AS \"dead\", \"created_at\" AS \"oldest\" \
+                  FROM {t} WHERE {PENDING} AND NOT \"parked\" \
+                UNION ALL SELECT \"destination_topic\", 1, 0, \"created_at\" FROM {t} WHERE \"parked\" AND {PENDING} \
+                UNION ALL SELECT \"destination_topic\", 0, 1, NULL FROM {t} \
+                  WHERE \"dead_lettered_at\" IS NOT NULL AND NOT \"published\"\
+             ) AS \"backlog\" GROUP BY \"topic\" ORDER BY \"topic\""
         );
         Params::new(self).into_statement(sql)
     }
@@ -574,7 +667,7 @@ impl Dialect {
     pub(crate) fn count_pending_from_shard(self, table: &Identifier, first: i32) -> Statement {
         let mut p = Params::new(self);
         let sql = format!(
-            "SELECT COUNT(*) AS \"n\" FROM {} WHERE \"shard\" >= {} AND NOT \"published\" AND \"dead_lettered_at\" IS NULL",
+            "SELECT COUNT(*) AS \"n\" FROM {} WHERE \"shard\" >= {} AND {PENDING} AND NOT \"parked\"",
             table.quoted(),
             p.bind(first)
         );
@@ -621,6 +714,23 @@ pub(crate) struct FailureUpdate<'a> {
 fn event_key(alias: &str) -> String {
     format!("COALESCE({alias}.\"partition_key\", {alias}.\"aggregate_id\")")
 }
+
+/// Whether a row `v` being inserted waits behind an earlier event of its key that
+/// failed: then it is stored parked, out of the claim index, at no extra write. (A
+/// probe of the small `retry` index, whose columns and predicate these are.) A row
+/// whose key's failed event is published while the row's transaction is still open
+/// stays parked after the relay unparked the key: the relay's claim unparks it when it
+/// meets a later event of that key, or its periodic sweep does.
+fn parked_on_insert(table: &Identifier) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM {} b WHERE b.\"shard\" = v.\"shard\" AND b.\"partition_key\" = v.\"partition_key\" \
+           AND b.\"next_attempt_at\" IS NOT NULL AND NOT b.\"published\" AND b.\"dead_lettered_at\" IS NULL)",
+        table.quoted()
+    )
+}
+
+/// The predicate of pending events, as the claim index states it.
+const PENDING: &str = "NOT \"published\" AND \"dead_lettered_at\" IS NULL";
 
 /// `"a", "b", ...` for the insert's column list.
 fn column_list() -> String {

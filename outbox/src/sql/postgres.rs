@@ -2,7 +2,7 @@
 
 use sea_orm::{DbBackend, Statement, Value};
 
-use super::{EventRow, column_list, values_tuples};
+use super::{EventRow, column_list, parked_on_insert, values_tuples};
 use crate::tables::Identifier;
 
 /// The first key of the two-key advisory locks the outbox takes (ASCII `obox`), so
@@ -31,9 +31,11 @@ pub(super) fn insert_events(
         Vec::with_capacity(1 + lock_ids.len() + rows.len() * super::INSERT_COLUMNS.len());
     let sql = if lock_ids.is_empty() {
         format!(
-            "INSERT INTO {table} ({columns}) VALUES {values}",
+            "INSERT INTO {table} ({columns}, \"parked\") \
+             SELECT v.*, {parked} FROM (VALUES {values}) AS v ({columns})",
             table = table.quoted(),
             columns = column_list(),
+            parked = parked_on_insert(table),
             values = values_tuples(rows.len(), &mut next),
         )
     } else {
@@ -41,11 +43,12 @@ pub(super) fn insert_events(
         values.extend(lock_ids.iter().map(|&id| Value::Int(Some(id))));
         format!(
             "WITH key_locks AS MATERIALIZED ({locks}) \
-             INSERT INTO {table} ({columns}) \
-             SELECT v.* FROM key_locks, (VALUES {values}) AS v",
+             INSERT INTO {table} ({columns}, \"parked\") \
+             SELECT v.*, {parked} FROM key_locks, (VALUES {values}) AS v ({columns})",
             locks = lock_query(lock_ids.len(), &mut next),
             table = table.quoted(),
             columns = column_list(),
+            parked = parked_on_insert(table),
             values = values_tuples(rows.len(), &mut next),
         )
     };
