@@ -110,6 +110,15 @@ pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration
     received
 }
 
+/// A free `127.0.0.1:port`.
+fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// A broker process of the test's own, for tests that stop or freeze it. Killed on drop.
 #[derive(Debug)]
 pub struct PrivateBroker {
@@ -121,19 +130,29 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Starts `tansu` (from PATH) on a free port and waits until it listens.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let address = format!("127.0.0.1:{port}");
+        let address = free_address();
+        Self::start_on(address.clone(), &address).await
+    }
+
+    /// Starts `tansu` behind a [`Proxy`](crate::proxy::Proxy): it tells clients to
+    /// connect to the proxy, so all their traffic goes through it. Returns both.
+    pub async fn start_behind_proxy() -> (Self, crate::proxy::Proxy) {
+        let address = free_address();
+        let proxy = crate::proxy::Proxy::start(address.clone()).await;
+        let broker = Self::start_on(address, &proxy.address).await;
+        (broker, proxy)
+    }
+
+    async fn start_on(address: String, advertised: &str) -> Self {
         let url = format!("tcp://{address}");
+        let advertised_url = format!("tcp://{advertised}");
         let child = Command::new("tansu")
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised_url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())

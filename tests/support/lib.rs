@@ -2,6 +2,7 @@
 //! and an in-memory SQLite database.
 
 pub mod kafka;
+pub mod proxy;
 
 use std::time::Duration;
 

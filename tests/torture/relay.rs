@@ -1,5 +1,7 @@
 //! A relay as its own OS process, for the torture suite: configured by `DATABASE_URL`,
-//! `OUTBOX_TORTURE_SCHEMA`, `KAFKA_BROKERS` and the `OUTBOX_*` variables; stops
+//! `OUTBOX_TORTURE_SCHEMA`, `KAFKA_BROKERS` and the `OUTBOX_*` variables, plus
+//! `OUTBOX_TORTURE_CLOCK_SKEW` (seconds its clock runs ahead, negative for behind) and
+//! `OUTBOX_TORTURE_MAX_MESSAGE_BYTES` (the largest message it may send); stops
 //! gracefully on SIGTERM or Ctrl-C. The suite kills it with SIGKILL at random.
 
 use std::time::Duration;
@@ -20,10 +22,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
     let db = Database::connect(options).await?;
-    let publisher = KafkaPublisher::from_config(
-        KafkaConfig::new(&brokers).message_timeout(Duration::from_secs(3)),
-    )?;
-    let relay = Processor::new(ProcessorConfig::from_env()?, db, publisher)?.spawn();
+    let mut kafka = KafkaConfig::new(&brokers).message_timeout(Duration::from_secs(3));
+    if let Ok(bytes) = std::env::var("OUTBOX_TORTURE_MAX_MESSAGE_BYTES") {
+        kafka = kafka.set("message.max.bytes", bytes);
+    }
+    let skew: i64 = std::env::var("OUTBOX_TORTURE_CLOCK_SKEW").map_or(Ok(0), |s| s.parse())?;
+    let relay = Processor::new(
+        ProcessorConfig::from_env()?,
+        db,
+        KafkaPublisher::from_config(kafka)?,
+    )?
+    .with_clock_skew(chrono::Duration::seconds(skew))
+    .spawn();
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = terminate.recv() => {}
