@@ -8,6 +8,7 @@ use outbox::{
     EventBuilder, KafkaConfig, KafkaPublisher, Outbox, OutboxEvent, Processor, ProcessorConfig,
 };
 use outbox_tests::kafka::{PrivateBroker, Received, brokers, consume, create_topic, unique_topic};
+use outbox_tests::proxy::Mode;
 use outbox_tests::{PgSchema, eventually, retry_waits};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -769,4 +770,85 @@ async fn a_relay_cut_off_from_kafka_gives_up_its_shards_and_rejoins() {
         relay.shutdown().await.expect("shutdown");
     }
     pg.drop().await;
+}
+
+/// The broker is slow, not down: a proxy holds every chunk longer than the lease, so
+/// every pass outlasts it. Three relays keep their shards (no lease changes hands)
+/// and publish every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_broker_takes_no_lease_from_a_relay_and_duplicates_nothing() {
+    let pg = PgSchema::migrated().await;
+    let (broker, proxy) = PrivateBroker::start_behind_proxy().await;
+    let topic = unique_topic("slow");
+    create_topic(&broker.address, &topic, 2).await;
+    let relay_config = ProcessorConfig {
+        lease_ttl: Duration::from_secs(1),
+        batch_size: 10,
+        ..config("slow")
+    };
+    let relays: Vec<_> = (0..3)
+        .map(|_| {
+            let publisher = KafkaPublisher::from_config(
+                KafkaConfig::new(&broker.address).message_timeout(Duration::from_secs(20)),
+            )
+            .expect("producer");
+            Processor::new(relay_config.clone(), pg.db.clone(), publisher)
+                .expect("valid relay config")
+                .spawn()
+        })
+        .collect();
+    eventually(
+        "the relays share all 16 shards",
+        Duration::from_secs(15),
+        || async {
+            relays.iter().map(|r| r.stats().owned_shards).sum::<usize>() == 16
+                && relays.iter().all(|r| r.stats().owned_shards >= 4)
+        },
+    )
+    .await;
+    let leases_before = leases(&pg.db).await;
+
+    proxy.set(Mode::Delay(Duration::from_millis(700)));
+    let outbox = Outbox::new();
+    write_keys(&pg.db, &outbox, &topic, (0..16).collect(), 3).await;
+    eventually("every event published", Duration::from_secs(90), || async {
+        outbox.backlog(&pg.db).await.expect("backlog").pending == 0
+    })
+    .await;
+    proxy.set(Mode::Pass);
+    assert_eq!(
+        leases(&pg.db).await,
+        leases_before,
+        "no lease changed hands while the broker was slow"
+    );
+    for relay in relays {
+        relay.shutdown().await.expect("shutdown");
+    }
+    let received = consume(&broker.address, &topic, 48, Duration::from_secs(20)).await;
+    assert_eq!(received.len(), 48, "each event once");
+    let order = per_key_order(&received);
+    for k in 0..16 {
+        assert_eq!(order[&format!("key-{k}")], [0, 1, 2], "key-{k}");
+    }
+    pg.drop().await;
+}
+
+/// Each shard's lease owner and fencing token.
+async fn leases(db: &DatabaseConnection) -> Vec<(i32, String, i64)> {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    db.query_all_raw(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT shard, owner, token FROM _outbox_lease ORDER BY shard",
+    ))
+    .await
+    .expect("leases")
+    .iter()
+    .map(|row| {
+        (
+            row.try_get_by_index(0).expect("shard"),
+            row.try_get_by_index(1).expect("owner"),
+            row.try_get_by_index(2).expect("token"),
+        )
+    })
+    .collect()
 }

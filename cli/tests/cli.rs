@@ -250,6 +250,16 @@ async fn purge_deletes_only_old_published_events_after_yes() {
         &["purge", "--published-older-than", "a while"],
     ));
     assert!(error.contains("invalid value 'a while'"), "{error}");
+    // An age past every date is an error naming it, not a panic, dry run or not.
+    for args in [
+        &["purge", "--published-older-than", "300000y"][..],
+        &["purge", "--published-older-than", "300000y", "--yes"][..],
+    ] {
+        let output = outbox_cli(&pg, args);
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert!(error.contains("reaches past the dates"), "{error}");
+    }
     pg.drop().await;
 }
 
