@@ -57,6 +57,8 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
+    /// Store overhead only: a business transaction with and without storing events.
+    Store,
     /// The claim behind a blocked key only: flowing keys' throughput with `blocked`
     /// events piled up behind one key's failed event, against nothing blocked.
     Blocked {
@@ -101,6 +103,12 @@ async fn main() -> Result<(), scenarios::Failure> {
         Command::Latency { duration } => {
             let size = scenarios::Size::latency_only(duration);
             let report = scenarios::run_latency(&cli.database_url, &cli.brokers, &size).await?;
+            println!("{}", report.table());
+            Ok(())
+        }
+        Command::Store => {
+            let size = scenarios::Size::full();
+            let report = scenarios::run_store(&cli.database_url, &cli.brokers, &size).await?;
             println!("{}", report.table());
             Ok(())
         }

@@ -379,6 +379,16 @@ async fn preload_keys(
     Ok(())
 }
 
+pub(crate) async fn run_store(url: &str, brokers: &str, size: &Size) -> Result<Report, Failure> {
+    let mut report = Report {
+        quick: size.quick,
+        machine: machine(url, brokers, size).await?,
+        ..Report::default()
+    };
+    store_overhead(url, size, &mut report).await?;
+    Ok(report)
+}
+
 pub(crate) async fn run_blocked(url: &str, brokers: &str, size: &Size) -> Result<Report, Failure> {
     let mut report = Report {
         quick: size.quick,
