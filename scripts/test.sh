@@ -8,7 +8,8 @@
 # works in a schema of its own.
 # Kafka: a fresh tansu broker (installed from crates.io when missing) on
 # 127.0.0.1:9092 for the run, stopped at the end; set KAFKA_BROKERS to use a broker
-# of your own instead.
+# of your own instead. The TLS and SASL tests start private brokers behind stunnel
+# (installed from Debian's packages by scripts/deps.sh when missing).
 # A missing service fails the run; it never skips tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,8 @@ check_postgres() {
             || fail "nothing listens at $host:$port for DATABASE_URL=$(shown_url)"
     fi
 }
+
+scripts/deps.sh # stunnel and openssl for the TLS tests, OpenSSL's headers for the build
 
 check_postgres
 echo "scripts/test.sh: PostgreSQL at $(shown_url)"

@@ -93,6 +93,23 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A Kafka properties file could not be read or has a line that is not
+    /// `key=value` (see [`KafkaConfig::with_properties_file`](crate::KafkaConfig::with_properties_file)).
+    #[cfg(feature = "kafka")]
+    #[error("Kafka properties file {}: {reason}", path.display())]
+    KafkaProperties {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, with the line number; never the line itself.
+        reason: String,
+    },
+
+    /// The Prometheus recorder could not be installed (another `metrics` recorder is
+    /// installed already, or a bucket setting is invalid).
+    #[cfg(feature = "http")]
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Metrics(String),
+
     /// A duration too long to compute a date from (for example an age of 300,000 years).
     #[error("{what} of {} reaches past the dates that can be stored", humantime::format_duration(*.value))]
     DurationOutOfRange {

@@ -195,6 +195,8 @@ mod envelope;
 mod error;
 mod event;
 pub mod headers;
+#[cfg(feature = "http")]
+pub mod http;
 mod key;
 mod message;
 mod processor;
@@ -207,10 +209,11 @@ mod tables;
 pub use config::{MAX_BATCH_SIZE, ProcessorConfig};
 pub use message::Message;
 pub use processor::{
-    DEAD_LETTER_ERROR_HEADER, ProcessReport, Processor, RelayHandle, Stats, metric_names,
+    DEAD_LETTER_ERROR_HEADER, HealthProbe, ProcessReport, Processor, RelayHandle, Stats,
+    metric_names,
 };
 #[cfg(feature = "kafka")]
-pub use publisher::{KafkaConfig, KafkaPublisher};
+pub use publisher::{KafkaConfig, KafkaContext, KafkaPublisher};
 pub use publisher::{MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher};
 pub use repository::{Backlog, FailureOutcome, RelayInfo, TopicBacklog};
 

@@ -301,6 +301,24 @@ impl Outbox {
         Ok(replayed)
     }
 
+    /// Puts back in line up to `limit` dead-lettered events, oldest first, in one
+    /// statement, and returns how many: call it until it returns less than `limit` to
+    /// replay them all in steps that each commit (what `outbox replay --all-dead`
+    /// does, so that an interrupted replay loses nothing and can go on).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn replay_dead_batch<C: ConnectionTrait>(&self, conn: &C, limit: u64) -> Result<u64> {
+        let statement =
+            self.dialect(conn)?
+                .replay_oldest(self.tables().outbox(), limit.max(1), Utc::now());
+        let replayed = conn.execute_raw(statement).await?.rows_affected();
+        if replayed > 0 {
+            self.notify();
+        }
+        Ok(replayed)
+    }
+
     /// Deletes events published more than `older_than` ago, `batch` rows per
     /// statement so no statement holds many locks or runs long. Pending and
     /// dead-lettered events are never deleted. Returns how many were deleted.
@@ -327,6 +345,24 @@ impl Outbox {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    /// One step of [`cleanup`](Self::cleanup): deletes up to `limit` events published
+    /// more than `older_than` ago, oldest first, in one statement, and returns how
+    /// many (what `outbox purge` does, step by step).
+    ///
+    /// # Errors
+    /// As [`cleanup`](Self::cleanup).
+    pub async fn cleanup_batch<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        older_than: Duration,
+        limit: u64,
+    ) -> Result<u64> {
+        let statement =
+            self.dialect(conn)?
+                .cleanup(self.tables().outbox(), cutoff(older_than)?, limit.max(1));
+        Ok(conn.execute_raw(statement).await?.rows_affected())
     }
 
     /// One event by id.

@@ -24,10 +24,23 @@ pub fn unique_topic(prefix: &str) -> String {
 /// Creates `topic` with `partitions` partitions on `brokers`. Panics with a clear
 /// message when the broker is unreachable: a missing broker fails tests.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
+    create_topic_with(&client_config(brokers), topic, partitions).await;
+}
+
+/// A client configuration for `brokers`, to add TLS or SASL settings to.
+pub fn client_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    config
+}
+
+/// As [`create_topic`], with the client settings of `config`.
+pub async fn create_topic_with(config: &ClientConfig, topic: &str, partitions: i32) {
+    let brokers = config
+        .get("bootstrap.servers")
+        .unwrap_or_default()
+        .to_owned();
+    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin
         .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &options)
@@ -66,8 +79,17 @@ impl Received {
 /// arrived or `timeout` passed, and returns every message, duplicates included, in
 /// arrival order (per partition, offset order).
 pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Received> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    consume_with(client_config(brokers), topic, count, timeout).await
+}
+
+/// As [`consume`], with the client settings of `config`.
+pub async fn consume_with(
+    mut config: ClientConfig,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Received> {
+    let consumer: StreamConsumer = config
         .set(
             "group.id",
             format!("test-{}", uuid::Uuid::now_v7().simple()),
@@ -111,7 +133,7 @@ pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration
 }
 
 /// A free `127.0.0.1:port`.
-fn free_address() -> String {
+pub(crate) fn free_address() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -144,6 +166,12 @@ impl PrivateBroker {
     }
 
     async fn start_on(address: String, advertised: &str) -> Self {
+        Self::start_with(address, advertised, &[]).await
+    }
+
+    /// Starts `tansu` listening on `address`, telling clients to connect to
+    /// `advertised`, with `extra` arguments (`--authentication`).
+    pub(crate) async fn start_with(address: String, advertised: &str, extra: &[&str]) -> Self {
         let url = format!("tcp://{address}");
         let advertised_url = format!("tcp://{advertised}");
         let child = Command::new("tansu")
@@ -155,6 +183,7 @@ impl PrivateBroker {
                 &advertised_url,
             ])
             .args(["--storage-engine", "memory://tansu/"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

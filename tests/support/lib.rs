@@ -3,6 +3,7 @@
 
 pub mod kafka;
 pub mod proxy;
+pub mod tls;
 
 use std::time::Duration;
 

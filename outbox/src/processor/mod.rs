@@ -57,6 +57,9 @@ pub mod metric_names {
     pub const PENDING_OUTSIDE_SHARDS: &str = "outbox_pending_outside_shards";
     /// Histogram: time from store to broker acknowledgement, in seconds.
     pub const PUBLISH_LATENCY: &str = "outbox_publish_latency_seconds";
+    /// Gauge: 1 while this relay's health check passes, 0 while it fails (updated at
+    /// every probe of the broker and the database).
+    pub const HEALTHY: &str = "outbox_relay_healthy";
 }
 
 /// The header a dead-lettered event carries on the dead-letter topic.
@@ -789,9 +792,16 @@ impl<P: Publisher> Inner<P> {
         let every = (self.config.health_timeout / 4)
             .clamp(Duration::from_millis(500), Duration::from_secs(10));
         loop {
-            let broker = self.publisher.check().await.map_err(|e| e.to_string());
+            let broker = self
+                .publisher
+                .check()
+                .await
+                .map_err(|e| e.message().to_owned());
             let database = self.db.ping().await.map_err(|e| e.to_string());
             self.state.probes(broker, database);
+            let healthy = self.state.healthcheck().is_ok();
+            metrics::gauge!(metric_names::HEALTHY, "service" => self.config.service_name.clone())
+                .set(if healthy { 1.0 } else { 0.0 });
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
@@ -907,6 +917,14 @@ impl RelayHandle {
         self.state.stats()
     }
 
+    /// A cheap, cloneable view of the relay's health and figures, for probes that
+    /// outlive a borrow of the handle (an HTTP readiness endpoint, a supervisor).
+    pub fn probe(&self) -> HealthProbe {
+        HealthProbe {
+            state: Arc::clone(&self.state),
+        }
+    }
+
     /// This instance's id.
     pub fn relay_id(&self) -> &str {
         &self.relay_id
@@ -941,6 +959,29 @@ impl RelayHandle {
             task.abort();
         }
         self.state.stopped();
+    }
+}
+
+/// The health and figures of a running relay, from [`RelayHandle::probe`]. It does not
+/// keep the relay running: once the handle is shut down or dropped, the check reports
+/// that the relay is not running.
+#[derive(Clone, Debug)]
+pub struct HealthProbe {
+    state: Arc<State>,
+}
+
+impl HealthProbe {
+    /// As [`RelayHandle::healthcheck`].
+    ///
+    /// # Errors
+    /// [`Error::Unhealthy`] saying what is wrong.
+    pub fn healthcheck(&self) -> Result<()> {
+        self.state.healthcheck()
+    }
+
+    /// As [`RelayHandle::stats`].
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
     }
 }
 

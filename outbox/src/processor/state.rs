@@ -192,14 +192,27 @@ impl State {
         if !health.running {
             return unhealthy("the relay is not running".to_owned());
         }
-        if let Some(problem) = health.concerns.values().next() {
-            return unhealthy(problem.clone());
-        }
-        if let Some(error) = &health.broker_error {
-            return unhealthy(format!("broker unreachable: {error}"));
-        }
-        if let Some(error) = &health.database_error {
-            return unhealthy(format!("database unreachable: {error}"));
+        // Every problem found, so that a relay standing aside says why it cannot
+        // deliver (a certificate, a password) and not only that it stood aside.
+        let problems: Vec<String> = health
+            .concerns
+            .values()
+            .cloned()
+            .chain(
+                health
+                    .broker_error
+                    .as_ref()
+                    .map(|error| format!("broker unreachable: {error}")),
+            )
+            .chain(
+                health
+                    .database_error
+                    .as_ref()
+                    .map(|error| format!("database unreachable: {error}")),
+            )
+            .collect();
+        if !problems.is_empty() {
+            return unhealthy(problems.join("; "));
         }
         let since = health.last_success.unwrap_or(health.started).elapsed();
         if since > self.health_timeout {

@@ -12,7 +12,7 @@ use std::fmt;
 use std::future::Future;
 
 #[cfg(feature = "kafka")]
-pub use kafka::{KafkaConfig, KafkaPublisher};
+pub use kafka::{KafkaConfig, KafkaContext, KafkaPublisher};
 pub use memory::{MemoryPublisher, NoOpPublisher};
 
 use crate::message::Message;

@@ -576,6 +576,25 @@ impl Dialect {
         p.into_statement(sql)
     }
 
+    /// Puts the `limit` oldest dead letters back in line.
+    pub(crate) fn replay_oldest(
+        self,
+        table: &Identifier,
+        limit: u64,
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let t = table.quoted();
+        let sql = format!(
+            "UPDATE {t} SET \"dead_lettered_at\" = NULL, \"attempts\" = 0, \"next_attempt_at\" = NULL, \"updated_at\" = {} \
+             WHERE \"seq\" IN (SELECT \"seq\" FROM {t} \
+                WHERE \"dead_lettered_at\" IS NOT NULL AND NOT \"published\" ORDER BY \"seq\" LIMIT {})",
+            p.bind(now),
+            p.bind(i64::try_from(limit).unwrap_or(i64::MAX)),
+        );
+        p.into_statement(sql)
+    }
+
     /// Deletes up to `limit` events published before `cutoff`.
     pub(crate) fn cleanup(
         self,

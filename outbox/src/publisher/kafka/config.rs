@@ -1,10 +1,13 @@
 //! [`KafkaConfig`]: the producer's settings.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
+
+use crate::error::{Error, Result};
 
 /// Requests in flight per broker connection.
 const MAX_IN_FLIGHT: &str = "max.in.flight.requests.per.connection";
@@ -65,6 +68,128 @@ impl KafkaConfig {
             .set("message.timeout.ms", "10000")
             .set("linger.ms", "1");
         Self::from_client_config(client)
+    }
+
+    /// The defaults of [`new`](Self::new), with every librdkafka property set in the
+    /// environment under [`ENV_PREFIX`](Self::ENV_PREFIX) (see
+    /// [`with_env`](Self::with_env)). `OUTBOX_KAFKA_BOOTSTRAP_SERVERS` is required.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when no broker is given.
+    pub fn from_env() -> Result<Self> {
+        Self::new("").with_env().require_brokers()
+    }
+
+    /// The prefix of the environment variables that set librdkafka properties: the
+    /// rest of the name, lower-cased, with `_` for `.`, is the property:
+    /// `OUTBOX_KAFKA_SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`,
+    /// `OUTBOX_KAFKA_SASL_PASSWORD` sets `sasl.password`. `OUTBOX_KAFKA_CONFIG` is not
+    /// a property: it names a properties file (see
+    /// [`with_properties_file`](Self::with_properties_file)), which the `outbox relay`
+    /// command reads.
+    pub const ENV_PREFIX: &'static str = "OUTBOX_KAFKA_";
+
+    /// Sets every property given in this process's environment under
+    /// [`ENV_PREFIX`](Self::ENV_PREFIX), over what is set already.
+    pub fn with_env(self) -> Self {
+        self.with_env_vars(std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        }))
+    }
+
+    /// As [`with_env`](Self::with_env), from the variables given.
+    ///
+    /// ```
+    /// let config = outbox::KafkaConfig::new("kafka:9092").with_env_vars([
+    ///     ("OUTBOX_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+    ///     ("OUTBOX_KAFKA_SASL_MECHANISMS", "SCRAM-SHA-512"),
+    ///     ("HOME", "/root"),
+    /// ]);
+    /// assert_eq!(config.client_config().get("security.protocol"), Some("SASL_SSL"));
+    /// assert_eq!(config.client_config().get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+    /// assert_eq!(config.client_config().get("home"), None);
+    /// ```
+    pub fn with_env_vars<K, V>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let mut properties: Vec<(String, String)> = vars
+            .into_iter()
+            .filter_map(|(name, value)| Some((property_of_variable(name.as_ref())?, value.into())))
+            .collect();
+        // The environment's order is arbitrary: apply in name order, so the outcome
+        // does not depend on it.
+        properties.sort();
+        for (key, value) in properties {
+            self.client.set(key, value);
+        }
+        self
+    }
+
+    /// Sets every property of a properties file, over what is set already. The format
+    /// is the one librdkafka's tools read (`kcat -F`, `rdkafka_performance -X
+    /// file=`) and Java clients' `client.properties`: one `key=value` a line, blanks
+    /// and lines starting with `#` or `!` ignored, spaces around the key and the value
+    /// trimmed.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("outbox-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let path = dir.join("client.properties");
+    /// std::fs::write(&path, "# production\nsecurity.protocol = SSL\nssl.ca.location=/etc/kafka/ca.pem\n")?;
+    /// let config = outbox::KafkaConfig::new("kafka:9093").with_properties_file(&path)?;
+    /// assert_eq!(config.client_config().get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::KafkaProperties`] naming the file (and the line) when it cannot be read
+    /// or a line is not `key=value`; the error never quotes a line, which may hold a
+    /// secret.
+    pub fn with_properties_file(mut self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let failed = |reason: String| Error::KafkaProperties {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|error| failed(error.to_string()))?;
+        for (index, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(failed(format!(
+                    "line {}: expected `property=value`",
+                    index + 1
+                )));
+            };
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(failed(format!(
+                    "line {}: no property name before `=`",
+                    index + 1
+                )));
+            }
+            self.client.set(key, value.trim());
+        }
+        Ok(self)
+    }
+
+    /// `Ok(self)` when `bootstrap.servers` is set.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `OUTBOX_KAFKA_BOOTSTRAP_SERVERS` when it is not.
+    pub fn require_brokers(self) -> Result<Self> {
+        match self.client.get("bootstrap.servers") {
+            Some(brokers) if !brokers.trim().is_empty() => Ok(self),
+            _ => Err(Error::Config {
+                variable: "OUTBOX_KAFKA_BOOTSTRAP_SERVERS",
+                value: String::new(),
+                reason: "no Kafka broker given (bootstrap.servers)",
+            }),
+        }
     }
 
     /// Starts from an rdkafka configuration of your own; idempotence and the gapless
@@ -138,40 +263,62 @@ impl KafkaConfig {
 
 impl KafkaConfig {
     /// The values of the properties that hold secrets.
-    fn secrets(&self) -> Vec<String> {
-        let mut secrets: Vec<String> = self
+    pub(super) fn secrets(&self) -> Secrets {
+        let mut values: Vec<String> = self
             .client
             .config_map()
             .iter()
             .filter(|(key, value)| is_secret(key) && !value.is_empty())
             .map(|(_, value)| value.to_string())
             .collect();
-        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
-        secrets
+        // Longest first, so a secret that contains another is replaced whole.
+        values.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        values.dedup();
+        Secrets(values)
     }
 
     /// `error` with every secret value of this configuration replaced by `***`:
     /// librdkafka's configuration errors quote the value they refuse.
     pub(super) fn redact(&self, error: KafkaError) -> KafkaError {
         let secrets = self.secrets();
-        let scrub = |text: &str| {
-            secrets.iter().fold(text.to_owned(), |text, secret| {
-                text.replace(secret.as_str(), "***")
-            })
-        };
         match error {
             KafkaError::ClientConfig(result, description, key, value) => {
                 let value = if is_secret(&key) {
                     "***".to_owned()
                 } else {
-                    scrub(&value)
+                    secrets.scrub(&value)
                 };
-                KafkaError::ClientConfig(result, scrub(&description), key, value)
+                KafkaError::ClientConfig(result, secrets.scrub(&description), key, value)
             }
-            KafkaError::ClientCreation(message) => KafkaError::ClientCreation(scrub(&message)),
+            KafkaError::ClientCreation(message) => {
+                KafkaError::ClientCreation(secrets.scrub(&message))
+            }
             other => other,
         }
     }
+}
+
+/// The values of a configuration's secret properties, to take out of text.
+#[derive(Default)]
+pub(super) struct Secrets(Vec<String>);
+
+impl Secrets {
+    /// `text` with every secret replaced by `***`.
+    pub(super) fn scrub(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_owned(), |text, secret| {
+            text.replace(secret.as_str(), "***")
+        })
+    }
+}
+
+/// The librdkafka property an environment variable sets, if it is one of
+/// [`KafkaConfig::ENV_PREFIX`]'s.
+fn property_of_variable(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(KafkaConfig::ENV_PREFIX)?;
+    if rest.is_empty() || rest == "CONFIG" {
+        return None;
+    }
+    Some(rest.to_ascii_lowercase().replace('_', "."))
 }
 
 /// Whether a librdkafka property holds a secret (passwords, client secrets, private
@@ -206,34 +353,105 @@ mod tests {
 
     #[test]
     fn secret_values_appear_in_no_error_and_no_debug_output() {
-        for (key, secret) in [
-            ("ssl.key.password", "hunter2-key"),
-            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----abc"),
-            ("sasl.oauthbearer.client.secret", "hunter2-oidc"),
-        ] {
-            let config = KafkaConfig::new("127.0.0.1:1")
-                .set("sasl.password", "hunter2-sasl")
-                .set(key, secret);
-            assert!(!format!("{config:?}").contains("hunter2"));
-            // This build has no OpenSSL: librdkafka refuses the property, quoting it.
-            let Err(error) = config
-                .producer_config()
-                .create::<rdkafka::producer::FutureProducer>()
-            else {
-                panic!("{key} is refused in a build without OpenSSL");
-            };
+        let config = KafkaConfig::new("127.0.0.1:1")
+            .set("sasl.password", "hunter2-sasl")
+            .set("ssl.key.password", "hunter2-key")
+            .set("ssl.key.pem", "-----BEGIN PRIVATE KEY-----abc")
+            // Not supported without curl, which no feature enables: librdkafka's
+            // error quotes the value.
+            .set("sasl.oauthbearer.client.secret", "hunter2-oidc");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let Err(error) = config
+            .producer_config()
+            .create::<rdkafka::producer::FutureProducer>()
+        else {
+            panic!("sasl.oauthbearer.client.secret is refused in a build without curl");
+        };
+        assert!(
+            format!("{error:?}").contains("hunter2-oidc"),
+            "the raw error quotes it: {error:?}"
+        );
+        let redacted = config.redact(error);
+        for shown in [format!("{redacted}"), format!("{redacted:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
             assert!(
-                format!("{error}").contains(secret),
-                "the raw error quotes it"
+                shown.contains("sasl.oauthbearer.client.secret"),
+                "the error still names the property: {shown}"
             );
-            let redacted = config.redact(error);
-            for shown in [format!("{redacted}"), format!("{redacted:?}")] {
-                assert!(!shown.contains(secret), "{shown}");
-                assert!(
-                    shown.contains(key),
-                    "the error still names the property: {shown}"
-                );
-            }
         }
+        // An error about a secret property hides its value even where it is not
+        // among the configuration's (a value librdkafka normalised, say).
+        let error = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "invalid value".to_owned(),
+            "sasl.password".to_owned(),
+            "other-secret".to_owned(),
+        );
+        assert!(!format!("{:?}", config.redact(error)).contains("other-secret"));
+    }
+
+    fn file(text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("outbox-props-{}", uuid::Uuid::now_v7()));
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    #[test]
+    fn a_properties_file_sets_every_property_over_the_defaults() {
+        let path = file(
+            "# comment\n! also a comment\n\n  security.protocol = SASL_SSL \n\
+             sasl.password=a=b=c\nlinger.ms=5\n",
+        );
+        let config = KafkaConfig::new("kafka:9092")
+            .with_properties_file(&path)
+            .expect("read");
+        let get = |key| config.client_config().get(key);
+        assert_eq!(get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(
+            get("sasl.password"),
+            Some("a=b=c"),
+            "split at the first `=`"
+        );
+        assert_eq!(get("linger.ms"), Some("5"));
+        assert_eq!(get("bootstrap.servers"), Some("kafka:9092"));
+        std::fs::remove_file(path).expect("remove");
+    }
+
+    #[test]
+    fn a_bad_properties_file_is_named_with_its_line_and_never_quoted() {
+        let path = file("security.protocol=ssl\nsasl.password hunter2\n");
+        let error = KafkaConfig::new("k:1")
+            .with_properties_file(&path)
+            .expect_err("line 2");
+        let shown = error.to_string();
+        assert!(shown.contains(&path.display().to_string()), "{shown}");
+        assert!(shown.contains("line 2"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        std::fs::remove_file(&path).expect("remove");
+        let missing = KafkaConfig::new("k:1")
+            .with_properties_file(&path)
+            .expect_err("missing");
+        assert!(missing.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn the_environment_sets_properties_by_prefix() {
+        let config = KafkaConfig::new("").with_env_vars([
+            ("OUTBOX_KAFKA_BOOTSTRAP_SERVERS", "b1:9092,b2:9092"),
+            ("OUTBOX_KAFKA_SSL_CA_LOCATION", "/ca.pem"),
+            ("OUTBOX_KAFKA_CONFIG", "/etc/outbox/kafka.properties"),
+            ("OUTBOX_BATCH_SIZE", "10"),
+            ("KAFKA_BROKERS", "elsewhere:9092"),
+        ]);
+        let get = |key| config.client_config().get(key);
+        assert_eq!(get("bootstrap.servers"), Some("b1:9092,b2:9092"));
+        assert_eq!(get("ssl.ca.location"), Some("/ca.pem"));
+        assert_eq!(get("config"), None, "OUTBOX_KAFKA_CONFIG names the file");
+        assert_eq!(get("batch.size"), None);
+        assert!(config.require_brokers().is_ok());
+        let error = KafkaConfig::new(" ")
+            .require_brokers()
+            .expect_err("no brokers");
+        assert!(error.to_string().contains("OUTBOX_KAFKA_BOOTSTRAP_SERVERS"));
     }
 }

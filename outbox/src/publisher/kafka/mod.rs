@@ -19,6 +19,7 @@
 //!   refused batch) are reported as not sent: they use no attempt.
 
 mod config;
+mod context;
 mod failure;
 
 use std::collections::{HashMap, HashSet};
@@ -36,6 +37,8 @@ use tokio::time::Instant;
 use tracing::{debug_span, warn};
 
 pub use self::config::KafkaConfig;
+pub use self::context::KafkaContext;
+use self::context::LastError;
 use self::failure::{Cause, breaks_the_producer};
 use super::{PublishError, Publisher};
 use crate::error::Result;
@@ -60,7 +63,8 @@ const PURGE_GRACE: Duration = Duration::from_secs(5);
 pub struct KafkaPublisher {
     config: KafkaConfig,
     delivery_timeout: Duration,
-    producer: Arc<RwLock<FutureProducer>>,
+    producer: Arc<RwLock<FutureProducer<KafkaContext>>>,
+    last_error: Arc<LastError>,
 }
 
 /// What became of one message of a batch.
@@ -115,19 +119,18 @@ impl KafkaPublisher {
     /// # Errors
     /// [`Error::Kafka`](crate::Error::Kafka) when the configuration is invalid.
     pub fn from_config(config: KafkaConfig) -> Result<Self> {
-        let producer = config
-            .producer_config()
-            .create()
-            .map_err(|error| config.redact(error))?;
+        let last_error = Arc::new(LastError::default());
+        let producer = create(&config, &last_error)?;
         Ok(KafkaPublisher {
             delivery_timeout: config.delivery_timeout(),
             config,
             producer: Arc::new(RwLock::new(producer)),
+            last_error,
         })
     }
 
     /// The rdkafka producer in use.
-    pub fn producer(&self) -> FutureProducer {
+    pub fn producer(&self) -> FutureProducer<KafkaContext> {
         self.producer
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -135,7 +138,7 @@ impl KafkaPublisher {
     }
 
     /// Replaces `failed` with a new producer, unless another batch did already.
-    fn replace(&self, failed: &FutureProducer, reason: &str) {
+    fn replace(&self, failed: &FutureProducer<KafkaContext>, reason: &str) {
         let mut current = self
             .producer
             .write()
@@ -143,13 +146,12 @@ impl KafkaPublisher {
         if !std::ptr::eq(current.client().native_ptr(), failed.client().native_ptr()) {
             return; // another batch replaced it already
         }
-        match self.config.producer_config().create() {
+        match create(&self.config, &self.last_error) {
             Ok(fresh) => {
                 warn!(%reason, "replaced the Kafka producer with a new one");
                 *current = fresh;
             }
             Err(error) => {
-                let error = self.config.redact(error);
                 warn!(%reason, %error, "the Kafka producer must be replaced but could not be recreated")
             }
         }
@@ -157,7 +159,7 @@ impl KafkaPublisher {
 
     fn enqueue(
         &self,
-        producer: &FutureProducer,
+        producer: &FutureProducer<KafkaContext>,
         message: &Message,
     ) -> std::result::Result<DeliveryFuture, KafkaError> {
         let _span = debug_span!("outbox.publish", event_id = %message.id, event_type = %message.event_type, key = %message.key)
@@ -268,8 +270,22 @@ impl KafkaPublisher {
         });
         match fetch.await {
             Ok(Ok(topics)) => Ok(topics),
-            Ok(Err(error)) => Err(format!("broker unreachable: {error}")),
+            Ok(Err(error)) => {
+                Err(self.explained(&format!("cannot read the cluster's metadata: {error}")))
+            }
             Err(error) => Err(format!("broker check failed: {error}")),
+        }
+    }
+
+    /// `failure` with librdkafka's latest client error, when there was one lately: a
+    /// timeout says nothing of a certificate that could not be verified.
+    fn explained(&self, failure: &str) -> String {
+        match self
+            .last_error
+            .within(self.delivery_timeout * 2 + PROBE_TIMEOUT)
+        {
+            Some(cause) => format!("{failure} (librdkafka's latest error: {cause})"),
+            None => failure.to_owned(),
         }
     }
 
@@ -316,7 +332,7 @@ impl KafkaPublisher {
                     ..
                 } => Err(PublishError::not_sent()),
                 Delivery::Failed { error, .. } if !reachable => Err(PublishError::transient(
-                    format!("broker unreachable: {error}"),
+                    self.explained(&format!("broker unreachable: {error}")),
                 )),
                 Delivery::Failed {
                     cause: Cause::Undelivered,
@@ -376,6 +392,18 @@ impl KafkaPublisher {
             _ => Err(PublishError::not_sent()),
         }
     }
+}
+
+/// A producer of `config`'s, reporting to `last_error`.
+fn create(
+    config: &KafkaConfig,
+    last_error: &Arc<LastError>,
+) -> Result<FutureProducer<KafkaContext>> {
+    let context = KafkaContext::new(Arc::new(config.secrets()), Arc::clone(last_error));
+    config
+        .producer_config()
+        .create_with_context(context)
+        .map_err(|error| config.redact(error).into())
 }
 
 /// An undelivered message counts as an attempt when its topic is missing or broken;
