@@ -1,18 +1,26 @@
-//! The relay as its own process, stopped gracefully by Ctrl-C or SIGTERM: the batch in
-//! flight is finished, the shard leases are given back, and other relays of the same
-//! service take over at once. Run several to share the work.
+//! The relay as its own process, as an operator deploys it: Kafka settings (TLS, SASL,
+//! anything librdkafka takes) from the environment, Prometheus metrics and health
+//! probes over HTTP, and a graceful stop on Ctrl-C or SIGTERM (the batch in flight is
+//! finished, the shard leases are given back, and other relays of the same service
+//! take over at once). Run several to share the work.
 //!
 //! ```text
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test KAFKA_BROKERS=127.0.0.1:9092 \
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+//!     OUTBOX_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 \
+//!     OUTBOX_HTTP_ADDR=127.0.0.1:9464 \
 //!     OUTBOX_SERVICE_NAME=orders cargo run --example relay_process
+//! curl -s 127.0.0.1:9464/metrics; curl -s 127.0.0.1:9464/readyz
 //! ```
 //!
-//! Configuration comes from the `OUTBOX_*` variables (see `outbox::ProcessorConfig`).
-//! The `outbox relay` command of the `outbox-cli` crate does the same.
+//! Configuration comes from the `OUTBOX_*` variables (see `outbox::ProcessorConfig`)
+//! and `OUTBOX_KAFKA_<PROPERTY>` (see `outbox::KafkaConfig::with_env`). The
+//! `outbox relay` command of the `outbox-cli` crate does the same, with a properties
+//! file and JSON logs besides.
 
 use std::time::Duration;
 
-use outbox::{KafkaPublisher, Processor, ProcessorConfig};
+use outbox::http::Endpoints;
+use outbox::{KafkaConfig, KafkaPublisher, Processor, ProcessorConfig};
 use outbox_examples::Error;
 use sea_orm::Database;
 use tokio::signal::unix::{SignalKind, signal};
@@ -20,15 +28,31 @@ use tokio::signal::unix::{SignalKind, signal};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL")?;
-    let brokers = std::env::var("KAFKA_BROKERS").map_err(|_| "set KAFKA_BROKERS")?;
     let db = Database::connect(url).await?;
+    let kafka = KafkaConfig::from_env()?; // OUTBOX_KAFKA_BOOTSTRAP_SERVERS, ..._SECURITY_PROTOCOL, ...
     let relay = Processor::new(
         ProcessorConfig::from_env()?,
         db,
-        KafkaPublisher::new(&brokers)?,
+        KafkaPublisher::from_config(kafka)?,
     )?
     .spawn();
     println!("relay {} started", relay.relay_id());
+
+    // /metrics, /healthz and /readyz, for Prometheus and Kubernetes.
+    let endpoints = match std::env::var("OUTBOX_HTTP_ADDR") {
+        Ok(addr) => {
+            let server = Endpoints::new(relay.probe())
+                .with_prometheus()?
+                .bind(addr)
+                .await?;
+            println!(
+                "serving /metrics, /healthz and /readyz on {}",
+                server.local_addr()
+            );
+            Some(server)
+        }
+        Err(_) => None,
+    };
 
     let mut terminate = signal(SignalKind::terminate())?;
     let mut report = tokio::time::interval(Duration::from_secs(10));
@@ -45,6 +69,9 @@ async fn main() -> Result<(), Error> {
     }
     println!("stopping: finishing the batch in flight");
     relay.shutdown().await?;
+    if let Some(server) = endpoints {
+        server.shutdown().await;
+    }
     println!("stopped");
     Ok(())
 }

@@ -8,27 +8,35 @@
 //! outbox replay 01a2... --yes                    # put a dead letter back in line
 //! outbox replay --all-dead                       # dry run: what would be replayed
 //! outbox purge --published-older-than 30d --yes  # delete old published events
-//! outbox relay                                   # run the relay until Ctrl-C / SIGTERM
+//! outbox relay --http-addr 0.0.0.0:9464           # run the relay until Ctrl-C / SIGTERM
 //! ```
 //!
 //! Every command reads `DATABASE_URL` (or `--database-url`); `--json` prints JSON for
-//! scripts. Commands that write do a dry run unless given `--yes`.
+//! scripts. Commands that write do a dry run unless given `--yes`; the long ones
+//! (`replay --all-dead`, `purge`) work in batches that each commit, show their
+//! progress on a terminal, and stop after the batch in progress on Ctrl-C.
 
+mod logs;
+mod progress;
 mod redact;
 mod table;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use chrono::Utc;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use outbox::entity::outbox::Model as Event;
-use outbox::{KafkaPublisher, Outbox, Processor, ProcessorConfig, Tables};
+use outbox::{KafkaConfig, KafkaPublisher, Outbox, Processor, ProcessorConfig, Tables};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::logs::LogFormat;
+use crate::progress::Batches;
 use crate::redact::Secrets;
 use crate::table::Table;
 
@@ -66,6 +74,21 @@ struct Cli {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     connect_timeout: Duration,
 
+    /// Log lines on stderr as text or as JSON objects.
+    #[arg(
+        long,
+        env = "OUTBOX_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    log_format: LogFormat,
+
+    /// Which log lines to write: a level, or `target=level` pairs, e.g.
+    /// `info,librdkafka=debug`.
+    #[arg(long, env = "OUTBOX_LOG", default_value = "info", global = true)]
+    log: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -99,12 +122,26 @@ enum Command {
         #[command(flatten)]
         confirm: Confirm,
     },
-    /// Run the relay until Ctrl-C or SIGTERM. Configured by the OUTBOX_* variables.
-    Relay {
-        /// Kafka bootstrap servers.
-        #[arg(long, env = "KAFKA_BROKERS")]
-        brokers: String,
-    },
+    /// Run the relay until Ctrl-C or SIGTERM. Configured by the OUTBOX_* variables;
+    /// any librdkafka property by OUTBOX_KAFKA_<PROPERTY> (e.g.
+    /// OUTBOX_KAFKA_SECURITY_PROTOCOL=SASL_SSL) or --kafka-config.
+    Relay(Relay),
+}
+
+#[derive(Debug, Args)]
+struct Relay {
+    /// Kafka bootstrap servers (else `bootstrap.servers` from --kafka-config or
+    /// OUTBOX_KAFKA_BOOTSTRAP_SERVERS).
+    #[arg(long, env = "KAFKA_BROKERS")]
+    brokers: Option<String>,
+    /// A librdkafka properties file (`key=value` lines, as `kcat -F` reads); the
+    /// OUTBOX_KAFKA_* variables and --brokers override what it sets.
+    #[arg(long, env = "OUTBOX_KAFKA_CONFIG")]
+    kafka_config: Option<PathBuf>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g.
+    /// 0.0.0.0:9464.
+    #[arg(long, env = "OUTBOX_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +161,9 @@ struct Confirm {
     /// Do it; without this the command only says what it would do.
     #[arg(long)]
     yes: bool,
+    /// Rows per statement (each batch commits on its own).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    batch_size: u64,
 }
 
 type Failure = Box<dyn std::error::Error>;
@@ -131,6 +171,10 @@ type Failure = Box<dyn std::error::Error>;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(error) = logs::init(cli.log_format, &cli.log) {
+        eprintln!("error: {error}");
+        return ExitCode::FAILURE;
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -158,13 +202,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Show { id } => show(&outbox.event(&db, id).await?, json),
         Command::Replay(replay) => match replay.id {
             Some(id) => replay_one(&db, &outbox, id, replay.confirm.yes, json).await,
-            None => replay_all(&db, &outbox, replay.confirm.yes, json).await,
+            None => replay_all(&db, &outbox, &replay.confirm, json).await,
         },
         Command::Purge {
             published_older_than,
             confirm,
-        } => purge(&db, &outbox, published_older_than, confirm.yes, json).await,
-        Command::Relay { brokers } => relay(db, outbox, &brokers).await,
+        } => purge(&db, &outbox, published_older_than, &confirm, json).await,
+        Command::Relay(options) => relay(db, outbox, options).await,
     }
 }
 
@@ -335,21 +379,30 @@ async fn replay_one(
 async fn replay_all(
     db: &DatabaseConnection,
     outbox: &Outbox,
-    yes: bool,
+    confirm: &Confirm,
     json: bool,
 ) -> Result<(), Failure> {
-    let count = if yes {
-        outbox.replay_all_dead(db).await?
-    } else {
-        outbox.backlog(db).await?.dead_lettered
-    };
+    let total = outbox.backlog(db).await?.dead_lettered;
+    if !confirm.yes {
+        return report(
+            json,
+            false,
+            "replayed",
+            total,
+            "replay",
+            &format!("{total} dead-lettered events"),
+        );
+    }
+    let done = Batches::new("replaying dead letters", total, confirm.batch_size, json)
+        .run(|limit| outbox.replay_dead_batch(db, limit))
+        .await?;
     report(
         json,
-        yes,
+        true,
         "replayed",
-        count,
+        done,
         "replay",
-        &format!("{count} dead-lettered events"),
+        &format!("{done} dead-lettered events"),
     )
 }
 
@@ -357,19 +410,22 @@ async fn purge(
     db: &DatabaseConnection,
     outbox: &Outbox,
     older_than: Duration,
-    yes: bool,
+    confirm: &Confirm,
     json: bool,
 ) -> Result<(), Failure> {
-    let count = if yes {
-        outbox.cleanup(db, older_than, 1000).await?
+    let total = outbox.count_published_older_than(db, older_than).await?;
+    let count = if confirm.yes {
+        Batches::new("deleting published events", total, confirm.batch_size, json)
+            .run(|limit| outbox.cleanup_batch(db, older_than, limit))
+            .await?
     } else {
-        outbox.count_published_older_than(db, older_than).await?
+        total
     };
     let what = format!(
         "{count} events published more than {} ago",
         humantime::format_duration(older_than)
     );
-    report(json, yes, "deleted", count, "delete", &what)
+    report(json, confirm.yes, "deleted", count, "delete", &what)
 }
 
 /// Says what a writing command did, or in a dry run what it would do.
@@ -394,14 +450,38 @@ fn report(
     Ok(())
 }
 
-async fn relay(db: DatabaseConnection, outbox: Outbox, brokers: &str) -> Result<(), Failure> {
+async fn relay(db: DatabaseConnection, outbox: Outbox, options: Relay) -> Result<(), Failure> {
     let config = ProcessorConfig::from_env()?;
-    let relay = Processor::new(config, db, KafkaPublisher::new(brokers)?)?
+    let mut kafka = KafkaConfig::new("");
+    if let Some(path) = &options.kafka_config {
+        kafka = kafka.with_properties_file(path)?;
+    }
+    kafka = kafka.with_env();
+    if let Some(brokers) = &options.brokers {
+        kafka = kafka.set("bootstrap.servers", brokers.as_str());
+    }
+    let kafka = kafka.require_brokers().map_err(|_| {
+        "no Kafka broker given: pass --brokers, or set KAFKA_BROKERS, \
+         OUTBOX_KAFKA_BOOTSTRAP_SERVERS or bootstrap.servers in --kafka-config"
+    })?;
+    let relay = Processor::new(config, db, KafkaPublisher::from_config(kafka)?)?
         .with_outbox(outbox)
         .spawn();
-    eprintln!(
-        "relay {} running; Ctrl-C or SIGTERM stops it",
-        relay.relay_id()
+    let endpoints = match options.http_addr {
+        Some(addr) => {
+            let server = outbox::http::Endpoints::new(relay.probe())
+                .with_prometheus()?
+                .bind(addr)
+                .await
+                .map_err(|error| format!("cannot serve --http-addr {addr}: {error}"))?;
+            tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
+            Some(server)
+        }
+        None => None,
+    };
+    tracing::info!(
+        relay_id = relay.relay_id(),
+        "relay running; Ctrl-C or SIGTERM stops it"
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -410,6 +490,9 @@ async fn relay(db: DatabaseConnection, outbox: Outbox, brokers: &str) -> Result<
     }
     let stats = relay.stats();
     relay.shutdown().await?;
-    eprintln!("relay stopped after publishing {} events", stats.published);
+    if let Some(server) = endpoints {
+        server.shutdown().await;
+    }
+    tracing::info!(published = stats.published, "relay stopped");
     Ok(())
 }

@@ -376,8 +376,361 @@ async fn relay_runs_until_sigterm() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(
-        stderr.contains("relay stopped after publishing 1 events"),
+        stderr.contains("relay stopped") && stderr.contains("published=1"),
         "{stderr}"
     );
+    pg.drop().await;
+}
+
+/// The test schema's URL, for a command started by hand.
+fn schema_url(pg: &PgSchema) -> String {
+    format!(
+        "{}?options=-c%20search_path%3D{}",
+        database_url(),
+        pg.schema
+    )
+}
+
+/// Stores `count` events in one transaction.
+async fn store_many(pg: &PgSchema, count: usize) {
+    use sea_orm::TransactionTrait;
+    let outbox = Outbox::new();
+    let txn = pg.db.begin().await.expect("begin");
+    for start in (0..count).step_by(1000) {
+        let envelopes = (start..count.min(start + 1000)).map(|i| {
+            let event = EventBuilder::new("thing.happened", format!("k-{}", i % 50));
+            outbox::Envelope::new(&event, "things").expect("envelope")
+        });
+        outbox.store_batch(&txn, envelopes).await.expect("store");
+    }
+    txn.commit().await.expect("commit");
+}
+
+async fn execute(pg: &PgSchema, sql: &str) -> u64 {
+    pg.db
+        .execute_unprepared(sql)
+        .await
+        .expect(sql)
+        .rows_affected()
+}
+
+#[tokio::test]
+async fn replay_all_dead_and_purge_work_in_batches() {
+    let pg = PgSchema::migrated().await;
+    store_many(&pg, 2500).await;
+    execute(
+        &pg,
+        "UPDATE _outbox SET dead_lettered_at = now(), attempts = 3",
+    )
+    .await;
+    let done = json(&outbox_cli(
+        &pg,
+        &[
+            "replay",
+            "--all-dead",
+            "--yes",
+            "--json",
+            "--batch-size",
+            "1000",
+        ],
+    ));
+    assert_eq!(done["replayed"], 2500);
+    let status = json(&outbox_cli(&pg, &["status", "--json"]));
+    assert_eq!(
+        (status["pending"].clone(), status["dead_lettered"].clone()),
+        (Value::from(2500), Value::from(0))
+    );
+
+    execute(
+        &pg,
+        "UPDATE _outbox SET published = true, published_at = now() - interval '40 days'",
+    )
+    .await;
+    let done = json(&outbox_cli(
+        &pg,
+        &[
+            "purge",
+            "--published-older-than",
+            "30d",
+            "--yes",
+            "--json",
+            "--batch-size",
+            "700",
+        ],
+    ));
+    assert_eq!(done["deleted"], 2500);
+    assert_eq!(execute(&pg, "SELECT 1 FROM _outbox").await, 0);
+    pg.drop().await;
+}
+
+/// Ctrl-C stops a long purge after the batch in progress: what was deleted stays
+/// deleted, the rest stays, and the command says how far it got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_purge_keeps_what_it_did_and_says_so() {
+    let pg = PgSchema::migrated().await;
+    store_many(&pg, 20_000).await;
+    execute(
+        &pg,
+        "UPDATE _outbox SET published = true, published_at = now() - interval '40 days'",
+    )
+    .await;
+    let child = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args([
+            "purge",
+            "--published-older-than",
+            "30d",
+            "--yes",
+            "--batch-size",
+            "20",
+        ])
+        .env("DATABASE_URL", schema_url(&pg))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start outbox purge");
+    outbox_tests::eventually(
+        "the purge has started",
+        std::time::Duration::from_secs(30),
+        || async { execute(&pg, "SELECT 1 FROM _outbox").await < 20_000 },
+    )
+    .await;
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "an interrupted purge fails: {stderr}"
+    );
+    let left = execute(&pg, "SELECT 1 FROM _outbox").await;
+    assert!(left > 0, "interrupted before the end");
+    let deleted = 20_000 - left;
+    assert!(
+        stderr.contains(&format!("interrupted after {deleted} of 20000 rows")),
+        "{deleted} deleted: {stderr}"
+    );
+    assert_eq!(deleted % 20, 0, "whole batches only");
+    let rest = json(&outbox_cli(
+        &pg,
+        &["purge", "--published-older-than", "30d", "--yes", "--json"],
+    ));
+    assert_eq!(rest["deleted"], left, "running it again goes on");
+    pg.drop().await;
+}
+
+/// One HTTP/1.1 GET: the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to --http-addr");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of `metric` (the sum over its label sets) in Prometheus text.
+fn metric(text: &str, metric: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `outbox relay` as operators run it: Kafka settings from a properties file and the
+/// environment (TLS through a real listener, which needs both: the file gives the
+/// protocol and the brokers, the environment the CA), the HTTP endpoints, JSON logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_probes() {
+    use outbox_tests::kafka::{create_topic_with, unique_topic};
+    use outbox_tests::tls::{Pki, broker_behind_tls};
+    let pg = PgSchema::migrated().await;
+    let pki = Pki::make();
+    let (broker, listener) = broker_behind_tls(&pki, false).await;
+    let mut client = outbox_tests::kafka::client_config(&listener.address);
+    client
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", pki.ca.display().to_string());
+    let topic = unique_topic("cli-ops");
+    create_topic_with(&client, &topic, 1).await;
+    let outbox = Outbox::new();
+    for i in 0..5 {
+        outbox
+            .store(
+                &pg.db,
+                &EventBuilder::new("thing.happened", format!("k-{i}")),
+                &topic,
+            )
+            .await
+            .expect("store");
+    }
+    let properties = std::env::temp_dir().join(format!("outbox-cli-{}.properties", Uuid::now_v7()));
+    std::fs::write(
+        &properties,
+        format!(
+            "# the relay's Kafka settings\nbootstrap.servers={}\nsecurity.protocol=ssl\nmessage.timeout.ms=3000\n",
+            listener.address
+        ),
+    )
+    .expect("properties file");
+    let http = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        format!("127.0.0.1:{port}")
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["relay", "--kafka-config"])
+        .arg(&properties)
+        .args(["--http-addr", &http, "--log-format", "json"])
+        .env("DATABASE_URL", schema_url(&pg))
+        .env_remove("KAFKA_BROKERS")
+        .env("OUTBOX_KAFKA_SSL_CA_LOCATION", &pki.ca)
+        .env("OUTBOX_SERVICE_NAME", "cli-ops")
+        .env("OUTBOX_INTERVAL", "100ms")
+        .env("OUTBOX_HEALTH_TIMEOUT", "5s")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start outbox relay");
+
+    let published = |at_least: f64| {
+        let http = http.clone();
+        move || {
+            let http = http.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    std::net::TcpStream::connect(&http).is_ok()
+                        && metric(&http_get(&http, "/metrics").1, "outbox_published_total")
+                            >= at_least
+                })
+                .await
+                .expect("probe")
+            }
+        }
+    };
+    let get = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            tokio::task::spawn_blocking(move || http_get(&http, path))
+                .await
+                .expect("get")
+        }
+    };
+    outbox_tests::eventually(
+        "5 published, in /metrics",
+        std::time::Duration::from_secs(30),
+        published(5.0),
+    )
+    .await;
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "outbox_pending",
+        "outbox_dead_letters",
+        "outbox_oldest_pending_age_seconds",
+        "outbox_publish_latency_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "{name} in /metrics: {text}");
+    }
+    assert_eq!(get("/healthz").await, (200, "ok\n".to_owned()));
+    outbox_tests::eventually("ready", std::time::Duration::from_secs(20), || async {
+        get("/readyz").await == (200, "ready\n".to_owned())
+    })
+    .await;
+    for i in 0..3 {
+        outbox
+            .store(
+                &pg.db,
+                &EventBuilder::new("thing.happened", format!("k-{i}")),
+                &topic,
+            )
+            .await
+            .expect("store");
+    }
+    outbox_tests::eventually(
+        "/metrics grows as events flow",
+        std::time::Duration::from_secs(30),
+        published(8.0),
+    )
+    .await;
+
+    broker.freeze();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let reason = loop {
+        let (status, body) = get("/readyz").await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready with the broker frozen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        reason.contains("broker"),
+        "the reason names the broker: {reason}"
+    );
+    assert_eq!(
+        get("/healthz").await.0,
+        200,
+        "alive while the broker is away"
+    );
+    broker.thaw();
+    outbox_tests::eventually(
+        "ready again",
+        std::time::Duration::from_secs(30),
+        || async { get("/readyz").await.0 == 200 },
+    )
+    .await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(
+            |l| l["message"] == "relay running; Ctrl-C or SIGTERM stops it" && l["level"] == "INFO"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "relay stopped"
+                && l["published"].as_u64().is_some_and(|n| n >= 8)),
+        "{stderr}"
+    );
+    std::fs::remove_file(properties).expect("remove");
     pg.drop().await;
 }
