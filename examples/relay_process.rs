@@ -30,6 +30,12 @@ async fn main() -> Result<(), Error> {
     let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL")?;
     let db = Database::connect(url).await?;
     let kafka = KafkaConfig::from_env()?; // OUTBOX_KAFKA_BOOTSTRAP_SERVERS, ..._SECURITY_PROTOCOL, ...
+    let http_addr = std::env::var("OUTBOX_HTTP_ADDR").ok();
+    // The Prometheus recorder before the relay starts: what it records earlier is lost.
+    let metrics = match &http_addr {
+        Some(_) => Some(outbox::http::install_prometheus()?),
+        None => None,
+    };
     let relay = Processor::new(
         ProcessorConfig::from_env()?,
         db,
@@ -39,10 +45,10 @@ async fn main() -> Result<(), Error> {
     println!("relay {} started", relay.relay_id());
 
     // /metrics, /healthz and /readyz, for Prometheus and Kubernetes.
-    let endpoints = match std::env::var("OUTBOX_HTTP_ADDR") {
-        Ok(addr) => {
+    let endpoints = match (http_addr, metrics) {
+        (Some(addr), Some(metrics)) => {
             let server = Endpoints::new(relay.probe())
-                .with_prometheus()?
+                .with_prometheus(metrics)
                 .bind(addr)
                 .await?;
             println!(
@@ -51,7 +57,7 @@ async fn main() -> Result<(), Error> {
             );
             Some(server)
         }
-        Err(_) => None,
+        _ => None,
     };
 
     let mut terminate = signal(SignalKind::terminate())?;

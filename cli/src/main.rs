@@ -464,20 +464,26 @@ async fn relay(db: DatabaseConnection, outbox: Outbox, options: Relay) -> Result
         "no Kafka broker given: pass --brokers, or set KAFKA_BROKERS, \
          OUTBOX_KAFKA_BOOTSTRAP_SERVERS or bootstrap.servers in --kafka-config"
     })?;
-    let relay = Processor::new(config, db, KafkaPublisher::from_config(kafka)?)?
+    let publisher = KafkaPublisher::from_config(kafka)?;
+    // The recorder first: what the relay records before it exists is lost.
+    let metrics = match options.http_addr {
+        Some(_) => Some(outbox::http::install_prometheus()?),
+        None => None,
+    };
+    let relay = Processor::new(config, db, publisher)?
         .with_outbox(outbox)
         .spawn();
-    let endpoints = match options.http_addr {
-        Some(addr) => {
+    let endpoints = match (options.http_addr, metrics) {
+        (Some(addr), Some(metrics)) => {
             let server = outbox::http::Endpoints::new(relay.probe())
-                .with_prometheus()?
+                .with_prometheus(metrics)
                 .bind(addr)
                 .await
                 .map_err(|error| format!("cannot serve --http-addr {addr}: {error}"))?;
             tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
             Some(server)
         }
-        None => None,
+        _ => None,
     };
     tracing::info!(
         relay_id = relay.relay_id(),

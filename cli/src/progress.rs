@@ -89,7 +89,7 @@ impl Batches {
         };
         let bar = ProgressBar::with_draw_target(Some(self.total), target);
         if let Ok(style) =
-            ProgressStyle::with_template("{msg}: {bar:30} {pos}/{len} rows, {per_sec}, eta {eta}")
+            ProgressStyle::with_template("{msg}: {bar:30} {pos}/{len} rows, eta {eta}")
         {
             bar.set_style(style);
         }

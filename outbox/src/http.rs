@@ -10,10 +10,11 @@
 //! # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
 //! use outbox::{KafkaConfig, KafkaPublisher, Processor, ProcessorConfig};
 //!
+//! let metrics = outbox::http::install_prometheus()?; // before the relay starts
 //! let publisher = KafkaPublisher::from_config(KafkaConfig::from_env()?)?;
 //! let relay = Processor::new(ProcessorConfig::from_env()?, db, publisher)?.spawn();
 //! let endpoints = outbox::http::Endpoints::new(relay.probe())
-//!     .with_prometheus()?
+//!     .with_prometheus(metrics)
 //!     .bind("0.0.0.0:9464")
 //!     .await?;
 //! // ... until the service stops:
@@ -56,9 +57,29 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Installs a Prometheus recorder as the process's `metrics` recorder, with the
+/// relay's metrics described (`# HELP`) and latency as a histogram with buckets from
+/// 5 ms to 60 s. Install it before the relay starts: what is recorded before a
+/// recorder exists is lost.
+///
+/// # Errors
+/// [`Error::Metrics`] when the process has a `metrics` recorder already: pass its
+/// handle to [`Endpoints::with_prometheus`] instead (and call
+/// [`metric_names::describe`] after installing it).
+pub fn install_prometheus() -> Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(metric_names::PUBLISH_LATENCY.to_owned()),
+            LATENCY_BUCKETS,
+        )
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|error| Error::Metrics(error.to_string()))?;
+    metric_names::describe();
+    Ok(handle)
+}
+
 /// What the endpoints answer from: the relay's health and, once
-/// [`with_prometheus`](Self::with_prometheus) or
-/// [`with_prometheus_handle`](Self::with_prometheus_handle) is called, the metrics.
+/// [`with_prometheus`](Self::with_prometheus) is called, the metrics.
 #[derive(Clone)]
 pub struct Endpoints {
     probe: HealthProbe,
@@ -67,7 +88,7 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// Endpoints for the relay of `probe` ([`RelayHandle::probe`](crate::RelayHandle::probe)).
-    /// Without a Prometheus recorder, `/metrics` answers 404.
+    /// Without [`with_prometheus`](Self::with_prometheus), `/metrics` answers 404.
     pub fn new(probe: HealthProbe) -> Self {
         Endpoints {
             probe,
@@ -75,26 +96,9 @@ impl Endpoints {
         }
     }
 
-    /// Installs a Prometheus recorder as the process's `metrics` recorder (latency as
-    /// a histogram with buckets from 5 ms to 60 s) and serves it at `/metrics`.
-    ///
-    /// # Errors
-    /// [`Error::Metrics`] when the process has a `metrics` recorder already: pass
-    /// its handle to [`with_prometheus_handle`](Self::with_prometheus_handle) instead.
-    pub fn with_prometheus(self) -> Result<Self> {
-        let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(metric_names::PUBLISH_LATENCY.to_owned()),
-                LATENCY_BUCKETS,
-            )
-            .and_then(PrometheusBuilder::install_recorder)
-            .map_err(|error| Error::Metrics(error.to_string()))?;
-        Ok(self.with_prometheus_handle(handle))
-    }
-
-    /// Serves the recorder of `handle` at `/metrics` (a process that installed its
-    /// own Prometheus recorder).
-    pub fn with_prometheus_handle(mut self, handle: PrometheusHandle) -> Self {
+    /// Serves the Prometheus recorder of `handle` at `/metrics`: the one
+    /// [`install_prometheus`] returns, or one the process installed itself.
+    pub fn with_prometheus(mut self, handle: PrometheusHandle) -> Self {
         self.prometheus = Some(handle);
         self
     }

@@ -60,6 +60,45 @@ pub mod metric_names {
     /// Gauge: 1 while this relay's health check passes, 0 while it fails (updated at
     /// every probe of the broker and the database).
     pub const HEALTHY: &str = "outbox_relay_healthy";
+
+    /// Gives every metric its help text and unit in the installed `metrics` recorder
+    /// (Prometheus shows them as `# HELP`). `outbox::http::install_prometheus` calls
+    /// it; call it after installing a recorder of your own.
+    pub fn describe() {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(PUBLISHED, Unit::Count, "Events published to the broker.");
+        describe_counter!(
+            FAILED,
+            Unit::Count,
+            "Failed publish attempts, by kind (transient or permanent)."
+        );
+        describe_counter!(DEAD_LETTERED, Unit::Count, "Events dead-lettered.");
+        describe_gauge!(PENDING, Unit::Count, "Events waiting to be published.");
+        describe_gauge!(
+            DEAD_LETTERS,
+            Unit::Count,
+            "Dead-lettered events not replayed."
+        );
+        describe_gauge!(
+            OLDEST_PENDING_AGE,
+            Unit::Seconds,
+            "Age of the oldest pending event."
+        );
+        describe_gauge!(
+            PENDING_OUTSIDE_SHARDS,
+            Unit::Count,
+            "Pending events in shards the relay's shard count does not cover (a misconfiguration)."
+        );
+        describe_histogram!(
+            PUBLISH_LATENCY,
+            Unit::Seconds,
+            "Time from store to broker acknowledgement."
+        );
+        describe_gauge!(
+            HEALTHY,
+            "1 while the relay's health check passes, 0 while it fails."
+        );
+    }
 }
 
 /// The header a dead-lettered event carries on the dead-letter topic.
@@ -260,6 +299,10 @@ impl<P: Publisher> Processor<P> {
         let tracker = TaskTracker::new();
         let mut tasks = Vec::new();
         if inner.config.enabled {
+            // Counters exist from the start, so that `rate()` sees their first events.
+            let service = inner.config.service_name.clone();
+            metrics::counter!(metric_names::PUBLISHED, "service" => service.clone()).increment(0);
+            metrics::counter!(metric_names::DEAD_LETTERED, "service" => service).increment(0);
             tasks.push(tracker.spawn(Arc::clone(&inner).keep_leases(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).run(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).probe(cancel.clone())));

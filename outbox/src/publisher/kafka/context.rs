@@ -61,6 +61,13 @@ impl KafkaContext {
 impl ClientContext for KafkaContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let message = self.secrets.scrub(message);
+        // The publisher sets the gapless guarantee on purpose (see `KafkaConfig`);
+        // librdkafka's warning that it is experimental would come with every producer.
+        let level = if facility == "CONFWARN" && message.contains("enable.gapless.guarantee") {
+            RDKafkaLogLevel::Debug
+        } else {
+            level
+        };
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
