@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use outbox::{EventBuilder, KafkaConfig, KafkaPublisher, Outbox, Processor, ProcessorConfig};
 use outbox_tests::kafka::{Received, client_config, consume_with, create_topic_with, unique_topic};
-use outbox_tests::tls::{Pki, broker_behind_tls};
+use outbox_tests::tls::{Pki, broker_behind_tls, tls_client};
 use outbox_tests::{PgSchema, eventually};
 use rdkafka::ClientConfig;
 use sea_orm::{DatabaseConnection, EntityTrait};
@@ -30,14 +30,17 @@ fn config(service: &str) -> ProcessorConfig {
     }
 }
 
-/// TLS client settings: verify the broker's certificate against `ca` (and its name:
-/// librdkafka checks the host name by default).
-fn tls(brokers: &str, ca: &std::path::Path) -> ClientConfig {
-    let mut config = client_config(brokers);
-    config
-        .set("security.protocol", "ssl")
-        .set("ssl.ca.location", ca.display().to_string());
-    config
+/// A relay of `service` on `db`, publishing with the client settings of `client`.
+fn start_relay(
+    service: &str,
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    client: &ClientConfig,
+) -> outbox::RelayHandle {
+    Processor::new(config(service), db.clone(), publisher(client))
+        .expect("valid relay config")
+        .with_outbox(outbox.clone())
+        .spawn()
 }
 
 fn publisher(client: &ClientConfig) -> KafkaPublisher {
@@ -105,14 +108,11 @@ async fn the_relay_publishes_through_tls_with_the_certificate_verified() {
     let pg = PgSchema::migrated().await;
     let pki = Pki::make();
     let (_broker, listener) = broker_behind_tls(&pki, false).await;
-    let client = tls(&listener.address, &pki.ca);
+    let client = tls_client(&listener.address, &pki.ca);
     let topic = unique_topic("tls");
     create_topic_with(&client, &topic, 2).await;
     let outbox = Outbox::new();
-    let relay = Processor::new(config("tls"), pg.db.clone(), publisher(&client))
-        .expect("valid relay config")
-        .with_outbox(outbox.clone())
-        .spawn();
+    let relay = start_relay("tls", &pg.db, &outbox, &client);
     store(&pg.db, &outbox, &topic, 4, 5).await;
     eventually(
         "all published through TLS",
@@ -135,17 +135,14 @@ async fn a_certificate_from_the_wrong_ca_is_reported_clearly_and_loses_nothing()
     let pg = PgSchema::migrated().await;
     let pki = Pki::make();
     let (_broker, listener) = broker_behind_tls(&pki, false).await;
-    let right = tls(&listener.address, &pki.ca);
+    let right = tls_client(&listener.address, &pki.ca);
     let topic = unique_topic("wrong-ca");
     create_topic_with(&right, &topic, 1).await;
     let outbox = Outbox::new();
     store(&pg.db, &outbox, &topic, 2, 5).await;
 
-    let wrong = tls(&listener.address, &pki.wrong_ca);
-    let relay = Processor::new(config("wrong-ca"), pg.db.clone(), publisher(&wrong))
-        .expect("valid relay config")
-        .with_outbox(outbox.clone())
-        .spawn();
+    let wrong = tls_client(&listener.address, &pki.wrong_ca);
+    let relay = start_relay("wrong-ca", &pg.db, &outbox, &wrong);
     let reason = unhealthy_for(&relay, "certificate verify failed").await;
     assert!(reason.contains("SSL handshake failed"), "{reason}");
     // Let it try for a while longer: nothing is published, nothing dead-lettered, and
@@ -157,10 +154,7 @@ async fn a_certificate_from_the_wrong_ca_is_reported_clearly_and_loses_nothing()
     assert_eq!((backlog.pending, backlog.dead_lettered), (10, 0));
     assert!(attempts(&pg.db).await.iter().all(|&a| a == 0));
 
-    let relay = Processor::new(config("wrong-ca"), pg.db.clone(), publisher(&right))
-        .expect("valid relay config")
-        .with_outbox(outbox.clone())
-        .spawn();
+    let relay = start_relay("wrong-ca", &pg.db, &outbox, &right);
     eventually(
         "published with the right CA",
         Duration::from_secs(30),
@@ -225,7 +219,7 @@ async fn sasl_settings_reach_the_broker_and_a_refusal_never_shows_the_password()
     store(&pg.db, &outbox, &topic, 1, 3).await;
     for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
         let password = format!("{mechanism}-Pa55word-that-must-not-leak");
-        let mut client = tls(&listener.address, &pki.ca);
+        let mut client = tls_client(&listener.address, &pki.ca);
         client
             .set("security.protocol", "sasl_ssl")
             .set("sasl.mechanisms", mechanism)

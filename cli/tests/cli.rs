@@ -521,6 +521,14 @@ async fn an_interrupted_purge_keeps_what_it_did_and_says_so() {
     pg.drop().await;
 }
 
+/// Stores one event for each of the keys `k-0` .. `k-{count - 1}`.
+async fn store_keys(pg: &PgSchema, outbox: &Outbox, topic: &str, count: usize) {
+    for i in 0..count {
+        let event = EventBuilder::new("thing.happened", format!("k-{i}"));
+        outbox.store(&pg.db, &event, topic).await.expect("store");
+    }
+}
+
 /// One HTTP/1.1 GET: the status code and the body.
 fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -564,27 +572,15 @@ fn metric(text: &str, metric: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_probes() {
     use outbox_tests::kafka::{create_topic_with, unique_topic};
-    use outbox_tests::tls::{Pki, broker_behind_tls};
+    use outbox_tests::tls::{Pki, broker_behind_tls, tls_client};
     let pg = PgSchema::migrated().await;
     let pki = Pki::make();
     let (broker, listener) = broker_behind_tls(&pki, false).await;
-    let mut client = outbox_tests::kafka::client_config(&listener.address);
-    client
-        .set("security.protocol", "ssl")
-        .set("ssl.ca.location", pki.ca.display().to_string());
+    let client = tls_client(&listener.address, &pki.ca);
     let topic = unique_topic("cli-ops");
     create_topic_with(&client, &topic, 1).await;
     let outbox = Outbox::new();
-    for i in 0..5 {
-        outbox
-            .store(
-                &pg.db,
-                &EventBuilder::new("thing.happened", format!("k-{i}")),
-                &topic,
-            )
-            .await
-            .expect("store");
-    }
+    store_keys(&pg, &outbox, &topic, 5).await;
     let properties = std::env::temp_dir().join(format!("outbox-cli-{}.properties", Uuid::now_v7()));
     std::fs::write(
         &properties,
@@ -659,16 +655,7 @@ async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_p
         get("/readyz").await == (200, "ready\n".to_owned())
     })
     .await;
-    for i in 0..3 {
-        outbox
-            .store(
-                &pg.db,
-                &EventBuilder::new("thing.happened", format!("k-{i}")),
-                &topic,
-            )
-            .await
-            .expect("store");
-    }
+    store_keys(&pg, &outbox, &topic, 3).await;
     outbox_tests::eventually(
         "/metrics grows as events flow",
         std::time::Duration::from_secs(30),

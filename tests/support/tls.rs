@@ -215,3 +215,13 @@ pub async fn broker_behind_tls(pki: &Pki, authentication: bool) -> (PrivateBroke
     let broker = PrivateBroker::start_with(plain, &tls, extra).await;
     (broker, listener)
 }
+
+/// TLS client settings for `brokers`: verify the broker's certificate against `ca`
+/// (and its name: librdkafka checks the host name by default).
+pub fn tls_client(brokers: &str, ca: &Path) -> rdkafka::ClientConfig {
+    let mut config = crate::kafka::client_config(brokers);
+    config
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", ca.display().to_string());
+    config
+}
