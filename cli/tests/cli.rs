@@ -580,7 +580,6 @@ async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_p
     let topic = unique_topic("cli-ops");
     create_topic_with(&client, &topic, 1).await;
     let outbox = Outbox::new();
-    store_keys(&pg, &outbox, &topic, 5).await;
     let properties = std::env::temp_dir().join(format!("outbox-cli-{}.properties", Uuid::now_v7()));
     std::fs::write(
         &properties,
@@ -634,6 +633,18 @@ async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_p
                 .expect("get")
         }
     };
+    // Before any event: the counters are there, at zero, so that rate() sees the
+    // first events (the recorder is installed before the relay starts).
+    outbox_tests::eventually(
+        "/metrics served",
+        std::time::Duration::from_secs(30),
+        published(0.0),
+    )
+    .await;
+    let (_, text) = get("/metrics").await;
+    assert!(text.contains("outbox_published_total{"), "{text}");
+    assert!(text.contains("outbox_dead_lettered_total{"), "{text}");
+    store_keys(&pg, &outbox, &topic, 5).await;
     outbox_tests::eventually(
         "5 published, in /metrics",
         std::time::Duration::from_secs(30),
@@ -647,9 +658,12 @@ async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_p
         "outbox_dead_letters",
         "outbox_oldest_pending_age_seconds",
         "outbox_publish_latency_seconds_bucket",
+        "outbox_relay_healthy",
+        "# HELP outbox_published_total",
     ] {
         assert!(text.contains(name), "{name} in /metrics: {text}");
     }
+    assert_eq!(metric(&text, "outbox_dead_lettered_total"), 0.0);
     assert_eq!(get("/healthz").await, (200, "ok\n".to_owned()));
     outbox_tests::eventually("ready", std::time::Duration::from_secs(20), || async {
         get("/readyz").await == (200, "ready\n".to_owned())
