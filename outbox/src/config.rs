@@ -37,6 +37,8 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// | `health_timeout` | 60 s | `OUTBOX_HEALTH_TIMEOUT` |
 /// | `shards` | 16 | `OUTBOX_SHARDS` |
 /// | `stall_timeout` | 20 s | `OUTBOX_STALL_TIMEOUT` |
+/// | `listen` | true | `OUTBOX_LISTEN` |
+/// | `listen_url` | none (a connection of the relay's pool) | `OUTBOX_LISTEN_URL` |
 ///
 /// Durations are written like `250ms`, `5s`, `1m 30s` or `24h`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +90,53 @@ pub struct ProcessorConfig {
     /// heartbeating, so relays that can deliver take its keys; it rejoins once the
     /// broker answers it again. Keep it above the publisher's delivery timeout.
     pub stall_timeout: Duration,
+    /// On PostgreSQL, whether the relay listens for the `NOTIFY` that writers in any
+    /// process send when they store events (see
+    /// [`Outbox::with_wake_connection`](crate::Outbox::with_wake_connection)), and
+    /// whether its own process's stores send one. Without it, events stored in other
+    /// processes are found by polling (up to `interval` later after an idle spell).
+    /// Needs the `postgres` feature; SQLite always wakes in-process only.
+    pub listen: bool,
+    /// The database the relay listens on, when it must not be a connection of the
+    /// relay's pool: behind PgBouncer in transaction mode, `LISTEN` needs a direct
+    /// connection to PostgreSQL (the same database). `None`: one connection of the
+    /// pool is kept for listening.
+    pub listen_url: Option<DatabaseUrl>,
+}
+
+/// A database URL whose password never appears in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> Self {
+        DatabaseUrl(url)
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(url: &str) -> Self {
+        DatabaseUrl(url.to_owned())
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    /// The URL up to the host, with the user info and every parameter left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.0.split(['?', '#']).next().unwrap_or_default();
+        let shown = match (url.split_once("://"), url.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+            _ => url.to_owned(),
+        };
+        write!(f, "{shown:?}")
+    }
 }
 
 impl Default for ProcessorConfig {
@@ -111,6 +160,8 @@ impl Default for ProcessorConfig {
             health_timeout: Duration::from_secs(60),
             shards: crate::store::DEFAULT_SHARD_COUNT,
             stall_timeout: Duration::from_secs(20),
+            listen: true,
+            listen_url: None,
         }
     }
 }
@@ -168,6 +219,10 @@ impl ProcessorConfig {
         env.duration("OUTBOX_SHUTDOWN_TIMEOUT", &mut c.shutdown_timeout)?;
         env.duration("OUTBOX_HEALTH_TIMEOUT", &mut c.health_timeout)?;
         env.duration("OUTBOX_STALL_TIMEOUT", &mut c.stall_timeout)?;
+        env.boolean("OUTBOX_LISTEN", &mut c.listen)?;
+        if let Some(url) = env.get("OUTBOX_LISTEN_URL") {
+            c.listen_url = Some(DatabaseUrl(url));
+        }
         env.parse(
             "OUTBOX_SHARDS",
             &mut c.shards,
@@ -340,6 +395,30 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listen_url_shows_no_password() {
+        let config = from(&[
+            ("OUTBOX_LISTEN", "false"),
+            (
+                "OUTBOX_LISTEN_URL",
+                "postgres://relay:s3cr3t@db:5432/app?password=p2",
+            ),
+        ])
+        .expect("valid");
+        assert!(!config.listen);
+        let url = config.listen_url.as_ref().expect("set");
+        assert_eq!(
+            url.as_str(),
+            "postgres://relay:s3cr3t@db:5432/app?password=p2"
+        );
+        let shown = format!("{config:?}");
+        assert!(shown.contains("postgres://***@db:5432/app"), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("p2"),
+            "{shown}"
+        );
+    }
 
     fn from(vars: &[(&str, &str)]) -> Result<ProcessorConfig> {
         ProcessorConfig::from_lookup(|name| {

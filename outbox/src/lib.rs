@@ -205,8 +205,9 @@ mod repository;
 mod sql;
 mod store;
 mod tables;
+mod wake;
 
-pub use config::{MAX_BATCH_SIZE, ProcessorConfig};
+pub use config::{DatabaseUrl, MAX_BATCH_SIZE, ProcessorConfig};
 pub use message::Message;
 pub use processor::{
     DEAD_LETTER_ERROR_HEADER, HealthProbe, ProcessReport, Processor, RelayHandle, Stats,

@@ -7,8 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionSession, TransactionTrait, Value};
-use tokio::sync::Notify;
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionSession, TransactionTrait,
+    Value,
+};
 use uuid::Uuid;
 
 use crate::envelope::Envelope;
@@ -17,6 +19,7 @@ use crate::event::OutboxEvent;
 use crate::key::{key_hash, lock_id, shard_of};
 use crate::sql::{Dialect, EventRow};
 use crate::tables::Tables;
+use crate::wake::{self, Wake};
 
 /// How many keys one locking statement takes, within PostgreSQL's bind parameter limit.
 const MAX_KEYS_PER_LOCK: usize = 30_000;
@@ -56,8 +59,8 @@ pub(crate) const DEFAULT_SHARD_COUNT: NonZeroU16 = match NonZeroU16::new(DEFAULT
 pub struct Outbox {
     tables: Tables,
     shards: Option<NonZeroU16>,
-    /// Wakes the relays of this process that were built with this outbox.
-    wake: Arc<Notify>,
+    /// Wakes the relays: of this process at once, of others through PostgreSQL.
+    wake: Arc<Wake>,
 }
 
 impl Outbox {
@@ -102,17 +105,36 @@ impl Outbox {
         Ok(())
     }
 
-    /// Wakes this process's relay (one built with a clone of this outbox). Storing an
-    /// event wakes it too, but before the transaction commits; the relay then polls
-    /// quickly for a while, so calling this after the commit only saves milliseconds.
+    /// Wakes the relays: this process's (one built with a clone of this outbox) and,
+    /// when cross-process wake-ups are on (see
+    /// [`with_wake_connection`](Self::with_wake_connection)), every relay of the
+    /// table. Storing an event does this too, but before the transaction commits; the
+    /// relay then polls quickly for a while, so calling this after the commit only
+    /// saves milliseconds.
     pub fn notify(&self) {
-        self.wake.notify_one();
+        self.wake.all();
     }
 
-    /// Resolves when [`notify`](Self::notify) was called (or an event was stored)
-    /// since the last time it resolved.
-    pub(crate) async fn notified(&self) {
-        self.wake.notified().await;
+    /// Wakes the relays of **other processes** too when this outbox stores events,
+    /// by a PostgreSQL `NOTIFY` on `db` (a pool of the writer's: a connection through
+    /// PgBouncer in transaction mode is fine). The notification is sent by a task of
+    /// its own, after the store and outside the caller's transaction, so it never
+    /// slows the transaction down; bursts are coalesced into one notification every
+    /// 2 ms at most. Relays listen for it (see `ProcessorConfig::listen`).
+    ///
+    /// A relay built with a clone of this outbox
+    /// ([`Processor::with_outbox`](crate::Processor::with_outbox)) sets this up with
+    /// its own connection; call it in processes that store events and run no relay.
+    /// Ignored on other databases than PostgreSQL, and once set.
+    pub fn with_wake_connection(self, db: &DatabaseConnection) -> Self {
+        self.wake
+            .notify_through(db, wake::channel(self.tables.outbox().as_str()));
+        self
+    }
+
+    /// The wake-up signals, for the relay.
+    pub(crate) fn wake(&self) -> &Wake {
+        &self.wake
     }
 
     /// Stores `event` for `topic` on `conn`: normally the caller's own
@@ -164,6 +186,10 @@ impl Outbox {
         }
         let dialect = Dialect::of(conn.get_database_backend())?;
         let ids = envelopes.iter().map(Envelope::id).collect();
+        let shards: Vec<i32> = envelopes
+            .iter()
+            .map(|envelope| shard_of(key_hash(envelope.key()), self.shards()))
+            .collect();
         if envelopes.len() <= dialect.max_rows_per_insert() {
             self.insert(conn, dialect, envelopes, Locks::Take).await?;
         } else {
@@ -176,7 +202,7 @@ impl Outbox {
                 }
             }
         }
-        self.notify();
+        self.wake.stored(shards);
         Ok(ids)
     }
 
@@ -318,10 +344,11 @@ impl<'a, C: ConnectionTrait> IntoFuture for Store<'a, C> {
             let id = envelope.id;
             envelope.validate()?;
             let dialect = Dialect::of(self.conn.get_database_backend())?;
+            let shard = shard_of(key_hash(envelope.key()), self.outbox.shards());
             self.outbox
                 .insert(self.conn, dialect, vec![envelope], Locks::Take)
                 .await?;
-            self.outbox.notify();
+            self.outbox.wake.stored([shard]);
             Ok(id)
         })
     }

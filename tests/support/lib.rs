@@ -61,6 +61,15 @@ impl PgSchema {
         schema
     }
 
+    /// A URL that connects to this schema, for another process.
+    pub fn url(&self) -> String {
+        format!(
+            "{}?options=-c%20search_path%3D{}",
+            database_url(),
+            self.schema
+        )
+    }
+
     /// Drops the schema. A failing test skips this, leaving its data to inspect.
     pub async fn drop(self) {
         self.db.close().await.expect("close test pool");

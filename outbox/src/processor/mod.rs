@@ -8,6 +8,8 @@
 
 mod clock;
 mod lease;
+#[cfg(feature = "postgres")]
+mod listen;
 mod state;
 
 use std::collections::HashSet;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::StreamExt;
-use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, TransactionTrait};
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -146,6 +148,8 @@ struct Inner<P> {
     renew_now: Notify,
     /// Tells the main loop that a lease round took shards.
     leased: Notify,
+    /// Tells the main loop that another process stored events for an owned shard.
+    remote_wake: Notify,
     clock: Clock,
     /// Since when every batch has failed as an outage with nothing delivered.
     stalled_since: std::sync::Mutex<Option<Instant>>,
@@ -231,6 +235,7 @@ impl<P: Publisher> Processor<P> {
                 leases: Mutex::new(leases),
                 renew_now: Notify::new(),
                 leased: Notify::new(),
+                remote_wake: Notify::new(),
                 clock: Clock::new(skew),
                 stalled_since: std::sync::Mutex::new(None),
             },
@@ -250,6 +255,11 @@ impl<P: Publisher> Processor<P> {
             );
         }
         let skew = inner.clock.skew();
+        let outbox = if inner.config.listen {
+            outbox.with_wake_connection(&inner.db)
+        } else {
+            outbox
+        };
         Self::build(
             inner.config,
             inner.db,
@@ -306,6 +316,10 @@ impl<P: Publisher> Processor<P> {
             tasks.push(tracker.spawn(Arc::clone(&inner).keep_leases(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).run(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).probe(cancel.clone())));
+            #[cfg(feature = "postgres")]
+            if inner.config.listen && inner.db.get_database_backend() == DbBackend::Postgres {
+                tasks.push(tracker.spawn(Arc::clone(&inner).listen(cancel.clone())));
+            }
             if inner.config.cleanup_enabled {
                 tasks.push(tracker.spawn(Arc::clone(&inner).cleanup(cancel.clone())));
             }
@@ -481,7 +495,8 @@ impl<P: Publisher> Inner<P> {
             }
             tokio::select! {
                 () = cancel.cancelled() => break,
-                () = self.outbox.notified() => idle_wait = config.min_poll_interval,
+                () = self.outbox.wake().notified() => idle_wait = config.min_poll_interval,
+                () = self.remote_wake.notified() => idle_wait = config.min_poll_interval,
                 () = self.leased.notified() => idle_wait = config.min_poll_interval,
                 () = tokio::time::sleep(wait) => {}
             }

@@ -1,0 +1,129 @@
+//! The relay's side of cross-process wake-ups (PostgreSQL, feature `postgres`): a
+//! connection that `LISTEN`s on the outbox table's channel and wakes the main loop
+//! when a writer in any process stored events for a shard this relay owns.
+//!
+//! Lost notifications cost latency, never events: the relay polls anyway. After the
+//! listening connection is (re-)established, the relay polls once, for what was
+//! stored while nobody listened.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::{DatabaseConnection, DatabaseConnectionType};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::Inner;
+use crate::publisher::Publisher;
+use crate::wake;
+
+/// The longest wait before trying to listen again.
+const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
+
+impl<P: Publisher> Inner<P> {
+    /// Listens until `cancel`, reconnecting with backoff.
+    pub(super) async fn listen(self: Arc<Self>, cancel: CancellationToken) {
+        let channel = wake::channel(self.outbox.tables().outbox().as_str());
+        let mut wait = Duration::from_millis(100);
+        while !cancel.is_cancelled() {
+            match self.listener(&channel).await {
+                Ok(mut listener) => {
+                    info!(relay = %self.relay_id, %channel, "listening for stored events");
+                    wait = Duration::from_millis(100);
+                    // Events stored while nobody listened: poll once.
+                    self.wake_for(None).await;
+                    let outcome = cancel
+                        .run_until_cancelled(self.receive(&mut listener))
+                        .await;
+                    match outcome {
+                        None => return,
+                        Some(error) => {
+                            warn!(relay = %self.relay_id, %error, "the listening connection failed; listening again");
+                        }
+                    }
+                }
+                Err(error) => {
+                    warn!(relay = %self.relay_id, %error, "cannot listen for stored events; polling until it can");
+                }
+            }
+            if cancel
+                .run_until_cancelled(tokio::time::sleep(wait))
+                .await
+                .is_none()
+            {
+                return;
+            }
+            wait = (wait * 2).min(MAX_RECONNECT_WAIT);
+        }
+    }
+
+    /// A listening connection: from `listen_url`, else one of the pool's.
+    async fn listener(&self, channel: &str) -> Result<PgListener, String> {
+        let mut listener = match &self.config.listen_url {
+            Some(url) => PgListener::connect(url.as_str()).await,
+            None => match pool_of(&self.db) {
+                Some(pool) => PgListener::connect_with(pool).await,
+                None => return Err("the connection is not a PostgreSQL pool".to_owned()),
+            },
+        }
+        .map_err(|error| error.to_string())?;
+        // A failed connection is replaced by this task, not behind its back.
+        listener.eager_reconnect(false);
+        // Named in pg_stat_activity, for operators (and the tests that cut it).
+        sea_orm::sqlx::query("SELECT set_config('application_name', $1, false)")
+            .bind(format!("outbox listen {}", self.relay_id))
+            .execute(&mut listener)
+            .await
+            .map_err(|error| error.to_string())?;
+        listener
+            .listen(channel)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(listener)
+    }
+
+    /// Wakes the main loop for each notification until the connection fails; returns
+    /// why it failed.
+    async fn receive(&self, listener: &mut PgListener) -> String {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    self.wake_for(wake::shards_of(notification.payload())).await;
+                }
+                Ok(None) => return "the connection was closed".to_owned(),
+                Err(error) => return error.to_string(),
+            }
+        }
+    }
+
+    /// Wakes the main loop when `shards` (all when `None`) include one this relay owns.
+    async fn wake_for(&self, shards: Option<Vec<i32>>) {
+        let owned = match shards {
+            None => true,
+            Some(shards) => {
+                let leases = self.leases.lock().await;
+                let owned = leases.owned();
+                shards
+                    .iter()
+                    .any(|shard| owned.iter().any(|(own, _)| own == shard))
+            }
+        };
+        if owned {
+            self.remote_wake.notify_one();
+        } else {
+            debug!(relay = %self.relay_id, "notified for shards of other relays");
+        }
+    }
+}
+
+/// The sqlx pool under `db`, when it is a PostgreSQL pool.
+fn pool_of(db: &DatabaseConnection) -> Option<&sea_orm::sqlx::PgPool> {
+    match &db.inner {
+        DatabaseConnectionType::SqlxPostgresPoolConnection(_) => {
+            Some(db.get_postgres_connection_pool())
+        }
+        #[allow(unreachable_patterns)] // only one variant with just `sqlx-postgres`
+        _ => None,
+    }
+}

@@ -1,0 +1,186 @@
+//! Waking relays when events are stored: in this process at once, and on PostgreSQL
+//! across processes, by a `NOTIFY` that relays `LISTEN` for.
+//!
+//! The cross-process notification is sent **outside** the caller's transaction, on a
+//! connection of its own, by a background task: PostgreSQL serialises the commits of
+//! transactions that sent `NOTIFY` (one lock for the whole database at commit), so a
+//! `NOTIFY` inside the caller's transaction would slow every writer down (the store
+//! benchmark measures it). The price is that the notification may arrive before the
+//! caller commits; the relay then polls quickly for a while (10 ms, 20 ms, 40 ms...
+//! from `OUTBOX_MIN_POLL_INTERVAL`), which finds the event once it is visible.
+//!
+//! Bursts are coalesced: one `NOTIFY` names every shard stored to since the last one,
+//! and at most one is sent every [`COALESCE`]. Its payload is the list of shards
+//! (`"3,7,12"`), so a relay that owns none of them does not poll; an empty payload
+//! wakes every relay.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement};
+use tokio::sync::{Notify, mpsc};
+use tracing::debug;
+
+/// At most one cross-process notification per this interval, per process.
+pub(crate) const COALESCE: Duration = Duration::from_millis(2);
+
+/// PostgreSQL's limit on a notification's payload is 8000 bytes; above this, wake
+/// every relay instead of naming shards.
+const MAX_PAYLOAD: usize = 4000;
+
+/// The wake-up signals of one outbox (shared by its clones).
+#[derive(Debug, Default)]
+pub(crate) struct Wake {
+    /// Relays of this process built with a clone of the outbox.
+    local: Notify,
+    /// Relays of every process, through PostgreSQL; set once.
+    remote: OnceLock<Notifier>,
+}
+
+impl Wake {
+    /// Events were stored to `shards`: wake the relays.
+    pub(crate) fn stored(&self, shards: impl IntoIterator<Item = i32>) {
+        self.local.notify_one();
+        if let Some(notifier) = self.remote.get() {
+            notifier.ring(shards);
+        }
+    }
+
+    /// Wake every relay, whatever it owns.
+    pub(crate) fn all(&self) {
+        self.local.notify_one();
+        if let Some(notifier) = self.remote.get() {
+            notifier.ring_all();
+        }
+    }
+
+    pub(crate) async fn notified(&self) {
+        self.local.notified().await;
+    }
+
+    /// Sends cross-process notifications through `db` on `channel`, unless a
+    /// connection was set already or `db` is not PostgreSQL.
+    pub(crate) fn notify_through(&self, db: &DatabaseConnection, channel: String) {
+        if db.get_database_backend() == DatabaseBackend::Postgres {
+            let _ = self.remote.set(Notifier::new(db.clone(), channel));
+        }
+    }
+}
+
+/// The channel relays of the outbox table `table` listen on.
+pub(crate) fn channel(table: &str) -> String {
+    format!("{table}_wake")
+}
+
+/// Sends coalesced `NOTIFY`s from a task of its own. The task ends when the notifier
+/// (the last clone of its outbox) is dropped.
+#[derive(Debug)]
+struct Notifier {
+    shared: Arc<Shared>,
+    /// Rings the task; started at the first ring (a tokio runtime is needed).
+    doorbell: OnceLock<Option<mpsc::Sender<()>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: DatabaseConnection,
+    channel: String,
+    /// Shards stored to since the last notification; `None`: wake every relay.
+    pending: Mutex<Option<BTreeSet<i32>>>,
+}
+
+impl Notifier {
+    fn new(db: DatabaseConnection, channel: String) -> Self {
+        Notifier {
+            shared: Arc::new(Shared {
+                db,
+                channel,
+                pending: Mutex::new(Some(BTreeSet::new())),
+            }),
+            doorbell: OnceLock::new(),
+        }
+    }
+
+    fn ring(&self, shards: impl IntoIterator<Item = i32>) {
+        if let Some(pending) = self.shared.lock().as_mut() {
+            pending.extend(shards);
+        }
+        self.send();
+    }
+
+    fn ring_all(&self) {
+        *self.shared.lock() = None;
+        self.send();
+    }
+
+    fn send(&self) {
+        let doorbell = self.doorbell.get_or_init(|| {
+            let runtime = tokio::runtime::Handle::try_current().ok()?;
+            let (sender, receiver) = mpsc::channel(1);
+            runtime.spawn(Arc::clone(&self.shared).run(receiver));
+            Some(sender)
+        });
+        if let Some(doorbell) = doorbell {
+            // Full: a ring is pending already, and it will take these shards along.
+            let _ = doorbell.try_send(());
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<BTreeSet<i32>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn run(self: Arc<Self>, mut doorbell: mpsc::Receiver<()>) {
+        while doorbell.recv().await.is_some() {
+            let payload = match self.lock().replace(BTreeSet::new()) {
+                Some(shards) if shards.is_empty() => continue,
+                Some(shards) => {
+                    let list: Vec<String> = shards.iter().map(ToString::to_string).collect();
+                    let list = list.join(",");
+                    if list.len() > MAX_PAYLOAD {
+                        String::new()
+                    } else {
+                        list
+                    }
+                }
+                None => String::new(),
+            };
+            let notify = Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [self.channel.as_str().into(), payload.into()],
+            );
+            if let Err(error) = self.db.execute_raw(notify).await {
+                // The relays poll anyway: a lost notification costs latency only.
+                debug!(%error, channel = %self.channel, "could not notify the relays");
+            }
+            tokio::time::sleep(COALESCE).await;
+        }
+    }
+}
+
+/// The shards a notification's payload names; `None` for every shard.
+pub(crate) fn shards_of(payload: &str) -> Option<Vec<i32>> {
+    if payload.is_empty() {
+        return None;
+    }
+    payload
+        .split(',')
+        .map(|shard| shard.trim().parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_name_shards_or_every_shard() {
+        assert_eq!(shards_of("3,7,12"), Some(vec![3, 7, 12]));
+        assert_eq!(shards_of(""), None);
+        assert_eq!(shards_of("3,x"), None, "unreadable: wake for every shard");
+    }
+}

@@ -1,0 +1,144 @@
+//! Cross-process wake-ups on PostgreSQL: a writer in another OS process
+//! (`outbox-test-writer`) stores events; the relay here, idle with its next poll
+//! seconds away, must publish them at once when it listens, and still publish them
+//! (by polling) when it does not.
+//!
+//! The relay polls after 10 ms, 20 ms, 40 ms... up to a 60 s interval when it finds
+//! nothing; 6 s after its start its next poll is about 4 s away, which is the window
+//! these tests store in.
+
+use std::time::Duration;
+
+use outbox::{EventBuilder, MemoryPublisher, Outbox, Processor, ProcessorConfig, RelayHandle};
+use outbox_tests::{PgSchema, eventually};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+
+fn config(listen: bool) -> ProcessorConfig {
+    ProcessorConfig {
+        interval: Duration::from_secs(60),
+        min_poll_interval: Duration::from_millis(10),
+        listen,
+        ..ProcessorConfig::new("wake")
+    }
+}
+
+/// A relay on `pg` that owns every shard and has been idle for 6 s.
+async fn idle_relay(pg: &PgSchema, listen: bool) -> RelayHandle {
+    let relay = Processor::new(config(listen), pg.db.clone(), MemoryPublisher::new())
+        .expect("valid relay config")
+        .spawn();
+    eventually(
+        "the relay owns every shard",
+        Duration::from_secs(10),
+        || async { relay.stats().owned_shards == 16 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    relay
+}
+
+/// Stores `count` events from another process and waits for it to exit.
+fn write(pg: &PgSchema, count: usize) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-test-writer"))
+        .args(["wake-topic", &count.to_string()])
+        .env("DATABASE_URL", pg.url())
+        .status()
+        .expect("run outbox-test-writer");
+    assert!(status.success(), "the writer failed");
+}
+
+/// The process ids of the relay's listening connections.
+async fn listeners(db: &DatabaseConnection, relay: &RelayHandle) -> Vec<i32> {
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+            [format!("outbox listen {}", relay.relay_id()).into()],
+        ))
+        .await
+        .expect("pg_stat_activity");
+    rows.iter()
+        .map(|row| row.try_get::<i32>("", "pid").expect("pid"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_in_another_process_wakes_an_idle_relay_at_once() {
+    let pg = PgSchema::migrated().await;
+    let relay = idle_relay(&pg, true).await;
+    write(&pg, 1);
+    let stored = tokio::time::Instant::now();
+    eventually(
+        "published without waiting for a poll",
+        Duration::from_secs(2),
+        || async { relay.stats().published >= 1 },
+    )
+    .await;
+    eprintln!("published {:?} after the writer exited", stored.elapsed());
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_without_listen_finds_events_of_other_processes_by_polling() {
+    let pg = PgSchema::migrated().await;
+    let relay = idle_relay(&pg, false).await;
+    write(&pg, 5);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        relay.stats().published,
+        0,
+        "nothing wakes a relay that does not listen: it waits for its poll"
+    );
+    eventually(
+        "all published by the next poll",
+        Duration::from_secs(15),
+        || async { relay.stats().published >= 5 },
+    )
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listening_connection_comes_back_and_misses_nothing() {
+    let pg = PgSchema::migrated().await;
+    let relay = idle_relay(&pg, true).await;
+    let before = listeners(&pg.db, &relay).await;
+    assert_eq!(before.len(), 1, "one listening connection");
+    pg.db
+        .execute_raw(Statement::from_sql_and_values(
+            pg.db.get_database_backend(),
+            "SELECT pg_terminate_backend($1)",
+            [before[0].into()],
+        ))
+        .await
+        .expect("terminate");
+    // Stored while nobody listens, by a writer that notifies no one: only the poll
+    // the relay makes once it listens again can find these before its next poll.
+    let silent = Outbox::new();
+    for n in 0..3 {
+        let event = EventBuilder::new("thing.happened", format!("key-{n}"));
+        silent
+            .store(&pg.db, &event, "wake-topic")
+            .await
+            .expect("store");
+    }
+    eventually(
+        "published long before the next poll",
+        Duration::from_secs(3),
+        || async { relay.stats().published >= 3 },
+    )
+    .await;
+    let after = listeners(&pg.db, &relay).await;
+    assert_eq!(after.len(), 1, "listening again");
+    assert_ne!(after, before, "on a new connection");
+    // And notifications arrive again.
+    write(&pg, 2);
+    eventually("woken again", Duration::from_secs(2), || async {
+        relay.stats().published >= 5
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}
