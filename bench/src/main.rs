@@ -51,7 +51,9 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         events: usize,
     },
-    /// Latency only: commit-to-receive at 1,000 events/s, relay in-process and not.
+    /// Latency only: the broker's floor, commit-to-receive at 1,000 events/s (relay
+    /// in-process, relays in their own processes), one event every 1-2 s after an idle
+    /// spell, and an idle relay's queries a second.
     Latency {
         /// How long the writers write.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]

@@ -38,6 +38,10 @@ pub(crate) struct Size {
     flowing: usize,
     latency: Duration,
     rate: u64,
+    idle: Duration,
+    sparse_events: usize,
+    idle_warm: Duration,
+    idle_measure: Duration,
 }
 
 impl Size {
@@ -52,6 +56,10 @@ impl Size {
             flowing: 3_000,
             latency: Duration::from_secs(2),
             rate: 1_000,
+            idle: Duration::from_secs(2),
+            sparse_events: 3,
+            idle_warm: Duration::from_secs(3),
+            idle_measure: Duration::from_secs(5),
         }
     }
 
@@ -90,6 +98,10 @@ impl Size {
             flowing: 20_000,
             latency: Duration::from_secs(30),
             rate: 1_000,
+            idle: Duration::from_secs(10),
+            sparse_events: 30,
+            idle_warm: Duration::from_secs(15),
+            idle_measure: Duration::from_secs(60),
         }
     }
 }
@@ -354,6 +366,7 @@ pub(crate) async fn run_all(url: &str, brokers: &str, size: &Size) -> Result<Rep
     let mut report = run_relay(url, brokers, size).await?;
     store_overhead(url, size, &mut report).await?;
     latency(url, brokers, size, &mut report).await?;
+    idle_relay(url, brokers, size, &mut report).await?;
     scale(url, brokers, size, &mut report).await?;
     blocked_key(url, size, &mut report).await?;
     Ok(report)
@@ -526,6 +539,16 @@ async fn relay_throughput(
     let peak = peak_rss_mib();
     schema.drop().await?;
 
+    // The same without cross-process wake-ups (no LISTEN connection, no NOTIFY).
+    let schema = Schema::create(url, 10).await?;
+    preload(&schema.db, &topic, events).await?;
+    let quiet = ProcessorConfig {
+        listen: false,
+        ..relay_config("bench")
+    };
+    let without_wake = drain_with(&schema.db, &publisher, 1, events, &quiet).await?;
+    schema.drop().await?;
+
     // The cost of one request in flight per connection (the default, which keeps
     // per-key order on any broker) against five (order then rests on the broker's
     // sequence checks).
@@ -595,6 +618,18 @@ async fn relay_throughput(
             ">= 0.50x and >= 20000/s",
             relay / limit >= 0.5 && relay >= 20_000.0,
         );
+    report
+        .add(
+            "relay",
+            "one relay, wake-ups off (OUTBOX_LISTEN=false)",
+            without_wake,
+            "events/s",
+        )
+        .ratio(
+            relay / without_wake,
+            "with wake-ups (default) against without",
+        )
+        .target(">= 0.95x", relay / without_wake >= 0.95);
     report
         .add(
             "relay",
@@ -677,6 +712,90 @@ async fn store_overhead(url: &str, size: &Size, report: &mut Report) -> Result<(
         .add("store", "... plus 10 events in one batch", rate(10), "tx/s")
         .ratio(ten, "the time of the transaction alone")
         .target("< 2x", ten < 2.0);
+    concurrent_wake_cost(url, size, report).await
+}
+
+/// How a wake-up is sent, for [`concurrent_wake_cost`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Wakeup {
+    /// No cross-process wake-up.
+    None,
+    /// The outbox's own: a coalesced NOTIFY after the store, outside the transaction.
+    After,
+    /// A NOTIFY inside the caller's transaction (what the outbox does not do).
+    Inside,
+}
+
+/// Eight writers at once, one event per transaction: the cost of a NOTIFY inside the
+/// transaction (PostgreSQL serialises the commits of transactions that notified)
+/// against the outbox's wake-up outside it, and against none.
+async fn concurrent_wake_cost(url: &str, size: &Size, report: &mut Report) -> Result<(), Failure> {
+    const WRITERS: usize = 8;
+    let schema = Schema::create(url, WRITERS as u32 + 2).await?;
+    let per_writer = (size.store_transactions / WRITERS).max(1);
+    let mut seconds: HashMap<Wakeup, f64> = HashMap::new();
+    for _round in 0..2 {
+        for wakeup in [Wakeup::None, Wakeup::After, Wakeup::Inside] {
+            let outbox = match wakeup {
+                Wakeup::After => Outbox::new().with_wake_connection(&schema.db),
+                Wakeup::None | Wakeup::Inside => Outbox::new(),
+            };
+            let started = Instant::now();
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let (db, outbox) = (schema.db.clone(), outbox.clone());
+                    tokio::spawn(async move {
+                        for n in 0..per_writer {
+                            let txn = db.begin().await?;
+                            outbox
+                                .store(&txn, &event(w * per_writer + n), "bench")
+                                .await?;
+                            if wakeup == Wakeup::Inside {
+                                txn.execute_unprepared("SELECT pg_notify('bench_wake', '')")
+                                    .await?;
+                            }
+                            txn.commit().await?;
+                        }
+                        Ok::<_, Failure>(())
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.await??;
+            }
+            *seconds.entry(wakeup).or_default() += started.elapsed().as_secs_f64();
+        }
+    }
+    schema.drop().await?;
+    let rate = |wakeup| 2.0 * (per_writer * WRITERS) as f64 / seconds[&wakeup];
+    let scenario = "store, 8 writers at once";
+    report.add(
+        scenario,
+        "one event, no wake-up",
+        rate(Wakeup::None),
+        "tx/s",
+    );
+    let after = rate(Wakeup::After) / rate(Wakeup::None);
+    report
+        .add(
+            scenario,
+            "... wake-up after the store (the default)",
+            rate(Wakeup::After),
+            "tx/s",
+        )
+        .ratio(after, "the throughput without")
+        .target(">= 0.9x", after >= 0.9);
+    report
+        .add(
+            scenario,
+            "... NOTIFY inside the transaction",
+            rate(Wakeup::Inside),
+            "tx/s",
+        )
+        .ratio(
+            rate(Wakeup::Inside) / rate(Wakeup::None),
+            "the throughput without",
+        );
     Ok(())
 }
 
@@ -688,137 +807,394 @@ pub(crate) async fn run_latency(url: &str, brokers: &str, size: &Size) -> Result
         ..Report::default()
     };
     latency(url, brokers, size, &mut report).await?;
+    idle_relay(url, brokers, size, &mut report).await?;
     Ok(report)
 }
 
-/// (3): commit-to-receive latency at a steady rate, relay in this process and in
-/// another.
+/// (3): commit-to-receive latency, beside the broker's own produce-to-consume
+/// latency at the same rate (the floor): at a steady rate with the relay in this
+/// process and with two relays in processes of their own; and one event every 1-2 s
+/// after an idle spell, stored here for two relay processes (cross-process wake-ups).
 async fn latency(
     url: &str,
     brokers: &str,
     size: &Size,
     report: &mut Report,
 ) -> Result<(), Failure> {
-    for (mode, limit) in [("in-process", 50.0), ("separate process", 250.0)] {
+    let floor = broker_floor(brokers, size).await?;
+    let scenario = "latency floor (broker alone)";
+    report.add(
+        scenario,
+        format!("p50 at {}/s, produce to consume", size.rate),
+        floor.p50,
+        "ms",
+    );
+    report.add(scenario, "p99", floor.p99, "ms");
+
+    for own_processes in [false, true] {
         let schema = Schema::create(url, 8).await?;
         let topic = create_topic(brokers, 4).await?;
-        let outbox = Outbox::new();
-        let mut child: Option<Child> = None;
-        let relay = if mode == "in-process" {
-            Some(
+        let mut outbox = Outbox::new();
+        let mut children = Vec::new();
+        let mut relay = None;
+        if own_processes {
+            // A process that stores and runs no relay wakes the others through
+            // PostgreSQL.
+            outbox = outbox.with_wake_connection(&schema.db);
+            children = spawn_relays(url, brokers, &schema.name, 2)?;
+        } else {
+            relay = Some(
                 Processor::new(
-                    ProcessorConfig::new("latency"),
+                    latency_config()?,
                     schema.db.clone(),
                     KafkaPublisher::new(brokers)?,
                 )?
                 .with_outbox(outbox.clone())
                 .spawn(),
-            )
-        } else {
-            child = Some(
-                Command::new(std::env::current_exe()?)
-                    .args([
-                        "--database-url",
-                        url,
-                        "--brokers",
-                        brokers,
-                        "relay-process",
-                        "--schema",
-                        &schema.name,
-                    ])
-                    .spawn()?,
             );
-            None
-        };
+        }
         let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let consumer = spawn_consumer(brokers, &topic, Arc::clone(&received))?;
-
-        // Warm up: the consumer has joined and the relay runs once this arrives.
-        let warm = outbox
-            .store(&schema.db, &event(0), &topic)
-            .await?
-            .to_string();
-        wait_for(
-            &received,
-            std::slice::from_ref(&warm),
-            Duration::from_secs(60),
-        )
-        .await?;
-
-        let committed: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-        let writers = 4u64;
-        let per_writer = size.rate * size.latency.as_secs() / writers;
-        let tasks: Vec<_> = (0..writers)
-            .map(|w| {
-                let (db, outbox, topic, committed) = (
-                    schema.db.clone(),
-                    outbox.clone(),
-                    topic.clone(),
-                    Arc::clone(&committed),
-                );
-                let period = Duration::from_secs_f64(writers as f64 / size.rate as f64);
-                tokio::spawn(async move {
-                    let start = Instant::now() + Duration::from_micros(w * 250);
-                    for i in 0..per_writer {
-                        tokio::time::sleep_until(
-                            (start + period * u32::try_from(i).unwrap_or(u32::MAX)).into(),
-                        )
-                        .await;
-                        let txn = db.begin().await?;
-                        let id = outbox.store(&txn, &event(i as usize), &topic).await?;
-                        outbox.commit(txn).await?;
-                        committed
-                            .lock()
-                            .map_err(|_| "poisoned")?
-                            .push((id.to_string(), Instant::now()));
-                    }
-                    Ok::<_, Failure>(())
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await??;
-        }
-        let committed = std::mem::take(&mut *committed.lock().map_err(|_| "poisoned")?);
+        warm_up(&schema.db, &outbox, &topic, &received).await?;
+        let committed = steady_writers(&schema.db, &outbox, &topic, size).await?;
         let ids: Vec<String> = committed.iter().map(|(id, _)| id.clone()).collect();
         wait_for(&received, &ids, Duration::from_secs(60)).await?;
         consumer.abort();
         if let Some(relay) = relay {
             relay.shutdown().await?;
         }
-        if let Some(mut child) = child {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            child.wait()?;
-        }
-        let mut latencies: Vec<f64> = {
-            let received = received.lock().map_err(|_| "poisoned")?;
-            committed
-                .iter()
-                .filter_map(|(id, at)| {
-                    received
-                        .get(id)
-                        .map(|got| got.saturating_duration_since(*at).as_secs_f64() * 1000.0)
-                })
-                .collect()
-        };
-        latencies.sort_by(f64::total_cmp);
-        let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-        let scenario = if mode == "in-process" {
-            "latency (in-process relay)"
+        stop(children)?;
+        let latencies = latencies(&committed, &received)?;
+        let (scenario, limit) = if own_processes {
+            ("latency (two relays in their own processes)", 50.0)
         } else {
-            "latency (relay in its own process)"
+            ("latency (in-process relay)", 25.0)
         };
-        report.add(scenario, format!("p50 at {}/s", size.rate), pick(0.5), "ms");
-        report.add(scenario, "p95", pick(0.95), "ms");
+        let p50 = percentile(&latencies, 0.5);
+        let line = report.add(scenario, format!("p50 at {}/s", size.rate), p50, "ms");
+        line.ratio(p50 / floor.p50, "the broker's p50");
+        if !own_processes {
+            line.target("<= 2x the floor", p50 <= 2.0 * floor.p50);
+        }
+        report.add(scenario, "p95", percentile(&latencies, 0.95), "ms");
+        let p99 = percentile(&latencies, 0.99);
         report
-            .add(scenario, "p99", pick(0.99), "ms")
-            .target(format!("< {limit} ms"), pick(0.99) < limit);
-        report.add(scenario, "max", pick(1.0), "ms");
+            .add(scenario, "p99", p99, "ms")
+            .ratio(p99 / floor.p99, "the broker's p99")
+            .target(format!("< {limit} ms"), p99 < limit);
+        report.add(scenario, "max", percentile(&latencies, 1.0), "ms");
         schema.drop().await?;
     }
+    sparse_after_idle(url, brokers, size, &floor, report).await
+}
+
+/// The latency scenarios' relays: the defaults, with the `OUTBOX_*` variables set
+/// (to try settings without rebuilding), service `latency`.
+fn latency_config() -> Result<ProcessorConfig, Failure> {
+    Ok(ProcessorConfig {
+        service_name: "latency".to_owned(),
+        ..ProcessorConfig::from_env()?
+    })
+}
+
+/// Produce-to-consume percentiles of the broker alone, in milliseconds.
+struct Floor {
+    p50: f64,
+    p99: f64,
+}
+
+/// The broker's own latency at `size.rate`: 1 KiB messages sent straight with the
+/// relay's producer settings, timed from the send to the consumer.
+async fn broker_floor(brokers: &str, size: &Size) -> Result<Floor, Failure> {
+    let topic = create_topic(brokers, 4).await?;
+    let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let consumer = spawn_consumer(brokers, &topic, Arc::clone(&received))?;
+    let producer = KafkaPublisher::new(brokers)?.producer();
+    let send = |id: &str, n: usize| {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "event_id",
+            value: Some(id),
+        });
+        let payload = payload(n).to_string();
+        let key = format!("key-{}", n % KEYS);
+        producer
+            .send_result(
+                FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(&payload)
+                    .headers(headers),
+            )
+            .map_err(|(error, _)| error)
+    };
+    let warm = Uuid::now_v7().to_string();
+    send(&warm, 0)?.await?.map_err(|(error, _)| error)?;
+    wait_for(
+        &received,
+        std::slice::from_ref(&warm),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let count = usize::try_from(size.rate * size.latency.as_secs()).unwrap_or(usize::MAX);
+    let period = Duration::from_secs_f64(1.0 / size.rate as f64);
+    let start = Instant::now();
+    let mut sent = Vec::with_capacity(count);
+    let mut deliveries = Vec::with_capacity(count);
+    for n in 0..count {
+        tokio::time::sleep_until((start + period * u32::try_from(n).unwrap_or(u32::MAX)).into())
+            .await;
+        let id = Uuid::now_v7().to_string();
+        sent.push((id.clone(), Instant::now()));
+        deliveries.push(send(&id, n)?);
+    }
+    for delivery in join_all(deliveries).await {
+        delivery?.map_err(|(error, _)| error)?;
+    }
+    let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+    wait_for(&received, &ids, Duration::from_secs(60)).await?;
+    consumer.abort();
+    let latencies = latencies(&sent, &received)?;
+    Ok(Floor {
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+    })
+}
+
+/// One event stored and received, so the consumer has joined and the relays run.
+async fn warm_up(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    topic: &str,
+    received: &Mutex<HashMap<String, Instant>>,
+) -> Result<(), Failure> {
+    let warm = outbox.store(db, &event(0), topic).await?.to_string();
+    wait_for(
+        received,
+        std::slice::from_ref(&warm),
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+/// Four writers storing `size.rate` events a second for `size.latency`, each in a
+/// transaction of its own; the ids with their commit times.
+async fn steady_writers(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    topic: &str,
+    size: &Size,
+) -> Result<Vec<(String, Instant)>, Failure> {
+    let committed: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let writers = 4u64;
+    let per_writer = size.rate * size.latency.as_secs() / writers;
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (db, outbox, topic, committed) = (
+                db.clone(),
+                outbox.clone(),
+                topic.to_owned(),
+                Arc::clone(&committed),
+            );
+            let period = Duration::from_secs_f64(writers as f64 / size.rate as f64);
+            tokio::spawn(async move {
+                let start = Instant::now() + Duration::from_micros(w * 250);
+                for i in 0..per_writer {
+                    tokio::time::sleep_until(
+                        (start + period * u32::try_from(i).unwrap_or(u32::MAX)).into(),
+                    )
+                    .await;
+                    let txn = db.begin().await?;
+                    let id = outbox.store(&txn, &event(i as usize), &topic).await?;
+                    outbox.commit(txn).await?;
+                    committed
+                        .lock()
+                        .map_err(|_| "poisoned")?
+                        .push((id.to_string(), Instant::now()));
+                }
+                Ok::<_, Failure>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let committed = std::mem::take(&mut *committed.lock().map_err(|_| "poisoned")?);
+    Ok(committed)
+}
+
+/// Two relay processes of one service, idle for `size.idle`, then one event every
+/// 1-2 s stored (and committed plainly, no extra wake-up) in this process.
+async fn sparse_after_idle(
+    url: &str,
+    brokers: &str,
+    size: &Size,
+    floor: &Floor,
+    report: &mut Report,
+) -> Result<(), Failure> {
+    let schema = Schema::create(url, 4).await?;
+    let topic = create_topic(brokers, 4).await?;
+    let outbox = Outbox::new().with_wake_connection(&schema.db);
+    let children = spawn_relays(url, brokers, &schema.name, 2)?;
+    let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let consumer = spawn_consumer(brokers, &topic, Arc::clone(&received))?;
+    warm_up(&schema.db, &outbox, &topic, &received).await?;
+    tokio::time::sleep(size.idle).await;
+    let mut committed = Vec::with_capacity(size.sparse_events);
+    for n in 0..size.sparse_events {
+        // 1 s, 1.5 s, 2 s, 1 s, ...
+        let pause = 1000 + 500 * (n % 3) as u64;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let txn = schema.db.begin().await?;
+        let id = outbox.store(&txn, &event(n), &topic).await?;
+        txn.commit().await?;
+        committed.push((id.to_string(), Instant::now()));
+    }
+    let ids: Vec<String> = committed.iter().map(|(id, _)| id.clone()).collect();
+    wait_for(&received, &ids, Duration::from_secs(60)).await?;
+    consumer.abort();
+    stop(children)?;
+    schema.drop().await?;
+    let latencies = latencies(&committed, &received)?;
+    let scenario =
+        "latency (one event every 1-2 s after idle, two relay processes, writer in a third)";
+    let p50 = percentile(&latencies, 0.5);
+    report
+        .add(
+            scenario,
+            format!(
+                "p50 of {} events after {}s idle",
+                size.sparse_events,
+                size.idle.as_secs()
+            ),
+            p50,
+            "ms",
+        )
+        .ratio(p50 / floor.p50, "the broker's p50")
+        .target("< 20 ms", p50 < 20.0);
+    let p99 = percentile(&latencies, 0.99);
+    report
+        .add(scenario, "p99", p99, "ms")
+        .ratio(p99 / floor.p99, "the broker's p99")
+        .target("< 50 ms", p99 < 50.0);
     Ok(())
+}
+
+/// Milliseconds from each commit (or send) to its arrival, sorted.
+fn latencies(
+    committed: &[(String, Instant)],
+    received: &Mutex<HashMap<String, Instant>>,
+) -> Result<Vec<f64>, Failure> {
+    let received = received.lock().map_err(|_| "poisoned")?;
+    let mut latencies: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, at)| {
+            received
+                .get(id)
+                .map(|got| got.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    if latencies.is_empty() {
+        return Err("no latency measured".into());
+    }
+    Ok(latencies)
+}
+
+/// The `q` quantile of sorted `values`.
+fn percentile(values: &[f64], q: f64) -> f64 {
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+/// `count` relay processes (this binary's `relay-process`) on `schema`.
+fn spawn_relays(
+    url: &str,
+    brokers: &str,
+    schema: &str,
+    count: usize,
+) -> Result<Vec<Child>, Failure> {
+    (0..count)
+        .map(|_| {
+            Command::new(std::env::current_exe()?)
+                .args([
+                    "--database-url",
+                    url,
+                    "--brokers",
+                    brokers,
+                    "relay-process",
+                    "--schema",
+                    schema,
+                ])
+                .spawn()
+                .map_err(Into::into)
+        })
+        .collect()
+}
+
+/// Stops relay processes (SIGTERM) and waits for them.
+fn stop(children: Vec<Child>) -> Result<(), Failure> {
+    for mut child in children {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait()?;
+    }
+    Ok(())
+}
+
+/// (5): what an idle relay costs the database: transactions a second (every query
+/// outside a transaction is one) while it waits with nothing to publish, lease and
+/// heartbeat rounds included.
+async fn idle_relay(
+    url: &str,
+    brokers: &str,
+    size: &Size,
+    report: &mut Report,
+) -> Result<(), Failure> {
+    let schema = Schema::create(url, 4).await?;
+    let relay = Processor::new(
+        ProcessorConfig::new("idle"),
+        schema.db.clone(),
+        KafkaPublisher::new(brokers)?,
+    )?
+    .spawn();
+    tokio::time::sleep(size.idle_warm).await;
+    let before = transactions(&schema.admin).await?;
+    tokio::time::sleep(size.idle_measure).await;
+    // Minus the one that reads the counter.
+    let during = transactions(&schema.admin)
+        .await?
+        .saturating_sub(before + 1);
+    relay.shutdown().await?;
+    schema.drop().await?;
+    let rate = during as f64 / size.idle_measure.as_secs_f64();
+    report
+        .add(
+            "idle relay",
+            format!(
+                "database queries a second over {}s",
+                size.idle_measure.as_secs()
+            ),
+            rate,
+            "/s",
+        )
+        .target("about 1/s (<= 1.2)", rate <= 1.2);
+    Ok(())
+}
+
+/// The database's committed and rolled-back transactions so far.
+async fn transactions(admin: &DatabaseConnection) -> Result<u64, Failure> {
+    // The statistics of this backend's own transactions are flushed when it is idle;
+    // ask for a snapshot that includes everyone's.
+    admin
+        .execute_unprepared("SELECT pg_stat_clear_snapshot()")
+        .await?;
+    let row = admin
+        .query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT (xact_commit + xact_rollback)::BIGINT AS n FROM pg_stat_database WHERE datname = current_database()",
+        ))
+        .await?
+        .ok_or("no pg_stat_database row")?;
+    Ok(u64::try_from(row.try_get::<i64>("", "n")?).unwrap_or(0))
 }
 
 fn spawn_consumer(
@@ -948,12 +1324,7 @@ async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Re
 /// The relay of the cross-process latency scenario: runs until SIGTERM.
 pub(crate) async fn relay_process(url: &str, brokers: &str, schema: &str) -> Result<(), Failure> {
     let db = connect(url, schema, 8).await?;
-    let relay = Processor::new(
-        ProcessorConfig::new("latency"),
-        db,
-        KafkaPublisher::new(brokers)?,
-    )?
-    .spawn();
+    let relay = Processor::new(latency_config()?, db, KafkaPublisher::new(brokers)?)?.spawn();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     terminate.recv().await;
     relay.shutdown().await?;

@@ -138,6 +138,48 @@
 //! within one call, and two transactions that lock the same keys in opposite orders
 //! can deadlock (PostgreSQL then aborts one of them).
 //!
+//! # Waking relays across processes
+//!
+//! A relay polls: after finding nothing it waits 10 ms, 20 ms, 40 ms... up to
+//! `interval` (5 s). So that events are published within milliseconds, stores wake the
+//! relays:
+//!
+//! - **In this process**: a relay built with a clone of the storing [`Outbox`]
+//!   ([`Processor::with_outbox`]) is woken at once.
+//! - **In other processes (PostgreSQL, feature `postgres`, on by default)**: the
+//!   outbox sends a `NOTIFY` on the channel `<outbox table>_wake`, naming the shards it
+//!   stored to, and every relay `LISTEN`s on it and polls when a shard it owns is named.
+//!   The `NOTIFY` is sent by a task of the outbox's own, on a pool connection, after
+//!   the store and **outside your transaction**: PostgreSQL serialises the commits of
+//!   transactions that sent a notification, so one inside every business transaction
+//!   would slow every writer (the store benchmark measures it). Bursts are coalesced
+//!   into one notification every 2 ms at most. A notification may arrive before your
+//!   transaction commits; the relay then polls again after 10 ms, 20 ms, 40 ms... and
+//!   finds the event once it is visible.
+//!
+//! What to set up:
+//!
+//! - A process that runs a relay with [`Processor::with_outbox`] needs nothing more:
+//!   the relay lends the outbox its connection for notifications.
+//! - A process that stores events and runs no relay calls
+//!   [`Outbox::with_wake_connection`] with its pool. A short-lived one (a script, a
+//!   job) should leave the task a moment before it exits, or its last events are found
+//!   by the relays' next poll instead.
+//! - **PgBouncer in transaction mode**: notifications sent through it work, but
+//!   `LISTEN` does not (the server connection changes under it). Give the relays a
+//!   direct connection for listening with `OUTBOX_LISTEN_URL`
+//!   ([`ProcessorConfig::listen_url`]); the relay keeps one connection on it. Without
+//!   it, the relay listens on a connection of its own pool.
+//! - A lost listening connection is opened again (backoff up to 5 s), and the relay
+//!   polls once when it listens again, for what was stored meanwhile; until then it
+//!   polls as without wake-ups. `OUTBOX_LISTEN=false` turns listening and
+//!   notifications off; a relay then finds other processes' events by polling only.
+//! - SQLite: in-process wake-ups and polling.
+//!
+//! An idle relay makes about one query a second (its poll asks once which of its
+//! shards have work, plus the lease round every third of `lease_ttl` and the backlog
+//! gauges every 10 s); the benchmark measures it.
+//!
 //! # Configuration
 //!
 //! [`ProcessorConfig`] documents every field with its default and its `OUTBOX_*`

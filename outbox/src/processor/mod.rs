@@ -109,9 +109,11 @@ pub const DEAD_LETTER_ERROR_HEADER: &str = "dead_letter_error";
 /// How often parked events whose failed event went through by other means than the
 /// relay's write-back (a manual call; a relay that lost its lease while parking) are
 /// looked for: one pass over the parked index, then a probe per parked key.
-const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the backlog (pending count, oldest age) is measured.
-const BACKLOG_INTERVAL: Duration = Duration::from_secs(5);
+const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the backlog (pending count, oldest age) is measured. With the lease
+/// round (every third of the lease time) and the idle poll (one query for every
+/// owned shard), an idle relay makes about one query a second.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Rows deleted per cleanup statement.
 const CLEANUP_BATCH: u64 = 1000;
 
@@ -299,7 +301,7 @@ impl<P: Publisher> Processor<P> {
     pub async fn process_events(&self, batch_size: usize) -> Result<ProcessReport> {
         self.inner.lease_round().await?;
         self.inner.outbox.unpark_orphans(&self.inner.db).await?;
-        self.inner.process_owned(batch_size.max(1)).await
+        self.inner.process_owned(batch_size.max(1), false).await
     }
 
     /// Starts the relay in the background. With `enabled = false` it starts nothing.
@@ -439,9 +441,12 @@ impl<P: Publisher> Inner<P> {
         let mut next_backlog = Instant::now();
         let mut next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
         let mut idle_wait = config.min_poll_interval;
+        // Whether the last pass found nothing: the next one asks which shards have
+        // work before claiming.
+        let mut idle = true;
         while !cancel.is_cancelled() {
             let cycle = async {
-                let report = self.process_owned(config.batch_size).await?;
+                let report = self.process_owned(config.batch_size, idle).await?;
                 if Instant::now() >= next_backlog {
                     self.refresh_backlog().await?;
                     next_backlog = Instant::now() + BACKLOG_INTERVAL;
@@ -454,6 +459,7 @@ impl<P: Publisher> Inner<P> {
             }
             .await;
             let owned = self.leases.lock().await.count();
+            idle = !matches!(&cycle, Ok(report) if report.published > 0 || report.full);
             let wait = match cycle {
                 Ok(report) if report.transient_failures > 0 && report.published == 0 => {
                     // The broker is away: not a successful cycle, and no hurry.
@@ -516,8 +522,26 @@ impl<P: Publisher> Inner<P> {
     }
 
     /// Publishes one batch of every owned shard, `concurrency` shards at a time.
-    async fn process_owned(&self, batch_size: usize) -> Result<ProcessReport> {
-        let owned = self.leases.lock().await.owned();
+    /// One batch of every owned shard; with `peek`, of those the claim index says have
+    /// work (one query, for an idle relay, instead of a claim per shard).
+    async fn process_owned(&self, batch_size: usize, peek: bool) -> Result<ProcessReport> {
+        let mut owned = self.leases.lock().await.owned();
+        if peek && owned.len() > 1 {
+            let shards: Vec<i32> = owned.iter().map(|(shard, _)| *shard).collect();
+            let statement = self.dialect()?.shards_with_work(
+                self.outbox.tables().outbox(),
+                &shards,
+                self.clock.now(),
+            );
+            let busy: Vec<i32> = self
+                .db
+                .query_all_raw(statement)
+                .await?
+                .iter()
+                .map(|row| row.try_get::<i32>("", "shard"))
+                .collect::<std::result::Result<_, _>>()?;
+            owned.retain(|(shard, _)| busy.contains(shard));
+        }
         let results: Vec<(i32, Result<ShardOutcome>)> = futures_util::stream::iter(owned)
             .map(|(shard, token)| async move {
                 (shard, self.process_shard(shard, token, batch_size).await)

@@ -225,6 +225,33 @@ impl Dialect {
         p.into_statement(sql)
     }
 
+    /// Of `shards`, those with an event the claim would take now: one statement on
+    /// the claim index for every shard, so an idle relay polls with one query instead
+    /// of a claim per shard.
+    pub(crate) fn shards_with_work(
+        self,
+        table: &Identifier,
+        shards: &[i32],
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let t = table.quoted();
+        let now = p.bind(now);
+        let shard_list = shards
+            .iter()
+            .map(|shard| format!("({shard})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH \"shards\" (\"shard\") AS (VALUES {shard_list}) \
+             SELECT s.\"shard\" FROM \"shards\" s WHERE EXISTS (\
+                SELECT 1 FROM {t} c \
+                WHERE c.\"shard\" = s.\"shard\" AND NOT c.\"published\" AND c.\"dead_lettered_at\" IS NULL AND NOT c.\"parked\" \
+                  AND (c.\"next_attempt_at\" IS NULL OR c.\"next_attempt_at\" <= {now}))"
+        );
+        p.into_statement(sql)
+    }
+
     /// Locks the lease row if `owner` still holds `shard` with `token`; returns a row
     /// only then. Run first in the write-back transaction: a relay that lost its lease
     /// writes nothing, and on PostgreSQL the row lock keeps a new owner from taking
