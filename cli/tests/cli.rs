@@ -349,6 +349,7 @@ async fn relay_runs_until_sigterm() {
         .env("OUTBOX_INTERVAL", "100ms")
         .stderr(std::process::Stdio::piped())
         .spawn()
+        .map(Running::new)
         .expect("start outbox relay");
     let received = consume(&brokers, &topic, 1, std::time::Duration::from_secs(30)).await;
     assert_eq!(
@@ -487,6 +488,7 @@ async fn an_interrupted_purge_keeps_what_it_did_and_says_so() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
+        .map(Running::new)
         .expect("start outbox purge");
     outbox_tests::eventually(
         "the purge has started",
@@ -519,6 +521,33 @@ async fn an_interrupted_purge_keeps_what_it_did_and_says_so() {
     ));
     assert_eq!(rest["deleted"], left, "running it again goes on");
     pg.drop().await;
+}
+
+/// A command started by a test, killed when the test ends however it ends (a failed
+/// assertion must not leave a relay running).
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn new(child: std::process::Child) -> Self {
+        Running(Some(child))
+    }
+
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    fn wait_with_output(mut self) -> std::io::Result<Output> {
+        self.0.take().expect("running").wait_with_output()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Stores one event for each of the keys `k-0` .. `k-{count - 1}`.
@@ -608,6 +637,7 @@ async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_p
         .env("OUTBOX_HEALTH_TIMEOUT", "5s")
         .stderr(std::process::Stdio::piped())
         .spawn()
+        .map(Running::new)
         .expect("start outbox relay");
 
     let published = |at_least: f64| {
