@@ -47,8 +47,8 @@ pub struct ProcessorConfig {
     pub service_name: String,
     /// The longest time between two polls when there is nothing to do. The relay
     /// polls again at once after a full batch, backs off from `min_poll_interval` to
-    /// this when batches come back empty, and wakes at once when this process stores
-    /// an event.
+    /// this when batches come back empty, and wakes at once when an event is stored
+    /// (by this process, or on PostgreSQL by any process: see `listen`).
     pub interval: Duration,
     /// Events per shard per batch.
     pub batch_size: usize,

@@ -93,9 +93,9 @@ impl Outbox {
         self.shards.map_or(DEFAULT_SHARDS, NonZeroU16::get)
     }
 
-    /// Commits `txn` and wakes this process's relay, so the events it stored are
-    /// published without waiting for the next poll. Equivalent to `txn.commit()`
-    /// followed by [`notify`](Self::notify).
+    /// Commits `txn` and wakes the relays (see [`notify`](Self::notify)), so the events
+    /// it stored are published without waiting for the next poll. Equivalent to
+    /// `txn.commit()` followed by [`notify`](Self::notify).
     ///
     /// # Errors
     /// The database's; the events are then not stored.
