@@ -841,7 +841,7 @@ async fn latency(
         let schema = Schema::create(url, 8).await?;
         let topic = create_topic(brokers, 4).await?;
         let mut outbox = Outbox::new();
-        let mut children = Vec::new();
+        let mut children = Relays::default();
         let mut relay = None;
         if own_processes {
             // A process that stores and runs no relay wakes the others through
@@ -1110,34 +1110,43 @@ fn percentile(values: &[f64], q: f64) -> f64 {
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
-/// `count` relay processes (this binary's `relay-process`) on `schema`.
-fn spawn_relays(
-    url: &str,
-    brokers: &str,
-    schema: &str,
-    count: usize,
-) -> Result<Vec<Child>, Failure> {
-    (0..count)
-        .map(|_| {
-            Command::new(std::env::current_exe()?)
-                .args([
-                    "--database-url",
-                    url,
-                    "--brokers",
-                    brokers,
-                    "relay-process",
-                    "--schema",
-                    schema,
-                ])
-                .spawn()
-                .map_err(Into::into)
-        })
-        .collect()
+/// Relay processes of the benchmark's; killed when dropped, so a scenario that fails
+/// leaves none running (they would load the database under every later figure).
+#[derive(Default)]
+struct Relays(Vec<Child>);
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
-/// Stops relay processes (SIGTERM) and waits for them.
-fn stop(children: Vec<Child>) -> Result<(), Failure> {
-    for mut child in children {
+/// `count` relay processes (this binary's `relay-process`) on `schema`.
+fn spawn_relays(url: &str, brokers: &str, schema: &str, count: usize) -> Result<Relays, Failure> {
+    let mut relays = Relays::default();
+    for _ in 0..count {
+        let child = Command::new(std::env::current_exe()?)
+            .args([
+                "--database-url",
+                url,
+                "--brokers",
+                brokers,
+                "relay-process",
+                "--schema",
+                schema,
+            ])
+            .spawn()?;
+        relays.0.push(child);
+    }
+    Ok(relays)
+}
+
+/// Stops relay processes gracefully (SIGTERM) and waits for them.
+fn stop(mut relays: Relays) -> Result<(), Failure> {
+    for mut child in std::mem::take(&mut relays.0) {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
