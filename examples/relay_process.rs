@@ -30,12 +30,11 @@ async fn main() -> Result<(), Error> {
     let url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL")?;
     let db = Database::connect(url).await?;
     let kafka = KafkaConfig::from_env()?; // OUTBOX_KAFKA_BOOTSTRAP_SERVERS, ..._SECURITY_PROTOCOL, ...
-    let http_addr = std::env::var("OUTBOX_HTTP_ADDR").ok();
     // The Prometheus recorder before the relay starts: what it records earlier is lost.
-    let metrics = match &http_addr {
-        Some(_) => Some(outbox::http::install_prometheus()?),
-        None => None,
-    };
+    let http = std::env::var("OUTBOX_HTTP_ADDR")
+        .ok()
+        .map(|addr| outbox::http::install_prometheus().map(|metrics| (addr, metrics)))
+        .transpose()?;
     let relay = Processor::new(
         ProcessorConfig::from_env()?,
         db,
@@ -45,8 +44,8 @@ async fn main() -> Result<(), Error> {
     println!("relay {} started", relay.relay_id());
 
     // /metrics, /healthz and /readyz, for Prometheus and Kubernetes.
-    let endpoints = match (http_addr, metrics) {
-        (Some(addr), Some(metrics)) => {
+    let endpoints = match http {
+        Some((addr, metrics)) => {
             let server = Endpoints::new(relay.probe())
                 .with_prometheus(metrics)
                 .bind(addr)
@@ -57,7 +56,7 @@ async fn main() -> Result<(), Error> {
             );
             Some(server)
         }
-        _ => None,
+        None => None,
     };
 
     let mut terminate = signal(SignalKind::terminate())?;

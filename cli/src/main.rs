@@ -466,15 +466,15 @@ async fn relay(db: DatabaseConnection, outbox: Outbox, options: Relay) -> Result
     })?;
     let publisher = KafkaPublisher::from_config(kafka)?;
     // The recorder first: what the relay records before it exists is lost.
-    let metrics = match options.http_addr {
-        Some(_) => Some(outbox::http::install_prometheus()?),
-        None => None,
-    };
+    let http = options
+        .http_addr
+        .map(|addr| outbox::http::install_prometheus().map(|metrics| (addr, metrics)))
+        .transpose()?;
     let relay = Processor::new(config, db, publisher)?
         .with_outbox(outbox)
         .spawn();
-    let endpoints = match (options.http_addr, metrics) {
-        (Some(addr), Some(metrics)) => {
+    let endpoints = match http {
+        Some((addr, metrics)) => {
             let server = outbox::http::Endpoints::new(relay.probe())
                 .with_prometheus(metrics)
                 .bind(addr)
@@ -483,7 +483,7 @@ async fn relay(db: DatabaseConnection, outbox: Outbox, options: Relay) -> Result
             tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
             Some(server)
         }
-        _ => None,
+        None => None,
     };
     tracing::info!(
         relay_id = relay.relay_id(),

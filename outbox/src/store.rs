@@ -186,33 +186,33 @@ impl Outbox {
         }
         let dialect = Dialect::of(conn.get_database_backend())?;
         let ids = envelopes.iter().map(Envelope::id).collect();
-        let shards: Vec<i32> = envelopes
-            .iter()
-            .map(|envelope| shard_of(key_hash(envelope.key()), self.shards()))
-            .collect();
-        if envelopes.len() <= dialect.max_rows_per_insert() {
-            self.insert(conn, dialect, envelopes, Locks::Take).await?;
+        let shards = if envelopes.len() <= dialect.max_rows_per_insert() {
+            self.insert(conn, dialect, envelopes, Locks::Take).await?
         } else {
             let txn = conn.begin().await?;
             match self.insert_in_chunks(&txn, dialect, envelopes).await {
-                Ok(()) => txn.commit().await?,
+                Ok(shards) => {
+                    txn.commit().await?;
+                    shards
+                }
                 Err(error) => {
                     txn.rollback().await?;
                     return Err(error);
                 }
             }
-        }
+        };
         self.wake.stored(shards);
         Ok(ids)
     }
 
-    /// Locks every key of `envelopes` in one order, then inserts them chunk by chunk.
+    /// Locks every key of `envelopes` in one order, then inserts them chunk by chunk;
+    /// returns the shards written to.
     async fn insert_in_chunks<T: ConnectionTrait>(
         &self,
         txn: &T,
         dialect: Dialect,
         envelopes: Vec<Envelope>,
-    ) -> Result<()> {
+    ) -> Result<BTreeSet<i32>> {
         let lock_ids: Vec<i32> = envelopes
             .iter()
             .map(|envelope| lock_id(key_hash(envelope.key())))
@@ -225,31 +225,36 @@ impl Outbox {
             }
         }
         let mut envelopes = envelopes.into_iter().peekable();
+        let mut shards = BTreeSet::new();
         while envelopes.peek().is_some() {
             let chunk: Vec<Envelope> = envelopes
                 .by_ref()
                 .take(dialect.max_rows_per_insert())
                 .collect();
-            self.insert(txn, dialect, chunk, Locks::Held).await?;
+            shards.extend(self.insert(txn, dialect, chunk, Locks::Held).await?);
         }
-        Ok(())
+        Ok(shards)
     }
 
+    /// Inserts `envelopes` in one statement; returns the shards written to.
     async fn insert<C: ConnectionTrait>(
         &self,
         conn: &C,
         dialect: Dialect,
         envelopes: Vec<Envelope>,
         locks: Locks,
-    ) -> Result<()> {
+    ) -> Result<BTreeSet<i32>> {
         let now = Utc::now();
         let mut lock_ids = BTreeSet::new();
+        let mut shards = BTreeSet::new();
         let rows: Vec<EventRow> = envelopes
             .into_iter()
             .map(|envelope| {
                 let hash = key_hash(envelope.key());
                 lock_ids.insert(lock_id(hash));
-                row(envelope, shard_of(hash, self.shards()), now)
+                let shard = shard_of(hash, self.shards());
+                shards.insert(shard);
+                row(envelope, shard, now)
             })
             .collect();
         let lock_ids: Vec<i32> = match locks {
@@ -258,7 +263,7 @@ impl Outbox {
         };
         let statement = dialect.insert_events(self.tables.outbox(), &lock_ids, rows);
         conn.execute_raw(statement).await?;
-        Ok(())
+        Ok(shards)
     }
 }
 
@@ -344,11 +349,11 @@ impl<'a, C: ConnectionTrait> IntoFuture for Store<'a, C> {
             let id = envelope.id;
             envelope.validate()?;
             let dialect = Dialect::of(self.conn.get_database_backend())?;
-            let shard = shard_of(key_hash(envelope.key()), self.outbox.shards());
-            self.outbox
+            let shards = self
+                .outbox
                 .insert(self.conn, dialect, vec![envelope], Locks::Take)
                 .await?;
-            self.outbox.wake.stored([shard]);
+            self.outbox.wake.stored(shards);
             Ok(id)
         })
     }

@@ -123,6 +123,11 @@ impl Leases {
     }
 
     /// How many shards are held.
+    /// Whether this relay holds any of `shards`.
+    pub(crate) fn owns_any(&self, shards: &[i32]) -> bool {
+        shards.iter().any(|shard| self.owned.contains_key(shard))
+    }
+
     pub(crate) fn count(&self) -> usize {
         self.owned.len()
     }
@@ -329,14 +334,7 @@ impl Leases {
         now: DateTime<Utc>,
     ) -> Result<()> {
         self.release_idle(db, dialect, tables, now).await?;
-        db.execute_raw(dialect.leave(
-            tables,
-            &self.service,
-            Some(&self.relay_id),
-            self.gone_before(now),
-        ))
-        .await?;
-        Ok(())
+        self.leave(db, dialect, tables, now).await
     }
 
     /// Gives up every shard and leaves the service, so other relays take over at once.
@@ -352,6 +350,17 @@ impl Leases {
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
                 .await?;
         }
+        self.leave(db, dialect, tables, now).await
+    }
+
+    /// Deletes this relay's heartbeat row: the others count one relay fewer.
+    async fn leave(
+        &self,
+        db: &DatabaseConnection,
+        dialect: Dialect,
+        tables: &Tables,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         db.execute_raw(dialect.leave(
             tables,
             &self.service,

@@ -101,13 +101,7 @@ impl<P: Publisher> Inner<P> {
     async fn wake_for(&self, shards: Option<Vec<i32>>) {
         let owned = match shards {
             None => true,
-            Some(shards) => {
-                let leases = self.leases.lock().await;
-                let owned = leases.owned();
-                shards
-                    .iter()
-                    .any(|shard| owned.iter().any(|(own, _)| own == shard))
-            }
+            Some(shards) => self.leases.lock().await.owns_any(&shards),
         };
         if owned {
             self.remote_wake.notify_one();
