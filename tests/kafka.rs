@@ -797,12 +797,17 @@ async fn a_slow_broker_takes_no_lease_from_a_relay_and_duplicates_nothing() {
                 .spawn()
         })
         .collect();
+    // Settled means no relay holds more than its fair share (ceil(16 / 3) = 6): a
+    // relay that started first and took more gives the surplus up on a later round,
+    // which is a hand-over, not a lease taken from a relay.
     eventually(
-        "the relays share all 16 shards",
+        "the relays share all 16 shards fairly",
         Duration::from_secs(15),
         || async {
             relays.iter().map(|r| r.stats().owned_shards).sum::<usize>() == 16
-                && relays.iter().all(|r| r.stats().owned_shards >= 4)
+                && relays
+                    .iter()
+                    .all(|r| (4..=6).contains(&r.stats().owned_shards))
         },
     )
     .await;
