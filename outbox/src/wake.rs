@@ -15,7 +15,7 @@
 //! wakes every relay.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement};
@@ -33,7 +33,7 @@ const MAX_PAYLOAD: usize = 4000;
 #[derive(Debug, Default)]
 pub(crate) struct Wake {
     /// Relays of this process built with a clone of the outbox.
-    local: Notify,
+    local: Mutex<Vec<Weak<Doorbell>>>,
     /// Relays of every process, through PostgreSQL; set once.
     remote: OnceLock<Notifier>,
 }
@@ -41,7 +41,8 @@ pub(crate) struct Wake {
 impl Wake {
     /// Events were stored to `shards`: wake the relays.
     pub(crate) fn stored(&self, shards: impl IntoIterator<Item = i32>) {
-        self.local.notify_one();
+        let shards: Vec<i32> = shards.into_iter().collect();
+        self.ring_local(|doorbell| doorbell.ring(shards.iter().copied()));
         if let Some(notifier) = self.remote.get() {
             notifier.ring(shards);
         }
@@ -49,14 +50,27 @@ impl Wake {
 
     /// Wake every relay, whatever it owns.
     pub(crate) fn all(&self) {
-        self.local.notify_one();
+        self.ring_local(|doorbell| doorbell.ring_all());
         if let Some(notifier) = self.remote.get() {
             notifier.ring_all();
         }
     }
 
-    pub(crate) async fn notified(&self) {
-        self.local.notified().await;
+    /// A doorbell for one relay of this process: rung by every store through this
+    /// outbox (or a clone) while the doorbell lives.
+    pub(crate) fn subscribe(&self) -> Arc<Doorbell> {
+        let doorbell = Arc::new(Doorbell::default());
+        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        local.retain(|relay| relay.strong_count() > 0);
+        local.push(Arc::downgrade(&doorbell));
+        doorbell
+    }
+
+    fn ring_local(&self, ring: impl Fn(&Doorbell)) {
+        let local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
+        for doorbell in local.iter().filter_map(Weak::upgrade) {
+            ring(&doorbell);
+        }
     }
 
     /// Sends cross-process notifications through `db` on `channel`, unless a
@@ -162,6 +176,50 @@ impl Shared {
     }
 }
 
+/// One relay's wake-ups: the shards stored to since it last looked.
+#[derive(Debug)]
+pub(crate) struct Doorbell {
+    rung: Notify,
+    /// `None`: every shard.
+    shards: Mutex<Option<BTreeSet<i32>>>,
+}
+
+impl Default for Doorbell {
+    fn default() -> Self {
+        Doorbell {
+            rung: Notify::new(),
+            shards: Mutex::new(Some(BTreeSet::new())),
+        }
+    }
+}
+
+impl Doorbell {
+    /// Events were stored to `shards`.
+    pub(crate) fn ring(&self, shards: impl IntoIterator<Item = i32>) {
+        if let Some(pending) = self.lock().as_mut() {
+            pending.extend(shards);
+        }
+        self.rung.notify_one();
+    }
+
+    /// Events may have been stored to any shard.
+    pub(crate) fn ring_all(&self) {
+        *self.lock() = None;
+        self.rung.notify_one();
+    }
+
+    /// Waits for a ring; the shards rung for since the last answer (`None`: every
+    /// shard). A ring while nobody waits is kept for the next call.
+    pub(crate) async fn rung(&self) -> Option<BTreeSet<i32>> {
+        self.rung.notified().await;
+        self.lock().replace(BTreeSet::new())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<BTreeSet<i32>>> {
+        self.shards.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The shards a notification's payload names; `None` for every shard.
 pub(crate) fn shards_of(payload: &str) -> Option<Vec<i32>> {
     if payload.is_empty() {
@@ -176,6 +234,28 @@ pub(crate) fn shards_of(payload: &str) -> Option<Vec<i32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn every_relay_of_the_process_hears_the_shards_stored_to() {
+        let wake = Wake::default();
+        let (first, second) = (wake.subscribe(), wake.subscribe());
+        wake.stored([3, 7]);
+        wake.stored([7, 9]);
+        assert_eq!(first.rung().await, Some(BTreeSet::from([3, 7, 9])));
+        assert_eq!(second.rung().await, Some(BTreeSet::from([3, 7, 9])));
+        wake.all();
+        assert_eq!(first.rung().await, None, "every shard");
+        drop(second);
+        wake.stored([1]);
+        assert_eq!(wake.local.lock().expect("not poisoned").len(), 2);
+        let _third = wake.subscribe();
+        assert_eq!(
+            wake.local.lock().expect("not poisoned").len(),
+            2,
+            "a dropped relay's doorbell is forgotten"
+        );
+        assert_eq!(first.rung().await, Some(BTreeSet::from([1])));
+    }
 
     #[test]
     fn payloads_name_shards_or_every_shard() {

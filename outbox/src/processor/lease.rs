@@ -107,6 +107,11 @@ impl Leases {
             .collect()
     }
 
+    /// The token `shard` is held by, if this relay holds it.
+    pub(crate) fn token(&self, shard: i32) -> Option<i64> {
+        self.owned.get(&shard).copied()
+    }
+
     /// Forgets a shard whose lease turned out to be lost.
     pub(crate) fn lost(&mut self, shard: i32) {
         if self.owned.remove(&shard).is_some() {

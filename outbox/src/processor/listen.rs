@@ -99,14 +99,12 @@ impl<P: Publisher> Inner<P> {
 
     /// Wakes the main loop when `shards` (all when `None`) include one this relay owns.
     async fn wake_for(&self, shards: Option<Vec<i32>>) {
-        let owned = match shards {
-            None => true,
-            Some(shards) => self.leases.lock().await.owns_any(&shards),
-        };
-        if owned {
-            self.remote_wake.notify_one();
-        } else {
-            debug!(relay = %self.relay_id, "notified for shards of other relays");
+        match shards {
+            None => self.doorbell.ring_all(),
+            Some(shards) if self.leases.lock().await.owns_any(&shards) => {
+                self.doorbell.ring(shards);
+            }
+            Some(_) => debug!(relay = %self.relay_id, "notified for shards of other relays"),
         }
     }
 }

@@ -10,6 +10,8 @@ mod clock;
 mod lease;
 #[cfg(feature = "postgres")]
 mod listen;
+mod run;
+mod schedule;
 mod state;
 
 use std::collections::HashSet;
@@ -38,6 +40,7 @@ use crate::publisher::{PublishError, PublishErrorKind, Publisher};
 use crate::repository::failure_update;
 use crate::sql::{Dialect, LeaseKey};
 use crate::store::Outbox;
+use crate::wake::Doorbell;
 
 /// Metric names (through the `metrics` facade), each labelled with `service`.
 pub mod metric_names {
@@ -106,14 +109,6 @@ pub mod metric_names {
 /// The header a dead-lettered event carries on the dead-letter topic.
 pub const DEAD_LETTER_ERROR_HEADER: &str = "dead_letter_error";
 
-/// How often parked events whose failed event went through by other means than the
-/// relay's write-back (a manual call; a relay that lost its lease while parking) are
-/// looked for: one pass over the parked index, then a probe per parked key.
-const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
-/// How often the backlog (pending count, oldest age) is measured. With the lease
-/// round (every third of the lease time) and the idle poll (one query for every
-/// owned shard), an idle relay makes about one query a second.
-const BACKLOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Rows deleted per cleanup statement.
 const CLEANUP_BATCH: u64 = 1000;
 
@@ -150,8 +145,9 @@ struct Inner<P> {
     renew_now: Notify,
     /// Tells the main loop that a lease round took shards.
     leased: Notify,
-    /// Tells the main loop that another process stored events for an owned shard.
-    remote_wake: Notify,
+    /// Tells the main loop which shards events were stored to, by this process or
+    /// (through `listen.rs`) another.
+    doorbell: Arc<Doorbell>,
     clock: Clock,
     /// Since when every batch has failed as an outage with nothing delivered.
     stalled_since: std::sync::Mutex<Option<Instant>>,
@@ -221,6 +217,7 @@ impl<P: Publisher> Processor<P> {
             outbox.shards(),
             config.lease_ttl,
         );
+        let doorbell = outbox.wake().subscribe();
         let state = Arc::new(State::new(
             relay_id.clone(),
             config.health_timeout,
@@ -237,7 +234,7 @@ impl<P: Publisher> Processor<P> {
                 leases: Mutex::new(leases),
                 renew_now: Notify::new(),
                 leased: Notify::new(),
-                remote_wake: Notify::new(),
+                doorbell,
                 clock: Clock::new(skew),
                 stalled_since: std::sync::Mutex::new(None),
             },
@@ -301,7 +298,7 @@ impl<P: Publisher> Processor<P> {
     pub async fn process_events(&self, batch_size: usize) -> Result<ProcessReport> {
         self.inner.lease_round().await?;
         self.inner.outbox.unpark_orphans(&self.inner.db).await?;
-        self.inner.process_owned(batch_size.max(1), false).await
+        self.inner.process_owned(batch_size.max(1)).await
     }
 
     /// Starts the relay in the background. With `enabled = false` it starts nothing.
@@ -318,6 +315,7 @@ impl<P: Publisher> Processor<P> {
             tasks.push(tracker.spawn(Arc::clone(&inner).keep_leases(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).run(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).probe(cancel.clone())));
+            tasks.push(tracker.spawn(Arc::clone(&inner).housekeeping(cancel.clone())));
             #[cfg(feature = "postgres")]
             if inner.config.listen && inner.db.get_database_backend() == DbBackend::Postgres {
                 tasks.push(tracker.spawn(Arc::clone(&inner).listen(cancel.clone())));
@@ -435,78 +433,8 @@ impl<P: Publisher> Inner<P> {
         Ok(false)
     }
 
-    /// The main loop: passes over the owned shards, adaptive waits.
-    async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let config = &self.config;
-        let mut next_backlog = Instant::now();
-        let mut next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
-        let mut idle_wait = config.min_poll_interval;
-        // Whether the last pass found nothing: the next one asks which shards have
-        // work before claiming.
-        let mut idle = true;
-        while !cancel.is_cancelled() {
-            let cycle = async {
-                let report = self.process_owned(config.batch_size, idle).await?;
-                if Instant::now() >= next_backlog {
-                    self.refresh_backlog().await?;
-                    next_backlog = Instant::now() + BACKLOG_INTERVAL;
-                }
-                if Instant::now() >= next_sweep {
-                    self.outbox.unpark_orphans(&self.db).await?;
-                    next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
-                }
-                Ok::<_, Error>(report)
-            }
-            .await;
-            let owned = self.leases.lock().await.count();
-            idle = !matches!(&cycle, Ok(report) if report.published > 0 || report.full);
-            let wait = match cycle {
-                Ok(report) if report.transient_failures > 0 && report.published == 0 => {
-                    // The broker is away: not a successful cycle, and no hurry.
-                    self.stalled_since().get_or_insert_with(Instant::now);
-                    self.state.cycle(Err(format!(
-                        "{} events failed to publish: the broker is unavailable",
-                        report.transient_failures
-                    )));
-                    idle_wait = (idle_wait * 2).min(config.interval);
-                    idle_wait
-                }
-                Ok(report) => {
-                    if report.published > 0 {
-                        *self.stalled_since() = None;
-                    }
-                    self.state.cycle(Ok(owned));
-                    if report.full {
-                        Duration::ZERO
-                    } else if report.published > 0 {
-                        idle_wait = config.min_poll_interval;
-                        idle_wait
-                    } else {
-                        let wait = idle_wait;
-                        idle_wait = (idle_wait * 2).min(config.interval);
-                        wait
-                    }
-                }
-                Err(error) => {
-                    warn!(relay = %self.relay_id, %error, "relay cycle failed");
-                    self.state.cycle(Err(error.to_string()));
-                    idle_wait = (idle_wait * 2).min(config.interval);
-                    // A lost connection may have taken the leases with it: renew now.
-                    self.renew_now.notify_one();
-                    idle_wait
-                }
-            };
-            if wait.is_zero() {
-                continue;
-            }
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = self.outbox.wake().notified() => idle_wait = config.min_poll_interval,
-                () = self.remote_wake.notified() => idle_wait = config.min_poll_interval,
-                () = self.leased.notified() => idle_wait = config.min_poll_interval,
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
+    /// The loop has ended: the relay says so and gives its shards up.
+    async fn stop(&self) {
         self.state.stopped();
         if let Ok(dialect) = self.dialect() {
             let released = self
@@ -521,27 +449,10 @@ impl<P: Publisher> Inner<P> {
         }
     }
 
-    /// Publishes one batch of every owned shard, `concurrency` shards at a time.
-    /// One batch of every owned shard; with `peek`, of those the claim index says have
-    /// work (one query, for an idle relay, instead of a claim per shard).
-    async fn process_owned(&self, batch_size: usize, peek: bool) -> Result<ProcessReport> {
-        let mut owned = self.leases.lock().await.owned();
-        if peek && owned.len() > 1 {
-            let shards: Vec<i32> = owned.iter().map(|(shard, _)| *shard).collect();
-            let statement = self.dialect()?.shards_with_work(
-                self.outbox.tables().outbox(),
-                &shards,
-                self.clock.now(),
-            );
-            let busy: Vec<i32> = self
-                .db
-                .query_all_raw(statement)
-                .await?
-                .iter()
-                .map(|row| row.try_get::<i32>("", "shard"))
-                .collect::<std::result::Result<_, _>>()?;
-            owned.retain(|(shard, _)| busy.contains(shard));
-        }
+    /// One batch of every owned shard, `concurrency` shards at a time (for
+    /// [`Processor::process_events`]).
+    async fn process_owned(&self, batch_size: usize) -> Result<ProcessReport> {
+        let owned = self.leases.lock().await.owned();
         let results: Vec<(i32, Result<ShardOutcome>)> = futures_util::stream::iter(owned)
             .map(|(shard, token)| async move {
                 (shard, self.process_shard(shard, token, batch_size).await)
@@ -583,6 +494,20 @@ impl<P: Publisher> Inner<P> {
             }
             None => Ok(report),
         }
+    }
+
+    /// Of `owned`, the shards the claim index says have work: one query.
+    async fn shards_with_work(&self, owned: &[i32]) -> Result<Vec<i32>> {
+        let statement = self.dialect()?.shards_with_work(
+            self.outbox.tables().outbox(),
+            owned,
+            self.clock.now(),
+        );
+        let rows = self.db.query_all_raw(statement).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get::<i32>("", "shard"))
+            .collect::<std::result::Result<_, _>>()?)
     }
 
     /// Claims, publishes and writes back one batch of `shard`.

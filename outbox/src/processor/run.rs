@@ -1,0 +1,294 @@
+//! The relay's main loop: a batch per due shard as soon as a slot is free, polls on
+//! a timer, and the housekeeping beside it (backlog figures, orphan sweep).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sea_orm::ConnectionTrait;
+use tokio::task::{self, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, warn};
+use uuid::Uuid;
+
+use super::schedule::{Batch, Schedule};
+use super::{Inner, ShardOutcome};
+use crate::error::Result;
+use crate::publisher::Publisher;
+
+/// How often the backlog (pending count, oldest age) is measured. With the lease
+/// round (every third of the lease time) and the idle poll (one query for every
+/// owned shard), an idle relay makes about one query a second.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often parked events whose failed event went through by other means than the
+/// relay's write-back (a manual call; a relay that lost its lease while parking) are
+/// looked for: one pass over the parked index, then a probe per parked key.
+const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// While batches keep coming, the service's offset (its last published event) is
+/// written at most this often; at once when the relay goes idle.
+const OFFSET_INTERVAL: Duration = Duration::from_secs(1);
+
+impl<P: Publisher> Inner<P> {
+    /// The main loop. Each owned shard has at most one batch in flight, and up to
+    /// `concurrency` shards have one; a shard is claimed again as soon as its batch
+    /// ends if it may have more, or when a wake-up or a poll says it has work (see
+    /// `schedule.rs`). On shutdown, batches in flight finish (and write back) and the
+    /// leases are released.
+    pub(super) async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let this = &*self;
+        let config = &this.config;
+        let mut schedule = Schedule::new(config.min_poll_interval, config.interval, Instant::now());
+        // Batches are tasks of their own: one that holds a database connection goes
+        // on while this loop waits for another (with futures polled by this loop, a
+        // small pool would deadlock).
+        let mut batches = Batches::default();
+        let mut offset = Offset::default();
+        loop {
+            while batches.len() < config.concurrency {
+                let Some(shard) = schedule.next() else { break };
+                batches.spawn(&self, shard);
+            }
+            if batches.is_empty() {
+                offset.write(this).await;
+            }
+            let poll_at = schedule.poll_at();
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                Some((shard, result)) = batches.next(), if !batches.is_empty() => {
+                    let batch = this.batch_ended(shard, result, &mut offset).await;
+                    schedule.finished(shard, batch);
+                    if offset.due() {
+                        offset.write(this).await;
+                    }
+                }
+                shards = this.doorbell.rung() => {
+                    let shards = this.owned_of(shards).await;
+                    schedule.woken(shards, Instant::now());
+                }
+                () = this.leased.notified() => {
+                    let shards = this.owned_of(None).await;
+                    schedule.woken(shards, Instant::now());
+                }
+                () = tokio::time::sleep_until(poll_at.into()) => {
+                    let shards = this.poll().await;
+                    schedule.polled(shards, Instant::now());
+                }
+            }
+        }
+        while let Some((shard, result)) = batches.next().await {
+            this.batch_ended(shard, result, &mut offset).await;
+        }
+        offset.write(this).await;
+        this.stop().await;
+    }
+
+    /// One batch of `shard`, with the lease token this relay holds it by.
+    async fn batch(&self, shard: i32) -> Result<ShardOutcome> {
+        let token = self.leases.lock().await.token(shard);
+        match token {
+            Some(token) => {
+                self.process_shard(shard, token, self.config.batch_size)
+                    .await
+            }
+            None => Ok(ShardOutcome::NotHeld),
+        }
+    }
+
+    /// Records how `shard`'s batch ended (health, stall, lost lease) and says
+    /// whether to claim it again at once.
+    async fn batch_ended(
+        &self,
+        shard: i32,
+        result: Result<ShardOutcome>,
+        offset: &mut Offset,
+    ) -> Batch {
+        let report = match result {
+            Ok(ShardOutcome::Done(report, last)) => {
+                offset.published(last);
+                report
+            }
+            Ok(ShardOutcome::LeaseLost) => {
+                self.leases.lock().await.lost(shard);
+                return Batch::Empty;
+            }
+            Ok(ShardOutcome::NotHeld) => return Batch::Empty,
+            Err(error) => {
+                warn!(relay = %self.relay_id, shard, %error, "relay batch failed");
+                self.state.cycle(Err(error.to_string()));
+                // A lost connection may have taken the leases with it: renew now.
+                self.renew_now.notify_one();
+                return Batch::Failed;
+            }
+        };
+        if report.transient_failures > 0 && report.published == 0 {
+            // The broker is away: not a successful batch, and no hurry.
+            self.stalled_since().get_or_insert_with(Instant::now);
+            self.state.cycle(Err(format!(
+                "{} events failed to publish: the broker is unavailable",
+                report.transient_failures
+            )));
+            return Batch::Failed;
+        }
+        if report.published > 0 {
+            *self.stalled_since() = None;
+        }
+        let owned = self.leases.lock().await.count();
+        self.state.cycle(Ok(owned));
+        if report.published > 0 || report.full {
+            Batch::More
+        } else {
+            Batch::Empty
+        }
+    }
+
+    /// The owned shards among `shards` (all owned shards for `None`).
+    async fn owned_of(&self, shards: Option<BTreeSet<i32>>) -> Vec<i32> {
+        let owned = self.leases.lock().await.owned();
+        owned
+            .into_iter()
+            .map(|(shard, _)| shard)
+            .filter(|shard| shards.as_ref().is_none_or(|s| s.contains(shard)))
+            .collect()
+    }
+
+    /// The owned shards with work, by one query on the claim index (a relay with one
+    /// shard just claims it). A failure is reported and finds none: the next poll
+    /// comes later.
+    async fn poll(&self) -> Vec<i32> {
+        let owned = self.owned_of(None).await;
+        if owned.len() <= 1 {
+            return owned;
+        }
+        match self.shards_with_work(&owned).await {
+            Ok(shards) => {
+                if shards.is_empty() {
+                    self.state.cycle(Ok(owned.len()));
+                }
+                shards
+            }
+            Err(error) => {
+                warn!(relay = %self.relay_id, %error, "relay poll failed");
+                self.state.cycle(Err(error.to_string()));
+                self.renew_now.notify_one();
+                Vec::new()
+            }
+        }
+    }
+
+    /// Measures the backlog and sweeps for orphaned parked events, each on its own
+    /// timer; failures are reported and tried again at the next turn.
+    pub(super) async fn housekeeping(self: Arc<Self>, cancel: CancellationToken) {
+        let mut next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
+        loop {
+            if let Err(error) = self.refresh_backlog().await {
+                warn!(relay = %self.relay_id, %error, "could not measure the backlog");
+                self.state.cycle(Err(error.to_string()));
+            }
+            if Instant::now() >= next_sweep {
+                if let Err(error) = self.outbox.unpark_orphans(&self.db).await {
+                    warn!(relay = %self.relay_id, %error, "could not sweep for orphaned parked events");
+                }
+                next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(BACKLOG_INTERVAL) => {}
+            }
+        }
+    }
+}
+
+/// The batches in flight, one task each, with the shard each is for.
+#[derive(Debug, Default)]
+struct Batches {
+    tasks: JoinSet<Result<ShardOutcome>>,
+    shards: HashMap<task::Id, i32>,
+}
+
+impl Batches {
+    fn spawn<P: Publisher>(&mut self, relay: &Arc<Inner<P>>, shard: i32) {
+        let relay = Arc::clone(relay);
+        let task = self
+            .tasks
+            .spawn(async move { relay.batch(shard).await }.in_current_span());
+        self.shards.insert(task.id(), shard);
+    }
+
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next batch to end, with its shard; `None` when none is in flight. A
+    /// batch's panic goes on in this loop, as if the batch had run here.
+    async fn next(&mut self) -> Option<(i32, Result<ShardOutcome>)> {
+        let (id, result) = match self.tasks.join_next_with_id().await? {
+            Ok((id, result)) => (id, result),
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled: only when the set is dropped, which ends this loop too.
+                Err(error) => (error.id(), Ok(ShardOutcome::NotHeld)),
+            },
+        };
+        let shard = self.shards.remove(&id)?;
+        Some((shard, result))
+    }
+}
+
+/// The service's offset: the last event published, written now and then.
+#[derive(Debug)]
+struct Offset {
+    unwritten: Option<Uuid>,
+    written_at: Instant,
+}
+
+impl Default for Offset {
+    fn default() -> Self {
+        Offset {
+            unwritten: None,
+            written_at: Instant::now(),
+        }
+    }
+}
+
+impl Offset {
+    fn published(&mut self, last: Option<Uuid>) {
+        if last.is_some() {
+            self.unwritten = last;
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.unwritten.is_some() && self.written_at.elapsed() >= OFFSET_INTERVAL
+    }
+
+    async fn write<P: Publisher>(&mut self, relay: &Inner<P>) {
+        let Some(event) = self.unwritten else {
+            return;
+        };
+        let written = async {
+            let statement = relay.dialect()?.upsert_offset(
+                relay.outbox.tables().offset(),
+                &relay.config.service_name,
+                event,
+                relay.clock.now(),
+            );
+            relay.db.execute_raw(statement).await?;
+            Ok::<_, crate::Error>(())
+        }
+        .await;
+        match written {
+            Ok(()) => {
+                self.unwritten = None;
+                self.written_at = Instant::now();
+            }
+            Err(error) => {
+                warn!(relay = %relay.relay_id, %error, "could not write the service's offset; trying again later");
+            }
+        }
+    }
+}
