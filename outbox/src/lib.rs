@@ -145,10 +145,10 @@
 //! relays:
 //!
 //! - **In this process**: a relay built with a clone of the storing [`Outbox`]
-//!   ([`Processor::with_outbox`]) is woken at once.
+//!   ([`Processor::with_outbox`]) is woken at once, for the shards stored to.
 //! - **In other processes (PostgreSQL, feature `postgres`, on by default)**: the
 //!   outbox sends a `NOTIFY` on the channel `<outbox table>_wake`, naming the shards it
-//!   stored to, and every relay `LISTEN`s on it and polls when a shard it owns is named.
+//!   stored to, and every relay `LISTEN`s on it and claims the named shards it owns.
 //!   The `NOTIFY` is sent by a task of the outbox's own, on a pool connection, after
 //!   the store and **outside your transaction**: PostgreSQL serialises the commits of
 //!   transactions that sent a notification, so one inside every business transaction

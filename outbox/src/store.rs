@@ -93,15 +93,16 @@ impl Outbox {
         self.shards.map_or(DEFAULT_SHARDS, NonZeroU16::get)
     }
 
-    /// Commits `txn` and wakes the relays (see [`notify`](Self::notify)), so the events
-    /// it stored are published without waiting for the next poll. Equivalent to
-    /// `txn.commit()` followed by [`notify`](Self::notify).
+    /// Commits `txn` and wakes the relays for the shards it stored to, so its events
+    /// are published without waiting for the relays' next poll. Like `txn.commit()`
+    /// followed by [`notify`](Self::notify), but it wakes only the relays (and
+    /// shards) with new events.
     ///
     /// # Errors
     /// The database's; the events are then not stored.
     pub async fn commit(&self, txn: DatabaseTransaction) -> Result<()> {
         txn.commit().await?;
-        self.notify();
+        self.wake.committed();
         Ok(())
     }
 

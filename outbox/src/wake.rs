@@ -25,6 +25,9 @@ use tracing::debug;
 /// At most one cross-process notification per this interval, per process.
 pub(crate) const COALESCE: Duration = Duration::from_millis(2);
 
+/// A commit wakes the relays for the shards stored to since this many commits.
+const GENERATIONS: usize = 4;
+
 /// PostgreSQL's limit on a notification's payload is 8000 bytes; above this, wake
 /// every relay instead of naming shards.
 const MAX_PAYLOAD: usize = 4000;
@@ -36,16 +39,47 @@ pub(crate) struct Wake {
     local: Mutex<Vec<Weak<Doorbell>>>,
     /// Relays of every process, through PostgreSQL; set once.
     remote: OnceLock<Notifier>,
+    /// Shards stored to since the last commit, and between each of the commits
+    /// before it (see [`committed`](Self::committed)).
+    recent: Mutex<[BTreeSet<i32>; GENERATIONS]>,
 }
 
 impl Wake {
     /// Events were stored to `shards`: wake the relays.
     pub(crate) fn stored(&self, shards: impl IntoIterator<Item = i32>) {
         let shards: Vec<i32> = shards.into_iter().collect();
+        self.recent()[0].extend(shards.iter().copied());
+        self.ring(&shards);
+    }
+
+    /// A transaction that stored through this outbox committed: wake the relays for
+    /// the shards stored to since the [`GENERATIONS`]th commit before. The committing
+    /// transaction stored to them unless as many other commits came between its store
+    /// and its own; the relays then find its events by the quick polls that follow
+    /// the store's wake-up. (Waking every shard instead made every relay claim every
+    /// shard it owns at each commit.)
+    pub(crate) fn committed(&self) {
+        let shards: Vec<i32> = {
+            let mut recent = self.recent();
+            recent.rotate_right(1);
+            let shards: BTreeSet<i32> = recent.iter().flatten().copied().collect();
+            recent[0].clear();
+            shards.into_iter().collect()
+        };
+        if !shards.is_empty() {
+            self.ring(&shards);
+        }
+    }
+
+    fn ring(&self, shards: &[i32]) {
         self.ring_local(|doorbell| doorbell.ring(shards.iter().copied()));
         if let Some(notifier) = self.remote.get() {
-            notifier.ring(shards);
+            notifier.ring(shards.iter().copied());
         }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, [BTreeSet<i32>; GENERATIONS]> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Wake every relay, whatever it owns.
@@ -255,6 +289,35 @@ mod tests {
             "a dropped relay's doorbell is forgotten"
         );
         assert_eq!(first.rung().await, Some(BTreeSet::from([1])));
+    }
+
+    #[tokio::test]
+    async fn a_commit_wakes_the_shards_stored_to_since_a_few_commits() {
+        let wake = Wake::default();
+        let relay = wake.subscribe();
+        wake.stored([3]);
+        wake.stored([5]);
+        assert_eq!(relay.rung().await, Some(BTreeSet::from([3, 5])));
+        wake.committed();
+        assert_eq!(relay.rung().await, Some(BTreeSet::from([3, 5])));
+        wake.stored([7]);
+        for _ in 1..GENERATIONS {
+            wake.committed();
+            assert_eq!(
+                relay.rung().await,
+                Some(BTreeSet::from([3, 5, 7])),
+                "the stores before the last commits, for a transaction that commits just after them"
+            );
+        }
+        wake.committed();
+        assert_eq!(relay.rung().await, Some(BTreeSet::from([7])));
+        wake.committed();
+        wake.stored([1]);
+        assert_eq!(
+            relay.rung().await,
+            Some(BTreeSet::from([1])),
+            "nothing stored: a commit wakes nobody"
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! outcome back in one transaction fenced by its lease. No cursor is kept: a
 //! transaction that commits late is simply found pending later (G3), and within a
 //! shard events go out in `seq` order, which for one key is commit order (G4).
+//! A shard has at most one batch in flight; `run.rs` starts a batch for each shard
+//! that has work as soon as one of the `concurrency` slots is free (`schedule.rs`).
 
 mod clock;
 mod lease;

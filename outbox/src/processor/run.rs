@@ -52,9 +52,15 @@ impl<P: Publisher> Inner<P> {
                 offset.write(this).await;
             }
             let poll_at = schedule.poll_at();
+            // The poll comes before batches and wake-ups: at a steady rate those are
+            // always ready, and a poll behind them would never run.
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
+                () = tokio::time::sleep_until(poll_at.into()) => {
+                    let shards = this.poll().await;
+                    schedule.polled(shards, Instant::now());
+                }
                 Some((shard, result)) = batches.next(), if !batches.is_empty() => {
                     let batch = this.batch_ended(shard, result, &mut offset).await;
                     schedule.finished(shard, batch);
@@ -69,10 +75,6 @@ impl<P: Publisher> Inner<P> {
                 () = this.leased.notified() => {
                     let shards = this.owned_of(None).await;
                     schedule.woken(shards, Instant::now());
-                }
-                () = tokio::time::sleep_until(poll_at.into()) => {
-                    let shards = this.poll().await;
-                    schedule.polled(shards, Instant::now());
                 }
             }
         }
@@ -110,9 +112,9 @@ impl<P: Publisher> Inner<P> {
             }
             Ok(ShardOutcome::LeaseLost) => {
                 self.leases.lock().await.lost(shard);
-                return Batch::Empty;
+                return Batch::Done;
             }
-            Ok(ShardOutcome::NotHeld) => return Batch::Empty,
+            Ok(ShardOutcome::NotHeld) => return Batch::Done,
             Err(error) => {
                 warn!(relay = %self.relay_id, shard, %error, "relay batch failed");
                 self.state.cycle(Err(error.to_string()));
@@ -135,10 +137,12 @@ impl<P: Publisher> Inner<P> {
         }
         let owned = self.leases.lock().await.count();
         self.state.cycle(Ok(owned));
-        if report.published > 0 || report.full {
+        // A batch that was not full took everything visible: events stored since
+        // have rung the doorbell.
+        if report.full {
             Batch::More
         } else {
-            Batch::Empty
+            Batch::Done
         }
     }
 

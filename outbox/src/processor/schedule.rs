@@ -6,7 +6,7 @@
 //! event stored meanwhile waited for the whole pass). A shard is due when:
 //!
 //! - a wake-up names it (a store in this process, or a notification from another);
-//! - its last batch published something or was full (more may be waiting);
+//! - its last batch was full (more may be waiting);
 //! - a poll finds work in it. Polls run on a timer that starts at the minimum poll
 //!   interval after a wake-up (a wake-up may come before its commit is visible) and
 //!   doubles up to the interval while nothing happens.
@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 /// How a shard's batch ended, as far as the schedule cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Batch {
-    /// It published events or met a full batch: claim again at once.
+    /// It was full (more may be waiting): claim again at once.
     More,
-    /// It found nothing to do.
-    Empty,
+    /// It took what there was (or found nothing).
+    Done,
     /// It failed (the database, or the broker for every event): the shard waits for
     /// the next poll, which backs off.
     Failed,
@@ -172,12 +172,12 @@ mod tests {
         schedule.woken([1], now);
         assert_eq!(schedule.next(), Some(2));
         assert_eq!(schedule.next(), None, "shard 1 is due but in flight");
-        schedule.finished(1, Batch::Empty);
+        schedule.finished(1, Batch::Done);
         assert_eq!(schedule.next(), Some(1), "due again since the wake-up");
         schedule.finished(1, Batch::More);
         schedule.finished(2, Batch::Failed);
         assert_eq!(drain(&mut schedule), [1]);
-        schedule.finished(1, Batch::Empty);
+        schedule.finished(1, Batch::Done);
         assert_eq!(
             schedule.next(),
             None,
