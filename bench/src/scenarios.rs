@@ -1059,10 +1059,21 @@ async fn sparse_after_idle(
     let skipped = arrived(brokers, &topic, &received, &ids).await?;
     consumer.abort();
     stop(children)?;
+    let slowest = slowest_relay_share(&schema.db, &committed, &received).await?;
     schema.drop().await?;
     let latencies = latencies(&committed, &received)?;
     let scenario =
         "latency (one event every 1-2 s after idle, two relay processes, writer in a third)";
+    if let Some((total, relay)) = slowest {
+        report
+            .add(
+                scenario,
+                "slowest event: stored to marked published",
+                relay,
+                "ms",
+            )
+            .ratio(relay / total, "of its commit to receive");
+    }
     let p50 = percentile(&latencies, 0.5);
     report
         .add(
@@ -1084,6 +1095,40 @@ async fn sparse_after_idle(
         .target("< 50 ms", p99 < 50.0);
     note_skipped(report, scenario, skipped);
     Ok(())
+}
+
+/// For the event received last after its commit: that latency and the relay's
+/// part of it (from its insert to its publication being written, by the database's
+/// clock), in milliseconds. Says whether a slow event waited in the outbox or in
+/// the broker.
+async fn slowest_relay_share(
+    db: &DatabaseConnection,
+    committed: &[(String, Instant)],
+    received: &Mutex<HashMap<String, Instant>>,
+) -> Result<Option<(f64, f64)>, Failure> {
+    let slowest = {
+        let received = received.lock().map_err(|_| "poisoned")?;
+        committed
+            .iter()
+            .filter_map(|(id, at)| {
+                Some((id.clone(), received.get(id)?.saturating_duration_since(*at)))
+            })
+            .max_by_key(|(_, latency)| *latency)
+    };
+    let Some((id, latency)) = slowest else {
+        return Ok(None);
+    };
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "SELECT (EXTRACT(EPOCH FROM (published_at - created_at)) * 1000)::float8 AS ms \
+             FROM _outbox WHERE id = $1",
+            [Uuid::parse_str(&id)?.into()],
+        ))
+        .await?
+        .ok_or("the slowest event is not in the outbox")?;
+    let relay: f64 = row.try_get("", "ms")?;
+    Ok(Some((latency.as_secs_f64() * 1000.0, relay)))
 }
 
 /// A line for the events the scenario's consumer skipped (see [`arrived`]), if any.
