@@ -134,8 +134,8 @@ struct Notifier {
 struct Shared {
     db: DatabaseConnection,
     channel: String,
-    /// Shards stored to since the last notification; `None`: wake every relay.
-    pending: Mutex<Option<BTreeSet<i32>>>,
+    /// Shards stored to since the last notification.
+    pending: Pending,
 }
 
 impl Notifier {
@@ -144,21 +144,19 @@ impl Notifier {
             shared: Arc::new(Shared {
                 db,
                 channel,
-                pending: Mutex::new(Some(BTreeSet::new())),
+                pending: Pending::default(),
             }),
             doorbell: OnceLock::new(),
         }
     }
 
     fn ring(&self, shards: impl IntoIterator<Item = i32>) {
-        if let Some(pending) = self.shared.lock().as_mut() {
-            pending.extend(shards);
-        }
+        self.shared.pending.add(shards);
         self.send();
     }
 
     fn ring_all(&self) {
-        *self.shared.lock() = None;
+        self.shared.pending.all();
         self.send();
     }
 
@@ -177,13 +175,9 @@ impl Notifier {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<BTreeSet<i32>>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     async fn run(self: Arc<Self>, mut doorbell: mpsc::Receiver<()>) {
         while doorbell.recv().await.is_some() {
-            let payload = match self.lock().replace(BTreeSet::new()) {
+            let payload = match self.pending.take() {
                 Some(shards) if shards.is_empty() => continue,
                 Some(shards) => {
                     let list: Vec<String> = shards.iter().map(ToString::to_string).collect();
@@ -210,35 +204,54 @@ impl Shared {
     }
 }
 
-/// One relay's wake-ups: the shards stored to since it last looked.
+/// Shards stored to since someone last looked; `None` when it may be any shard.
 #[derive(Debug)]
-pub(crate) struct Doorbell {
-    rung: Notify,
-    /// `None`: every shard.
-    shards: Mutex<Option<BTreeSet<i32>>>,
+struct Pending(Mutex<Option<BTreeSet<i32>>>);
+
+impl Default for Pending {
+    fn default() -> Self {
+        Pending(Mutex::new(Some(BTreeSet::new())))
+    }
 }
 
-impl Default for Doorbell {
-    fn default() -> Self {
-        Doorbell {
-            rung: Notify::new(),
-            shards: Mutex::new(Some(BTreeSet::new())),
+impl Pending {
+    fn add(&self, shards: impl IntoIterator<Item = i32>) {
+        if let Some(pending) = self.lock().as_mut() {
+            pending.extend(shards);
         }
     }
+
+    fn all(&self) {
+        *self.lock() = None;
+    }
+
+    /// The shards since the last call (`None`: any shard), and a fresh start.
+    fn take(&self) -> Option<BTreeSet<i32>> {
+        self.lock().replace(BTreeSet::new())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<BTreeSet<i32>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One relay's wake-ups: the shards stored to since it last looked.
+#[derive(Debug, Default)]
+pub(crate) struct Doorbell {
+    rung: Notify,
+    shards: Pending,
 }
 
 impl Doorbell {
     /// Events were stored to `shards`.
     pub(crate) fn ring(&self, shards: impl IntoIterator<Item = i32>) {
-        if let Some(pending) = self.lock().as_mut() {
-            pending.extend(shards);
-        }
+        self.shards.add(shards);
         self.rung.notify_one();
     }
 
     /// Events may have been stored to any shard.
     pub(crate) fn ring_all(&self) {
-        *self.lock() = None;
+        self.shards.all();
         self.rung.notify_one();
     }
 
@@ -246,11 +259,7 @@ impl Doorbell {
     /// shard). A ring while nobody waits is kept for the next call.
     pub(crate) async fn rung(&self) -> Option<BTreeSet<i32>> {
         self.rung.notified().await;
-        self.lock().replace(BTreeSet::new())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<BTreeSet<i32>>> {
-        self.shards.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards.take()
     }
 }
 

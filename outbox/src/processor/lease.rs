@@ -128,11 +128,6 @@ impl Leases {
     }
 
     /// How many shards are held.
-    /// Whether this relay holds any of `shards`.
-    pub(crate) fn owns_any(&self, shards: &[i32]) -> bool {
-        shards.iter().any(|shard| self.owned.contains_key(shard))
-    }
-
     pub(crate) fn count(&self) -> usize {
         self.owned.len()
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{DatabaseConnection, DatabaseConnectionType};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::Inner;
 use crate::publisher::Publisher;
@@ -32,7 +32,7 @@ impl<P: Publisher> Inner<P> {
                     info!(relay = %self.relay_id, %channel, "listening for stored events");
                     wait = Duration::from_millis(100);
                     // Events stored while nobody listened: poll once.
-                    self.wake_for(None).await;
+                    self.wake_for(None);
                     let outcome = cancel
                         .run_until_cancelled(self.receive(&mut listener))
                         .await;
@@ -89,7 +89,7 @@ impl<P: Publisher> Inner<P> {
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
-                    self.wake_for(wake::shards_of(notification.payload())).await;
+                    self.wake_for(wake::shards_of(notification.payload()));
                 }
                 Ok(None) => return "the connection was closed".to_owned(),
                 Err(error) => return error.to_string(),
@@ -97,14 +97,12 @@ impl<P: Publisher> Inner<P> {
         }
     }
 
-    /// Wakes the main loop when `shards` (all when `None`) include one this relay owns.
-    async fn wake_for(&self, shards: Option<Vec<i32>>) {
+    /// Rings the main loop's doorbell for `shards` (all when `None`); the loop claims
+    /// those this relay owns.
+    fn wake_for(&self, shards: Option<Vec<i32>>) {
         match shards {
             None => self.doorbell.ring_all(),
-            Some(shards) if self.leases.lock().await.owns_any(&shards) => {
-                self.doorbell.ring(shards);
-            }
-            Some(_) => debug!(relay = %self.relay_id, "notified for shards of other relays"),
+            Some(shards) => self.doorbell.ring(shards),
         }
     }
 }

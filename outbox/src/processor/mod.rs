@@ -479,14 +479,7 @@ impl<P: Publisher> Inner<P> {
             }
         }
         if let Some(event) = last_published {
-            let dialect = self.dialect()?;
-            let statement = dialect.upsert_offset(
-                self.outbox.tables().offset(),
-                &self.config.service_name,
-                event,
-                self.clock.now(),
-            );
-            self.db.execute_raw(statement).await?;
+            self.write_offset(event).await?;
         }
         match first_error {
             Some(error) if report.claimed == 0 => Err(error),
@@ -496,6 +489,18 @@ impl<P: Publisher> Inner<P> {
             }
             None => Ok(report),
         }
+    }
+
+    /// Records `event` as the last one the service published (`_outbox_offset`).
+    async fn write_offset(&self, event: Uuid) -> Result<()> {
+        let statement = self.dialect()?.upsert_offset(
+            self.outbox.tables().offset(),
+            &self.config.service_name,
+            event,
+            self.clock.now(),
+        );
+        self.db.execute_raw(statement).await?;
+        Ok(())
     }
 
     /// Of `owned`, the shards the claim index says have work: one query.

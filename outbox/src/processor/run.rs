@@ -5,7 +5,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sea_orm::ConnectionTrait;
 use tokio::task::{self, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, warn};
@@ -274,18 +273,7 @@ impl Offset {
         let Some(event) = self.unwritten else {
             return;
         };
-        let written = async {
-            let statement = relay.dialect()?.upsert_offset(
-                relay.outbox.tables().offset(),
-                &relay.config.service_name,
-                event,
-                relay.clock.now(),
-            );
-            relay.db.execute_raw(statement).await?;
-            Ok::<_, crate::Error>(())
-        }
-        .await;
-        match written {
+        match relay.write_offset(event).await {
             Ok(()) => {
                 self.unwritten = None;
                 self.written_at = Instant::now();
