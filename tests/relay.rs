@@ -1411,3 +1411,51 @@ async fn rows_read(txn: &sea_orm::DatabaseTransaction, schema: &str) -> i64 {
         .expect("stats")
         .map_or(0, |row| row.try_get::<i64>("", "n").expect("n"))
 }
+
+/// A lease round waiting on the database (here: its heartbeat, behind a lock another
+/// session holds) does not hold up the batches: an event stored meanwhile is
+/// published at once, not after the round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_lease_round_stuck_on_the_database_holds_up_no_batch() {
+    let pg = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let config = ProcessorConfig {
+        // A round every 2 s; the leases last well past the stuck round.
+        lease_ttl: Duration::from_secs(6),
+        ..fast_config("stuck-round")
+    };
+    let relay = Processor::new(config, pg.db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone())
+        .spawn();
+    eventually(
+        "the relay holds every shard",
+        Duration::from_secs(10),
+        || async { relay.stats().owned_shards == usize::from(outbox.shards()) },
+    )
+    .await;
+
+    // Heartbeats (a round's first statement) wait until this transaction ends.
+    let lock = pg.db.begin().await.expect("begin");
+    lock.execute_unprepared("LOCK TABLE \"_outbox_relay\" IN SHARE MODE")
+        .await
+        .expect("lock the relay table");
+    // Longer than the round interval: a round is stuck now.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let txn = pg.db.begin().await.expect("begin");
+    outbox
+        .store(&txn, &counter("k", 1), "counters")
+        .await
+        .expect("store");
+    outbox.commit(txn).await.expect("commit");
+    eventually(
+        "the event is published while the round waits",
+        Duration::from_millis(1500),
+        || async { publisher.messages().len() == 1 },
+    )
+    .await;
+    lock.rollback().await.expect("rollback");
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}

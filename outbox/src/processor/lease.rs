@@ -12,23 +12,53 @@ use crate::error::Result;
 use crate::sql::{Dialect, LeaseKey};
 use crate::tables::Tables;
 
-/// The shards this relay holds, with the fencing token of each.
+/// The shards this relay holds, with the fencing token of each, shared by the lease
+/// keeper and the batches.
+///
+/// Two locks: `held` (what is owned, what is busy) is taken only between queries, never
+/// across one, so a batch never waits behind a lease round's queries; `keeper` is held
+/// for a whole round (or release), so rounds, standing aside and the final release
+/// never interleave.
 #[derive(Debug)]
 pub(crate) struct Leases {
     service: String,
     relay_id: String,
     shards: u16,
     ttl: Duration,
+    held: std::sync::Mutex<Held>,
+    keeper: tokio::sync::Mutex<Keeper>,
+}
+
+/// What batches and rounds read and change.
+#[derive(Debug, Default)]
+struct Held {
     owned: BTreeMap<i32, i64>,
     /// Shards with a batch in flight: never given up until it is written back.
     busy: HashSet<i32>,
     /// Set when the relay stops: no round takes or renews anything after.
     closed: bool,
+}
+
+/// What only rounds read and change.
+#[derive(Debug, Default)]
+struct Keeper {
     /// Another service whose relays publish the same table and were there first:
     /// this relay holds nothing while they live.
     yielded_to: Option<String>,
     /// Rounds so far, for housekeeping that need not run every round.
     rounds: u64,
+}
+
+/// What a round ended with.
+#[derive(Debug)]
+pub(crate) struct Round {
+    /// Shards held after it.
+    pub(crate) owned: usize,
+    /// Whether it took shards it did not hold before.
+    pub(crate) took: bool,
+    /// The service this relay gives way to, if another service's relays publish the
+    /// same table and started first.
+    pub(crate) yielded_to: Option<String>,
 }
 
 /// The rows of relays gone (no heartbeat for a lease time) are deleted every this many
@@ -71,37 +101,37 @@ impl Leases {
             relay_id: relay_id.to_owned(),
             shards,
             ttl,
-            owned: BTreeMap::new(),
-            busy: HashSet::new(),
-            closed: false,
-            yielded_to: None,
-            rounds: 0,
+            held: std::sync::Mutex::default(),
+            keeper: tokio::sync::Mutex::default(),
         }
     }
 
-    /// The service this relay gives way to, if another service's relays publish the
-    /// same table and started first.
-    pub(crate) fn yielded_to(&self) -> Option<&str> {
-        self.yielded_to.as_deref()
+    /// The in-memory state; never held across an await.
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Marks `shard` busy for a batch if this relay still holds it with `token`.
-    pub(crate) fn start_batch(&mut self, shard: i32, token: i64) -> bool {
-        let held = self.owned.get(&shard) == Some(&token);
-        if held {
-            self.busy.insert(shard);
+    pub(crate) fn start_batch(&self, shard: i32, token: i64) -> bool {
+        let mut held = self.held();
+        let holds = held.owned.get(&shard) == Some(&token);
+        if holds {
+            held.busy.insert(shard);
         }
-        held
+        holds
     }
 
     /// The batch of `shard` is written back (or abandoned).
-    pub(crate) fn end_batch(&mut self, shard: i32) {
-        self.busy.remove(&shard);
+    pub(crate) fn end_batch(&self, shard: i32) {
+        self.held().busy.remove(&shard);
     }
 
     /// The shards held, with their tokens.
     pub(crate) fn owned(&self) -> Vec<(i32, i64)> {
-        self.owned
+        self.held()
+            .owned
             .iter()
             .map(|(&shard, &token)| (shard, token))
             .collect()
@@ -109,12 +139,12 @@ impl Leases {
 
     /// The token `shard` is held by, if this relay holds it.
     pub(crate) fn token(&self, shard: i32) -> Option<i64> {
-        self.owned.get(&shard).copied()
+        self.held().owned.get(&shard).copied()
     }
 
     /// Forgets a shard whose lease turned out to be lost.
-    pub(crate) fn lost(&mut self, shard: i32) {
-        if self.owned.remove(&shard).is_some() {
+    pub(crate) fn lost(&self, shard: i32) {
+        if self.held().owned.remove(&shard).is_some() {
             info!(shard, relay = %self.relay_id, "shard lease lost to another relay");
         }
     }
@@ -129,7 +159,7 @@ impl Leases {
 
     /// How many shards are held.
     pub(crate) fn count(&self) -> usize {
-        self.owned.len()
+        self.held().owned.len()
     }
 
     /// Relays silent since before this are gone for good; their rows are removed.
@@ -154,34 +184,41 @@ impl Leases {
     ///
     /// `now` is the database's time (see `clock.rs`).
     pub(crate) async fn round(
-        &mut self,
+        &self,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        if self.closed {
-            return Ok(());
+    ) -> Result<Round> {
+        let mut keeper = self.keeper.lock().await;
+        let before = self.count();
+        let ended = |keeper: &Keeper| Round {
+            owned: self.count(),
+            took: self.count() > before,
+            yielded_to: keeper.yielded_to.clone(),
+        };
+        if self.held().closed {
+            return Ok(ended(&keeper));
         }
         db.execute_raw(dialect.heartbeat(tables, &self.service, &self.relay_id, now))
             .await?;
-        if self.rounds.is_multiple_of(LEAVE_EVERY) {
+        if keeper.rounds.is_multiple_of(LEAVE_EVERY) {
             db.execute_raw(dialect.leave(tables, &self.service, None, self.gone_before(now)))
                 .await?;
         }
-        self.rounds += 1;
+        keeper.rounds += 1;
         if let Some(owner) = self.table_owner(db, dialect, tables, now).await? {
-            if self.yielded_to.as_deref() != Some(owner.as_str()) {
+            if keeper.yielded_to.as_deref() != Some(owner.as_str()) {
                 error!(
                     relay = %self.relay_id, service = %self.service, other = %owner,
                     "relays of another service publish this outbox table; this relay publishes nothing while they run (give each service its own tables)"
                 );
             }
-            self.yielded_to = Some(owner);
+            keeper.yielded_to = Some(owner);
             self.release_idle(db, dialect, tables, now).await?;
-            return Ok(());
+            return Ok(ended(&keeper));
         }
-        self.yielded_to = None;
+        keeper.yielded_to = None;
         let live =
             Count::find_by_statement(dialect.live_relays(tables, &self.service, now - self.ttl()))
                 .one(db)
@@ -190,18 +227,25 @@ impl Leases {
         let shards = i64::from(self.shards);
         let fair = usize::try_from((shards + live - 1) / live).unwrap_or(usize::from(self.shards));
 
-        // Give up what is beyond the fair share, highest idle shards first.
-        let surplus = self.owned.len().saturating_sub(fair);
-        let release: Vec<i32> = self
-            .owned
-            .keys()
-            .rev()
-            .filter(|shard| !self.busy.contains(shard))
-            .take(surplus)
-            .copied()
-            .collect();
+        // Give up what is beyond the fair share, highest idle shards first. They are
+        // forgotten before the release, so no batch starts on them meanwhile.
+        let release: Vec<i32> = {
+            let mut held = self.held();
+            let surplus = held.owned.len().saturating_sub(fair);
+            let release: Vec<i32> = held
+                .owned
+                .keys()
+                .rev()
+                .filter(|shard| !held.busy.contains(shard))
+                .take(surplus)
+                .copied()
+                .collect();
+            for shard in &release {
+                held.owned.remove(shard);
+            }
+            release
+        };
         for shard in release {
-            self.owned.remove(&shard);
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
                 .await?;
             debug!(shard, relay = %self.relay_id, fair, "shard released for another relay");
@@ -209,8 +253,8 @@ impl Leases {
         // Renew the rest in one statement; a lease found taken (it expired and another
         // relay took it) is gone.
         let expires = now + self.ttl();
-        if !self.owned.is_empty() {
-            let shards: Vec<i32> = self.owned.keys().copied().collect();
+        let shards: Vec<i32> = self.held().owned.keys().copied().collect();
+        if !shards.is_empty() {
             let statement =
                 dialect.renew_leases(tables, &self.service, &self.relay_id, &shards, now, expires);
             let renewed: BTreeMap<i32, i64> = Renewed::find_by_statement(statement)
@@ -222,14 +266,17 @@ impl Leases {
             for shard in shards {
                 match renewed.get(&shard) {
                     Some(&token) => {
-                        self.owned.insert(shard, token);
+                        // Unless a batch found it lost meanwhile.
+                        if let Some(held) = self.held().owned.get_mut(&shard) {
+                            *held = token;
+                        }
                     }
                     None => self.lost(shard),
                 }
             }
         }
-        if self.owned.len() >= fair {
-            return Ok(());
+        if self.count() >= fair {
+            return Ok(ended(&keeper));
         }
         // Take free or expired shards, starting at a place of this relay's own so that
         // relays starting together do not all race for the same ones.
@@ -246,11 +293,11 @@ impl Leases {
                 .unwrap_or(0);
         let count = i32::from(self.shards);
         for offset in 0..count {
-            if self.owned.len() >= fair {
+            if self.count() >= fair {
                 break;
             }
             let shard = (start + offset) % count;
-            if taken.contains(&shard) || self.owned.contains_key(&shard) {
+            if taken.contains(&shard) || self.held().owned.contains_key(&shard) {
                 continue;
             }
             if let Some(token) = self
@@ -258,10 +305,10 @@ impl Leases {
                 .await?
             {
                 debug!(shard, token, relay = %self.relay_id, "shard lease taken");
-                self.owned.insert(shard, token);
+                self.held().owned.insert(shard, token);
             }
         }
-        Ok(())
+        Ok(ended(&keeper))
     }
 
     /// The other service that owns the table, if any: of the services with live
@@ -301,22 +348,28 @@ impl Leases {
             .map(|row| row.token))
     }
 
-    /// Gives up every shard without a batch in flight.
+    /// Gives up every shard without a batch in flight. The caller holds `keeper`.
     async fn release_idle(
-        &mut self,
+        &self,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        let idle: Vec<i32> = self
-            .owned
-            .keys()
-            .filter(|shard| !self.busy.contains(shard))
-            .copied()
-            .collect();
+        let idle: Vec<i32> = {
+            let mut held = self.held();
+            let idle: Vec<i32> = held
+                .owned
+                .keys()
+                .filter(|shard| !held.busy.contains(shard))
+                .copied()
+                .collect();
+            for shard in &idle {
+                held.owned.remove(shard);
+            }
+            idle
+        };
         for shard in idle {
-            self.owned.remove(&shard);
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
                 .await?;
         }
@@ -325,28 +378,36 @@ impl Leases {
 
     /// Gives up every idle shard and leaves the service (its heartbeat row goes), so
     /// the other relays count one relay fewer and take the shards; a later round
-    /// rejoins. For a relay that cannot reach the broker.
+    /// rejoins. For a relay that cannot reach the broker. Returns the shards still held
+    /// (those with a batch in flight).
     pub(crate) async fn stand_aside(
-        &mut self,
+        &self,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<usize> {
+        let _keeper = self.keeper.lock().await;
         self.release_idle(db, dialect, tables, now).await?;
-        self.leave(db, dialect, tables, now).await
+        self.leave(db, dialect, tables, now).await?;
+        Ok(self.count())
     }
 
     /// Gives up every shard and leaves the service, so other relays take over at once.
     pub(crate) async fn release_all(
-        &mut self,
+        &self,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        self.closed = true;
-        for shard in std::mem::take(&mut self.owned).into_keys() {
+        let _keeper = self.keeper.lock().await;
+        let owned = {
+            let mut held = self.held();
+            held.closed = true;
+            std::mem::take(&mut held.owned)
+        };
+        for shard in owned.into_keys() {
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
                 .await?;
         }

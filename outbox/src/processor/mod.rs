@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::StreamExt;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, TransactionTrait};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -142,7 +142,7 @@ struct Inner<P> {
     outbox: Outbox,
     relay_id: String,
     state: Arc<State>,
-    leases: Mutex<Leases>,
+    leases: Leases,
     /// Asks the lease keeper for a round now.
     renew_now: Notify,
     /// Tells the main loop that a lease round took shards.
@@ -233,7 +233,7 @@ impl<P: Publisher> Processor<P> {
                 outbox,
                 relay_id,
                 state,
-                leases: Mutex::new(leases),
+                leases,
                 renew_now: Notify::new(),
                 leased: Notify::new(),
                 doorbell,
@@ -347,20 +347,19 @@ impl<P: Publisher> Inner<P> {
     async fn lease_round(&self) -> Result<bool> {
         let dialect = self.dialect()?;
         self.clock.sync(&self.db, dialect).await?;
-        let mut leases = self.leases.lock().await;
-        let before = leases.count();
-        leases
+        let round = self
+            .leases
             .round(&self.db, dialect, self.outbox.tables(), self.clock.now())
             .await?;
-        self.state.owned_shards(leases.count());
-        self.state.concern(Concern::OtherService, leases.yielded_to().map(|other| {
+        self.state.owned_shards(round.owned);
+        self.state.concern(Concern::OtherService, round.yielded_to.map(|other| {
             format!(
                 "relays of service {other:?} publish this outbox table too and started first; \
                  this relay (service {:?}) publishes nothing while they run: give each service its own tables",
                 self.config.service_name
             )
         }));
-        Ok(leases.count() > before)
+        Ok(round.took)
     }
 
     /// Renews the leases and the heartbeat every third of the lease time, on a
@@ -413,18 +412,18 @@ impl<P: Publisher> Inner<P> {
         }
         let dialect = self.dialect()?;
         self.clock.sync(&self.db, dialect).await?;
-        let mut leases = self.leases.lock().await;
-        if leases.count() > 0 {
+        if self.leases.count() > 0 {
             warn!(
                 relay = %self.relay_id,
                 "nothing delivered to the broker for {}; giving up this relay's shards until it answers again",
                 humantime::format_duration(self.config.stall_timeout)
             );
         }
-        leases
+        let owned = self
+            .leases
             .stand_aside(&self.db, dialect, self.outbox.tables(), self.clock.now())
             .await?;
-        self.state.owned_shards(leases.count());
+        self.state.owned_shards(owned);
         self.state.concern(
             Concern::Stalled,
             Some(format!(
@@ -441,8 +440,6 @@ impl<P: Publisher> Inner<P> {
         if let Ok(dialect) = self.dialect() {
             let released = self
                 .leases
-                .lock()
-                .await
                 .release_all(&self.db, dialect, self.outbox.tables(), self.clock.now())
                 .await;
             if let Err(error) = released {
@@ -454,7 +451,7 @@ impl<P: Publisher> Inner<P> {
     /// One batch of every owned shard, `concurrency` shards at a time (for
     /// [`Processor::process_events`]).
     async fn process_owned(&self, batch_size: usize) -> Result<ProcessReport> {
-        let owned = self.leases.lock().await.owned();
+        let owned = self.leases.owned();
         let results: Vec<(i32, Result<ShardOutcome>)> = futures_util::stream::iter(owned)
             .map(|(shard, token)| async move {
                 (shard, self.process_shard(shard, token, batch_size).await)
@@ -471,7 +468,7 @@ impl<P: Publisher> Inner<P> {
                     report.add(shard_report);
                     last_published = last.or(last_published);
                 }
-                Ok(ShardOutcome::LeaseLost) => self.leases.lock().await.lost(shard),
+                Ok(ShardOutcome::LeaseLost) => self.leases.lost(shard),
                 Ok(ShardOutcome::NotHeld) => {}
                 Err(error) => {
                     first_error.get_or_insert(error);
@@ -526,11 +523,11 @@ impl<P: Publisher> Inner<P> {
     ) -> Result<ShardOutcome> {
         // The lease keeper may have given the shard up (or found it lost) since the
         // pass began: claim nothing then.
-        if !self.leases.lock().await.start_batch(shard, token) {
+        if !self.leases.start_batch(shard, token) {
             return Ok(ShardOutcome::NotHeld);
         }
         let outcome = self.publish_shard(shard, token, batch_size).await;
-        self.leases.lock().await.end_batch(shard);
+        self.leases.end_batch(shard);
         outcome
     }
 

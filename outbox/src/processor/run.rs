@@ -68,11 +68,11 @@ impl<P: Publisher> Inner<P> {
                     }
                 }
                 shards = this.doorbell.rung() => {
-                    let shards = this.owned_of(shards).await;
+                    let shards = this.owned_of(shards);
                     schedule.woken(shards, Instant::now());
                 }
                 () = this.leased.notified() => {
-                    let shards = this.owned_of(None).await;
+                    let shards = this.owned_of(None);
                     schedule.woken(shards, Instant::now());
                 }
             }
@@ -86,7 +86,7 @@ impl<P: Publisher> Inner<P> {
 
     /// One batch of `shard`, with the lease token this relay holds it by.
     async fn batch(&self, shard: i32) -> Result<ShardOutcome> {
-        let token = self.leases.lock().await.token(shard);
+        let token = self.leases.token(shard);
         match token {
             Some(token) => {
                 self.process_shard(shard, token, self.config.batch_size)
@@ -110,7 +110,7 @@ impl<P: Publisher> Inner<P> {
                 report
             }
             Ok(ShardOutcome::LeaseLost) => {
-                self.leases.lock().await.lost(shard);
+                self.leases.lost(shard);
                 return Batch::Done;
             }
             Ok(ShardOutcome::NotHeld) => return Batch::Done,
@@ -134,7 +134,7 @@ impl<P: Publisher> Inner<P> {
         if report.published > 0 {
             *self.stalled_since() = None;
         }
-        let owned = self.leases.lock().await.count();
+        let owned = self.leases.count();
         self.state.cycle(Ok(owned));
         // A batch that was not full took everything visible: events stored since
         // have rung the doorbell.
@@ -146,8 +146,8 @@ impl<P: Publisher> Inner<P> {
     }
 
     /// The owned shards among `shards` (all owned shards for `None`).
-    async fn owned_of(&self, shards: Option<BTreeSet<i32>>) -> Vec<i32> {
-        let owned = self.leases.lock().await.owned();
+    fn owned_of(&self, shards: Option<BTreeSet<i32>>) -> Vec<i32> {
+        let owned = self.leases.owned();
         owned
             .into_iter()
             .map(|(shard, _)| shard)
@@ -159,7 +159,7 @@ impl<P: Publisher> Inner<P> {
     /// shard just claims it). A failure is reported and finds none: the next poll
     /// comes later.
     async fn poll(&self) -> Vec<i32> {
-        let owned = self.owned_of(None).await;
+        let owned = self.owned_of(None);
         if owned.len() <= 1 {
             return owned;
         }
