@@ -843,6 +843,7 @@ async fn latency(
         let mut outbox = Outbox::new();
         let mut children = Relays::default();
         let mut relay = None;
+        let times: Arc<Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
         if own_processes {
             // A process that stores and runs no relay wakes the others through
             // PostgreSQL.
@@ -853,7 +854,10 @@ async fn latency(
                 Processor::new(
                     latency_config()?,
                     schema.db.clone(),
-                    KafkaPublisher::new(brokers)?,
+                    Timed {
+                        inner: KafkaPublisher::new(brokers)?,
+                        times: Arc::clone(&times),
+                    },
                 )?
                 .with_outbox(outbox.clone())
                 .spawn(),
@@ -890,6 +894,9 @@ async fn latency(
             .target(format!("< {limit} ms"), p99 < limit);
         report.add(scenario, "max", percentile(&latencies, 1.0), "ms");
         note_skipped(report, scenario, skipped);
+        if !own_processes {
+            stages(report, scenario, &committed, &received, &times)?;
+        }
         schema.drop().await?;
     }
     sparse_after_idle(url, brokers, size, &floor, report).await
@@ -1450,5 +1457,106 @@ pub(crate) async fn relay_process(url: &str, brokers: &str, schema: &str) -> Res
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     terminate.recv().await;
     relay.shutdown().await?;
+    Ok(())
+}
+
+/// A publisher that notes, for each event, when the relay handed it over and when
+/// the broker acknowledged it, to split the in-process latency into its stages.
+#[derive(Debug)]
+struct Timed<P> {
+    inner: P,
+    times: Arc<Mutex<HashMap<String, (Instant, Instant)>>>,
+}
+
+impl<P: outbox::Publisher> outbox::Publisher for Timed<P> {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), outbox::PublishError>> {
+        let handed = Instant::now();
+        let outcomes = self.inner.publish(batch).await;
+        let acked = Instant::now();
+        if let Ok(mut times) = self.times.lock() {
+            for (message, outcome) in batch.iter().zip(&outcomes) {
+                if outcome.is_ok() {
+                    times.insert(message.id.to_string(), (handed, acked));
+                }
+            }
+        }
+        outcomes
+    }
+
+    async fn check(&self) -> Result<(), outbox::PublishError> {
+        self.inner.check().await
+    }
+}
+
+/// Where the in-process relay's latency goes: for the median event and on average
+/// over the slowest 1%, the time from commit to the relay's hand-over to the
+/// producer (wake-up, waiting for the shard's batch before, claim), from hand-over
+/// to the broker's acknowledgement, and from commit to receipt.
+fn stages(
+    report: &mut Report,
+    scenario: &'static str,
+    committed: &[(String, Instant)],
+    received: &Mutex<HashMap<String, Instant>>,
+    times: &Mutex<HashMap<String, (Instant, Instant)>>,
+) -> Result<(), Failure> {
+    let received = received.lock().map_err(|_| "poisoned")?;
+    let times = times.lock().map_err(|_| "poisoned")?;
+    let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1000.0;
+    // (commit to receipt, commit to hand-over, hand-over to ack)
+    let mut samples: Vec<(f64, f64, f64)> = committed
+        .iter()
+        .filter_map(|(id, at)| {
+            let (handed, acked) = times.get(id)?;
+            Some((
+                ms(*at, *received.get(id)?),
+                ms(*at, *handed),
+                ms(*handed, *acked),
+            ))
+        })
+        .collect();
+    if samples.is_empty() {
+        return Err("no stage timings".into());
+    }
+    let median = |pick: fn(&(f64, f64, f64)) -> f64| {
+        let mut values: Vec<f64> = samples.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        percentile(&values, 0.5)
+    };
+    report.add(
+        scenario,
+        "stage p50: commit to hand-over (claim)",
+        median(|s| s.1),
+        "ms",
+    );
+    report.add(
+        scenario,
+        "stage p50: hand-over to broker ack",
+        median(|s| s.2),
+        "ms",
+    );
+    samples.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let slowest = &samples[..samples.len().div_ceil(100)];
+    #[allow(clippy::cast_precision_loss)] // at most a few hundred
+    let mean = |pick: fn(&(f64, f64, f64)) -> f64| {
+        slowest.iter().map(pick).sum::<f64>() / slowest.len() as f64
+    };
+    report.add(
+        scenario,
+        "slowest 1%: commit to receipt (mean)",
+        mean(|s| s.0),
+        "ms",
+    );
+    report.add(
+        scenario,
+        "slowest 1%: commit to hand-over (mean)",
+        mean(|s| s.1),
+        "ms",
+    );
+    report.add(
+        scenario,
+        "slowest 1%: hand-over to broker ack (mean)",
+        mean(|s| s.2),
+        "ms",
+    );
     Ok(())
 }
