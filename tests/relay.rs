@@ -812,6 +812,75 @@ async fn orphaned_parked_events_go_out_in_order_with_the_next_event(db: Database
     assert_eq!(order, [1, 2, 3]);
 }
 
+/// Fencing: a relay whose lease was taken while its batch was at the broker writes
+/// nothing back (the new owner publishes the events again), both when everything in
+/// the batch was published (one fenced statement) and when an event failed (the
+/// fenced transaction).
+async fn a_write_back_after_the_lease_was_taken_changes_nothing(db: DatabaseConnection) {
+    use outbox::entity::lease;
+    use sea_orm::sea_query::ExprTrait;
+    for failing in [false, true] {
+        let outbox = Outbox::new();
+        let id = outbox
+            .store(&db, &counter("k", 1), "counters")
+            .await
+            .expect("store");
+        let publisher = MemoryPublisher::new();
+        if failing {
+            publisher.fail_next(id, [PublishError::permanent("refused")]);
+        }
+        let slow = Slow {
+            inner: publisher.clone(),
+            delay: Duration::from_millis(800),
+            started: Arc::default(),
+        };
+        let relay = Processor::new(fast_config("fenced"), db.clone(), slow.clone())
+            .expect("valid relay config")
+            .spawn();
+        eventually(
+            "the batch is at the broker",
+            Duration::from_secs(10),
+            || async { slow.started.load(Ordering::SeqCst) },
+        )
+        .await;
+        // Another relay takes every lease (as after an expiry) and keeps it.
+        lease::Entity::update_many()
+            .col_expr(lease::Column::Owner, Expr::value("another relay"))
+            .col_expr(lease::Column::Token, Expr::col(lease::Column::Token).add(1))
+            .col_expr(
+                lease::Column::ExpiresAt,
+                Expr::value(chrono::Utc::now() + chrono::Duration::hours(1)),
+            )
+            .exec(&db)
+            .await
+            .expect("take the leases");
+        // Shutting down lets the batch in flight end and write back.
+        relay.shutdown().await.expect("shutdown");
+        let event = row::Entity::find()
+            .filter(row::Column::Id.eq(id))
+            .one(&db)
+            .await
+            .expect("read")
+            .expect("the event is there");
+        assert!(
+            !event.published,
+            "a fenced-out relay marked its batch published (failing: {failing})"
+        );
+        assert_eq!(
+            event.attempts, 0,
+            "a fenced-out relay recorded a failure (failing: {failing})"
+        );
+        lease::Entity::delete_many()
+            .exec(&db)
+            .await
+            .expect("clear the leases");
+        row::Entity::delete_many()
+            .exec(&db)
+            .await
+            .expect("clear the outbox");
+    }
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -846,6 +915,7 @@ on_both_backends!(
     events_behind_a_failed_one_are_parked_and_follow_it,
     an_event_stored_after_a_failure_does_not_overtake_the_parked_ones,
     orphaned_parked_events_go_out_in_order_with_the_next_event,
+    a_write_back_after_the_lease_was_taken_changes_nothing,
 );
 
 /// Three relays of one service share the shards and keep each key in order.

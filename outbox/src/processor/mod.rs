@@ -626,41 +626,6 @@ impl<P: Publisher> Inner<P> {
             }
             self.send_to_dead_letter_topic(&updates).await;
 
-            // Write back in one transaction, only while the lease is still ours.
-            let txn = self.db.begin().await?;
-            let lease = LeaseKey {
-                service: &self.config.service_name,
-                shard,
-                owner: &self.relay_id,
-            };
-            if txn
-                .query_one_raw(dialect.fence(tables, &lease, token))
-                .await?
-                .is_none()
-            {
-                txn.rollback().await?;
-                debug!("lease lost before write-back; the new owner publishes these events again");
-                return Ok(ShardOutcome::LeaseLost);
-            }
-            if !published.is_empty() {
-                let seqs: Vec<i64> = published.iter().map(|m| m.seq).collect();
-                txn.execute_raw(dialect.mark_published(tables.outbox(), "seq", &seqs, acked_at))
-                    .await?;
-            }
-            for (message, _, update) in &updates {
-                txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, update))
-                    .await?;
-                if update.dead_lettered_at.is_none() {
-                    // The key waits: its later events leave the claim index meanwhile.
-                    txn.execute_raw(dialect.park_behind(
-                        tables.outbox(),
-                        shard,
-                        &message.key,
-                        message.seq,
-                    ))
-                    .await?;
-                }
-            }
             // Keys whose failed event is through (published or dead-lettered): their
             // parked events go back in line.
             let through: Vec<&str> = published
@@ -670,11 +635,13 @@ impl<P: Publisher> Inner<P> {
                 .chain(dead.iter().map(|m| m.key.as_str()))
                 .collect();
             let unparked = !through.is_empty();
-            if unparked {
-                txn.execute_raw(dialect.unpark(tables.outbox(), shard, &through))
-                    .await?;
+            if !self
+                .write_back(shard, token, &published, &updates, &through, acked_at)
+                .await?
+            {
+                debug!("lease lost before write-back; the new owner publishes these events again");
+                return Ok(ShardOutcome::LeaseLost);
             }
-            txn.commit().await?;
 
             self.record_metrics(&published, &updates, dead.len(), acked_at);
             let report = ProcessReport {
@@ -693,6 +660,80 @@ impl<P: Publisher> Inner<P> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Writes a batch's outcome back, only while this relay still holds `shard` with
+    /// `token` (the fence); returns whether it did. A batch that published everything
+    /// and unparks nothing, the steady state, needs one statement; any other, one
+    /// transaction behind the fence.
+    async fn write_back(
+        &self,
+        shard: i32,
+        token: i64,
+        published: &[&Message],
+        updates: &[(&Message, &PublishError, crate::sql::FailureUpdate<'_>)],
+        through: &[&str],
+        acked_at: chrono::DateTime<Utc>,
+    ) -> Result<bool> {
+        let dialect = self.dialect()?;
+        let tables = self.outbox.tables();
+        let lease = LeaseKey {
+            service: &self.config.service_name,
+            shard,
+            owner: &self.relay_id,
+        };
+        let seqs: Vec<i64> = published.iter().map(|m| m.seq).collect();
+        if updates.is_empty() && through.is_empty() {
+            if seqs.is_empty() {
+                return Ok(true);
+            }
+            let marked = self
+                .db
+                .execute_raw(dialect.mark_published_fenced(tables, &lease, token, &seqs, acked_at))
+                .await?
+                .rows_affected();
+            // Nothing marked: the lease is gone, or another writer (a manual call)
+            // marked these events first.
+            return Ok(marked > 0
+                || self
+                    .db
+                    .query_one_raw(dialect.fence(tables, &lease, token))
+                    .await?
+                    .is_some());
+        }
+        let txn = self.db.begin().await?;
+        if txn
+            .query_one_raw(dialect.fence(tables, &lease, token))
+            .await?
+            .is_none()
+        {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        if !seqs.is_empty() {
+            txn.execute_raw(dialect.mark_published(tables.outbox(), "seq", &seqs, acked_at))
+                .await?;
+        }
+        for (message, _, update) in updates {
+            txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, update))
+                .await?;
+            if update.dead_lettered_at.is_none() {
+                // The key waits: its later events leave the claim index meanwhile.
+                txn.execute_raw(dialect.park_behind(
+                    tables.outbox(),
+                    shard,
+                    &message.key,
+                    message.seq,
+                ))
+                .await?;
+            }
+        }
+        if !through.is_empty() {
+            txn.execute_raw(dialect.unpark(tables.outbox(), shard, through))
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(true)
     }
 
     async fn send_to_dead_letter_topic(

@@ -290,6 +290,36 @@ impl Dialect {
         p.into_statement(sql)
     }
 
+    /// Marks the pending events of `seqs` as published if `lease` is still held with
+    /// `token`: the fence and the write-back in one statement, for a batch with
+    /// nothing else to write. The lease row stays locked until the statement ends, as
+    /// behind [`fence`](Self::fence) in a transaction.
+    pub(crate) fn mark_published_fenced(
+        self,
+        tables: &Tables,
+        lease: &LeaseKey<'_>,
+        token: i64,
+        seqs: &[i64],
+        now: DateTime<Utc>,
+    ) -> Statement {
+        let mut p = Params::new(self);
+        let now = p.bind(now);
+        let sql = format!(
+            "UPDATE {} SET \"published\" = TRUE, \"published_at\" = {now}, \"updated_at\" = {now}, \"parked\" = FALSE \
+             WHERE \"seq\" IN ({}) AND NOT \"published\" \
+               AND EXISTS (SELECT 1 FROM {} WHERE \"service_name\" = {} AND \"shard\" = {} AND \"owner\" = {} AND \"token\" = {}{})",
+            tables.outbox().quoted(),
+            p.bind_all(seqs.iter().copied()),
+            tables.lease().quoted(),
+            p.bind(lease.service),
+            p.bind(lease.shard),
+            p.bind(lease.owner),
+            p.bind(token),
+            self.lock_rows(),
+        );
+        p.into_statement(sql)
+    }
+
     /// Records a failed attempt of one event, identified by `id`.
     pub(crate) fn record_failure(
         self,
