@@ -1222,32 +1222,26 @@ fn stop(mut relays: Relays) -> Result<(), Failure> {
     Ok(())
 }
 
-/// (5): what an idle relay costs the database: transactions a second (every query
-/// outside a transaction is one) while it waits with nothing to publish, lease and
-/// heartbeat rounds included.
+/// An idle relay's queries a second: its database's transactions over
+/// `size.idle_measure`, after `size.idle_warm`. The relay has a database of its own,
+/// so nothing else in the server (other scenarios' leftovers, autovacuum in a busy
+/// database) is counted; the counter is read from another database.
 async fn idle_relay(
     url: &str,
     brokers: &str,
     size: &Size,
     report: &mut Report,
 ) -> Result<(), Failure> {
-    let schema = Schema::create(url, 4).await?;
-    let relay = Processor::new(
-        ProcessorConfig::new("idle"),
-        schema.db.clone(),
-        KafkaPublisher::new(brokers)?,
-    )?
-    .spawn();
-    tokio::time::sleep(size.idle_warm).await;
-    let before = transactions(&schema.admin).await?;
-    tokio::time::sleep(size.idle_measure).await;
-    // Minus the one that reads the counter.
-    let during = transactions(&schema.admin)
-        .await?
-        .saturating_sub(before + 1);
-    relay.shutdown().await?;
-    schema.drop().await?;
-    let rate = during as f64 / size.idle_measure.as_secs_f64();
+    let admin = Database::connect(url).await?;
+    let name = format!("bench_idle_{}", Uuid::now_v7().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let result = idle_relay_in(&admin, &with_database(url, &name)?, &name, brokers, size).await;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await?;
+    let rate = result?;
     report
         .add(
             "idle relay",
@@ -1262,17 +1256,61 @@ async fn idle_relay(
     Ok(())
 }
 
-/// The database's committed and rolled-back transactions so far.
-async fn transactions(admin: &DatabaseConnection) -> Result<u64, Failure> {
+async fn idle_relay_in(
+    admin: &DatabaseConnection,
+    url: &str,
+    name: &str,
+    brokers: &str,
+    size: &Size,
+) -> Result<f64, Failure> {
+    let mut options = ConnectOptions::new(url);
+    options.max_connections(4).sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    Migrator::up(&db, None).await?;
+    let relay = Processor::new(
+        ProcessorConfig::new("idle"),
+        db.clone(),
+        KafkaPublisher::new(brokers)?,
+    )?
+    .spawn();
+    tokio::time::sleep(size.idle_warm).await;
+    let before = transactions(admin, name).await?;
+    tokio::time::sleep(size.idle_measure).await;
+    let during = transactions(admin, name).await?.saturating_sub(before);
+    relay.shutdown().await?;
+    db.close().await?;
+    #[allow(clippy::cast_precision_loss)] // a few hundred
+    Ok(during as f64 / size.idle_measure.as_secs_f64())
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> Result<String, Failure> {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base
+        .rsplit_once('/')
+        .filter(|(server, _)| server.contains("//"))
+        .ok_or_else(|| format!("no database in the URL {url:?}"))?;
+    Ok(match query {
+        Some(query) => format!("{server}/{database}?{query}"),
+        None => format!("{server}/{database}"),
+    })
+}
+
+/// The committed and rolled-back transactions of `database` so far, read by `admin`
+/// (connected to another database).
+async fn transactions(admin: &DatabaseConnection, database: &str) -> Result<u64, Failure> {
     // The statistics of this backend's own transactions are flushed when it is idle;
     // ask for a snapshot that includes everyone's.
     admin
         .execute_unprepared("SELECT pg_stat_clear_snapshot()")
         .await?;
     let row = admin
-        .query_one_raw(Statement::from_string(
+        .query_one_raw(Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,
-            "SELECT (xact_commit + xact_rollback)::BIGINT AS n FROM pg_stat_database WHERE datname = current_database()",
+            "SELECT (xact_commit + xact_rollback)::BIGINT AS n FROM pg_stat_database WHERE datname = $1",
+            [database.into()],
         ))
         .await?
         .ok_or("no pg_stat_database row")?;

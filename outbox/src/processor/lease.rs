@@ -87,11 +87,7 @@ struct LiveLease {
 struct LiveService {
     service_name: String,
     since: DateTime<Utc>,
-}
-
-#[derive(Debug, FromQueryResult)]
-struct Count {
-    n: i64,
+    relays: i64,
 }
 
 impl Leases {
@@ -207,7 +203,11 @@ impl Leases {
                 .await?;
         }
         keeper.rounds += 1;
-        if let Some(owner) = self.table_owner(db, dialect, tables, now).await? {
+        let services =
+            LiveService::find_by_statement(dialect.live_services(tables, now - self.ttl()))
+                .all(db)
+                .await?;
+        if let Some(owner) = self.table_owner(&services) {
             if keeper.yielded_to.as_deref() != Some(owner.as_str()) {
                 error!(
                     relay = %self.relay_id, service = %self.service, other = %owner,
@@ -219,11 +219,11 @@ impl Leases {
             return Ok(ended(&keeper));
         }
         keeper.yielded_to = None;
-        let live =
-            Count::find_by_statement(dialect.live_relays(tables, &self.service, now - self.ttl()))
-                .one(db)
-                .await?
-                .map_or(1, |c| c.n.max(1));
+        // This relay counts itself even before its first heartbeat is seen.
+        let live = services
+            .iter()
+            .find(|service| service.service_name == self.service)
+            .map_or(1, |service| service.relays.max(1));
         let shards = i64::from(self.shards);
         let fair = usize::try_from((shards + live - 1) / live).unwrap_or(usize::from(self.shards));
 
@@ -313,23 +313,12 @@ impl Leases {
 
     /// The other service that owns the table, if any: of the services with live
     /// relays, the one whose relays started first.
-    async fn table_owner(
-        &self,
-        db: &DatabaseConnection,
-        dialect: Dialect,
-        tables: &Tables,
-        now: DateTime<Utc>,
-    ) -> Result<Option<String>> {
-        let services =
-            LiveService::find_by_statement(dialect.live_services(tables, now - self.ttl()))
-                .all(db)
-                .await?;
-        let first = services
-            .into_iter()
-            .min_by(|a, b| (a.since, &a.service_name).cmp(&(b.since, &b.service_name)));
-        Ok(first
-            .map(|owner| owner.service_name)
-            .filter(|owner| *owner != self.service))
+    fn table_owner(&self, services: &[LiveService]) -> Option<String> {
+        services
+            .iter()
+            .min_by(|a, b| (a.since, &a.service_name).cmp(&(b.since, &b.service_name)))
+            .map(|owner| owner.service_name.clone())
+            .filter(|owner| *owner != self.service)
     }
 
     async fn acquire(

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::{self, JoinSet};
+use tokio::task::{self, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, warn};
 use uuid::Uuid;
@@ -42,6 +42,10 @@ impl<P: Publisher> Inner<P> {
         // small pool would deadlock).
         let mut batches = Batches::default();
         let mut offset = Offset::default();
+        // The poll in flight. Like batches, polls are tasks of their own: at a steady
+        // rate one runs every few milliseconds, and the loop waiting for each would
+        // start no batch meanwhile.
+        let mut polling: Option<JoinHandle<Vec<i32>>> = None;
         loop {
             while batches.len() < config.concurrency {
                 let Some(shard) = schedule.next() else { break };
@@ -56,8 +60,11 @@ impl<P: Publisher> Inner<P> {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                () = tokio::time::sleep_until(poll_at.into()) => {
-                    let shards = this.poll().await;
+                () = tokio::time::sleep_until(poll_at.into()), if polling.is_none() => {
+                    let relay = Arc::clone(&self);
+                    polling = Some(tokio::spawn(async move { relay.poll().await }.in_current_span()));
+                }
+                shards = polled(&mut polling), if polling.is_some() => {
                     schedule.polled(shards, Instant::now());
                 }
                 Some((shard, result)) = batches.next(), if !batches.is_empty() => {
@@ -76,6 +83,9 @@ impl<P: Publisher> Inner<P> {
                     schedule.woken(shards, Instant::now());
                 }
             }
+        }
+        if let Some(poll) = polling {
+            poll.abort();
         }
         while let Some((shard, result)) = batches.next().await {
             this.batch_ended(shard, result, &mut offset).await;
@@ -199,6 +209,24 @@ impl<P: Publisher> Inner<P> {
                 () = tokio::time::sleep(BACKLOG_INTERVAL) => {}
             }
         }
+    }
+}
+
+/// The shards the poll in `polling` found with work, once it ends (it is then taken
+/// out); never ends when no poll is in flight. A poll's panic goes on in the loop.
+async fn polled(polling: &mut Option<JoinHandle<Vec<i32>>>) -> Vec<i32> {
+    let Some(poll) = polling else {
+        return std::future::pending().await;
+    };
+    let result = poll.await;
+    *polling = None;
+    match result {
+        Ok(shards) => shards,
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Aborted: only on shutdown, which ends the loop.
+            Err(_) => Vec::new(),
+        },
     }
 }
 

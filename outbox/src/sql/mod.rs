@@ -544,30 +544,14 @@ impl Dialect {
         p.into_statement(sql)
     }
 
-    /// Per service, the earliest start of its relays that showed life since `since`.
+    /// Per service, how many of its relays showed life since `since` and the
+    /// earliest start among them.
     pub(crate) fn live_services(self, tables: &Tables, since: DateTime<Utc>) -> Statement {
         let mut p = Params::new(self);
         let sql = format!(
-            "SELECT \"service_name\", MIN(\"started_at\") AS \"since\" FROM {} \
+            "SELECT \"service_name\", MIN(\"started_at\") AS \"since\", COUNT(*) AS \"relays\" FROM {} \
              WHERE \"heartbeat_at\" > {} GROUP BY \"service_name\"",
             tables.relay().quoted(),
-            p.bind(since),
-        );
-        p.into_statement(sql)
-    }
-
-    /// How many relays of a service showed life since `since`.
-    pub(crate) fn live_relays(
-        self,
-        tables: &Tables,
-        service: &str,
-        since: DateTime<Utc>,
-    ) -> Statement {
-        let mut p = Params::new(self);
-        let sql = format!(
-            "SELECT COUNT(*) AS \"n\" FROM {} WHERE \"service_name\" = {} AND \"heartbeat_at\" > {}",
-            tables.relay().quoted(),
-            p.bind(service),
             p.bind(since),
         );
         p.into_statement(sql)
