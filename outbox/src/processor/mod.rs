@@ -2,7 +2,8 @@
 //!
 //! Each relay instance leases shards of the service's events (see `lease.rs`) and,
 //! per shard, claims the oldest publishable events, publishes them, and writes the
-//! outcome back in one transaction fenced by its lease. No cursor is kept: a
+//! outcome back fenced by its lease (one statement when everything was published, one
+//! transaction otherwise). No cursor is kept: a
 //! transaction that commits late is simply found pending later (G3), and within a
 //! shard events go out in `seq` order, which for one key is commit order (G4).
 //! A shard has at most one batch in flight; `run.rs` starts a batch for each shard
