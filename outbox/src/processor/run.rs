@@ -1,5 +1,5 @@
 //! The relay's main loop: a batch per due shard as soon as a slot is free, polls on
-//! a timer, and the housekeeping beside it (backlog figures, orphan sweep).
+//! a timer, and the service's offset written now and then.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -10,19 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, warn};
 use uuid::Uuid;
 
+use super::Inner;
+use super::batch::ShardOutcome;
 use super::schedule::{Batch, Schedule};
-use super::{Inner, ShardOutcome};
 use crate::error::Result;
 use crate::publisher::Publisher;
 
-/// How often the backlog (pending count, oldest age) is measured. With the lease
-/// round (every third of the lease time) and the idle poll (one query for every
-/// owned shard), an idle relay makes about one query a second.
-const BACKLOG_INTERVAL: Duration = Duration::from_secs(10);
-/// How often parked events whose failed event went through by other means than the
-/// relay's write-back (a manual call; a relay that lost its lease while parking) are
-/// looked for: one pass over the parked index, then a probe per parked key.
-const ORPHAN_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// While batches keep coming, the service's offset (its last published event) is
 /// written at most this often; at once when the relay goes idle.
 const OFFSET_INTERVAL: Duration = Duration::from_secs(1);
@@ -185,28 +178,6 @@ impl<P: Publisher> Inner<P> {
                 self.state.cycle(Err(error.to_string()));
                 self.renew_now.notify_one();
                 Vec::new()
-            }
-        }
-    }
-
-    /// Measures the backlog and sweeps for orphaned parked events, each on its own
-    /// timer; failures are reported and tried again at the next turn.
-    pub(super) async fn housekeeping(self: Arc<Self>, cancel: CancellationToken) {
-        let mut next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
-        loop {
-            if let Err(error) = self.refresh_backlog().await {
-                warn!(relay = %self.relay_id, %error, "could not measure the backlog");
-                self.state.cycle(Err(error.to_string()));
-            }
-            if Instant::now() >= next_sweep {
-                if let Err(error) = self.outbox.unpark_orphans(&self.db).await {
-                    warn!(relay = %self.relay_id, %error, "could not sweep for orphaned parked events");
-                }
-                next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(BACKLOG_INTERVAL) => {}
             }
         }
     }

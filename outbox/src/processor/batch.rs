@@ -1,0 +1,313 @@
+//! One batch of one shard: claim, publish, write back behind the lease's fence.
+
+use std::collections::HashSet;
+
+use chrono::Utc;
+use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
+use tracing::{Instrument, debug, error, info_span, warn};
+use uuid::Uuid;
+
+use super::Inner;
+use crate::error::Result;
+use crate::message::{ClaimedRow, Message};
+use crate::publisher::{PublishError, PublishErrorKind, Publisher};
+use crate::repository::failure_update;
+use crate::sql::{FailureUpdate, LeaseKey};
+
+/// What one pass over the owned shards did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessReport {
+    /// Events claimed.
+    pub claimed: usize,
+    /// Events published.
+    pub published: usize,
+    /// Events whose attempt failed.
+    pub failed: usize,
+    /// Events dead-lettered.
+    pub dead_lettered: usize,
+    /// Of the failed, those that failed because the broker was unavailable.
+    pub transient_failures: usize,
+    /// Whether some shard returned a full batch (more may be waiting).
+    pub full: bool,
+}
+
+impl ProcessReport {
+    pub(super) fn add(&mut self, other: ProcessReport) {
+        self.claimed += other.claimed;
+        self.published += other.published;
+        self.failed += other.failed;
+        self.dead_lettered += other.dead_lettered;
+        self.transient_failures += other.transient_failures;
+        self.full |= other.full;
+    }
+}
+
+/// Splits a batch's outcomes into the events to mark published and the failures to
+/// record, keeping per-key order: after the first event of a key that did not go
+/// through, no later event of that key is marked (a publisher that acknowledged one
+/// broke its contract; it is logged and the event goes out again after the earlier
+/// one), and only that first failure is recorded, so an event never uses up an
+/// attempt for an earlier event of its key.
+pub(super) fn sort_outcomes(
+    messages: &[Message],
+    outcomes: Vec<std::result::Result<(), PublishError>>,
+) -> (Vec<&Message>, Vec<(&Message, PublishError)>) {
+    let mut published = Vec::new();
+    let mut failures = Vec::new();
+    let mut stopped: HashSet<&str> = HashSet::new();
+    for (message, outcome) in messages.iter().zip(outcomes) {
+        let behind = stopped.contains(message.key.as_str());
+        match outcome {
+            Ok(()) if behind => error!(
+                event_id = %message.id,
+                key = %message.key,
+                "the publisher acknowledged an event after an earlier event of its key failed; \
+                 it is not marked published and goes out again after that event"
+            ),
+            Ok(()) => published.push(message),
+            Err(_) if behind => {}
+            Err(error) => {
+                stopped.insert(&message.key);
+                if error.kind() != PublishErrorKind::NotSent {
+                    failures.push((message, error));
+                }
+            }
+        }
+    }
+    (published, failures)
+}
+
+/// What processing one shard came to.
+pub(super) enum ShardOutcome {
+    /// The batch was written back; the id is the last event published.
+    Done(ProcessReport, Option<Uuid>),
+    /// The lease was taken by another relay before the write-back; nothing written.
+    LeaseLost,
+    /// The shard was no longer held when its batch was to start; nothing claimed.
+    NotHeld,
+}
+
+impl<P: Publisher> Inner<P> {
+    /// Claims, publishes and writes back one batch of `shard`.
+    pub(super) async fn process_shard(
+        &self,
+        shard: i32,
+        token: i64,
+        batch_size: usize,
+    ) -> Result<ShardOutcome> {
+        // The lease keeper may have given the shard up (or found it lost) since the
+        // pass began: claim nothing then.
+        if !self.leases.start_batch(shard, token) {
+            return Ok(ShardOutcome::NotHeld);
+        }
+        let outcome = self.publish_shard(shard, token, batch_size).await;
+        self.leases.end_batch(shard);
+        outcome
+    }
+
+    /// Events a claim met behind an earlier event of their key: while the key is
+    /// failing, parks them with the rest of their key (once, so later claims pass none
+    /// of them); when it is not, the earlier parked events are orphans of a race with
+    /// a write-back, and the key's events are unparked to go out in order.
+    pub(super) async fn settle_behind(&self, shard: i32, behind: &[ClaimedRow]) -> Result<()> {
+        let dialect = self.dialect()?;
+        let table = self.outbox.tables().outbox();
+        let mut first: std::collections::BTreeMap<&str, &ClaimedRow> =
+            std::collections::BTreeMap::new();
+        for row in behind {
+            first.entry(row.key.as_str()).or_insert(row);
+        }
+        let orphaned: Vec<&str> = first
+            .values()
+            .filter(|row| !row.failing)
+            .map(|row| row.key.as_str())
+            .collect();
+        if !orphaned.is_empty() {
+            self.db
+                .execute_raw(dialect.unpark(table, shard, &orphaned))
+                .await?;
+        }
+        for row in first.values().filter(|row| row.failing) {
+            self.db
+                .execute_raw(dialect.park_behind(table, shard, &row.key, row.seq - 1))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Claims, publishes and writes back one batch of `shard`, which is marked busy.
+    pub(super) async fn publish_shard(
+        &self,
+        shard: i32,
+        token: i64,
+        batch_size: usize,
+    ) -> Result<ShardOutcome> {
+        let span = info_span!(
+            "outbox.batch",
+            service = %self.config.service_name,
+            relay = %self.relay_id,
+            shard,
+            batch_size = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+        );
+        async {
+            let dialect = self.dialect()?;
+            let tables = self.outbox.tables();
+            let claim = dialect.claim(tables.outbox(), shard, self.clock.now(), batch_size);
+            let (behind, rows): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
+                ClaimedRow::find_by_statement(claim)
+                    .all(&self.db)
+                    .await?
+                    .into_iter()
+                    .partition(ClaimedRow::behind);
+            self.settle_behind(shard, &behind).await?;
+            let span = tracing::Span::current();
+            span.record("batch_size", rows.len());
+            if rows.is_empty() {
+                let report = ProcessReport {
+                    full: !behind.is_empty(),
+                    ..ProcessReport::default()
+                };
+                return Ok(ShardOutcome::Done(report, None));
+            }
+            let retried: HashSet<i64> = rows.iter().filter(|r| r.retried).map(|r| r.seq).collect();
+            let messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
+            span.record(
+                "attempt",
+                messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1,
+            );
+            let outcomes = self.publisher.publish(&messages).await;
+            let acked_at = self.clock.now();
+
+            let (published, failures) = sort_outcomes(&messages, outcomes);
+            let updates: Vec<_> = failures
+                .iter()
+                .map(|(message, error)| {
+                    (
+                        *message,
+                        error,
+                        failure_update(message.attempts, error, acked_at, &self.config),
+                    )
+                })
+                .collect();
+            let dead: Vec<&Message> = updates
+                .iter()
+                .filter(|(_, _, update)| update.dead_lettered_at.is_some())
+                .map(|(message, _, _)| *message)
+                .collect();
+            for (message, error, _) in &updates {
+                warn!(event_id = %message.id, key = %message.key, %error, "publish failed");
+            }
+            self.send_to_dead_letter_topic(&updates).await;
+
+            // Keys whose failed event is through (published or dead-lettered): their
+            // parked events go back in line.
+            let through: Vec<&str> = published
+                .iter()
+                .filter(|m| retried.contains(&m.seq))
+                .map(|m| m.key.as_str())
+                .chain(dead.iter().map(|m| m.key.as_str()))
+                .collect();
+            let unparked = !through.is_empty();
+            if !self
+                .write_back(shard, token, &published, &updates, &through, acked_at)
+                .await?
+            {
+                debug!("lease lost before write-back; the new owner publishes these events again");
+                return Ok(ShardOutcome::LeaseLost);
+            }
+
+            self.record_metrics(&published, &updates, dead.len(), acked_at);
+            let report = ProcessReport {
+                claimed: messages.len(),
+                published: published.len(),
+                failed: updates.len(),
+                dead_lettered: dead.len(),
+                transient_failures: updates
+                    .iter()
+                    .filter(|(_, error, _)| error.kind() == PublishErrorKind::Transient)
+                    .count(),
+                // Unparked events are ready now: go again at once, as after a full batch.
+                full: messages.len() >= batch_size || unparked || !behind.is_empty(),
+            };
+            Ok(ShardOutcome::Done(report, published.last().map(|m| m.id)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Writes a batch's outcome back, only while this relay still holds `shard` with
+    /// `token` (the fence); returns whether it did. A batch that published everything
+    /// and unparks nothing, the steady state, needs one statement; any other, one
+    /// transaction behind the fence.
+    pub(super) async fn write_back(
+        &self,
+        shard: i32,
+        token: i64,
+        published: &[&Message],
+        updates: &[(&Message, &PublishError, FailureUpdate<'_>)],
+        through: &[&str],
+        acked_at: chrono::DateTime<Utc>,
+    ) -> Result<bool> {
+        let dialect = self.dialect()?;
+        let tables = self.outbox.tables();
+        let lease = LeaseKey {
+            service: &self.config.service_name,
+            shard,
+            owner: &self.relay_id,
+        };
+        let seqs: Vec<i64> = published.iter().map(|m| m.seq).collect();
+        if updates.is_empty() && through.is_empty() {
+            if seqs.is_empty() {
+                return Ok(true);
+            }
+            let marked = self
+                .db
+                .execute_raw(dialect.mark_published_fenced(tables, &lease, token, &seqs, acked_at))
+                .await?
+                .rows_affected();
+            // Nothing marked: the lease is gone, or another writer (a manual call)
+            // marked these events first.
+            return Ok(marked > 0
+                || self
+                    .db
+                    .query_one_raw(dialect.fence(tables, &lease, token))
+                    .await?
+                    .is_some());
+        }
+        let txn = self.db.begin().await?;
+        if txn
+            .query_one_raw(dialect.fence(tables, &lease, token))
+            .await?
+            .is_none()
+        {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        if !seqs.is_empty() {
+            txn.execute_raw(dialect.mark_published(tables.outbox(), "seq", &seqs, acked_at))
+                .await?;
+        }
+        for (message, _, update) in updates {
+            txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, update))
+                .await?;
+            if update.dead_lettered_at.is_none() {
+                // The key waits: its later events leave the claim index meanwhile.
+                txn.execute_raw(dialect.park_behind(
+                    tables.outbox(),
+                    shard,
+                    &message.key,
+                    message.seq,
+                ))
+                .await?;
+            }
+        }
+        if !through.is_empty() {
+            txn.execute_raw(dialect.unpark(tables.outbox(), shard, through))
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(true)
+    }
+}

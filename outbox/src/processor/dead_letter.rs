@@ -1,0 +1,43 @@
+//! The dead-letter topic: where dead-lettered events are also sent, when configured.
+
+use tracing::error;
+
+use super::Inner;
+use crate::message::Message;
+use crate::publisher::{PublishError, Publisher};
+use crate::sql::FailureUpdate;
+
+/// The header a dead-lettered event carries on the dead-letter topic.
+pub const DEAD_LETTER_ERROR_HEADER: &str = "dead_letter_error";
+
+impl<P: Publisher> Inner<P> {
+    pub(super) async fn send_to_dead_letter_topic(
+        &self,
+        updates: &[(&Message, &PublishError, FailureUpdate<'_>)],
+    ) {
+        let Some(topic) = &self.config.dead_letter_topic else {
+            return;
+        };
+        let dead: Vec<Message> = updates
+            .iter()
+            .filter(|(_, _, update)| update.dead_lettered_at.is_some())
+            .map(|(message, error, _)| {
+                let mut copy = (*message).clone();
+                copy.topic = topic.clone();
+                copy.extra_headers.push((
+                    DEAD_LETTER_ERROR_HEADER.to_owned(),
+                    error.message().to_owned(),
+                ));
+                copy
+            })
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        for (message, outcome) in dead.iter().zip(self.publisher.publish(&dead).await) {
+            if let Err(error) = outcome {
+                error!(event_id = %message.id, %topic, %error, "could not send a dead letter to the dead-letter topic; it stays in the table");
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The lease keeper: renews the relay's shard leases and heartbeat on a schedule of
+//! its own, and stands the relay aside while the broker is unreachable.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Inner;
+use super::state::Concern;
+use crate::error::Result;
+use crate::publisher::Publisher;
+
+impl<P: Publisher> Inner<P> {
+    /// One lease round; returns whether it took shards.
+    pub(super) async fn lease_round(&self) -> Result<bool> {
+        let dialect = self.dialect()?;
+        self.clock.sync(&self.db, dialect).await?;
+        let round = self
+            .leases
+            .round(&self.db, dialect, self.outbox.tables(), self.clock.now())
+            .await?;
+        self.state.owned_shards(round.owned);
+        self.state.concern(Concern::OtherService, round.yielded_to.map(|other| {
+            format!(
+                "relays of service {other:?} publish this outbox table too and started first; \
+                 this relay (service {:?}) publishes nothing while they run: give each service its own tables",
+                self.config.service_name
+            )
+        }));
+        Ok(round.took)
+    }
+
+    /// Renews the leases and the heartbeat every third of the lease time, on a
+    /// schedule of its own: however long a batch takes (a slow broker), the shards
+    /// stay this relay's while it lives and reaches the database.
+    pub(super) async fn keep_leases(self: Arc<Self>, cancel: CancellationToken) {
+        let every = self.config.lease_ttl / 3;
+        while !cancel.is_cancelled() {
+            let round = if self.stalled() {
+                self.stand_aside_or_rejoin().await
+            } else {
+                self.lease_round().await
+            };
+            match round {
+                Ok(true) => self.leased.notify_one(),
+                Ok(false) => {}
+                Err(error) => {
+                    warn!(relay = %self.relay_id, %error, "lease round failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.renew_now.notified() => {}
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    pub(super) fn stalled_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.stalled_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether nothing has been delivered for the stall timeout.
+    pub(super) fn stalled(&self) -> bool {
+        self.stalled_since()
+            .is_some_and(|since| since.elapsed() >= self.config.stall_timeout)
+    }
+
+    /// For a stalled relay: rejoins (a normal lease round) when the broker answers
+    /// again; otherwise gives up its shards and its heartbeat, so relays that can
+    /// deliver take its keys.
+    pub(super) async fn stand_aside_or_rejoin(&self) -> Result<bool> {
+        if self.publisher.check().await.is_ok() {
+            info!(relay = %self.relay_id, "the broker answers again; rejoining");
+            *self.stalled_since() = None;
+            self.state.concern(Concern::Stalled, None);
+            return self.lease_round().await;
+        }
+        let dialect = self.dialect()?;
+        self.clock.sync(&self.db, dialect).await?;
+        if self.leases.count() > 0 {
+            warn!(
+                relay = %self.relay_id,
+                "nothing delivered to the broker for {}; giving up this relay's shards until it answers again",
+                humantime::format_duration(self.config.stall_timeout)
+            );
+        }
+        let owned = self
+            .leases
+            .stand_aside(&self.db, dialect, self.outbox.tables(), self.clock.now())
+            .await?;
+        self.state.owned_shards(owned);
+        self.state.concern(
+            Concern::Stalled,
+            Some(format!(
+                "nothing delivered to the broker for over {}: shards given up until it answers again",
+                humantime::format_duration(self.config.stall_timeout)
+            )),
+        );
+        Ok(false)
+    }
+}

@@ -1,0 +1,150 @@
+//! The relay's metrics: their names, and what each batch and backlog reading records.
+
+use chrono::Utc;
+use tracing::error;
+
+use super::Inner;
+use super::state::Concern;
+use crate::error::Result;
+use crate::message::Message;
+use crate::publisher::{PublishError, PublishErrorKind, Publisher};
+use crate::sql::FailureUpdate;
+
+/// Metric names (through the `metrics` facade), each labelled with `service`.
+pub mod metric_names {
+    /// Counter: events published.
+    pub const PUBLISHED: &str = "outbox_published_total";
+    /// Counter: failed publish attempts (label `kind`: `transient` or `permanent`).
+    pub const FAILED: &str = "outbox_publish_failures_total";
+    /// Counter: events dead-lettered.
+    pub const DEAD_LETTERED: &str = "outbox_dead_lettered_total";
+    /// Gauge: events pending.
+    pub const PENDING: &str = "outbox_pending";
+    /// Gauge: events dead-lettered and not replayed.
+    pub const DEAD_LETTERS: &str = "outbox_dead_letters";
+    /// Gauge: age of the oldest pending event, in seconds.
+    pub const OLDEST_PENDING_AGE: &str = "outbox_oldest_pending_age_seconds";
+    /// Gauge: pending events in shards this relay's shard count does not cover (a
+    /// writer with more shards than the relays); anything above zero is a
+    /// misconfiguration.
+    pub const PENDING_OUTSIDE_SHARDS: &str = "outbox_pending_outside_shards";
+    /// Histogram: time from store to broker acknowledgement, in seconds.
+    pub const PUBLISH_LATENCY: &str = "outbox_publish_latency_seconds";
+    /// Gauge: 1 while this relay's health check passes, 0 while it fails (updated at
+    /// every probe of the broker and the database).
+    pub const HEALTHY: &str = "outbox_relay_healthy";
+
+    /// Gives every metric its help text and unit in the installed `metrics` recorder
+    /// (Prometheus shows them as `# HELP`). `outbox::http::install_prometheus` calls
+    /// it; call it after installing a recorder of your own.
+    pub fn describe() {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!(PUBLISHED, Unit::Count, "Events published to the broker.");
+        describe_counter!(
+            FAILED,
+            Unit::Count,
+            "Failed publish attempts, by kind (transient or permanent)."
+        );
+        describe_counter!(DEAD_LETTERED, Unit::Count, "Events dead-lettered.");
+        describe_gauge!(PENDING, Unit::Count, "Events waiting to be published.");
+        describe_gauge!(
+            DEAD_LETTERS,
+            Unit::Count,
+            "Dead-lettered events not replayed."
+        );
+        describe_gauge!(
+            OLDEST_PENDING_AGE,
+            Unit::Seconds,
+            "Age of the oldest pending event."
+        );
+        describe_gauge!(
+            PENDING_OUTSIDE_SHARDS,
+            Unit::Count,
+            "Pending events in shards the relay's shard count does not cover (a misconfiguration)."
+        );
+        describe_histogram!(
+            PUBLISH_LATENCY,
+            Unit::Seconds,
+            "Time from store to broker acknowledgement."
+        );
+        describe_gauge!(
+            HEALTHY,
+            "1 while the relay's health check passes, 0 while it fails."
+        );
+    }
+}
+
+impl<P: Publisher> Inner<P> {
+    pub(super) fn record_metrics(
+        &self,
+        published: &[&Message],
+        updates: &[(&Message, &PublishError, FailureUpdate<'_>)],
+        dead: usize,
+        acked_at: chrono::DateTime<Utc>,
+    ) {
+        let service = self.config.service_name.clone();
+        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        metrics::counter!(metric_names::PUBLISHED, "service" => service.clone())
+            .increment(as_u64(published.len()));
+        let latency =
+            metrics::histogram!(metric_names::PUBLISH_LATENCY, "service" => service.clone());
+        for message in published {
+            latency.record(
+                (acked_at - message.created_at)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+        }
+        for (_, error, _) in updates {
+            let kind = if error.kind() == PublishErrorKind::Permanent {
+                "permanent"
+            } else {
+                "transient"
+            };
+            metrics::counter!(metric_names::FAILED, "service" => service.clone(), "kind" => kind)
+                .increment(1);
+        }
+        metrics::counter!(metric_names::DEAD_LETTERED, "service" => service)
+            .increment(as_u64(dead));
+        self.state
+            .count(as_u64(published.len()), as_u64(updates.len()), as_u64(dead));
+    }
+
+    pub(super) async fn refresh_backlog(&self) -> Result<()> {
+        let backlog = self.outbox.backlog(&self.db).await?;
+        let service = self.config.service_name.clone();
+        #[allow(clippy::cast_precision_loss)]
+        // gauges are f64; counts this large are not exact anyway
+        {
+            metrics::gauge!(metric_names::PENDING, "service" => service.clone())
+                .set(backlog.pending as f64);
+            metrics::gauge!(metric_names::DEAD_LETTERS, "service" => service.clone())
+                .set(backlog.dead_lettered as f64);
+        }
+        let age = backlog
+            .oldest_pending_age(self.clock.now())
+            .unwrap_or_default();
+        metrics::gauge!(metric_names::OLDEST_PENDING_AGE, "service" => service.clone())
+            .set(age.as_secs_f64());
+        self.state.backlog(backlog);
+
+        // Events a writer put in shards no relay of this count leases would wait forever.
+        let outside = self.outbox.pending_outside_shards(&self.db).await?;
+        #[allow(clippy::cast_precision_loss)] // as above
+        metrics::gauge!(metric_names::PENDING_OUTSIDE_SHARDS, "service" => service)
+            .set(outside as f64);
+        let problem = (outside > 0).then(|| {
+            format!(
+                "{outside} pending events are in shards at or above this relay's shard count ({}): \
+                 their writers use more shards; give writers and relays the same count (OUTBOX_SHARDS)",
+                self.outbox.shards()
+            )
+        });
+        if let Some(problem) = &problem {
+            error!(relay = %self.relay_id, "{problem}");
+        }
+        self.state.concern(Concern::OutsideShards, problem);
+        Ok(())
+    }
+}
