@@ -244,6 +244,7 @@ mod message;
 mod processor;
 mod publisher;
 mod repository;
+mod retry;
 mod sql;
 mod store;
 mod tables;

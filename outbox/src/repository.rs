@@ -12,8 +12,9 @@ use uuid::Uuid;
 use crate::config::ProcessorConfig;
 use crate::entity::outbox as row;
 use crate::error::{Error, Result};
-use crate::publisher::{PublishError, PublishErrorKind};
-use crate::sql::{Dialect, FailureUpdate};
+use crate::publisher::PublishError;
+use crate::retry::failure_update;
+use crate::sql::Dialect;
 use crate::store::Outbox;
 
 /// What became of an event after a recorded failure.
@@ -105,42 +106,6 @@ struct FailureStateRow {
     attempts: i32,
     published: bool,
     dead: bool,
-}
-
-/// The new state of an event after one failed attempt: a permanent failure uses up an
-/// attempt (and the last one dead-letters); a transient one only delays the event.
-pub(crate) fn failure_update<'a>(
-    attempts_so_far: i32,
-    error: &'a PublishError,
-    now: DateTime<Utc>,
-    config: &ProcessorConfig,
-) -> FailureUpdate<'a> {
-    let (attempts, dead) = match error.kind() {
-        PublishErrorKind::Permanent => {
-            let attempts = attempts_so_far.saturating_add(1);
-            (
-                attempts,
-                u32::try_from(attempts).unwrap_or(0) > config.retry_attempts,
-            )
-        }
-        _ => (attempts_so_far, false),
-    };
-    let wait = match error.kind() {
-        PublishErrorKind::Permanent => config.backoff(u32::try_from(attempts).unwrap_or(1)),
-        _ => config.retry_delay.min(config.max_retry_delay),
-    };
-    FailureUpdate {
-        attempts,
-        error: error.message(),
-        now,
-        next_attempt_at: (!dead).then(|| {
-            chrono::Duration::from_std(wait)
-                .ok()
-                .and_then(|wait| now.checked_add_signed(wait))
-                .unwrap_or(DateTime::<Utc>::MAX_UTC)
-        }),
-        dead_lettered_at: dead.then_some(now),
-    }
 }
 
 /// The time `older_than` ago.

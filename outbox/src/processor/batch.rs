@@ -11,7 +11,7 @@ use super::Inner;
 use crate::error::Result;
 use crate::message::{ClaimedRow, Message};
 use crate::publisher::{PublishError, PublishErrorKind, Publisher};
-use crate::repository::failure_update;
+use crate::retry::failure_update;
 use crate::sql::{FailureUpdate, LeaseKey};
 
 /// What one pass over the owned shards did.
@@ -76,6 +76,21 @@ pub(super) fn sort_outcomes(
         }
     }
     (published, failures)
+}
+
+/// An event of a batch that did not go through, with what its failure does to it
+/// (see `retry.rs`).
+pub(super) struct Failed<'a> {
+    pub(super) message: &'a Message,
+    pub(super) error: &'a PublishError,
+    pub(super) update: FailureUpdate<'a>,
+}
+
+impl Failed<'_> {
+    /// Whether this failure used up the event's last attempt.
+    pub(super) fn dead_lettered(&self) -> bool {
+        self.update.dead_lettered_at.is_some()
+    }
 }
 
 /// What processing one shard came to.
@@ -181,22 +196,20 @@ impl<P: Publisher> Inner<P> {
             let acked_at = self.clock.now();
 
             let (published, failures) = sort_outcomes(&messages, outcomes);
-            let updates: Vec<_> = failures
+            let updates: Vec<Failed<'_>> = failures
                 .iter()
-                .map(|(message, error)| {
-                    (
-                        *message,
-                        error,
-                        failure_update(message.attempts, error, acked_at, &self.config),
-                    )
+                .map(|(message, error)| Failed {
+                    message,
+                    error,
+                    update: failure_update(message.attempts, error, acked_at, &self.config),
                 })
                 .collect();
             let dead: Vec<&Message> = updates
                 .iter()
-                .filter(|(_, _, update)| update.dead_lettered_at.is_some())
-                .map(|(message, _, _)| *message)
+                .filter(|failed| failed.dead_lettered())
+                .map(|failed| failed.message)
                 .collect();
-            for (message, error, _) in &updates {
+            for Failed { message, error, .. } in &updates {
                 warn!(event_id = %message.id, key = %message.key, %error, "publish failed");
             }
             self.send_to_dead_letter_topic(&updates).await;
@@ -226,7 +239,7 @@ impl<P: Publisher> Inner<P> {
                 dead_lettered: dead.len(),
                 transient_failures: updates
                     .iter()
-                    .filter(|(_, error, _)| error.kind() == PublishErrorKind::Transient)
+                    .filter(|failed| failed.error.kind() == PublishErrorKind::Transient)
                     .count(),
                 // Unparked events are ready now: go again at once, as after a full batch.
                 full: messages.len() >= batch_size || unparked || !behind.is_empty(),
@@ -246,7 +259,7 @@ impl<P: Publisher> Inner<P> {
         shard: i32,
         token: i64,
         published: &[&Message],
-        updates: &[(&Message, &PublishError, FailureUpdate<'_>)],
+        updates: &[Failed<'_>],
         through: &[&str],
         acked_at: chrono::DateTime<Utc>,
     ) -> Result<bool> {
@@ -289,10 +302,11 @@ impl<P: Publisher> Inner<P> {
             txn.execute_raw(dialect.mark_published(tables.outbox(), "seq", &seqs, acked_at))
                 .await?;
         }
-        for (message, _, update) in updates {
-            txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, update))
+        for failed in updates {
+            let message = failed.message;
+            txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, &failed.update))
                 .await?;
-            if update.dead_lettered_at.is_none() {
+            if !failed.dead_lettered() {
                 // The key waits: its later events leave the claim index meanwhile.
                 txn.execute_raw(dialect.park_behind(
                     tables.outbox(),

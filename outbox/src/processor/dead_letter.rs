@@ -3,25 +3,22 @@
 use tracing::error;
 
 use super::Inner;
+use super::batch::Failed;
 use crate::message::Message;
-use crate::publisher::{PublishError, Publisher};
-use crate::sql::FailureUpdate;
+use crate::publisher::Publisher;
 
 /// The header a dead-lettered event carries on the dead-letter topic.
 pub const DEAD_LETTER_ERROR_HEADER: &str = "dead_letter_error";
 
 impl<P: Publisher> Inner<P> {
-    pub(super) async fn send_to_dead_letter_topic(
-        &self,
-        updates: &[(&Message, &PublishError, FailureUpdate<'_>)],
-    ) {
+    pub(super) async fn send_to_dead_letter_topic(&self, updates: &[Failed<'_>]) {
         let Some(topic) = &self.config.dead_letter_topic else {
             return;
         };
         let dead: Vec<Message> = updates
             .iter()
-            .filter(|(_, _, update)| update.dead_lettered_at.is_some())
-            .map(|(message, error, _)| {
+            .filter(|failed| failed.dead_lettered())
+            .map(|Failed { message, error, .. }| {
                 let mut copy = (*message).clone();
                 copy.topic = topic.clone();
                 copy.extra_headers.push((

@@ -4,11 +4,11 @@ use chrono::Utc;
 use tracing::error;
 
 use super::Inner;
+use super::batch::Failed;
 use super::state::Concern;
 use crate::error::Result;
 use crate::message::Message;
-use crate::publisher::{PublishError, PublishErrorKind, Publisher};
-use crate::sql::FailureUpdate;
+use crate::publisher::{PublishErrorKind, Publisher};
 
 /// Metric names (through the `metrics` facade), each labelled with `service`.
 pub mod metric_names {
@@ -78,7 +78,7 @@ impl<P: Publisher> Inner<P> {
     pub(super) fn record_metrics(
         &self,
         published: &[&Message],
-        updates: &[(&Message, &PublishError, FailureUpdate<'_>)],
+        updates: &[Failed<'_>],
         dead: usize,
         acked_at: chrono::DateTime<Utc>,
     ) {
@@ -96,7 +96,7 @@ impl<P: Publisher> Inner<P> {
                     .as_secs_f64(),
             );
         }
-        for (_, error, _) in updates {
+        for Failed { error, .. } in updates {
             let kind = if error.kind() == PublishErrorKind::Permanent {
                 "permanent"
             } else {
