@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The longest service name: the relay tables' `service_name` columns hold 255
+/// characters.
+pub(crate) const MAX_SERVICE_NAME_LEN: usize = 255;
+const SERVICE_NAME_LENGTH: &str = "expected 1 to 255 characters";
+const _: () = assert!(MAX_SERVICE_NAME_LEN == 255, "update SERVICE_NAME_LENGTH");
+
 /// The largest batch: its write-back binds one parameter per event, within every
 /// backend's limit.
 pub const MAX_BATCH_SIZE: usize = 10_000;
@@ -249,11 +255,13 @@ impl ProcessorConfig {
                 reason,
             })
         };
-        if self.service_name.trim().is_empty() || self.service_name.chars().count() > 255 {
+        if self.service_name.trim().is_empty()
+            || self.service_name.chars().count() > MAX_SERVICE_NAME_LEN
+        {
             return invalid(
                 "OUTBOX_SERVICE_NAME",
                 self.service_name.clone(),
-                "expected 1 to 255 characters",
+                SERVICE_NAME_LENGTH,
             );
         }
         if self.batch_size == 0 || self.batch_size > MAX_BATCH_SIZE {

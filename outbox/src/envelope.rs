@@ -14,6 +14,8 @@ pub(crate) const MAX_NAME_LEN: usize = 255;
 pub(crate) const MAX_VERSION_LEN: usize = 50;
 /// Kafka's own limit on topic names.
 pub(crate) const MAX_TOPIC_LEN: usize = 249;
+const TOPIC_TOO_LONG: &str = "Kafka allows at most 249 characters";
+const _: () = assert!(MAX_TOPIC_LEN == 249, "update TOPIC_TOO_LONG");
 
 /// One event with its destination and metadata, ready to be stored.
 ///
@@ -213,7 +215,7 @@ fn validate_topic(topic: &str) -> Result<()> {
         return invalid("it is empty");
     }
     if topic.len() > MAX_TOPIC_LEN {
-        return invalid("Kafka allows at most 249 characters");
+        return invalid(TOPIC_TOO_LONG);
     }
     if topic == "." || topic == ".." {
         return invalid("Kafka does not allow `.` or `..` as a topic name");

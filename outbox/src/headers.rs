@@ -19,7 +19,10 @@ pub const USER_ID: &str = "user_id";
 /// When the event was stored (RFC 3339).
 pub const CREATED_AT: &str = "created_at";
 
-/// Every header name the relay sets itself.
+/// On the dead-letter topic only: why the event was dead-lettered (its last error).
+pub const DEAD_LETTER_ERROR: &str = "dead_letter_error";
+
+/// Every header name the relay sets itself on the event's own topic.
 pub const RESERVED: [&str; 8] = [
     EVENT_ID,
     EVENT_TYPE,

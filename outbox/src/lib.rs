@@ -252,10 +252,7 @@ mod wake;
 
 pub use config::{DatabaseUrl, MAX_BATCH_SIZE, ProcessorConfig};
 pub use message::Message;
-pub use processor::{
-    DEAD_LETTER_ERROR_HEADER, HealthProbe, ProcessReport, Processor, RelayHandle, Stats,
-    metric_names,
-};
+pub use processor::{HealthProbe, ProcessReport, Processor, RelayHandle, Stats, metric_names};
 #[cfg(feature = "kafka")]
 pub use publisher::{KafkaConfig, KafkaContext, KafkaPublisher};
 pub use publisher::{MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher};
@@ -266,6 +263,10 @@ pub use error::{Error, EventField, Result};
 pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
 pub use store::{DEFAULT_SHARDS, Outbox, Store};
 pub use tables::{Identifier, MAX_BASE_NAME_LEN, Tables};
+
+/// The header a dead-lettered event carries on the dead-letter topic.
+#[deprecated(note = "use `outbox::headers::DEAD_LETTER_ERROR`")]
+pub const DEAD_LETTER_ERROR_HEADER: &str = headers::DEAD_LETTER_ERROR;
 
 /// Derives [`OutboxEvent`](trait@OutboxEvent) for a struct with named fields; see the
 /// [crate documentation](crate#defining-events) for the attributes.

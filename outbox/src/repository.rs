@@ -14,7 +14,7 @@ use crate::entity::outbox as row;
 use crate::error::{Error, Result};
 use crate::publisher::PublishError;
 use crate::retry::failure_update;
-use crate::sql::Dialect;
+use crate::sql::{Dialect, Unpublished};
 use crate::store::Outbox;
 
 /// What became of an event after a recorded failure.
@@ -133,7 +133,7 @@ impl Outbox {
         conn: &C,
         limit: u64,
     ) -> Result<Vec<row::Model>> {
-        self.events(conn, false, limit).await
+        self.events(conn, Unpublished::Pending, limit).await
     }
 
     /// Dead-lettered events, oldest first.
@@ -145,18 +145,18 @@ impl Outbox {
         conn: &C,
         limit: u64,
     ) -> Result<Vec<row::Model>> {
-        self.events(conn, true, limit).await
+        self.events(conn, Unpublished::DeadLettered, limit).await
     }
 
     async fn events<C: ConnectionTrait>(
         &self,
         conn: &C,
-        dead: bool,
+        state: Unpublished,
         limit: u64,
     ) -> Result<Vec<row::Model>> {
         let statement = self
             .dialect(conn)?
-            .events(self.tables().outbox(), dead, limit);
+            .events(self.tables().outbox(), state, limit);
         Ok(row::Entity::find()
             .from_raw_sql(statement)
             .all(conn)

@@ -7,6 +7,8 @@ use crate::error::{Error, Result};
 /// The longest base name accepted. PostgreSQL truncates identifiers at 63 bytes; the
 /// limit leaves room for the suffixes of the derived table and index names.
 pub const MAX_BASE_NAME_LEN: usize = 40;
+const BASE_NAME_TOO_LONG: &str = "a base table name may have at most 40 characters";
+const _: () = assert!(MAX_BASE_NAME_LEN == 40, "update BASE_NAME_TOO_LONG");
 
 /// A SQL identifier known to be safe to use unquoted or quoted: an ASCII letter or `_`
 /// first, then ASCII letters, digits or `_`. Names are never interpolated unchecked.
@@ -93,7 +95,7 @@ impl Tables {
         if base.len() > MAX_BASE_NAME_LEN {
             return Err(Error::InvalidIdentifier {
                 name: base.to_owned(),
-                reason: "a base table name may have at most 40 characters",
+                reason: BASE_NAME_TOO_LONG,
             });
         }
         Ok(Tables {

@@ -7,9 +7,6 @@ use super::batch::Failed;
 use crate::message::Message;
 use crate::publisher::Publisher;
 
-/// The header a dead-lettered event carries on the dead-letter topic.
-pub const DEAD_LETTER_ERROR_HEADER: &str = "dead_letter_error";
-
 impl<P: Publisher> Inner<P> {
     pub(super) async fn send_to_dead_letter_topic(&self, updates: &[Failed<'_>]) {
         let Some(topic) = &self.config.dead_letter_topic else {
@@ -22,7 +19,7 @@ impl<P: Publisher> Inner<P> {
                 let mut copy = (*message).clone();
                 copy.topic = topic.clone();
                 copy.extra_headers.push((
-                    DEAD_LETTER_ERROR_HEADER.to_owned(),
+                    crate::headers::DEAD_LETTER_ERROR.to_owned(),
                     error.message().to_owned(),
                 ));
                 copy

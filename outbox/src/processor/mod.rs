@@ -51,7 +51,6 @@ use tracing::warn;
 use uuid::Uuid;
 
 pub use batch::ProcessReport;
-pub use dead_letter::DEAD_LETTER_ERROR_HEADER;
 pub use handle::{HealthProbe, RelayHandle};
 pub use metrics::metric_names;
 pub use state::Stats;
@@ -61,7 +60,7 @@ use self::batch::ShardOutcome;
 use self::clock::Clock;
 use self::lease::Leases;
 use self::state::State;
-use crate::config::ProcessorConfig;
+use crate::config::{MAX_SERVICE_NAME_LEN, ProcessorConfig};
 use crate::error::Result;
 use crate::publisher::Publisher;
 use crate::sql::Dialect;
@@ -352,7 +351,11 @@ impl<P: Publisher> Inner<P> {
 /// A relay instance's id: the service name (its first 200 characters, so the id fits
 /// its 255-character columns), the process id and a random suffix.
 fn relay_id(service: &str) -> String {
-    let service: String = service.chars().take(200).collect();
+    /// The id's other parts (pid, suffix, two dashes) take at most 10 + 12 + 2
+    /// characters; the columns hold [`MAX_SERVICE_NAME_LEN`].
+    const SERVICE_PART: usize = 200;
+    const _: () = assert!(SERVICE_PART + 24 <= MAX_SERVICE_NAME_LEN);
+    let service: String = service.chars().take(SERVICE_PART).collect();
     format!(
         "{service}-{}-{}",
         std::process::id(),

@@ -580,13 +580,12 @@ impl Dialect {
         p.into_statement(sql)
     }
 
-    /// Pending (or, with `dead`, dead-lettered) events, oldest first.
-    pub(crate) fn events(self, table: &Identifier, dead: bool, limit: u64) -> Statement {
+    /// Unpublished events in `state`, oldest first.
+    pub(crate) fn events(self, table: &Identifier, state: Unpublished, limit: u64) -> Statement {
         let mut p = Params::new(self);
-        let state = if dead {
-            "\"dead_lettered_at\" IS NOT NULL"
-        } else {
-            "\"dead_lettered_at\" IS NULL"
+        let state = match state {
+            Unpublished::Pending => "\"dead_lettered_at\" IS NULL",
+            Unpublished::DeadLettered => "\"dead_lettered_at\" IS NOT NULL",
         };
         let sql = format!(
             "SELECT * FROM {} WHERE NOT \"published\" AND {state} ORDER BY \"seq\" LIMIT {}",
@@ -756,6 +755,15 @@ pub(crate) struct LeaseKey<'a> {
     pub(crate) service: &'a str,
     pub(crate) shard: i32,
     pub(crate) owner: &'a str,
+}
+
+/// Which unpublished events a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unpublished {
+    /// Waiting to be published (parked and waiting for a retry included).
+    Pending,
+    /// Dead-lettered and not replayed.
+    DeadLettered,
 }
 
 /// The new state of an event after a failed attempt.
