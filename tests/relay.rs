@@ -881,30 +881,7 @@ async fn a_write_back_after_the_lease_was_taken_changes_nothing(db: DatabaseConn
     }
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let pg = super::PgSchema::migrated().await;
-                    super::$name(pg.db.clone()).await;
-                    pg.drop().await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::migrated_sqlite().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+outbox_tests::on_both_backends!(
     publishes_committed_events_in_key_order,
     poison_is_dead_lettered_others_flow_and_replay_republishes,
     retries_back_off_and_then_publish,

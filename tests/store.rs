@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use outbox::entity::outbox as outbox_row;
 use outbox::{Envelope, Error, EventBuilder, EventField, Outbox, OutboxEvent, Tables};
-use outbox_tests::{PgSchema, migrated_sqlite};
+use outbox_tests::PgSchema;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, Statement, TransactionTrait,
 };
@@ -40,7 +40,8 @@ async fn rows(db: &DatabaseConnection) -> Vec<outbox_row::Model> {
         .expect("read outbox")
 }
 
-async fn commit_makes_the_row_visible_with_every_field(db: &DatabaseConnection) {
+async fn commit_makes_the_row_visible_with_every_field(db: DatabaseConnection) {
+    let db = &db;
     let outbox = Outbox::new();
     let event = registered();
     let before = chrono::Utc::now();
@@ -100,7 +101,8 @@ async fn commit_makes_the_row_visible_with_every_field(db: &DatabaseConnection) 
     assert_eq!(row.updated_at, row.created_at);
 }
 
-async fn rollback_leaves_nothing(db: &DatabaseConnection) {
+async fn rollback_leaves_nothing(db: DatabaseConnection) {
+    let db = &db;
     let txn = db.begin().await.expect("begin");
     Outbox::new()
         .store(&txn, &registered(), "user-events")
@@ -110,7 +112,8 @@ async fn rollback_leaves_nothing(db: &DatabaseConnection) {
     assert!(rows(db).await.is_empty());
 }
 
-async fn defaults_key_to_aggregate_and_builder_fields(db: &DatabaseConnection) {
+async fn defaults_key_to_aggregate_and_builder_fields(db: DatabaseConnection) {
+    let db = &db;
     let outbox = Outbox::new();
     let event = EventBuilder::new("order.created", "order-17")
         .version("v3")
@@ -194,7 +197,8 @@ struct Unserializable {
     by_pair: BTreeMap<(u8, u8), u8>,
 }
 
-async fn invalid_input_is_rejected_and_nothing_is_written(db: &DatabaseConnection) {
+async fn invalid_input_is_rejected_and_nothing_is_written(db: DatabaseConnection) {
+    let db = &db;
     let outbox = Outbox::new();
     let good = registered();
     let long = "x".repeat(256);
@@ -315,7 +319,8 @@ async fn invalid_input_is_rejected_and_nothing_is_written(db: &DatabaseConnectio
     assert_eq!(rows(db).await.len(), 1, "only the valid event was written");
 }
 
-async fn custom_tables_are_used(db: &DatabaseConnection) {
+async fn custom_tables_are_used(db: DatabaseConnection) {
+    let db = &db;
     let tables = Tables::with_base("billing_outbox").expect("valid base");
     let manager = sea_orm_migration::SchemaManager::new(db);
     for migration in outbox_migration::migrations_for(&tables) {
@@ -341,48 +346,14 @@ async fn custom_tables_are_used(db: &DatabaseConnection) {
     assert!(rows(db).await.is_empty(), "the default table is untouched");
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let pg = outbox_tests::PgSchema::migrated().await;
-                    super::$name(&pg.db).await;
-                    pg.drop().await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$name(&outbox_tests::migrated_sqlite().await).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+outbox_tests::on_both_backends!(
     commit_makes_the_row_visible_with_every_field,
     rollback_leaves_nothing,
     defaults_key_to_aggregate_and_builder_fields,
     invalid_input_is_rejected_and_nothing_is_written,
     custom_tables_are_used,
+    batch_writes_all_rows_in_one_statement,
 );
-
-#[tokio::test]
-async fn postgres_batch_writes_all_rows_in_one_statement() {
-    let pg = PgSchema::migrated().await;
-    batch_writes_all_rows_in_one_statement(pg.db.clone()).await;
-    pg.drop().await;
-}
-
-#[tokio::test]
-async fn sqlite_batch_writes_all_rows_in_one_statement() {
-    batch_writes_all_rows_in_one_statement(migrated_sqlite().await).await;
-}
 
 #[tokio::test]
 async fn postgres_batch_beyond_the_parameter_limit_is_split_and_complete() {

@@ -163,3 +163,30 @@ pub fn per_key_order<'a>(
     }
     order
 }
+
+/// Runs each named `async fn(DatabaseConnection)` of the calling test file twice: in
+/// module `postgres` on a freshly migrated PostgreSQL schema (dropped after), and in
+/// module `sqlite` on a freshly migrated in-memory SQLite database.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let pg = $crate::PgSchema::migrated().await;
+                    super::$name(pg.db.clone()).await;
+                    pg.drop().await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::migrated_sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
