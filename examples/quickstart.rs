@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
-/// The seed's first example: a user registers.
+/// The Go library's first example: a user registers.
 #[derive(Serialize, OutboxEvent)]
 #[outbox(type = "user.registered", version = "v2", aggregate = "user_id")]
 struct UserRegistered {
@@ -79,7 +79,7 @@ async fn main() -> Result<(), Error> {
     txn.rollback().await?;
     println!("rolled back: mallory -> event {phantom} is not stored and never published");
 
-    // The seed's second example: an order event built at run time.
+    // The Go library's second example: an order event built at run time.
     let order = EventBuilder::new("order.created", "order-17")
         .version("v2")
         .user_id("customer-4")

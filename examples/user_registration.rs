@@ -1,6 +1,6 @@
 //! The Go library's first example in Rust: a user registers, and the
 //! `user.registered` event is stored in the same transaction, with the user's id as
-//! partition key and audit user. Then the outbox is inspected as the seed's test does.
+//! partition key and audit user. Then the outbox is inspected as the Go library's test does.
 //!
 //! ```text
 //! cargo run --example user_registration

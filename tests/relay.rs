@@ -1134,7 +1134,7 @@ async fn postgres_health_and_stats_report_the_relay() {
     pg.drop().await;
 }
 
-/// G3: a transaction that stored early and commits late is still published; meanwhile
+/// No skip on late commit: a transaction that stored early and commits late is still published; meanwhile
 /// other keys keep flowing for many relay cycles; and a second transaction of the same
 /// key, which has to wait for the first, is published after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

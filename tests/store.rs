@@ -1,4 +1,4 @@
-//! Storing events: atomic with the caller's transaction (G1), every field as given,
+//! Storing events: atomic with the caller's transaction, every field as given,
 //! batches in one statement, invalid input rejected before anything is written, and
 //! per-key commit order on PostgreSQL.
 
@@ -377,7 +377,7 @@ fn keyed(key: &str, n: u32) -> EventBuilder {
     EventBuilder::new("counter.incremented", key).data(json!({ "n": n }))
 }
 
-/// G4 at store time: a transaction storing a key waits for an open transaction that
+/// Per-key order at store time: a transaction storing a key waits for an open transaction that
 /// stored the same key, so for one key `seq` follows commit order; other keys go on.
 #[tokio::test]
 async fn postgres_same_key_waits_for_the_open_transaction_other_keys_do_not() {

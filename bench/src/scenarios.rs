@@ -523,7 +523,7 @@ async fn machine(url: &str, brokers: &str, size: &Size) -> Result<String, Failur
     ))
 }
 
-/// (2) and (5): one relay against its two limits, and its peak memory.
+/// Relay throughput and memory: one relay against its two limits, and its peak memory.
 async fn relay_throughput(
     url: &str,
     brokers: &str,
@@ -668,7 +668,7 @@ fn sample_message(n: usize, topic: &str) -> Message {
     }
 }
 
-/// (1): a business transaction with and without storing events.
+/// Store overhead: a business transaction with and without storing events.
 async fn store_overhead(url: &str, size: &Size, report: &mut Report) -> Result<(), Failure> {
     let schema = Schema::create(url, 1).await?;
     schema
@@ -817,7 +817,7 @@ pub(crate) async fn run_latency(url: &str, brokers: &str, size: &Size) -> Result
     Ok(report)
 }
 
-/// (3): commit-to-receive latency, beside the broker's own produce-to-consume
+/// Latency: commit-to-receive latency, beside the broker's own produce-to-consume
 /// latency at the same rate (the floor): at a steady rate with the relay in this
 /// process and with two relays in processes of their own; and one event every 1-2 s
 /// after an idle spell, stored here for two relay processes (cross-process wake-ups).
@@ -1412,7 +1412,7 @@ async fn arrived(
     }
 }
 
-/// (4): 1, 2 and 4 relays of one service; and one relay with published history kept.
+/// Scale: 1, 2 and 4 relays of one service; and one relay with published history kept.
 /// Each configuration runs `ROUNDS` times, interleaved, and reports its median: single
 /// runs on a shared 2-core machine vary by 15%, more than the targets allow.
 async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Result<(), Failure> {

@@ -1,8 +1,8 @@
 //! Creates `_outbox`, `_outbox_offset`, `_outbox_lease` and `_outbox_relay`.
 //!
-//! Indexes on `_outbox`, against the seed's:
+//! Indexes on `_outbox`, against the Go library's:
 //! - `idx_<t>_claim (shard, seq) WHERE NOT published AND dead_lettered_at IS NULL`
-//!   replaces the seed's `(published, created_at)`: the relay reads one shard's pending
+//!   replaces the Go library's `(published, created_at)`: the relay reads one shard's pending
 //!   events in `seq` order, and a partial index holds only pending rows, so retained
 //!   history does not slow the claim.
 //! - `idx_<t>_retry (shard, partition_key) WHERE next_attempt_at IS NOT NULL AND NOT
@@ -12,7 +12,7 @@
 //!   without scanning pending ones.
 //! - `idx_<t>_dead (dead_lettered_at) WHERE dead_lettered_at IS NOT NULL`: lists dead
 //!   letters.
-//! - the seed's `destination_topic`, `aggregate_id` and partial `trace_id` indexes, and
+//! - the Go library's `destination_topic`, `aggregate_id` and partial `trace_id` indexes, and
 //!   a unique index on the event id. (A partial `destination_topic` index on pending
 //!   rows was tried: with stale statistics the planner preferred it to the claim index
 //!   and scanned every pending row per claim.)

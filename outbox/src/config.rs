@@ -173,7 +173,7 @@ impl Default for ProcessorConfig {
 }
 
 impl ProcessorConfig {
-    /// The defaults for `service_name` (the seed's `DefaultProcessorConfig`).
+    /// The defaults for `service_name` (the Go library's `DefaultProcessorConfig`).
     pub fn new(service_name: impl Into<String>) -> Self {
         ProcessorConfig {
             service_name: service_name.into(),

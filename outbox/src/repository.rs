@@ -1,4 +1,4 @@
-//! Operations on stored events outside the relay loop: the seed's repository and
+//! Operations on stored events outside the relay loop: the Go library's repository and
 //! service calls, dead-letter replay, cleanup and backlog figures.
 
 use std::time::Duration;
@@ -124,7 +124,7 @@ impl Outbox {
         Dialect::of(conn.get_database_backend())
     }
 
-    /// Pending events, oldest first (the seed's `GetUnpublished`).
+    /// Pending events, oldest first (the Go library's `GetUnpublished`).
     ///
     /// # Errors
     /// The database's.
@@ -163,7 +163,7 @@ impl Outbox {
             .await?)
     }
 
-    /// Marks events published by id, for custom processing (the seed's
+    /// Marks events published by id, for custom processing (the Go library's
     /// `MarkEventsAsPublished`). Returns how many were pending.
     ///
     /// # Errors
@@ -189,7 +189,7 @@ impl Outbox {
         Ok(marked)
     }
 
-    /// Records a failed attempt to publish event `id` (the seed's
+    /// Records a failed attempt to publish event `id` (the Go library's
     /// `HandleEventFailure`): the attempt counts, the event waits
     /// `config.backoff(attempts)`, and after `1 + config.retry_attempts` failures it is
     /// dead-lettered.

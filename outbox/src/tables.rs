@@ -65,7 +65,7 @@ impl fmt::Display for Identifier {
 
 /// The names of the outbox tables.
 ///
-/// The defaults are the seed's `_outbox` and `_outbox_offset`, plus `_outbox_lease`
+/// The defaults are the Go library's `_outbox` and `_outbox_offset`, plus `_outbox_lease`
 /// (which relay owns which shard) and `_outbox_relay` (which relays are alive).
 /// A service that wants its own set uses [`Tables::with_base`]:
 ///

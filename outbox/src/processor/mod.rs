@@ -4,8 +4,8 @@
 //! per shard, claims the oldest publishable events, publishes them, and writes the
 //! outcome back fenced by its lease (one statement when everything was published, one
 //! transaction otherwise). No cursor is kept: a
-//! transaction that commits late is simply found pending later (G3), and within a
-//! shard events go out in `seq` order, which for one key is commit order (G4).
+//! transaction that commits late is simply found pending later (no skip on late commit), and within a
+//! shard events go out in `seq` order, which for one key is commit order (per-key order).
 //! A shard has at most one batch in flight; `run.rs` starts a batch for each shard
 //! that has work as soon as one of the `concurrency` slots is free (`schedule.rs`).
 //!
@@ -216,7 +216,7 @@ impl<P: Publisher> Processor<P> {
         &self.inner.relay_id
     }
 
-    /// One pass by hand (the seed's `ProcessEvents`): takes or renews this relay's
+    /// One pass by hand (the Go library's `ProcessEvents`): takes or renews this relay's
     /// shard leases, then publishes up to `batch_size` events per owned shard.
     ///
     /// # Errors

@@ -409,7 +409,7 @@ impl Dialect {
         Params::new(self).into_statement(sql)
     }
 
-    /// Records what a service published last (the seed's offset table).
+    /// Records what a service published last (the Go library's offset table).
     pub(crate) fn upsert_offset(
         self,
         table: &Identifier,
