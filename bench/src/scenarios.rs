@@ -494,7 +494,7 @@ async fn flowing_throughput(
     Ok(rate)
 }
 
-/// Relay throughput and its limits (scenarios 2 and 5), first: peak memory is read
+/// Relay throughput and its limits, with peak memory, first: peak memory is read
 /// right after the relay ran.
 pub(crate) async fn run_relay(url: &str, brokers: &str, size: &Size) -> Result<Report, Failure> {
     let mut report = Report {
