@@ -1,7 +1,7 @@
 //! A typed view of the derive input that keeps references to the original tokens,
 //! so every error can point at the token that caused it.
 
-use syn::{Data, DeriveInput, Fields, Generics, Ident, Type};
+use syn::{DeriveInput, Fields, Generics, Ident, Type};
 
 use crate::attr;
 use crate::ctxt::Ctxt;
@@ -11,7 +11,16 @@ pub(crate) struct Input<'a> {
     pub(crate) ident: &'a Ident,
     pub(crate) generics: &'a Generics,
     pub(crate) attrs: attr::Container,
-    pub(crate) fields: Vec<Field<'a>>,
+    pub(crate) data: Data<'a>,
+}
+
+/// The input's shape. Only a struct with named fields is an event; any other shape is
+/// reported when the input is read.
+pub(crate) enum Data<'a> {
+    /// A struct with named fields.
+    Struct(Vec<Field<'a>>),
+    /// A tuple or unit struct, an enum or a union (already reported).
+    Other,
 }
 
 /// One named field of the struct.
@@ -27,59 +36,64 @@ impl<'a> Input<'a> {
     /// recorded and the attributes are still read, so all errors surface together.
     pub(crate) fn from_syn(cx: &mut Ctxt, input: &'a DeriveInput) -> Self {
         let attrs = attr::Container::parse(cx, &input.attrs);
-        let fields = match &input.data {
-            Data::Struct(data) => match &data.fields {
-                Fields::Named(named) => named
-                    .named
-                    .iter()
-                    .filter_map(|field| {
-                        Some(Field {
-                            ident: field.ident.as_ref()?,
-                            ty: &field.ty,
-                            attrs: attr::Field::parse(cx, &field.attrs),
+        let data = match &input.data {
+            syn::Data::Struct(data) => match &data.fields {
+                Fields::Named(named) => Data::Struct(
+                    named
+                        .named
+                        .iter()
+                        .filter_map(|field| {
+                            Some(Field {
+                                ident: field.ident.as_ref()?,
+                                ty: &field.ty,
+                                attrs: attr::Field::parse(cx, &field.attrs),
+                            })
                         })
-                    })
-                    .collect(),
+                        .collect(),
+                ),
                 Fields::Unnamed(unnamed) => {
                     cx.error_spanned_by(
                         unnamed,
                         "OutboxEvent cannot be derived for a tuple struct: an event needs named fields, which become the keys of its JSON payload",
                     );
-                    Vec::new()
+                    Data::Other
                 }
                 Fields::Unit => {
                     cx.error_spanned_by(
                         &input.ident,
                         "OutboxEvent cannot be derived for a unit struct: an event needs named fields, which become the keys of its JSON payload",
                     );
-                    Vec::new()
+                    Data::Other
                 }
             },
-            Data::Enum(data) => {
+            syn::Data::Enum(data) => {
                 cx.error_spanned_by(
                     data.enum_token,
                     "OutboxEvent cannot be derived for an enum: derive it on one struct per event type, or use `outbox::EventBuilder` for events whose type is chosen at run time",
                 );
-                Vec::new()
+                Data::Other
             }
-            Data::Union(data) => {
+            syn::Data::Union(data) => {
                 cx.error_spanned_by(
                     data.union_token,
                     "OutboxEvent cannot be derived for a union: derive it on a struct with named fields",
                 );
-                Vec::new()
+                Data::Other
             }
         };
         Input {
             ident: &input.ident,
             generics: &input.generics,
             attrs,
-            fields,
+            data,
         }
     }
 
-    /// Whether the input is a struct with named fields (the only shape that gets an impl).
-    pub(crate) fn is_named_struct(input: &DeriveInput) -> bool {
-        matches!(&input.data, Data::Struct(data) if matches!(data.fields, Fields::Named(_)))
+    /// The struct's named fields (none for any other shape).
+    pub(crate) fn fields(&self) -> &[Field<'a>] {
+        match &self.data {
+            Data::Struct(fields) => fields,
+            Data::Other => &[],
+        }
     }
 }

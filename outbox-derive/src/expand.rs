@@ -9,18 +9,61 @@ use crate::ast::{Field, Input};
 use crate::ctxt::Ctxt;
 use crate::valid::{self, Event};
 
-/// Reads, checks and expands one derive input.
-pub(crate) fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
+/// Reads, checks and expands one derive input. On a mistake, the errors come with a
+/// fallback impl (as thiserror does), so that each use of the type as an event does
+/// not add a "trait not implemented" error to the one that says what to fix.
+pub(crate) fn derive(input: &DeriveInput) -> TokenStream {
     let mut cx = Ctxt::default();
     let ast = Input::from_syn(&mut cx, input);
-    let event = valid::check(&mut cx, &ast, Input::is_named_struct(input));
-    cx.check()?;
-    match event {
-        Some(event) => Ok(impl_outbox_event(&event)),
-        None => Err(syn::Error::new_spanned(
+    let event = valid::check(&mut cx, &ast);
+    let errors = match (cx.check(), event) {
+        (Ok(()), Some(event)) => return impl_outbox_event(&event),
+        (Err(errors), _) => errors,
+        (Ok(()), None) => syn::Error::new_spanned(
             &input.ident,
             "OutboxEvent: the input was rejected without an error message; please report this as a bug",
-        )),
+        ),
+    };
+    let errors = errors.into_compile_error();
+    let fallback = fallback(&ast);
+    quote! {
+        #errors
+        #fallback
+    }
+}
+
+/// An impl that never runs, for an input with mistakes (see [`derive`]).
+fn fallback(input: &Input<'_>) -> TokenStream {
+    let krate = match &input.attrs.krate {
+        Some(path) => quote!(#path),
+        None => quote!(::outbox),
+    };
+    let ident = input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics #krate::OutboxEvent for #ident #ty_generics #where_clause {
+            fn event_type(&self) -> &str {
+                ::core::unreachable!()
+            }
+
+            fn event_version(&self) -> &str {
+                ::core::unreachable!()
+            }
+
+            fn aggregate_id(&self) -> ::std::string::String {
+                ::core::unreachable!()
+            }
+
+            fn payload(
+                &self,
+            ) -> ::core::result::Result<
+                #krate::__private::serde_json::Value,
+                #krate::__private::serde_json::Error,
+            > {
+                ::core::unreachable!()
+            }
+        }
     }
 }
 

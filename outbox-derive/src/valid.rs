@@ -3,7 +3,7 @@
 use proc_macro2::Span;
 use syn::{LitStr, Path};
 
-use crate::ast::{Field, Input};
+use crate::ast::{Data, Field, Input};
 use crate::ctxt::Ctxt;
 
 /// A checked event: everything the expansion needs, each part known to be valid.
@@ -18,11 +18,7 @@ pub(crate) struct Event<'a> {
 
 /// Checks `input`, recording every problem in `cx`. Returns the event only when
 /// nothing was wrong with it.
-pub(crate) fn check<'a>(
-    cx: &mut Ctxt,
-    input: &'a Input<'a>,
-    named_struct: bool,
-) -> Option<Event<'a>> {
+pub(crate) fn check<'a>(cx: &mut Ctxt, input: &'a Input<'a>) -> Option<Event<'a>> {
     let attrs = &input.attrs;
     let event_type = match &attrs.event_type {
         Some(lit) => {
@@ -41,7 +37,7 @@ pub(crate) fn check<'a>(
     if let Some(version) = &attrs.version {
         non_empty(cx, version, "version");
     }
-    if !named_struct {
+    if matches!(input.data, Data::Other) {
         // The shape error is already recorded; field checks would only add noise.
         return None;
     }
@@ -53,7 +49,7 @@ pub(crate) fn check<'a>(
         "aggregate",
     );
     let aggregate_given =
-        attrs.was_given("aggregate") || input.fields.iter().any(|f| f.attrs.aggregate.is_some());
+        attrs.was_given("aggregate") || input.fields().iter().any(|f| f.attrs.aggregate.is_some());
     if !aggregate_given {
         cx.error_spanned_by(
             input.ident,
@@ -93,7 +89,7 @@ fn field_role<'a>(
     role: &str,
 ) -> Option<&'a Field<'a>> {
     let mut marked = input
-        .fields
+        .fields()
         .iter()
         .filter_map(|field| Some((field, marker(field)?)));
     let first_marked = marked.next();
@@ -113,12 +109,12 @@ fn field_role<'a>(
             }
             let name = lit.value();
             let found = input
-                .fields
+                .fields()
                 .iter()
                 .find(|field| field.ident == name.as_str());
             if found.is_none() {
                 let fields = input
-                    .fields
+                    .fields()
                     .iter()
                     .map(|field| format!("`{}`", field.ident))
                     .collect::<Vec<_>>()
