@@ -6,10 +6,12 @@
 //! cargo run --example custom_publisher
 //! ```
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox::{EventBuilder, Message, Outbox, Processor, ProcessorConfig, PublishError, Publisher};
+use outbox::{
+    EventBuilder, Message, Outbox, Processor, ProcessorConfig, PublishError, Publisher,
+    publish_in_key_order,
+};
 use outbox_examples::{Error, database};
 use serde_json::json;
 
@@ -21,24 +23,17 @@ struct JsonLines {
 
 impl Publisher for JsonLines {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
-        // Keep per-key order: after a failure, hold back the later events of its key.
-        let mut failed_keys = HashSet::new();
-        batch
-            .iter()
-            .map(|message| {
-                if failed_keys.contains(&message.key) {
-                    return Err(PublishError::not_sent());
-                }
-                if message.payload.len() > self.max_payload {
-                    failed_keys.insert(message.key.clone());
-                    return Err(PublishError::permanent(format!("payload of {} bytes is too large", message.payload.len())));
-                }
-                let headers: serde_json::Map<String, serde_json::Value> =
-                    message.headers().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
-                println!("{}", json!({ "topic": message.topic, "key": message.key, "headers": headers, "payload": message.payload }));
-                Ok(())
-            })
-            .collect()
+        // Keeps per-key order: after a failure, the later events of its key are held back.
+        publish_in_key_order(batch, |message| async move {
+            if message.payload.len() > self.max_payload {
+                return Err(PublishError::permanent(format!("payload of {} bytes is too large", message.payload.len())));
+            }
+            let headers: serde_json::Map<String, serde_json::Value> =
+                message.headers().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
+            println!("{}", json!({ "topic": message.topic, "key": message.key, "headers": headers, "payload": message.payload }));
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -129,19 +129,17 @@ impl Refusing {
 impl Publisher for Refusing {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
         let poisoned = self.poisoned.lock().expect("lock").clone();
-        let mut results = Vec::new();
-        let mut failed = std::collections::HashSet::new();
-        for message in batch {
-            if failed.contains(&message.key) {
-                results.push(Err(PublishError::not_sent()));
-            } else if poisoned.contains(&message.id) {
-                failed.insert(message.key.clone());
-                results.push(Err(PublishError::permanent("message too large")));
-            } else {
-                results.extend(self.inner.publish(std::slice::from_ref(message)).await);
+        let poisoned = &poisoned;
+        outbox::publish_in_key_order(batch, |message| async move {
+            if poisoned.contains(&message.id) {
+                return Err(PublishError::permanent("message too large"));
             }
-        }
-        results
+            let mut outcome = self.inner.publish(std::slice::from_ref(message)).await;
+            outcome
+                .pop()
+                .unwrap_or_else(|| Err(PublishError::not_sent()))
+        })
+        .await
     }
 }
 

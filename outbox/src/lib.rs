@@ -255,7 +255,9 @@ pub use message::Message;
 pub use processor::{HealthProbe, ProcessReport, Processor, RelayHandle, Stats, metric_names};
 #[cfg(feature = "kafka")]
 pub use publisher::{KafkaConfig, KafkaContext, KafkaPublisher};
-pub use publisher::{MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher};
+pub use publisher::{
+    MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher, publish_in_key_order,
+};
 pub use repository::{Backlog, FailureOutcome, RelayInfo, TopicBacklog};
 
 pub use envelope::Envelope;

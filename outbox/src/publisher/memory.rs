@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::{PublishError, Publisher};
+use super::{PublishError, Publisher, publish_in_key_order};
 use crate::message::Message;
 
 /// Accepts every message and sends it nowhere.
@@ -63,29 +63,20 @@ impl MemoryPublisher {
 
 impl Publisher for MemoryPublisher {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
-        let mut inner = self.lock();
-        let mut failed_keys = std::collections::HashSet::new();
-        batch
-            .iter()
-            .map(|message| {
-                if failed_keys.contains(&message.key) {
-                    return Err(PublishError::not_sent());
+        publish_in_key_order(batch, |message| async move {
+            let mut inner = self.lock();
+            let scripted = inner
+                .failures
+                .get_mut(&message.id)
+                .and_then(|errors| (!errors.is_empty()).then(|| errors.remove(0)));
+            match scripted {
+                Some(error) => Err(error),
+                None => {
+                    inner.messages.push(message.clone());
+                    Ok(())
                 }
-                let scripted = inner
-                    .failures
-                    .get_mut(&message.id)
-                    .and_then(|errors| (!errors.is_empty()).then(|| errors.remove(0)));
-                match scripted {
-                    Some(error) => {
-                        failed_keys.insert(message.key.clone());
-                        Err(error)
-                    }
-                    None => {
-                        inner.messages.push(message.clone());
-                        Ok(())
-                    }
-                }
-            })
-            .collect()
+            }
+        })
+        .await
     }
 }

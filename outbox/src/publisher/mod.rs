@@ -8,6 +8,7 @@
 mod kafka;
 mod memory;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 
@@ -24,20 +25,25 @@ use crate::message::Message;
 /// - Messages with the same key must reach the broker in the order given. When a
 ///   message fails, later messages with its key in the same batch must not be
 ///   delivered ahead of it: the publisher reports them as [`PublishError::not_sent`]
-///   instead of sending them. (The relay enforces its side too: after the first
-///   message of a key that did not go through, it marks no later message of that key
-///   and records no further failure for it.)
+///   instead of sending them. A publisher that sends one message at a time gets this
+///   from [`publish_in_key_order`] and need not think about it. (The relay enforces
+///   its side too: after the first message of a key that did not go through, it marks
+///   no later message of that key and records no further failure for it.)
 /// - `Ok` means the broker acknowledged the message; the relay then marks it published.
 ///
 /// ```
-/// use outbox::{Message, PublishError, Publisher};
+/// use outbox::{Message, PublishError, Publisher, publish_in_key_order};
 ///
 /// #[derive(Debug)]
 /// struct Stdout;
 ///
 /// impl Publisher for Stdout {
 ///     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
-///         batch.iter().map(|m| { println!("{} {} {}", m.topic, m.key, m.payload); Ok(()) }).collect()
+///         publish_in_key_order(batch, |m| async move {
+///             println!("{} {} {}", m.topic, m.key, m.payload);
+///             Ok(())
+///         })
+///         .await
 ///     }
 /// }
 /// ```
@@ -52,6 +58,48 @@ pub trait Publisher: Send + Sync + 'static {
     fn check(&self) -> impl Future<Output = Result<(), PublishError>> + Send {
         async { Ok(()) }
     }
+}
+
+/// Sends `batch` one message at a time with `send`, in order, keeping per-key order
+/// for the caller: once a message fails, the later messages of its key are not sent
+/// and come back as [`PublishError::not_sent`]. One result per message, in order, as
+/// [`Publisher::publish`] returns them.
+///
+/// ```
+/// # async fn demo(batch: &[outbox::Message]) {
+/// use outbox::{PublishError, publish_in_key_order};
+///
+/// let outcomes = publish_in_key_order(batch, |message| async move {
+///     if message.payload.len() > 1_000_000 {
+///         return Err(PublishError::permanent("too large"));
+///     }
+///     Ok(()) // send it
+/// })
+/// .await;
+/// # }
+/// ```
+pub async fn publish_in_key_order<'a, F, Sent>(
+    batch: &'a [Message],
+    mut send: F,
+) -> Vec<Result<(), PublishError>>
+where
+    F: FnMut(&'a Message) -> Sent,
+    Sent: Future<Output = Result<(), PublishError>>,
+{
+    let mut failed_keys: HashSet<&str> = HashSet::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for message in batch {
+        let outcome = if failed_keys.contains(message.key.as_str()) {
+            Err(PublishError::not_sent())
+        } else {
+            send(message).await
+        };
+        if outcome.is_err() {
+            failed_keys.insert(&message.key);
+        }
+        outcomes.push(outcome);
+    }
+    outcomes
 }
 
 /// Why a message was not published.
@@ -127,3 +175,73 @@ impl fmt::Display for PublishError {
 }
 
 impl std::error::Error for PublishError {}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn message(seq: i64, key: &str) -> Message {
+        Message {
+            seq,
+            id: Uuid::now_v7(),
+            event_type: "test.happened".to_owned(),
+            event_version: "v1".to_owned(),
+            aggregate_id: key.to_owned(),
+            topic: "test".to_owned(),
+            key: key.to_owned(),
+            payload: "{}".to_owned(),
+            extra_headers: Vec::new(),
+            trace_id: None,
+            user_id: None,
+            created_at: Utc::now(),
+            attempts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_failure_the_later_messages_of_its_key_are_held_back_unsent() {
+        let batch = [
+            message(1, "a"),
+            message(2, "b"),
+            message(3, "a"),
+            message(4, "b"),
+            message(5, "a"),
+        ];
+        let sent = RefCell::new(Vec::new());
+        let outcomes = publish_in_key_order(&batch, |message| {
+            sent.borrow_mut().push(message.seq);
+            async move {
+                if message.seq == 1 {
+                    Err(PublishError::permanent("refused"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        let kinds: Vec<Option<PublishErrorKind>> = outcomes
+            .iter()
+            .map(|outcome| outcome.as_ref().err().map(PublishError::kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                Some(PublishErrorKind::Permanent),
+                None,
+                Some(PublishErrorKind::NotSent),
+                None,
+                Some(PublishErrorKind::NotSent),
+            ]
+        );
+        assert_eq!(
+            *sent.borrow(),
+            [1, 2, 4],
+            "held-back messages are never sent"
+        );
+    }
+}
