@@ -2,8 +2,8 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::DeriveInput;
 use syn::spanned::Spanned;
+use syn::{DeriveInput, Generics, Ident};
 
 use crate::ast::{Field, Input};
 use crate::ctxt::Ctxt;
@@ -38,33 +38,19 @@ fn fallback(input: &Input<'_>) -> TokenStream {
         Some(path) => quote!(#path),
         None => quote!(::outbox),
     };
-    let ident = input.ident;
-    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
-    quote! {
-        #[automatically_derived]
-        impl #impl_generics #krate::OutboxEvent for #ident #ty_generics #where_clause {
-            fn event_type(&self) -> &str {
-                ::core::unreachable!()
-            }
-
-            fn event_version(&self) -> &str {
-                ::core::unreachable!()
-            }
-
-            fn aggregate_id(&self) -> ::std::string::String {
-                ::core::unreachable!()
-            }
-
-            fn payload(
-                &self,
-            ) -> ::core::result::Result<
-                #krate::__private::serde_json::Value,
-                #krate::__private::serde_json::Error,
-            > {
-                ::core::unreachable!()
-            }
-        }
-    }
+    let never = quote!(::core::unreachable!());
+    outbox_event_impl(
+        &krate,
+        input.ident,
+        input.generics,
+        Bodies {
+            event_type: never.clone(),
+            version: never.clone(),
+            aggregate: never.clone(),
+            partition_key: None,
+            payload: never,
+        },
+    )
 }
 
 fn impl_outbox_event(event: &Event<'_>) -> TokenStream {
@@ -73,7 +59,6 @@ fn impl_outbox_event(event: &Event<'_>) -> TokenStream {
         None => quote!(::outbox),
     };
     let input = event.input;
-    let ident = input.ident;
     let event_type = event.event_type;
     let version = match event.version {
         Some(version) => quote!(#version),
@@ -93,18 +78,55 @@ fn impl_outbox_event(event: &Event<'_>) -> TokenStream {
             .predicates
             .push(syn::parse_quote_spanned!(ty.span()=> #ty: ::core::fmt::Display));
     }
-    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-
-    let aggregate = to_string(event.aggregate);
     let partition_key = event.partition_key.map(|field| {
         let value = to_string(field);
+        quote!(::core::option::Option::Some(#value))
+    });
+    outbox_event_impl(
+        &krate,
+        input.ident,
+        &generics,
+        Bodies {
+            event_type: quote!(#event_type),
+            version,
+            aggregate: to_string(event.aggregate),
+            partition_key,
+            payload: quote!(#krate::__private::serde_json::to_value(self)),
+        },
+    )
+}
+
+/// The bodies of the impl's methods (`partition_key` keeps the trait's default when
+/// `None`).
+struct Bodies {
+    event_type: TokenStream,
+    version: TokenStream,
+    aggregate: TokenStream,
+    partition_key: Option<TokenStream>,
+    payload: TokenStream,
+}
+
+fn outbox_event_impl(
+    krate: &TokenStream,
+    ident: &Ident,
+    generics: &Generics,
+    bodies: Bodies,
+) -> TokenStream {
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let Bodies {
+        event_type,
+        version,
+        aggregate,
+        partition_key,
+        payload,
+    } = bodies;
+    let partition_key = partition_key.map(|value| {
         quote! {
             fn partition_key(&self) -> ::core::option::Option<::std::string::String> {
-                ::core::option::Option::Some(#value)
+                #value
             }
         }
     });
-
     quote! {
         #[automatically_derived]
         impl #impl_generics #krate::OutboxEvent for #ident #ty_generics #where_clause {
@@ -128,7 +150,7 @@ fn impl_outbox_event(event: &Event<'_>) -> TokenStream {
                 #krate::__private::serde_json::Value,
                 #krate::__private::serde_json::Error,
             > {
-                #krate::__private::serde_json::to_value(self)
+                #payload
             }
         }
     }

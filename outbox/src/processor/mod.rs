@@ -43,7 +43,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
+#[cfg(feature = "postgres")]
+use sea_orm::DbBackend;
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

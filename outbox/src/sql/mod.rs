@@ -76,6 +76,13 @@ impl Params {
             .join(", ")
     }
 
+    /// The SQL of `statement`, and its parameters to bind more after them (to extend
+    /// the statement).
+    fn extend(dialect: Dialect, statement: Statement) -> (String, Self) {
+        let values = statement.values.map(|values| values.0).unwrap_or_default();
+        (statement.sql, Params { dialect, values })
+    }
+
     pub(crate) fn into_statement(self, sql: String) -> Statement {
         Statement::from_sql_and_values(self.dialect.backend(), sql, self.values)
     }
@@ -258,16 +265,29 @@ impl Dialect {
     /// the lease until the write-back is done.
     pub(crate) fn fence(self, tables: &Tables, lease: &LeaseKey<'_>, token: i64) -> Statement {
         let mut p = Params::new(self);
-        let sql = format!(
-            "SELECT \"token\" FROM {} WHERE \"service_name\" = {} AND \"shard\" = {} AND \"owner\" = {} AND \"token\" = {}{}",
+        let sql = self.held_lease(&mut p, tables, lease, token, "\"token\"");
+        p.into_statement(sql)
+    }
+
+    /// `SELECT {columns}` of the lease row if `owner` still holds `shard` with
+    /// `token`, locking it: the fence, alone or inside a write-back statement.
+    fn held_lease(
+        self,
+        p: &mut Params,
+        tables: &Tables,
+        lease: &LeaseKey<'_>,
+        token: i64,
+        columns: &str,
+    ) -> String {
+        format!(
+            "SELECT {columns} FROM {} WHERE \"service_name\" = {} AND \"shard\" = {} AND \"owner\" = {} AND \"token\" = {}{}",
             tables.lease().quoted(),
             p.bind(lease.service),
             p.bind(lease.shard),
             p.bind(lease.owner),
             p.bind(token),
             self.lock_rows(),
-        );
-        p.into_statement(sql)
+        )
     }
 
     /// Marks the pending events whose `key_column` (`seq` or `id`) is in `keys` as
@@ -302,22 +322,10 @@ impl Dialect {
         seqs: &[i64],
         now: DateTime<Utc>,
     ) -> Statement {
-        let mut p = Params::new(self);
-        let now = p.bind(now);
-        let sql = format!(
-            "UPDATE {} SET \"published\" = TRUE, \"published_at\" = {now}, \"updated_at\" = {now}, \"parked\" = FALSE \
-             WHERE \"seq\" IN ({}) AND NOT \"published\" \
-               AND EXISTS (SELECT 1 FROM {} WHERE \"service_name\" = {} AND \"shard\" = {} AND \"owner\" = {} AND \"token\" = {}{})",
-            tables.outbox().quoted(),
-            p.bind_all(seqs.iter().copied()),
-            tables.lease().quoted(),
-            p.bind(lease.service),
-            p.bind(lease.shard),
-            p.bind(lease.owner),
-            p.bind(token),
-            self.lock_rows(),
-        );
-        p.into_statement(sql)
+        let (mark, mut p) =
+            Params::extend(self, self.mark_published(tables.outbox(), "seq", seqs, now));
+        let fence = self.held_lease(&mut p, tables, lease, token, "1");
+        p.into_statement(format!("{mark} AND EXISTS ({fence})"))
     }
 
     /// Records a failed attempt of one event, identified by `id`.
