@@ -366,13 +366,15 @@ async fn replay_one(
     if yes {
         outbox.replay(db, id).await?;
     }
+    let what = format!("dead-lettered event {id}");
     report(
         json,
-        yes,
-        "replayed",
-        1,
-        "replay",
-        &format!("dead-lettered event {id}"),
+        &Outcome {
+            action: Action::Replay,
+            done: yes,
+            count: 1,
+            what: &what,
+        },
     )
 }
 
@@ -384,25 +386,29 @@ async fn replay_all(
 ) -> Result<(), Failure> {
     let total = outbox.backlog(db).await?.dead_lettered;
     if !confirm.yes {
+        let what = format!("{total} dead-lettered events");
         return report(
             json,
-            false,
-            "replayed",
-            total,
-            "replay",
-            &format!("{total} dead-lettered events"),
+            &Outcome {
+                action: Action::Replay,
+                done: false,
+                count: total,
+                what: &what,
+            },
         );
     }
     let done = Batches::new("replaying dead letters", total, confirm.batch_size, json)
         .run(|limit| outbox.replay_dead_batch(db, limit))
         .await?;
+    let what = format!("{done} dead-lettered events");
     report(
         json,
-        true,
-        "replayed",
-        done,
-        "replay",
-        &format!("{done} dead-lettered events"),
+        &Outcome {
+            action: Action::Replay,
+            done: true,
+            count: done,
+            what: &what,
+        },
     )
 }
 
@@ -425,27 +431,70 @@ async fn purge(
         "{count} events published more than {} ago",
         humantime::format_duration(older_than)
     );
-    report(json, confirm.yes, "deleted", count, "delete", &what)
+    report(
+        json,
+        &Outcome {
+            action: Action::Delete,
+            done: confirm.yes,
+            count,
+            what: &what,
+        },
+    )
+}
+
+/// What a writing command does.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Replay,
+    Delete,
+}
+
+impl Action {
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Replay => "replay",
+            Action::Delete => "delete",
+        }
+    }
+
+    fn past(self) -> &'static str {
+        match self {
+            Action::Replay => "replayed",
+            Action::Delete => "deleted",
+        }
+    }
+}
+
+/// What a writing command did, or in a dry run (`done` false) would do: `count`
+/// events, described by `what`.
+#[derive(Debug)]
+struct Outcome<'a> {
+    action: Action,
+    done: bool,
+    count: u64,
+    what: &'a str,
 }
 
 /// Says what a writing command did, or in a dry run what it would do.
-fn report(
-    json: bool,
-    done: bool,
-    past: &str,
-    count: u64,
-    verb: &str,
-    what: &str,
-) -> Result<(), Failure> {
+fn report(json: bool, outcome: &Outcome<'_>) -> Result<(), Failure> {
+    let Outcome {
+        action,
+        done,
+        count,
+        what,
+    } = *outcome;
     if json {
         return print_json(
-            &json!({ "dry_run": !done, past: if done { count } else { 0 }, "would_affect": count }),
+            &json!({ "dry_run": !done, action.past(): if done { count } else { 0 }, "would_affect": count }),
         );
     }
     if done {
-        println!("{past} {what}");
+        println!("{} {what}", action.past());
     } else {
-        println!("dry run: would {verb} {what}; run again with --yes to do it");
+        println!(
+            "dry run: would {} {what}; run again with --yes to do it",
+            action.verb()
+        );
     }
     Ok(())
 }
