@@ -264,7 +264,7 @@ impl Doorbell {
 }
 
 /// The shards a notification's payload names; `None` for every shard.
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))] // read by the listener only
+#[cfg(feature = "postgres")] // read by the listener only
 pub(crate) fn shards_of(payload: &str) -> Option<Vec<i32>> {
     if payload.is_empty() {
         return None;
@@ -330,6 +330,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn payloads_name_shards_or_every_shard() {
         assert_eq!(shards_of("3,7,12"), Some(vec![3, 7, 12]));

@@ -291,7 +291,8 @@ impl Dialect {
     }
 
     /// Marks the pending events whose `key_column` (`seq` or `id`) is in `keys` as
-    /// published.
+    /// published. The statement ends with its WHERE clause:
+    /// [`mark_published_fenced`](Self::mark_published_fenced) appends the fence to it.
     pub(crate) fn mark_published<V: Into<Value> + Copy>(
         self,
         table: &Identifier,
