@@ -17,7 +17,8 @@
 //!   rows was tried: with stale statistics the planner preferred it to the claim index
 //!   and scanned every pending row per claim.)
 
-use outbox::{Identifier, Tables};
+use outbox::entity::outbox::Column;
+use outbox::{Identifier, Tables, schema};
 use sea_orm_migration::prelude::*;
 
 /// The migration; [`Migration::default`] uses the default table names.
@@ -61,8 +62,8 @@ impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let t = &self.tables;
         manager.create_table(outbox_table(t.outbox())).await?;
-        for sql in outbox_indexes(t) {
-            manager.get_connection().execute_unprepared(&sql).await?;
+        for index in outbox_indexes(t) {
+            manager.create_index(index).await?;
         }
         manager.create_table(offset_table(t.offset())).await?;
         manager.create_table(lease_table(t.lease())).await?;
@@ -145,42 +146,37 @@ fn outbox_table(table: &Identifier) -> TableCreateStatement {
         .to_owned()
 }
 
-/// The indexes, as SQL because sea-query has no partial indexes. The same text works
-/// on PostgreSQL and SQLite; the names are checked identifiers.
-fn outbox_indexes(tables: &Tables) -> Vec<String> {
-    let table = tables.outbox();
-    let index = |suffix: &str, columns: &str, predicate: &str| {
-        let name = tables.index(table, suffix);
-        let predicate = if predicate.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {predicate}")
-        };
-        format!(
-            "CREATE INDEX \"{name}\" ON {} ({columns}){predicate}",
-            table.quoted()
-        )
+/// The indexes; the partial ones take their predicates from [`outbox::schema`], which
+/// the relay's statements filter with.
+fn outbox_indexes(tables: &Tables) -> Vec<IndexCreateStatement> {
+    let index = |suffix: &str, columns: &[Column]| {
+        let mut index = Index::create()
+            .name(tables.index(tables.outbox(), suffix))
+            .table(tables.outbox().as_str().to_owned())
+            .to_owned();
+        for &column in columns {
+            index.col(column);
+        }
+        index
     };
     vec![
-        index(
-            "claim",
-            "\"shard\", \"seq\"",
-            "NOT \"published\" AND \"dead_lettered_at\" IS NULL",
-        ),
-        index(
-            "retry",
-            "\"shard\", \"partition_key\"",
-            "\"next_attempt_at\" IS NOT NULL AND NOT \"published\" AND \"dead_lettered_at\" IS NULL",
-        ),
-        index("published_at", "\"published_at\"", "\"published\""),
-        index(
-            "dead",
-            "\"dead_lettered_at\"",
-            "\"dead_lettered_at\" IS NOT NULL",
-        ),
-        index("destination_topic", "\"destination_topic\"", ""),
-        index("aggregate_id", "\"aggregate_id\"", ""),
-        index("trace_id", "\"trace_id\"", "\"trace_id\" IS NOT NULL"),
+        index("claim", &[Column::Shard, Column::Seq])
+            .cond_where(schema::pending())
+            .to_owned(),
+        index("retry", &[Column::Shard, Column::PartitionKey])
+            .cond_where(schema::retrying())
+            .to_owned(),
+        index("published_at", &[Column::PublishedAt])
+            .cond_where(schema::published())
+            .to_owned(),
+        index("dead", &[Column::DeadLetteredAt])
+            .cond_where(schema::dead_lettered())
+            .to_owned(),
+        index("destination_topic", &[Column::DestinationTopic]),
+        index("aggregate_id", &[Column::AggregateId]),
+        index("trace_id", &[Column::TraceId])
+            .and_where(Expr::col(Column::TraceId).is_not_null())
+            .to_owned(),
     ]
 }
 

@@ -15,7 +15,8 @@
 //! - `idx_<t>_parked (shard, COALESCE(partition_key, aggregate_id)) WHERE parked`
 //!   finds a key's parked events to unpark them.
 
-use outbox::Tables;
+use outbox::entity::outbox::Column;
+use outbox::{Tables, schema};
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
@@ -39,41 +40,57 @@ impl Migration {
         Migration { tables, name }
     }
 
-    fn statements(&self, up: bool, backend: DbBackend) -> Vec<String> {
+    /// The claim index of this migration: `(shard, seq)` over claimable events,
+    /// with `next_attempt_at` included (PostgreSQL) or as a third key column (SQLite,
+    /// which has no INCLUDE).
+    fn claim_index(&self, backend: DbBackend) -> IndexCreateStatement {
         let t = &self.tables;
-        let table = t.outbox();
-        let claim = t.index(table, "claim");
-        let parked = t.index(table, "parked");
-        let q = table.quoted();
-        let pending = "NOT \"published\" AND \"dead_lettered_at\" IS NULL";
-        if up {
-            vec![
-                format!("ALTER TABLE {q} ADD COLUMN \"parked\" BOOLEAN NOT NULL DEFAULT FALSE"),
-                format!("DROP INDEX \"{claim}\""),
-                // The claim reads `next_attempt_at` from the index too (PostgreSQL:
-                // INCLUDE; SQLite has none, a third key column serves).
-                match backend {
-                    DbBackend::Postgres => format!(
-                        "CREATE INDEX \"{claim}\" ON {q} (\"shard\", \"seq\") INCLUDE (\"next_attempt_at\") \
-                         WHERE {pending} AND NOT \"parked\""
-                    ),
-                    _ => format!(
-                        "CREATE INDEX \"{claim}\" ON {q} (\"shard\", \"seq\", \"next_attempt_at\") \
-                         WHERE {pending} AND NOT \"parked\""
-                    ),
-                },
-                format!(
-                    "CREATE INDEX \"{parked}\" ON {q} (\"shard\", (COALESCE(\"partition_key\", \"aggregate_id\"))) WHERE \"parked\""
-                ),
-            ]
-        } else {
-            vec![
-                format!("DROP INDEX \"{parked}\""),
-                format!("DROP INDEX \"{claim}\""),
-                format!("CREATE INDEX \"{claim}\" ON {q} (\"shard\", \"seq\") WHERE {pending}"),
-                format!("ALTER TABLE {q} DROP COLUMN \"parked\""),
-            ]
-        }
+        let mut index = Index::create()
+            .name(t.index(t.outbox(), "claim"))
+            .table(t.outbox().as_str().to_owned())
+            .col(Column::Shard)
+            .col(Column::Seq)
+            .cond_where(schema::claimable())
+            .to_owned();
+        match backend {
+            DbBackend::Postgres => index.include(Column::NextAttemptAt),
+            _ => index.col(Column::NextAttemptAt),
+        };
+        index
+    }
+
+    /// The first migration's claim index, restored by `down`.
+    fn previous_claim_index(&self) -> IndexCreateStatement {
+        let t = &self.tables;
+        Index::create()
+            .name(t.index(t.outbox(), "claim"))
+            .table(t.outbox().as_str().to_owned())
+            .col(Column::Shard)
+            .col(Column::Seq)
+            .cond_where(schema::pending())
+            .to_owned()
+    }
+
+    /// Finds a key's parked events. As SQL: sea-query cannot write an expression
+    /// column (the event key) in an SQLite index.
+    fn parked_index(&self) -> String {
+        let t = &self.tables;
+        format!(
+            "CREATE INDEX \"{}\" ON {} (\"shard\", (COALESCE(\"partition_key\", \"aggregate_id\"))) WHERE \"parked\"",
+            t.index(t.outbox(), "parked"),
+            t.outbox().quoted(),
+        )
+    }
+
+    fn drop_index(&self, suffix: &str) -> IndexDropStatement {
+        let t = &self.tables;
+        Index::drop().name(t.index(t.outbox(), suffix)).to_owned()
+    }
+
+    fn outbox(&self) -> TableAlterStatement {
+        Table::alter()
+            .table(self.tables.outbox().as_str().to_owned())
+            .to_owned()
     }
 }
 
@@ -95,17 +112,30 @@ impl MigrationName for Migration {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        for sql in self.statements(true, backend) {
-            manager.get_connection().execute_unprepared(&sql).await?;
-        }
+        let parked = ColumnDef::new(Column::Parked)
+            .boolean()
+            .not_null()
+            .default(false)
+            .to_owned();
+        manager
+            .alter_table(self.outbox().add_column(parked).to_owned())
+            .await?;
+        manager.drop_index(self.drop_index("claim")).await?;
+        manager.create_index(self.claim_index(backend)).await?;
+        manager
+            .get_connection()
+            .execute_unprepared(&self.parked_index())
+            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let backend = manager.get_database_backend();
-        for sql in self.statements(false, backend) {
-            manager.get_connection().execute_unprepared(&sql).await?;
-        }
+        manager.drop_index(self.drop_index("parked")).await?;
+        manager.drop_index(self.drop_index("claim")).await?;
+        manager.create_index(self.previous_claim_index()).await?;
+        manager
+            .alter_table(self.outbox().drop_column(Column::Parked).to_owned())
+            .await?;
         Ok(())
     }
 }

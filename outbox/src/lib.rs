@@ -245,6 +245,7 @@ mod processor;
 mod publisher;
 mod repository;
 mod retry;
+pub mod schema;
 mod sql;
 mod store;
 mod tables;

@@ -14,7 +14,7 @@ use crate::entity::outbox as row;
 use crate::error::{Error, Result};
 use crate::publisher::PublishError;
 use crate::retry::failure_update;
-use crate::sql::{Dialect, Unpublished};
+use crate::sql::{Dialect, Published, Unpublished};
 use crate::store::Outbox;
 
 /// What became of an event after a recorded failure.
@@ -179,7 +179,8 @@ impl Outbox {
         let dialect = self.dialect(conn)?;
         let mut marked = 0;
         for chunk in ids.chunks(1000) {
-            let statement = dialect.mark_published(self.tables().outbox(), "id", chunk, Utc::now());
+            let published = Published::Ids(chunk);
+            let statement = dialect.mark_published(self.tables().outbox(), published, Utc::now());
             marked += conn.execute_raw(statement).await?.rows_affected();
         }
         if marked > 0 {

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use chrono::Utc;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionSession, TransactionTrait,
-    Value,
 };
 use uuid::Uuid;
 
@@ -255,15 +254,16 @@ impl Outbox {
                 lock_ids.insert(lock_id(hash));
                 let shard = shard_of(hash, self.shards());
                 shards.insert(shard);
-                row(envelope, shard, now)
+                EventRow::new(envelope, shard, now)
             })
             .collect();
         let lock_ids: Vec<i32> = match locks {
             Locks::Take => lock_ids.into_iter().collect(),
             Locks::Held => Vec::new(),
         };
-        let statement = dialect.insert_events(self.tables.outbox(), &lock_ids, rows);
-        conn.execute_raw(statement).await?;
+        if let Some(statement) = dialect.insert_events(self.tables.outbox(), &lock_ids, rows) {
+            conn.execute_raw(statement).await?;
+        }
         Ok(shards)
     }
 }
@@ -273,33 +273,6 @@ impl Outbox {
 enum Locks {
     Take,
     Held,
-}
-
-fn row(envelope: Envelope, shard: i32, now: chrono::DateTime<Utc>) -> EventRow {
-    let key = envelope.key().to_owned();
-    let headers = (!envelope.headers.is_empty()).then(|| {
-        let map = envelope
-            .headers
-            .into_iter()
-            .map(|(name, value)| (name, value.into()))
-            .collect();
-        Box::new(serde_json::Value::Object(map))
-    });
-    [
-        Value::Uuid(Some(envelope.id)),
-        Value::String(Some(envelope.event_type)),
-        Value::String(Some(envelope.aggregate_id)),
-        Value::Json(Some(Box::new(envelope.payload))),
-        Value::String(Some(envelope.event_version)),
-        Value::String(Some(envelope.topic)),
-        Value::String(Some(key)),
-        Value::Json(headers),
-        Value::Int(Some(shard)),
-        Value::String(envelope.trace_id),
-        Value::String(envelope.user_id),
-        Value::ChronoDateTimeUtc(Some(now)),
-        Value::ChronoDateTimeUtc(Some(now)),
-    ]
 }
 
 /// A pending store of one event: set options, then `.await` it.

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::message::{ClaimedRow, Message};
 use crate::publisher::{PublishError, PublishErrorKind, Publisher};
 use crate::retry::failure_update;
-use crate::sql::{FailureUpdate, LeaseKey};
+use crate::sql::{FailureUpdate, LeaseKey, Published};
 
 /// What one pass over the owned shards did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -299,7 +299,8 @@ impl<P: Publisher> Inner<P> {
             return Ok(false);
         }
         if !seqs.is_empty() {
-            txn.execute_raw(dialect.mark_published(tables.outbox(), "seq", &seqs, acked_at))
+            let marked = Published::Seqs(&seqs);
+            txn.execute_raw(dialect.mark_published(tables.outbox(), marked, acked_at))
                 .await?;
         }
         for failed in updates {

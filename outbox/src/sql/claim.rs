@@ -1,0 +1,68 @@
+//! The claim and the idle poll: the two hand-written statements the relay's loop runs.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{Statement, Value};
+
+use super::{Dialect, HandWritten};
+use crate::tables::Identifier;
+
+/// See [`Dialect::claim`].
+const CLAIM: HandWritten = HandWritten(include_str!("claim.sql"));
+
+/// See [`Dialect::shards_with_work`].
+const READY_SHARDS: HandWritten = HandWritten(include_str!("ready_shards.sql"));
+
+impl Dialect {
+    /// The next events of `shard` that may be published now, oldest first: pending,
+    /// not dead-lettered, not parked, not waiting for a retry. Each comes with three
+    /// flags about its key: `waiting` (an event of it waits for a retry), `failing`
+    /// (an event of it failed and is pending, due or not) and `after_parked` (an
+    /// earlier event of it is parked). An event after a parked one must not go out: an
+    /// event stored after its key's failure would otherwise overtake the parked ones
+    /// once the failed event is due again. The relay parks such events while their
+    /// key is failing, and unparks the key's events when it is not (they stayed parked
+    /// by a race with the write-back that published the failed event).
+    ///
+    /// The keys waiting for a retry are found first, once, in a materialized CTE (a
+    /// handful of rows, from the tiny `retry` index), so the anti-join runs against
+    /// that list whatever the planner believes about the table: a correlated
+    /// `NOT EXISTS` over the table itself can turn quadratic on stale statistics.
+    ///
+    /// The next `limit` ready events of the shard are found second, in their own
+    /// materialized CTE that the claim index answers alone (it holds `seq` and
+    /// `next_attempt_at`): asked for whole rows in `seq` order, the planner may walk
+    /// the primary key instead and filter, reading past every parked or published
+    /// event it meets. Events behind a waiting key are parked (out of the claim index),
+    /// so the claim's cost does not grow with them.
+    ///
+    /// Payload and headers are read as text, so they reach the publisher as the bytes
+    /// stored. The SQL is `claim.sql`.
+    pub(crate) fn claim(
+        self,
+        table: &Identifier,
+        shard: i32,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Statement {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.hand_written(
+            CLAIM.on(table),
+            [Value::from(shard), Value::from(now), Value::from(limit)],
+        )
+    }
+
+    /// Of `shards`, those with an event the claim would take now: one statement on
+    /// the claim index for every shard, so an idle relay polls with one query instead
+    /// of a claim per shard. The SQL is `ready_shards.sql`.
+    pub(crate) fn shards_with_work(
+        self,
+        table: &Identifier,
+        shards: &[i32],
+        now: DateTime<Utc>,
+    ) -> Statement {
+        self.hand_written(
+            READY_SHARDS.on_shards(table, shards.iter().copied()),
+            [Value::from(now)],
+        )
+    }
+}
