@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use outbox::{
-    EventBuilder, Message, Outbox, Processor, ProcessorConfig, PublishError, Publisher,
+    EventBuilder, Message, Outbox, PublishError, Publisher, Relay, RelayConfig,
     publish_in_key_order,
 };
 use outbox_examples::{Error, database};
@@ -41,11 +41,11 @@ impl Publisher for JsonLines {
 async fn main() -> Result<(), Error> {
     let db = database().await?;
     let outbox = Outbox::new();
-    let config = ProcessorConfig {
+    let config = RelayConfig {
         retry_attempts: 0,
-        ..ProcessorConfig::new("stdout")
+        ..RelayConfig::new("stdout")
     };
-    let relay = Processor::new(config, db.clone(), JsonLines { max_payload: 100 })?
+    let relay = Relay::new(config, db.clone(), JsonLines { max_payload: 100 })?
         .with_outbox(outbox.clone())
         .spawn();
 

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox::{EventBuilder, KafkaPublisher, Outbox, Processor, ProcessorConfig};
+use outbox::{EventBuilder, KafkaPublisher, Outbox, Relay, RelayConfig};
 use outbox_examples::{Broker, Error, consumer, database, receive};
 use sea_orm::TransactionTrait;
 use serde_json::json;
@@ -19,8 +19,8 @@ async fn main() -> Result<(), Error> {
     let db = database().await?;
     let broker = Broker::start(&["order-events"]).await?;
     let outbox = Outbox::new();
-    let relay = Processor::new(
-        ProcessorConfig::new("orders"),
+    let relay = Relay::new(
+        RelayConfig::new("orders"),
         db.clone(),
         KafkaPublisher::new(&broker.brokers)?,
     )?

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outbox::{EventBuilder, KafkaPublisher, Outbox, OutboxEvent, Processor, ProcessorConfig};
+use outbox::{EventBuilder, KafkaPublisher, Outbox, OutboxEvent, Relay, RelayConfig};
 use outbox_examples::{Broker, Error, consumer, database, receive};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
 use serde::Serialize;
@@ -39,11 +39,11 @@ async fn main() -> Result<(), Error> {
 
     // The relay runs in this process; it shares the outbox handle so a store wakes it.
     let outbox = Outbox::new();
-    let config = ProcessorConfig {
+    let config = RelayConfig {
         interval: Duration::from_secs(1),
-        ..ProcessorConfig::new("quickstart")
+        ..RelayConfig::new("quickstart")
     };
-    let relay = Processor::new(config, db.clone(), KafkaPublisher::new(&broker.brokers)?)?
+    let relay = Relay::new(config, db.clone(), KafkaPublisher::new(&broker.brokers)?)?
         .with_outbox(outbox.clone())
         .spawn();
 

@@ -12,7 +12,7 @@
 //! curl -s 127.0.0.1:9464/metrics; curl -s 127.0.0.1:9464/readyz
 //! ```
 //!
-//! Configuration comes from the `OUTBOX_*` variables (see `outbox::ProcessorConfig`)
+//! Configuration comes from the `OUTBOX_*` variables (see `outbox::RelayConfig`)
 //! and `OUTBOX_KAFKA_<PROPERTY>` (see `outbox::KafkaConfig::with_env`). The
 //! `outbox relay` command of the `outbox-cli` crate does the same, with a properties
 //! file and JSON logs besides.
@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use outbox::http::Endpoints;
-use outbox::{KafkaConfig, KafkaPublisher, Processor, ProcessorConfig};
+use outbox::{KafkaConfig, KafkaPublisher, Relay, RelayConfig};
 use outbox_examples::Error;
 use sea_orm::Database;
 use tokio::signal::unix::{SignalKind, signal};
@@ -35,8 +35,8 @@ async fn main() -> Result<(), Error> {
         .ok()
         .map(|addr| outbox::http::install_prometheus().map(|metrics| (addr, metrics)))
         .transpose()?;
-    let relay = Processor::new(
-        ProcessorConfig::from_env()?,
+    let relay = Relay::new(
+        RelayConfig::from_env()?,
         db,
         KafkaPublisher::from_config(kafka)?,
     )?
@@ -68,7 +68,7 @@ async fn main() -> Result<(), Error> {
             _ = report.tick() => {
                 let stats = relay.stats();
                 let health = relay.healthcheck().map_or_else(|e| e.to_string(), |()| "healthy".to_owned());
-                println!("{health}: published {}, pending {}, shards {}", stats.published, stats.pending, stats.owned_shards);
+                println!("{health}: published {}, pending {}, shards {}", stats.published, stats.backlog.pending, stats.owned_shards);
             }
         }
     }

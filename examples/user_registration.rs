@@ -39,7 +39,7 @@ async fn main() -> Result<(), Error> {
         .await?;
     outbox.commit(txn).await?;
 
-    let pending = outbox.get_unpublished(&db, 10).await?;
+    let pending = outbox.pending(&db, 10).await?;
     println!(
         "stored event {id}; {} event(s) wait for the relay:",
         pending.len()

@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use outbox::{
-    EventBuilder, KafkaConfig, KafkaPublisher, Outbox, OutboxEvent, Processor, ProcessorConfig,
-};
+use outbox::{EventBuilder, KafkaConfig, KafkaPublisher, Outbox, OutboxEvent, Relay, RelayConfig};
 use outbox_tests::kafka::{PrivateBroker, Received, brokers, consume, create_topic, unique_topic};
 use outbox_tests::proxy::Mode;
 use outbox_tests::{PgSchema, eventually, retry_waits};
@@ -16,8 +14,8 @@ use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
 use serde::Serialize;
 use serde_json::json;
 
-fn config(service: &str) -> ProcessorConfig {
-    ProcessorConfig {
+fn config(service: &str) -> RelayConfig {
+    RelayConfig {
         interval: Duration::from_millis(200),
         min_poll_interval: Duration::from_millis(5),
         retry_delay: Duration::from_millis(300),
@@ -26,7 +24,7 @@ fn config(service: &str) -> ProcessorConfig {
         health_timeout: Duration::from_secs(4),
         shutdown_timeout: Duration::from_secs(10),
         batch_size: 100,
-        ..ProcessorConfig::new(service)
+        ..RelayConfig::new(service)
     }
 }
 
@@ -62,7 +60,7 @@ async fn committed_events_arrive_with_key_payload_and_every_header() {
     let topic = unique_topic("users");
     create_topic(&brokers, &topic, 3).await;
     let outbox = Outbox::new();
-    let relay = Processor::new(config("e2e"), pg.db.clone(), publisher(&brokers))
+    let relay = Relay::new(config("e2e"), pg.db.clone(), publisher(&brokers))
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
@@ -171,7 +169,7 @@ async fn three_relays_keep_every_keys_order() {
     let outbox = Outbox::new();
     let relays: Vec<_> = (0..3)
         .map(|_| {
-            Processor::new(config("order"), pg.db.clone(), publisher(&brokers))
+            Relay::new(config("order"), pg.db.clone(), publisher(&brokers))
                 .expect("valid relay config")
                 .spawn()
         })
@@ -241,10 +239,10 @@ async fn refused_produce_requests_are_retried_with_growing_delays() {
         .store(&pg.db, &counter("k", 0), "mocked")
         .await
         .expect("store");
-    let processor = Processor::new(config("mock"), pg.db.clone(), publisher(&brokers))
-        .expect("valid relay config");
+    let relay =
+        Relay::new(config("mock"), pg.db.clone(), publisher(&brokers)).expect("valid relay config");
 
-    let waits = retry_waits(&processor, &pg.db, id).await;
+    let waits = retry_waits(&relay, &pg.db, id).await;
     assert_eq!(
         waits,
         [(1, 300), (2, 600)],
@@ -285,12 +283,12 @@ async fn oversized_event_is_dead_lettered_while_other_keys_flow_and_replay_publi
     }
 
     let limited = KafkaConfig::new(&brokers).set("message.max.bytes", "20000");
-    let relay_config = ProcessorConfig {
+    let relay_config = RelayConfig {
         retry_attempts: 2,
         dead_letter_topic: Some(dead_letter_topic.clone()),
         ..config("sized")
     };
-    let relay = Processor::new(
+    let relay = Relay::new(
         relay_config.clone(),
         pg.db.clone(),
         KafkaPublisher::from_config(limited).expect("producer"),
@@ -340,7 +338,7 @@ async fn oversized_event_is_dead_lettered_while_other_keys_flow_and_replay_publi
     relay.shutdown().await.expect("shutdown");
 
     // The operator raises the limit and replays.
-    let relay = Processor::new(relay_config, pg.db.clone(), publisher(&brokers))
+    let relay = Relay::new(relay_config, pg.db.clone(), publisher(&brokers))
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
@@ -364,11 +362,11 @@ async fn crashed_relay_loses_nothing() {
     create_topic(&brokers, &topic, 2).await;
     let outbox = Outbox::new();
     write_keys(&pg.db, &outbox, &topic, (0..8).collect(), 50).await;
-    let small_batches = ProcessorConfig {
+    let small_batches = RelayConfig {
         batch_size: 5,
         ..config("crash")
     };
-    let doomed = Processor::new(small_batches.clone(), pg.db.clone(), publisher(&brokers))
+    let doomed = Relay::new(small_batches.clone(), pg.db.clone(), publisher(&brokers))
         .expect("valid relay config")
         .spawn();
     eventually(
@@ -378,7 +376,7 @@ async fn crashed_relay_loses_nothing() {
     )
     .await;
     doomed.abort();
-    let survivor = Processor::new(small_batches, pg.db.clone(), publisher(&brokers))
+    let survivor = Relay::new(small_batches, pg.db.clone(), publisher(&brokers))
         .expect("valid relay config")
         .spawn();
     let received = consume(&brokers, &topic, 400, Duration::from_secs(60)).await;
@@ -405,7 +403,7 @@ async fn broker_outage_keeps_events_pending_and_recovers() {
         KafkaConfig::new(&broker.address).message_timeout(Duration::from_secs(2)),
     )
     .expect("producer");
-    let relay = Processor::new(config("outage"), pg.db.clone(), publisher)
+    let relay = Relay::new(config("outage"), pg.db.clone(), publisher)
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
@@ -456,14 +454,10 @@ async fn broker_outage_keeps_events_pending_and_recovers() {
     pg.drop().await;
 }
 
-/// Runs `processor` pass by pass until nothing is pending; fails after 200 passes.
-async fn drain<P: outbox::Publisher>(
-    processor: &Processor<P>,
-    outbox: &Outbox,
-    db: &DatabaseConnection,
-) {
+/// Runs `relay` pass by pass until nothing is pending; fails after 200 passes.
+async fn drain<P: outbox::Publisher>(relay: &Relay<P>, outbox: &Outbox, db: &DatabaseConnection) {
     for _ in 0..200 {
-        processor.process_events(10).await.expect("process");
+        relay.process_events(10).await.expect("process");
         if outbox.backlog(db).await.expect("backlog").pending == 0 {
             return;
         }
@@ -517,14 +511,14 @@ async fn a_refused_record_batch_never_lets_a_later_event_of_its_key_ahead() {
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
-    let processor =
-        Processor::new(config("gaps"), pg.db.clone(), one_per_request).expect("valid relay config");
-    let first = processor.process_events(10).await.expect("first pass");
+    let relay =
+        Relay::new(config("gaps"), pg.db.clone(), one_per_request).expect("valid relay config");
+    let first = relay.process_events(10).await.expect("first pass");
     assert_eq!(
         first.published, 0,
         "nothing behind the refusal is marked: {first:?}"
     );
-    drain(&processor, &outbox, &pg.db).await;
+    drain(&relay, &outbox, &pg.db).await;
 
     let refused = event_row(&pg.db, ids[0]).await;
     assert_eq!(refused.attempts, 1, "the refused event");
@@ -576,10 +570,10 @@ async fn only_the_event_at_fault_uses_an_attempt_when_its_record_batch_is_refuse
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
         ],
     );
-    let processor = Processor::new(config("shared"), pg.db.clone(), one_batch)
+    let relay = Relay::new(config("shared"), pg.db.clone(), one_batch)
         .expect("valid relay config")
         .with_outbox(outbox.clone());
-    let report = processor.process_events(10).await.expect("process");
+    let report = relay.process_events(10).await.expect("process");
     assert_eq!((report.published, report.failed), (1, 1), "{report:?}");
     let poison = event_row(&pg.db, poison).await;
     assert_eq!((poison.published, poison.attempts), (false, 1));
@@ -613,8 +607,8 @@ async fn a_missing_topic_is_dead_lettered_while_an_existing_one_flows() {
         KafkaConfig::new(&brokers).message_timeout(Duration::from_secs(2)),
     )
     .expect("producer");
-    let relay = Processor::new(
-        ProcessorConfig {
+    let relay = Relay::new(
+        RelayConfig {
             retry_attempts: 1,
             ..config("missing")
         },
@@ -659,8 +653,8 @@ async fn a_frozen_broker_dead_letters_nothing() {
         KafkaConfig::new(&broker.address).message_timeout(Duration::from_secs(1)),
     )
     .expect("producer");
-    let processor = Processor::new(
-        ProcessorConfig {
+    let relay = Relay::new(
+        RelayConfig {
             retry_attempts: 0,
             retry_delay: Duration::from_millis(100),
             ..config("frozen")
@@ -677,15 +671,15 @@ async fn a_frozen_broker_dead_letters_nothing() {
             .expect("store");
     }
     for _ in 0..3 {
-        let report = processor.process_events(10).await.expect("process");
+        let report = relay.process_events(10).await.expect("process");
         assert_eq!(report.dead_lettered, 0, "{report:?}");
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let events = outbox.get_unpublished(&pg.db, 10).await.expect("pending");
+    let events = outbox.pending(&pg.db, 10).await.expect("pending");
     assert_eq!(events.len(), 3);
     assert!(events.iter().all(|e| e.attempts == 0), "{events:?}");
     broker.thaw();
-    drain(&processor, &outbox, &pg.db).await;
+    drain(&relay, &outbox, &pg.db).await;
     assert_eq!(
         outbox.backlog(&pg.db).await.expect("backlog").dead_lettered,
         0
@@ -704,7 +698,7 @@ async fn a_relay_cut_off_from_kafka_gives_up_its_shards_and_rejoins() {
     create_topic(&brokers, &topic, 2).await;
     let unreachable = PrivateBroker::start().await;
     create_topic(&unreachable.address, &topic, 2).await;
-    let relay_config = ProcessorConfig {
+    let relay_config = RelayConfig {
         stall_timeout: Duration::from_secs(3),
         lease_ttl: Duration::from_secs(2),
         ..config("cut-off")
@@ -715,7 +709,7 @@ async fn a_relay_cut_off_from_kafka_gives_up_its_shards_and_rejoins() {
         )
         .expect("producer")
     };
-    let cut_off = Processor::new(
+    let cut_off = Relay::new(
         relay_config.clone(),
         pg.db.clone(),
         quick(&unreachable.address),
@@ -724,7 +718,7 @@ async fn a_relay_cut_off_from_kafka_gives_up_its_shards_and_rejoins() {
     .spawn();
     let healthy: Vec<_> = (0..2)
         .map(|_| {
-            Processor::new(relay_config.clone(), pg.db.clone(), quick(&brokers))
+            Relay::new(relay_config.clone(), pg.db.clone(), quick(&brokers))
                 .expect("valid relay config")
                 .spawn()
         })
@@ -781,7 +775,7 @@ async fn a_slow_broker_takes_no_lease_from_a_relay_and_duplicates_nothing() {
     let (broker, proxy) = PrivateBroker::start_behind_proxy().await;
     let topic = unique_topic("slow");
     create_topic(&broker.address, &topic, 2).await;
-    let relay_config = ProcessorConfig {
+    let relay_config = RelayConfig {
         lease_ttl: Duration::from_secs(1),
         batch_size: 10,
         ..config("slow")
@@ -792,7 +786,7 @@ async fn a_slow_broker_takes_no_lease_from_a_relay_and_duplicates_nothing() {
                 KafkaConfig::new(&broker.address).message_timeout(Duration::from_secs(20)),
             )
             .expect("producer");
-            Processor::new(relay_config.clone(), pg.db.clone(), publisher)
+            Relay::new(relay_config.clone(), pg.db.clone(), publisher)
                 .expect("valid relay config")
                 .spawn()
         })

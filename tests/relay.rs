@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use outbox::entity::outbox as row;
 use outbox::{
-    Envelope, EventBuilder, FailureOutcome, MemoryPublisher, Message, Outbox, Processor,
-    ProcessorConfig, PublishError, Publisher,
+    Envelope, EventBuilder, FailureOutcome, MemoryPublisher, Message, Outbox, PublishError,
+    Publisher, Relay, RelayConfig,
 };
 use outbox_tests::{PgSchema, eventually, migrated_sqlite, retry_waits};
 use sea_orm::sea_query::Expr;
@@ -21,8 +21,8 @@ use sea_orm::{
 use serde_json::json;
 use uuid::Uuid;
 
-fn fast_config(service: &str) -> ProcessorConfig {
-    ProcessorConfig {
+fn fast_config(service: &str) -> RelayConfig {
+    RelayConfig {
         interval: Duration::from_millis(100),
         min_poll_interval: Duration::from_millis(5),
         retry_delay: Duration::from_millis(200),
@@ -31,7 +31,7 @@ fn fast_config(service: &str) -> ProcessorConfig {
         health_timeout: Duration::from_secs(3),
         shutdown_timeout: Duration::from_secs(5),
         batch_size: 50,
-        ..ProcessorConfig::new(service)
+        ..RelayConfig::new(service)
     }
 }
 
@@ -75,7 +75,7 @@ fn assert_complete_and_ordered(messages: &[Message], keys: usize, per_key: usize
 async fn publishes_committed_events_in_key_order(db: DatabaseConnection) {
     let outbox = Outbox::new();
     let publisher = MemoryPublisher::new();
-    let relay = Processor::new(fast_config("orders"), db.clone(), publisher.clone())
+    let relay = Relay::new(fast_config("orders"), db.clone(), publisher.clone())
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
@@ -102,7 +102,7 @@ async fn publishes_committed_events_in_key_order(db: DatabaseConnection) {
         messages.iter().all(|m| m.key != "rolled-back"),
         "a rolled-back event was published"
     );
-    let pending = outbox.get_unpublished(&db, 10).await.expect("unpublished");
+    let pending = outbox.pending(&db, 10).await.expect("unpublished");
     assert!(pending.is_empty(), "nothing left pending: {pending:?}");
     let rows = row::Entity::find().all(&db).await.expect("rows");
     assert!(rows.iter().all(|r| r.published && r.published_at.is_some()));
@@ -157,11 +157,11 @@ async fn poison_is_dead_lettered_others_flow_and_replay_republishes(db: Database
             .await
             .expect("store later poison-key event");
     }
-    let config = ProcessorConfig {
+    let config = RelayConfig {
         retry_attempts: 2,
         ..fast_config("poison")
     };
-    let relay = Processor::new(config, db.clone(), publisher.clone())
+    let relay = Relay::new(config, db.clone(), publisher.clone())
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
@@ -195,7 +195,7 @@ async fn poison_is_dead_lettered_others_flow_and_replay_republishes(db: Database
         Duration::from_secs(20),
         || async {
             outbox
-                .get_unpublished(&db, 10)
+                .pending(&db, 10)
                 .await
                 .expect("unpublished")
                 .is_empty()
@@ -269,17 +269,17 @@ async fn retries_back_off_and_then_publish(db: DatabaseConnection) {
             PublishError::permanent("refused twice"),
         ],
     );
-    let processor = Processor::new(fast_config("retry"), db.clone(), publisher.clone())
+    let relay = Relay::new(fast_config("retry"), db.clone(), publisher.clone())
         .expect("valid relay config");
 
-    let attempts_seen = retry_waits(&processor, &db, id).await;
+    let attempts_seen = retry_waits(&relay, &db, id).await;
     assert_eq!(
         attempts_seen,
         [(1, 200), (2, 400)],
         "delays double from the retry delay"
     );
     // The later event was parked behind the retried one; it goes out in the next pass.
-    processor.process_events(10).await.expect("process");
+    relay.process_events(10).await.expect("process");
     let order: Vec<u64> = per_key_order(&publisher.messages())
         .remove("flaky")
         .unwrap_or_default();
@@ -294,8 +294,8 @@ async fn transient_failures_use_no_attempts(db: DatabaseConnection) {
         .await
         .expect("store");
     publisher.fail_next(id, (0..5).map(|_| PublishError::transient("broker away")));
-    let processor = Processor::new(
-        ProcessorConfig {
+    let relay = Relay::new(
+        RelayConfig {
             retry_attempts: 1,
             ..fast_config("transient")
         },
@@ -304,7 +304,7 @@ async fn transient_failures_use_no_attempts(db: DatabaseConnection) {
     )
     .expect("valid relay config");
     for _ in 0..200 {
-        processor.process_events(10).await.expect("process");
+        relay.process_events(10).await.expect("process");
         if !publisher.messages().is_empty() {
             break;
         }
@@ -367,7 +367,7 @@ async fn cleanup_removes_only_expired_published_events(db: DatabaseConnection) {
     ))
     .await
     .expect("age rows");
-    let config = ProcessorConfig {
+    let config = RelayConfig {
         retry_attempts: 0,
         ..fast_config("cleanup")
     };
@@ -399,13 +399,13 @@ async fn cleanup_removes_only_expired_published_events(db: DatabaseConnection) {
     assert_eq!((backlog.pending, backlog.dead_lettered), (7, 1));
 }
 
-async fn manual_api_records_failures_like_the_seed(db: DatabaseConnection) {
+async fn manual_api_records_failures_like_the_go_library(db: DatabaseConnection) {
     let outbox = Outbox::new();
     let id = outbox
         .store(&db, &counter("k", 0), "counters")
         .await
         .expect("store");
-    let config = ProcessorConfig {
+    let config = RelayConfig {
         retry_attempts: 1,
         retry_delay: Duration::from_secs(10),
         max_retry_delay: Duration::from_secs(60),
@@ -443,14 +443,7 @@ async fn manual_api_records_failures_like_the_seed(db: DatabaseConnection) {
         Err(outbox::Error::NotFound(_))
     ));
     assert_eq!(outbox.replay_all_dead(&db).await.expect("replay"), 1);
-    assert_eq!(
-        outbox
-            .get_unpublished(&db, 10)
-            .await
-            .expect("unpublished")
-            .len(),
-        1
-    );
+    assert_eq!(outbox.pending(&db, 10).await.expect("unpublished").len(), 1);
     assert_eq!(
         outbox
             .mark_events_as_published(&db, &[id])
@@ -467,7 +460,7 @@ async fn manual_api_records_failures_like_the_seed(db: DatabaseConnection) {
     );
     assert!(
         outbox
-            .get_unpublished(&db, 10)
+            .pending(&db, 10)
             .await
             .expect("unpublished")
             .is_empty()
@@ -506,9 +499,9 @@ async fn null_partition_key_holds_back_its_aggregate(db: DatabaseConnection) {
         .await
         .expect("fail the first");
     let publisher = MemoryPublisher::new();
-    let processor = Processor::new(fast_config("null-key"), db.clone(), publisher.clone())
+    let relay = Relay::new(fast_config("null-key"), db.clone(), publisher.clone())
         .expect("valid relay config");
-    processor.process_events(10).await.expect("process");
+    relay.process_events(10).await.expect("process");
     assert!(
         publisher.messages().is_empty(),
         "the later event of the aggregate waits for the failed one: {:?}",
@@ -522,56 +515,56 @@ async fn invalid_relay_configs_are_refused_with_the_setting_named() {
     let db = migrated_sqlite().await;
     let cases = [
         (
-            ProcessorConfig {
+            RelayConfig {
                 concurrency: 0,
                 ..fast_config("v")
             },
             "OUTBOX_CONCURRENCY",
         ),
         (
-            ProcessorConfig {
+            RelayConfig {
                 batch_size: 0,
                 ..fast_config("v")
             },
             "OUTBOX_BATCH_SIZE",
         ),
         (
-            ProcessorConfig {
+            RelayConfig {
                 batch_size: 100_000,
                 ..fast_config("v")
             },
             "OUTBOX_BATCH_SIZE",
         ),
         (
-            ProcessorConfig {
+            RelayConfig {
                 min_poll_interval: Duration::ZERO,
                 ..fast_config("v")
             },
             "OUTBOX_MIN_POLL_INTERVAL",
         ),
         (
-            ProcessorConfig {
+            RelayConfig {
                 lease_ttl: Duration::from_secs(300_000 * 365 * 86_400),
                 ..fast_config("v")
             },
             "OUTBOX_LEASE_TTL",
         ),
         (
-            ProcessorConfig {
+            RelayConfig {
                 cleanup_after_days: u32::MAX,
                 ..fast_config("v")
             },
             "OUTBOX_CLEANUP_AFTER_DAYS",
         ),
         (
-            ProcessorConfig {
+            RelayConfig {
                 max_retry_delay: Duration::from_secs(300_000 * 365 * 86_400),
                 ..fast_config("v")
             },
             "OUTBOX_MAX_RETRY_DELAY",
         ),
         (
-            ProcessorConfig {
+            RelayConfig {
                 service_name: "s".repeat(256),
                 ..fast_config("v")
             },
@@ -579,7 +572,7 @@ async fn invalid_relay_configs_are_refused_with_the_setting_named() {
         ),
     ];
     for (config, expected) in cases {
-        match Processor::new(config, db.clone(), MemoryPublisher::new()) {
+        match Relay::new(config, db.clone(), MemoryPublisher::new()) {
             Err(outbox::Error::Config { variable, .. }) => assert_eq!(variable, expected),
             other => panic!("{expected}: expected a configuration error, got {other:?}"),
         }
@@ -596,8 +589,8 @@ async fn postgres_the_longest_service_name_fits_the_relay_tables() {
         .await
         .expect("store");
     let publisher = MemoryPublisher::new();
-    let processor = Processor::new(
-        ProcessorConfig {
+    let relay = Relay::new(
+        RelayConfig {
             service_name: "s".repeat(255),
             ..fast_config("unused")
         },
@@ -605,7 +598,7 @@ async fn postgres_the_longest_service_name_fits_the_relay_tables() {
         publisher.clone(),
     )
     .expect("valid relay config");
-    let report = processor.process_events(10).await.expect("process");
+    let report = relay.process_events(10).await.expect("process");
     assert_eq!(report.published, 1);
     pg.drop().await;
 }
@@ -654,8 +647,8 @@ async fn events_behind_a_failed_one_are_parked_and_follow_it(db: DatabaseConnect
         .await
         .expect("store");
     publisher.poison(head);
-    let processor = Processor::new(
-        ProcessorConfig {
+    let relay = Relay::new(
+        RelayConfig {
             retry_delay: Duration::from_secs(3600),
             max_retry_delay: Duration::from_secs(3600),
             ..fast_config("parked")
@@ -665,7 +658,7 @@ async fn events_behind_a_failed_one_are_parked_and_follow_it(db: DatabaseConnect
     )
     .expect("valid relay config")
     .with_outbox(outbox.clone());
-    processor.process_events(10).await.expect("process");
+    relay.process_events(10).await.expect("process");
     for n in 2..5 {
         outbox
             .store(&db, &counter("blocked", n), "counters")
@@ -686,7 +679,7 @@ async fn events_behind_a_failed_one_are_parked_and_follow_it(db: DatabaseConnect
         .exec(&db)
         .await
         .expect("unpark by hand");
-    processor.process_events(10).await.expect("process");
+    relay.process_events(10).await.expect("process");
     assert!(publisher.inner.messages().is_empty());
     assert_eq!(
         parked_flags(&db, "blocked").await,
@@ -699,8 +692,8 @@ async fn events_behind_a_failed_one_are_parked_and_follow_it(db: DatabaseConnect
         .mark_events_as_published(&db, &[head])
         .await
         .expect("mark");
-    processor.process_events(10).await.expect("process");
-    processor.process_events(10).await.expect("process");
+    relay.process_events(10).await.expect("process");
+    relay.process_events(10).await.expect("process");
     let order = per_key_order(&publisher.inner.messages())
         .remove("blocked")
         .unwrap_or_default();
@@ -728,10 +721,10 @@ async fn an_event_stored_after_a_failure_does_not_overtake_the_parked_ones(db: D
             .expect("store");
     }
     publisher.fail_next(head, [PublishError::permanent("refused once")]);
-    let processor = Processor::new(fast_config("overtake"), db.clone(), publisher.clone())
+    let relay = Relay::new(fast_config("overtake"), db.clone(), publisher.clone())
         .expect("valid relay config")
         .with_outbox(outbox.clone());
-    processor
+    relay
         .process_events(10)
         .await
         .expect("the first event fails");
@@ -741,7 +734,7 @@ async fn an_event_stored_after_a_failure_does_not_overtake_the_parked_ones(db: D
         .expect("store after the failure");
     tokio::time::sleep(Duration::from_millis(300)).await; // past the retry delay
     for _ in 0..3 {
-        processor.process_events(10).await.expect("process");
+        relay.process_events(10).await.expect("process");
     }
     let order = per_key_order(&publisher.messages())
         .remove("k")
@@ -761,8 +754,8 @@ async fn orphaned_parked_events_go_out_in_order_with_the_next_event(db: Database
         .await
         .expect("store");
     publisher.fail_next(head, [PublishError::permanent("refused")]);
-    let relay = Processor::new(
-        ProcessorConfig {
+    let relay = Relay::new(
+        RelayConfig {
             retry_delay: Duration::from_secs(3600),
             max_retry_delay: Duration::from_secs(3600),
             ..fast_config("orphans")
@@ -776,7 +769,7 @@ async fn orphaned_parked_events_go_out_in_order_with_the_next_event(db: Database
     eventually(
         "the first event failed",
         Duration::from_secs(10),
-        || async { outbox.get_unpublished(&db, 1).await.expect("pending")[0].attempts == 1 },
+        || async { outbox.pending(&db, 1).await.expect("pending")[0].attempts == 1 },
     )
     .await;
     for n in 1..3 {
@@ -832,7 +825,7 @@ async fn a_write_back_after_the_lease_was_taken_changes_nothing(db: DatabaseConn
             delay: Duration::from_millis(800),
             started: Arc::default(),
         };
-        let relay = Processor::new(fast_config("fenced"), db.clone(), slow.clone())
+        let relay = Relay::new(fast_config("fenced"), db.clone(), slow.clone())
             .expect("valid relay config")
             .spawn();
         eventually(
@@ -885,7 +878,7 @@ outbox_tests::on_both_backends!(
     retries_back_off_and_then_publish,
     transient_failures_use_no_attempts,
     cleanup_removes_only_expired_published_events,
-    manual_api_records_failures_like_the_seed,
+    manual_api_records_failures_like_the_go_library,
     null_partition_key_holds_back_its_aggregate,
     events_behind_a_failed_one_are_parked_and_follow_it,
     an_event_stored_after_a_failure_does_not_overtake_the_parked_ones,
@@ -901,7 +894,7 @@ async fn postgres_three_relays_share_the_work_in_key_order() {
     let publisher = MemoryPublisher::new();
     let relays: Vec<_> = (0..3)
         .map(|_| {
-            Processor::new(fast_config("shared"), pg.db.clone(), publisher.clone())
+            Relay::new(fast_config("shared"), pg.db.clone(), publisher.clone())
                 .expect("valid relay config")
                 .spawn()
         })
@@ -961,7 +954,7 @@ async fn postgres_crashed_relay_is_replaced_after_its_lease_expires() {
         delay: Duration::from_secs(30),
         started: Arc::default(),
     };
-    let doomed = Processor::new(fast_config("crash"), pg.db.clone(), slow.clone())
+    let doomed = Relay::new(fast_config("crash"), pg.db.clone(), slow.clone())
         .expect("valid relay config")
         .spawn();
     eventually(
@@ -973,7 +966,7 @@ async fn postgres_crashed_relay_is_replaced_after_its_lease_expires() {
     doomed.abort();
 
     let survivor_publisher = MemoryPublisher::new();
-    let survivor = Processor::new(
+    let survivor = Relay::new(
         fast_config("crash"),
         pg.db.clone(),
         survivor_publisher.clone(),
@@ -1005,11 +998,11 @@ async fn postgres_shutdown_during_a_busy_batch_keeps_its_deadline() {
         delay: Duration::from_millis(500),
         started: Arc::default(),
     };
-    let small_batches = ProcessorConfig {
+    let small_batches = RelayConfig {
         batch_size: 5,
         ..fast_config("stop")
     };
-    let relay = Processor::new(small_batches.clone(), pg.db.clone(), slow.clone())
+    let relay = Relay::new(small_batches.clone(), pg.db.clone(), slow.clone())
         .expect("valid relay config")
         .spawn();
     eventually("mid-batch", Duration::from_secs(10), || async {
@@ -1037,11 +1030,11 @@ async fn postgres_shutdown_during_a_busy_batch_keeps_its_deadline() {
         delay: Duration::from_secs(60),
         started: Arc::default(),
     };
-    let config = ProcessorConfig {
+    let config = RelayConfig {
         shutdown_timeout: Duration::from_millis(500),
         ..small_batches
     };
-    let relay = Processor::new(config, pg.db.clone(), stuck.clone())
+    let relay = Relay::new(config, pg.db.clone(), stuck.clone())
         .expect("valid relay config")
         .spawn();
     eventually("mid-batch", Duration::from_secs(10), || async {
@@ -1065,12 +1058,12 @@ async fn postgres_shutdown_during_a_busy_batch_keeps_its_deadline() {
 
     // A new relay publishes the rest, once the abandoned leases expire.
     let finisher = MemoryPublisher::new();
-    let relay = Processor::new(fast_config("stop"), pg.db.clone(), finisher.clone())
+    let relay = Relay::new(fast_config("stop"), pg.db.clone(), finisher.clone())
         .expect("valid relay config")
         .spawn();
     eventually("the rest is published", Duration::from_secs(30), || async {
         outbox
-            .get_unpublished(&pg.db, 1)
+            .pending(&pg.db, 1)
             .await
             .expect("unpublished")
             .is_empty()
@@ -1088,7 +1081,7 @@ async fn postgres_health_and_stats_report_the_relay() {
     let pg = PgSchema::migrated().await;
     let outbox = Outbox::new();
     let publisher = MemoryPublisher::new();
-    let relay = Processor::new(fast_config("health"), pg.db.clone(), publisher.clone())
+    let relay = Relay::new(fast_config("health"), pg.db.clone(), publisher.clone())
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
@@ -1114,8 +1107,8 @@ async fn postgres_health_and_stats_report_the_relay() {
             .is_some_and(|age| age < Duration::from_secs(3))
     );
 
-    let disabled = Processor::new(
-        ProcessorConfig {
+    let disabled = Relay::new(
+        RelayConfig {
             enabled: false,
             ..fast_config("off")
         },
@@ -1140,7 +1133,7 @@ async fn postgres_late_commit_is_published_in_commit_order_while_other_keys_flow
     let pg = PgSchema::migrated().await;
     let outbox = Outbox::new();
     let publisher = MemoryPublisher::new();
-    let relay = Processor::new(fast_config("late"), pg.db.clone(), publisher.clone())
+    let relay = Relay::new(fast_config("late"), pg.db.clone(), publisher.clone())
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
@@ -1219,14 +1212,14 @@ async fn postgres_passes_slower_than_the_lease_keep_their_shards() {
         delay: Duration::from_millis(1500),
         started: Arc::new(AtomicBool::new(false)),
     };
-    let config = ProcessorConfig {
+    let config = RelayConfig {
         lease_ttl: Duration::from_secs(1),
         batch_size: 1,
         ..fast_config("slow-broker")
     };
     let relays: Vec<_> = (0..3)
         .map(|_| {
-            Processor::new(config.clone(), pg.db.clone(), slow.clone())
+            Relay::new(config.clone(), pg.db.clone(), slow.clone())
                 .expect("valid relay config")
                 .spawn()
         })
@@ -1257,7 +1250,7 @@ async fn postgres_events_outside_the_relays_shards_fail_the_health_check() {
     let wide = Outbox::new().with_shards(std::num::NonZeroU16::new(64).expect("non-zero"));
     store_interleaved(&pg.db, &wide, 40, 1).await;
     let publisher = MemoryPublisher::new();
-    let narrow = Processor::new(fast_config("shards"), pg.db.clone(), publisher.clone())
+    let narrow = Relay::new(fast_config("shards"), pg.db.clone(), publisher.clone())
         .expect("valid relay config")
         .spawn();
     eventually(
@@ -1273,10 +1266,10 @@ async fn postgres_events_outside_the_relays_shards_fail_the_health_check() {
     narrow.shutdown().await.expect("shutdown");
 
     let config =
-        ProcessorConfig::from_lookup(|name| (name == "OUTBOX_SHARDS").then(|| "64".to_owned()))
+        RelayConfig::from_lookup(|name| (name == "OUTBOX_SHARDS").then(|| "64".to_owned()))
             .expect("config");
-    let matching = Processor::new(
-        ProcessorConfig {
+    let matching = Relay::new(
+        RelayConfig {
             service_name: "shards".into(),
             ..config
         },
@@ -1319,7 +1312,7 @@ async fn fewest_shards_held(relay: &outbox::RelayHandle, period: Duration) -> us
 async fn postgres_a_skewed_clock_takes_no_lease_from_a_live_relay() {
     let pg = PgSchema::migrated().await;
     for skew in [chrono::Duration::hours(1), chrono::Duration::hours(-1)] {
-        let honest = Processor::new(fast_config("clocks"), pg.db.clone(), MemoryPublisher::new())
+        let honest = Relay::new(fast_config("clocks"), pg.db.clone(), MemoryPublisher::new())
             .expect("valid relay config")
             .spawn();
         eventually(
@@ -1328,7 +1321,7 @@ async fn postgres_a_skewed_clock_takes_no_lease_from_a_live_relay() {
             || async { honest.stats().owned_shards == 16 },
         )
         .await;
-        let skewed = Processor::new(fast_config("clocks"), pg.db.clone(), MemoryPublisher::new())
+        let skewed = Relay::new(fast_config("clocks"), pg.db.clone(), MemoryPublisher::new())
             .expect("valid relay config")
             .with_clock_skew(skew)
             .spawn();
@@ -1352,7 +1345,7 @@ async fn postgres_a_second_service_on_one_table_publishes_nothing_while_the_firs
     let pg = PgSchema::migrated().await;
     let outbox = Outbox::new();
     let first_publisher = MemoryPublisher::new();
-    let first = Processor::new(fast_config("first"), pg.db.clone(), first_publisher.clone())
+    let first = Relay::new(fast_config("first"), pg.db.clone(), first_publisher.clone())
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
@@ -1363,7 +1356,7 @@ async fn postgres_a_second_service_on_one_table_publishes_nothing_while_the_firs
     )
     .await;
     let second_publisher = MemoryPublisher::new();
-    let second = Processor::new(
+    let second = Relay::new(
         fast_config("second"),
         pg.db.clone(),
         second_publisher.clone(),
@@ -1465,12 +1458,12 @@ async fn postgres_a_lease_round_stuck_on_the_database_holds_up_no_batch() {
     let pg = PgSchema::migrated().await;
     let outbox = Outbox::new();
     let publisher = MemoryPublisher::new();
-    let config = ProcessorConfig {
+    let config = RelayConfig {
         // A round every 2 s; the leases last well past the stuck round.
         lease_ttl: Duration::from_secs(6),
         ..fast_config("stuck-round")
     };
-    let relay = Processor::new(config, pg.db.clone(), publisher.clone())
+    let relay = Relay::new(config, pg.db.clone(), publisher.clone())
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();

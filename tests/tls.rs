@@ -10,7 +10,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use outbox::{EventBuilder, KafkaConfig, KafkaPublisher, Outbox, Processor, ProcessorConfig};
+use outbox::{EventBuilder, KafkaConfig, KafkaPublisher, Outbox, Relay, RelayConfig};
 use outbox_tests::kafka::{Received, client_config, consume_with, create_topic_with, unique_topic};
 use outbox_tests::tls::{Pki, broker_behind_tls, tls_client};
 use outbox_tests::{PgSchema, eventually};
@@ -18,15 +18,15 @@ use rdkafka::ClientConfig;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use serde_json::json;
 
-fn config(service: &str) -> ProcessorConfig {
-    ProcessorConfig {
+fn config(service: &str) -> RelayConfig {
+    RelayConfig {
         interval: Duration::from_millis(200),
         min_poll_interval: Duration::from_millis(5),
         retry_delay: Duration::from_millis(300),
         lease_ttl: Duration::from_secs(3),
         health_timeout: Duration::from_secs(4),
         shutdown_timeout: Duration::from_secs(10),
-        ..ProcessorConfig::new(service)
+        ..RelayConfig::new(service)
     }
 }
 
@@ -37,7 +37,7 @@ fn start_relay(
     outbox: &Outbox,
     client: &ClientConfig,
 ) -> outbox::RelayHandle {
-    Processor::new(config(service), db.clone(), publisher(client))
+    Relay::new(config(service), db.clone(), publisher(client))
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn()
@@ -227,7 +227,7 @@ async fn sasl_settings_reach_the_broker_and_a_refusal_never_shows_the_password()
             .set("sasl.password", &password);
         let publisher = publisher(&client);
         assert!(!format!("{publisher:?}").contains(&password));
-        let relay = Processor::new(config("sasl"), pg.db.clone(), publisher)
+        let relay = Relay::new(config("sasl"), pg.db.clone(), publisher)
             .expect("valid relay config")
             .with_outbox(outbox.clone())
             .spawn();

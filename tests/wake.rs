@@ -9,22 +9,22 @@
 
 use std::time::Duration;
 
-use outbox::{EventBuilder, MemoryPublisher, Outbox, Processor, ProcessorConfig, RelayHandle};
+use outbox::{EventBuilder, MemoryPublisher, Outbox, Relay, RelayConfig, RelayHandle};
 use outbox_tests::{PgSchema, eventually};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
-fn config(listen: bool) -> ProcessorConfig {
-    ProcessorConfig {
+fn config(listen: bool) -> RelayConfig {
+    RelayConfig {
         interval: Duration::from_secs(60),
         min_poll_interval: Duration::from_millis(10),
         listen,
-        ..ProcessorConfig::new("wake")
+        ..RelayConfig::new("wake")
     }
 }
 
 /// A relay on `pg` that owns every shard and has been idle for 6 s.
 async fn idle_relay(pg: &PgSchema, listen: bool) -> RelayHandle {
-    let relay = Processor::new(config(listen), pg.db.clone(), MemoryPublisher::new())
+    let relay = Relay::new(config(listen), pg.db.clone(), MemoryPublisher::new())
         .expect("valid relay config")
         .spawn();
     eventually(

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use outbox::{
-    Envelope, EventBuilder, KafkaConfig, KafkaPublisher, Message, NoOpPublisher, Outbox, Processor,
-    ProcessorConfig,
+    Envelope, EventBuilder, KafkaConfig, KafkaPublisher, Message, NoOpPublisher, Outbox, Relay,
+    RelayConfig,
 };
 use outbox_migration::Migrator;
 use rdkafka::ClientConfig;
@@ -310,36 +310,34 @@ async fn create_topic(brokers: &str, partitions: i32) -> Result<String, Failure>
     Ok(topic)
 }
 
-fn relay_config(service: &str) -> ProcessorConfig {
-    ProcessorConfig {
+fn relay_config(service: &str) -> RelayConfig {
+    RelayConfig {
         batch_size: BATCH_SIZE,
-        ..ProcessorConfig::new(service)
+        ..RelayConfig::new(service)
     }
 }
 
-/// Runs `processors` relays until `events` are published; events per second.
+/// Runs `relay_count` relays until `events` are published; events per second.
 async fn drain<P: outbox::Publisher + Clone>(
     db: &DatabaseConnection,
     publisher: &P,
-    processors: usize,
+    relay_count: usize,
     events: usize,
 ) -> Result<f64, Failure> {
-    drain_with(db, publisher, processors, events, &relay_config("bench")).await
+    drain_with(db, publisher, relay_count, events, &relay_config("bench")).await
 }
 
 /// [`drain`] with relays configured by `config`.
 async fn drain_with<P: outbox::Publisher + Clone>(
     db: &DatabaseConnection,
     publisher: &P,
-    processors: usize,
+    relay_count: usize,
     events: usize,
-    config: &ProcessorConfig,
+    config: &RelayConfig,
 ) -> Result<f64, Failure> {
     let started = Instant::now();
-    let relays = (0..processors)
-        .map(|_| {
-            Processor::new(config.clone(), db.clone(), publisher.clone()).map(Processor::spawn)
-        })
+    let relays = (0..relay_count)
+        .map(|_| Relay::new(config.clone(), db.clone(), publisher.clone()).map(Relay::spawn))
         .collect::<Result<Vec<_>, _>>()?;
     let target = events as u64;
     while relays.iter().map(|r| r.stats().published).sum::<u64>() < target {
@@ -422,7 +420,7 @@ async fn blocked_key(url: &str, size: &Size, report: &mut Report) -> Result<(), 
     for shards in [16, 1] {
         let shards = std::num::NonZeroU16::new(shards).ok_or("shards")?;
         let outbox = Outbox::new().with_shards(shards);
-        let config = ProcessorConfig {
+        let config = RelayConfig {
             shards,
             ..relay_config("bench")
         };
@@ -456,7 +454,7 @@ async fn flowing_throughput(
     url: &str,
     size: &Size,
     outbox: &Outbox,
-    config: &ProcessorConfig,
+    config: &RelayConfig,
     blocked: usize,
 ) -> Result<f64, Failure> {
     let schema = Schema::create(url, 10).await?;
@@ -468,10 +466,10 @@ async fn flowing_throughput(
                 "bench",
             )
             .await?;
-        let waits_a_day = ProcessorConfig {
+        let waits_a_day = RelayConfig {
             retry_delay: Duration::from_secs(86_400),
             max_retry_delay: Duration::from_secs(86_400),
-            ..ProcessorConfig::default()
+            ..RelayConfig::default()
         };
         outbox
             .handle_event_failure(&schema.db, head, "refused", &waits_a_day)
@@ -536,7 +534,7 @@ async fn relay_throughput(
     // Without cross-process wake-ups (no LISTEN connection, no NOTIFY) first, then
     // with (the default), so that neither has the first run's cold start to itself
     // more than once: the first is measured again at the end and the two averaged.
-    let quiet = ProcessorConfig {
+    let quiet = RelayConfig {
         listen: false,
         ..relay_config("bench")
     };
@@ -851,7 +849,7 @@ async fn latency(
             children = spawn_relays(url, brokers, &schema.name, 2)?;
         } else {
             relay = Some(
-                Processor::new(
+                Relay::new(
                     latency_config()?,
                     schema.db.clone(),
                     Timed {
@@ -904,10 +902,10 @@ async fn latency(
 
 /// The latency scenarios' relays: the defaults, with the `OUTBOX_*` variables set
 /// (to try settings without rebuilding), service `latency`.
-fn latency_config() -> Result<ProcessorConfig, Failure> {
-    Ok(ProcessorConfig {
+fn latency_config() -> Result<RelayConfig, Failure> {
+    Ok(RelayConfig {
         service_name: "latency".to_owned(),
-        ..ProcessorConfig::from_env()?
+        ..RelayConfig::from_env()?
     })
 }
 
@@ -1267,8 +1265,8 @@ async fn idle_relay_in(
     options.max_connections(4).sqlx_logging(false);
     let db = Database::connect(options).await?;
     Migrator::up(&db, None).await?;
-    let relay = Processor::new(
-        ProcessorConfig::new("idle"),
+    let relay = Relay::new(
+        RelayConfig::new("idle"),
         db.clone(),
         KafkaPublisher::new(brokers)?,
     )?
@@ -1436,14 +1434,14 @@ async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Re
 
     let mut rates: HashMap<&'static str, Vec<f64>> = HashMap::new();
     for _round in 0..ROUNDS {
-        for (name, processors) in [("1", 1), ("2", 2), ("4", 4)] {
+        for (name, relay_count) in [("1", 1), ("2", 2), ("4", 4)] {
             let schema = Schema::create(url, 16).await?;
             let topic = create_topic(brokers, 8).await?;
             preload(&schema.db, &topic, events).await?;
             let rate = drain(
                 &schema.db,
                 &KafkaPublisher::new(brokers)?,
-                processors,
+                relay_count,
                 events,
             )
             .await?;
@@ -1468,10 +1466,10 @@ async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Re
         single,
         "events/s",
     );
-    for (name, processors) in [("2", 2), ("4", 4)] {
+    for (name, relay_count) in [("2", 2), ("4", 4)] {
         let rate = median(name);
         report
-            .add("scale", format!("{processors} relays"), rate, "events/s")
+            .add("scale", format!("{relay_count} relays"), rate, "events/s")
             .ratio(rate / single, "of one relay")
             .target(">= 1x (0.95 allowed for noise)", rate / single >= 0.95);
     }
@@ -1491,7 +1489,7 @@ async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Re
 /// The relay of the cross-process latency scenario: runs until SIGTERM.
 pub(crate) async fn relay_process(url: &str, brokers: &str, schema: &str) -> Result<(), Failure> {
     let db = connect(url, schema, 8).await?;
-    let relay = Processor::new(latency_config()?, db, KafkaPublisher::new(brokers)?)?.spawn();
+    let relay = Relay::new(latency_config()?, db, KafkaPublisher::new(brokers)?)?.spawn();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     terminate.recv().await;
     relay.shutdown().await?;

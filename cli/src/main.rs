@@ -29,7 +29,10 @@ use std::time::Duration;
 use chrono::Utc;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use outbox::entity::outbox::Model as Event;
-use outbox::{KafkaConfig, KafkaPublisher, Outbox, Processor, ProcessorConfig, Tables};
+use outbox::{
+    Backlog, KafkaConfig, KafkaPublisher, Outbox, Relay, RelayConfig, RelayInfo, Tables,
+    TopicBacklog,
+};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use serde::Serialize;
 use serde_json::json;
@@ -125,11 +128,11 @@ enum Command {
     /// Run the relay until Ctrl-C or SIGTERM. Configured by the OUTBOX_* variables;
     /// any librdkafka property by OUTBOX_KAFKA_<PROPERTY> (e.g.
     /// OUTBOX_KAFKA_SECURITY_PROTOCOL=SASL_SSL) or --kafka-config.
-    Relay(Relay),
+    Relay(RelayOptions),
 }
 
 #[derive(Debug, Args)]
-struct Relay {
+struct RelayOptions {
     /// Kafka bootstrap servers (else `bootstrap.servers` from --kafka-config or
     /// OUTBOX_KAFKA_BOOTSTRAP_SERVERS).
     #[arg(long, env = "KAFKA_BROKERS")]
@@ -195,7 +198,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let events = if dead {
                 outbox.dead_letters(&db, limit).await?
             } else {
-                outbox.get_unpublished(&db, limit).await?
+                outbox.pending(&db, limit).await?
             };
             list(&events, json)
         }
@@ -243,29 +246,32 @@ fn age(at: Option<chrono::DateTime<Utc>>) -> String {
     )
 }
 
+/// `outbox status --json`: the backlog's fields, then the rest.
+#[derive(Serialize)]
+struct Status {
+    #[serde(flatten)]
+    backlog: Backlog,
+    oldest_pending_age_seconds: Option<f64>,
+    pending_outside_shards: u64,
+    topics: Vec<TopicBacklog>,
+    relays: Vec<RelayInfo>,
+}
+
 async fn status(db: &DatabaseConnection, outbox: &Outbox, json: bool) -> Result<(), Failure> {
     let backlog = outbox.backlog(db).await?;
     let topics = outbox.topic_backlog(db).await?;
     let relays = outbox.relays(db).await?;
     let outside = outbox.pending_outside_shards(db).await?;
-    let oldest_age = backlog
-        .oldest_pending_age(Utc::now())
-        .map(|d| d.as_secs_f64());
     if json {
-        return print_json(&json!({
-            "pending": backlog.pending,
-            "dead_lettered": backlog.dead_lettered,
-            "oldest_pending_at": backlog.oldest_pending_at,
-            "oldest_pending_age_seconds": oldest_age,
-            "pending_outside_shards": outside,
-            "topics": topics.iter().map(|t| json!({
-                "topic": t.topic, "pending": t.pending, "dead_lettered": t.dead, "oldest_pending_at": t.oldest,
-            })).collect::<Vec<_>>(),
-            "relays": relays.iter().map(|r| json!({
-                "service": r.service_name, "relay_id": r.relay_id, "shards": r.shards,
-                "started_at": r.started_at, "heartbeat_at": r.heartbeat_at,
-            })).collect::<Vec<_>>(),
-        }));
+        return print_json(&Status {
+            backlog,
+            oldest_pending_age_seconds: backlog
+                .oldest_pending_age(Utc::now())
+                .map(|age| age.as_secs_f64()),
+            pending_outside_shards: outside,
+            topics,
+            relays,
+        });
     }
     println!(
         "pending {}, dead-lettered {}, oldest pending {}",
@@ -285,8 +291,8 @@ async fn status(db: &DatabaseConnection, outbox: &Outbox, json: bool) -> Result<
         by_topic.row(vec![
             t.topic.clone(),
             t.pending.to_string(),
-            t.dead.to_string(),
-            age(t.oldest),
+            t.dead_lettered.to_string(),
+            age(t.oldest_pending_at),
         ]);
     }
     println!("\n{}", by_topic.render());
@@ -499,8 +505,12 @@ fn report(json: bool, outcome: &Outcome<'_>) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn relay(db: DatabaseConnection, outbox: Outbox, options: Relay) -> Result<(), Failure> {
-    let config = ProcessorConfig::from_env()?;
+async fn relay(
+    db: DatabaseConnection,
+    outbox: Outbox,
+    options: RelayOptions,
+) -> Result<(), Failure> {
+    let config = RelayConfig::from_env()?;
     let mut kafka = KafkaConfig::new("");
     if let Some(path) = &options.kafka_config {
         kafka = kafka.with_properties_file(path)?;
@@ -519,7 +529,7 @@ async fn relay(db: DatabaseConnection, outbox: Outbox, options: Relay) -> Result
         .http_addr
         .map(|addr| outbox::http::install_prometheus().map(|metrics| (addr, metrics)))
         .transpose()?;
-    let relay = Processor::new(config, db, publisher)?
+    let relay = Relay::new(config, db, publisher)?
         .with_outbox(outbox)
         .spawn();
     let endpoints = match http {

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use outbox::{EventBuilder, Outbox, ProcessorConfig};
+use outbox::{EventBuilder, Outbox, RelayConfig};
 use outbox_tests::{PgSchema, database_url};
 use sea_orm::ConnectionTrait;
 use serde_json::Value;
@@ -67,9 +67,9 @@ async fn fixture() -> (PgSchema, Uuid, Uuid) {
                 .expect("store"),
         );
     }
-    let config = ProcessorConfig {
+    let config = RelayConfig {
         retry_attempts: 0,
-        ..ProcessorConfig::default()
+        ..RelayConfig::default()
     };
     outbox
         .handle_event_failure(&pg.db, ids[3], "message too large", &config)

@@ -1,4 +1,4 @@
-//! [`ProcessorConfig`]: the relay's settings, by struct or from `OUTBOX_*` variables.
+//! [`RelayConfig`]: the relay's settings, by struct or from `OUTBOX_*` variables.
 
 use std::num::NonZeroU16;
 use std::time::Duration;
@@ -48,7 +48,8 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 ///
 /// Durations are written like `250ms`, `5s`, `1m 30s` or `24h`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessorConfig {
+#[doc(alias = "ProcessorConfig")]
+pub struct RelayConfig {
     /// Names the relay group: relays with the same name share the work.
     pub service_name: String,
     /// The longest time between two polls when there is nothing to do. The relay
@@ -89,7 +90,7 @@ pub struct ProcessorConfig {
     /// How many shards events are spread over. Every writer and relay of one outbox
     /// table must use the same number (see [`Outbox::with_shards`](crate::Outbox::with_shards));
     /// a relay given an [`Outbox`](crate::Outbox) with
-    /// [`Processor::with_outbox`](crate::Processor::with_outbox) uses that outbox's.
+    /// [`Relay::with_outbox`](crate::Relay::with_outbox) uses that outbox's.
     pub shards: NonZeroU16,
     /// A relay that reaches the database but has delivered nothing to the broker for
     /// this long (every attempt failing as an outage) gives up its shards and stops
@@ -145,9 +146,9 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
-impl Default for ProcessorConfig {
+impl Default for RelayConfig {
     fn default() -> Self {
-        ProcessorConfig {
+        RelayConfig {
             service_name: "default".to_owned(),
             interval: Duration::from_secs(5),
             batch_size: 100,
@@ -172,10 +173,11 @@ impl Default for ProcessorConfig {
     }
 }
 
-impl ProcessorConfig {
+impl RelayConfig {
     /// The defaults for `service_name` (the Go library's `DefaultProcessorConfig`).
+    #[doc(alias = "DefaultProcessorConfig")]
     pub fn new(service_name: impl Into<String>) -> Self {
-        ProcessorConfig {
+        RelayConfig {
             service_name: service_name.into(),
             ..Self::default()
         }
@@ -193,7 +195,7 @@ impl ProcessorConfig {
     ///
     /// ```
     /// let vars = [("OUTBOX_BATCH_SIZE", "500"), ("OUTBOX_INTERVAL", "250ms")];
-    /// let config = outbox::ProcessorConfig::from_lookup(|name| {
+    /// let config = outbox::RelayConfig::from_lookup(|name| {
     ///     vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
     /// })?;
     /// assert_eq!(config.batch_size, 500);
@@ -243,7 +245,7 @@ impl ProcessorConfig {
     /// to [`MAX_BATCH_SIZE`], a positive concurrency, a minimum poll interval of at
     /// least 1 ms, a lease from 100 ms to 24 h, a retention of at most 36,500 days,
     /// other durations of at most 365 days, and durations that make sense together.
-    /// [`Processor::new`](crate::Processor::new) runs it.
+    /// [`Relay::new`](crate::Relay::new) runs it.
     ///
     /// # Errors
     /// [`Error::Config`] naming the field.
@@ -428,8 +430,8 @@ mod tests {
         );
     }
 
-    fn from(vars: &[(&str, &str)]) -> Result<ProcessorConfig> {
-        ProcessorConfig::from_lookup(|name| {
+    fn from(vars: &[(&str, &str)]) -> Result<RelayConfig> {
+        RelayConfig::from_lookup(|name| {
             vars.iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
@@ -437,12 +439,12 @@ mod tests {
     }
 
     #[test]
-    fn no_variables_give_the_seed_defaults() {
-        assert_eq!(from(&[]).expect("defaults"), ProcessorConfig::default());
+    fn no_variables_give_the_go_library_defaults() {
+        assert_eq!(from(&[]).expect("defaults"), RelayConfig::default());
     }
 
     #[test]
-    fn every_seed_variable_is_read() {
+    fn every_go_library_variable_is_read() {
         let config = from(&[
             ("OUTBOX_SERVICE_NAME", "billing"),
             ("OUTBOX_INTERVAL", "2s"),
@@ -460,7 +462,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             config,
-            ProcessorConfig {
+            RelayConfig {
                 service_name: "billing".into(),
                 interval: Duration::from_secs(2),
                 batch_size: 250,
@@ -473,7 +475,7 @@ mod tests {
                 dead_letter_topic: Some("billing.dlq".into()),
                 lease_ttl: Duration::from_secs(15),
                 shards: NonZeroU16::new(64).expect("non-zero"),
-                ..ProcessorConfig::default()
+                ..RelayConfig::default()
             }
         );
     }
@@ -527,10 +529,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_the_retry_delay_up_to_the_cap() {
-        let config = ProcessorConfig {
+        let config = RelayConfig {
             retry_delay: Duration::from_secs(10),
             max_retry_delay: Duration::from_secs(60),
-            ..ProcessorConfig::default()
+            ..RelayConfig::default()
         };
         let delays: Vec<u64> = (1..=5).map(|n| config.backoff(n).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 60, 60]);

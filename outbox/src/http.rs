@@ -8,11 +8,11 @@
 //!
 //! ```no_run
 //! # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
-//! use outbox::{KafkaConfig, KafkaPublisher, Processor, ProcessorConfig};
+//! use outbox::{KafkaConfig, KafkaPublisher, Relay, RelayConfig};
 //!
 //! let metrics = outbox::http::install_prometheus()?; // before the relay starts
 //! let publisher = KafkaPublisher::from_config(KafkaConfig::from_env()?)?;
-//! let relay = Processor::new(ProcessorConfig::from_env()?, db, publisher)?.spawn();
+//! let relay = Relay::new(RelayConfig::from_env()?, db, publisher)?.spawn();
 //! let endpoints = outbox::http::Endpoints::new(relay.probe())
 //!     .with_prometheus(metrics)
 //!     .bind("0.0.0.0:9464")
@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::processor::{HealthProbe, metric_names};
+use crate::relay::{HealthProbe, metric_names};
 
 /// How often the Prometheus recorder's histograms are maintained.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);

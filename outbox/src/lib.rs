@@ -69,14 +69,14 @@
 //!
 //! # Relaying
 //!
-//! A [`Processor`] publishes what was stored, through a [`Publisher`]: the
+//! A [`Relay`] publishes what was stored, through a [`Publisher`]: the
 //! [`KafkaPublisher`] in production, your own implementation, or the [`NoOpPublisher`]
-//! and [`MemoryPublisher`] in tests. Configure it with [`ProcessorConfig`] (a struct
+//! and [`MemoryPublisher`] in tests. Configure it with [`RelayConfig`] (a struct
 //! with the Go library's defaults, or `OUTBOX_*` variables through
-//! [`ProcessorConfig::from_env`]).
+//! [`RelayConfig::from_env`]).
 //!
 //! ```
-//! # use outbox::{EventBuilder, MemoryPublisher, Outbox, Processor, ProcessorConfig};
+//! # use outbox::{EventBuilder, MemoryPublisher, Outbox, Relay, RelayConfig};
 //! # use sea_orm::Database;
 //! # use sea_orm_migration::MigratorTrait;
 //! # #[tokio::main(flavor = "current_thread")]
@@ -87,7 +87,7 @@
 //! # outbox_migration::Migrator::up(&db, None).await?;
 //! let outbox = Outbox::new();
 //! let publisher = MemoryPublisher::new();
-//! let relay = Processor::new(ProcessorConfig::new("orders"), db.clone(), publisher.clone())?
+//! let relay = Relay::new(RelayConfig::new("orders"), db.clone(), publisher.clone())?
 //!     .with_outbox(outbox.clone()) // a store in this process wakes the relay
 //!     .spawn();
 //!
@@ -145,7 +145,7 @@
 //! relays:
 //!
 //! - **In this process**: a relay built with a clone of the storing [`Outbox`]
-//!   ([`Processor::with_outbox`]) is woken at once, for the shards stored to.
+//!   ([`Relay::with_outbox`]) is woken at once, for the shards stored to.
 //! - **In other processes (PostgreSQL, feature `postgres`, on by default)**: the
 //!   outbox sends a `NOTIFY` on the channel `<outbox table>_wake`, naming the shards it
 //!   stored to, and every relay `LISTEN`s on it and claims the named shards it owns.
@@ -159,7 +159,7 @@
 //!
 //! What to set up:
 //!
-//! - A process that runs a relay with [`Processor::with_outbox`] needs nothing more:
+//! - A process that runs a relay with [`Relay::with_outbox`] needs nothing more:
 //!   the relay lends the outbox its connection for notifications.
 //! - A process that stores events and runs no relay calls
 //!   [`Outbox::with_wake_connection`] with its pool. A short-lived one (a script, a
@@ -168,7 +168,7 @@
 //! - **PgBouncer in transaction mode**: notifications sent through it work, but
 //!   `LISTEN` does not (the server connection changes under it). Give the relays a
 //!   direct connection for listening with `OUTBOX_LISTEN_URL`
-//!   ([`ProcessorConfig::listen_url`]); the relay keeps one connection on it. Without
+//!   ([`RelayConfig::listen_url`]); the relay keeps one connection on it. Without
 //!   it, the relay listens on a connection of its own pool.
 //! - A lost listening connection is opened again (backoff up to 5 s), and the relay
 //!   polls once when it listens again, for what was stored meanwhile; until then it
@@ -182,7 +182,7 @@
 //!
 //! # Configuration
 //!
-//! [`ProcessorConfig`] documents every field with its default and its `OUTBOX_*`
+//! [`RelayConfig`] documents every field with its default and its `OUTBOX_*`
 //! variable. An invalid variable is an [`Error::Config`] naming the variable and the
 //! value; nothing falls back to a default silently.
 //!
@@ -231,6 +231,7 @@
 //! - **Watching**: [`RelayHandle::healthcheck`] for liveness probes; the gauges
 //!   `outbox_pending` and `outbox_oldest_pending_age_seconds` for alerts on lag.
 
+mod backlog;
 mod config;
 pub mod entity;
 mod envelope;
@@ -241,8 +242,8 @@ pub mod headers;
 pub mod http;
 mod key;
 mod message;
-mod processor;
 mod publisher;
+mod relay;
 mod repository;
 mod retry;
 pub mod schema;
@@ -251,15 +252,16 @@ mod store;
 mod tables;
 mod wake;
 
-pub use config::{DatabaseUrl, MAX_BATCH_SIZE, ProcessorConfig};
+pub use backlog::{Backlog, RelayInfo, TopicBacklog};
+pub use config::{DatabaseUrl, MAX_BATCH_SIZE, RelayConfig};
 pub use message::Message;
-pub use processor::{HealthProbe, ProcessReport, Processor, RelayHandle, Stats, metric_names};
 #[cfg(feature = "kafka")]
 pub use publisher::{KafkaConfig, KafkaContext, KafkaPublisher};
 pub use publisher::{
     MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher, publish_in_key_order,
 };
-pub use repository::{Backlog, FailureOutcome, RelayInfo, TopicBacklog};
+pub use relay::{HealthProbe, ProcessReport, Relay, RelayHandle, Stats, metric_names};
+pub use repository::FailureOutcome;
 
 pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};

@@ -1,5 +1,5 @@
 //! Operations on stored events outside the relay loop: the Go library's repository and
-//! service calls, dead-letter replay, cleanup and backlog figures.
+//! service calls, dead-letter replay and cleanup.
 
 use std::time::Duration;
 
@@ -9,7 +9,8 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::config::ProcessorConfig;
+use crate::backlog::CountRow;
+use crate::config::RelayConfig;
 use crate::entity::outbox as row;
 use crate::error::{Error, Result};
 use crate::publisher::PublishError;
@@ -36,69 +37,10 @@ pub enum FailureOutcome {
     Unchanged,
 }
 
-/// Pending work in the outbox table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Backlog {
-    /// Events waiting to be published.
-    pub pending: u64,
-    /// Dead-lettered events.
-    pub dead_lettered: u64,
-    /// When the oldest pending event was stored.
-    pub oldest_pending_at: Option<DateTime<Utc>>,
-}
-
-impl Backlog {
-    /// How long the oldest pending event has waited, as of `now`.
-    pub fn oldest_pending_age(&self, now: DateTime<Utc>) -> Option<Duration> {
-        self.oldest_pending_at
-            .map(|at| (now - at).to_std().unwrap_or_default())
-    }
-}
-
-/// Pending work of one topic.
-#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
-pub struct TopicBacklog {
-    /// The topic.
-    pub topic: String,
-    /// Events waiting to be published.
-    pub pending: i64,
-    /// Dead-lettered events.
-    pub dead: i64,
-    /// When the oldest pending event was stored.
-    pub oldest: Option<DateTime<Utc>>,
-}
-
-/// A relay instance as recorded in the relay table, with the shards it holds.
-#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
-pub struct RelayInfo {
-    /// The relay's service.
-    pub service_name: String,
-    /// The instance's id.
-    pub relay_id: String,
-    /// When it started.
-    pub started_at: DateTime<Utc>,
-    /// Its last sign of life.
-    pub heartbeat_at: DateTime<Utc>,
-    /// Shards it holds unexpired leases on.
-    pub shards: i64,
-}
-
 #[derive(Debug, FromQueryResult)]
 struct ParkedKey {
     shard: i32,
     key: String,
-}
-
-#[derive(Debug, FromQueryResult)]
-struct CountRow {
-    n: i64,
-}
-
-#[derive(Debug, FromQueryResult)]
-struct BacklogRow {
-    pending: i64,
-    oldest: Option<DateTime<Utc>>,
-    dead: i64,
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -128,7 +70,9 @@ impl Outbox {
     ///
     /// # Errors
     /// The database's.
-    pub async fn get_unpublished<C: ConnectionTrait>(
+    #[doc(alias = "GetUnpublished")]
+    #[doc(alias = "get_unpublished")]
+    pub async fn pending<C: ConnectionTrait>(
         &self,
         conn: &C,
         limit: u64,
@@ -202,7 +146,7 @@ impl Outbox {
         conn: &C,
         id: Uuid,
         error: &str,
-        config: &ProcessorConfig,
+        config: &RelayConfig,
     ) -> Result<FailureOutcome>
     where
         C: ConnectionTrait + TransactionTrait,
@@ -344,24 +288,6 @@ impl Outbox {
             .ok_or(Error::NotFound(id))
     }
 
-    /// Pending and dead-lettered events per topic.
-    ///
-    /// # Errors
-    /// The database's.
-    pub async fn topic_backlog<C: ConnectionTrait>(&self, conn: &C) -> Result<Vec<TopicBacklog>> {
-        let statement = self.dialect(conn)?.topic_backlog(self.tables().outbox());
-        Ok(TopicBacklog::find_by_statement(statement).all(conn).await?)
-    }
-
-    /// The relay instances on record (live and recently gone) with the shards each holds.
-    ///
-    /// # Errors
-    /// The database's.
-    pub async fn relays<C: ConnectionTrait>(&self, conn: &C) -> Result<Vec<RelayInfo>> {
-        let statement = self.dialect(conn)?.relays(self.tables(), Utc::now());
-        Ok(RelayInfo::find_by_statement(statement).all(conn).await?)
-    }
-
     /// How many published events are older than `older_than` (what
     /// [`cleanup`](Self::cleanup) would delete).
     ///
@@ -377,8 +303,9 @@ impl Outbox {
         let statement = self
             .dialect(conn)?
             .count_published_before(self.tables().outbox(), cutoff);
-        let count = CountRow::find_by_statement(statement).one(conn).await?;
-        Ok(count.map_or(0, |c| u64::try_from(c.n).unwrap_or(0)))
+        Ok(CountRow::of(
+            CountRow::find_by_statement(statement).one(conn).await?,
+        ))
     }
 
     /// Unparks the events whose key no longer has a failed pending event (after a
@@ -399,35 +326,5 @@ impl Outbox {
             unparked += conn.execute_raw(statement).await?.rows_affected();
         }
         Ok(unparked)
-    }
-
-    /// How many pending events sit in shards at or above this outbox's shard count:
-    /// stored by a writer configured with more shards, they are leased by no relay of
-    /// this count and would wait forever. Anything above zero is a misconfiguration.
-    ///
-    /// # Errors
-    /// The database's.
-    pub async fn pending_outside_shards<C: ConnectionTrait>(&self, conn: &C) -> Result<u64> {
-        let statement = self
-            .dialect(conn)?
-            .count_pending_from_shard(self.tables().outbox(), i32::from(self.shards()));
-        let count = CountRow::find_by_statement(statement).one(conn).await?;
-        Ok(count.map_or(0, |c| u64::try_from(c.n).unwrap_or(0)))
-    }
-
-    /// How many events are pending and dead-lettered, and the oldest pending one.
-    ///
-    /// # Errors
-    /// The database's.
-    pub async fn backlog<C: ConnectionTrait>(&self, conn: &C) -> Result<Backlog> {
-        let statement = self
-            .dialect(conn)?
-            .backlog(self.tables().outbox(), self.shards());
-        let row = BacklogRow::find_by_statement(statement).one(conn).await?;
-        Ok(row.map_or_else(Backlog::default, |row| Backlog {
-            pending: u64::try_from(row.pending).unwrap_or(0),
-            dead_lettered: u64::try_from(row.dead).unwrap_or(0),
-            oldest_pending_at: row.oldest,
-        }))
     }
 }

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::ProcessorConfig;
+use crate::config::RelayConfig;
 use crate::publisher::{PublishError, PublishErrorKind};
 use crate::sql::FailureUpdate;
 
@@ -13,7 +13,7 @@ pub(crate) fn failure_update<'a>(
     attempts_so_far: i32,
     error: &'a PublishError,
     now: DateTime<Utc>,
-    config: &ProcessorConfig,
+    config: &RelayConfig,
 ) -> FailureUpdate<'a> {
     let (attempts, dead) = match error.kind() {
         PublishErrorKind::Permanent => {
@@ -49,12 +49,12 @@ mod tests {
 
     use super::*;
 
-    fn config() -> ProcessorConfig {
-        ProcessorConfig {
+    fn config() -> RelayConfig {
+        RelayConfig {
             retry_attempts: 2,
             retry_delay: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(3),
-            ..ProcessorConfig::new("retry")
+            ..RelayConfig::new("retry")
         }
     }
 

@@ -120,10 +120,10 @@ impl Outbox {
     /// PgBouncer in transaction mode is fine). The notification is sent by a task of
     /// its own, after the store and outside the caller's transaction, so it never
     /// slows the transaction down; bursts are coalesced into one notification every
-    /// 2 ms at most. Relays listen for it (see `ProcessorConfig::listen`).
+    /// 2 ms at most. Relays listen for it (see `RelayConfig::listen`).
     ///
     /// A relay built with a clone of this outbox
-    /// ([`Processor::with_outbox`](crate::Processor::with_outbox)) sets this up with
+    /// ([`Relay::with_outbox`](crate::Relay::with_outbox)) sets this up with
     /// its own connection; call it in processes that store events and run no relay.
     /// Ignored on other databases than PostgreSQL, and once set.
     pub fn with_wake_connection(self, db: &DatabaseConnection) -> Self {
@@ -141,6 +141,7 @@ impl Outbox {
     /// `DatabaseTransaction`, so the event exists if and only if the transaction
     /// commits. Options are set on the returned [`Store`]; `.await` it to write.
     /// It resolves to the event's id.
+    #[doc(alias = "StoreEvent")]
     pub fn store<'a, C, E>(
         &'a self,
         conn: &'a C,

@@ -112,11 +112,11 @@ where
     }
 }
 
-/// Runs `processor` pass by pass until event `id` is published, and returns the
+/// Runs `relay` pass by pass until event `id` is published, and returns the
 /// failed attempts it went through with the wait each set (attempts, milliseconds from
 /// the failure to the next allowed attempt).
 pub async fn retry_waits<P: outbox::Publisher>(
-    processor: &outbox::Processor<P>,
+    relay: &outbox::Relay<P>,
     db: &DatabaseConnection,
     id: uuid::Uuid,
 ) -> Vec<(i32, i64)> {
@@ -124,7 +124,7 @@ pub async fn retry_waits<P: outbox::Publisher>(
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
     let mut waits: Vec<(i32, i64)> = Vec::new();
     for _ in 0..200 {
-        processor.process_events(10).await.expect("process");
+        relay.process_events(10).await.expect("process");
         let event = row::Entity::find()
             .filter(row::Column::Id.eq(id))
             .one(db)

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use outbox::{KafkaConfig, KafkaPublisher, Processor, ProcessorConfig};
+use outbox::{KafkaConfig, KafkaPublisher, Relay, RelayConfig};
 use sea_orm::{ConnectOptions, Database};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -27,8 +27,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         kafka = kafka.set("message.max.bytes", bytes);
     }
     let skew: i64 = std::env::var("OUTBOX_TORTURE_CLOCK_SKEW").map_or(Ok(0), |s| s.parse())?;
-    let relay = Processor::new(
-        ProcessorConfig::from_env()?,
+    let relay = Relay::new(
+        RelayConfig::from_env()?,
         db,
         KafkaPublisher::from_config(kafka)?,
     )?

@@ -22,7 +22,7 @@ impl Publisher for NoOpPublisher {
 /// ```
 /// let publisher = outbox::MemoryPublisher::new();
 /// let inspect = publisher.clone();
-/// // ... run a Processor with `publisher` ...
+/// // ... run a Relay with `publisher` ...
 /// assert!(inspect.messages().is_empty());
 /// ```
 #[derive(Debug, Clone, Default)]

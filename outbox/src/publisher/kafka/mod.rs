@@ -110,6 +110,7 @@ impl KafkaPublisher {
     ///
     /// # Errors
     /// [`Error::Kafka`](crate::Error::Kafka) when the producer cannot be created.
+    #[doc(alias = "NewKafkaPublisher")]
     pub fn new(brokers: &str) -> Result<Self> {
         Self::from_config(KafkaConfig::new(brokers))
     }

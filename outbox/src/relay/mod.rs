@@ -1,4 +1,4 @@
-//! [`Processor`]: the relay that publishes stored events.
+//! [`Relay`]: the relay that publishes stored events.
 //!
 //! Each relay instance leases shards of the service's events (see `lease.rs`) and,
 //! per shard, claims the oldest publishable events, publishes them, and writes the
@@ -11,7 +11,7 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | `mod.rs` | [`Processor`]: building, spawning, one manual pass (`process_events`) |
+//! | `mod.rs` | [`Relay`]: building, spawning, one manual pass (`process_events`) |
 //! | `run.rs` | the main loop: batches as tasks, polls, wake-ups, the offset |
 //! | `schedule.rs` | the loop's wait policy, pure: which shard next, when to poll |
 //! | `batch.rs` | one batch of one shard: claim, publish, fenced write-back |
@@ -62,7 +62,7 @@ use self::batch::ShardOutcome;
 use self::clock::Clock;
 use self::lease::Leases;
 use self::state::State;
-use crate::config::{MAX_SERVICE_NAME_LEN, ProcessorConfig};
+use crate::config::{MAX_SERVICE_NAME_LEN, RelayConfig};
 use crate::error::Result;
 use crate::publisher::Publisher;
 use crate::sql::Dialect;
@@ -73,10 +73,10 @@ use crate::wake::Doorbell;
 ///
 /// ```no_run
 /// # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), outbox::Error> {
-/// use outbox::{KafkaPublisher, Outbox, Processor, ProcessorConfig};
+/// use outbox::{KafkaPublisher, Outbox, Relay, RelayConfig};
 ///
 /// let outbox = Outbox::new(); // the same one the application stores with
-/// let relay = Processor::new(ProcessorConfig::from_env()?, db, KafkaPublisher::new("127.0.0.1:9092")?)?
+/// let relay = Relay::new(RelayConfig::from_env()?, db, KafkaPublisher::new("127.0.0.1:9092")?)?
 ///     .with_outbox(outbox.clone())
 ///     .spawn();
 /// relay.healthcheck()?;
@@ -85,13 +85,14 @@ use crate::wake::Doorbell;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct Processor<P> {
+#[doc(alias = "Processor")]
+pub struct Relay<P> {
     inner: Inner<P>,
 }
 
 #[derive(Debug)]
 struct Inner<P> {
-    config: ProcessorConfig,
+    config: RelayConfig,
     db: DatabaseConnection,
     publisher: P,
     outbox: Outbox,
@@ -110,13 +111,14 @@ struct Inner<P> {
     stalled_since: std::sync::Mutex<Option<Instant>>,
 }
 
-impl<P: Publisher> Processor<P> {
+impl<P: Publisher> Relay<P> {
     /// A relay over `db` that publishes through `publisher`.
     ///
     /// # Errors
-    /// [`Error::Config`](crate::Error::Config) when `config` is invalid (see [`ProcessorConfig::validate`]),
+    /// [`Error::Config`](crate::Error::Config) when `config` is invalid (see [`RelayConfig::validate`]),
     /// [`Error::UnsupportedBackend`](crate::Error::UnsupportedBackend) when `db` is neither PostgreSQL nor SQLite.
-    pub fn new(config: ProcessorConfig, db: DatabaseConnection, publisher: P) -> Result<Self> {
+    #[doc(alias = "NewProcessor")]
+    pub fn new(config: RelayConfig, db: DatabaseConnection, publisher: P) -> Result<Self> {
         config.validate()?;
         Dialect::of(db.get_database_backend())?;
         let relay_id = relay_id(&config.service_name);
@@ -132,7 +134,7 @@ impl<P: Publisher> Processor<P> {
     }
 
     fn build(
-        config: ProcessorConfig,
+        config: RelayConfig,
         db: DatabaseConnection,
         publisher: P,
         outbox: Outbox,
@@ -151,7 +153,7 @@ impl<P: Publisher> Processor<P> {
             config.health_timeout,
             config.enabled,
         ));
-        Processor {
+        Relay {
             inner: Inner {
                 config,
                 db,
@@ -230,6 +232,7 @@ impl<P: Publisher> Processor<P> {
     }
 
     /// Starts the relay in the background. With `enabled = false` it starts nothing.
+    #[doc(alias = "Start")]
     pub fn spawn(self) -> RelayHandle {
         let inner = Arc::new(self.inner);
         let cancel = CancellationToken::new();
@@ -284,7 +287,7 @@ impl<P: Publisher> Inner<P> {
     }
 
     /// One batch of every owned shard, `concurrency` shards at a time (for
-    /// [`Processor::process_events`]).
+    /// [`Relay::process_events`]).
     async fn process_owned(&self, batch_size: usize) -> Result<ProcessReport> {
         let owned = self.leases.owned();
         let results: Vec<(i32, Result<ShardOutcome>)> = futures_util::stream::iter(owned)

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use crate::backlog::Backlog;
 use crate::error::{Error, Result};
-use crate::repository::Backlog;
 
 /// A snapshot of a relay's figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,12 +24,8 @@ pub struct Stats {
     pub failed: u64,
     /// Events this relay dead-lettered since it started.
     pub dead_lettered: u64,
-    /// Pending events in the table, as of the last backlog check.
-    pub pending: u64,
-    /// Dead-lettered events in the table, as of the last backlog check.
-    pub dead_letters: u64,
-    /// How long the oldest pending event has waited, as of the last backlog check.
-    pub oldest_pending_age: Option<Duration>,
+    /// What waits in the table, as of the last backlog check.
+    pub backlog: Backlog,
     /// Shards this relay holds.
     pub owned_shards: usize,
     /// Time since the last cycle that completed without error.
@@ -161,21 +157,13 @@ impl State {
 
     pub(crate) fn stats(&self) -> Stats {
         let health = self.health();
-        let since_backlog = (Utc::now() - health.backlog_at)
-            .to_std()
-            .unwrap_or_default();
         Stats {
             relay_id: self.relay_id.clone(),
             running: health.running,
             published: self.published.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            pending: health.backlog.pending,
-            dead_letters: health.backlog.dead_lettered,
-            oldest_pending_age: health
-                .backlog
-                .oldest_pending_age(health.backlog_at)
-                .map(|age| age + since_backlog),
+            backlog: health.backlog,
             owned_shards: health.owned_shards,
             since_last_success: health.last_success.map(|at| at.elapsed()),
             last_error: health.last_error.clone(),

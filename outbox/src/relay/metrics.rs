@@ -4,7 +4,7 @@ use chrono::Utc;
 use tracing::error;
 
 use super::Inner;
-use super::batch::Failed;
+use super::batch::{Failed, as_u64};
 use super::state::Concern;
 use crate::error::Result;
 use crate::message::Message;
@@ -83,7 +83,6 @@ impl<P: Publisher> Inner<P> {
         acked_at: chrono::DateTime<Utc>,
     ) {
         let service = self.config.service_name.clone();
-        let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         metrics::counter!(metric_names::PUBLISHED, "service" => service.clone())
             .increment(as_u64(published.len()));
         let latency =

@@ -19,15 +19,15 @@ use crate::sql::{FailureUpdate, LeaseKey, Published};
 #[non_exhaustive]
 pub struct ProcessReport {
     /// Events claimed.
-    pub claimed: usize,
+    pub claimed: u64,
     /// Events published.
-    pub published: usize,
+    pub published: u64,
     /// Events whose attempt failed.
-    pub failed: usize,
+    pub failed: u64,
     /// Events dead-lettered.
-    pub dead_lettered: usize,
+    pub dead_lettered: u64,
     /// Of the failed, those that failed because the broker was unavailable.
-    pub transient_failures: usize,
+    pub transient_failures: u64,
     /// Whether some shard returned a full batch (more may be waiting).
     pub full: bool,
 }
@@ -233,14 +233,16 @@ impl<P: Publisher> Inner<P> {
 
             self.record_metrics(&published, &updates, dead.len(), acked_at);
             let report = ProcessReport {
-                claimed: messages.len(),
-                published: published.len(),
-                failed: updates.len(),
-                dead_lettered: dead.len(),
-                transient_failures: updates
-                    .iter()
-                    .filter(|failed| failed.error.kind() == PublishErrorKind::Transient)
-                    .count(),
+                claimed: as_u64(messages.len()),
+                published: as_u64(published.len()),
+                failed: as_u64(updates.len()),
+                dead_lettered: as_u64(dead.len()),
+                transient_failures: as_u64(
+                    updates
+                        .iter()
+                        .filter(|failed| failed.error.kind() == PublishErrorKind::Transient)
+                        .count(),
+                ),
                 // Unparked events are ready now: go again at once, as after a full batch.
                 full: messages.len() >= batch_size || unparked || !behind.is_empty(),
             };
@@ -325,4 +327,9 @@ impl<P: Publisher> Inner<P> {
         txn.commit().await?;
         Ok(true)
     }
+}
+
+/// A count of things in memory, as the relay's figures keep counts.
+pub(super) fn as_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
