@@ -23,7 +23,6 @@ use outbox::http::Endpoints;
 use outbox::{KafkaConfig, KafkaPublisher, Relay, RelayConfig};
 use outbox_examples::Error;
 use sea_orm::Database;
-use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -59,12 +58,12 @@ async fn main() -> Result<(), Error> {
         None => None,
     };
 
-    let mut terminate = signal(SignalKind::terminate())?;
+    let stop = outbox::shutdown_signal();
+    tokio::pin!(stop);
     let mut report = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            stopped = &mut stop => break stopped?,
             _ = report.tick() => {
                 let stats = relay.stats();
                 let health = relay.healthcheck().map_or_else(|e| e.to_string(), |()| "healthy".to_owned());

@@ -161,6 +161,20 @@ async fn committed_events_arrive_with_key_payload_and_every_header() {
 /// 2,000 events over 20 keys, stored by concurrent writers, published by three relays
 /// of one service: every key arrives complete and in store order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_topic_creates_a_topic_once() {
+    let kafka = KafkaConfig::new(&brokers());
+    let topic = unique_topic("admin");
+    assert!(kafka.create_topic(&topic, 2, 1).await.expect("create"));
+    assert!(
+        !kafka
+            .create_topic(&topic, 2, 1)
+            .await
+            .expect("create again"),
+        "a topic that exists is left as it is"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_relays_keep_every_keys_order() {
     let pg = PgSchema::migrated().await;
     let brokers = brokers();

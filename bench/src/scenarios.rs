@@ -11,9 +11,8 @@ use outbox::{
     RelayConfig,
 };
 use outbox_migration::Migrator;
+use outbox_tests::PgSchema;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -231,31 +230,10 @@ fn format_value(value: f64) -> String {
 }
 
 /// A schema of its own for one scenario, migrated.
-struct Schema {
-    db: DatabaseConnection,
-    admin: DatabaseConnection,
-    name: String,
-}
-
-impl Schema {
-    async fn create(url: &str, connections: u32) -> Result<Self, Failure> {
-        let admin = Database::connect(url).await?;
-        let name = format!("bench_{}", Uuid::now_v7().simple());
-        admin
-            .execute_unprepared(&format!("CREATE SCHEMA {name}"))
-            .await?;
-        let db = connect(url, &name, connections).await?;
-        Migrator::up(&db, None).await?;
-        Ok(Schema { db, admin, name })
-    }
-
-    async fn drop(self) -> Result<(), Failure> {
-        self.db.close().await?;
-        self.admin
-            .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .await?;
-        Ok(())
-    }
+async fn migrated_schema(url: &str, connections: u32) -> Result<PgSchema, Failure> {
+    let schema = PgSchema::create(url, "bench", connections).await?;
+    Migrator::up(&schema.db, None).await?;
+    Ok(schema)
 }
 
 async fn connect(url: &str, schema: &str, connections: u32) -> Result<DatabaseConnection, Failure> {
@@ -291,22 +269,9 @@ async fn preload(db: &DatabaseConnection, topic: &str, events: usize) -> Result<
 
 async fn create_topic(brokers: &str, partitions: i32) -> Result<String, Failure> {
     let topic = format!("bench-{}", Uuid::now_v7().simple());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    for result in admin
-        .create_topics(
-            &[NewTopic::new(
-                &topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
-            &AdminOptions::new(),
-        )
-        .await?
-    {
-        result.map_err(|(topic, error)| format!("create topic {topic}: {error}"))?;
-    }
+    KafkaConfig::new(brokers)
+        .create_topic(&topic, partitions, 1)
+        .await?;
     Ok(topic)
 }
 
@@ -351,12 +316,7 @@ async fn drain_with<P: outbox::Publisher + Clone>(
 }
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let kib = outbox_tests::peak_rss_kib(std::process::id()) as f64;
     kib / 1024.0
 }
 
@@ -457,7 +417,7 @@ async fn flowing_throughput(
     config: &RelayConfig,
     blocked: usize,
 ) -> Result<f64, Failure> {
-    let schema = Schema::create(url, 10).await?;
+    let schema = migrated_schema(url, 10).await?;
     if blocked > 0 {
         let head = outbox
             .store(
@@ -488,7 +448,7 @@ async fn flowing_throughput(
         .execute_unprepared("VACUUM ANALYZE _outbox")
         .await?;
     let rate = drain_with(&schema.db, &NoOpPublisher, 1, size.flowing, config).await?;
-    schema.drop().await?;
+    schema.try_drop().await?;
     Ok(rate)
 }
 
@@ -542,7 +502,7 @@ async fn relay_throughput(
     let mut relay = 0.0;
     let mut peak = 0.0;
     for run in 0..3 {
-        let schema = Schema::create(url, 10).await?;
+        let schema = migrated_schema(url, 10).await?;
         preload(&schema.db, &topic, events).await?;
         if run == 1 {
             relay = drain(&schema.db, &publisher, 1, events).await?;
@@ -550,19 +510,19 @@ async fn relay_throughput(
         } else {
             without_wake += drain_with(&schema.db, &publisher, 1, events, &quiet).await? / 2.0;
         }
-        schema.drop().await?;
+        schema.try_drop().await?;
     }
 
     // The cost of one request in flight per connection (the default, which keeps
     // per-key order on any broker) against five (order then rests on the broker's
     // sequence checks).
-    let schema = Schema::create(url, 10).await?;
+    let schema = migrated_schema(url, 10).await?;
     preload(&schema.db, &topic, events).await?;
     let five_in_flight = KafkaPublisher::from_config(
         KafkaConfig::new(brokers).set("max.in.flight.requests.per.connection", "5"),
     )?;
     let pipelined = drain(&schema.db, &five_in_flight, 1, events).await?;
-    schema.drop().await?;
+    schema.try_drop().await?;
 
     // Limit (a): the same messages straight to the broker, same producer settings.
     let raw_topic = create_topic(brokers, 8).await?;
@@ -602,10 +562,10 @@ async fn relay_throughput(
     let raw_producer = events as f64 / started.elapsed().as_secs_f64();
 
     // Limit (b): the relay's own claim-and-mark statements, no broker.
-    let schema = Schema::create(url, 10).await?;
+    let schema = migrated_schema(url, 10).await?;
     preload(&schema.db, &topic, events).await?;
     let raw_database = drain(&schema.db, &NoOpPublisher, 1, events).await?;
-    schema.drop().await?;
+    schema.try_drop().await?;
 
     let limit = raw_producer.min(raw_database);
     report.add("relay", "raw producer (limit a)", raw_producer, "events/s");
@@ -668,7 +628,7 @@ fn sample_message(n: usize, topic: &str) -> Message {
 
 /// Store overhead: a business transaction with and without storing events.
 async fn store_overhead(url: &str, size: &Size, report: &mut Report) -> Result<(), Failure> {
-    let schema = Schema::create(url, 1).await?;
+    let schema = migrated_schema(url, 1).await?;
     schema
         .db
         .execute_unprepared("CREATE TABLE business (id UUID PRIMARY KEY, data TEXT NOT NULL)")
@@ -703,7 +663,7 @@ async fn store_overhead(url: &str, size: &Size, report: &mut Report) -> Result<(
             *seconds.entry(events).or_default() += started.elapsed().as_secs_f64();
         }
     }
-    schema.drop().await?;
+    schema.try_drop().await?;
     let rate = |events: usize| 2.0 * size.store_transactions as f64 / seconds[&events];
     report.add("store", "business transaction alone", rate(0), "tx/s");
     let one = seconds[&1] / seconds[&0];
@@ -735,7 +695,7 @@ enum Wakeup {
 /// against the outbox's wake-up outside it, and against none.
 async fn concurrent_wake_cost(url: &str, size: &Size, report: &mut Report) -> Result<(), Failure> {
     const WRITERS: usize = 8;
-    let schema = Schema::create(url, WRITERS as u32 + 2).await?;
+    let schema = migrated_schema(url, WRITERS as u32 + 2).await?;
     let per_writer = (size.store_transactions / WRITERS).max(1);
     let mut seconds: HashMap<Wakeup, f64> = HashMap::new();
     for _round in 0..2 {
@@ -770,7 +730,7 @@ async fn concurrent_wake_cost(url: &str, size: &Size, report: &mut Report) -> Re
             *seconds.entry(wakeup).or_default() += started.elapsed().as_secs_f64();
         }
     }
-    schema.drop().await?;
+    schema.try_drop().await?;
     let rate = |wakeup| 2.0 * (per_writer * WRITERS) as f64 / seconds[&wakeup];
     let scenario = "store, 8 writers at once";
     report.add(
@@ -836,7 +796,7 @@ async fn latency(
     report.add(scenario, "p99", floor.p99, "ms");
 
     for own_processes in [false, true] {
-        let schema = Schema::create(url, 8).await?;
+        let schema = migrated_schema(url, 8).await?;
         let topic = create_topic(brokers, 4).await?;
         let mut outbox = Outbox::new();
         let mut children = Relays::default();
@@ -846,7 +806,7 @@ async fn latency(
             // A process that stores and runs no relay wakes the others through
             // PostgreSQL.
             outbox = outbox.with_wake_connection(&schema.db);
-            children = spawn_relays(url, brokers, &schema.name, 2)?;
+            children = spawn_relays(url, brokers, &schema.schema, 2)?;
         } else {
             relay = Some(
                 Relay::new(
@@ -895,7 +855,7 @@ async fn latency(
         if !own_processes {
             stages(report, scenario, &committed, &received, &times)?;
         }
-        schema.drop().await?;
+        schema.try_drop().await?;
     }
     sparse_after_idle(url, brokers, size, &floor, report).await
 }
@@ -1042,10 +1002,10 @@ async fn sparse_after_idle(
     floor: &Floor,
     report: &mut Report,
 ) -> Result<(), Failure> {
-    let schema = Schema::create(url, 4).await?;
+    let schema = migrated_schema(url, 4).await?;
     let topic = create_topic(brokers, 4).await?;
     let outbox = Outbox::new().with_wake_connection(&schema.db);
-    let children = spawn_relays(url, brokers, &schema.name, 2)?;
+    let children = spawn_relays(url, brokers, &schema.schema, 2)?;
     let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let consumer = spawn_consumer(brokers, &topic, Arc::clone(&received))?;
     warm_up(&schema.db, &outbox, &topic, &received).await?;
@@ -1065,7 +1025,7 @@ async fn sparse_after_idle(
     consumer.abort();
     stop(children)?;
     let slowest = slowest_relay_share(&schema.db, &committed, &received).await?;
-    schema.drop().await?;
+    schema.try_drop().await?;
     let latencies = latencies(&committed, &received)?;
     let scenario =
         "latency (one event every 1-2 s after idle, two relay processes, writer in a third)";
@@ -1417,7 +1377,7 @@ async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Re
     const ROUNDS: usize = 3;
     let events = size.scale_events;
     // The history schema is filled once; each round adds its pending events on top.
-    let history = Schema::create(url, 16).await?;
+    let history = migrated_schema(url, 16).await?;
     history
         .db
         .execute_unprepared(&format!(
@@ -1435,7 +1395,7 @@ async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Re
     let mut rates: HashMap<&'static str, Vec<f64>> = HashMap::new();
     for _round in 0..ROUNDS {
         for (name, relay_count) in [("1", 1), ("2", 2), ("4", 4)] {
-            let schema = Schema::create(url, 16).await?;
+            let schema = migrated_schema(url, 16).await?;
             let topic = create_topic(brokers, 8).await?;
             preload(&schema.db, &topic, events).await?;
             let rate = drain(
@@ -1445,7 +1405,7 @@ async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Re
                 events,
             )
             .await?;
-            schema.drop().await?;
+            schema.try_drop().await?;
             rates.entry(name).or_default().push(rate);
         }
         let topic = create_topic(brokers, 8).await?;
@@ -1453,7 +1413,7 @@ async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Re
         let rate = drain(&history.db, &KafkaPublisher::new(brokers)?, 1, events).await?;
         rates.entry("history").or_default().push(rate);
     }
-    history.drop().await?;
+    history.try_drop().await?;
     let median = |name: &str| {
         let mut values = rates.get(name).cloned().unwrap_or_default();
         values.sort_by(f64::total_cmp);
@@ -1486,12 +1446,11 @@ async fn scale(url: &str, brokers: &str, size: &Size, report: &mut Report) -> Re
     Ok(())
 }
 
-/// The relay of the cross-process latency scenario: runs until SIGTERM.
+/// The relay of the cross-process latency scenario: runs until SIGTERM or Ctrl-C.
 pub(crate) async fn relay_process(url: &str, brokers: &str, schema: &str) -> Result<(), Failure> {
     let db = connect(url, schema, 8).await?;
     let relay = Relay::new(latency_config()?, db, KafkaPublisher::new(brokers)?)?.spawn();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    terminate.recv().await;
+    outbox::shutdown_signal().await?;
     relay.shutdown().await?;
     Ok(())
 }

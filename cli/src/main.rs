@@ -548,11 +548,7 @@ async fn relay(
         relay_id = relay.relay_id(),
         "relay running; Ctrl-C or SIGTERM stops it"
     );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    outbox::shutdown_signal().await?;
     let stats = relay.stats();
     relay.shutdown().await?;
     if let Some(server) = endpoints {

@@ -4,10 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use outbox::KafkaConfig;
 use outbox_migration::Migrator;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
@@ -54,15 +53,10 @@ impl Broker {
     /// Connects (or starts the mock) and makes sure `topics` exist.
     pub async fn start(topics: &[&str]) -> Result<Self, Error> {
         if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
-            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .create()?;
-            let new: Vec<NewTopic<'_>> = topics
-                .iter()
-                .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
-                .collect();
-            // A topic that exists already is fine.
-            let _ = admin.create_topics(&new, &AdminOptions::new()).await?;
+            let kafka = KafkaConfig::new(&brokers);
+            for topic in topics {
+                kafka.create_topic(topic, 1, 1).await?;
+            }
             return Ok(Broker {
                 brokers,
                 _mock: None,

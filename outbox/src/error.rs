@@ -124,6 +124,16 @@ pub enum Error {
     #[error("Kafka error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
 
+    /// The broker refused to create a topic.
+    #[cfg(feature = "kafka")]
+    #[error("cannot create topic {topic:?}: {reason}")]
+    CreateTopic {
+        /// The topic.
+        topic: String,
+        /// The broker's reason.
+        reason: String,
+    },
+
     /// The relay is not healthy.
     #[error("relay unhealthy: {reason}")]
     Unhealthy {

@@ -247,6 +247,7 @@ mod relay;
 mod repository;
 mod retry;
 pub mod schema;
+mod signal;
 mod sql;
 mod store;
 mod tables;
@@ -266,6 +267,7 @@ pub use repository::FailureOutcome;
 pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};
 pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
+pub use signal::shutdown_signal;
 pub use store::{DEFAULT_SHARDS, Outbox, Store};
 pub use tables::{Identifier, MAX_BASE_NAME_LEN, Tables};
 

@@ -6,8 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 
@@ -40,17 +38,12 @@ pub async fn create_topic_with(config: &ClientConfig, topic: &str, partitions: i
         .get("bootstrap.servers")
         .unwrap_or_default()
         .to_owned();
-    let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &options)
+    outbox::KafkaConfig::from_client_config(config.clone())
+        .create_topic(topic, partitions, 1)
         .await
         .unwrap_or_else(|error| {
-            panic!("the Kafka broker at {brokers} is not reachable ({error}); run the tests with scripts/test.sh")
+            panic!("create topic {topic} at {brokers}: {error}; run the tests with scripts/test.sh")
         });
-    for result in results {
-        result.unwrap_or_else(|(topic, error)| panic!("create topic {topic}: {error}"));
-    }
 }
 
 /// One consumed message.

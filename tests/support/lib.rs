@@ -8,7 +8,7 @@ pub mod tls;
 use std::time::Duration;
 
 use outbox_migration::Migrator;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
 use sea_orm_migration::MigratorTrait;
 
 /// The PostgreSQL the tests use: `DATABASE_URL`, or the machine's default.
@@ -28,28 +28,34 @@ pub struct PgSchema {
 }
 
 impl PgSchema {
+    /// Creates an empty schema named `<prefix>_<uuid>` in the database of `url`, and
+    /// a pool of `connections` whose connections use it.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn create(url: &str, prefix: &str, connections: u32) -> Result<Self, DbErr> {
+        let admin = Database::connect(url).await?;
+        let schema = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+        admin
+            .execute_unprepared(&format!("CREATE SCHEMA {schema}"))
+            .await?;
+        let mut options = ConnectOptions::new(url);
+        options
+            .set_schema_search_path(schema.clone())
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        let db = Database::connect(options).await?;
+        Ok(PgSchema { db, schema, admin })
+    }
+
     /// Creates an empty schema and connects to it. Panics with a clear message when
     /// PostgreSQL is unreachable: a missing database fails tests, never skips them.
     pub async fn empty() -> Self {
         let url = database_url();
-        let admin = Database::connect(&url).await.unwrap_or_else(|error| {
-            panic!("PostgreSQL is not reachable at {url} ({error}); start it or set DATABASE_URL")
-        });
-        let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
-        admin
-            .execute_unprepared(&format!("CREATE SCHEMA {schema}"))
-            .await
-            .expect("create test schema");
-        let mut options = ConnectOptions::new(url);
-        options
-            .set_schema_search_path(schema.clone())
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .sqlx_logging(false);
-        let db = Database::connect(options)
-            .await
-            .expect("connect to test schema");
-        PgSchema { db, schema, admin }
+        Self::create(&url, "t", 8).await.unwrap_or_else(|error| {
+            panic!("PostgreSQL at {url}: {error}; start it or set DATABASE_URL")
+        })
     }
 
     /// A schema with the outbox's migrations applied.
@@ -72,12 +78,30 @@ impl PgSchema {
 
     /// Drops the schema. A failing test skips this, leaving its data to inspect.
     pub async fn drop(self) {
-        self.db.close().await.expect("close test pool");
+        self.try_drop().await.expect("drop test schema");
+    }
+
+    /// Drops the schema.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn try_drop(self) -> Result<(), DbErr> {
+        self.db.close().await?;
         self.admin
             .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.schema))
-            .await
-            .expect("drop test schema");
+            .await?;
+        Ok(())
     }
+}
+
+/// The peak resident memory of process `pid` so far, in KiB (0 when it cannot be read).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
 }
 
 /// A fresh in-memory SQLite database (one connection, so every query sees it).

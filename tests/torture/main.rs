@@ -163,14 +163,7 @@ impl Relays {
     /// Peak memory of the running relays, in KiB.
     fn sample_memory(&mut self) {
         for child in &self.children {
-            let status =
-                std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-            let peak = status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            self.max_rss_kib = self.max_rss_kib.max(peak);
+            self.max_rss_kib = self.max_rss_kib.max(outbox_tests::peak_rss_kib(child.id()));
         }
     }
 

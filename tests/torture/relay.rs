@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use outbox::{KafkaConfig, KafkaPublisher, Relay, RelayConfig};
 use sea_orm::{ConnectOptions, Database};
-use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,11 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?
     .with_clock_skew(chrono::Duration::seconds(skew))
     .spawn();
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    outbox::shutdown_signal().await?;
     relay.shutdown().await?;
     Ok(())
 }
