@@ -1,0 +1,122 @@
+//! The scenarios of `outbox-bench all`, and the report they fill.
+
+mod blocked;
+mod fixtures;
+mod latency;
+mod probes;
+mod processes;
+mod relay;
+mod report;
+mod scale;
+mod store;
+
+pub(crate) use self::blocked::run_blocked;
+pub(crate) use self::latency::run_latency;
+pub(crate) use self::processes::relay_process;
+pub(crate) use self::relay::run_relay;
+pub(crate) use self::store::run_store;
+
+use std::time::Duration;
+
+use self::blocked::blocked_key;
+use self::latency::latency;
+use self::processes::idle_relay;
+use self::report::Report;
+use self::scale::scale;
+use self::store::store_overhead;
+
+pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// How much each scenario does.
+#[derive(Debug, Clone)]
+pub(crate) struct Size {
+    quick: bool,
+    store_transactions: usize,
+    relay_events: usize,
+    scale_events: usize,
+    retained: usize,
+    blocked: usize,
+    flowing: usize,
+    latency: Duration,
+    rate: u64,
+    idle: Duration,
+    sparse_events: usize,
+    idle_warm: Duration,
+    idle_measure: Duration,
+}
+
+impl Size {
+    pub(crate) fn quick() -> Self {
+        Size {
+            quick: true,
+            store_transactions: 200,
+            relay_events: 5_000,
+            scale_events: 3_000,
+            retained: 10_000,
+            blocked: 5_000,
+            flowing: 3_000,
+            latency: Duration::from_secs(2),
+            rate: 1_000,
+            idle: Duration::from_secs(2),
+            sparse_events: 3,
+            idle_warm: Duration::from_secs(3),
+            idle_measure: Duration::from_secs(5),
+        }
+    }
+
+    /// The full sizes, with `events` for the relay throughput scenario.
+    pub(crate) fn relay_only(events: usize) -> Self {
+        Size {
+            relay_events: events,
+            ..Self::full()
+        }
+    }
+
+    /// The full sizes, with `blocked` events behind the blocked key.
+    pub(crate) fn blocked_only(blocked: usize) -> Self {
+        Size {
+            blocked,
+            ..Self::full()
+        }
+    }
+
+    /// The full sizes, with `latency` for the latency scenario.
+    pub(crate) fn latency_only(latency: Duration) -> Self {
+        Size {
+            latency,
+            ..Self::full()
+        }
+    }
+
+    pub(crate) fn full() -> Self {
+        Size {
+            quick: false,
+            store_transactions: 3_000,
+            relay_events: 200_000,
+            scale_events: 50_000,
+            retained: 1_000_000,
+            blocked: 100_000,
+            flowing: 20_000,
+            latency: Duration::from_secs(30),
+            rate: 1_000,
+            idle: Duration::from_secs(10),
+            sparse_events: 30,
+            idle_warm: Duration::from_secs(15),
+            idle_measure: Duration::from_secs(60),
+        }
+    }
+}
+
+const KEYS: usize = 64;
+
+const BATCH_SIZE: usize = 500;
+
+pub(crate) async fn run_all(url: &str, brokers: &str, size: &Size) -> Result<Report, Failure> {
+    let mut report = run_relay(url, brokers, size).await?;
+    store_overhead(url, size, &mut report).await?;
+    latency(url, brokers, size, &mut report).await?;
+    idle_relay(url, brokers, size, &mut report).await?;
+    scale(url, brokers, size, &mut report).await?;
+    blocked_key(url, size, &mut report).await?;
+    Ok(report)
+}

@@ -1,0 +1,91 @@
+//! Scale: several relays, and retained history.
+
+use std::collections::HashMap;
+
+use outbox::KafkaPublisher;
+use sea_orm::ConnectionTrait;
+
+use super::fixtures::{create_topic, drain, migrated_schema, preload};
+use super::report::Report;
+use super::{Failure, Size};
+
+/// Scale: 1, 2 and 4 relays of one service; and one relay with published history kept.
+/// Each configuration runs `ROUNDS` times, interleaved, and reports its median: single
+/// runs on a shared 2-core machine vary by 15%, more than the targets allow.
+pub(super) async fn scale(
+    url: &str,
+    brokers: &str,
+    size: &Size,
+    report: &mut Report,
+) -> Result<(), Failure> {
+    const ROUNDS: usize = 3;
+    let events = size.scale_events;
+    // The history schema is filled once; each round adds its pending events on top.
+    let history = migrated_schema(url, 16).await?;
+    history
+        .db
+        .execute_unprepared(&format!(
+            "INSERT INTO _outbox (id, event_type, aggregate_id, event_data, destination_topic, partition_key, shard, published, published_at) \
+             SELECT gen_random_uuid(), 'bench.old', 'key-' || (g % 64), jsonb_build_object('filler', repeat('x', 1000)), 'old', \
+                    'key-' || (g % 64), g % 16, TRUE, now() FROM generate_series(1, {}) g",
+            size.retained
+        ))
+        .await?;
+    history
+        .db
+        .execute_unprepared("VACUUM ANALYZE _outbox")
+        .await?;
+
+    let mut rates: HashMap<&'static str, Vec<f64>> = HashMap::new();
+    for _round in 0..ROUNDS {
+        for (name, relay_count) in [("1", 1), ("2", 2), ("4", 4)] {
+            let schema = migrated_schema(url, 16).await?;
+            let topic = create_topic(brokers, 8).await?;
+            preload(&schema.db, &topic, events).await?;
+            let rate = drain(
+                &schema.db,
+                &KafkaPublisher::new(brokers)?,
+                relay_count,
+                events,
+            )
+            .await?;
+            schema.try_drop().await?;
+            rates.entry(name).or_default().push(rate);
+        }
+        let topic = create_topic(brokers, 8).await?;
+        preload(&history.db, &topic, events).await?;
+        let rate = drain(&history.db, &KafkaPublisher::new(brokers)?, 1, events).await?;
+        rates.entry("history").or_default().push(rate);
+    }
+    history.try_drop().await?;
+    let median = |name: &str| {
+        let mut values = rates.get(name).cloned().unwrap_or_default();
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(0.0)
+    };
+    let single = median("1");
+    report.add(
+        "scale",
+        format!("1 relay, {events} events (median of {ROUNDS})"),
+        single,
+        "events/s",
+    );
+    for (name, relay_count) in [("2", 2), ("4", 4)] {
+        let rate = median(name);
+        report
+            .add("scale", format!("{relay_count} relays"), rate, "events/s")
+            .ratio(rate / single, "of one relay")
+            .target(">= 1x (0.95 allowed for noise)", rate / single >= 0.95);
+    }
+    let rate = median("history");
+    report
+        .add(
+            "scale",
+            format!("1 relay, {} published rows retained", size.retained),
+            rate,
+            "events/s",
+        )
+        .ratio(rate / single, "of one relay, none retained")
+        .target(">= 0.9x", rate / single >= 0.9);
+    Ok(())
+}
