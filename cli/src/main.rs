@@ -16,9 +16,12 @@
 //! (`replay --all-dead`, `purge`) work in batches that each commit, show their
 //! progress on a terminal, and stop after the batch in progress on Ctrl-C.
 
+mod changes;
 mod logs;
 mod progress;
+mod read;
 mod redact;
+mod relay;
 mod table;
 
 use std::net::SocketAddr;
@@ -26,22 +29,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use chrono::Utc;
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use outbox::entity::outbox::Model as Event;
-use outbox::{
-    Backlog, KafkaConfig, KafkaPublisher, Outbox, Relay, RelayConfig, RelayInfo, Tables,
-    TopicBacklog,
-};
+use outbox::{Outbox, Tables};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use serde::Serialize;
-use serde_json::json;
 use uuid::Uuid;
 
+use crate::changes::{purge, replay_all, replay_one};
 use crate::logs::LogFormat;
-use crate::progress::Batches;
+use crate::read::{list, show, status};
 use crate::redact::Secrets;
-use crate::table::Table;
+use crate::relay::relay;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -232,328 +230,5 @@ async fn connect(url: Option<&str>, timeout: Duration) -> Result<DatabaseConnect
 
 fn print_json(value: &impl Serialize) -> Result<(), Failure> {
     println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
-}
-
-fn age(at: Option<chrono::DateTime<Utc>>) -> String {
-    at.map_or_else(
-        || "-".to_owned(),
-        |at| {
-            let secs = (Utc::now() - at).num_seconds().max(0);
-            humantime::format_duration(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
-                .to_string()
-        },
-    )
-}
-
-/// `outbox status --json`: the backlog's fields, then the rest.
-#[derive(Serialize)]
-struct Status {
-    #[serde(flatten)]
-    backlog: Backlog,
-    oldest_pending_age_seconds: Option<f64>,
-    pending_outside_shards: u64,
-    topics: Vec<TopicBacklog>,
-    relays: Vec<RelayInfo>,
-}
-
-async fn status(db: &DatabaseConnection, outbox: &Outbox, json: bool) -> Result<(), Failure> {
-    let backlog = outbox.backlog(db).await?;
-    let topics = outbox.topic_backlog(db).await?;
-    let relays = outbox.relays(db).await?;
-    let outside = outbox.pending_outside_shards(db).await?;
-    if json {
-        return print_json(&Status {
-            backlog,
-            oldest_pending_age_seconds: backlog
-                .oldest_pending_age(Utc::now())
-                .map(|age| age.as_secs_f64()),
-            pending_outside_shards: outside,
-            topics,
-            relays,
-        });
-    }
-    println!(
-        "pending {}, dead-lettered {}, oldest pending {}",
-        backlog.pending,
-        backlog.dead_lettered,
-        age(backlog.oldest_pending_at)
-    );
-    if outside > 0 {
-        println!(
-            "warning: {outside} pending events are in shards at or above {} (--shards / OUTBOX_SHARDS): \
-             no relay of that count publishes them; give writers and relays the same count",
-            outbox.shards()
-        );
-    }
-    let mut by_topic = Table::new(&["topic", "pending", "dead-lettered", "oldest pending"]);
-    for t in &topics {
-        by_topic.row(vec![
-            t.topic.clone(),
-            t.pending.to_string(),
-            t.dead_lettered.to_string(),
-            age(t.oldest_pending_at),
-        ]);
-    }
-    println!("\n{}", by_topic.render());
-    let mut by_relay = Table::new(&["service", "relay", "shards", "last heartbeat"]);
-    for r in &relays {
-        by_relay.row(vec![
-            r.service_name.clone(),
-            r.relay_id.clone(),
-            r.shards.to_string(),
-            format!("{} ago", age(Some(r.heartbeat_at))),
-        ]);
-    }
-    println!("\n{}", by_relay.render());
-    Ok(())
-}
-
-fn list(events: &[Event], json: bool) -> Result<(), Failure> {
-    if json {
-        return print_json(&events);
-    }
-    let mut table = Table::new(&["id", "type", "topic", "key", "attempts", "age", "error"]);
-    for e in events {
-        table.row(vec![
-            e.id.to_string(),
-            e.event_type.clone(),
-            e.destination_topic.clone(),
-            e.partition_key
-                .clone()
-                .unwrap_or_else(|| e.aggregate_id.clone()),
-            e.attempts.to_string(),
-            age(Some(e.created_at)),
-            e.error_message
-                .clone()
-                .unwrap_or_default()
-                .chars()
-                .take(60)
-                .collect(),
-        ]);
-    }
-    println!("{}", table.render());
-    Ok(())
-}
-
-fn show(event: &Event, json: bool) -> Result<(), Failure> {
-    if json {
-        return print_json(event);
-    }
-    let value = serde_json::to_value(event)?;
-    let mut table = Table::new(&["column", "value"]);
-    if let serde_json::Value::Object(columns) = value {
-        for (column, value) in columns {
-            let text = match value {
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Null => "-".to_owned(),
-                other => other.to_string(),
-            };
-            table.row(vec![column, text]);
-        }
-    }
-    println!("{}", table.render());
-    Ok(())
-}
-
-async fn replay_one(
-    db: &DatabaseConnection,
-    outbox: &Outbox,
-    id: Uuid,
-    yes: bool,
-    json: bool,
-) -> Result<(), Failure> {
-    let event = outbox.event(db, id).await?;
-    if event.dead_lettered_at.is_none() || event.published {
-        return Err(
-            format!("event {id} is not dead-lettered; only dead letters can be replayed").into(),
-        );
-    }
-    if yes {
-        outbox.replay(db, id).await?;
-    }
-    let what = format!("dead-lettered event {id}");
-    report(
-        json,
-        &Outcome {
-            action: Action::Replay,
-            done: yes,
-            count: 1,
-            what: &what,
-        },
-    )
-}
-
-async fn replay_all(
-    db: &DatabaseConnection,
-    outbox: &Outbox,
-    confirm: &Confirm,
-    json: bool,
-) -> Result<(), Failure> {
-    let total = outbox.backlog(db).await?.dead_lettered;
-    if !confirm.yes {
-        let what = format!("{total} dead-lettered events");
-        return report(
-            json,
-            &Outcome {
-                action: Action::Replay,
-                done: false,
-                count: total,
-                what: &what,
-            },
-        );
-    }
-    let done = Batches::new("replaying dead letters", total, confirm.batch_size, json)
-        .run(|limit| outbox.replay_dead_batch(db, limit))
-        .await?;
-    let what = format!("{done} dead-lettered events");
-    report(
-        json,
-        &Outcome {
-            action: Action::Replay,
-            done: true,
-            count: done,
-            what: &what,
-        },
-    )
-}
-
-async fn purge(
-    db: &DatabaseConnection,
-    outbox: &Outbox,
-    older_than: Duration,
-    confirm: &Confirm,
-    json: bool,
-) -> Result<(), Failure> {
-    let total = outbox.count_published_older_than(db, older_than).await?;
-    let count = if confirm.yes {
-        Batches::new("deleting published events", total, confirm.batch_size, json)
-            .run(|limit| outbox.cleanup_batch(db, older_than, limit))
-            .await?
-    } else {
-        total
-    };
-    let what = format!(
-        "{count} events published more than {} ago",
-        humantime::format_duration(older_than)
-    );
-    report(
-        json,
-        &Outcome {
-            action: Action::Delete,
-            done: confirm.yes,
-            count,
-            what: &what,
-        },
-    )
-}
-
-/// What a writing command does.
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    Replay,
-    Delete,
-}
-
-impl Action {
-    fn verb(self) -> &'static str {
-        match self {
-            Action::Replay => "replay",
-            Action::Delete => "delete",
-        }
-    }
-
-    fn past(self) -> &'static str {
-        match self {
-            Action::Replay => "replayed",
-            Action::Delete => "deleted",
-        }
-    }
-}
-
-/// What a writing command did, or in a dry run (`done` false) would do: `count`
-/// events, described by `what`.
-#[derive(Debug)]
-struct Outcome<'a> {
-    action: Action,
-    done: bool,
-    count: u64,
-    what: &'a str,
-}
-
-/// Says what a writing command did, or in a dry run what it would do.
-fn report(json: bool, outcome: &Outcome<'_>) -> Result<(), Failure> {
-    let Outcome {
-        action,
-        done,
-        count,
-        what,
-    } = *outcome;
-    if json {
-        return print_json(
-            &json!({ "dry_run": !done, action.past(): if done { count } else { 0 }, "would_affect": count }),
-        );
-    }
-    if done {
-        println!("{} {what}", action.past());
-    } else {
-        println!(
-            "dry run: would {} {what}; run again with --yes to do it",
-            action.verb()
-        );
-    }
-    Ok(())
-}
-
-async fn relay(
-    db: DatabaseConnection,
-    outbox: Outbox,
-    options: RelayOptions,
-) -> Result<(), Failure> {
-    let config = RelayConfig::from_env()?;
-    let mut kafka = KafkaConfig::new("");
-    if let Some(path) = &options.kafka_config {
-        kafka = kafka.with_properties_file(path)?;
-    }
-    kafka = kafka.with_env();
-    if let Some(brokers) = &options.brokers {
-        kafka = kafka.set("bootstrap.servers", brokers.as_str());
-    }
-    let kafka = kafka.require_brokers().map_err(|_| {
-        "no Kafka broker given: pass --brokers, or set KAFKA_BROKERS, \
-         OUTBOX_KAFKA_BOOTSTRAP_SERVERS or bootstrap.servers in --kafka-config"
-    })?;
-    let publisher = KafkaPublisher::from_config(kafka)?;
-    // The recorder first: what the relay records before it exists is lost.
-    let http = options
-        .http_addr
-        .map(|addr| outbox::http::install_prometheus().map(|metrics| (addr, metrics)))
-        .transpose()?;
-    let relay = Relay::new(config, db, publisher)?
-        .with_outbox(outbox)
-        .spawn();
-    let endpoints = match http {
-        Some((addr, metrics)) => {
-            let server = outbox::http::Endpoints::new(relay.probe())
-                .with_prometheus(metrics)
-                .bind(addr)
-                .await
-                .map_err(|error| format!("cannot serve --http-addr {addr}: {error}"))?;
-            tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
-            Some(server)
-        }
-        None => None,
-    };
-    tracing::info!(
-        relay_id = relay.relay_id(),
-        "relay running; Ctrl-C or SIGTERM stops it"
-    );
-    outbox::shutdown_signal().await?;
-    let stats = relay.stats();
-    relay.shutdown().await?;
-    if let Some(server) = endpoints {
-        server.shutdown().await;
-    }
-    tracing::info!(published = stats.published, "relay stopped");
     Ok(())
 }

@@ -21,8 +21,8 @@ use crate::tables::Tables;
 /// never interleave.
 #[derive(Debug)]
 pub(crate) struct Leases {
-    service: String,
-    relay_id: String,
+    pub(super) service: String,
+    pub(super) relay_id: String,
     shards: u16,
     ttl: Duration,
     held: std::sync::Mutex<Held>,
@@ -41,12 +41,12 @@ struct Held {
 
 /// What only rounds read and change.
 #[derive(Debug, Default)]
-struct Keeper {
+pub(super) struct Keeper {
     /// Another service whose relays publish the same table and were there first:
     /// this relay holds nothing while they live.
     yielded_to: Option<String>,
     /// Rounds so far, for housekeeping that need not run every round.
-    rounds: u64,
+    pub(super) rounds: u64,
 }
 
 /// What a round ended with.
@@ -60,11 +60,6 @@ pub(crate) struct Round {
     /// same table and started first.
     pub(crate) yielded_to: Option<String>,
 }
-
-/// The rows of relays gone (no heartbeat for a lease time) are deleted every this many
-/// rounds: nothing counts them meanwhile (live relays are those with a recent
-/// heartbeat), and an idle relay's queries stay near one a second.
-const LEAVE_EVERY: u64 = 6;
 
 #[derive(Debug, FromQueryResult)]
 struct TokenRow {
@@ -81,13 +76,6 @@ struct Renewed {
 struct LiveLease {
     shard: i32,
     owner: String,
-}
-
-#[derive(Debug, FromQueryResult)]
-struct LiveService {
-    service_name: String,
-    since: DateTime<Utc>,
-    relays: i64,
 }
 
 impl Leases {
@@ -158,12 +146,7 @@ impl Leases {
         self.held().owned.len()
     }
 
-    /// Relays silent since before this are gone for good; their rows are removed.
-    fn gone_before(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now - self.ttl() * 10
-    }
-
-    fn ttl(&self) -> chrono::Duration {
+    pub(super) fn ttl(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX)
     }
 
@@ -196,17 +179,9 @@ impl Leases {
         if self.held().closed {
             return Ok(ended(&keeper));
         }
-        db.execute_raw(dialect.heartbeat(tables, &self.service, &self.relay_id, now))
+        let services = self
+            .show_life(&mut keeper, db, dialect, tables, now)
             .await?;
-        if keeper.rounds.is_multiple_of(LEAVE_EVERY) {
-            db.execute_raw(dialect.leave(tables, &self.service, None, self.gone_before(now)))
-                .await?;
-        }
-        keeper.rounds += 1;
-        let services =
-            LiveService::find_by_statement(dialect.live_services(tables, now - self.ttl()))
-                .all(db)
-                .await?;
         if let Some(owner) = self.table_owner(&services) {
             if keeper.yielded_to.as_deref() != Some(owner.as_str()) {
                 error!(
@@ -311,16 +286,6 @@ impl Leases {
         Ok(ended(&keeper))
     }
 
-    /// The other service that owns the table, if any: of the services with live
-    /// relays, the one whose relays started first.
-    fn table_owner(&self, services: &[LiveService]) -> Option<String> {
-        services
-            .iter()
-            .min_by(|a, b| (a.since, &a.service_name).cmp(&(b.since, &b.service_name)))
-            .map(|owner| owner.service_name.clone())
-            .filter(|owner| *owner != self.service)
-    }
-
     async fn acquire(
         &self,
         db: &DatabaseConnection,
@@ -401,23 +366,5 @@ impl Leases {
                 .await?;
         }
         self.leave(db, dialect, tables, now).await
-    }
-
-    /// Deletes this relay's heartbeat row: the others count one relay fewer.
-    async fn leave(
-        &self,
-        db: &DatabaseConnection,
-        dialect: Dialect,
-        tables: &Tables,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        db.execute_raw(dialect.leave(
-            tables,
-            &self.service,
-            Some(&self.relay_id),
-            self.gone_before(now),
-        ))
-        .await?;
-        Ok(())
     }
 }

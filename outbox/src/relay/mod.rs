@@ -18,6 +18,7 @@
 //! | `dead_letter.rs` | the dead-letter topic |
 //! | `keeper.rs` | the lease keeper task: rounds on a timer, standing aside when stalled |
 //! | `lease.rs` | the shard leases themselves: fair share, renew, take, release |
+//! | `membership.rs` | heartbeats: which relays of which services are alive |
 //! | `listen.rs` | `LISTEN` for wake-ups from other processes (PostgreSQL) |
 //! | `housekeeping.rs` | backlog figures, orphan sweep, health probe, cleanup |
 //! | `metrics.rs` | metric names and what batches and backlog readings record |
@@ -34,6 +35,7 @@ mod keeper;
 mod lease;
 #[cfg(feature = "postgres")]
 mod listen;
+mod membership;
 mod metrics;
 mod run;
 mod schedule;
