@@ -190,7 +190,7 @@ impl Leases {
                 );
             }
             keeper.yielded_to = Some(owner);
-            self.release_idle(db, dialect, tables, now).await?;
+            self.release_idle(0, db, dialect, tables, now).await?;
             return Ok(ended(&keeper));
         }
         keeper.yielded_to = None;
@@ -202,27 +202,8 @@ impl Leases {
         let shards = i64::from(self.shards);
         let fair = usize::try_from((shards + live - 1) / live).unwrap_or(usize::from(self.shards));
 
-        // Give up what is beyond the fair share, highest idle shards first. They are
-        // forgotten before the release, so no batch starts on them meanwhile.
-        let release: Vec<i32> = {
-            let mut held = self.held();
-            let surplus = held.owned.len().saturating_sub(fair);
-            let release: Vec<i32> = held
-                .owned
-                .keys()
-                .rev()
-                .filter(|shard| !held.busy.contains(shard))
-                .take(surplus)
-                .copied()
-                .collect();
-            for shard in &release {
-                held.owned.remove(shard);
-            }
-            release
-        };
-        for shard in release {
-            db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
-                .await?;
+        // Give up what is beyond the fair share, highest idle shards first.
+        for shard in self.release_idle(fair, db, dialect, tables, now).await? {
             debug!(shard, relay = %self.relay_id, fair, "shard released for another relay");
         }
         // Renew the rest in one statement; a lease found taken (it expired and another
@@ -302,32 +283,38 @@ impl Leases {
             .map(|row| row.token))
     }
 
-    /// Gives up every shard without a batch in flight. The caller holds `keeper`.
+    /// Gives up shards without a batch in flight, highest first, until `keep` are
+    /// left (or only busy ones); returns those given up. They are forgotten before
+    /// the release, so no batch starts on them meanwhile. The caller holds `keeper`.
     async fn release_idle(
         &self,
+        keep: usize,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
         now: DateTime<Utc>,
-    ) -> Result<()> {
-        let idle: Vec<i32> = {
+    ) -> Result<Vec<i32>> {
+        let release: Vec<i32> = {
             let mut held = self.held();
-            let idle: Vec<i32> = held
+            let surplus = held.owned.len().saturating_sub(keep);
+            let release: Vec<i32> = held
                 .owned
                 .keys()
+                .rev()
                 .filter(|shard| !held.busy.contains(shard))
+                .take(surplus)
                 .copied()
                 .collect();
-            for shard in &idle {
+            for shard in &release {
                 held.owned.remove(shard);
             }
-            idle
+            release
         };
-        for shard in idle {
+        for &shard in &release {
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
                 .await?;
         }
-        Ok(())
+        Ok(release)
     }
 
     /// Gives up every idle shard and leaves the service (its heartbeat row goes), so
@@ -342,7 +329,7 @@ impl Leases {
         now: DateTime<Utc>,
     ) -> Result<usize> {
         let _keeper = self.keeper.lock().await;
-        self.release_idle(db, dialect, tables, now).await?;
+        self.release_idle(0, db, dialect, tables, now).await?;
         self.leave(db, dialect, tables, now).await?;
         Ok(self.count())
     }
