@@ -189,6 +189,17 @@ async fn batch_writes_all_rows_in_one_statement(mut db: DatabaseConnection) {
     assert_eq!(rows[9].partition_key.as_deref(), Some("customer-2"));
 }
 
+async fn an_empty_batch_stores_nothing_and_succeeds(db: DatabaseConnection) {
+    let txn = db.begin().await.expect("begin");
+    let ids = Outbox::new()
+        .store_batch(&txn, Vec::<Envelope>::new())
+        .await
+        .expect("an empty batch is not an error");
+    txn.commit().await.expect("the transaction stays usable");
+    assert!(ids.is_empty());
+    assert!(rows(&db).await.is_empty());
+}
+
 /// A map with non-string keys cannot become a JSON object.
 #[derive(Serialize, OutboxEvent)]
 #[outbox(type = "broken.event", aggregate = "id")]
@@ -353,6 +364,7 @@ outbox_tests::on_both_backends!(
     invalid_input_is_rejected_and_nothing_is_written,
     custom_tables_are_used,
     batch_writes_all_rows_in_one_statement,
+    an_empty_batch_stores_nothing_and_succeeds,
 );
 
 #[tokio::test]
