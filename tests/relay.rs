@@ -1436,6 +1436,61 @@ async fn postgres_status_figures_do_not_read_the_published_history() {
     pg.drop().await;
 }
 
+/// A backlog of 1 KiB events analysed while it was all pending, then mostly published (no vacuum since,
+/// as while a relay drains it): the claim still reads through the claim index. Walking
+/// the primary key in `seq` order instead, as PostgreSQL chose for `shard = $1 ORDER BY
+/// seq` with such statistics, reads every row of every shard published meanwhile.
+#[tokio::test]
+async fn postgres_the_claim_reads_its_index_when_statistics_say_everything_is_pending() {
+    let pg = PgSchema::migrated().await;
+    pg.db
+        .execute_unprepared(
+            "INSERT INTO _outbox (id, event_type, aggregate_id, event_data, destination_topic, partition_key, shard) \
+             SELECT gen_random_uuid(), 'backlog', 'k' || (g % 64), jsonb_build_object('filler', repeat('x', 1000)), \
+                    'backlog', 'k' || (g % 64), g % 16 \
+             FROM generate_series(1, 20000) g",
+        )
+        .await
+        .expect("backlog");
+    pg.db
+        .execute_unprepared("ANALYZE _outbox")
+        .await
+        .expect("analyze");
+    pg.db
+        .execute_unprepared(
+            "UPDATE _outbox SET published = TRUE, published_at = now() WHERE seq <= 15000",
+        )
+        .await
+        .expect("publish most");
+    // The claim as the relay sends it (`claim.sql`, comments off, the table named).
+    let claim: String = include_str!("../outbox/src/sql/claim.sql")
+        .lines()
+        .filter(|line| !line.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("{outbox}", "\"_outbox\"");
+
+    let txn = pg.db.begin().await.expect("begin");
+    let before = rows_read(&txn, &pg.schema).await;
+    let claimed = txn
+        .query_all_raw(Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            claim,
+            [3_i32.into(), chrono::Utc::now().into(), 500_i64.into()],
+        ))
+        .await
+        .expect("claim");
+    let read = rows_read(&txn, &pg.schema).await - before;
+    txn.commit().await.expect("commit");
+    assert_eq!(claimed.len(), 312, "the pending events of shard 3");
+    assert!(
+        read < 3000,
+        "the claim read {read} rows for {} events",
+        claimed.len()
+    );
+    pg.drop().await;
+}
+
 /// Rows of `_outbox` read so far in this transaction, by sequential and index scans.
 async fn rows_read(txn: &sea_orm::DatabaseTransaction, schema: &str) -> i64 {
     let statement = Statement::from_sql_and_values(

@@ -2,7 +2,8 @@
 -- read from the partial indexes only (claim, parked, dead), never from published
 -- history. The oldest pending event is the first of some shard's claim index (a
 -- parked event always has an older, unparked one of its key before it), so each
--- shard in {shards} (`(0), (1), ...`) is probed once.
+-- shard in {shards} (`(0), (1), ...`) is probed once, in `(shard, seq)` order so that
+-- only the claim index can answer (see the claim in claim.rs).
 -- Written by hand: sea-query cannot name the columns of a VALUES list.
 -- {outbox} is the outbox table's quoted name.
 WITH "shards" ("shard") AS (VALUES {shards})
@@ -12,9 +13,9 @@ SELECT
   + (SELECT COUNT(*) FROM {outbox}
      WHERE "parked" AND NOT "published" AND "dead_lettered_at" IS NULL) AS "pending",
     (SELECT MIN((SELECT o."created_at" FROM {outbox} o
-                 WHERE o."shard" = s."shard"
+                 WHERE o."shard" BETWEEN s."shard" AND s."shard"
                    AND NOT o."published" AND o."dead_lettered_at" IS NULL AND NOT o."parked"
-                 ORDER BY o."seq" LIMIT 1))
+                 ORDER BY o."shard", o."seq" LIMIT 1))
      FROM "shards" s) AS "oldest",
     (SELECT COUNT(*) FROM {outbox}
      WHERE "dead_lettered_at" IS NOT NULL AND NOT "published") AS "dead"

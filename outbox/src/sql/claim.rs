@@ -30,10 +30,14 @@ impl Dialect {
     ///
     /// The next `limit` ready events of the shard are found second, in their own
     /// materialized CTE that the claim index answers alone (it holds `seq` and
-    /// `next_attempt_at`): asked for whole rows in `seq` order, the planner may walk
-    /// the primary key instead and filter, reading past every parked or published
-    /// event it meets. Events behind a waiting key are parked (out of the claim index),
-    /// so the claim's cost does not grow with them.
+    /// `next_attempt_at`). Events behind a waiting key are parked (out of the claim
+    /// index), so the claim's cost does not grow with them. The CTE asks for
+    /// `shard BETWEEN $1 AND $1` in `(shard, seq)` order, which only the claim index
+    /// delivers: with `shard = $1` in `seq` order the primary key delivers it too, and
+    /// PostgreSQL walks it (filtering every row) whenever its statistics say most rows
+    /// are pending, as after a backlog was analysed. Draining such a backlog, the walk
+    /// read past every event published since, and the claim of 500 events on 50,000
+    /// took 48 ms instead of 7.
     ///
     /// Payload and headers are read as text, so they reach the publisher as the bytes
     /// stored. The SQL is `claim.sql`.

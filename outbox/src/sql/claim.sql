@@ -15,10 +15,10 @@ WITH "waiting" AS MATERIALIZED (
 ),
 "next" AS MATERIALIZED (
     SELECT c."seq" FROM {outbox} c
-    WHERE c."shard" = $1
+    WHERE c."shard" BETWEEN $1 AND $1
       AND NOT c."published" AND c."dead_lettered_at" IS NULL AND NOT c."parked"
       AND (c."next_attempt_at" IS NULL OR c."next_attempt_at" <= $2)
-    ORDER BY c."seq" LIMIT $3
+    ORDER BY c."shard", c."seq" LIMIT $3
 )
 SELECT o."seq", o."id", o."event_type", o."event_version", o."aggregate_id",
        o."destination_topic", COALESCE(o."partition_key", o."aggregate_id") AS "key",
