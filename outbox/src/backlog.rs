@@ -7,7 +7,6 @@ use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::sql::Dialect;
 use crate::store::Outbox;
 
 /// Pending work in the outbox table.
@@ -104,7 +103,8 @@ impl Outbox {
     /// # Errors
     /// The database's.
     pub async fn backlog<C: ConnectionTrait>(&self, conn: &C) -> Result<Backlog> {
-        let statement = Dialect::of(conn.get_database_backend())?
+        let statement = self
+            .dialect(conn)?
             .backlog(self.tables().outbox(), self.shards());
         let row = BacklogRow::find_by_statement(statement).one(conn).await?;
         Ok(row.map_or_else(Backlog::default, |row| Backlog {
@@ -119,8 +119,7 @@ impl Outbox {
     /// # Errors
     /// The database's.
     pub async fn topic_backlog<C: ConnectionTrait>(&self, conn: &C) -> Result<Vec<TopicBacklog>> {
-        let statement =
-            Dialect::of(conn.get_database_backend())?.topic_backlog(self.tables().outbox());
+        let statement = self.dialect(conn)?.topic_backlog(self.tables().outbox());
         let rows = TopicRow::find_by_statement(statement).all(conn).await?;
         Ok(rows
             .into_iter()
@@ -138,7 +137,7 @@ impl Outbox {
     /// # Errors
     /// The database's.
     pub async fn relays<C: ConnectionTrait>(&self, conn: &C) -> Result<Vec<RelayInfo>> {
-        let statement = Dialect::of(conn.get_database_backend())?.relays(self.tables(), Utc::now());
+        let statement = self.dialect(conn)?.relays(self.tables(), Utc::now());
         let rows = RelayRow::find_by_statement(statement).all(conn).await?;
         Ok(rows
             .into_iter()
@@ -159,7 +158,8 @@ impl Outbox {
     /// # Errors
     /// The database's.
     pub async fn pending_outside_shards<C: ConnectionTrait>(&self, conn: &C) -> Result<u64> {
-        let statement = Dialect::of(conn.get_database_backend())?
+        let statement = self
+            .dialect(conn)?
             .count_pending_from_shard(self.tables().outbox(), i32::from(self.shards()));
         Ok(CountRow::of(
             CountRow::find_by_statement(statement).one(conn).await?,

@@ -62,7 +62,8 @@ fn cutoff(older_than: Duration) -> Result<DateTime<Utc>> {
 }
 
 impl Outbox {
-    fn dialect(&self, conn: &impl ConnectionTrait) -> Result<Dialect> {
+    /// The SQL dialect of `conn`'s backend.
+    pub(crate) fn dialect(&self, conn: &impl ConnectionTrait) -> Result<Dialect> {
         Dialect::of(conn.get_database_backend())
     }
 

@@ -35,6 +35,13 @@ pub(super) fn latencies(
 }
 
 /// The `q` quantile of sorted `values`.
+/// The median of `values` (0 when there are none).
+pub(super) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 pub(super) fn percentile(values: &[f64], q: f64) -> f64 {
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
@@ -191,21 +198,16 @@ pub(super) fn stages(
     if samples.is_empty() {
         return Err("no stage timings".into());
     }
-    let median = |pick: fn(&(f64, f64, f64)) -> f64| {
-        let mut values: Vec<f64> = samples.iter().map(pick).collect();
-        values.sort_by(f64::total_cmp);
-        percentile(&values, 0.5)
-    };
     report.add(
         scenario,
         "stage p50: commit to hand-over (claim)",
-        median(|s| s.1),
+        median(samples.iter().map(|s| s.1)),
         "ms",
     );
     report.add(
         scenario,
         "stage p50: hand-over to broker ack",
-        median(|s| s.2),
+        median(samples.iter().map(|s| s.2)),
         "ms",
     );
     samples.sort_by(|a, b| b.0.total_cmp(&a.0));

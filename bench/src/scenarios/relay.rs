@@ -12,6 +12,7 @@ use super::fixtures::{
     create_topic, drain, drain_with, machine, migrated_schema, payload, peak_rss_mib, preload,
     relay_config,
 };
+use super::probes::median;
 use super::report::Report;
 use super::{Failure, KEYS, Size};
 
@@ -179,10 +180,4 @@ pub(super) fn sample_message(n: usize, topic: &str) -> Message {
         created_at: chrono::Utc::now(),
         attempts: 0,
     }
-}
-
-/// The median of `values`.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -6,6 +6,7 @@ use outbox::KafkaPublisher;
 use sea_orm::ConnectionTrait;
 
 use super::fixtures::{create_topic, drain, migrated_schema, preload};
+use super::probes::median;
 use super::report::Report;
 use super::{Failure, Size};
 
@@ -58,11 +59,7 @@ pub(super) async fn scale(
         rates.entry("history").or_default().push(rate);
     }
     history.try_drop().await?;
-    let median = |name: &str| {
-        let mut values = rates.get(name).cloned().unwrap_or_default();
-        values.sort_by(f64::total_cmp);
-        values.get(values.len() / 2).copied().unwrap_or(0.0)
-    };
+    let median = |name: &str| median(rates.get(name).into_iter().flatten().copied());
     let single = median("1");
     report.add(
         "scale",
