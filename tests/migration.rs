@@ -7,11 +7,12 @@ use outbox_tests::{PgSchema, sqlite};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
 
-const TABLES: [&str; 4] = [
+const TABLES: [&str; 5] = [
     "_outbox",
     "_outbox_offset",
     "_outbox_lease",
     "_outbox_relay",
+    "_outbox_published",
 ];
 
 async fn tables_present(db: &DatabaseConnection) -> Vec<bool> {
@@ -27,12 +28,12 @@ async fn index_names(db: &DatabaseConnection, schema: Option<&str>) -> Vec<Strin
     let statement = match schema {
         Some(schema) => Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = '_outbox' ORDER BY 1",
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename IN ('_outbox', '_outbox_published') ORDER BY 1",
             [schema.into()],
         ),
         None => Statement::from_string(
             DbBackend::Sqlite,
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = '_outbox' AND sql IS NOT NULL ORDER BY 1",
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('_outbox', '_outbox_published') AND sql IS NOT NULL ORDER BY 1",
         ),
     };
     db.query_all_raw(statement)
@@ -44,13 +45,15 @@ async fn index_names(db: &DatabaseConnection, schema: Option<&str>) -> Vec<Strin
         .collect()
 }
 
-const INDEXES: [&str; 8] = [
+const INDEXES: [&str; 10] = [
     "idx__outbox_aggregate_id",
     "idx__outbox_claim",
     "idx__outbox_dead",
     "idx__outbox_destination_topic",
     "idx__outbox_parked",
     "idx__outbox_published_at",
+    "idx__outbox_published_id",
+    "idx__outbox_published_published_at",
     "idx__outbox_retry",
     "idx__outbox_trace_id",
 ];
@@ -58,23 +61,23 @@ const INDEXES: [&str; 8] = [
 async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     assert_eq!(
         tables_present(db).await,
-        [false; 4],
+        [false; 5],
         "the database starts empty"
     );
 
     Migrator::up(db, None).await.expect("first up");
-    assert_eq!(tables_present(db).await, [true; 4]);
+    assert_eq!(tables_present(db).await, [true; 5]);
     assert_eq!(index_names(db, schema).await, INDEXES);
 
     Migrator::down(db, None).await.expect("down");
     assert_eq!(
         tables_present(db).await,
-        [false; 4],
+        [false; 5],
         "down removes every table"
     );
 
     Migrator::up(db, None).await.expect("second up");
-    assert_eq!(tables_present(db).await, [true; 4]);
+    assert_eq!(tables_present(db).await, [true; 5]);
     assert_eq!(index_names(db, schema).await, INDEXES);
 }
 
@@ -112,6 +115,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
         "billing_outbox",
         "billing_outbox_offset",
         "billing_outbox_lease",
+        "billing_outbox_published",
     ]) {
         assert!(
             manager.has_table(table).await.expect("has_table"),
@@ -129,8 +133,10 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
         [
             "m20261127_000001_create_outbox_tables",
             "m20261127_000002_park_waiting_events",
+            "m20261128_000003_archive_published_events",
             "m20261127_000001_create_outbox_tables_billing_outbox",
-            "m20261127_000002_park_waiting_events_billing_outbox"
+            "m20261127_000002_park_waiting_events_billing_outbox",
+            "m20261128_000003_archive_published_events_billing_outbox"
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");

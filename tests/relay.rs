@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use outbox::entity::outbox as row;
 use outbox::{
-    Envelope, EventBuilder, FailureOutcome, MemoryPublisher, Message, Outbox, PublishError,
-    Publisher, Relay, RelayConfig,
+    Completion, Envelope, EventBuilder, FailureOutcome, MemoryPublisher, Message, Outbox,
+    PublishError, Publisher, Relay, RelayConfig,
 };
 use outbox_tests::{PgSchema, eventually, migrated_sqlite, retry_waits};
 use sea_orm::sea_query::Expr;
@@ -806,11 +806,12 @@ async fn orphaned_parked_events_go_out_in_order_with_the_next_event(db: Database
 /// Fencing: a relay whose lease was taken while its batch was at the broker writes
 /// nothing back (the new owner publishes the events again), both when everything in
 /// the batch was published (one fenced statement) and when an event failed (the
-/// fenced transaction).
+/// fenced transaction), in every completion mode.
 async fn a_write_back_after_the_lease_was_taken_changes_nothing(db: DatabaseConnection) {
     use outbox::entity::lease;
     use sea_orm::sea_query::ExprTrait;
-    for failing in [false, true] {
+    let modes = [Completion::Mark, Completion::Delete, Completion::Archive];
+    for (completion, failing) in modes.into_iter().flat_map(|m| [(m, false), (m, true)]) {
         let outbox = Outbox::new();
         let id = outbox
             .store(&db, &counter("k", 1), "counters")
@@ -825,7 +826,11 @@ async fn a_write_back_after_the_lease_was_taken_changes_nothing(db: DatabaseConn
             delay: Duration::from_millis(800),
             started: Arc::default(),
         };
-        let relay = Relay::new(fast_config("fenced"), db.clone(), slow.clone())
+        let config = RelayConfig {
+            completion,
+            ..fast_config("fenced")
+        };
+        let relay = Relay::new(config, db.clone(), slow.clone())
             .expect("valid relay config")
             .spawn();
         eventually(
@@ -852,15 +857,26 @@ async fn a_write_back_after_the_lease_was_taken_changes_nothing(db: DatabaseConn
             .one(&db)
             .await
             .expect("read")
-            .expect("the event is there");
+            .unwrap_or_else(|| panic!("a fenced-out relay deleted its batch ({completion})"));
         assert!(
             !event.published,
-            "a fenced-out relay marked its batch published (failing: {failing})"
+            "a fenced-out relay marked its batch published (failing: {failing}, {completion})"
         );
         assert_eq!(
             event.attempts, 0,
-            "a fenced-out relay recorded a failure (failing: {failing})"
+            "a fenced-out relay recorded a failure (failing: {failing}, {completion})"
         );
+        let archived = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM \"_outbox_published\"",
+            ))
+            .await
+            .expect("count the archive")
+            .expect("a count")
+            .try_get::<i64>("", "n")
+            .expect("n");
+        assert_eq!(archived, 0, "a fenced-out relay archived its batch");
         lease::Entity::delete_many()
             .exec(&db)
             .await

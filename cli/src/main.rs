@@ -67,6 +67,12 @@ struct Cli {
     #[arg(long, env = "OUTBOX_SHARDS", default_value = "16", global = true)]
     shards: std::num::NonZeroU16,
 
+    /// What becomes of published events: mark, delete or archive (see
+    /// outbox::Completion). `show` and `purge` look in the archive too with archive;
+    /// `relay` completes events this way.
+    #[arg(long, env = "OUTBOX_COMPLETION", default_value = "mark", global = true)]
+    completion: outbox::Completion,
+
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -187,7 +193,10 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let tables = Tables::with_base(&cli.table)?;
-    let outbox = Outbox::new().with_tables(tables).with_shards(cli.shards);
+    let outbox = Outbox::new()
+        .with_tables(tables)
+        .with_shards(cli.shards)
+        .with_completion(cli.completion);
     let db = connect(cli.database_url.as_deref(), cli.connect_timeout).await?;
     let json = cli.json;
     match cli.command {

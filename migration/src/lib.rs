@@ -24,6 +24,7 @@
 
 pub mod m20261127_000001_create_outbox_tables;
 pub mod m20261127_000002_park_waiting_events;
+pub mod m20261128_000003_archive_published_events;
 
 use sea_orm_migration::prelude::*;
 
@@ -40,6 +41,9 @@ pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
             tables.clone(),
         )),
         Box::new(m20261127_000002_park_waiting_events::Migration::new(
+            tables.clone(),
+        )),
+        Box::new(m20261128_000003_archive_published_events::Migration::new(
             tables.clone(),
         )),
     ]

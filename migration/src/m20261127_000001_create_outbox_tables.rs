@@ -96,16 +96,34 @@ fn timestamp(name: &'static str) -> ColumnDef {
 }
 
 fn outbox_table(table: &Identifier) -> TableCreateStatement {
+    let seq = ColumnDef::new("seq")
+        .big_integer()
+        .not_null()
+        .auto_increment()
+        .primary_key()
+        .to_owned();
+    event_table(
+        table,
+        seq,
+        ColumnDef::new("id")
+            .uuid()
+            .not_null()
+            .unique_key()
+            .to_owned(),
+    )
+}
+
+/// A table of events with this migration's columns, `seq` and `id` as given: the
+/// outbox, and (with `parked` added by the later migration) the archive.
+pub(crate) fn event_table(
+    table: &Identifier,
+    seq: ColumnDef,
+    id: ColumnDef,
+) -> TableCreateStatement {
     Table::create()
         .table(table.as_str().to_owned())
-        .col(
-            ColumnDef::new("seq")
-                .big_integer()
-                .not_null()
-                .auto_increment()
-                .primary_key(),
-        )
-        .col(ColumnDef::new("id").uuid().not_null().unique_key())
+        .col(seq)
+        .col(id)
         .col(varchar("event_type").not_null())
         .col(varchar("aggregate_id").not_null())
         .col(ColumnDef::new("event_data").json_binary().not_null())

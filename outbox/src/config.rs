@@ -3,6 +3,7 @@
 use std::num::NonZeroU16;
 use std::time::Duration;
 
+use crate::completion::Completion;
 use crate::error::{Error, Result};
 
 /// The longest service name: the relay tables' `service_name` columns hold 255
@@ -109,6 +110,12 @@ pub struct RelayConfig {
     /// connection to PostgreSQL (the same database). `None`: one connection of the
     /// pool is kept for listening.
     pub listen_url: Option<DatabaseUrl>,
+    /// What becomes of a published event's row: marked (the default), deleted or
+    /// moved to the archive table (see [`Completion`]). Every writer, relay and tool
+    /// of one outbox table should use the same mode; a relay given an
+    /// [`Outbox`](crate::Outbox) with [`Relay::with_outbox`](crate::Relay::with_outbox)
+    /// uses that outbox's.
+    pub completion: Completion,
 }
 
 /// A database URL whose password never appears in `Debug` output.
@@ -169,6 +176,7 @@ impl Default for RelayConfig {
             stall_timeout: Duration::from_secs(20),
             listen: true,
             listen_url: None,
+            completion: Completion::Mark,
         }
     }
 }
@@ -231,6 +239,12 @@ impl RelayConfig {
         if let Some(url) = env.get("OUTBOX_LISTEN_URL") {
             c.listen_url = Some(DatabaseUrl(url));
         }
+        env.parse(
+            "OUTBOX_COMPLETION",
+            &mut c.completion,
+            "expected mark, delete or archive",
+            |v| v.parse().ok(),
+        )?;
         env.parse(
             "OUTBOX_SHARDS",
             &mut c.shards,

@@ -127,6 +127,8 @@
 //!   shared a refused record batch are each sent again alone, so only the one at fault
 //!   uses an attempt.
 //! - **Bounded table**: published events are deleted after the retention, in batches.
+//! - **Completion modes**: a published event's row is marked (the default), deleted, or
+//!   moved to an archive table in the statement that deletes it; see [`Completion`].
 //!
 //! Leases, heartbeats and retry times go by the database's clock (the offset of the
 //! host's clock to PostgreSQL's is measured at every lease round). One outbox table
@@ -226,12 +228,14 @@
 //!   `outbox replay ID --yes` or [`Outbox::replay`]. A replayed event is published after
 //!   the events of its key that went out while it was dead.
 //! - **Retention**: published events are kept `cleanup_after_days` days for
-//!   inspection and deleted in batches of 1,000; pending and dead-lettered events are
-//!   never deleted. `outbox purge --published-older-than 1d --yes` deletes on demand.
+//!   inspection (in `_outbox`, or in the archive with [`Completion::Archive`]; not at
+//!   all with [`Completion::Delete`]) and deleted in batches of 1,000; pending and
+//!   dead-lettered events are never deleted. `outbox purge --published-older-than 1d --yes` deletes on demand.
 //! - **Watching**: [`RelayHandle::healthcheck`] for liveness probes; the gauges
 //!   `outbox_pending` and `outbox_oldest_pending_age_seconds` for alerts on lag.
 
 mod backlog;
+mod completion;
 mod config;
 pub mod entity;
 mod envelope;
@@ -254,6 +258,7 @@ mod tables;
 mod wake;
 
 pub use backlog::{Backlog, RelayInfo, TopicBacklog};
+pub use completion::{Completion, UnknownCompletion};
 pub use config::{DatabaseUrl, MAX_BATCH_SIZE, RelayConfig};
 pub use message::Message;
 #[cfg(feature = "kafka")]

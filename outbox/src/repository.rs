@@ -10,6 +10,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::backlog::CountRow;
+use crate::completion::Completion;
 use crate::config::RelayConfig;
 use crate::entity::outbox as row;
 use crate::error::{Error, Result};
@@ -17,6 +18,7 @@ use crate::publisher::PublishError;
 use crate::retry::failure_update;
 use crate::sql::{Dialect, Published, Unpublished};
 use crate::store::Outbox;
+use crate::tables::Identifier;
 
 /// What became of an event after a recorded failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,24 +111,32 @@ impl Outbox {
     }
 
     /// Marks events published by id, for custom processing (the Go library's
-    /// `MarkEventsAsPublished`). Returns how many were pending.
+    /// `MarkEventsAsPublished`): completes them by the outbox's
+    /// [`Completion`](crate::Completion) mode, so in `Delete` mode they are deleted and
+    /// in `Archive` mode moved to the archive. Returns how many were pending.
     ///
     /// # Errors
     /// The database's.
-    pub async fn mark_events_as_published<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        ids: &[Uuid],
-    ) -> Result<u64> {
+    pub async fn mark_events_as_published<C>(&self, conn: &C, ids: &[Uuid]) -> Result<u64>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
         if ids.is_empty() {
             return Ok(0);
         }
         let dialect = self.dialect(conn)?;
         let mut marked = 0;
         for chunk in ids.chunks(1000) {
-            let published = Published::Ids(chunk);
-            let statement = dialect.mark_published(self.tables().outbox(), published, Utc::now());
-            marked += conn.execute_raw(statement).await?.rows_affected();
+            marked += dialect
+                .complete(
+                    self.tables(),
+                    self.completion(),
+                    Published::Ids(chunk),
+                    Utc::now(),
+                    None,
+                )
+                .run(conn)
+                .await?;
         }
         if marked > 0 {
             // A published event may have held later events of its key parked.
@@ -139,6 +149,10 @@ impl Outbox {
     /// `HandleEventFailure`): the attempt counts, the event waits
     /// `config.backoff(attempts)`, and after `1 + config.retry_attempts` failures it is
     /// dead-lettered.
+    ///
+    /// An event already published is left as it is ([`FailureOutcome::Unchanged`]);
+    /// in [`Completion::Delete`](crate::Completion::Delete) mode its row is gone, so
+    /// it is not found.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown id, or the database's.
@@ -155,10 +169,16 @@ impl Outbox {
         let dialect = self.dialect(conn)?;
         let table = self.tables().outbox();
         let txn = conn.begin().await?;
-        let state = FailureStateRow::find_by_statement(dialect.failure_state(table, id))
+        let Some(state) = FailureStateRow::find_by_statement(dialect.failure_state(table, id))
             .one(&txn)
             .await?
-            .ok_or(Error::NotFound(id))?;
+        else {
+            // Published and archived: already through, like a marked event.
+            return match self.archived_event(&txn, id).await? {
+                Some(_) => Ok(FailureOutcome::Unchanged),
+                None => Err(Error::NotFound(id)),
+            };
+        };
         if state.published || state.dead {
             return Ok(FailureOutcome::Unchanged);
         }
@@ -231,8 +251,10 @@ impl Outbox {
     }
 
     /// Deletes events published more than `older_than` ago, `batch` rows per
-    /// statement so no statement holds many locks or runs long. Pending and
-    /// dead-lettered events are never deleted. Returns how many were deleted.
+    /// statement so no statement holds many locks or runs long: those kept in the
+    /// outbox table and, in [`Completion::Archive`](crate::Completion::Archive) mode,
+    /// those in the archive. Pending and dead-lettered events are never deleted.
+    /// Returns how many were deleted.
     ///
     /// # Errors
     /// [`Error::DurationOutOfRange`] when `older_than` reaches before the earliest
@@ -247,20 +269,24 @@ impl Outbox {
         let cutoff = cutoff(older_than)?;
         let batch = batch.max(1);
         let mut deleted = 0;
-        loop {
-            let statement = dialect.cleanup(self.tables().outbox(), cutoff, batch);
-            let n = conn.execute_raw(statement).await?.rows_affected();
-            deleted += n;
-            if n < batch {
-                return Ok(deleted);
+        for table in self.published_tables() {
+            loop {
+                let statement = dialect.cleanup(table, cutoff, batch);
+                let n = conn.execute_raw(statement).await?.rows_affected();
+                deleted += n;
+                if n < batch {
+                    break;
+                }
+                tokio::task::yield_now().await;
             }
-            tokio::task::yield_now().await;
         }
+        Ok(deleted)
     }
 
     /// One step of [`cleanup`](Self::cleanup): deletes up to `limit` events published
-    /// more than `older_than` ago, oldest first, in one statement, and returns how
-    /// many (what `outbox purge` does, step by step).
+    /// more than `older_than` ago, oldest first (the outbox table's, then the
+    /// archive's), and returns how many (what `outbox purge` does, step by step).
+    /// Fewer than `limit` means nothing is left to delete.
     ///
     /// # Errors
     /// As [`cleanup`](Self::cleanup).
@@ -270,23 +296,65 @@ impl Outbox {
         older_than: Duration,
         limit: u64,
     ) -> Result<u64> {
-        let statement =
-            self.dialect(conn)?
-                .cleanup(self.tables().outbox(), cutoff(older_than)?, limit.max(1));
-        Ok(conn.execute_raw(statement).await?.rows_affected())
+        let dialect = self.dialect(conn)?;
+        let cutoff = cutoff(older_than)?;
+        let limit = limit.max(1);
+        let mut deleted = 0;
+        for table in self.published_tables() {
+            let statement = dialect.cleanup(table, cutoff, limit - deleted);
+            deleted += conn.execute_raw(statement).await?.rows_affected();
+            if deleted == limit {
+                break;
+            }
+        }
+        Ok(deleted)
     }
 
-    /// One event by id.
+    /// The tables that hold published events: the outbox table in every mode (rows
+    /// marked before a switch of mode included), and the archive when archiving.
+    fn published_tables(&self) -> Vec<&Identifier> {
+        let tables = self.tables();
+        match self.completion() {
+            Completion::Archive => vec![tables.outbox(), tables.archive()],
+            Completion::Mark | Completion::Delete => vec![tables.outbox()],
+        }
+    }
+
+    /// One event by id: from the outbox table or, in
+    /// [`Completion::Archive`](crate::Completion::Archive) mode, the archive.
     ///
     /// # Errors
-    /// [`Error::NotFound`] for an unknown id, or the database's.
+    /// [`Error::NotFound`] for an unknown id (or one published and deleted), or the
+    /// database's.
     pub async fn event<C: ConnectionTrait>(&self, conn: &C, id: Uuid) -> Result<row::Model> {
         let statement = self.dialect(conn)?.event(self.tables().outbox(), id);
-        row::Entity::find()
+        let event = row::Entity::find()
             .from_raw_sql(statement)
             .one(conn)
-            .await?
-            .ok_or(Error::NotFound(id))
+            .await?;
+        match event {
+            Some(event) => Ok(event),
+            None => self
+                .archived_event(conn, id)
+                .await?
+                .ok_or(Error::NotFound(id)),
+        }
+    }
+
+    /// Event `id` from the archive, when this outbox archives.
+    async fn archived_event<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        id: Uuid,
+    ) -> Result<Option<row::Model>> {
+        if self.completion() != Completion::Archive {
+            return Ok(None);
+        }
+        let statement = self.dialect(conn)?.event(self.tables().archive(), id);
+        Ok(row::Entity::find()
+            .from_raw_sql(statement)
+            .one(conn)
+            .await?)
     }
 
     /// How many published events are older than `older_than` (what
@@ -300,13 +368,14 @@ impl Outbox {
         conn: &C,
         older_than: Duration,
     ) -> Result<u64> {
+        let dialect = self.dialect(conn)?;
         let cutoff = cutoff(older_than)?;
-        let statement = self
-            .dialect(conn)?
-            .count_published_before(self.tables().outbox(), cutoff);
-        Ok(CountRow::of(
-            CountRow::find_by_statement(statement).one(conn).await?,
-        ))
+        let mut count = 0;
+        for table in self.published_tables() {
+            let statement = dialect.count_published_before(table, cutoff);
+            count += CountRow::of(CountRow::find_by_statement(statement).one(conn).await?);
+        }
+        Ok(count)
     }
 
     /// Unparks the events whose key no longer has a failed pending event (after a

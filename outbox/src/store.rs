@@ -12,6 +12,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use crate::completion::Completion;
 use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::event::OutboxEvent;
@@ -32,7 +33,8 @@ pub(crate) const DEFAULT_SHARD_COUNT: NonZeroU16 = match NonZeroU16::new(DEFAULT
     None => panic!("the default shard count is not zero"),
 };
 
-/// The entry point for storing events: holds the table names and the shard count.
+/// The entry point for storing events: holds the table names, the shard count and
+/// the completion mode.
 ///
 /// Cheap to clone; create one at start-up and share it.
 ///
@@ -58,6 +60,7 @@ pub(crate) const DEFAULT_SHARD_COUNT: NonZeroU16 = match NonZeroU16::new(DEFAULT
 pub struct Outbox {
     tables: Tables,
     shards: Option<NonZeroU16>,
+    completion: Completion,
     /// Wakes the relays: of this process at once, of others through PostgreSQL.
     wake: Arc<Wake>,
 }
@@ -80,6 +83,20 @@ impl Outbox {
     pub fn with_shards(mut self, shards: NonZeroU16) -> Self {
         self.shards = Some(shards);
         self
+    }
+
+    /// Completes published events by `completion` (the default is
+    /// [`Completion::Mark`]): what the relay does with a row once the broker has its
+    /// event, and what [`mark_events_as_published`](Self::mark_events_as_published)
+    /// does. Every writer, relay and tool of one outbox table should agree.
+    pub fn with_completion(mut self, completion: Completion) -> Self {
+        self.completion = completion;
+        self
+    }
+
+    /// What becomes of a published event's row.
+    pub fn completion(&self) -> Completion {
+        self.completion
     }
 
     /// The table names.

@@ -66,7 +66,9 @@ impl fmt::Display for Identifier {
 /// The names of the outbox tables.
 ///
 /// The defaults are the Go library's `_outbox` and `_outbox_offset`, plus `_outbox_lease`
-/// (which relay owns which shard) and `_outbox_relay` (which relays are alive).
+/// (which relay owns which shard), `_outbox_relay` (which relays are alive) and
+/// `_outbox_published` (the archive of published events, for
+/// [`Completion::Archive`](crate::Completion::Archive)).
 /// A service that wants its own set uses [`Tables::with_base`]:
 ///
 /// ```
@@ -82,10 +84,12 @@ pub struct Tables {
     offset: Identifier,
     lease: Identifier,
     relay: Identifier,
+    archive: Identifier,
 }
 
 impl Tables {
-    /// Names the tables `{base}`, `{base}_offset`, `{base}_lease` and `{base}_relay`.
+    /// Names the tables `{base}`, `{base}_offset`, `{base}_lease`, `{base}_relay` and
+    /// `{base}_published`.
     ///
     /// # Errors
     /// [`Error::InvalidIdentifier`] when `base` is not a safe identifier or is longer
@@ -102,6 +106,7 @@ impl Tables {
             offset: Identifier::new(format!("{base}_offset"))?,
             lease: Identifier::new(format!("{base}_lease"))?,
             relay: Identifier::new(format!("{base}_relay"))?,
+            archive: Identifier::new(format!("{base}_published"))?,
             outbox,
         })
     }
@@ -126,6 +131,12 @@ impl Tables {
         &self.relay
     }
 
+    /// The archive of published events (`_outbox_published` by default), where
+    /// [`Completion::Archive`](crate::Completion::Archive) moves them.
+    pub fn archive(&self) -> &Identifier {
+        &self.archive
+    }
+
     /// The name of one of this set's indexes, e.g. `idx__outbox_claim`.
     pub fn index(&self, table: &Identifier, suffix: &str) -> String {
         format!("idx_{table}_{suffix}")
@@ -139,6 +150,7 @@ impl Default for Tables {
             offset: Identifier("_outbox_offset".to_owned()),
             lease: Identifier("_outbox_lease".to_owned()),
             relay: Identifier("_outbox_relay".to_owned()),
+            archive: Identifier("_outbox_published".to_owned()),
         }
     }
 }

@@ -253,9 +253,11 @@ impl<P: Publisher> Inner<P> {
     }
 
     /// Writes a batch's outcome back, only while this relay still holds `shard` with
-    /// `token` (the fence); returns whether it did. A batch that published everything
-    /// and unparks nothing, the steady state, needs one statement; any other, one
-    /// transaction behind the fence.
+    /// `token` (the fence); returns whether it did. Published events are completed by
+    /// the outbox's [`Completion`](crate::Completion) mode. A batch that published
+    /// everything and unparks nothing, the steady state, needs one statement (two in a
+    /// transaction when archiving on SQLite); any other, one transaction behind the
+    /// fence.
     pub(super) async fn write_back(
         &self,
         shard: i32,
@@ -273,18 +275,24 @@ impl<P: Publisher> Inner<P> {
             owner: &self.relay_id,
         };
         let seqs: Vec<i64> = published.iter().map(|m| m.seq).collect();
+        let completion = self.outbox.completion();
         if updates.is_empty() && through.is_empty() {
             if seqs.is_empty() {
                 return Ok(true);
             }
-            let marked = self
-                .db
-                .execute_raw(dialect.mark_published_fenced(tables, &lease, token, &seqs, acked_at))
-                .await?
-                .rows_affected();
-            // Nothing marked: the lease is gone, or another writer (a manual call)
-            // marked these events first.
-            return Ok(marked > 0
+            let completed = dialect
+                .complete(
+                    tables,
+                    completion,
+                    Published::Seqs(&seqs),
+                    acked_at,
+                    Some((&lease, token)),
+                )
+                .run(&self.db)
+                .await?;
+            // Nothing completed: the lease is gone, or another writer (a manual call)
+            // completed these events first.
+            return Ok(completed > 0
                 || self
                     .db
                     .query_one_raw(dialect.fence(tables, &lease, token))
@@ -301,8 +309,9 @@ impl<P: Publisher> Inner<P> {
             return Ok(false);
         }
         if !seqs.is_empty() {
-            let marked = Published::Seqs(&seqs);
-            txn.execute_raw(dialect.mark_published(tables.outbox(), marked, acked_at))
+            dialect
+                .complete(tables, completion, Published::Seqs(&seqs), acked_at, None)
+                .run(&txn)
                 .await?;
         }
         for failed in updates {

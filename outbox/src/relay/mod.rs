@@ -124,7 +124,9 @@ impl<P: Publisher> Relay<P> {
         config.validate()?;
         Dialect::of(db.get_database_backend())?;
         let relay_id = relay_id(&config.service_name);
-        let outbox = Outbox::new().with_shards(config.shards);
+        let outbox = Outbox::new()
+            .with_shards(config.shards)
+            .with_completion(config.completion);
         Ok(Self::build(
             config,
             db,
@@ -173,7 +175,8 @@ impl<P: Publisher> Relay<P> {
         }
     }
 
-    /// Uses `outbox`'s tables and shard count (instead of the configuration's), and
+    /// Uses `outbox`'s tables, shard count and completion mode (instead of the
+    /// configuration's), and
     /// wakes when it stores an event. Pass a clone of the outbox the application
     /// stores with.
     pub fn with_outbox(self, outbox: Outbox) -> Self {
@@ -183,6 +186,13 @@ impl<P: Publisher> Relay<P> {
                 configured = inner.config.shards.get(),
                 outbox = outbox.shards(),
                 "the relay uses the outbox's shard count, not the configuration's"
+            );
+        }
+        if outbox.completion() != inner.config.completion {
+            warn!(
+                configured = %inner.config.completion,
+                outbox = %outbox.completion(),
+                "the relay uses the outbox's completion mode, not the configuration's"
             );
         }
         let skew = inner.clock.skew();

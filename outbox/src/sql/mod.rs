@@ -11,7 +11,7 @@
 //! | `mod.rs` | [`Dialect`], building statements, the types they share |
 //! | `claim.rs`, `claim.sql`, `ready_shards.sql` | the claim and the idle poll (by hand) |
 //! | `insert.rs` | the key-locking insert and the rows it writes (by hand) |
-//! | `write_back.rs` | what a relay writes after publishing: fence, mark, failures, parking |
+//! | `write_back.rs` | what a relay writes after publishing: fence, completion (mark, delete, archive), failures, parking |
 //! | `leases.rs` | shard leases, relay membership, the offset table |
 //! | `manage.rs` | listings, replay, cleanup and counts for the manual calls and the CLI |
 //! | `backlog.sql` | the backlog gauges' counts (by hand) |

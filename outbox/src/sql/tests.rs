@@ -9,6 +9,7 @@ use sea_orm_migration::MigratorTrait;
 use uuid::Uuid;
 
 use super::{Dialect, FailureUpdate, LeaseKey, Published, Unpublished};
+use crate::completion::Completion;
 use crate::tables::Tables;
 
 async fn migrated() -> DatabaseConnection {
@@ -96,6 +97,8 @@ async fn the_management_statements_read_their_partial_indexes() {
     assert_uses(&cleanup, &["published_at"]);
     let expired = plan(&db, d.count_published_before(t.outbox(), now)).await;
     assert_uses(&expired, &["published_at"]);
+    let archive_cleanup = plan(&db, d.cleanup(t.archive(), now, 1000)).await;
+    assert_uses(&archive_cleanup, &["published_published_at"]);
     let from_shard = plan(&db, d.count_pending_from_shard(t.outbox(), 4)).await;
     assert_uses(&from_shard, &["claim"]);
     let backlog = plan(&db, d.backlog(t.outbox(), 4)).await;
@@ -124,12 +127,10 @@ async fn every_other_statement_runs() {
         next_attempt_at: Some(now),
         dead_lettered_at: None,
     };
-    let statements = [
+    let mut statements = vec![
         d.acquire_lease(&t, &lease, now, now),
         d.renew_leases(&t, "svc", "relay-a", &[1, 2], now, now),
         d.fence(&t, &lease, 1),
-        d.mark_published_fenced(&t, &lease, 1, &[1, 2], now),
-        d.mark_published(t.outbox(), Published::Ids(&[id]), now),
         d.record_failure(t.outbox(), id, &failure),
         d.failure_state(t.outbox(), id),
         d.release_lease(&t, &lease, now),
@@ -145,7 +146,20 @@ async fn every_other_statement_runs() {
         d.replay(t.outbox(), Some(id), now),
         d.replay(t.outbox(), None, now),
         d.replay_oldest(t.outbox(), 10, now),
+        d.event(t.archive(), id),
+        d.count_published_before(t.archive(), now),
     ];
+    for completion in [Completion::Mark, Completion::Delete, Completion::Archive] {
+        let fenced = d.complete(
+            &t,
+            completion,
+            Published::Seqs(&[1, 2]),
+            now,
+            Some((&lease, 1)),
+        );
+        let by_id = d.complete(&t, completion, Published::Ids(&[id]), now, None);
+        statements.extend(fenced.0.into_iter().chain(by_id.0));
+    }
     for statement in statements {
         db.execute_raw(statement.clone())
             .await

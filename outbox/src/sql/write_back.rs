@@ -1,25 +1,57 @@
-//! What a relay writes after publishing a batch: the lease fence, marking events
-//! published, recording failures, and parking the events behind a failed one.
+//! What a relay writes after publishing a batch: the lease fence, completing the
+//! published events (mark, delete, archive), recording failures, and parking the
+//! events behind a failed one.
 
 use chrono::{DateTime, Utc};
-use sea_orm::Statement;
 use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, LockType, Query, SelectStatement, UpdateStatement,
+    Alias, CommonTableExpression, Condition, Expr, ExprTrait, InsertStatement, LockType, Query,
+    SelectStatement, WithClause,
 };
+use sea_orm::{ConnectionTrait, Iterable, Statement, TransactionSession, TransactionTrait};
 use uuid::Uuid;
 
 use super::{Dialect, FailureUpdate, LeaseKey, table};
+use crate::completion::Completion;
 use crate::entity::lease::Column as Lease;
 use crate::entity::outbox::Column;
+use crate::error::Result;
 use crate::schema;
 use crate::tables::{Identifier, Tables};
 
-/// Which events a write-back marks published: by store order (the relay) or by event
-/// id (the manual call).
+/// Which events a write-back completes: by store order (the relay) or by event id
+/// (the manual call).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Published<'a> {
     Seqs(&'a [i64]),
     Ids(&'a [Uuid]),
+}
+
+/// The statements that complete some events (see [`Dialect::complete`]).
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Completing(pub(super) Vec<Statement>);
+
+impl Completing {
+    /// Runs the statements on `conn`, several in a transaction of their own (a
+    /// savepoint when `conn` is a transaction), and returns how many events they
+    /// completed.
+    pub(crate) async fn run<C>(self, conn: &C) -> Result<u64>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        match <[Statement; 1]>::try_from(self.0) {
+            Ok([statement]) => Ok(conn.execute_raw(statement).await?.rows_affected()),
+            Err(statements) => {
+                let txn = conn.begin().await?;
+                let mut completed = 0;
+                for statement in statements {
+                    completed = txn.execute_raw(statement).await?.rows_affected();
+                }
+                txn.commit().await?;
+                Ok(completed)
+            }
+        }
+    }
 }
 
 impl Dialect {
@@ -31,30 +63,77 @@ impl Dialect {
         self.build(held_lease(tables, lease, token).column(Lease::Token))
     }
 
-    /// Marks the pending events of `events` as published.
-    pub(crate) fn mark_published(
-        self,
-        table: &Identifier,
-        events: Published<'_>,
-        now: DateTime<Utc>,
-    ) -> Statement {
-        self.build(&mark(table, events, now))
-    }
-
-    /// Marks the pending events of `seqs` as published if `lease` is still held with
-    /// `token`: the fence and the write-back in one statement, for a batch with
-    /// nothing else to write. The lease row stays locked until the statement ends, as
-    /// behind [`fence`](Self::fence) in a transaction.
-    pub(crate) fn mark_published_fenced(
+    /// Completes the pending events of `events` by `completion`: marks them
+    /// published, deletes them, or moves them to the archive table. With `fence`, only
+    /// while that lease is still held with its token, checked in the same statement;
+    /// the lease row stays locked until the statement ends, as behind
+    /// [`fence`](Self::fence) in a transaction.
+    ///
+    /// One statement, whose row count is the number of events completed; archiving on
+    /// SQLite takes two (copy, then delete, each counting the events), which the
+    /// caller runs in one transaction.
+    pub(crate) fn complete(
         self,
         tables: &Tables,
-        lease: &LeaseKey<'_>,
-        token: i64,
-        seqs: &[i64],
+        completion: Completion,
+        events: Published<'_>,
         now: DateTime<Utc>,
-    ) -> Statement {
-        let fence = held_lease(tables, lease, token).expr(Expr::val(1)).take();
-        self.build(mark(tables.outbox(), Published::Seqs(seqs), now).and_where(Expr::exists(fence)))
+        fence: Option<(&LeaseKey<'_>, i64)>,
+    ) -> Completing {
+        let which = match events {
+            Published::Seqs(seqs) => Expr::col(Column::Seq).is_in(seqs.iter().copied()),
+            Published::Ids(ids) => Expr::col(Column::Id).is_in(ids.iter().copied()),
+        };
+        let mut rows = Condition::all()
+            .add(which)
+            .add(Expr::col(Column::Published).not());
+        if let Some((lease, token)) = fence {
+            let held = held_lease(tables, lease, token).expr(Expr::val(1)).take();
+            rows = rows.add(Expr::exists(held));
+        }
+        let outbox = table(tables.outbox());
+        let delete = || {
+            Query::delete()
+                .from_table(outbox.clone())
+                .cond_where(rows.clone())
+                .take()
+        };
+        match (completion, self) {
+            (Completion::Mark, _) => Completing(vec![
+                self.build(
+                    Query::update()
+                        .table(outbox.clone())
+                        .values([
+                            (Column::Published, true.into()),
+                            (Column::PublishedAt, now.into()),
+                            (Column::UpdatedAt, now.into()),
+                            (Column::Parked, false.into()),
+                        ])
+                        .cond_where(rows),
+                ),
+            ]),
+            (Completion::Delete, _) => Completing(vec![self.build(&delete())]),
+            (Completion::Archive, Dialect::Postgres) => {
+                let moved = Alias::new("moved");
+                let cte = CommonTableExpression::new()
+                    .table_name(moved.clone())
+                    .query(delete().returning_all().take())
+                    .to_owned();
+                let mut archive = archive(tables, archived(now).from(moved).take());
+                let with = WithClause::new().cte(cte).to_owned();
+                Completing(vec![self.build(&archive.with_cte(with).take())])
+            }
+            (Completion::Archive, Dialect::Sqlite) => {
+                let copy = archived(now)
+                    .from(outbox.clone())
+                    .cond_where(rows.clone())
+                    .take();
+                Completing(vec![
+                    self.build(&archive(tables, copy)),
+                    self.build(&delete()),
+                ])
+            }
+        }
     }
 
     /// Records a failed attempt of one event, identified by `id`.
@@ -156,23 +235,29 @@ impl Dialect {
     }
 }
 
-/// `UPDATE .. SET published ..` of the pending events of `events`, its WHERE clause
-/// open to more conditions.
-fn mark(table: &Identifier, events: Published<'_>, now: DateTime<Utc>) -> UpdateStatement {
-    let which = match events {
-        Published::Seqs(seqs) => Expr::col(Column::Seq).is_in(seqs.iter().copied()),
-        Published::Ids(ids) => Expr::col(Column::Id).is_in(ids.iter().copied()),
-    };
-    Query::update()
-        .table(super::table(table))
-        .values([
-            (Column::Published, true.into()),
-            (Column::PublishedAt, now.into()),
-            (Column::UpdatedAt, now.into()),
-            (Column::Parked, false.into()),
-        ])
-        .and_where(which)
-        .and_where(Expr::col(Column::Published).not())
+/// The columns of an outbox row as it goes to the archive: published at `now`,
+/// unparked, the rest as it was; the caller says from where.
+fn archived(now: DateTime<Utc>) -> SelectStatement {
+    let mut select = Query::select();
+    for column in Column::iter() {
+        let value = match column {
+            Column::Published => Expr::val(true),
+            Column::PublishedAt | Column::UpdatedAt => Expr::val(now),
+            Column::Parked => Expr::val(false),
+            other => Expr::col(other),
+        };
+        select.expr(value);
+    }
+    select
+}
+
+/// `INSERT INTO` the archive every column of the rows `rows` selects.
+fn archive(tables: &Tables, rows: SelectStatement) -> InsertStatement {
+    Query::insert()
+        .into_table(table(tables.archive()))
+        .columns(Column::iter())
+        .select_from(rows)
+        .expect("the archive's columns are the outbox's, selected in the same order")
         .take()
 }
 

@@ -1,0 +1,96 @@
+//! Creates `_outbox_published`, the archive that
+//! [`Completion::Archive`](outbox::Completion::Archive) moves published events to.
+//!
+//! It has the outbox's columns, so its rows are [`outbox::entity::outbox::Model`]s,
+//! and as few indexes as its readers need, since each is written once per archived
+//! event:
+//! - the primary key `seq` (not generated: an event keeps the `seq` it was stored with);
+//! - `idx_<archive>_id (id)`: `Outbox::event` and `outbox show` find an archived event;
+//! - `idx_<archive>_published_at (published_at)`: cleanup finds expired rows.
+
+use outbox::Tables;
+use outbox::entity::outbox::Column;
+use sea_orm_migration::prelude::*;
+
+use crate::m20261127_000001_create_outbox_tables::event_table;
+
+/// The migration; [`Migration::default`] uses the default table names.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    tables: Tables,
+    name: String,
+}
+
+const NAME: &str = "m20261128_000003_archive_published_events";
+
+impl Migration {
+    /// The migration over other table names (see the first migration's `new`).
+    pub fn new(tables: Tables) -> Self {
+        let name = if tables == Tables::default() {
+            NAME.to_owned()
+        } else {
+            format!("{NAME}_{}", tables.outbox())
+        };
+        Migration { tables, name }
+    }
+
+    fn index(&self, suffix: &str, column: Column) -> IndexCreateStatement {
+        let t = &self.tables;
+        Index::create()
+            .name(t.index(t.archive(), suffix))
+            .table(t.archive().as_str().to_owned())
+            .col(column)
+            .to_owned()
+    }
+}
+
+impl Default for Migration {
+    fn default() -> Self {
+        Migration::new(Tables::default())
+    }
+}
+
+impl MigrationName for Migration {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+// The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let seq = ColumnDef::new(Column::Seq)
+            .big_integer()
+            .not_null()
+            .primary_key()
+            .to_owned();
+        let id = ColumnDef::new(Column::Id).uuid().not_null().to_owned();
+        let parked = ColumnDef::new(Column::Parked)
+            .boolean()
+            .not_null()
+            .default(false)
+            .to_owned();
+        let archive = event_table(self.tables.archive(), seq, id)
+            .col(parked)
+            .to_owned();
+        manager.create_table(archive).await?;
+        manager.create_index(self.index("id", Column::Id)).await?;
+        manager
+            .create_index(self.index("published_at", Column::PublishedAt))
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(self.tables.archive().as_str().to_owned())
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
