@@ -5,6 +5,7 @@
 //! cargo run --release -p outbox-bench -- all            # the full run (several minutes)
 //! cargo run --release -p outbox-bench -- all --quick    # seconds; CI runs this
 //! cargo run --release -p outbox-bench -- relay --events 20000   # relay throughput only
+//! cargo run --release -p outbox-bench -- relay --completion delete   # in one mode
 //! ```
 //!
 //! Every comparison is a ratio of figures measured in the same run: the machines are
@@ -45,11 +46,17 @@ enum Command {
         #[arg(long, default_value = "target/bench/results.json")]
         json: PathBuf,
     },
-    /// Relay throughput only: one relay on preloaded events, beside its two limits.
+    /// Relay throughput only: one relay on preloaded events, beside its two limits,
+    /// in each completion mode.
     Relay {
         /// Events of 1 KiB to preload.
         #[arg(long, default_value_t = 20_000)]
         events: usize,
+        /// The completion modes to measure (mark, delete, archive; repeat or separate
+        /// with commas); every mode when not given. The first one also runs without
+        /// wake-ups and with 5 requests in flight.
+        #[arg(long, value_delimiter = ',')]
+        completion: Vec<outbox::Completion>,
     },
     /// Latency only: the broker's floor, commit-to-receive at 1,000 events/s (relay
     /// in-process, relays in their own processes), one event every 1-2 s after an idle
@@ -96,8 +103,8 @@ async fn main() -> Result<(), scenarios::Failure> {
             println!("figures written to {}", json.display());
             Ok(())
         }
-        Command::Relay { events } => {
-            let size = scenarios::Size::relay_only(events);
+        Command::Relay { events, completion } => {
+            let size = scenarios::Size::relay_only(events, completion);
             let report = scenarios::run_relay(&cli.database_url, &cli.brokers, &size).await?;
             println!("{}", report.table());
             Ok(())

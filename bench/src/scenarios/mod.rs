@@ -33,6 +33,7 @@ pub(crate) struct Size {
     quick: bool,
     store_transactions: usize,
     relay_events: usize,
+    completions: Vec<outbox::Completion>,
     scale_events: usize,
     retained: usize,
     blocked: usize,
@@ -51,6 +52,7 @@ impl Size {
             quick: true,
             store_transactions: 200,
             relay_events: 5_000,
+            completions: ALL_COMPLETIONS.to_vec(),
             scale_events: 3_000,
             retained: 10_000,
             blocked: 5_000,
@@ -64,10 +66,17 @@ impl Size {
         }
     }
 
-    /// The full sizes, with `events` for the relay throughput scenario.
-    pub(crate) fn relay_only(events: usize) -> Self {
+    /// The full sizes, with `events` for the relay throughput scenario in the
+    /// completion modes `completions` (every mode when empty).
+    pub(crate) fn relay_only(events: usize, completions: Vec<outbox::Completion>) -> Self {
+        let completions = if completions.is_empty() {
+            ALL_COMPLETIONS.to_vec()
+        } else {
+            completions
+        };
         Size {
             relay_events: events,
+            completions,
             ..Self::full()
         }
     }
@@ -93,6 +102,7 @@ impl Size {
             quick: false,
             store_transactions: 3_000,
             relay_events: 200_000,
+            completions: ALL_COMPLETIONS.to_vec(),
             scale_events: 50_000,
             retained: 1_000_000,
             blocked: 100_000,
@@ -108,6 +118,13 @@ impl Size {
 }
 
 const KEYS: usize = 64;
+
+/// The completion modes the relay scenario measures unless told otherwise.
+const ALL_COMPLETIONS: [outbox::Completion; 3] = [
+    outbox::Completion::Mark,
+    outbox::Completion::Delete,
+    outbox::Completion::Archive,
+];
 
 const BATCH_SIZE: usize = 500;
 
