@@ -20,8 +20,10 @@
 //!
 //! Knobs (environment): `TORTURE_SEED` (printed at start; set it to replay a run),
 //! `TORTURE_SECONDS` (how long writers write, default 20), `TORTURE_WRITERS` (8),
-//! `TORTURE_KEYS` (32), `TORTURE_RELAYS` (3), `TORTURE_RESTART_POSTGRES=1` (local only:
-//! also restart the PostgreSQL server, which needs `pg_ctlcluster` and root).
+//! `TORTURE_KEYS` (32), `TORTURE_RELAYS` (3), `TORTURE_COMPLETION` (the relays'
+//! completion modes, run one after the other, each for `TORTURE_SECONDS`; default
+//! `mark,delete`), `TORTURE_RESTART_POSTGRES=1` (local only: also restart the
+//! PostgreSQL server, which needs `pg_ctlcluster` and root).
 //! A local soak: `TORTURE_SECONDS=300 TORTURE_WRITERS=16 TORTURE_KEYS=256 scripts/test.sh -E 'test(torture)'`.
 
 use std::collections::{HashMap, HashSet};
@@ -30,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outbox::{Envelope, EventBuilder, Outbox};
+use outbox::{Completion, Envelope, EventBuilder, Outbox};
 use outbox_tests::kafka::{PrivateBroker, consume, create_topic};
 use outbox_tests::proxy::Mode;
 use outbox_tests::{PgSchema, database_url};
@@ -78,6 +80,7 @@ struct Size {
     keys: u64,
     relays: usize,
     restart_postgres: bool,
+    completions: Vec<Completion>,
 }
 
 impl Size {
@@ -99,6 +102,14 @@ impl Size {
             keys: var("TORTURE_KEYS", 32),
             relays: usize::try_from(var("TORTURE_RELAYS", 3)).unwrap_or(3),
             restart_postgres: var("TORTURE_RESTART_POSTGRES", 0) == 1,
+            completions: std::env::var("TORTURE_COMPLETION")
+                .unwrap_or_else(|_| "mark,delete".to_owned())
+                .split(',')
+                .map(|mode| {
+                    mode.parse()
+                        .unwrap_or_else(|e| panic!("TORTURE_COMPLETION: {e}"))
+                })
+                .collect(),
         }
     }
 }
@@ -122,6 +133,7 @@ struct Relays {
     children: Vec<Child>,
     max_rss_kib: u64,
     kills: u64,
+    completion: Completion,
 }
 
 impl Relays {
@@ -134,6 +146,7 @@ impl Relays {
             .env("OUTBOX_TORTURE_SCHEMA", &self.schema)
             .env("KAFKA_BROKERS", &self.brokers)
             .env("OUTBOX_SERVICE_NAME", "torture")
+            .env("OUTBOX_COMPLETION", self.completion.as_str())
             .env("OUTBOX_BATCH_SIZE", BATCH_SIZE.to_string())
             .env("OUTBOX_CONCURRENCY", CONCURRENCY.to_string())
             .env("OUTBOX_INTERVAL", "200ms")
@@ -320,6 +333,14 @@ async fn writer(
 async fn torture() {
     let size = Size::from_env();
     println!("torture: {size:?} (replay with TORTURE_SEED={})", size.seed);
+    for &completion in &size.completions {
+        torture_in(&size, completion).await;
+    }
+}
+
+/// One torture run, the relays completing published events by `completion`.
+async fn torture_in(size: &Size, completion: Completion) {
+    println!("torture: relays in {completion} mode");
     let started = Instant::now();
     let mut rng = Rng(size.seed);
 
@@ -348,6 +369,7 @@ async fn torture() {
         children: Vec::new(),
         max_rss_kib: 0,
         kills: 0,
+        completion,
     };
     for slot in 0..size.relays {
         relays.start(slot);
