@@ -45,14 +45,13 @@ async fn index_names(db: &DatabaseConnection, schema: Option<&str>) -> Vec<Strin
         .collect()
 }
 
-const INDEXES: [&str; 10] = [
+const INDEXES: [&str; 9] = [
     "idx__outbox_aggregate_id",
     "idx__outbox_claim",
     "idx__outbox_dead",
     "idx__outbox_destination_topic",
     "idx__outbox_parked",
     "idx__outbox_published_at",
-    "idx__outbox_published_id",
     "idx__outbox_published_published_at",
     "idx__outbox_retry",
     "idx__outbox_trace_id",

@@ -28,6 +28,35 @@ pub mod m20261128_000003_archive_published_events;
 
 use sea_orm_migration::prelude::*;
 
+/// A migration's name: `name`, with the base table's name as a suffix unless `tables`
+/// are the default ones, so several outboxes can live in one `Migrator`.
+fn name_for(name: &str, tables: &outbox::Tables) -> String {
+    if *tables == outbox::Tables::default() {
+        name.to_owned()
+    } else {
+        format!("{name}_{}", tables.outbox())
+    }
+}
+
+/// `Default` (the default table names) and `MigrationName` for a migration struct
+/// with `tables` and `name` fields and a `new(Tables)`.
+macro_rules! over_tables {
+    ($migration:ident) => {
+        impl Default for $migration {
+            fn default() -> Self {
+                $migration::new(outbox::Tables::default())
+            }
+        }
+
+        impl MigrationName for $migration {
+            fn name(&self) -> &str {
+                &self.name
+            }
+        }
+    };
+}
+pub(crate) use over_tables;
+
 /// The outbox's migrations over the default table names, in order.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
     migrations_for(&outbox::Tables::default())

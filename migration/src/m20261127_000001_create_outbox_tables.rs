@@ -34,26 +34,12 @@ impl Migration {
     /// The migration over other table names. Its name gets the base table's name as a
     /// suffix, so several outboxes can live in one `Migrator`.
     pub fn new(tables: Tables) -> Self {
-        let name = if tables == Tables::default() {
-            NAME.to_owned()
-        } else {
-            format!("{NAME}_{}", tables.outbox())
-        };
+        let name = crate::name_for(NAME, &tables);
         Migration { tables, name }
     }
 }
 
-impl Default for Migration {
-    fn default() -> Self {
-        Migration::new(Tables::default())
-    }
-}
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
+crate::over_tables!(Migration);
 
 // The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
 #[allow(elided_lifetimes_in_paths)]

@@ -32,11 +32,7 @@ const NAME: &str = "m20261127_000002_park_waiting_events";
 impl Migration {
     /// The migration over other table names (see the first migration's `new`).
     pub fn new(tables: Tables) -> Self {
-        let name = if tables == Tables::default() {
-            NAME.to_owned()
-        } else {
-            format!("{NAME}_{}", tables.outbox())
-        };
+        let name = crate::name_for(NAME, &tables);
         Migration { tables, name }
     }
 
@@ -94,17 +90,7 @@ impl Migration {
     }
 }
 
-impl Default for Migration {
-    fn default() -> Self {
-        Migration::new(Tables::default())
-    }
-}
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
+crate::over_tables!(Migration);
 
 // The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
 #[allow(elided_lifetimes_in_paths)]

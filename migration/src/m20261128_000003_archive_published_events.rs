@@ -4,8 +4,9 @@
 //! It has the outbox's columns, so its rows are [`outbox::entity::outbox::Model`]s,
 //! and as few indexes as its readers need, since each is written once per archived
 //! event:
-//! - the primary key `seq` (not generated: an event keeps the `seq` it was stored with);
-//! - `idx_<archive>_id (id)`: `Outbox::event` and `outbox show` find an archived event;
+//! - the primary key `id`: `Outbox::event` and `outbox show` find an archived event
+//!   (UUID v7, so new entries go to the right edge of the B-tree); an event keeps the
+//!   `seq` it was stored with, not indexed;
 //! - `idx_<archive>_published_at (published_at)`: cleanup finds expired rows.
 
 use outbox::Tables;
@@ -26,11 +27,7 @@ const NAME: &str = "m20261128_000003_archive_published_events";
 impl Migration {
     /// The migration over other table names (see the first migration's `new`).
     pub fn new(tables: Tables) -> Self {
-        let name = if tables == Tables::default() {
-            NAME.to_owned()
-        } else {
-            format!("{NAME}_{}", tables.outbox())
-        };
+        let name = crate::name_for(NAME, &tables);
         Migration { tables, name }
     }
 
@@ -44,17 +41,7 @@ impl Migration {
     }
 }
 
-impl Default for Migration {
-    fn default() -> Self {
-        Migration::new(Tables::default())
-    }
-}
-
-impl MigrationName for Migration {
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
+crate::over_tables!(Migration);
 
 // The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
 #[allow(elided_lifetimes_in_paths)]
@@ -64,9 +51,12 @@ impl MigrationTrait for Migration {
         let seq = ColumnDef::new(Column::Seq)
             .big_integer()
             .not_null()
+            .to_owned();
+        let id = ColumnDef::new(Column::Id)
+            .uuid()
+            .not_null()
             .primary_key()
             .to_owned();
-        let id = ColumnDef::new(Column::Id).uuid().not_null().to_owned();
         let parked = ColumnDef::new(Column::Parked)
             .boolean()
             .not_null()
@@ -76,7 +66,6 @@ impl MigrationTrait for Migration {
             .col(parked)
             .to_owned();
         manager.create_table(archive).await?;
-        manager.create_index(self.index("id", Column::Id)).await?;
         manager
             .create_index(self.index("published_at", Column::PublishedAt))
             .await?;
