@@ -57,6 +57,10 @@ enum Command {
         /// wake-ups and with 5 requests in flight.
         #[arg(long, value_delimiter = ',')]
         completion: Vec<outbox::Completion>,
+        /// Shards the relay processes at once (OUTBOX_CONCURRENCY; the default's
+        /// when not given).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        concurrency: Option<u16>,
     },
     /// Latency only: the broker's floor, commit-to-receive at 1,000 events/s (relay
     /// in-process, relays in their own processes), one event every 1-2 s after an idle
@@ -103,8 +107,13 @@ async fn main() -> Result<(), scenarios::Failure> {
             println!("figures written to {}", json.display());
             Ok(())
         }
-        Command::Relay { events, completion } => {
-            let size = scenarios::Size::relay_only(events, completion);
+        Command::Relay {
+            events,
+            completion,
+            concurrency,
+        } => {
+            let size =
+                scenarios::Size::relay_only(events, completion, concurrency.map(usize::from));
             let report = scenarios::run_relay(&cli.database_url, &cli.brokers, &size).await?;
             println!("{}", report.table());
             Ok(())

@@ -34,6 +34,8 @@ pub(crate) struct Size {
     store_transactions: usize,
     relay_events: usize,
     completions: Vec<outbox::Completion>,
+    /// Shards one relay processes at once in the relay scenario.
+    concurrency: usize,
     scale_events: usize,
     retained: usize,
     blocked: usize,
@@ -53,6 +55,7 @@ impl Size {
             store_transactions: 200,
             relay_events: 5_000,
             completions: ALL_COMPLETIONS.to_vec(),
+            concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 3_000,
             retained: 10_000,
             blocked: 5_000,
@@ -68,16 +71,22 @@ impl Size {
 
     /// The full sizes, with `events` for the relay throughput scenario in the
     /// completion modes `completions` (every mode when empty).
-    pub(crate) fn relay_only(events: usize, completions: Vec<outbox::Completion>) -> Self {
+    pub(crate) fn relay_only(
+        events: usize,
+        completions: Vec<outbox::Completion>,
+        concurrency: Option<usize>,
+    ) -> Self {
         let completions = if completions.is_empty() {
             ALL_COMPLETIONS.to_vec()
         } else {
             completions
         };
+        let full = Self::full();
         Size {
             relay_events: events,
             completions,
-            ..Self::full()
+            concurrency: concurrency.unwrap_or(full.concurrency),
+            ..full
         }
     }
 
@@ -103,6 +112,7 @@ impl Size {
             store_transactions: 3_000,
             relay_events: 200_000,
             completions: ALL_COMPLETIONS.to_vec(),
+            concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 50_000,
             retained: 1_000_000,
             blocked: 100_000,

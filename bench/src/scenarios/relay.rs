@@ -7,6 +7,7 @@ use futures_util::future::join_all;
 use outbox::{Completion, KafkaConfig, KafkaPublisher, Message, NoOpPublisher, RelayConfig};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
+use sea_orm::ConnectionTrait;
 use uuid::Uuid;
 
 use super::fixtures::{
@@ -74,8 +75,12 @@ pub(super) async fn relay_throughput(
             let config = RelayConfig {
                 completion: mode,
                 listen: run != Run::WithoutWake,
+                concurrency: size.concurrency,
                 ..relay_config("bench")
             };
+            // As autovacuum would have by then in production; left to chance, its
+            // ANALYZE lands in some runs and not others, and the claim's plan with it.
+            schema.db.execute_unprepared("ANALYZE _outbox").await?;
             let rate = match run {
                 Run::Limit => drain_with(&schema.db, &NoOpPublisher, 1, events, &config).await?,
                 Run::EndToEnd | Run::WithoutWake => {
@@ -101,6 +106,7 @@ pub(super) async fn relay_throughput(
     )?;
     let config = RelayConfig {
         completion: base,
+        concurrency: size.concurrency,
         ..relay_config("bench")
     };
     let pipelined = drain_with(&schema.db, &five_in_flight, 1, events, &config).await?;
@@ -155,15 +161,17 @@ pub(super) async fn relay_throughput(
             raw_database,
             "events/s",
         );
+        let against_mark = raw_database / mark_limit;
         match mode {
+            _ if !samples.contains_key(&(Completion::Mark, Run::Limit)) => {}
             Completion::Mark => {}
             Completion::Delete => {
-                row.ratio(raw_database / mark_limit, "of limit b in mark mode")
-                    .target(">= 1.8x", raw_database / mark_limit >= 1.8);
+                row.ratio(against_mark, "of limit b in mark mode")
+                    .target(">= 1.8x", against_mark >= 1.8);
             }
             Completion::Archive => {
-                row.ratio(raw_database / mark_limit, "of limit b in mark mode")
-                    .target(">= 1.3x", raw_database / mark_limit >= 1.3);
+                row.ratio(against_mark, "of limit b in mark mode")
+                    .target(">= 1.3x", against_mark >= 1.3);
             }
         }
         let row = report
