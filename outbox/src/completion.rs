@@ -9,9 +9,12 @@ use std::str::FromStr;
 ///
 /// | mode | the published row | costs per event | history |
 /// |---|---|---|---|
-/// | [`Mark`](Completion::Mark) (default) | stays in `_outbox`, `published = true`, until cleanup | a new row version and its index entries | in `_outbox` for `cleanup_after_days` |
+/// | [`Mark`](Completion::Mark) (default) | stays in `_outbox`, `published = true`, until cleanup | a new row version and an entry in five indexes | in `_outbox` for `cleanup_after_days` |
 /// | [`Delete`](Completion::Delete) | is deleted | a deleted row version | none |
-/// | [`Archive`](Completion::Archive) | moves to `<base>_published` | a deleted row, an inserted one in a smaller table | in `<base>_published` for `cleanup_after_days` |
+/// | [`Archive`](Completion::Archive) | moves to `<base>_published` | a deleted row version, the row written again with two index entries | in `<base>_published` for `cleanup_after_days` |
+///
+/// Measured (`outbox-bench relay`, PostgreSQL, 1 KiB events): the relay's database
+/// work alone runs about 2x as fast deleting as marking, and 1.2-1.3x archiving.
 ///
 /// Every guarantee holds in every mode: the write-back is fenced by the shard's lease
 /// in one statement (on SQLite, archiving is two statements in one transaction), a

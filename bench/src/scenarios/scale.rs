@@ -34,12 +34,13 @@ pub(super) async fn scale(
         ))
         .await?;
     // The same rows in the archive, for the relay that archives.
-    history
-        .db
-        .execute_unprepared(
-            "INSERT INTO _outbox_published SELECT * FROM _outbox; VACUUM ANALYZE _outbox; VACUUM ANALYZE _outbox_published",
-        )
-        .await?;
+    for statement in [
+        "INSERT INTO _outbox_published SELECT * FROM _outbox",
+        "VACUUM ANALYZE _outbox",
+        "VACUUM ANALYZE _outbox_published",
+    ] {
+        history.db.execute_unprepared(statement).await?;
+    }
 
     let mut rates: HashMap<&'static str, Vec<f64>> = HashMap::new();
     for _round in 0..ROUNDS {
