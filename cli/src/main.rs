@@ -121,7 +121,8 @@ enum Command {
     },
     /// Put dead-lettered events back in line (a dry run without --yes).
     Replay(Replay),
-    /// Delete published events older than a duration (a dry run without --yes).
+    /// Delete published events older than a duration, archived ones too with
+    /// --completion archive (a dry run without --yes).
     Purge {
         /// e.g. 7d, 12h, 30m
         #[arg(long, value_parser = humantime::parse_duration)]
