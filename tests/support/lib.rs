@@ -104,13 +104,26 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A fresh in-memory SQLite database (one connection, so every query sees it).
+/// A fresh in-memory SQLite database, behind a pool of one connection.
+///
+/// An in-memory database lives only while a connection to it is open, and the pool
+/// replaces its connection when a query future is dropped midway (as a relay's tasks
+/// are at shutdown): a second connection, held for the rest of the test process,
+/// keeps the database alive across that.
 pub async fn sqlite() -> DatabaseConnection {
-    let mut options = ConnectOptions::new("sqlite::memory:");
-    options.max_connections(1).sqlx_logging(false);
-    Database::connect(options)
-        .await
-        .expect("open in-memory SQLite")
+    let url = format!(
+        "sqlite:file:outbox-test-{}?mode=memory&cache=shared",
+        uuid::Uuid::now_v7().simple()
+    );
+    let open = || async {
+        let mut options = ConnectOptions::new(url.clone());
+        options.max_connections(1).sqlx_logging(false);
+        Database::connect(options)
+            .await
+            .expect("open in-memory SQLite")
+    };
+    std::mem::forget(open().await);
+    open().await
 }
 
 /// An in-memory SQLite database with the outbox's migrations applied.
