@@ -28,34 +28,46 @@ pub mod m20261128_000003_archive_published_events;
 
 use sea_orm_migration::prelude::*;
 
-/// A migration's name: `name`, with the base table's name as a suffix unless `tables`
-/// are the default ones, so several outboxes can live in one `Migrator`.
-fn name_for(name: &str, tables: &outbox::Tables) -> String {
-    if *tables == outbox::Tables::default() {
-        name.to_owned()
-    } else {
-        format!("{name}_{}", tables.outbox())
-    }
-}
+/// A migration over a set of outbox tables: `Migration`, its `new(Tables)`, and
+/// `Default` (the default table names) and `MigrationName` (`$name`, with the base
+/// table's name as a suffix unless the tables are the default ones, so several
+/// outboxes can live in one `Migrator`).
+macro_rules! migration {
+    ($name:literal) => {
+        /// The migration; [`Migration::default`] uses the default table names.
+        #[derive(Debug, Clone)]
+        pub struct Migration {
+            tables: outbox::Tables,
+            name: String,
+        }
 
-/// `Default` (the default table names) and `MigrationName` for a migration struct
-/// with `tables` and `name` fields and a `new(Tables)`.
-macro_rules! over_tables {
-    ($migration:ident) => {
-        impl Default for $migration {
-            fn default() -> Self {
-                $migration::new(outbox::Tables::default())
+        impl Migration {
+            /// The migration over other table names. Its name gets the base table's
+            /// name as a suffix, so several outboxes can live in one `Migrator`.
+            pub fn new(tables: outbox::Tables) -> Self {
+                let name = if tables == outbox::Tables::default() {
+                    $name.to_owned()
+                } else {
+                    format!("{}_{}", $name, tables.outbox())
+                };
+                Migration { tables, name }
             }
         }
 
-        impl MigrationName for $migration {
+        impl Default for Migration {
+            fn default() -> Self {
+                Migration::new(outbox::Tables::default())
+            }
+        }
+
+        impl MigrationName for Migration {
             fn name(&self) -> &str {
                 &self.name
             }
         }
     };
 }
-pub(crate) use over_tables;
+pub(crate) use migration;
 
 /// The outbox's migrations over the default table names, in order.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {

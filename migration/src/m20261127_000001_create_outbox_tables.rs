@@ -21,25 +21,7 @@ use outbox::entity::outbox::Column;
 use outbox::{Identifier, Tables, schema};
 use sea_orm_migration::prelude::*;
 
-/// The migration; [`Migration::default`] uses the default table names.
-#[derive(Debug, Clone)]
-pub struct Migration {
-    tables: Tables,
-    name: String,
-}
-
-const NAME: &str = "m20261127_000001_create_outbox_tables";
-
-impl Migration {
-    /// The migration over other table names. Its name gets the base table's name as a
-    /// suffix, so several outboxes can live in one `Migrator`.
-    pub fn new(tables: Tables) -> Self {
-        let name = crate::name_for(NAME, &tables);
-        Migration { tables, name }
-    }
-}
-
-crate::over_tables!(Migration);
+crate::migration!("m20261127_000001_create_outbox_tables");
 
 // The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
 #[allow(elided_lifetimes_in_paths)]

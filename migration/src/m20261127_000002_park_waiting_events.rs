@@ -16,26 +16,13 @@
 //!   finds a key's parked events to unpark them.
 
 use outbox::entity::outbox::Column;
-use outbox::{Tables, schema};
+use outbox::schema;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
-/// The migration; [`Migration::default`] uses the default table names.
-#[derive(Debug, Clone)]
-pub struct Migration {
-    tables: Tables,
-    name: String,
-}
-
-const NAME: &str = "m20261127_000002_park_waiting_events";
+crate::migration!("m20261127_000002_park_waiting_events");
 
 impl Migration {
-    /// The migration over other table names (see the first migration's `new`).
-    pub fn new(tables: Tables) -> Self {
-        let name = crate::name_for(NAME, &tables);
-        Migration { tables, name }
-    }
-
     /// The claim index of this migration: `(shard, seq)` over claimable events,
     /// with `next_attempt_at` included (PostgreSQL) or as a third key column (SQLite,
     /// which has no INCLUDE).
@@ -89,8 +76,6 @@ impl Migration {
             .to_owned()
     }
 }
-
-crate::over_tables!(Migration);
 
 // The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
 #[allow(elided_lifetimes_in_paths)]

@@ -9,28 +9,14 @@
 //!   `seq` it was stored with, not indexed;
 //! - `idx_<archive>_published_at (published_at)`: cleanup finds expired rows.
 
-use outbox::Tables;
 use outbox::entity::outbox::Column;
 use sea_orm_migration::prelude::*;
 
 use crate::m20261127_000001_create_outbox_tables::event_table;
 
-/// The migration; [`Migration::default`] uses the default table names.
-#[derive(Debug, Clone)]
-pub struct Migration {
-    tables: Tables,
-    name: String,
-}
-
-const NAME: &str = "m20261128_000003_archive_published_events";
+crate::migration!("m20261128_000003_archive_published_events");
 
 impl Migration {
-    /// The migration over other table names (see the first migration's `new`).
-    pub fn new(tables: Tables) -> Self {
-        let name = crate::name_for(NAME, &tables);
-        Migration { tables, name }
-    }
-
     fn index(&self, suffix: &str, column: Column) -> IndexCreateStatement {
         let t = &self.tables;
         Index::create()
@@ -40,8 +26,6 @@ impl Migration {
             .to_owned()
     }
 }
-
-crate::over_tables!(Migration);
 
 // The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
 #[allow(elided_lifetimes_in_paths)]
