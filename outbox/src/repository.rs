@@ -327,12 +327,7 @@ impl Outbox {
     /// [`Error::NotFound`] for an unknown id (or one published and deleted), or the
     /// database's.
     pub async fn event<C: ConnectionTrait>(&self, conn: &C, id: Uuid) -> Result<row::Model> {
-        let statement = self.dialect(conn)?.event(self.tables().outbox(), id);
-        let event = row::Entity::find()
-            .from_raw_sql(statement)
-            .one(conn)
-            .await?;
-        match event {
+        match self.event_in(conn, self.tables().outbox(), id).await? {
             Some(event) => Ok(event),
             None => self
                 .archived_event(conn, id)
@@ -347,10 +342,20 @@ impl Outbox {
         conn: &C,
         id: Uuid,
     ) -> Result<Option<row::Model>> {
-        if self.completion() != Completion::Archive {
-            return Ok(None);
+        match self.completion() {
+            Completion::Archive => self.event_in(conn, self.tables().archive(), id).await,
+            Completion::Mark | Completion::Delete => Ok(None),
         }
-        let statement = self.dialect(conn)?.event(self.tables().archive(), id);
+    }
+
+    /// Event `id` from `table` (the outbox table or the archive, which share columns).
+    async fn event_in<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        table: &Identifier,
+        id: Uuid,
+    ) -> Result<Option<row::Model>> {
+        let statement = self.dialect(conn)?.event(table, id);
         Ok(row::Entity::find()
             .from_raw_sql(statement)
             .one(conn)

@@ -1,4 +1,5 @@
-//! Relay throughput beside its two limits (the raw producer, claim and mark).
+//! Relay throughput beside its two limits (the raw producer; claim and complete), per
+//! completion mode.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -60,19 +60,18 @@ pub(super) async fn scale(
         }
         // One relay per completion mode with nothing retained, and the same on the
         // schema with the history (marking) or the archive (archiving) full.
-        for (name, completion, db) in [
-            ("mark", Completion::Mark, None),
-            ("archive", Completion::Archive, None),
-            ("history", Completion::Mark, Some(&history.db)),
-            ("archived", Completion::Archive, Some(&history.db)),
+        for (name, completion, retained) in [
+            ("mark", Completion::Mark, false),
+            ("archive", Completion::Archive, false),
+            ("history", Completion::Mark, true),
+            ("archived", Completion::Archive, true),
         ] {
-            let fresh = match db {
-                Some(_) => None,
-                None => Some(migrated_schema(url, 16).await?),
+            let fresh = if retained {
+                None
+            } else {
+                Some(migrated_schema(url, 16).await?)
             };
-            let db = db
-                .or(fresh.as_ref().map(|schema| &schema.db))
-                .ok_or("a schema")?;
+            let db = fresh.as_ref().map_or(&history.db, |schema| &schema.db);
             let topic = create_topic(brokers, 8).await?;
             preload(db, &topic, events).await?;
             let config = RelayConfig {
