@@ -49,7 +49,7 @@ async fn outbox_rows(db: &DatabaseConnection) -> Vec<row::Model> {
 
 /// The rows of the archive, in store order.
 async fn archived_rows(db: &DatabaseConnection) -> Vec<row::Model> {
-    let sql = "SELECT * FROM \"_outbox_published\" ORDER BY \"seq\"";
+    let sql = "SELECT * FROM _outbox_published ORDER BY seq";
     row::Entity::find()
         .from_raw_sql(Statement::from_string(db.get_database_backend(), sql))
         .all(db)
@@ -64,7 +64,7 @@ async fn clear(db: &DatabaseConnection) {
         "_outbox_lease",
         "_outbox_relay",
     ] {
-        let sql = format!("DELETE FROM \"{table}\"");
+        let sql = format!("DELETE FROM {table}");
         db.execute_raw(Statement::from_string(db.get_database_backend(), sql))
             .await
             .expect("clear a table");
@@ -326,7 +326,7 @@ async fn cleanup_deletes_expired_archived_events(db: DatabaseConnection) {
     assert!(archived_rows(&db).await.is_empty());
 }
 
-outbox_tests::on_both_backends!(
+outbox_tests::on_every_backend!(
     each_mode_completes_published_events_and_only_those,
     the_manual_calls_complete_by_the_mode,
     cleanup_deletes_expired_archived_events,

@@ -1,9 +1,9 @@
-//! The migrations run up, down and up again, on PostgreSQL and SQLite, and create
-//! the tables and indexes the relay relies on.
+//! The migrations run up, down and up again, on PostgreSQL, MySQL and SQLite, and
+//! create the tables and indexes the relay relies on.
 
 use outbox::Tables;
 use outbox_migration::Migrator;
-use outbox_tests::{PgSchema, sqlite};
+use outbox_tests::{MySqlDatabase, PgSchema, sqlite};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
 
@@ -24,14 +24,21 @@ async fn tables_present(db: &DatabaseConnection) -> Vec<bool> {
     present
 }
 
+/// The names of the outbox's and the archive's indexes; `schema` is the PostgreSQL
+/// schema or the MySQL database.
 async fn index_names(db: &DatabaseConnection, schema: Option<&str>) -> Vec<String> {
-    let statement = match schema {
-        Some(schema) => Statement::from_sql_and_values(
+    let statement = match (db.get_database_backend(), schema) {
+        (DbBackend::Postgres, Some(schema)) => Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename IN ('_outbox', '_outbox_published') ORDER BY 1",
             [schema.into()],
         ),
-        None => Statement::from_string(
+        (DbBackend::MySql, Some(database)) => Statement::from_sql_and_values(
+            DbBackend::MySql,
+            "SELECT DISTINCT CAST(index_name AS CHAR) FROM information_schema.statistics WHERE table_schema = ? AND table_name IN ('_outbox', '_outbox_published') ORDER BY 1",
+            [database.into()],
+        ),
+        _ => Statement::from_string(
             DbBackend::Sqlite,
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('_outbox', '_outbox_published') AND sql IS NOT NULL ORDER BY 1",
         ),
@@ -57,7 +64,33 @@ const INDEXES: [&str; 9] = [
     "idx__outbox_trace_id",
 ];
 
+/// How many rows MySQL's key lock table holds; `None` without the table.
+async fn key_locks(db: &DatabaseConnection) -> Option<i64> {
+    if !SchemaManager::new(db)
+        .has_table("_outbox_key_lock")
+        .await
+        .expect("has_table")
+    {
+        return None;
+    }
+    let statement = Statement::from_string(
+        db.get_database_backend(),
+        "SELECT COUNT(*), MIN(id), MAX(id) FROM _outbox_key_lock",
+    );
+    let row = db
+        .query_one_raw(statement)
+        .await
+        .expect("count key locks")
+        .expect("a row");
+    let first: i32 = row.try_get_by_index(1).expect("min");
+    let last: i32 = row.try_get_by_index(2).expect("max");
+    assert_eq!((first, last), (0, outbox::KEY_LOCKS - 1));
+    Some(row.try_get_by_index(0).expect("count"))
+}
+
 async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
+    let mysql = db.get_database_backend() == DbBackend::MySql;
+    let key_lock_rows = mysql.then_some(i64::from(outbox::KEY_LOCKS));
     assert_eq!(
         tables_present(db).await,
         [false; 5],
@@ -67,6 +100,11 @@ async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     Migrator::up(db, None).await.expect("first up");
     assert_eq!(tables_present(db).await, [true; 5]);
     assert_eq!(index_names(db, schema).await, INDEXES);
+    assert_eq!(
+        key_locks(db).await,
+        key_lock_rows,
+        "key locks on MySQL only"
+    );
 
     Migrator::down(db, None).await.expect("down");
     assert_eq!(
@@ -74,10 +112,12 @@ async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
         [false; 5],
         "down removes every table"
     );
+    assert_eq!(key_locks(db).await, None);
 
     Migrator::up(db, None).await.expect("second up");
     assert_eq!(tables_present(db).await, [true; 5]);
     assert_eq!(index_names(db, schema).await, INDEXES);
+    assert_eq!(key_locks(db).await, key_lock_rows);
 }
 
 #[tokio::test]
@@ -85,6 +125,13 @@ async fn postgres_migrates_up_down_and_up_again() {
     let pg = PgSchema::empty().await;
     up_down_up(&pg.db, Some(&pg.schema)).await;
     pg.drop().await;
+}
+
+#[tokio::test]
+async fn mysql_migrates_up_down_and_up_again() {
+    let database = MySqlDatabase::empty().await;
+    up_down_up(&database.db, Some(&database.name)).await;
+    database.drop().await;
 }
 
 #[tokio::test]
@@ -133,9 +180,11 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261127_000001_create_outbox_tables",
             "m20261127_000002_park_waiting_events",
             "m20261128_000003_archive_published_events",
+            "m20261128_000004_mysql_key_locks",
             "m20261127_000001_create_outbox_tables_billing_outbox",
             "m20261127_000002_park_waiting_events_billing_outbox",
-            "m20261128_000003_archive_published_events_billing_outbox"
+            "m20261128_000003_archive_published_events_billing_outbox",
+            "m20261128_000004_mysql_key_locks_billing_outbox",
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");

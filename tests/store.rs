@@ -1,6 +1,6 @@
 //! Storing events: atomic with the caller's transaction, every field as given,
 //! batches in one statement, invalid input rejected before anything is written, and
-//! per-key commit order on PostgreSQL.
+//! per-key commit order on PostgreSQL and MySQL.
 
 use std::collections::BTreeMap;
 use std::future::IntoFuture;
@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use outbox::entity::outbox as outbox_row;
 use outbox::{Envelope, Error, EventBuilder, EventField, Outbox, OutboxEvent, Tables};
-use outbox_tests::PgSchema;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, EntityTrait, QueryOrder, Statement, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryOrder, Statement,
+    TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -357,7 +357,7 @@ async fn custom_tables_are_used(db: DatabaseConnection) {
     assert!(rows(db).await.is_empty(), "the default table is untouched");
 }
 
-outbox_tests::on_both_backends!(
+outbox_tests::on_every_backend!(
     commit_makes_the_row_visible_with_every_field,
     rollback_leaves_nothing,
     defaults_key_to_aggregate_and_builder_fields,
@@ -367,10 +367,7 @@ outbox_tests::on_both_backends!(
     an_empty_batch_stores_nothing_and_succeeds,
 );
 
-#[tokio::test]
-async fn postgres_batch_beyond_the_parameter_limit_is_split_and_complete() {
-    let pg = PgSchema::migrated().await;
-    let mut db = pg.db.clone();
+async fn batch_beyond_the_parameter_limit_is_split_and_complete(mut db: DatabaseConnection) {
     let inserts = count_statements(&mut db, "INSERT INTO");
     let envelopes = (0..5000).map(|i| {
         Envelope::new(&EventBuilder::new("bulk.loaded", i), "bulk").expect("serializable")
@@ -380,9 +377,13 @@ async fn postgres_batch_beyond_the_parameter_limit_is_split_and_complete() {
         .await
         .expect("store 5000");
     assert_eq!(ids.len(), 5000);
-    assert_eq!(inserts.load(Ordering::SeqCst), 2, "4096 + 904 rows");
+    // PostgreSQL: 4,096 + 904 rows; MySQL: 4 x 1,024 + 904 (its packet limit).
+    let statements = match db.get_database_backend() {
+        DbBackend::MySql => 5,
+        _ => 2,
+    };
+    assert_eq!(inserts.load(Ordering::SeqCst), statements);
     assert_eq!(rows(&db).await.len(), 5000);
-    pg.drop().await;
 }
 
 fn keyed(key: &str, n: u32) -> EventBuilder {
@@ -391,26 +392,24 @@ fn keyed(key: &str, n: u32) -> EventBuilder {
 
 /// Per-key order at store time: a transaction storing a key waits for an open transaction that
 /// stored the same key, so for one key `seq` follows commit order; other keys go on.
-#[tokio::test]
-async fn postgres_same_key_waits_for_the_open_transaction_other_keys_do_not() {
-    let pg = PgSchema::migrated().await;
+async fn same_key_waits_for_the_open_transaction_other_keys_do_not(db: DatabaseConnection) {
     let outbox = Outbox::new();
 
-    let first = pg.db.begin().await.expect("begin first");
+    let first = db.begin().await.expect("begin first");
     outbox
         .store(&first, &keyed("k", 1), "counters")
         .await
         .expect("store first");
 
-    let (db, ob) = (pg.db.clone(), outbox.clone());
+    let (pool, ob) = (db.clone(), outbox.clone());
     let second = tokio::spawn(async move {
-        let txn = db.begin().await?;
+        let txn = pool.begin().await?;
         ob.store(&txn, &keyed("k", 2), "counters").await?;
         txn.commit().await?;
         Ok::<_, Error>(())
     });
 
-    let other = pg.db.begin().await.expect("begin other");
+    let other = db.begin().await.expect("begin other");
     tokio::time::timeout(
         Duration::from_secs(5),
         outbox
@@ -434,7 +433,7 @@ async fn postgres_same_key_waits_for_the_open_transaction_other_keys_do_not() {
         .expect("task")
         .expect("second store");
 
-    let order: Vec<(String, serde_json::Value)> = rows(&pg.db)
+    let order: Vec<(String, serde_json::Value)> = rows(&db)
         .await
         .into_iter()
         .filter(|r| r.partition_key.as_deref() == Some("k"))
@@ -444,34 +443,25 @@ async fn postgres_same_key_waits_for_the_open_transaction_other_keys_do_not() {
         order,
         [("k".to_owned(), json!(1)), ("k".to_owned(), json!(2))]
     );
-    pg.drop().await;
 }
 
-/// Rows are invisible to other sessions until commit (PostgreSQL: real concurrency).
-#[tokio::test]
-async fn postgres_rows_are_invisible_until_commit() {
-    let pg = PgSchema::migrated().await;
-    let txn = pg.db.begin().await.expect("begin");
+/// Rows are invisible to other sessions until commit (real concurrency).
+async fn rows_are_invisible_until_commit(db: DatabaseConnection) {
+    let txn = db.begin().await.expect("begin");
     Outbox::new()
         .store(&txn, &registered(), "user-events")
         .await
         .expect("store");
-    assert!(
-        rows(&pg.db).await.is_empty(),
-        "uncommitted rows are invisible"
-    );
+    assert!(rows(&db).await.is_empty(), "uncommitted rows are invisible");
     txn.commit().await.expect("commit");
-    assert_eq!(rows(&pg.db).await.len(), 1);
-    pg.drop().await;
+    assert_eq!(rows(&db).await.len(), 1);
 }
 
 /// A NUL character would make PostgreSQL abort the caller's transaction: it is refused
-/// before anything is written, and the transaction goes on.
-#[tokio::test]
-async fn postgres_nul_characters_are_refused_and_the_transaction_stays_usable() {
-    let pg = PgSchema::migrated().await;
+/// before anything is written (on every server), and the transaction goes on.
+async fn nul_characters_are_refused_and_the_transaction_stays_usable(db: DatabaseConnection) {
     let outbox = Outbox::new();
-    let txn = pg.db.begin().await.expect("begin");
+    let txn = db.begin().await.expect("begin");
     let with_nul = EventBuilder::new("note.added", "n-1").data(json!({ "text": "a\u{0}b" }));
     let refused = outbox.store(&txn, &with_nul, "notes").await;
     assert!(
@@ -501,8 +491,7 @@ async fn postgres_nul_characters_are_refused_and_the_transaction_stays_usable() 
         .await
         .expect("the transaction is still usable");
     txn.commit().await.expect("commit");
-    assert_eq!(rows(&pg.db).await.len(), 1);
-    pg.drop().await;
+    assert_eq!(rows(&db).await.len(), 1);
 }
 
 /// An envelope of key `k-{n}` for the topic `numbers`.
@@ -512,19 +501,17 @@ fn numbered(n: usize) -> Envelope {
 
 /// A batch of several statements on a bare connection is all or nothing: a failure in
 /// its second statement leaves no row of the first.
-#[tokio::test]
-async fn postgres_batch_of_several_statements_is_atomic_on_a_bare_connection() {
-    let pg = PgSchema::migrated().await;
+async fn batch_of_several_statements_is_atomic_on_a_bare_connection(db: DatabaseConnection) {
     let outbox = Outbox::new();
     let mut envelopes: Vec<Envelope> = (0..5000).map(numbered).collect();
     envelopes.push(envelopes[0].clone()); // the same id again: the second statement fails
-    let result = outbox.store_batch(&pg.db, envelopes).await;
+    let result = outbox.store_batch(&db, envelopes).await;
     assert!(matches!(result, Err(Error::Db(_))), "{result:?}");
-    assert_eq!(rows(&pg.db).await.len(), 0, "nothing of the batch is left");
+    assert_eq!(rows(&db).await.len(), 0, "nothing of the batch is left");
 
     // Inside the caller's transaction, the failed batch is rolled back to its
     // savepoint: the transaction goes on.
-    let txn = pg.db.begin().await.expect("begin");
+    let txn = db.begin().await.expect("begin");
     let mut envelopes: Vec<Envelope> = (0..4100).map(numbered).collect();
     envelopes.push(envelopes[0].clone());
     assert!(outbox.store_batch(&txn, envelopes).await.is_err());
@@ -533,16 +520,13 @@ async fn postgres_batch_of_several_statements_is_atomic_on_a_bare_connection() {
         .await
         .expect("the transaction is still usable");
     txn.commit().await.expect("commit");
-    assert_eq!(rows(&pg.db).await.len(), 1);
-    pg.drop().await;
+    assert_eq!(rows(&db).await.len(), 1);
 }
 
 /// Two large batches over the same keys in opposite orders, in concurrent
 /// transactions: both commit (all keys are locked first, in one order), neither is
 /// chosen as a deadlock victim.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_large_batches_over_shared_keys_do_not_deadlock() {
-    let pg = PgSchema::migrated().await;
+async fn large_batches_over_shared_keys_do_not_deadlock(db: DatabaseConnection) {
     let outbox = Outbox::new();
     let batch = |reverse: bool| {
         let mut keys: Vec<usize> = (0..6000).collect();
@@ -554,9 +538,9 @@ async fn postgres_large_batches_over_shared_keys_do_not_deadlock() {
     let writers: Vec<_> = [false, true]
         .into_iter()
         .map(|reverse| {
-            let (db, outbox, envelopes) = (pg.db.clone(), outbox.clone(), batch(reverse));
+            let (pool, outbox, envelopes) = (db.clone(), outbox.clone(), batch(reverse));
             tokio::spawn(async move {
-                let txn = db.begin().await.expect("begin");
+                let txn = pool.begin().await.expect("begin");
                 outbox.store_batch(&txn, envelopes).await?;
                 txn.commit().await?;
                 Ok::<_, Error>(())
@@ -566,6 +550,14 @@ async fn postgres_large_batches_over_shared_keys_do_not_deadlock() {
     for writer in writers {
         writer.await.expect("writer").expect("both batches commit");
     }
-    assert_eq!(rows(&pg.db).await.len(), 12_000);
-    pg.drop().await;
+    assert_eq!(rows(&db).await.len(), 12_000);
 }
+
+outbox_tests::on_server_backends!(
+    batch_beyond_the_parameter_limit_is_split_and_complete,
+    same_key_waits_for_the_open_transaction_other_keys_do_not,
+    rows_are_invisible_until_commit,
+    nul_characters_are_refused_and_the_transaction_stays_usable,
+    batch_of_several_statements_is_atomic_on_a_bare_connection,
+    large_batches_over_shared_keys_do_not_deadlock,
+);

@@ -19,12 +19,13 @@
 //! }
 //! ```
 //!
-//! Both PostgreSQL and SQLite are supported. For tables with other names, construct
+//! PostgreSQL, SQLite, MySQL 8 and MariaDB 10.6+ are supported. For tables with other names, construct
 //! the migrations with [`migrations_for`].
 
 pub mod m20261127_000001_create_outbox_tables;
 pub mod m20261127_000002_park_waiting_events;
 pub mod m20261128_000003_archive_published_events;
+pub mod m20261128_000004_mysql_key_locks;
 
 use sea_orm_migration::prelude::*;
 
@@ -85,6 +86,9 @@ pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
             tables.clone(),
         )),
         Box::new(m20261128_000003_archive_published_events::Migration::new(
+            tables.clone(),
+        )),
+        Box::new(m20261128_000004_mysql_key_locks::Migration::new(
             tables.clone(),
         )),
     ]

@@ -16,10 +16,18 @@
 //!   a unique index on the event id. (A partial `destination_topic` index on pending
 //!   rows was tried: with stale statistics the planner preferred it to the claim index
 //!   and scanned every pending row per claim.)
+//!
+//! MySQL has no partial index; there the state columns lead instead, so the claim's
+//! equalities on them skip history as the predicates do: `claim (shard, published,
+//! dead_lettered_at, seq)`, `retry (shard, next_attempt_at)` (NULL for every event
+//! never failed), `published_at (published_at)` and `dead (dead_lettered_at)` (NULL
+//! while pending), and plain `trace_id`. Times are `DATETIME(6)` in UTC there:
+//! MySQL's `TIMESTAMP` ends in 2038 and converts through the session's time zone.
 
 use outbox::entity::outbox::Column;
 use outbox::{Identifier, Tables, schema};
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
 
 crate::migration!("m20261127_000001_create_outbox_tables");
 
@@ -29,13 +37,26 @@ crate::migration!("m20261127_000001_create_outbox_tables");
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let t = &self.tables;
-        manager.create_table(outbox_table(t.outbox())).await?;
-        for index in outbox_indexes(t) {
+        let backend = manager.get_database_backend();
+        manager
+            .create_table(outbox_table(t.outbox(), backend))
+            .await?;
+        let indexes = match backend {
+            DbBackend::MySql => mysql_indexes(t),
+            _ => outbox_indexes(t),
+        };
+        for index in indexes {
             manager.create_index(index).await?;
         }
-        manager.create_table(offset_table(t.offset())).await?;
-        manager.create_table(lease_table(t.lease())).await?;
-        manager.create_table(relay_table(t.relay())).await?;
+        manager
+            .create_table(offset_table(t.offset(), backend))
+            .await?;
+        manager
+            .create_table(lease_table(t.lease(), backend))
+            .await?;
+        manager
+            .create_table(relay_table(t.relay(), backend))
+            .await?;
         Ok(())
     }
 
@@ -59,11 +80,27 @@ fn varchar(name: &'static str) -> ColumnDef {
     ColumnDef::new(name).string_len(255).to_owned()
 }
 
-fn timestamp(name: &'static str) -> ColumnDef {
-    ColumnDef::new(name).timestamp_with_time_zone().to_owned()
+/// A point in time: `TIMESTAMP WITH TIME ZONE` (PostgreSQL; text on SQLite), or
+/// `DATETIME(6)` in UTC on MySQL.
+fn timestamp(name: &'static str, backend: DbBackend) -> ColumnDef {
+    let mut column = ColumnDef::new(name);
+    match backend {
+        DbBackend::MySql => column.custom("DATETIME(6)"),
+        _ => column.timestamp_with_time_zone(),
+    };
+    column
 }
 
-fn outbox_table(table: &Identifier) -> TableCreateStatement {
+/// A point in time, defaulting to the current time (in UTC on MySQL).
+fn timestamp_now(name: &'static str, backend: DbBackend) -> ColumnDef {
+    let now = match backend {
+        DbBackend::MySql => Expr::cust("(UTC_TIMESTAMP(6))"),
+        _ => Expr::current_timestamp(),
+    };
+    timestamp(name, backend).not_null().default(now).to_owned()
+}
+
+fn outbox_table(table: &Identifier, backend: DbBackend) -> TableCreateStatement {
     let seq = ColumnDef::new("seq")
         .big_integer()
         .not_null()
@@ -78,6 +115,7 @@ fn outbox_table(table: &Identifier) -> TableCreateStatement {
             .not_null()
             .unique_key()
             .to_owned(),
+        backend,
     )
 }
 
@@ -87,7 +125,9 @@ pub(crate) fn event_table(
     table: &Identifier,
     seq: ColumnDef,
     id: ColumnDef,
+    backend: DbBackend,
 ) -> TableCreateStatement {
+    let timestamp = |name| timestamp(name, backend);
     Table::create()
         .table(table.as_str().to_owned())
         .col(seq)
@@ -119,16 +159,8 @@ pub(crate) fn event_table(
         .col(timestamp("dead_lettered_at").null())
         .col(varchar("trace_id").null())
         .col(varchar("user_id").null())
-        .col(
-            timestamp("created_at")
-                .not_null()
-                .default(Expr::current_timestamp()),
-        )
-        .col(
-            timestamp("updated_at")
-                .not_null()
-                .default(Expr::current_timestamp()),
-        )
+        .col(timestamp_now("created_at", backend))
+        .col(timestamp_now("updated_at", backend))
         .to_owned()
 }
 
@@ -166,49 +198,68 @@ fn outbox_indexes(tables: &Tables) -> Vec<IndexCreateStatement> {
     ]
 }
 
-fn offset_table(table: &Identifier) -> TableCreateStatement {
+/// The indexes on MySQL, without partial ones: the columns of each predicate lead.
+fn mysql_indexes(tables: &Tables) -> Vec<IndexCreateStatement> {
+    let index = |suffix: &str, columns: &[Column]| {
+        let mut index = Index::create()
+            .name(tables.index(tables.outbox(), suffix))
+            .table(tables.outbox().as_str().to_owned())
+            .to_owned();
+        for &column in columns {
+            index.col(column);
+        }
+        index
+    };
+    vec![
+        index(
+            "claim",
+            &[
+                Column::Shard,
+                Column::Published,
+                Column::DeadLetteredAt,
+                Column::Seq,
+            ],
+        ),
+        index("retry", &[Column::Shard, Column::NextAttemptAt]),
+        index("published_at", &[Column::PublishedAt]),
+        index("dead", &[Column::DeadLetteredAt]),
+        index("destination_topic", &[Column::DestinationTopic]),
+        index("aggregate_id", &[Column::AggregateId]),
+        index("trace_id", &[Column::TraceId]),
+    ]
+}
+
+fn offset_table(table: &Identifier, backend: DbBackend) -> TableCreateStatement {
     Table::create()
         .table(table.as_str().to_owned())
         .col(varchar("service_name").not_null().primary_key())
         .col(ColumnDef::new("last_event_id").uuid().not_null())
-        .col(timestamp("last_processed").not_null())
-        .col(
-            timestamp("created_at")
-                .not_null()
-                .default(Expr::current_timestamp()),
-        )
-        .col(
-            timestamp("updated_at")
-                .not_null()
-                .default(Expr::current_timestamp()),
-        )
+        .col(timestamp("last_processed", backend).not_null())
+        .col(timestamp_now("created_at", backend))
+        .col(timestamp_now("updated_at", backend))
         .to_owned()
 }
 
-fn lease_table(table: &Identifier) -> TableCreateStatement {
+fn lease_table(table: &Identifier, backend: DbBackend) -> TableCreateStatement {
     Table::create()
         .table(table.as_str().to_owned())
         .col(varchar("service_name").not_null())
         .col(ColumnDef::new("shard").integer().not_null())
         .col(varchar("owner").not_null())
         .col(ColumnDef::new("token").big_integer().not_null().default(0))
-        .col(timestamp("expires_at").not_null())
-        .col(
-            timestamp("updated_at")
-                .not_null()
-                .default(Expr::current_timestamp()),
-        )
+        .col(timestamp("expires_at", backend).not_null())
+        .col(timestamp_now("updated_at", backend))
         .primary_key(Index::create().col("service_name").col("shard"))
         .to_owned()
 }
 
-fn relay_table(table: &Identifier) -> TableCreateStatement {
+fn relay_table(table: &Identifier, backend: DbBackend) -> TableCreateStatement {
     Table::create()
         .table(table.as_str().to_owned())
         .col(varchar("service_name").not_null())
         .col(varchar("relay_id").not_null())
-        .col(timestamp("started_at").not_null())
-        .col(timestamp("heartbeat_at").not_null())
+        .col(timestamp("started_at", backend).not_null())
+        .col(timestamp("heartbeat_at", backend).not_null())
         .primary_key(Index::create().col("service_name").col("relay_id"))
         .to_owned()
 }

@@ -14,6 +14,10 @@
 //!   the next ready events from the index alone.
 //! - `idx_<t>_parked (shard, COALESCE(partition_key, aggregate_id)) WHERE parked`
 //!   finds a key's parked events to unpark them.
+//!
+//! On MySQL, without partial indexes: `claim (shard, published, parked,
+//! dead_lettered_at, seq, next_attempt_at)` and `parked (parked, shard,
+//! partition_key)`.
 
 use outbox::entity::outbox::Column;
 use outbox::schema;
@@ -28,6 +32,19 @@ impl Migration {
     /// which has no INCLUDE).
     fn claim_index(&self, backend: DbBackend) -> IndexCreateStatement {
         let t = &self.tables;
+        if backend == DbBackend::MySql {
+            return self.mysql_index(
+                "claim",
+                &[
+                    Column::Shard,
+                    Column::Published,
+                    Column::Parked,
+                    Column::DeadLetteredAt,
+                    Column::Seq,
+                    Column::NextAttemptAt,
+                ],
+            );
+        }
         let mut index = Index::create()
             .name(t.index(t.outbox(), "claim"))
             .table(t.outbox().as_str().to_owned())
@@ -43,8 +60,19 @@ impl Migration {
     }
 
     /// The first migration's claim index, restored by `down`.
-    fn previous_claim_index(&self) -> IndexCreateStatement {
+    fn previous_claim_index(&self, backend: DbBackend) -> IndexCreateStatement {
         let t = &self.tables;
+        if backend == DbBackend::MySql {
+            return self.mysql_index(
+                "claim",
+                &[
+                    Column::Shard,
+                    Column::Published,
+                    Column::DeadLetteredAt,
+                    Column::Seq,
+                ],
+            );
+        }
         Index::create()
             .name(t.index(t.outbox(), "claim"))
             .table(t.outbox().as_str().to_owned())
@@ -54,10 +82,32 @@ impl Migration {
             .to_owned()
     }
 
-    /// Finds a key's parked events. As SQL: sea-query cannot write an expression
-    /// column (the event key) in an SQLite index.
-    fn parked_index(&self) -> String {
+    /// A plain index of the outbox over `columns` (MySQL).
+    fn mysql_index(&self, suffix: &str, columns: &[Column]) -> IndexCreateStatement {
         let t = &self.tables;
+        let mut index = Index::create()
+            .name(t.index(t.outbox(), suffix))
+            .table(t.outbox().as_str().to_owned())
+            .to_owned();
+        for &column in columns {
+            index.col(column);
+        }
+        index
+    }
+
+    /// Finds a key's parked events. As SQL: sea-query cannot write an expression
+    /// column (the event key) in an SQLite index. On MySQL, whose index would need a
+    /// generated column for the expression, over `partition_key` (which every event
+    /// the outbox stores has).
+    fn parked_index(&self, backend: DbBackend) -> String {
+        let t = &self.tables;
+        if backend == DbBackend::MySql {
+            return format!(
+                "CREATE INDEX `{}` ON `{}` (`parked`, `shard`, `partition_key`)",
+                t.index(t.outbox(), "parked"),
+                t.outbox(),
+            );
+        }
         format!(
             "CREATE INDEX \"{}\" ON {} (\"shard\", (COALESCE(\"partition_key\", \"aggregate_id\"))) WHERE \"parked\"",
             t.index(t.outbox(), "parked"),
@@ -65,9 +115,13 @@ impl Migration {
         )
     }
 
+    /// Drops an index of the outbox (MySQL names the table; the others ignore it).
     fn drop_index(&self, suffix: &str) -> IndexDropStatement {
         let t = &self.tables;
-        Index::drop().name(t.index(t.outbox(), suffix)).to_owned()
+        Index::drop()
+            .name(t.index(t.outbox(), suffix))
+            .table(t.outbox().as_str().to_owned())
+            .to_owned()
     }
 
     fn outbox(&self) -> TableAlterStatement {
@@ -95,15 +149,18 @@ impl MigrationTrait for Migration {
         manager.create_index(self.claim_index(backend)).await?;
         manager
             .get_connection()
-            .execute_unprepared(&self.parked_index())
+            .execute_unprepared(&self.parked_index(backend))
             .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
         manager.drop_index(self.drop_index("parked")).await?;
         manager.drop_index(self.drop_index("claim")).await?;
-        manager.create_index(self.previous_claim_index()).await?;
+        manager
+            .create_index(self.previous_claim_index(backend))
+            .await?;
         manager
             .alter_table(self.outbox().drop_column(Column::Parked).to_owned())
             .await?;

@@ -46,7 +46,8 @@ impl MigrationTrait for Migration {
             .not_null()
             .default(false)
             .to_owned();
-        let archive = event_table(self.tables.archive(), seq, id)
+        let backend = manager.get_database_backend();
+        let archive = event_table(self.tables.archive(), seq, id, backend)
             .col(parked)
             .to_owned();
         manager.create_table(archive).await?;

@@ -176,11 +176,60 @@
 //!   polls once when it listens again, for what was stored meanwhile; until then it
 //!   polls as without wake-ups. `OUTBOX_LISTEN=false` turns listening and
 //!   notifications off; a relay then finds other processes' events by polling only.
-//! - SQLite: in-process wake-ups and polling.
+//! - SQLite, MySQL and MariaDB: in-process wake-ups and polling (MySQL has no
+//!   `LISTEN`).
 //!
 //! An idle relay makes about one query a second (its poll asks once which of its
 //! shards have work, plus the lease round every third of `lease_ttl` and the backlog
 //! gauges every 10 s); the benchmark measures it.
+//!
+//! # Backends
+//!
+//! PostgreSQL, MySQL 8 and MariaDB 10.6+ (InnoDB), and SQLite (one process). Every
+//! guarantee above holds on each; the tests run on PostgreSQL 15, MariaDB 10.11 and
+//! SQLite. The MySQL statements avoid what only MariaDB reads, but MySQL 8 itself is
+//! not tested here. What differs underneath on MySQL and MariaDB:
+//!
+//! - **Key locks**: MySQL has no transaction-scoped advisory lock, and `GET_LOCK`
+//!   belongs to the session, which a pooled connection keeps after the transaction, so
+//!   an error path could leave a key locked for another request. Instead the
+//!   migrations create `_outbox_key_lock` ([`Tables::key_lock`]) with
+//!   [`KEY_LOCKS`] rows, and a store locks its keys' rows with a `FOR UPDATE` read
+//!   inside its own `INSERT .. SELECT` (one statement, so also atomic on a bare
+//!   connection). InnoDB holds row locks until the transaction ends, like
+//!   `pg_advisory_xact_lock`. Two keys that share a row only wait for each other's
+//!   stores.
+//! - **`seq` and commit order**: `seq` is `AUTO_INCREMENT`, given when the row is
+//!   inserted, after the key's lock: for one key, `seq` order is commit order, at any
+//!   `innodb_autoinc_lock_mode`. Across keys `seq` may differ from commit order, which
+//!   nothing relies on: the relay keeps no cursor.
+//! - **Isolation**: the relay's claim is one statement outside any transaction, so
+//!   it reads a fresh snapshot even under REPEATABLE READ (the default); its
+//!   write-back and lease changes are locking statements, which read the latest
+//!   committed rows at any isolation level. Your transactions may use any level.
+//! - **No `SKIP LOCKED` needed**: relays do not compete for rows; a shard is
+//!   leased to one relay (a row of `_outbox_lease`, fenced by its token), on every
+//!   backend.
+//! - **Indexes**: InnoDB has no partial index. The state columns lead instead
+//!   (`claim (shard, published, parked, dead_lettered_at, seq, next_attempt_at)`), so
+//!   the claim's equalities skip published history as the predicates do on PostgreSQL,
+//!   and the claim (`claim_mysql.sql`) asks for one shard in `seq` order. Events stored
+//!   behind a failed one are stored unparked (the check would read the outbox with
+//!   shared locks inside your transaction) and parked by the first claim that meets
+//!   them; they never go out ahead of the failed event.
+//! - **Time**: columns are `DATETIME(6)` holding UTC (the driver writes UTC; MySQL's
+//!   `TIMESTAMP` ends in 2038 and converts through the session's time zone), and the
+//!   relay reads the database's clock with `UTC_TIMESTAMP(6)`.
+//! - **JSON**: `event_data` and `headers` are `JSON` columns (on MariaDB an alias of
+//!   `LONGTEXT` with a validity check); the relay reads them as text, byte for byte.
+//! - **Statements**: identifiers are quoted with backticks and parameters are `?`
+//!   (the hand-written statements are respelled); a multi-row insert takes at most
+//!   1,024 events, within the 65,535 placeholders and MariaDB's default
+//!   `max_allowed_packet` of 16 MiB for events of up to 16 KiB (raise it for larger
+//!   ones). `UPDATE .. RETURNING` does not exist there: lease changes are an update and
+//!   a read in one transaction. Archiving copies and deletes in one transaction.
+//! - **Wake-ups**: no `LISTEN`/`NOTIFY`; relays in other processes find events by
+//!   polling (10 ms after activity, backing off to `interval`).
 //!
 //! # Configuration
 //!
@@ -274,7 +323,7 @@ pub use error::{Error, EventField, Result};
 pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
 pub use signal::shutdown_signal;
 pub use store::{DEFAULT_SHARDS, Outbox, Store};
-pub use tables::{Identifier, MAX_BASE_NAME_LEN, Tables};
+pub use tables::{Identifier, KEY_LOCKS, MAX_BASE_NAME_LEN, Tables};
 
 /// The header a dead-lettered event carries on the dead-letter topic.
 #[deprecated(note = "use `outbox::headers::DEAD_LETTER_ERROR`")]

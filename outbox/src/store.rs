@@ -238,7 +238,7 @@ impl Outbox {
             .into_iter()
             .collect();
         for keys in lock_ids.chunks(MAX_KEYS_PER_LOCK) {
-            if let Some(statement) = dialect.lock_keys(keys) {
+            if let Some(statement) = dialect.lock_keys(&self.tables, keys) {
                 txn.execute_raw(statement).await?;
             }
         }
@@ -279,7 +279,7 @@ impl Outbox {
             Locks::Take => lock_ids.into_iter().collect(),
             Locks::Held => Vec::new(),
         };
-        if let Some(statement) = dialect.insert_events(self.tables.outbox(), &lock_ids, rows) {
+        if let Some(statement) = dialect.insert_events(&self.tables, &lock_ids, rows) {
             conn.execute_raw(statement).await?;
         }
         Ok(shards)

@@ -10,6 +10,11 @@ pub const MAX_BASE_NAME_LEN: usize = 40;
 const BASE_NAME_TOO_LONG: &str = "a base table name may have at most 40 characters";
 const _: () = assert!(MAX_BASE_NAME_LEN == 40, "update BASE_NAME_TOO_LONG");
 
+/// How many rows MySQL's key lock table ([`Tables::key_lock`]) holds, numbered from 0.
+/// A store locks row `lock_id % KEY_LOCKS` of each of its keys; two keys that share a
+/// row only wait for each other's stores, as two stores of one key do.
+pub const KEY_LOCKS: i32 = 65_536;
+
 /// A SQL identifier known to be safe to use unquoted or quoted: an ASCII letter or `_`
 /// first, then ASCII letters, digits or `_`. Names are never interpolated unchecked.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -85,11 +90,12 @@ pub struct Tables {
     lease: Identifier,
     relay: Identifier,
     archive: Identifier,
+    key_lock: Identifier,
 }
 
 impl Tables {
-    /// Names the tables `{base}`, `{base}_offset`, `{base}_lease`, `{base}_relay` and
-    /// `{base}_published`.
+    /// Names the tables `{base}`, `{base}_offset`, `{base}_lease`, `{base}_relay`,
+    /// `{base}_published` and (on MySQL) `{base}_key_lock`.
     ///
     /// # Errors
     /// [`Error::InvalidIdentifier`] when `base` is not a safe identifier or is longer
@@ -107,6 +113,7 @@ impl Tables {
             lease: Identifier::new(format!("{base}_lease"))?,
             relay: Identifier::new(format!("{base}_relay"))?,
             archive: Identifier::new(format!("{base}_published"))?,
+            key_lock: Identifier::new(format!("{base}_key_lock"))?,
             outbox,
         })
     }
@@ -137,6 +144,13 @@ impl Tables {
         &self.archive
     }
 
+    /// MySQL's table of key locks (`_outbox_key_lock` by default): stores of one key
+    /// lock one of its rows until their transaction ends, so that for each key `seq`
+    /// order is commit order. Only the MySQL migrations create it.
+    pub fn key_lock(&self) -> &Identifier {
+        &self.key_lock
+    }
+
     /// The name of one of this set's indexes, e.g. `idx__outbox_claim`.
     pub fn index(&self, table: &Identifier, suffix: &str) -> String {
         format!("idx_{table}_{suffix}")
@@ -151,6 +165,7 @@ impl Default for Tables {
             lease: Identifier("_outbox_lease".to_owned()),
             relay: Identifier("_outbox_relay".to_owned()),
             archive: Identifier("_outbox_published".to_owned()),
+            key_lock: Identifier("_outbox_key_lock".to_owned()),
         }
     }
 }

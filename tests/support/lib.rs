@@ -1,5 +1,5 @@
 //! Shared fixtures for the integration tests: an isolated PostgreSQL schema per test,
-//! and an in-memory SQLite database.
+//! an isolated MySQL/MariaDB database per test, and an in-memory SQLite database.
 
 pub mod kafka;
 pub mod proxy;
@@ -92,6 +92,87 @@ impl PgSchema {
             .await?;
         Ok(())
     }
+}
+
+/// The MySQL or MariaDB server the tests use: `MYSQL_URL`, or the machine's MariaDB.
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+/// A MySQL database of its own for one test (MySQL's schemas are databases), so
+/// tests run in parallel.
+#[derive(Debug)]
+pub struct MySqlDatabase {
+    /// A pool whose connections use the database.
+    pub db: DatabaseConnection,
+    /// The database's name.
+    pub name: String,
+    admin: DatabaseConnection,
+}
+
+impl MySqlDatabase {
+    /// Creates an empty database named `<prefix>_<uuid>` on the server of `url`, and a
+    /// pool of `connections` to it.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn create(url: &str, prefix: &str, connections: u32) -> Result<Self, DbErr> {
+        let admin = Database::connect(url).await?;
+        let name = format!("{prefix}_{}", uuid::Uuid::now_v7().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
+            .await?;
+        let mut options = ConnectOptions::new(database_in(url, &name));
+        options
+            .max_connections(connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .sqlx_logging(false);
+        let db = Database::connect(options).await?;
+        Ok(MySqlDatabase { db, name, admin })
+    }
+
+    /// Creates an empty database and connects to it. Panics with a clear message when
+    /// the server is unreachable: a missing database fails tests, never skips them.
+    pub async fn empty() -> Self {
+        let url = mysql_url();
+        Self::create(&url, "t", 8)
+            .await
+            .unwrap_or_else(|error| panic!("MySQL at {url}: {error}; start it or set MYSQL_URL"))
+    }
+
+    /// A database with the outbox's migrations applied.
+    pub async fn migrated() -> Self {
+        let database = Self::empty().await;
+        Migrator::up(&database.db, None)
+            .await
+            .expect("migrate test database");
+        database
+    }
+
+    /// A URL that connects to this database, for another process.
+    pub fn url(&self) -> String {
+        database_in(&mysql_url(), &self.name)
+    }
+
+    /// Drops the database. A failing test skips this, leaving its data to inspect.
+    pub async fn drop(self) {
+        self.db
+            .close()
+            .await
+            .expect("close the test database's pool");
+        self.admin
+            .execute_unprepared(&format!("DROP DATABASE `{}`", self.name))
+            .await
+            .expect("drop test database");
+    }
+}
+
+/// `url` with its database replaced by `name`.
+fn database_in(url: &str, name: &str) -> String {
+    let (server, _) = url
+        .rsplit_once('/')
+        .expect("a MySQL URL names its database");
+    format!("{server}/{name}")
 }
 
 /// The peak resident memory of process `pid` so far, in KiB (0 when it cannot be read).
@@ -201,11 +282,42 @@ pub fn per_key_order<'a>(
     order
 }
 
-/// Runs each named `async fn(DatabaseConnection)` of the calling test file twice: in
-/// module `postgres` on a freshly migrated PostgreSQL schema (dropped after), and in
+/// Runs each named `async fn(DatabaseConnection)` of the calling test file on the
+/// backends with concurrent transactions: in module `postgres_server` on a freshly
+/// migrated PostgreSQL schema and in module `mysql_server` on a freshly migrated
+/// MySQL/MariaDB database (both dropped after).
+#[macro_export]
+macro_rules! on_server_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres_server {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let pg = $crate::PgSchema::migrated().await;
+                    super::$name(pg.db.clone()).await;
+                    pg.drop().await;
+                }
+            )*
+        }
+        mod mysql_server {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let database = $crate::MySqlDatabase::migrated().await;
+                    super::$name(database.db.clone()).await;
+                    database.drop().await;
+                }
+            )*
+        }
+    };
+}
+
+/// Runs each named `async fn(DatabaseConnection)` of the calling test file on every
+/// backend: in module `postgres` on a freshly migrated PostgreSQL schema, in module
+/// `mysql` on a freshly migrated MySQL/MariaDB database (both dropped after), and in
 /// module `sqlite` on a freshly migrated in-memory SQLite database.
 #[macro_export]
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($name:ident),* $(,)?) => {
         mod postgres {
             $(
@@ -214,6 +326,16 @@ macro_rules! on_both_backends {
                     let pg = $crate::PgSchema::migrated().await;
                     super::$name(pg.db.clone()).await;
                     pg.drop().await;
+                }
+            )*
+        }
+        mod mysql {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let database = $crate::MySqlDatabase::migrated().await;
+                    super::$name(database.db.clone()).await;
+                    database.drop().await;
                 }
             )*
         }

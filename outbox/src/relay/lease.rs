@@ -213,8 +213,8 @@ impl Leases {
         if !shards.is_empty() {
             let statement =
                 dialect.renew_leases(tables, &self.service, &self.relay_id, &shards, now, expires);
-            let renewed: BTreeMap<i32, i64> = Renewed::find_by_statement(statement)
-                .all(db)
+            let renewed: BTreeMap<i32, i64> = statement
+                .rows::<Renewed>(db)
                 .await?
                 .into_iter()
                 .map(|row| (row.shard, row.token))
@@ -276,11 +276,11 @@ impl Leases {
         now: DateTime<Utc>,
         expires: DateTime<Utc>,
     ) -> Result<Option<i64>> {
-        let statement = dialect.acquire_lease(tables, &self.key(shard), now, expires);
-        Ok(TokenRow::find_by_statement(statement)
-            .one(db)
-            .await?
-            .map(|row| row.token))
+        let rows = dialect
+            .acquire_lease(tables, &self.key(shard), now, expires)
+            .rows::<TokenRow>(db)
+            .await?;
+        Ok(rows.first().map(|row| row.token))
     }
 
     /// Gives up shards without a batch in flight, highest first, until `keep` are

@@ -2,11 +2,11 @@
 -- read from the partial indexes only (claim, parked, dead), never from published
 -- history. The oldest pending event is the first of some shard's claim index (a
 -- parked event always has an older, unparked one of its key before it), so each
--- shard in {shards} (`(0), (1), ...`) is probed once, in `(shard, seq)` order so that
+-- shard in {shards} (`VALUES (0), (1), ...`) is probed once, in `(shard, seq)` order so that
 -- only the claim index can answer (see the claim in claim.rs).
 -- Written by hand: sea-query cannot name the columns of a VALUES list.
 -- {outbox} is the outbox table's quoted name.
-WITH "shards" ("shard") AS (VALUES {shards})
+WITH "shards" ("shard") AS ({shards})
 SELECT
     (SELECT COUNT(*) FROM {outbox}
      WHERE NOT "published" AND "dead_lettered_at" IS NULL AND NOT "parked")

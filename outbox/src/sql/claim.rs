@@ -9,6 +9,9 @@ use crate::tables::Identifier;
 /// See [`Dialect::claim`].
 const CLAIM: HandWritten = HandWritten(include_str!("claim.sql"));
 
+/// The claim on MySQL and MariaDB, whose indexes are not partial.
+const CLAIM_MYSQL: HandWritten = HandWritten(include_str!("claim_mysql.sql"));
+
 /// See [`Dialect::shards_with_work`].
 const READY_SHARDS: HandWritten = HandWritten(include_str!("ready_shards.sql"));
 
@@ -40,7 +43,8 @@ impl Dialect {
     /// took 48 ms instead of 7.
     ///
     /// Payload and headers are read as text, so they reach the publisher as the bytes
-    /// stored. The SQL is `claim.sql`.
+    /// stored. The SQL is `claim.sql`; on MySQL `claim_mysql.sql`, the same rows read
+    /// through its full indexes.
     pub(crate) fn claim(
         self,
         table: &Identifier,
@@ -49,8 +53,12 @@ impl Dialect {
         limit: usize,
     ) -> Statement {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let claim = match self {
+            Dialect::Postgres | Dialect::Sqlite => CLAIM,
+            Dialect::MySql => CLAIM_MYSQL,
+        };
         self.hand_written(
-            CLAIM.on(table),
+            claim.on(table),
             [Value::from(shard), Value::from(now), Value::from(limit)],
         )
     }
@@ -65,7 +73,7 @@ impl Dialect {
         now: DateTime<Utc>,
     ) -> Statement {
         self.hand_written(
-            READY_SHARDS.on_shards(table, shards.iter().copied()),
+            READY_SHARDS.on_shards(self, table, shards.iter().copied()),
             [Value::from(now)],
         )
     }

@@ -2,9 +2,17 @@
 //!
 //! Written by hand, because sea-query cannot say either part: on PostgreSQL, a
 //! materialized CTE that takes transaction-scoped advisory locks before the rows are
-//! inserted (so the locks come first within the one statement), and on every backend
-//! an `INSERT .. SELECT` from a `VALUES` list with named columns, whose rows are
-//! stored parked when their key waits for a retry.
+//! inserted (so the locks come first within the one statement), and an
+//! `INSERT .. SELECT` from a `VALUES` list with named columns, whose rows are stored
+//! parked when their key waits for a retry (PostgreSQL, SQLite).
+//!
+//! MySQL has no transaction-scoped advisory lock (`GET_LOCK` belongs to the session,
+//! which outlives the transaction on a pooled connection): the keys' locks are row
+//! locks on a table of [`KEY_LOCKS`] rows that the migrations fill, taken by a
+//! `FOR UPDATE` read inside the insert (InnoDB holds them until the transaction
+//! ends). Rows are stored unparked there (a read of the outbox inside the caller's
+//! insert would take shared locks that the relay's write-back must wait for); the
+//! relay's claim parks them when it meets them behind a failed event.
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Iden;
@@ -13,7 +21,7 @@ use sea_orm::{DbBackend, Statement, Value};
 use super::Dialect;
 use crate::entity::outbox::Column;
 use crate::envelope::Envelope;
-use crate::tables::Identifier;
+use crate::tables::{Identifier, KEY_LOCKS, Tables};
 
 /// The first key of the two-key advisory locks the outbox takes (ASCII `obox`), so
 /// its locks stay apart from the application's one-key locks.
@@ -68,11 +76,19 @@ impl EventRow {
 
     /// The written columns' names, quoted, in the order of the row's values.
     fn column_list(&self) -> String {
-        self.0
+        self.names()
             .iter()
-            .map(|(column, _)| format!("\"{}\"", column.to_string()))
+            .map(|name| format!("\"{name}\""))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The written columns' names, in the order of the row's values.
+    fn names(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|(column, _)| column.to_string())
+            .collect()
     }
 
     fn values(self) -> impl Iterator<Item = Value> {
@@ -82,11 +98,14 @@ impl EventRow {
 
 impl Dialect {
     /// How many events fit in one INSERT within the backend's bind parameter limit
-    /// (PostgreSQL: 65,535; SQLite: 32,766).
+    /// (PostgreSQL, MySQL: 65,535; SQLite: 32,766), and on MySQL within its packet
+    /// limit (`max_allowed_packet`, 16 MiB by default on MariaDB: 1,024 events of
+    /// 16 KiB).
     pub(crate) fn max_rows_per_insert(self) -> usize {
         match self {
             Dialect::Postgres => 4096,
             Dialect::Sqlite => 2048,
+            Dialect::MySql => 1024,
         }
     }
 
@@ -101,15 +120,22 @@ impl Dialect {
     ///
     /// SQLite runs one writing transaction at a time and assigns `seq` at insert, so
     /// `seq` order is commit order without any lock.
+    ///
+    /// On MySQL it locks the keys' rows of the key lock table (see the module's docs)
+    /// in a derived table that the insert joins, so the locks come first within the
+    /// statement, and InnoDB gives `seq` when a row is inserted, after them.
     pub(crate) fn insert_events(
         self,
-        table: &Identifier,
+        tables: &Tables,
         lock_ids: &[i32],
         rows: Vec<EventRow>,
     ) -> Option<Statement> {
         let columns = rows.first()?.column_list();
-        let parked = parked_on_insert(table);
-        let table = table.quoted();
+        if self == Dialect::MySql {
+            return Some(mysql_insert(tables, lock_ids, rows, &columns));
+        }
+        let parked = parked_on_insert(tables.outbox());
+        let table = tables.outbox().quoted();
         let mut placeholders = Placeholders::default();
         let mut values = Vec::with_capacity(1 + lock_ids.len() + rows.len() * WRITTEN);
         let sql = match self {
@@ -131,8 +157,8 @@ impl Dialect {
                      SELECT v.*, {parked} FROM (VALUES {tuples}) AS v ({columns})"
                 )
             }
-            // SQLite names a VALUES list's columns only in a CTE.
-            Dialect::Sqlite => {
+            // SQLite names a VALUES list's columns only in a CTE. (MySQL returned above.)
+            Dialect::Sqlite | Dialect::MySql => {
                 let tuples = placeholders.tuples(rows.len(), WRITTEN);
                 format!(
                     "WITH v ({columns}) AS (VALUES {tuples}) \
@@ -148,7 +174,7 @@ impl Dialect {
     /// takes several insert statements: all its keys are locked first, in one order, so
     /// two large batches never wait for each other in a cycle. `None` on SQLite, whose
     /// single writer needs no lock.
-    pub(crate) fn lock_keys(self, lock_ids: &[i32]) -> Option<Statement> {
+    pub(crate) fn lock_keys(self, tables: &Tables, lock_ids: &[i32]) -> Option<Statement> {
         match self {
             Dialect::Postgres => {
                 let sql = lock_query(lock_ids.len(), &mut Placeholders::default());
@@ -161,12 +187,73 @@ impl Dialect {
                     values,
                 ))
             }
+            Dialect::MySql => {
+                let rows = key_lock_rows(lock_ids);
+                let sql = format!(
+                    "SELECT \"id\" FROM {} WHERE \"id\" IN ({}) FOR UPDATE",
+                    tables.key_lock().quoted(),
+                    Placeholders::default().list(rows.len())
+                );
+                Some(self.hand_written(sql, rows))
+            }
             Dialect::Sqlite => None,
         }
     }
 }
 
-/// Numbered placeholders, `$1` onwards (both backends read them).
+/// The MySQL insert (see [`Dialect::insert_events`]): `rows` as a derived table of
+/// selects (MySQL and MariaDB spell `VALUES` rows differently), joined to the locked
+/// key rows when there are keys to lock.
+fn mysql_insert(
+    tables: &Tables,
+    lock_ids: &[i32],
+    rows: Vec<EventRow>,
+    columns: &str,
+) -> Statement {
+    let mut placeholders = Placeholders::default();
+    let mut values = key_lock_rows(lock_ids);
+    let locks = (!lock_ids.is_empty()).then(|| {
+        format!(
+            "(SELECT COUNT(*) AS \"locked\" FROM (SELECT \"id\" FROM {} WHERE \"id\" IN ({}) FOR UPDATE) AS \"l\") AS \"key_locks\", ",
+            tables.key_lock().quoted(),
+            placeholders.list(values.len())
+        )
+    });
+    let names = rows[0].names();
+    let selects: Vec<String> = (0..rows.len())
+        .map(|row| {
+            let fields: Vec<String> = names
+                .iter()
+                .map(|name| {
+                    let value = placeholders.next();
+                    if row == 0 {
+                        format!("{value} AS \"{name}\"")
+                    } else {
+                        value
+                    }
+                })
+                .collect();
+            format!("SELECT {}", fields.join(", "))
+        })
+        .collect();
+    values.extend(rows.into_iter().flat_map(EventRow::values));
+    let sql = format!(
+        "INSERT INTO {} ({columns}) SELECT \"v\".* FROM {}({}) AS \"v\"",
+        tables.outbox().quoted(),
+        locks.unwrap_or_default(),
+        selects.join(" UNION ALL ")
+    );
+    Dialect::MySql.hand_written(sql, values)
+}
+
+/// The rows of MySQL's key lock table that lock `lock_ids`, sorted and distinct.
+fn key_lock_rows(lock_ids: &[i32]) -> Vec<Value> {
+    let rows: std::collections::BTreeSet<i32> =
+        lock_ids.iter().map(|id| id.rem_euclid(KEY_LOCKS)).collect();
+    rows.into_iter().map(|row| Value::Int(Some(row))).collect()
+}
+
+/// Numbered placeholders, `$1` onwards (PostgreSQL and SQLite read them; MySQL gets them respelled).
 #[derive(Default)]
 struct Placeholders(usize);
 
@@ -174,6 +261,11 @@ impl Placeholders {
     fn next(&mut self) -> String {
         self.0 += 1;
         format!("${}", self.0)
+    }
+
+    /// `$n, $n+1, ...`: `n` placeholders.
+    fn list(&mut self, n: usize) -> String {
+        (0..n).map(|_| self.next()).collect::<Vec<_>>().join(", ")
     }
 
     /// `($n, $n+1, ...), (...)`: `rows` tuples of `width` placeholders.

@@ -1,17 +1,54 @@
 //! Shard leases, relay membership and the offset table.
 
 use chrono::{DateTime, Utc};
-use sea_orm::Statement;
 use sea_orm::sea_query::{
     Alias, Asterisk, Condition, Expr, ExprTrait, Func, OnConflict, Order, Query,
 };
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement, TransactionTrait};
 use uuid::Uuid;
 
 use super::{Dialect, LeaseKey, table};
 use crate::entity::lease::Column as Lease;
 use crate::entity::offset::Column as Offset;
 use crate::entity::relay::Column as Relay;
+use crate::error::Result;
 use crate::tables::{Identifier, Tables};
+
+/// A change that returns rows: one statement (with `RETURNING`), or on MySQL the
+/// change and then a read, whose rows are returned (see [`Returning::rows`]).
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Returning(pub(super) Vec<Statement>);
+
+impl Returning {
+    fn one(statement: Statement) -> Self {
+        Returning(vec![statement])
+    }
+
+    /// Runs the statements on `db`, several in one transaction, and returns the rows
+    /// of the last.
+    pub(crate) async fn rows<M: FromQueryResult>(self, db: &DatabaseConnection) -> Result<Vec<M>> {
+        let mut statements = self.0;
+        let last = statements.pop().expect("a change has a statement");
+        if statements.is_empty() {
+            return Ok(M::find_by_statement(last).all(db).await?);
+        }
+        let txn = db.begin().await?;
+        for statement in statements {
+            txn.execute_raw(statement).await?;
+        }
+        let rows = M::find_by_statement(last).all(&txn).await?;
+        txn.commit().await?;
+        Ok(rows)
+    }
+}
+
+/// The lease row of `service`'s `shard`.
+fn lease_row(service: &str, shard: i32) -> Condition {
+    Condition::all()
+        .add(Expr::col(Lease::ServiceName).eq(service))
+        .add(Expr::col(Lease::Shard).eq(shard))
+}
 
 impl Dialect {
     /// Records what a service published last (the Go library's offset table).
@@ -54,51 +91,127 @@ impl Dialect {
     /// Takes or renews a shard's lease for `owner`: succeeds (returns the token) when
     /// the shard is free, expired, or already `owner`'s. The token grows whenever the
     /// lease changes hands.
+    ///
+    /// One upsert with `RETURNING`; on MySQL, which has neither a conditional upsert
+    /// nor `RETURNING`, the row is created if missing, then taken by an update under the
+    /// same condition, then read, in one transaction.
     pub(crate) fn acquire_lease(
         self,
         tables: &Tables,
         lease: &LeaseKey<'_>,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
-    ) -> Statement {
+    ) -> Returning {
+        if self == Dialect::MySql {
+            return self.acquire_lease_mysql(tables, lease, now, expires_at);
+        }
         let current = |column| Expr::col((table(tables.lease()), column));
         let excluded = |column| Expr::col((Alias::new("excluded"), column));
         let same_owner = current(Lease::Owner).eq(excluded(Lease::Owner));
         let token = Expr::case(same_owner.clone(), current(Lease::Token))
             .finally(current(Lease::Token).add(1));
-        self.build(
-            Query::insert()
-                .into_table(table(tables.lease()))
-                .columns([
-                    Lease::ServiceName,
-                    Lease::Shard,
-                    Lease::Owner,
-                    Lease::Token,
-                    Lease::ExpiresAt,
-                    Lease::UpdatedAt,
-                ])
-                .values_panic([
-                    lease.service.into(),
-                    lease.shard.into(),
-                    lease.owner.into(),
-                    1_i64.into(),
-                    expires_at.into(),
-                    now.into(),
-                ])
-                .on_conflict(
-                    OnConflict::columns([Lease::ServiceName, Lease::Shard])
-                        .value(Lease::Token, token)
-                        .update_columns([Lease::Owner, Lease::ExpiresAt, Lease::UpdatedAt])
-                        .action_and_where(same_owner.or(current(Lease::ExpiresAt).lte(now)))
-                        .to_owned(),
-                )
-                .returning_col(Lease::Token),
+        Returning::one(
+            self.build(
+                Query::insert()
+                    .into_table(table(tables.lease()))
+                    .columns([
+                        Lease::ServiceName,
+                        Lease::Shard,
+                        Lease::Owner,
+                        Lease::Token,
+                        Lease::ExpiresAt,
+                        Lease::UpdatedAt,
+                    ])
+                    .values_panic([
+                        lease.service.into(),
+                        lease.shard.into(),
+                        lease.owner.into(),
+                        1_i64.into(),
+                        expires_at.into(),
+                        now.into(),
+                    ])
+                    .on_conflict(
+                        OnConflict::columns([Lease::ServiceName, Lease::Shard])
+                            .value(Lease::Token, token)
+                            .update_columns([Lease::Owner, Lease::ExpiresAt, Lease::UpdatedAt])
+                            .action_and_where(same_owner.or(current(Lease::ExpiresAt).lte(now)))
+                            .to_owned(),
+                    )
+                    .returning_col(Lease::Token),
+            ),
         )
+    }
+
+    fn acquire_lease_mysql(
+        self,
+        tables: &Tables,
+        lease: &LeaseKey<'_>,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Returning {
+        let current = |column| Expr::col((table(tables.lease()), column));
+        let create = Query::insert()
+            .into_table(table(tables.lease()))
+            .columns([
+                Lease::ServiceName,
+                Lease::Shard,
+                Lease::Owner,
+                Lease::Token,
+                Lease::ExpiresAt,
+                Lease::UpdatedAt,
+            ])
+            .values_panic([
+                lease.service.into(),
+                lease.shard.into(),
+                lease.owner.into(),
+                1_i64.into(),
+                expires_at.into(),
+                now.into(),
+            ])
+            // Leaves an existing row as it is.
+            .on_conflict(
+                OnConflict::column(Lease::ServiceName)
+                    .update_column(Lease::ServiceName)
+                    .to_owned(),
+            )
+            .take();
+        let same_owner = current(Lease::Owner).eq(lease.owner);
+        // MySQL assigns left to right: the token is computed from the previous owner.
+        let take = Query::update()
+            .table(table(tables.lease()))
+            .values([
+                (
+                    Lease::Token,
+                    Expr::case(same_owner.clone(), current(Lease::Token))
+                        .finally(current(Lease::Token).add(1))
+                        .into(),
+                ),
+                (Lease::Owner, lease.owner.into()),
+                (Lease::ExpiresAt, expires_at.into()),
+                (Lease::UpdatedAt, now.into()),
+            ])
+            .cond_where(lease_row(lease.service, lease.shard))
+            .and_where(same_owner.or(current(Lease::ExpiresAt).lte(now)))
+            .take();
+        let read = Query::select()
+            .column(Lease::Token)
+            .from(table(tables.lease()))
+            .cond_where(lease_row(lease.service, lease.shard))
+            .and_where(Expr::col(Lease::Owner).eq(lease.owner))
+            .take();
+        Returning(vec![
+            self.build(&create),
+            self.build(&take),
+            self.build(&read),
+        ])
     }
 
     /// Extends the leases `owner` still holds among `shards`, in one statement; returns
     /// the shards (with their tokens) that were still `owner`'s. A lease that expired
     /// but that nobody took is still `owner`'s: nobody else published its shard.
+    ///
+    /// On MySQL (no `UPDATE .. RETURNING`) the update and a read of the rows it
+    /// renewed, in one transaction.
     pub(crate) fn renew_leases(
         self,
         tables: &Tables,
@@ -107,19 +220,29 @@ impl Dialect {
         shards: &[i32],
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
-    ) -> Statement {
-        self.build(
-            Query::update()
-                .table(table(tables.lease()))
-                .values([
-                    (Lease::ExpiresAt, expires_at.into()),
-                    (Lease::UpdatedAt, now.into()),
-                ])
-                .and_where(Expr::col(Lease::ServiceName).eq(service))
-                .and_where(Expr::col(Lease::Owner).eq(owner))
-                .and_where(Expr::col(Lease::Shard).is_in(shards.iter().copied()))
-                .returning(Query::returning().columns([Lease::Shard, Lease::Token])),
-        )
+    ) -> Returning {
+        let owned = Condition::all()
+            .add(Expr::col(Lease::ServiceName).eq(service))
+            .add(Expr::col(Lease::Owner).eq(owner))
+            .add(Expr::col(Lease::Shard).is_in(shards.iter().copied()));
+        let mut renew = Query::update()
+            .table(table(tables.lease()))
+            .values([
+                (Lease::ExpiresAt, expires_at.into()),
+                (Lease::UpdatedAt, now.into()),
+            ])
+            .cond_where(owned.clone())
+            .take();
+        let columns = [Lease::Shard, Lease::Token];
+        if self == Dialect::MySql {
+            let read = Query::select()
+                .columns(columns)
+                .from(table(tables.lease()))
+                .cond_where(owned)
+                .take();
+            return Returning(vec![self.build(&renew), self.build(&read)]);
+        }
+        Returning::one(self.build(renew.returning(Query::returning().columns(columns))))
     }
 
     /// Gives up a lease at once, so another relay can take it without waiting.

@@ -61,6 +61,15 @@ impl Dialect {
 
     /// Puts the `n` oldest dead letters back in line.
     pub(crate) fn replay_oldest(self, table: &Identifier, n: u64, now: DateTime<Utc>) -> Statement {
+        // MySQL takes no LIMIT in an IN subquery, but orders and limits an UPDATE.
+        if self == Dialect::MySql {
+            return self.build(
+                replay(table, now)
+                    .cond_where(dead_letters())
+                    .order_by(Column::Seq, Order::Asc)
+                    .limit(limit(n)),
+            );
+        }
         let oldest = seqs(table)
             .cond_where(dead_letters())
             .order_by(Column::Seq, Order::Asc)
@@ -71,6 +80,16 @@ impl Dialect {
 
     /// Deletes up to `n` events published before `cutoff`, oldest first.
     pub(crate) fn cleanup(self, table: &Identifier, cutoff: DateTime<Utc>, n: u64) -> Statement {
+        // MySQL takes no LIMIT in an IN subquery, but orders and limits a DELETE.
+        if self == Dialect::MySql {
+            return self.build(
+                Query::delete()
+                    .from_table(super::table(table))
+                    .cond_where(published_before(cutoff))
+                    .order_by(Column::PublishedAt, Order::Asc)
+                    .limit(limit(n)),
+            );
+        }
         let expired = seqs(table)
             .cond_where(published_before(cutoff))
             .order_by(Column::PublishedAt, Order::Asc)
@@ -106,7 +125,7 @@ impl Dialect {
     /// from the partial indexes only; the SQL is `backlog.sql`.
     pub(crate) fn backlog(self, table: &Identifier, shards: u16) -> Statement {
         let shards = (0..shards).map(i32::from);
-        self.hand_written(BACKLOG.on_shards(table, shards), Vec::<Value>::new())
+        self.hand_written(BACKLOG.on_shards(self, table, shards), Vec::<Value>::new())
     }
 
     /// Per topic: pending and dead-lettered events, and the oldest pending one, read

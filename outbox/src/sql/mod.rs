@@ -9,7 +9,7 @@
 //! | file | holds |
 //! |---|---|
 //! | `mod.rs` | [`Dialect`], building statements, the types they share |
-//! | `claim.rs`, `claim.sql`, `ready_shards.sql` | the claim and the idle poll (by hand) |
+//! | `claim.rs`, `claim.sql`, `claim_mysql.sql`, `ready_shards.sql` | the claim and the idle poll (by hand) |
 //! | `insert.rs` | the key-locking insert and the rows it writes (by hand) |
 //! | `write_back.rs` | what a relay writes after publishing: fence, completion (mark, delete, archive), failures, parking |
 //! | `leases.rs` | shard leases, relay membership, the offset table |
@@ -17,6 +17,12 @@
 //! | `backlog.sql` | the backlog gauges' counts (by hand) |
 //!
 //! Every value is a bound parameter; table names are checked [`Identifier`]s.
+//!
+//! Hand-written statements are spelled once, the standard way: identifiers in double
+//! quotes, parameters numbered `$1`, `$2`, ... (PostgreSQL and SQLite read both). For
+//! MySQL and MariaDB, [`Dialect::hand_written`] respells them: backticks, and a `?` per
+//! occurrence with the values repeated and reordered to match. The statements hold no
+//! string literals, so every double quote is an identifier's.
 
 mod claim;
 mod insert;
@@ -29,7 +35,7 @@ mod tests;
 
 use chrono::{DateTime, Utc};
 use sea_orm::StatementBuilder;
-use sea_orm::sea_query::{Alias, Func, Query};
+use sea_orm::sea_query::{Alias, Expr, Func, Query};
 use sea_orm::{DbBackend, Statement, Value};
 
 use crate::error::{Error, Result};
@@ -43,6 +49,8 @@ pub(crate) use write_back::Published;
 pub(crate) enum Dialect {
     Postgres,
     Sqlite,
+    /// MySQL 8 and MariaDB 10.6+ (InnoDB).
+    MySql,
 }
 
 impl Dialect {
@@ -50,6 +58,8 @@ impl Dialect {
         match backend {
             DbBackend::Postgres => Ok(Dialect::Postgres),
             DbBackend::Sqlite => Ok(Dialect::Sqlite),
+            DbBackend::MySql => Ok(Dialect::MySql),
+            #[allow(unreachable_patterns, reason = "sea-orm may add backends")]
             other => Err(Error::UnsupportedBackend {
                 backend: format!("{other:?}"),
             }),
@@ -60,6 +70,7 @@ impl Dialect {
         match self {
             Dialect::Postgres => DbBackend::Postgres,
             Dialect::Sqlite => DbBackend::Sqlite,
+            Dialect::MySql => DbBackend::MySql,
         }
     }
 
@@ -68,20 +79,30 @@ impl Dialect {
         self.backend().build(statement)
     }
 
-    /// A hand-written statement with its values bound to `$1`, `$2`, ...
+    /// A hand-written statement with its values bound to `$1`, `$2`, ..., respelled
+    /// for MySQL (see the module's docs).
     fn hand_written(self, sql: String, values: impl IntoIterator<Item = Value>) -> Statement {
-        Statement::from_sql_and_values(self.backend(), sql, values)
+        match self {
+            Dialect::Postgres | Dialect::Sqlite => {
+                Statement::from_sql_and_values(self.backend(), sql, values)
+            }
+            Dialect::MySql => {
+                let (sql, values) = respell_for_mysql(&sql, values.into_iter().collect());
+                Statement::from_sql_and_values(self.backend(), sql, values)
+            }
+        }
     }
 
     /// Reads the database's clock, where relays on several hosts may share it
-    /// (PostgreSQL); `None` on SQLite, which lives in one process.
+    /// (PostgreSQL, MySQL); `None` on SQLite, which lives in one process.
     pub(crate) fn database_now(self) -> Option<Statement> {
-        match self {
-            Dialect::Postgres => {
-                Some(self.build(Query::select().expr_as(Func::cust("clock_timestamp"), "now")))
-            }
-            Dialect::Sqlite => None,
-        }
+        let now: Expr = match self {
+            Dialect::Postgres => Func::cust("clock_timestamp").into(),
+            // The UTC time, with microseconds; the column types hold no time zone.
+            Dialect::MySql => Expr::cust("UTC_TIMESTAMP(6)"),
+            Dialect::Sqlite => return None,
+        };
+        Some(self.build(Query::select().expr_as(now, "now")))
     }
 }
 
@@ -97,14 +118,27 @@ impl HandWritten {
         self.body().replace("{outbox}", &table.quoted())
     }
 
-    /// The statement over `table` and the list of `shards`.
-    fn on_shards(self, table: &Identifier, shards: impl IntoIterator<Item = i32>) -> String {
-        let shards = shards
-            .into_iter()
-            .map(|shard| format!("({shard})"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        self.on(table).replace("{shards}", &shards)
+    /// The statement over `table` and the rows of `shards`, a one-column table: a
+    /// `VALUES` list, or on MySQL (whose `VALUES` rows are spelled `ROW(..)`, unlike
+    /// MariaDB's) a `UNION ALL` of selects, which both read.
+    fn on_shards(
+        self,
+        dialect: Dialect,
+        table: &Identifier,
+        shards: impl IntoIterator<Item = i32>,
+    ) -> String {
+        let shards = shards.into_iter();
+        let rows = match dialect {
+            Dialect::Postgres | Dialect::Sqlite => {
+                let rows: Vec<String> = shards.map(|shard| format!("({shard})")).collect();
+                format!("VALUES {}", rows.join(", "))
+            }
+            Dialect::MySql => {
+                let rows: Vec<String> = shards.map(|shard| format!("SELECT {shard}")).collect();
+                rows.join(" UNION ALL ")
+            }
+        };
+        self.on(table).replace("{shards}", &rows)
     }
 
     /// The SQL after the leading comment lines.
@@ -115,6 +149,35 @@ impl HandWritten {
         }
         rest.trim()
     }
+}
+
+/// `sql` with ANSI quotes and numbered parameters, respelled for MySQL: backticks, and
+/// one `?` per occurrence of `$n`, with `values` in the order of the occurrences.
+fn respell_for_mysql(sql: &str, values: Vec<Value>) -> (String, Vec<Value>) {
+    let mut out = String::with_capacity(sql.len());
+    let mut bound = Vec::with_capacity(values.len());
+    let mut chars = sql.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => out.push('`'),
+            '$' => {
+                let mut end = at + 1;
+                while let Some(&(i, d)) = chars.peek()
+                    && d.is_ascii_digit()
+                {
+                    end = i + 1;
+                    chars.next();
+                }
+                let n: usize = sql[at + 1..end]
+                    .parse()
+                    .expect("a hand-written statement's `$` begins a numbered parameter");
+                bound.push(values[n - 1].clone());
+                out.push('?');
+            }
+            c => out.push(c),
+        }
+    }
+    (out, bound)
 }
 
 /// A configured table name, for sea-query.

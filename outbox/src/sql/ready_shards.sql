@@ -1,9 +1,9 @@
--- Of the shards listed in {shards} (`(0), (1), ...`), those with an event the claim
+-- Of the shards listed in {shards} (`VALUES (0), (1), ...`), those with an event the claim
 -- would take at $1: one probe of the claim index per shard, so an idle relay polls
 -- all its shards with one query.
 -- Written by hand: sea-query cannot name the columns of a VALUES list.
 -- {outbox} is the outbox table's quoted name.
-WITH "shards" ("shard") AS (VALUES {shards})
+WITH "shards" ("shard") AS ({shards})
 SELECT s."shard" FROM "shards" s
 WHERE EXISTS (
     SELECT 1 FROM {outbox} c

@@ -127,9 +127,9 @@ async fn every_other_statement_runs() {
         next_attempt_at: Some(now),
         dead_lettered_at: None,
     };
-    let mut statements = vec![
-        d.acquire_lease(&t, &lease, now, now),
-        d.renew_leases(&t, "svc", "relay-a", &[1, 2], now, now),
+    let mut statements = d.acquire_lease(&t, &lease, now, now).0;
+    statements.extend(d.renew_leases(&t, "svc", "relay-a", &[1, 2], now, now).0);
+    statements.extend([
         d.fence(&t, &lease, 1),
         d.record_failure(t.outbox(), id, &failure),
         d.failure_state(t.outbox(), id),
@@ -148,7 +148,7 @@ async fn every_other_statement_runs() {
         d.replay_oldest(t.outbox(), 10, now),
         d.event(t.archive(), id),
         d.count_published_before(t.archive(), now),
-    ];
+    ]);
     for completion in [Completion::Mark, Completion::Delete, Completion::Archive] {
         let fenced = d.complete(
             &t,
@@ -165,4 +165,20 @@ async fn every_other_statement_runs() {
             .await
             .unwrap_or_else(|e| panic!("{e}: {}", statement.sql));
     }
+}
+
+/// MySQL gets backticks and one `?` per occurrence, the values repeated in order.
+#[test]
+fn hand_written_statements_are_respelled_for_mysql() {
+    use sea_orm::Value;
+    let (sql, values) = super::respell_for_mysql(
+        r#"SELECT "a" FROM "t" WHERE "b" = $2 AND "c" BETWEEN $1 AND $1 LIMIT $10"#,
+        (1..=10).map(|n| Value::Int(Some(n))).collect(),
+    );
+    assert_eq!(
+        sql,
+        "SELECT `a` FROM `t` WHERE `b` = ? AND `c` BETWEEN ? AND ? LIMIT ?"
+    );
+    let ints: Vec<Value> = [2, 1, 1, 10].map(|n| Value::Int(Some(n))).into();
+    assert_eq!(values, ints);
 }

@@ -70,8 +70,8 @@ impl Dialect {
     /// [`fence`](Self::fence) in a transaction.
     ///
     /// One statement, whose row count is the number of events completed; archiving on
-    /// SQLite takes two (copy, then delete, each counting the events), which the
-    /// caller runs in one transaction.
+    /// SQLite and MySQL takes two (copy, then delete, each counting the events), which
+    /// the caller runs in one transaction.
     pub(crate) fn complete(
         self,
         tables: &Tables,
@@ -123,7 +123,8 @@ impl Dialect {
                 let with = WithClause::new().cte(cte).to_owned();
                 Completing(vec![self.build(&archive.with_cte(with).take())])
             }
-            (Completion::Archive, Dialect::Sqlite) => {
+            // No DML in a CTE: copy, then delete, in one transaction.
+            (Completion::Archive, Dialect::Sqlite | Dialect::MySql) => {
                 let copy = archived(now)
                     .from(outbox.clone())
                     .cond_where(rows.clone())

@@ -1,0 +1,61 @@
+//! Creates `_outbox_key_lock` on MySQL: the rows that stores lock to keep each key's
+//! events in commit order (see [`outbox::Tables::key_lock`]). Nothing on the other
+//! backends, whose locks need no table (PostgreSQL's advisory locks, SQLite's single
+//! writer).
+//!
+//! The table holds [`outbox::KEY_LOCKS`] rows, `id` 0 onwards, all created here: a
+//! store locks existing rows only, because InnoDB's lock on a missing row is a gap lock,
+//! which two transactions may hold at once.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+crate::migration!("m20261128_000004_mysql_key_locks");
+
+/// How many rows one INSERT writes while the table is filled.
+const ROWS_PER_INSERT: i32 = 4096;
+
+// The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != DbBackend::MySql {
+            return Ok(());
+        }
+        let table = self.tables.key_lock().as_str().to_owned();
+        manager
+            .create_table(
+                Table::create()
+                    .table(table.clone())
+                    .col(ColumnDef::new("id").integer().not_null().primary_key())
+                    .to_owned(),
+            )
+            .await?;
+        for first in (0..outbox::KEY_LOCKS).step_by(ROWS_PER_INSERT as usize) {
+            let mut insert = Query::insert()
+                .into_table(table.clone())
+                .columns(["id"])
+                .to_owned();
+            for id in first..Ord::min(first + ROWS_PER_INSERT, outbox::KEY_LOCKS) {
+                insert.values_panic([id.into()]);
+            }
+            manager.exec_stmt(insert).await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        if manager.get_database_backend() != DbBackend::MySql {
+            return Ok(());
+        }
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(self.tables.key_lock().as_str().to_owned())
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
