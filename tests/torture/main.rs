@@ -20,10 +20,15 @@
 //!
 //! Knobs (environment): `TORTURE_SEED` (printed at start; set it to replay a run),
 //! `TORTURE_SECONDS` (how long writers write, default 20), `TORTURE_WRITERS` (8),
-//! `TORTURE_KEYS` (32), `TORTURE_RELAYS` (3), `TORTURE_COMPLETION` (the relays'
-//! completion modes, run one after the other, each for `TORTURE_SECONDS`; default
-//! `mark,delete`), `TORTURE_RESTART_POSTGRES=1` (local only: also restart the
-//! PostgreSQL server, which needs `pg_ctlcluster` and root).
+//! `TORTURE_KEYS` (32), `TORTURE_RELAYS` (3), `TORTURE_BACKENDS` (the databases,
+//! default `postgres,mysql`: `DATABASE_URL` and `MYSQL_URL`) and `TORTURE_COMPLETION`
+//! (the relays' completion modes, default `mark,delete`): every backend in every mode,
+//! one run after the other, each for `TORTURE_SECONDS`; `TORTURE_RESTART_POSTGRES=1`
+//! (local only: also restart the PostgreSQL server, which needs `pg_ctlcluster` and
+//! root).
+//!
+//! On MySQL the relays connect as a user of their own (`outbox_torture_relay`), so that
+//! their connections, and only theirs, can be cut with `KILL CONNECTION`.
 //! A local soak: `TORTURE_SECONDS=300 TORTURE_WRITERS=16 TORTURE_KEYS=256 scripts/test.sh -E 'test(torture)'`.
 
 use std::collections::{HashMap, HashSet};
@@ -35,7 +40,7 @@ use std::time::{Duration, Instant};
 use outbox::{Completion, Envelope, EventBuilder, Outbox};
 use outbox_tests::kafka::{PrivateBroker, consume, create_topic};
 use outbox_tests::proxy::Mode;
-use outbox_tests::{PgSchema, database_url};
+use outbox_tests::{MySqlDatabase, PgSchema, database_url};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
@@ -80,7 +85,137 @@ struct Size {
     keys: u64,
     relays: usize,
     restart_postgres: bool,
+    backends: Vec<Backend>,
     completions: Vec<Completion>,
+}
+
+/// A database server the suite runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Postgres,
+    MySql,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "postgres" => Ok(Backend::Postgres),
+            "mysql" => Ok(Backend::MySql),
+            other => Err(format!("{other:?} is not postgres or mysql")),
+        }
+    }
+}
+
+/// The MySQL user the relays connect as.
+const MYSQL_RELAY_USER: &str = "outbox_torture_relay";
+
+/// A database of the suite's own on one server, dropped after a passing run.
+enum Scratch {
+    Postgres(PgSchema),
+    MySql(MySqlDatabase),
+}
+
+impl Scratch {
+    async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => Scratch::Postgres(PgSchema::migrated().await),
+            Backend::MySql => {
+                let database = MySqlDatabase::migrated().await;
+                for statement in [
+                    format!("CREATE USER IF NOT EXISTS '{MYSQL_RELAY_USER}'@'%'"),
+                    format!(
+                        "GRANT ALL PRIVILEGES ON `{}`.* TO '{MYSQL_RELAY_USER}'@'%'",
+                        database.name
+                    ),
+                ] {
+                    database
+                        .db
+                        .execute_unprepared(&statement)
+                        .await
+                        .expect("the relays' user");
+                }
+                Scratch::MySql(database)
+            }
+        }
+    }
+
+    fn db(&self) -> &DatabaseConnection {
+        match self {
+            Scratch::Postgres(pg) => &pg.db,
+            Scratch::MySql(database) => &database.db,
+        }
+    }
+
+    /// The relays' environment: their database URL, and PostgreSQL's schema.
+    fn relay_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Scratch::Postgres(pg) => vec![
+                (
+                    "DATABASE_URL",
+                    format!("{}?application_name=outbox-torture-relay", database_url()),
+                ),
+                ("OUTBOX_TORTURE_SCHEMA", pg.schema.clone()),
+            ],
+            Scratch::MySql(database) => {
+                let url = database.url();
+                let (scheme, rest) = url.split_once("://").expect("a URL");
+                let server = rest.split_once('@').map_or(rest, |(_, server)| server);
+                vec![(
+                    "DATABASE_URL",
+                    format!("{scheme}://{MYSQL_RELAY_USER}@{server}"),
+                )]
+            }
+        }
+    }
+
+    /// Cuts every connection of the relays; returns how many.
+    async fn cut_relay_connections(&self) -> usize {
+        match self {
+            Scratch::Postgres(pg) => pg
+                .db
+                .query_all_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outbox-torture-relay'",
+                ))
+                .await
+                .expect("cut the relays' connections")
+                .len(),
+            Scratch::MySql(database) => {
+                let ids = database
+                    .db
+                    .query_all_raw(Statement::from_sql_and_values(
+                        DbBackend::MySql,
+                        "SELECT id FROM information_schema.processlist WHERE user = ? AND db = ?",
+                        [MYSQL_RELAY_USER.into(), database.name.clone().into()],
+                    ))
+                    .await
+                    .expect("the relays' connections");
+                let mut cut = 0;
+                for row in ids {
+                    let id: i64 = row.try_get_by_index(0).expect("a connection id");
+                    // A connection may have closed meanwhile.
+                    if database
+                        .db
+                        .execute_unprepared(&format!("KILL CONNECTION {id}"))
+                        .await
+                        .is_ok()
+                    {
+                        cut += 1;
+                    }
+                }
+                cut
+            }
+        }
+    }
+
+    async fn drop(self) {
+        match self {
+            Scratch::Postgres(pg) => pg.drop().await,
+            Scratch::MySql(database) => database.drop().await,
+        }
+    }
 }
 
 impl Size {
@@ -102,6 +237,14 @@ impl Size {
             keys: var("TORTURE_KEYS", 32),
             relays: usize::try_from(var("TORTURE_RELAYS", 3)).unwrap_or(3),
             restart_postgres: var("TORTURE_RESTART_POSTGRES", 0) == 1,
+            backends: std::env::var("TORTURE_BACKENDS")
+                .unwrap_or_else(|_| "postgres,mysql".to_owned())
+                .split(',')
+                .map(|name| {
+                    name.parse()
+                        .unwrap_or_else(|e| panic!("TORTURE_BACKENDS: {e}"))
+                })
+                .collect(),
             completions: std::env::var("TORTURE_COMPLETION")
                 .unwrap_or_else(|_| "mark,delete".to_owned())
                 .split(',')
@@ -128,7 +271,7 @@ struct Ledger {
 
 /// The relay processes, killed and restarted at will.
 struct Relays {
-    schema: String,
+    env: Vec<(&'static str, String)>,
     brokers: String,
     children: Vec<Child>,
     max_rss_kib: u64,
@@ -139,11 +282,7 @@ struct Relays {
 impl Relays {
     fn start(&mut self, slot: usize) {
         let child = Command::new(env!("CARGO_BIN_EXE_outbox-torture-relay"))
-            .env(
-                "DATABASE_URL",
-                format!("{}?application_name=outbox-torture-relay", database_url()),
-            )
-            .env("OUTBOX_TORTURE_SCHEMA", &self.schema)
+            .envs(self.env.iter().cloned())
             .env("KAFKA_BROKERS", &self.brokers)
             .env("OUTBOX_SERVICE_NAME", "torture")
             .env("OUTBOX_COMPLETION", self.completion.as_str())
@@ -212,11 +351,42 @@ async fn execute(
     values: Vec<sea_orm::Value>,
 ) -> Result<Vec<sea_orm::QueryResult>, sea_orm::DbErr> {
     conn.query_all_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
+        conn.get_database_backend(),
         sql,
         values,
     ))
     .await
+}
+
+/// Adds one to `key`'s counter in the caller's transaction (which then holds the
+/// row's lock until it ends) and returns the new value: the key's commit order.
+async fn bump(conn: &impl ConnectionTrait, key: &str) -> Option<i64> {
+    let rows =
+        match conn.get_database_backend() {
+            DbBackend::MySql => {
+                // No UPDATE .. RETURNING: read the row this transaction just locked.
+                execute(
+                    conn,
+                    "UPDATE torture_keys SET counter = counter + 1 WHERE name = ?",
+                    vec![key.into()],
+                )
+                .await
+                .ok()?;
+                execute(
+                    conn,
+                    "SELECT counter FROM torture_keys WHERE name = ?",
+                    vec![key.into()],
+                )
+                .await
+            }
+            _ => execute(
+                conn,
+                "UPDATE torture_keys SET counter = counter + 1 WHERE name = $1 RETURNING counter",
+                vec![key.into()],
+            )
+            .await,
+        };
+    rows.ok()?.first()?.try_get_by_index::<i64>(0).ok()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -291,16 +461,7 @@ async fn writer(
         }
         let mut records = Vec::new();
         for (id, key) in ids.into_iter().zip(&chosen) {
-            let rows = execute(
-                &txn,
-                "UPDATE torture_keys SET counter = counter + 1 WHERE key = $1 RETURNING counter",
-                vec![key.clone().into()],
-            )
-            .await;
-            match rows
-                .ok()
-                .and_then(|rows| rows.first().and_then(|r| r.try_get_by_index::<i64>(0).ok()))
-            {
+            match bump(&txn, key).await {
                 Some(counter) => records.push((id, key.clone(), counter)),
                 None => break,
             }
@@ -333,38 +494,40 @@ async fn writer(
 async fn torture() {
     let size = Size::from_env();
     println!("torture: {size:?} (replay with TORTURE_SEED={})", size.seed);
-    for &completion in &size.completions {
-        torture_in(&size, completion).await;
+    for &backend in &size.backends {
+        for &completion in &size.completions {
+            torture_in(&size, backend, completion).await;
+        }
     }
 }
 
-/// One torture run, the relays completing published events by `completion`.
-async fn torture_in(size: &Size, completion: Completion) {
-    println!("torture: relays in {completion} mode");
+/// One torture run on `backend`, the relays completing published events by
+/// `completion`.
+async fn torture_in(size: &Size, backend: Backend, completion: Completion) {
+    println!("torture: {backend:?}, relays in {completion} mode");
     let started = Instant::now();
     let mut rng = Rng(size.seed);
 
-    let pg = PgSchema::migrated().await;
-    pg.db
-        .execute_unprepared(
-            "CREATE TABLE torture_keys (key TEXT PRIMARY KEY, counter BIGINT NOT NULL DEFAULT 0)",
-        )
-        .await
-        .expect("key table");
+    let scratch = Scratch::create(backend).await;
+    let db = scratch.db();
+    db.execute_unprepared(
+        "CREATE TABLE torture_keys (name VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL DEFAULT 0)",
+    )
+    .await
+    .expect("key table");
     for k in 0..size.keys {
-        pg.db
-            .execute_unprepared(&format!(
-                "INSERT INTO torture_keys (key) VALUES ('key-{k:03}')"
-            ))
-            .await
-            .expect("key row");
+        db.execute_unprepared(&format!(
+            "INSERT INTO torture_keys (name) VALUES ('key-{k:03}')"
+        ))
+        .await
+        .expect("key row");
     }
     let (broker, proxy) = PrivateBroker::start_behind_proxy().await;
     let topic = format!("torture-{}", Uuid::now_v7().simple());
     create_topic(&broker.address, &topic, 4).await;
 
     let mut relays = Relays {
-        schema: pg.schema.clone(),
+        env: scratch.relay_env(),
         brokers: broker.address.clone(),
         children: Vec::new(),
         max_rss_kib: 0,
@@ -381,7 +544,7 @@ async fn torture_in(size: &Size, completion: Completion) {
     let writers: Vec<_> = (0..size.writers)
         .map(|_| {
             tokio::spawn(writer(
-                pg.db.clone(),
+                db.clone(),
                 outbox.clone(),
                 topic.clone(),
                 size.keys,
@@ -401,7 +564,11 @@ async fn torture_in(size: &Size, completion: Completion) {
     let reset_at = Instant::now() + Duration::from_secs(size.seconds * 4 / 5);
     let (mut slow_done, mut blackhole_done, mut reset_done) = (false, false, false);
     let restart_at = Instant::now() + Duration::from_secs(size.seconds * 2 / 3);
-    let (mut outage_done, mut cut_done, mut restart_done) = (false, false, !size.restart_postgres);
+    let (mut outage_done, mut cut_done, mut restart_done) = (
+        false,
+        false,
+        !(size.restart_postgres && backend == Backend::Postgres),
+    );
     let cuts = AtomicU64::new(0);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
@@ -437,15 +604,7 @@ async fn torture_in(size: &Size, completion: Completion) {
         }
         if !cut_done && Instant::now() >= cut_at {
             cut_done = true;
-            let cut = pg
-                .db
-                .query_all_raw(Statement::from_string(
-                    DbBackend::Postgres,
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outbox-torture-relay'",
-                ))
-                .await
-                .expect("cut the relays' connections")
-                .len();
+            let cut = scratch.cut_relay_connections().await;
             cuts.store(cut as u64, Ordering::Relaxed);
             println!("torture: cut {cut} relay connections");
         }
@@ -477,7 +636,7 @@ async fn torture_in(size: &Size, completion: Completion) {
 
     // Let the relays finish, then read everything.
     let drained = Instant::now() + Duration::from_secs(120);
-    while !outbox.backlog(&pg.db).await.is_ok_and(|b| b.pending == 0) {
+    while !outbox.backlog(db).await.is_ok_and(|b| b.pending == 0) {
         assert!(
             Instant::now() < drained,
             "the relays did not publish every pending event within 120 s"
@@ -485,7 +644,7 @@ async fn torture_in(size: &Size, completion: Completion) {
         relays.sample_memory();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let backlog = outbox.backlog(&pg.db).await.expect("backlog");
+    let backlog = outbox.backlog(db).await.expect("backlog");
     relays.stop_all();
 
     let ledger = Arc::try_unwrap(ledger)
@@ -593,5 +752,5 @@ async fn torture_in(size: &Size, completion: Completion) {
         ledger.committed.len() > 100,
         "the run stored too little to prove anything"
     );
-    pg.drop().await;
+    scratch.drop().await;
 }

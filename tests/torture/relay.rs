@@ -1,5 +1,6 @@
 //! A relay as its own OS process, for the torture suite: configured by `DATABASE_URL`,
-//! `OUTBOX_TORTURE_SCHEMA`, `KAFKA_BROKERS` and the `OUTBOX_*` variables, plus
+//! `OUTBOX_TORTURE_SCHEMA` (PostgreSQL's schema; MySQL's database is in the URL),
+//! `KAFKA_BROKERS` and the `OUTBOX_*` variables, plus
 //! `OUTBOX_TORTURE_CLOCK_SKEW` (seconds its clock runs ahead, negative for behind) and
 //! `OUTBOX_TORTURE_MAX_MESSAGE_BYTES` (the largest message it may send); stops
 //! gracefully on SIGTERM or Ctrl-C. The suite kills it with SIGKILL at random.
@@ -12,11 +13,12 @@ use sea_orm::{ConnectOptions, Database};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL")?;
-    let schema = std::env::var("OUTBOX_TORTURE_SCHEMA")?;
     let brokers = std::env::var("KAFKA_BROKERS")?;
     let mut options = ConnectOptions::new(url);
+    if let Ok(schema) = std::env::var("OUTBOX_TORTURE_SCHEMA") {
+        options.set_schema_search_path(schema);
+    }
     options
-        .set_schema_search_path(schema)
         .max_connections(6)
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
