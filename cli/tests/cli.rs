@@ -1,26 +1,58 @@
-//! The `outbox` command against a real PostgreSQL: every command, its JSON, and its
-//! errors for bad input.
+//! The `outbox` command against real databases (PostgreSQL, and MariaDB for the
+//! commands that read and change events): every command, its JSON, and its errors
+//! for bad input.
 
 use std::process::{Command, Output};
 
+use outbox::entity::outbox as row;
 use outbox::{EventBuilder, Outbox, RelayConfig};
-use outbox_tests::{PgSchema, database_url};
-use sea_orm::ConnectionTrait;
+use outbox_tests::{PgSchema, ServerDatabase, database_url};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// Runs `outbox` on the test's schema.
-fn outbox_cli(schema: &PgSchema, args: &[&str]) -> Output {
-    let url = format!(
-        "{}?options=-c%20search_path%3D{}",
-        database_url(),
-        schema.schema
-    );
+/// Runs `outbox` on the test's database.
+fn outbox_cli(database: &ServerDatabase, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_outbox"))
         .args(args)
-        .env("DATABASE_URL", url)
+        .env("DATABASE_URL", database.url())
         .output()
         .expect("run outbox")
+}
+
+/// Marks every event published `days` days ago.
+async fn publish_all_days_ago(database: &ServerDatabase, days: i64) {
+    row::Entity::update_many()
+        .col_expr(row::Column::Published, Expr::value(true))
+        .col_expr(
+            row::Column::PublishedAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::days(days)),
+        )
+        .exec(database.db())
+        .await
+        .expect("publish every event");
+}
+
+/// How many rows the outbox table holds.
+async fn outbox_rows(database: &ServerDatabase) -> u64 {
+    row::Entity::find()
+        .count(database.db())
+        .await
+        .expect("count the outbox's rows")
+}
+
+/// Sets the publication time of the events `ids` to `days` days ago.
+async fn published_days_ago(database: &ServerDatabase, ids: &[Uuid], days: i64) {
+    row::Entity::update_many()
+        .col_expr(
+            row::Column::PublishedAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::days(days)),
+        )
+        .filter(row::Column::Id.is_in(ids.iter().copied()))
+        .exec(database.db())
+        .await
+        .expect("age");
 }
 
 fn stdout(output: &Output) -> String {
@@ -47,8 +79,8 @@ fn stderr_of_failure(output: &Output) -> String {
 
 /// Three pending events over two topics, one dead letter, two events published long
 /// ago and one published now.
-async fn fixture() -> (PgSchema, Uuid, Uuid) {
-    let pg = PgSchema::migrated().await;
+async fn fixture(database: &ServerDatabase) -> (Uuid, Uuid) {
+    let db = database.db();
     let outbox = Outbox::new();
     let mut ids = Vec::new();
     for (topic, key) in [
@@ -62,7 +94,7 @@ async fn fixture() -> (PgSchema, Uuid, Uuid) {
     ] {
         ids.push(
             outbox
-                .store(&pg.db, &EventBuilder::new("thing.happened", key), topic)
+                .store(db, &EventBuilder::new("thing.happened", key), topic)
                 .await
                 .expect("store"),
         );
@@ -72,27 +104,20 @@ async fn fixture() -> (PgSchema, Uuid, Uuid) {
         ..RelayConfig::default()
     };
     outbox
-        .handle_event_failure(&pg.db, ids[3], "message too large", &config)
+        .handle_event_failure(db, ids[3], "message too large", &config)
         .await
         .expect("dead-letter");
     outbox
-        .mark_events_as_published(&pg.db, &ids[4..])
+        .mark_events_as_published(db, &ids[4..])
         .await
         .expect("publish");
-    pg.db
-        .execute_unprepared(&format!(
-            "UPDATE _outbox SET published_at = now() - interval '10 days' WHERE id IN ('{}', '{}')",
-            ids[4], ids[5]
-        ))
-        .await
-        .expect("age");
-    (pg, ids[0], ids[3])
+    published_days_ago(database, &ids[4..6], 10).await;
+    (ids[0], ids[3])
 }
 
-#[tokio::test]
-async fn status_reports_backlog_per_topic_and_relays() {
-    let (pg, _, _) = fixture().await;
-    let status = json(&outbox_cli(&pg, &["status", "--json"]));
+async fn status_reports_backlog_per_topic_and_relays(database: &ServerDatabase) {
+    let (_, _) = fixture(database).await;
+    let status = json(&outbox_cli(database, &["status", "--json"]));
     assert_eq!(status["pending"], 3);
     assert_eq!(status["dead_lettered"], 1);
     assert!(
@@ -118,7 +143,7 @@ async fn status_reports_backlog_per_topic_and_relays() {
     );
     assert_eq!(status["relays"], Value::Array(Vec::new()));
 
-    let text = stdout(&outbox_cli(&pg, &["status"]));
+    let text = stdout(&outbox_cli(database, &["status"]));
     assert!(
         text.starts_with("pending 3, dead-lettered 1, oldest pending "),
         "{text}"
@@ -131,19 +156,17 @@ async fn status_reports_backlog_per_topic_and_relays() {
         text.contains("service  relay  shards  last heartbeat"),
         "{text}"
     );
-    pg.drop().await;
 }
 
-#[tokio::test]
-async fn list_and_show_events() {
-    let (pg, pending, dead) = fixture().await;
-    let listed = json(&outbox_cli(&pg, &["list", "--json"]));
+async fn list_and_show_events(database: &ServerDatabase) {
+    let (pending, dead) = fixture(database).await;
+    let listed = json(&outbox_cli(database, &["list", "--json"]));
     assert_eq!(listed.as_array().map(Vec::len), Some(3));
     assert_eq!(listed[0]["id"], pending.to_string(), "oldest first");
-    let dead_letters = json(&outbox_cli(&pg, &["list", "--dead", "--json"]));
+    let dead_letters = json(&outbox_cli(database, &["list", "--dead", "--json"]));
     assert_eq!(dead_letters.as_array().map(Vec::len), Some(1));
     assert_eq!(dead_letters[0]["error_message"], "message too large");
-    let table = stdout(&outbox_cli(&pg, &["list", "--dead"]));
+    let table = stdout(&outbox_cli(database, &["list", "--dead"]));
     assert!(
         table.lines().nth(1).is_some_and(
             |line| line.starts_with(&dead.to_string()) && line.ends_with("message too large")
@@ -151,10 +174,13 @@ async fn list_and_show_events() {
         "{table}"
     );
 
-    let shown = json(&outbox_cli(&pg, &["show", &dead.to_string(), "--json"]));
+    let shown = json(&outbox_cli(
+        database,
+        &["show", &dead.to_string(), "--json"],
+    ));
     assert_eq!(shown["id"], dead.to_string());
     assert_eq!(shown["attempts"], 1);
-    let text = stdout(&outbox_cli(&pg, &["show", &dead.to_string()]));
+    let text = stdout(&outbox_cli(database, &["show", &dead.to_string()]));
     assert!(
         text.lines()
             .any(|l| l.starts_with("destination_topic") && l.ends_with("users")),
@@ -162,62 +188,61 @@ async fn list_and_show_events() {
     );
 
     let unknown = Uuid::now_v7();
-    let error = stderr_of_failure(&outbox_cli(&pg, &["show", &unknown.to_string()]));
+    let error = stderr_of_failure(&outbox_cli(database, &["show", &unknown.to_string()]));
     assert_eq!(error.trim(), format!("error: no event with id {unknown}"));
-    let error = stderr_of_failure(&outbox_cli(&pg, &["show", "not-a-uuid"]));
+    let error = stderr_of_failure(&outbox_cli(database, &["show", "not-a-uuid"]));
     assert!(error.contains("invalid value 'not-a-uuid'"), "{error}");
-    pg.drop().await;
 }
 
-#[tokio::test]
-async fn replay_asks_for_yes_then_puts_dead_letters_back() {
-    let (pg, pending, dead) = fixture().await;
-    let dry = stdout(&outbox_cli(&pg, &["replay", &dead.to_string()]));
+async fn replay_asks_for_yes_then_puts_dead_letters_back(database: &ServerDatabase) {
+    let (pending, dead) = fixture(database).await;
+    let dry = stdout(&outbox_cli(database, &["replay", &dead.to_string()]));
     assert!(
         dry.starts_with("dry run: would replay dead-lettered event"),
         "{dry}"
     );
     assert_eq!(
-        json(&outbox_cli(&pg, &["status", "--json"]))["dead_lettered"],
+        json(&outbox_cli(database, &["status", "--json"]))["dead_lettered"],
         1,
         "a dry run changes nothing"
     );
 
-    let error = stderr_of_failure(&outbox_cli(&pg, &["replay", &pending.to_string(), "--yes"]));
+    let error = stderr_of_failure(&outbox_cli(
+        database,
+        &["replay", &pending.to_string(), "--yes"],
+    ));
     assert!(error.contains("is not dead-lettered"), "{error}");
 
-    let all = json(&outbox_cli(&pg, &["replay", "--all-dead", "--json"]));
+    let all = json(&outbox_cli(database, &["replay", "--all-dead", "--json"]));
     assert_eq!(
         (all["dry_run"].clone(), all["would_affect"].clone()),
         (Value::Bool(true), Value::from(1))
     );
     let done = json(&outbox_cli(
-        &pg,
+        database,
         &["replay", &dead.to_string(), "--yes", "--json"],
     ));
     assert_eq!(
         (done["dry_run"].clone(), done["replayed"].clone()),
         (Value::Bool(false), Value::from(1))
     );
-    let status = json(&outbox_cli(&pg, &["status", "--json"]));
+    let status = json(&outbox_cli(database, &["status", "--json"]));
     assert_eq!(
         (status["pending"].clone(), status["dead_lettered"].clone()),
         (Value::from(4), Value::from(0))
     );
 
-    let usage = stderr_of_failure(&outbox_cli(&pg, &["replay"]));
+    let usage = stderr_of_failure(&outbox_cli(database, &["replay"]));
     assert!(
         usage.contains("--all-dead"),
         "replay needs an id or --all-dead: {usage}"
     );
-    pg.drop().await;
 }
 
-#[tokio::test]
-async fn purge_deletes_only_old_published_events_after_yes() {
-    let (pg, _, _) = fixture().await;
+async fn purge_deletes_only_old_published_events_after_yes(database: &ServerDatabase) {
+    let (_, _) = fixture(database).await;
     let dry = json(&outbox_cli(
-        &pg,
+        database,
         &["purge", "--published-older-than", "7d", "--json"],
     ));
     assert_eq!(
@@ -225,7 +250,7 @@ async fn purge_deletes_only_old_published_events_after_yes() {
         (Value::Bool(true), Value::from(2))
     );
     let text = stdout(&outbox_cli(
-        &pg,
+        database,
         &["purge", "--published-older-than", "7days"],
     ));
     assert_eq!(
@@ -233,20 +258,20 @@ async fn purge_deletes_only_old_published_events_after_yes() {
         "dry run: would delete 2 events published more than 7days ago; run again with --yes to do it"
     );
     let done = stdout(&outbox_cli(
-        &pg,
+        database,
         &["purge", "--published-older-than", "7d", "--yes"],
     ));
     assert_eq!(
         done.trim(),
         "deleted 2 events published more than 7days ago"
     );
-    let status = json(&outbox_cli(&pg, &["status", "--json"]));
+    let status = json(&outbox_cli(database, &["status", "--json"]));
     assert_eq!(
         (status["pending"].clone(), status["dead_lettered"].clone()),
         (Value::from(3), Value::from(1))
     );
     let error = stderr_of_failure(&outbox_cli(
-        &pg,
+        database,
         &["purge", "--published-older-than", "a while"],
     ));
     assert!(error.contains("invalid value 'a while'"), "{error}");
@@ -255,12 +280,11 @@ async fn purge_deletes_only_old_published_events_after_yes() {
         &["purge", "--published-older-than", "300000y"][..],
         &["purge", "--published-older-than", "300000y", "--yes"][..],
     ] {
-        let output = outbox_cli(&pg, args);
+        let output = outbox_cli(database, args);
         assert_eq!(output.status.code(), Some(1), "{output:?}");
         let error = String::from_utf8_lossy(&output.stderr);
         assert!(error.contains("reaches past the dates"), "{error}");
     }
-    pg.drop().await;
 }
 
 #[test]
@@ -383,20 +407,11 @@ async fn relay_runs_until_sigterm() {
     pg.drop().await;
 }
 
-/// The test schema's URL, for a command started by hand.
-fn schema_url(pg: &PgSchema) -> String {
-    format!(
-        "{}?options=-c%20search_path%3D{}",
-        database_url(),
-        pg.schema
-    )
-}
-
 /// Stores `count` events in one transaction.
-async fn store_many(pg: &PgSchema, count: usize) {
+async fn store_many(db: &sea_orm::DatabaseConnection, count: usize) {
     use sea_orm::TransactionTrait;
     let outbox = Outbox::new();
-    let txn = pg.db.begin().await.expect("begin");
+    let txn = db.begin().await.expect("begin");
     for start in (0..count).step_by(1000) {
         let envelopes = (start..count.min(start + 1000)).map(|i| {
             let event = EventBuilder::new("thing.happened", format!("k-{}", i % 50));
@@ -407,25 +422,16 @@ async fn store_many(pg: &PgSchema, count: usize) {
     txn.commit().await.expect("commit");
 }
 
-async fn execute(pg: &PgSchema, sql: &str) -> u64 {
-    pg.db
-        .execute_unprepared(sql)
+async fn replay_all_dead_and_purge_work_in_batches(database: &ServerDatabase) {
+    store_many(database.db(), 2500).await;
+    row::Entity::update_many()
+        .col_expr(row::Column::DeadLetteredAt, Expr::value(chrono::Utc::now()))
+        .col_expr(row::Column::Attempts, Expr::value(3))
+        .exec(database.db())
         .await
-        .expect(sql)
-        .rows_affected()
-}
-
-#[tokio::test]
-async fn replay_all_dead_and_purge_work_in_batches() {
-    let pg = PgSchema::migrated().await;
-    store_many(&pg, 2500).await;
-    execute(
-        &pg,
-        "UPDATE _outbox SET dead_lettered_at = now(), attempts = 3",
-    )
-    .await;
+        .expect("dead-letter every event");
     let done = json(&outbox_cli(
-        &pg,
+        database,
         &[
             "replay",
             "--all-dead",
@@ -436,19 +442,15 @@ async fn replay_all_dead_and_purge_work_in_batches() {
         ],
     ));
     assert_eq!(done["replayed"], 2500);
-    let status = json(&outbox_cli(&pg, &["status", "--json"]));
+    let status = json(&outbox_cli(database, &["status", "--json"]));
     assert_eq!(
         (status["pending"].clone(), status["dead_lettered"].clone()),
         (Value::from(2500), Value::from(0))
     );
 
-    execute(
-        &pg,
-        "UPDATE _outbox SET published = true, published_at = now() - interval '40 days'",
-    )
-    .await;
+    publish_all_days_ago(database, 40).await;
     let done = json(&outbox_cli(
-        &pg,
+        database,
         &[
             "purge",
             "--published-older-than",
@@ -460,21 +462,14 @@ async fn replay_all_dead_and_purge_work_in_batches() {
         ],
     ));
     assert_eq!(done["deleted"], 2500);
-    assert_eq!(execute(&pg, "SELECT 1 FROM _outbox").await, 0);
-    pg.drop().await;
+    assert_eq!(outbox_rows(database).await, 0);
 }
 
 /// Ctrl-C stops a long purge after the batch in progress: what was deleted stays
 /// deleted, the rest stays, and the command says how far it got.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_purge_keeps_what_it_did_and_says_so() {
-    let pg = PgSchema::migrated().await;
-    store_many(&pg, 20_000).await;
-    execute(
-        &pg,
-        "UPDATE _outbox SET published = true, published_at = now() - interval '40 days'",
-    )
-    .await;
+async fn an_interrupted_purge_keeps_what_it_did_and_says_so(database: &ServerDatabase) {
+    store_many(database.db(), 20_000).await;
+    publish_all_days_ago(database, 40).await;
     let child = Command::new(env!("CARGO_BIN_EXE_outbox"))
         .args([
             "purge",
@@ -484,7 +479,7 @@ async fn an_interrupted_purge_keeps_what_it_did_and_says_so() {
             "--batch-size",
             "20",
         ])
-        .env("DATABASE_URL", schema_url(&pg))
+        .env("DATABASE_URL", database.url())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -493,7 +488,7 @@ async fn an_interrupted_purge_keeps_what_it_did_and_says_so() {
     outbox_tests::eventually(
         "the purge has started",
         std::time::Duration::from_secs(30),
-        || async { execute(&pg, "SELECT 1 FROM _outbox").await < 20_000 },
+        || async { outbox_rows(database).await < 20_000 },
     )
     .await;
     let status = Command::new("kill")
@@ -507,7 +502,7 @@ async fn an_interrupted_purge_keeps_what_it_did_and_says_so() {
         !output.status.success(),
         "an interrupted purge fails: {stderr}"
     );
-    let left = execute(&pg, "SELECT 1 FROM _outbox").await;
+    let left = outbox_rows(database).await;
     assert!(left > 0, "interrupted before the end");
     let deleted = 20_000 - left;
     assert!(
@@ -516,11 +511,10 @@ async fn an_interrupted_purge_keeps_what_it_did_and_says_so() {
     );
     assert_eq!(deleted % 20, 0, "whole batches only");
     let rest = json(&outbox_cli(
-        &pg,
+        database,
         &["purge", "--published-older-than", "30d", "--yes", "--json"],
     ));
     assert_eq!(rest["deleted"], left, "running it again goes on");
-    pg.drop().await;
 }
 
 /// A command started by a test, killed when the test ends however it ends (a failed
@@ -629,7 +623,7 @@ async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_p
         .args(["relay", "--kafka-config"])
         .arg(&properties)
         .args(["--http-addr", &http, "--log-format", "json"])
-        .env("DATABASE_URL", schema_url(&pg))
+        .env("DATABASE_URL", pg.url())
         .env_remove("KAFKA_BROKERS")
         .env("OUTBOX_KAFKA_SSL_CA_LOCATION", &pki.ca)
         .env("OUTBOX_SERVICE_NAME", "cli-ops")
@@ -765,3 +759,12 @@ async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_p
     std::fs::remove_file(properties).expect("remove");
     pg.drop().await;
 }
+
+outbox_tests::on_server_databases!(
+    status_reports_backlog_per_topic_and_relays,
+    list_and_show_events,
+    replay_asks_for_yes_then_puts_dead_letters_back,
+    purge_deletes_only_old_published_events_after_yes,
+    replay_all_dead_and_purge_work_in_batches,
+    an_interrupted_purge_keeps_what_it_did_and_says_so,
+);

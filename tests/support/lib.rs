@@ -8,7 +8,7 @@ pub mod tls;
 use std::time::Duration;
 
 use outbox_migration::Migrator;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
 /// The PostgreSQL the tests use: `DATABASE_URL`, or the machine's default.
@@ -167,6 +167,50 @@ impl MySqlDatabase {
     }
 }
 
+/// A database of a test's own on a server with concurrent transactions: a PostgreSQL
+/// schema or a MySQL database.
+#[derive(Debug)]
+pub enum ServerDatabase {
+    /// On PostgreSQL.
+    Postgres(PgSchema),
+    /// On MySQL or MariaDB.
+    MySql(MySqlDatabase),
+}
+
+impl ServerDatabase {
+    /// A freshly migrated database on `backend` (PostgreSQL or MySQL).
+    pub async fn migrated(backend: DbBackend) -> Self {
+        match backend {
+            DbBackend::MySql => ServerDatabase::MySql(MySqlDatabase::migrated().await),
+            _ => ServerDatabase::Postgres(PgSchema::migrated().await),
+        }
+    }
+
+    /// A pool of connections to it.
+    pub fn db(&self) -> &DatabaseConnection {
+        match self {
+            ServerDatabase::Postgres(pg) => &pg.db,
+            ServerDatabase::MySql(database) => &database.db,
+        }
+    }
+
+    /// A URL that connects to it, for another process.
+    pub fn url(&self) -> String {
+        match self {
+            ServerDatabase::Postgres(pg) => pg.url(),
+            ServerDatabase::MySql(database) => database.url(),
+        }
+    }
+
+    /// Drops it. A failing test skips this, leaving its data to inspect.
+    pub async fn drop(self) {
+        match self {
+            ServerDatabase::Postgres(pg) => pg.drop().await,
+            ServerDatabase::MySql(database) => database.drop().await,
+        }
+    }
+}
+
 /// `url` with its database replaced by `name`.
 fn database_in(url: &str, name: &str) -> String {
     let (server, _) = url
@@ -289,26 +333,46 @@ pub fn per_key_order<'a>(
 #[macro_export]
 macro_rules! on_server_backends {
     ($($name:ident),* $(,)?) => {
-        mod postgres_server {
+        $crate::__on_servers!(pool: $($name),*);
+    };
+}
+
+/// Like [`on_server_backends!`], for each `async fn(&ServerDatabase)`: tests that
+/// also need the database's URL.
+#[macro_export]
+macro_rules! on_server_databases {
+    ($($name:ident),* $(,)?) => {
+        $crate::__on_servers!(database: $($name),*);
+    };
+}
+
+/// The modules of [`on_server_backends!`] and [`on_server_databases!`]; `pool` or
+/// `database` says what the test functions take.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __on_servers {
+    ($takes:ident: $($name:ident),*) => {
+        $crate::__on_servers!(@module postgres_server Postgres $takes: $($name),*);
+        $crate::__on_servers!(@module mysql_server MySql $takes: $($name),*);
+    };
+    (@module $module:ident $backend:ident $takes:ident: $($name:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let pg = $crate::PgSchema::migrated().await;
-                    super::$name(pg.db.clone()).await;
-                    pg.drop().await;
-                }
-            )*
-        }
-        mod mysql_server {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let database = $crate::MySqlDatabase::migrated().await;
-                    super::$name(database.db.clone()).await;
+                    let database =
+                        $crate::ServerDatabase::migrated(::sea_orm::DbBackend::$backend).await;
+                    $crate::__on_servers!(@call $takes super::$name, database);
                     database.drop().await;
                 }
             )*
         }
+    };
+    (@call pool $test:path, $database:ident) => {
+        $test($database.db().clone()).await
+    };
+    (@call database $test:path, $database:ident) => {
+        $test(&$database).await
     };
 }
 

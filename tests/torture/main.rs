@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use outbox::{Completion, Envelope, EventBuilder, Outbox};
 use outbox_tests::kafka::{PrivateBroker, consume, create_topic};
 use outbox_tests::proxy::Mode;
-use outbox_tests::{MySqlDatabase, PgSchema, database_url};
+use outbox_tests::{ServerDatabase, database_url};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
@@ -85,135 +85,93 @@ struct Size {
     keys: u64,
     relays: usize,
     restart_postgres: bool,
-    backends: Vec<Backend>,
+    backends: Vec<DbBackend>,
     completions: Vec<Completion>,
-}
-
-/// A database server the suite runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Postgres,
-    MySql,
-}
-
-impl std::str::FromStr for Backend {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "postgres" => Ok(Backend::Postgres),
-            "mysql" => Ok(Backend::MySql),
-            other => Err(format!("{other:?} is not postgres or mysql")),
-        }
-    }
 }
 
 /// The MySQL user the relays connect as.
 const MYSQL_RELAY_USER: &str = "outbox_torture_relay";
 
-/// A database of the suite's own on one server, dropped after a passing run.
-enum Scratch {
-    Postgres(PgSchema),
-    MySql(MySqlDatabase),
+/// A migrated database of the suite's own on `backend`; on MySQL, the relays' user may
+/// use it.
+async fn scratch(backend: DbBackend) -> ServerDatabase {
+    let database = ServerDatabase::migrated(backend).await;
+    if let ServerDatabase::MySql(mysql) = &database {
+        for statement in [
+            format!("CREATE USER IF NOT EXISTS '{MYSQL_RELAY_USER}'@'%'"),
+            format!(
+                "GRANT ALL PRIVILEGES ON `{}`.* TO '{MYSQL_RELAY_USER}'@'%'",
+                mysql.name
+            ),
+        ] {
+            mysql
+                .db
+                .execute_unprepared(&statement)
+                .await
+                .expect("the relays' user");
+        }
+    }
+    database
 }
 
-impl Scratch {
-    async fn create(backend: Backend) -> Self {
-        match backend {
-            Backend::Postgres => Scratch::Postgres(PgSchema::migrated().await),
-            Backend::MySql => {
-                let database = MySqlDatabase::migrated().await;
-                for statement in [
-                    format!("CREATE USER IF NOT EXISTS '{MYSQL_RELAY_USER}'@'%'"),
-                    format!(
-                        "GRANT ALL PRIVILEGES ON `{}`.* TO '{MYSQL_RELAY_USER}'@'%'",
-                        database.name
-                    ),
-                ] {
-                    database
-                        .db
-                        .execute_unprepared(&statement)
-                        .await
-                        .expect("the relays' user");
-                }
-                Scratch::MySql(database)
-            }
+/// The relays' environment: their database URL, and PostgreSQL's schema.
+fn relay_env(database: &ServerDatabase) -> Vec<(&'static str, String)> {
+    match database {
+        ServerDatabase::Postgres(pg) => vec![
+            (
+                "DATABASE_URL",
+                format!("{}?application_name=outbox-torture-relay", database_url()),
+            ),
+            ("OUTBOX_TORTURE_SCHEMA", pg.schema.clone()),
+        ],
+        ServerDatabase::MySql(mysql) => {
+            let url = mysql.url();
+            let (scheme, rest) = url.split_once("://").expect("a URL");
+            let server = rest.split_once('@').map_or(rest, |(_, server)| server);
+            vec![(
+                "DATABASE_URL",
+                format!("{scheme}://{MYSQL_RELAY_USER}@{server}"),
+            )]
         }
     }
+}
 
-    fn db(&self) -> &DatabaseConnection {
-        match self {
-            Scratch::Postgres(pg) => &pg.db,
-            Scratch::MySql(database) => &database.db,
-        }
-    }
-
-    /// The relays' environment: their database URL, and PostgreSQL's schema.
-    fn relay_env(&self) -> Vec<(&'static str, String)> {
-        match self {
-            Scratch::Postgres(pg) => vec![
-                (
-                    "DATABASE_URL",
-                    format!("{}?application_name=outbox-torture-relay", database_url()),
-                ),
-                ("OUTBOX_TORTURE_SCHEMA", pg.schema.clone()),
-            ],
-            Scratch::MySql(database) => {
-                let url = database.url();
-                let (scheme, rest) = url.split_once("://").expect("a URL");
-                let server = rest.split_once('@').map_or(rest, |(_, server)| server);
-                vec![(
-                    "DATABASE_URL",
-                    format!("{scheme}://{MYSQL_RELAY_USER}@{server}"),
-                )]
-            }
-        }
-    }
-
-    /// Cuts every connection of the relays; returns how many.
-    async fn cut_relay_connections(&self) -> usize {
-        match self {
-            Scratch::Postgres(pg) => pg
+/// Cuts every connection of the relays; returns how many.
+async fn cut_relay_connections(database: &ServerDatabase) -> usize {
+    match database {
+        ServerDatabase::Postgres(pg) => pg
+            .db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outbox-torture-relay'",
+            ))
+            .await
+            .expect("cut the relays' connections")
+            .len(),
+        ServerDatabase::MySql(mysql) => {
+            let ids = mysql
                 .db
-                .query_all_raw(Statement::from_string(
-                    DbBackend::Postgres,
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outbox-torture-relay'",
+                .query_all_raw(Statement::from_sql_and_values(
+                    DbBackend::MySql,
+                    "SELECT id FROM information_schema.processlist WHERE user = ? AND db = ?",
+                    [MYSQL_RELAY_USER.into(), mysql.name.clone().into()],
                 ))
                 .await
-                .expect("cut the relays' connections")
-                .len(),
-            Scratch::MySql(database) => {
-                let ids = database
+                .expect("the relays' connections");
+            let mut cut = 0;
+            for row in ids {
+                let id: i64 = row.try_get_by_index(0).expect("a connection id");
+                // A connection may have closed meanwhile.
+                if mysql
                     .db
-                    .query_all_raw(Statement::from_sql_and_values(
-                        DbBackend::MySql,
-                        "SELECT id FROM information_schema.processlist WHERE user = ? AND db = ?",
-                        [MYSQL_RELAY_USER.into(), database.name.clone().into()],
-                    ))
+                    .execute_unprepared(&format!("KILL CONNECTION {id}"))
                     .await
-                    .expect("the relays' connections");
-                let mut cut = 0;
-                for row in ids {
-                    let id: i64 = row.try_get_by_index(0).expect("a connection id");
-                    // A connection may have closed meanwhile.
-                    if database
-                        .db
-                        .execute_unprepared(&format!("KILL CONNECTION {id}"))
-                        .await
-                        .is_ok()
-                    {
-                        cut += 1;
-                    }
+                    .is_ok()
+                {
+                    cut += 1;
                 }
-                cut
             }
-        }
-    }
-
-    async fn drop(self) {
-        match self {
-            Scratch::Postgres(pg) => pg.drop().await,
-            Scratch::MySql(database) => database.drop().await,
+            cut
         }
     }
 }
@@ -240,9 +198,10 @@ impl Size {
             backends: std::env::var("TORTURE_BACKENDS")
                 .unwrap_or_else(|_| "postgres,mysql".to_owned())
                 .split(',')
-                .map(|name| {
-                    name.parse()
-                        .unwrap_or_else(|e| panic!("TORTURE_BACKENDS: {e}"))
+                .map(|name| match name {
+                    "postgres" => DbBackend::Postgres,
+                    "mysql" => DbBackend::MySql,
+                    other => panic!("TORTURE_BACKENDS: {other:?} is not postgres or mysql"),
                 })
                 .collect(),
             completions: std::env::var("TORTURE_COMPLETION")
@@ -503,12 +462,12 @@ async fn torture() {
 
 /// One torture run on `backend`, the relays completing published events by
 /// `completion`.
-async fn torture_in(size: &Size, backend: Backend, completion: Completion) {
+async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
     println!("torture: {backend:?}, relays in {completion} mode");
     let started = Instant::now();
     let mut rng = Rng(size.seed);
 
-    let scratch = Scratch::create(backend).await;
+    let scratch = scratch(backend).await;
     let db = scratch.db();
     db.execute_unprepared(
         "CREATE TABLE torture_keys (name VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL DEFAULT 0)",
@@ -527,7 +486,7 @@ async fn torture_in(size: &Size, backend: Backend, completion: Completion) {
     create_topic(&broker.address, &topic, 4).await;
 
     let mut relays = Relays {
-        env: scratch.relay_env(),
+        env: relay_env(&scratch),
         brokers: broker.address.clone(),
         children: Vec::new(),
         max_rss_kib: 0,
@@ -567,7 +526,7 @@ async fn torture_in(size: &Size, backend: Backend, completion: Completion) {
     let (mut outage_done, mut cut_done, mut restart_done) = (
         false,
         false,
-        !(size.restart_postgres && backend == Backend::Postgres),
+        !(size.restart_postgres && backend == DbBackend::Postgres),
     );
     let cuts = AtomicU64::new(0);
     while Instant::now() < deadline {
@@ -604,7 +563,7 @@ async fn torture_in(size: &Size, backend: Backend, completion: Completion) {
         }
         if !cut_done && Instant::now() >= cut_at {
             cut_done = true;
-            let cut = scratch.cut_relay_connections().await;
+            let cut = cut_relay_connections(&scratch).await;
             cuts.store(cut as u64, Ordering::Relaxed);
             println!("torture: cut {cut} relay connections");
         }

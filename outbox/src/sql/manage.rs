@@ -129,37 +129,38 @@ impl Dialect {
     }
 
     /// Per topic: pending and dead-lettered events, and the oldest pending one, read
-    /// through the partial indexes of pending, parked and dead-lettered events.
+    /// through the partial indexes of pending, parked and dead-lettered events. The
+    /// rows are counted with `COUNT` (a `SUM` would be a `DECIMAL` on MySQL).
     pub(crate) fn topic_backlog(self, table: &Identifier) -> Statement {
-        let rows = |pending: i32, dead: i32, oldest: Expr, which: Condition| {
+        let rows = |pending: bool, oldest: Expr, which: Condition| {
             Query::select()
                 .expr_as(Expr::col(Column::DestinationTopic), "topic")
-                .expr_as(Expr::Constant(pending.into()), "pending")
-                .expr_as(Expr::Constant(dead.into()), "dead")
+                .expr_as(Expr::Constant(i32::from(pending).into()), "pending")
                 .expr_as(oldest, "oldest")
                 .from(super::table(table))
                 .cond_where(which)
                 .take()
         };
         let created = || Expr::col(Column::CreatedAt);
-        let all = rows(1, 0, created(), schema::claimable())
+        let all = rows(true, created(), schema::claimable())
             .union(
                 UnionType::All,
                 rows(
-                    1,
-                    0,
+                    true,
                     created(),
                     schema::pending().add(Expr::col(Column::Parked)),
                 ),
             )
-            .union(UnionType::All, rows(0, 1, Expr::null(), dead_letters()))
+            .union(UnionType::All, rows(false, Expr::null(), dead_letters()))
             .take();
         let column = |name: &str| Expr::col(Alias::new(name));
+        // `COUNT(CASE WHEN pending = 1 THEN 1 END)`, and for dead letters `= 0`.
+        let count = |pending: i32| Func::count(Expr::case(column("pending").eq(pending), 1));
         self.build(
             Query::select()
                 .column(Alias::new("topic"))
-                .expr_as(Func::sum(column("pending")), "pending")
-                .expr_as(Func::sum(column("dead")), "dead")
+                .expr_as(count(1), "pending")
+                .expr_as(count(0), "dead")
                 .expr_as(Func::min(column("oldest")), "oldest")
                 .from_subquery(all, Alias::new("backlog"))
                 .group_by_col(Alias::new("topic"))
