@@ -107,6 +107,7 @@ pub struct MySqlDatabase {
     pub db: DatabaseConnection,
     /// The database's name.
     pub name: String,
+    url: String,
     admin: DatabaseConnection,
 }
 
@@ -122,13 +123,19 @@ impl MySqlDatabase {
         admin
             .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
             .await?;
-        let mut options = ConnectOptions::new(database_in(url, &name));
+        let url = database_in(url, &name);
+        let mut options = ConnectOptions::new(url.clone());
         options
             .max_connections(connections)
             .acquire_timeout(Duration::from_secs(10))
             .sqlx_logging(false);
         let db = Database::connect(options).await?;
-        Ok(MySqlDatabase { db, name, admin })
+        Ok(MySqlDatabase {
+            db,
+            name,
+            url,
+            admin,
+        })
     }
 
     /// Creates an empty database and connects to it. Panics with a clear message when
@@ -151,19 +158,24 @@ impl MySqlDatabase {
 
     /// A URL that connects to this database, for another process.
     pub fn url(&self) -> String {
-        database_in(&mysql_url(), &self.name)
+        self.url.clone()
     }
 
     /// Drops the database. A failing test skips this, leaving its data to inspect.
     pub async fn drop(self) {
-        self.db
-            .close()
-            .await
-            .expect("close the test database's pool");
+        self.try_drop().await.expect("drop test database");
+    }
+
+    /// Drops the database.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn try_drop(self) -> Result<(), DbErr> {
+        self.db.close().await?;
         self.admin
             .execute_unprepared(&format!("DROP DATABASE `{}`", self.name))
-            .await
-            .expect("drop test database");
+            .await?;
+        Ok(())
     }
 }
 
@@ -178,6 +190,23 @@ pub enum ServerDatabase {
 }
 
 impl ServerDatabase {
+    /// An empty database of its own on the server of `url` (`postgres://` or
+    /// `mysql://`), named `<prefix>_<uuid>`, and a pool of `connections` to it.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn create(url: &str, prefix: &str, connections: u32) -> Result<Self, DbErr> {
+        if url.starts_with("mysql:") {
+            Ok(ServerDatabase::MySql(
+                MySqlDatabase::create(url, prefix, connections).await?,
+            ))
+        } else {
+            Ok(ServerDatabase::Postgres(
+                PgSchema::create(url, prefix, connections).await?,
+            ))
+        }
+    }
+
     /// A freshly migrated database on `backend` (PostgreSQL or MySQL).
     pub async fn migrated(backend: DbBackend) -> Self {
         match backend {
@@ -204,9 +233,17 @@ impl ServerDatabase {
 
     /// Drops it. A failing test skips this, leaving its data to inspect.
     pub async fn drop(self) {
+        self.try_drop().await.expect("drop test database");
+    }
+
+    /// Drops it.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn try_drop(self) -> Result<(), DbErr> {
         match self {
-            ServerDatabase::Postgres(pg) => pg.drop().await,
-            ServerDatabase::MySql(database) => database.drop().await,
+            ServerDatabase::Postgres(pg) => pg.try_drop().await,
+            ServerDatabase::MySql(database) => database.try_drop().await,
         }
     }
 }

@@ -4,8 +4,10 @@ use std::time::{Duration, Instant};
 
 use outbox::{Envelope, EventBuilder, KafkaConfig, Outbox, Relay, RelayConfig};
 use outbox_migration::Migrator;
-use outbox_tests::PgSchema;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
+use outbox_tests::{PgSchema, ServerDatabase};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
 use sea_orm_migration::MigratorTrait;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -17,6 +19,28 @@ pub(super) async fn migrated_schema(url: &str, connections: u32) -> Result<PgSch
     let schema = PgSchema::create(url, "bench", connections).await?;
     Migrator::up(&schema.db, None).await?;
     Ok(schema)
+}
+
+/// A database of its own for one scenario on the server of `url`, PostgreSQL or MySQL,
+/// migrated.
+pub(super) async fn migrated_database(
+    url: &str,
+    connections: u32,
+) -> Result<ServerDatabase, Failure> {
+    let database = ServerDatabase::create(url, "bench", connections).await?;
+    Migrator::up(database.db(), None).await?;
+    Ok(database)
+}
+
+/// Updates the outbox table's statistics, as autovacuum (PostgreSQL) or InnoDB's
+/// automatic recalculation would have by the time a backlog is drained.
+pub(super) async fn analyze(db: &DatabaseConnection) -> Result<(), Failure> {
+    let sql = match db.get_database_backend() {
+        DbBackend::MySql => "ANALYZE TABLE _outbox",
+        _ => "ANALYZE _outbox",
+    };
+    db.execute_unprepared(sql).await?;
+    Ok(())
 }
 
 pub(super) async fn connect(
@@ -133,16 +157,23 @@ pub(super) async fn preload_keys(
 
 pub(super) async fn machine(url: &str, brokers: &str, size: &Size) -> Result<String, Failure> {
     let admin = Database::connect(url).await?;
+    let backend = admin.get_database_backend();
+    let sql = match backend {
+        DbBackend::MySql => "SELECT VERSION()",
+        _ => "SHOW server_version",
+    };
     let version = admin
-        .query_one_raw(Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            "SHOW server_version",
-        ))
+        .query_one_raw(Statement::from_string(backend, sql))
         .await?
         .and_then(|row| row.try_get_by_index::<String>(0).ok())
         .unwrap_or_default();
+    let server = match backend {
+        DbBackend::MySql if version.contains("MariaDB") => "MariaDB",
+        DbBackend::MySql => "MySQL",
+        _ => "PostgreSQL",
+    };
     Ok(format!(
-        "{} cores, PostgreSQL {version}, broker at {brokers}, {} events of 1 KiB over {KEYS} keys",
+        "{} cores, {server} {version}, broker at {brokers}, {} events of 1 KiB over {KEYS} keys",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         size.relay_events
     ))

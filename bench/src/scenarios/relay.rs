@@ -1,5 +1,5 @@
 //! Relay throughput beside its two limits (the raw producer; claim and complete), per
-//! completion mode.
+//! completion mode, on PostgreSQL or MySQL.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,11 +8,10 @@ use futures_util::future::join_all;
 use outbox::{Completion, KafkaConfig, KafkaPublisher, Message, NoOpPublisher, RelayConfig};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
-use sea_orm::ConnectionTrait;
 use uuid::Uuid;
 
 use super::fixtures::{
-    create_topic, drain_with, machine, migrated_schema, payload, peak_rss_mib, preload,
+    analyze, create_topic, drain_with, machine, migrated_database, payload, peak_rss_mib, preload,
     relay_config,
 };
 use super::probes::median;
@@ -71,8 +70,9 @@ pub(super) async fn relay_throughput(
     for round in 0..rounds {
         for turn in 0..turns.len() {
             let (mode, run) = turns[(round + turn) % turns.len()];
-            let schema = migrated_schema(url, 10).await?;
-            preload(&schema.db, &topic, events).await?;
+            let database = migrated_database(url, 10).await?;
+            let db = database.db();
+            preload(db, &topic, events).await?;
             let config = RelayConfig {
                 completion: mode,
                 listen: run != Run::WithoutWake,
@@ -81,18 +81,18 @@ pub(super) async fn relay_throughput(
             };
             // As autovacuum would have by then in production; left to chance, its
             // ANALYZE lands in some runs and not others, and the claim's plan with it.
-            schema.db.execute_unprepared("ANALYZE _outbox").await?;
+            analyze(db).await?;
             let rate = match run {
-                Run::Limit => drain_with(&schema.db, &NoOpPublisher, 1, events, &config).await?,
+                Run::Limit => drain_with(db, &NoOpPublisher, 1, events, &config).await?,
                 Run::EndToEnd | Run::WithoutWake => {
-                    drain_with(&schema.db, &publisher, 1, events, &config).await?
+                    drain_with(db, &publisher, 1, events, &config).await?
                 }
             };
             if run == Run::EndToEnd && mode == base {
                 peak = peak_rss_mib();
             }
             samples.entry((mode, run)).or_default().push(rate);
-            schema.try_drop().await?;
+            database.try_drop().await?;
         }
     }
     let median_of = |mode, run| median(samples.get(&(mode, run)).into_iter().flatten().copied());
@@ -100,8 +100,8 @@ pub(super) async fn relay_throughput(
     // The cost of one request in flight per connection (the default, which keeps
     // per-key order on any broker) against five (order then rests on the broker's
     // sequence checks).
-    let schema = migrated_schema(url, 10).await?;
-    preload(&schema.db, &topic, events).await?;
+    let database = migrated_database(url, 10).await?;
+    preload(database.db(), &topic, events).await?;
     let five_in_flight = KafkaPublisher::from_config(
         KafkaConfig::new(brokers).set("max.in.flight.requests.per.connection", "5"),
     )?;
@@ -110,8 +110,8 @@ pub(super) async fn relay_throughput(
         concurrency: size.concurrency,
         ..relay_config("bench")
     };
-    let pipelined = drain_with(&schema.db, &five_in_flight, 1, events, &config).await?;
-    schema.try_drop().await?;
+    let pipelined = drain_with(database.db(), &five_in_flight, 1, events, &config).await?;
+    database.try_drop().await?;
 
     // Limit (a): the same messages straight to the broker, same producer settings.
     let raw_topic = create_topic(brokers, 8).await?;

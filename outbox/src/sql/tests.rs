@@ -182,3 +182,73 @@ fn hand_written_statements_are_respelled_for_mysql() {
     let ints: Vec<Value> = [2, 1, 1, 10].map(|n| Value::Int(Some(n))).into();
     assert_eq!(values, ints);
 }
+
+/// On MySQL (no partial indexes) the claim reads one shard's claimable events in
+/// `seq` order from the claim index, without sorting them: 2,000 events over 4
+/// shards, half of them published, statistics fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_claim_reads_its_index_in_seq_order() {
+    use crate::{Envelope, EventBuilder, Outbox};
+
+    let url = std::env::var("MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let admin = Database::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("MySQL at {url}: {e}; start it or set MYSQL_URL"));
+    let name = format!("unit_{}", Uuid::now_v7().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
+        .await
+        .expect("create a database");
+    let (server, _) = url.rsplit_once('/').expect("a database in MYSQL_URL");
+    let db = Database::connect(format!("{server}/{name}"))
+        .await
+        .expect("connect");
+    outbox_migration::Migrator::up(&db, None)
+        .await
+        .expect("the migrations run");
+
+    let outbox = Outbox::new().with_shards(std::num::NonZeroU16::new(4).expect("4 shards"));
+    let envelopes = (0..2000).map(|n| {
+        Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers").expect("envelope")
+    });
+    let ids = outbox.store_batch(&db, envelopes).await.expect("store");
+    outbox
+        .mark_events_as_published(&db, &ids[..1000])
+        .await
+        .expect("publish half");
+    db.execute_unprepared("ANALYZE TABLE _outbox")
+        .await
+        .expect("analyze");
+
+    let claim = Dialect::MySql.claim(Tables::default().outbox(), 1, Utc::now(), 100);
+    let explain = Statement {
+        sql: format!("EXPLAIN {}", claim.sql),
+        ..claim
+    };
+    let rows = db.query_all_raw(explain).await.expect("EXPLAIN runs");
+    let lines: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|row| {
+            let text = |column: &str| {
+                row.try_get::<Option<String>>("", column)
+                    .expect("a plan column")
+                    .unwrap_or_default()
+            };
+            (text("table"), text("key"), text("Extra"))
+        })
+        .collect();
+    let next = lines
+        .iter()
+        .find(|(table, _, _)| table == "c")
+        .unwrap_or_else(|| panic!("no line for the claim's scan: {lines:?}"));
+    assert_eq!(next.1, "idx__outbox_claim", "{lines:?}");
+    // Sorting the claimed rows themselves (at most the batch) is fine; sorting the
+    // shard's pending events is not.
+    assert!(!next.2.contains("filesort"), "{lines:?}");
+    db.close().await.expect("close");
+    admin
+        .execute_unprepared(&format!("DROP DATABASE `{name}`"))
+        .await
+        .expect("drop the database");
+}
