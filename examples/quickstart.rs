@@ -8,7 +8,8 @@
 //! cargo run --example quickstart
 //! ```
 //!
-//! With `DATABASE_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`) and
+//! With `DATABASE_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`, or
+//! `mysql://root@127.0.0.1:3306/test` for MySQL and MariaDB) and
 //! `KAFKA_BROKERS` (e.g. `127.0.0.1:9092`) set, it uses those instead.
 
 use std::collections::HashSet;
