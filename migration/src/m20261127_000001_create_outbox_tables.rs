@@ -164,19 +164,26 @@ pub(crate) fn event_table(
         .to_owned()
 }
 
+/// The index `idx_<outbox>_<suffix>` of the outbox table over `columns`.
+pub(crate) fn outbox_index(
+    tables: &Tables,
+    suffix: &str,
+    columns: &[Column],
+) -> IndexCreateStatement {
+    let mut index = Index::create()
+        .name(tables.index(tables.outbox(), suffix))
+        .table(tables.outbox().as_str().to_owned())
+        .to_owned();
+    for &column in columns {
+        index.col(column);
+    }
+    index
+}
+
 /// The indexes; the partial ones take their predicates from [`outbox::schema`], which
 /// the relay's statements filter with.
 fn outbox_indexes(tables: &Tables) -> Vec<IndexCreateStatement> {
-    let index = |suffix: &str, columns: &[Column]| {
-        let mut index = Index::create()
-            .name(tables.index(tables.outbox(), suffix))
-            .table(tables.outbox().as_str().to_owned())
-            .to_owned();
-        for &column in columns {
-            index.col(column);
-        }
-        index
-    };
+    let index = |suffix: &str, columns: &[Column]| outbox_index(tables, suffix, columns);
     vec![
         index("claim", &[Column::Shard, Column::Seq])
             .cond_where(schema::pending())
@@ -200,16 +207,7 @@ fn outbox_indexes(tables: &Tables) -> Vec<IndexCreateStatement> {
 
 /// The indexes on MySQL, without partial ones: the columns of each predicate lead.
 fn mysql_indexes(tables: &Tables) -> Vec<IndexCreateStatement> {
-    let index = |suffix: &str, columns: &[Column]| {
-        let mut index = Index::create()
-            .name(tables.index(tables.outbox(), suffix))
-            .table(tables.outbox().as_str().to_owned())
-            .to_owned();
-        for &column in columns {
-            index.col(column);
-        }
-        index
-    };
+    let index = |suffix: &str, columns: &[Column]| outbox_index(tables, suffix, columns);
     vec![
         index(
             "claim",

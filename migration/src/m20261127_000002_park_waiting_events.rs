@@ -24,6 +24,8 @@ use outbox::schema;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
+use crate::m20261127_000001_create_outbox_tables::outbox_index;
+
 crate::migration!("m20261127_000002_park_waiting_events");
 
 impl Migration {
@@ -33,7 +35,8 @@ impl Migration {
     fn claim_index(&self, backend: DbBackend) -> IndexCreateStatement {
         let t = &self.tables;
         if backend == DbBackend::MySql {
-            return self.mysql_index(
+            return outbox_index(
+                t,
                 "claim",
                 &[
                     Column::Shard,
@@ -63,7 +66,8 @@ impl Migration {
     fn previous_claim_index(&self, backend: DbBackend) -> IndexCreateStatement {
         let t = &self.tables;
         if backend == DbBackend::MySql {
-            return self.mysql_index(
+            return outbox_index(
+                t,
                 "claim",
                 &[
                     Column::Shard,
@@ -80,19 +84,6 @@ impl Migration {
             .col(Column::Seq)
             .cond_where(schema::pending())
             .to_owned()
-    }
-
-    /// A plain index of the outbox over `columns` (MySQL).
-    fn mysql_index(&self, suffix: &str, columns: &[Column]) -> IndexCreateStatement {
-        let t = &self.tables;
-        let mut index = Index::create()
-            .name(t.index(t.outbox(), suffix))
-            .table(t.outbox().as_str().to_owned())
-            .to_owned();
-        for &column in columns {
-            index.col(column);
-        }
-        index
     }
 
     /// Finds a key's parked events. As SQL: sea-query cannot write an expression

@@ -204,9 +204,12 @@
 //!   `innodb_autoinc_lock_mode`. Across keys `seq` may differ from commit order, which
 //!   nothing relies on: the relay keeps no cursor.
 //! - **Isolation**: the relay's claim is one statement outside any transaction, so
-//!   it reads a fresh snapshot even under REPEATABLE READ (the default); its
-//!   write-back and lease changes are locking statements, which read the latest
-//!   committed rows at any isolation level. Your transactions may use any level.
+//!   it reads a fresh snapshot even under REPEATABLE READ (the default). Its
+//!   transactions (write-backs after a failure, parking, the orphan sweep) run at
+//!   READ COMMITTED: under REPEATABLE READ an InnoDB UPDATE locks every row it scans
+//!   and the gaps between them, so two shards' write-backs waited for each other or
+//!   deadlocked (and the loser's failure record was lost, to be made again), and gap
+//!   locks would hold up your stores. Your transactions may use any level.
 //! - **No `SKIP LOCKED` needed**: relays do not compete for rows; a shard is
 //!   leased to one relay (a row of `_outbox_lease`, fenced by its token), on every
 //!   backend.

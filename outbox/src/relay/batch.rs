@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use tracing::{Instrument, debug, error, info_span, warn};
 use uuid::Uuid;
 
@@ -138,16 +138,20 @@ impl<P: Publisher> Inner<P> {
             .filter(|row| !row.failing)
             .map(|row| row.key.as_str())
             .collect();
+        let failing: Vec<&&ClaimedRow> = first.values().filter(|row| row.failing).collect();
+        if orphaned.is_empty() && failing.is_empty() {
+            return Ok(());
+        }
+        let txn = dialect.begin(&self.db).await?;
         if !orphaned.is_empty() {
-            self.db
-                .execute_raw(dialect.unpark(table, shard, &orphaned))
+            txn.execute_raw(dialect.unpark(table, shard, &orphaned))
                 .await?;
         }
-        for row in first.values().filter(|row| row.failing) {
-            self.db
-                .execute_raw(dialect.park_behind(table, shard, &row.key, row.seq - 1))
+        for row in failing {
+            txn.execute_raw(dialect.park_behind(table, shard, &row.key, row.seq - 1))
                 .await?;
         }
+        txn.commit().await?;
         Ok(())
     }
 
@@ -299,7 +303,7 @@ impl<P: Publisher> Inner<P> {
                     .await?
                     .is_some());
         }
-        let txn = self.db.begin().await?;
+        let txn = dialect.begin(&self.db).await?;
         if txn
             .query_one_raw(dialect.fence(tables, &lease, token))
             .await?

@@ -33,7 +33,7 @@ impl<P: Publisher> Inner<P> {
                 self.state.cycle(Err(error.to_string()));
             }
             if Instant::now() >= next_sweep {
-                if let Err(error) = self.outbox.unpark_orphans(&self.db).await {
+                if let Err(error) = self.sweep_orphans().await {
                     warn!(relay = %self.relay_id, %error, "could not sweep for orphaned parked events");
                 }
                 next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
@@ -65,6 +65,15 @@ impl<P: Publisher> Inner<P> {
                 () = tokio::time::sleep(every) => {}
             }
         }
+    }
+
+    /// Unparks the events whose key has no failed pending event any more, in one
+    /// transaction of the relay's (see [`Dialect::begin`](crate::sql::Dialect::begin)).
+    pub(super) async fn sweep_orphans(&self) -> crate::error::Result<u64> {
+        let txn = self.dialect()?.begin(&self.db).await?;
+        let unparked = self.outbox.unpark_orphans(&txn).await?;
+        txn.commit().await?;
+        Ok(unparked)
     }
 
     /// Deletes published events past their retention, on the configured interval.

@@ -239,7 +239,7 @@ impl<P: Publisher> Relay<P> {
     /// The database's. Publish failures are recorded on the events, not returned.
     pub async fn process_events(&self, batch_size: usize) -> Result<ProcessReport> {
         self.inner.lease_round().await?;
-        self.inner.outbox.unpark_orphans(&self.inner.db).await?;
+        self.inner.sweep_orphans().await?;
         self.inner.process_owned(batch_size.max(1)).await
     }
 

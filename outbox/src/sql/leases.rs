@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    Alias, Asterisk, Condition, Expr, ExprTrait, Func, OnConflict, Order, Query,
+    Alias, Asterisk, Condition, Expr, ExprTrait, Func, InsertStatement, OnConflict, Order, Query,
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement, TransactionTrait};
 use uuid::Uuid;
@@ -41,6 +41,35 @@ impl Returning {
         txn.commit().await?;
         Ok(rows)
     }
+}
+
+/// `INSERT` of `lease` as a new lease, token 1, until `expires_at`; the caller says
+/// what happens when the row exists.
+fn new_lease(
+    tables: &Tables,
+    lease: &LeaseKey<'_>,
+    now: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> InsertStatement {
+    Query::insert()
+        .into_table(table(tables.lease()))
+        .columns([
+            Lease::ServiceName,
+            Lease::Shard,
+            Lease::Owner,
+            Lease::Token,
+            Lease::ExpiresAt,
+            Lease::UpdatedAt,
+        ])
+        .values_panic([
+            lease.service.into(),
+            lease.shard.into(),
+            lease.owner.into(),
+            1_i64.into(),
+            expires_at.into(),
+            now.into(),
+        ])
+        .take()
 }
 
 /// The lease row of `service`'s `shard`.
@@ -112,24 +141,7 @@ impl Dialect {
             .finally(current(Lease::Token).add(1));
         Returning::one(
             self.build(
-                Query::insert()
-                    .into_table(table(tables.lease()))
-                    .columns([
-                        Lease::ServiceName,
-                        Lease::Shard,
-                        Lease::Owner,
-                        Lease::Token,
-                        Lease::ExpiresAt,
-                        Lease::UpdatedAt,
-                    ])
-                    .values_panic([
-                        lease.service.into(),
-                        lease.shard.into(),
-                        lease.owner.into(),
-                        1_i64.into(),
-                        expires_at.into(),
-                        now.into(),
-                    ])
+                new_lease(tables, lease, now, expires_at)
                     .on_conflict(
                         OnConflict::columns([Lease::ServiceName, Lease::Shard])
                             .value(Lease::Token, token)
@@ -150,24 +162,7 @@ impl Dialect {
         expires_at: DateTime<Utc>,
     ) -> Returning {
         let current = |column| Expr::col((table(tables.lease()), column));
-        let create = Query::insert()
-            .into_table(table(tables.lease()))
-            .columns([
-                Lease::ServiceName,
-                Lease::Shard,
-                Lease::Owner,
-                Lease::Token,
-                Lease::ExpiresAt,
-                Lease::UpdatedAt,
-            ])
-            .values_panic([
-                lease.service.into(),
-                lease.shard.into(),
-                lease.owner.into(),
-                1_i64.into(),
-                expires_at.into(),
-                now.into(),
-            ])
+        let create = new_lease(tables, lease, now, expires_at)
             // Leaves an existing row as it is.
             .on_conflict(
                 OnConflict::column(Lease::ServiceName)

@@ -36,7 +36,10 @@ mod tests;
 use chrono::{DateTime, Utc};
 use sea_orm::StatementBuilder;
 use sea_orm::sea_query::{Alias, Expr, Func, Query};
-use sea_orm::{DbBackend, Statement, Value};
+use sea_orm::{
+    DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel, Statement,
+    TransactionTrait, Value,
+};
 
 use crate::error::{Error, Result};
 use crate::tables::Identifier;
@@ -72,6 +75,24 @@ impl Dialect {
             Dialect::Sqlite => DbBackend::Sqlite,
             Dialect::MySql => DbBackend::MySql,
         }
+    }
+
+    /// Begins a transaction on `db` for the relay's own writes: on MySQL at READ
+    /// COMMITTED. Under InnoDB's REPEATABLE READ (MySQL's default) an UPDATE locks
+    /// every row it scans, matching or not, and the gaps between them, so the write-
+    /// backs of two shards that scan one index range (or the whole of a small table)
+    /// wait for each other or deadlock, and a deadlock loses the loser's failure
+    /// record. At READ COMMITTED InnoDB locks only the rows a statement changes and
+    /// takes no gap locks (which would also hold up concurrent stores). The relay's
+    /// statements need no snapshot: each reads what it locks.
+    pub(crate) async fn begin(self, db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+        Ok(match self {
+            Dialect::MySql => {
+                db.begin_with_config(Some(IsolationLevel::ReadCommitted), None)
+                    .await?
+            }
+            Dialect::Postgres | Dialect::Sqlite => db.begin().await?,
+        })
     }
 
     /// `statement` in this dialect, its values bound.

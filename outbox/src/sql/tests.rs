@@ -183,6 +183,45 @@ fn hand_written_statements_are_respelled_for_mysql() {
     assert_eq!(values, ints);
 }
 
+/// A migrated MySQL database of the test's own (`MYSQL_URL`, or the machine's
+/// MariaDB); drop it with [`MySqlScratch::drop`].
+struct MySqlScratch {
+    admin: DatabaseConnection,
+    db: DatabaseConnection,
+    name: String,
+}
+
+impl MySqlScratch {
+    async fn migrated() -> Self {
+        let url = std::env::var("MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+        let admin = Database::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("MySQL at {url}: {e}; start it or set MYSQL_URL"));
+        let name = format!("unit_{}", Uuid::now_v7().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
+            .await
+            .expect("create a database");
+        let (server, _) = url.rsplit_once('/').expect("a database in MYSQL_URL");
+        let db = Database::connect(format!("{server}/{name}"))
+            .await
+            .expect("connect");
+        outbox_migration::Migrator::up(&db, None)
+            .await
+            .expect("the migrations run");
+        MySqlScratch { admin, db, name }
+    }
+
+    async fn drop(self) {
+        self.db.close().await.expect("close");
+        self.admin
+            .execute_unprepared(&format!("DROP DATABASE `{}`", self.name))
+            .await
+            .expect("drop the database");
+    }
+}
+
 /// On MySQL (no partial indexes) the claim reads one shard's claimable events in
 /// `seq` order from the claim index, without sorting them: 2,000 events over 4
 /// shards, half of them published, statistics fresh.
@@ -190,31 +229,15 @@ fn hand_written_statements_are_respelled_for_mysql() {
 async fn mysql_claim_reads_its_index_in_seq_order() {
     use crate::{Envelope, EventBuilder, Outbox};
 
-    let url = std::env::var("MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-    let admin = Database::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("MySQL at {url}: {e}; start it or set MYSQL_URL"));
-    let name = format!("unit_{}", Uuid::now_v7().simple());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE `{name}`"))
-        .await
-        .expect("create a database");
-    let (server, _) = url.rsplit_once('/').expect("a database in MYSQL_URL");
-    let db = Database::connect(format!("{server}/{name}"))
-        .await
-        .expect("connect");
-    outbox_migration::Migrator::up(&db, None)
-        .await
-        .expect("the migrations run");
-
+    let scratch = MySqlScratch::migrated().await;
+    let db = &scratch.db;
     let outbox = Outbox::new().with_shards(std::num::NonZeroU16::new(4).expect("4 shards"));
     let envelopes = (0..2000).map(|n| {
         Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers").expect("envelope")
     });
-    let ids = outbox.store_batch(&db, envelopes).await.expect("store");
+    let ids = outbox.store_batch(db, envelopes).await.expect("store");
     outbox
-        .mark_events_as_published(&db, &ids[..1000])
+        .mark_events_as_published(db, &ids[..1000])
         .await
         .expect("publish half");
     db.execute_unprepared("ANALYZE TABLE _outbox")
@@ -246,9 +269,58 @@ async fn mysql_claim_reads_its_index_in_seq_order() {
     // Sorting the claimed rows themselves (at most the batch) is fine; sorting the
     // shard's pending events is not.
     assert!(!next.2.contains("filesort"), "{lines:?}");
-    db.close().await.expect("close");
-    admin
-        .execute_unprepared(&format!("DROP DATABASE `{name}`"))
+    scratch.drop().await;
+}
+
+/// On MySQL the relay's transactions run at READ COMMITTED: an unpark that scans the
+/// whole (small) table while another shard's write-back transaction is open neither
+/// waits for it nor deadlocks with it. Under REPEATABLE READ the scan waits for every
+/// row the other transaction locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_write_backs_of_two_shards_do_not_wait_for_each_other() {
+    use crate::{Envelope, EventBuilder, Outbox};
+
+    let scratch = MySqlScratch::migrated().await;
+    let db = &scratch.db;
+    let d = Dialect::MySql;
+    let t = Tables::default();
+    let outbox = Outbox::new().with_shards(std::num::NonZeroU16::new(2).expect("2 shards"));
+    let envelopes = (0..8).map(|n| {
+        Envelope::new(&EventBuilder::new("n.added", format!("k-{n}")), "numbers").expect("envelope")
+    });
+    outbox.store_batch(db, envelopes).await.expect("store");
+    db.execute_unprepared("UPDATE _outbox SET parked = TRUE")
         .await
-        .expect("drop the database");
+        .expect("park every event");
+    let pending = outbox.pending(db, 8).await.expect("pending");
+    let keys_of = |shard: i32| -> Vec<&str> {
+        pending
+            .iter()
+            .filter(|row| row.shard == shard)
+            .map(|row| row.aggregate_id.as_str())
+            .collect()
+    };
+    let (first, second) = (keys_of(0), keys_of(1));
+    assert!(
+        !first.is_empty() && !second.is_empty(),
+        "both shards hold events"
+    );
+
+    let open = d.begin(db).await.expect("begin");
+    open.execute_raw(d.unpark(t.outbox(), 0, &first))
+        .await
+        .expect("unpark shard 0");
+    let other = async {
+        let txn = d.begin(db).await?;
+        let unparked = txn.execute_raw(d.unpark(t.outbox(), 1, &second)).await?;
+        txn.commit().await?;
+        Ok::<u64, crate::Error>(unparked.rows_affected())
+    };
+    let unparked = tokio::time::timeout(std::time::Duration::from_secs(5), other)
+        .await
+        .expect("the second shard's write-back does not wait for the first's")
+        .expect("unpark shard 1");
+    assert_eq!(unparked, u64::try_from(second.len()).expect("a count"));
+    open.commit().await.expect("commit");
+    scratch.drop().await;
 }
