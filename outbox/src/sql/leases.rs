@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
     Alias, Asterisk, Condition, Expr, ExprTrait, Func, InsertStatement, OnConflict, Order, Query,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement};
 use uuid::Uuid;
 
 use super::{Dialect, LeaseKey, table};
@@ -33,7 +33,9 @@ impl Returning {
         if statements.is_empty() {
             return Ok(M::find_by_statement(last).all(db).await?);
         }
-        let txn = db.begin().await?;
+        // At READ COMMITTED on MySQL, like the relay's other transactions: two relays
+        // creating lease rows of neighbouring shards take no gap locks.
+        let txn = Dialect::of(db.get_database_backend())?.begin(db).await?;
         for statement in statements {
             txn.execute_raw(statement).await?;
         }
