@@ -229,8 +229,9 @@
 //!   (the hand-written statements are respelled); a multi-row insert takes at most
 //!   1,024 events, within the 65,535 placeholders and MariaDB's default
 //!   `max_allowed_packet` of 16 MiB for events of up to 16 KiB (raise it for larger
-//!   ones). `UPDATE .. RETURNING` does not exist there: lease changes are an update and
-//!   a read in one transaction. Archiving copies and deletes in one transaction.
+//!   ones). `UPDATE .. RETURNING` does not exist there: a lease change is an update,
+//!   then a read of the lease (the token fences whatever happens between them).
+//!   Archiving copies and deletes in one transaction.
 //! - **Wake-ups**: no `LISTEN`/`NOTIFY`; relays in other processes find events by
 //!   polling (10 ms after activity, backing off to `interval`).
 //!

@@ -25,23 +25,19 @@ impl Returning {
         Returning(vec![statement])
     }
 
-    /// Runs the statements on `db`, several in one transaction, and returns the rows
-    /// of the last.
+    /// Runs the statements on `db`, one after the other, and returns the rows of the
+    /// last. Each is atomic on its own; no transaction holds them together, which
+    /// lease changes need no more than round trips: the read after a change finds a
+    /// row of this relay's only if the change made or left it this relay's, and a
+    /// relay that took the lease in between (it must have found it expired) bumped its
+    /// token, which fences this one's write-backs as always.
     pub(crate) async fn rows<M: FromQueryResult>(self, db: &DatabaseConnection) -> Result<Vec<M>> {
         let mut statements = self.0;
         let last = statements.pop().expect("a change has a statement");
-        if statements.is_empty() {
-            return Ok(M::find_by_statement(last).all(db).await?);
-        }
-        // At READ COMMITTED on MySQL, like the relay's other transactions: two relays
-        // creating lease rows of neighbouring shards take no gap locks.
-        let txn = Dialect::of(db.get_database_backend())?.begin(db).await?;
         for statement in statements {
-            txn.execute_raw(statement).await?;
+            db.execute_raw(statement).await?;
         }
-        let rows = M::find_by_statement(last).all(&txn).await?;
-        txn.commit().await?;
-        Ok(rows)
+        Ok(M::find_by_statement(last).all(db).await?)
     }
 }
 
@@ -125,7 +121,7 @@ impl Dialect {
     ///
     /// One upsert with `RETURNING`; on MySQL, which has neither a conditional upsert
     /// nor `RETURNING`, the row is created if missing, then taken by an update under the
-    /// same condition, then read, in one transaction.
+    /// same condition, then read (see [`Returning::rows`]).
     pub(crate) fn acquire_lease(
         self,
         tables: &Tables,
@@ -207,8 +203,8 @@ impl Dialect {
     /// the shards (with their tokens) that were still `owner`'s. A lease that expired
     /// but that nobody took is still `owner`'s: nobody else published its shard.
     ///
-    /// On MySQL (no `UPDATE .. RETURNING`) the update and a read of the rows it
-    /// renewed, in one transaction.
+    /// On MySQL (no `UPDATE .. RETURNING`) the update, then a read of the leases
+    /// still `owner`'s.
     pub(crate) fn renew_leases(
         self,
         tables: &Tables,
