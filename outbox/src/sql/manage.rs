@@ -17,6 +17,9 @@ use crate::tables::Identifier;
 /// See [`Dialect::backlog`].
 const BACKLOG: HandWritten = HandWritten(include_str!("backlog.sql"));
 
+/// The backlog on MySQL and MariaDB, whose indexes are not partial.
+const BACKLOG_MYSQL: HandWritten = HandWritten(include_str!("backlog_mysql.sql"));
+
 impl Dialect {
     /// Unpublished events in `state`, oldest first.
     pub(crate) fn events(self, table: &Identifier, state: Unpublished, n: u64) -> Statement {
@@ -125,7 +128,11 @@ impl Dialect {
     /// from the partial indexes only; the SQL is `backlog.sql`.
     pub(crate) fn backlog(self, table: &Identifier, shards: u16) -> Statement {
         let shards = (0..shards).map(i32::from);
-        self.hand_written(BACKLOG.on_shards(self, table, shards), Vec::<Value>::new())
+        let backlog = match self {
+            Dialect::Postgres | Dialect::Sqlite => BACKLOG,
+            Dialect::MySql => BACKLOG_MYSQL,
+        };
+        self.hand_written(backlog.on_shards(self, table, shards), Vec::<Value>::new())
     }
 
     /// Per topic: pending and dead-lettered events, and the oldest pending one, read

@@ -14,7 +14,7 @@
 //! | `write_back.rs` | what a relay writes after publishing: fence, completion (mark, delete, archive), failures, parking |
 //! | `leases.rs` | shard leases, relay membership, the offset table |
 //! | `manage.rs` | listings, replay, cleanup and counts for the manual calls and the CLI |
-//! | `backlog.sql` | the backlog gauges' counts (by hand) |
+//! | `backlog.sql`, `backlog_mysql.sql` | the backlog gauges' counts (by hand) |
 //!
 //! Every value is a bound parameter; table names are checked [`Identifier`]s.
 //!

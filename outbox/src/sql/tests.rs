@@ -223,8 +223,9 @@ impl MySqlScratch {
 }
 
 /// On MySQL (no partial indexes) the claim reads one shard's claimable events in
-/// `seq` order from the claim index, without sorting them: 2,000 events over 4
-/// shards, half of them published, statistics fresh.
+/// `seq` order from the claim index, without sorting them, and so does the backlog's
+/// probe of each shard's oldest pending event: 2,000 events over 4 shards, half of
+/// them published, statistics fresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_claim_reads_its_index_in_seq_order() {
     use crate::{Envelope, EventBuilder, Outbox};
@@ -245,22 +246,7 @@ async fn mysql_claim_reads_its_index_in_seq_order() {
         .expect("analyze");
 
     let claim = Dialect::MySql.claim(Tables::default().outbox(), 1, Utc::now(), 100);
-    let explain = Statement {
-        sql: format!("EXPLAIN {}", claim.sql),
-        ..claim
-    };
-    let rows = db.query_all_raw(explain).await.expect("EXPLAIN runs");
-    let lines: Vec<(String, String, String)> = rows
-        .iter()
-        .map(|row| {
-            let text = |column: &str| {
-                row.try_get::<Option<String>>("", column)
-                    .expect("a plan column")
-                    .unwrap_or_default()
-            };
-            (text("table"), text("key"), text("Extra"))
-        })
-        .collect();
+    let lines = plan_lines(db, claim).await;
     let next = lines
         .iter()
         .find(|(table, _, _)| table == "c")
@@ -269,7 +255,38 @@ async fn mysql_claim_reads_its_index_in_seq_order() {
     // Sorting the claimed rows themselves (at most the batch) is fine; sorting the
     // shard's pending events is not.
     assert!(!next.2.contains("filesort"), "{lines:?}");
+
+    // The backlog's oldest-pending probe, per shard, reads the same index unsorted.
+    let lines = plan_lines(db, Dialect::MySql.backlog(Tables::default().outbox(), 4)).await;
+    let probe = lines
+        .iter()
+        .find(|(table, _, _)| table == "o")
+        .unwrap_or_else(|| panic!("no line for the oldest-pending probe: {lines:?}"));
+    assert_eq!(probe.1, "idx__outbox_claim", "{lines:?}");
+    assert!(!probe.2.contains("filesort"), "{lines:?}");
     scratch.drop().await;
+}
+
+/// MySQL's `EXPLAIN` of `statement`: per line, the table, the key and the extra notes.
+async fn plan_lines(
+    db: &DatabaseConnection,
+    statement: Statement,
+) -> Vec<(String, String, String)> {
+    let explain = Statement {
+        sql: format!("EXPLAIN {}", statement.sql),
+        ..statement
+    };
+    let rows = db.query_all_raw(explain).await.expect("EXPLAIN runs");
+    rows.iter()
+        .map(|row| {
+            let text = |column: &str| {
+                row.try_get::<Option<String>>("", column)
+                    .expect("a plan column")
+                    .unwrap_or_default()
+            };
+            (text("table"), text("key"), text("Extra"))
+        })
+        .collect()
 }
 
 /// On MySQL the relay's transactions run at READ COMMITTED: an unpark that scans the
