@@ -2,16 +2,20 @@
 -- oldest pending event of each shard in {shards} is probed with `shard = s.shard` in
 -- `seq` order, which the claim index (shard, published, parked, dead_lettered_at, seq)
 -- answers with its first entry; PostgreSQL's `BETWEEN` form made MariaDB sort every
--- pending event of the shard. (The counts scan the claim and dead indexes: InnoDB has
--- no partial index, so they read past published history too.)
--- Written by hand, with ANSI quotes (the dialect respells them); {outbox} is the
--- outbox table's quoted name.
+-- pending event of the shard. The pending events are counted shard by shard through
+-- the same index (shard, then `published` compared to a constant), so the count reads
+-- no published history; events outside 0..=$1 (the last shard) are counted by a range
+-- that holds none unless the shard count was lowered.
+-- Written by hand, with ANSI quotes and numbered parameters (the dialect respells
+-- them); {outbox} is the outbox table's quoted name.
 WITH "shards" ("shard") AS ({shards})
 SELECT
-    (SELECT COUNT(*) FROM {outbox}
-     WHERE NOT "published" AND "dead_lettered_at" IS NULL AND NOT "parked")
-  + (SELECT COUNT(*) FROM {outbox}
-     WHERE "parked" AND NOT "published" AND "dead_lettered_at" IS NULL) AS "pending",
+    (SELECT COUNT(*) FROM {outbox} c
+     WHERE c."shard" IN (SELECT "shard" FROM "shards")
+       AND NOT c."published" AND c."dead_lettered_at" IS NULL)
+  + (SELECT COUNT(*) FROM {outbox} c
+     WHERE (c."shard" < 0 OR c."shard" > $1)
+       AND NOT c."published" AND c."dead_lettered_at" IS NULL) AS "pending",
     (SELECT MIN((SELECT o."created_at" FROM {outbox} o
                  WHERE o."shard" = s."shard"
                    AND NOT o."published" AND NOT o."parked" AND o."dead_lettered_at" IS NULL

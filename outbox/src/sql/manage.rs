@@ -125,14 +125,20 @@ impl Dialect {
     }
 
     /// Counts of pending and dead-lettered events, and the oldest pending event's time,
-    /// from the partial indexes only; the SQL is `backlog.sql`.
+    /// from the partial indexes only; the SQL is `backlog.sql` (on MySQL
+    /// `backlog_mysql.sql`, through its full indexes).
     pub(crate) fn backlog(self, table: &Identifier, shards: u16) -> Statement {
-        let shards = (0..shards).map(i32::from);
-        let backlog = match self {
-            Dialect::Postgres | Dialect::Sqlite => BACKLOG,
-            Dialect::MySql => BACKLOG_MYSQL,
+        let (backlog, values) = match self {
+            Dialect::Postgres | Dialect::Sqlite => (BACKLOG, Vec::new()),
+            Dialect::MySql => (
+                BACKLOG_MYSQL,
+                vec![Value::from(i32::from(Ord::max(shards, 1)) - 1)],
+            ),
         };
-        self.hand_written(backlog.on_shards(self, table, shards), Vec::<Value>::new())
+        self.hand_written(
+            backlog.on_shards(self, table, (0..shards).map(i32::from)),
+            values,
+        )
     }
 
     /// Per topic: pending and dead-lettered events, and the oldest pending one, read

@@ -4,7 +4,9 @@
 //! shows here as a full scan.
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TransactionTrait,
+};
 use sea_orm_migration::MigratorTrait;
 use uuid::Uuid;
 
@@ -224,10 +226,11 @@ impl MySqlScratch {
 
 /// On MySQL (no partial indexes) the claim reads one shard's claimable events in
 /// `seq` order from the claim index, without sorting them, and so does the backlog's
-/// probe of each shard's oldest pending event: 2,000 events over 4 shards, half of
-/// them published, statistics fresh.
+/// probe of each shard's oldest pending event; the backlog's counts read the pending
+/// events, not the published history: 2,000 events over 4 shards, half of them
+/// published, statistics fresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_claim_reads_its_index_in_seq_order() {
+async fn mysql_claim_and_backlog_read_their_index_unsorted_past_no_history() {
     use crate::{Envelope, EventBuilder, Outbox};
 
     let scratch = MySqlScratch::migrated().await;
@@ -256,14 +259,51 @@ async fn mysql_claim_reads_its_index_in_seq_order() {
     // shard's pending events is not.
     assert!(!next.2.contains("filesort"), "{lines:?}");
 
-    // The backlog's oldest-pending probe, per shard, reads the same index unsorted.
-    let lines = plan_lines(db, Dialect::MySql.backlog(Tables::default().outbox(), 4)).await;
+    // The backlog: its oldest-pending probe, per shard, reads the same index unsorted,
+    // and its counts of pending events read no published history.
+    let backlog = Dialect::MySql.backlog(Tables::default().outbox(), 4);
+    let lines = plan_lines(db, backlog.clone()).await;
     let probe = lines
         .iter()
         .find(|(table, _, _)| table == "o")
         .unwrap_or_else(|| panic!("no line for the oldest-pending probe: {lines:?}"));
     assert_eq!(probe.1, "idx__outbox_claim", "{lines:?}");
     assert!(!probe.2.contains("filesort"), "{lines:?}");
+    // Rows the backlog reads, by the session's handler counters (a transaction keeps
+    // one connection): about the 1,000 pending events, not the 1,000 published ones too.
+    let txn = db.begin().await.expect("begin");
+    txn.execute_unprepared("FLUSH STATUS").await.expect("flush");
+    txn.query_all_raw(backlog.clone())
+        .await
+        .expect("backlog runs");
+    let read: i64 = txn
+        .query_all_raw(Statement::from_string(
+            DbBackend::MySql,
+            "SHOW SESSION STATUS LIKE 'Handler_read%'",
+        ))
+        .await
+        .expect("status")
+        .iter()
+        .map(|row| {
+            let value: String = row.try_get_by_index(1).expect("a value");
+            value.parse::<i64>().expect("a count")
+        })
+        .sum();
+    txn.commit().await.expect("commit");
+    assert!(read < 1500, "the backlog read {read} rows");
+    // The figures themselves: 1,000 pending (half of them parked), none dead.
+    db.execute_unprepared(
+        "UPDATE _outbox SET parked = TRUE WHERE NOT published AND MOD(seq, 2) = 0",
+    )
+    .await
+    .expect("park some");
+    let row = db
+        .query_one_raw(backlog)
+        .await
+        .expect("backlog runs")
+        .expect("a row");
+    assert_eq!(row.try_get::<i64>("", "pending").expect("pending"), 1000);
+    assert_eq!(row.try_get::<i64>("", "dead").expect("dead"), 0);
     scratch.drop().await;
 }
 
