@@ -87,18 +87,9 @@ impl Migration {
     }
 
     /// Finds a key's parked events. As SQL: sea-query cannot write an expression
-    /// column (the event key) in an SQLite index. On MySQL, whose index would need a
-    /// generated column for the expression, over `partition_key` (which every event
-    /// the outbox stores has).
-    fn parked_index(&self, backend: DbBackend) -> String {
+    /// column (the event key) in an SQLite index.
+    fn parked_index(&self) -> String {
         let t = &self.tables;
-        if backend == DbBackend::MySql {
-            return format!(
-                "CREATE INDEX `{}` ON `{}` (`parked`, `shard`, `partition_key`)",
-                t.index(t.outbox(), "parked"),
-                t.outbox(),
-            );
-        }
         format!(
             "CREATE INDEX \"{}\" ON {} (\"shard\", (COALESCE(\"partition_key\", \"aggregate_id\"))) WHERE \"parked\"",
             t.index(t.outbox(), "parked"),
@@ -138,10 +129,19 @@ impl MigrationTrait for Migration {
             .await?;
         manager.drop_index(self.drop_index("claim")).await?;
         manager.create_index(self.claim_index(backend)).await?;
-        manager
-            .get_connection()
-            .execute_unprepared(&self.parked_index(backend))
-            .await?;
+        if backend == DbBackend::MySql {
+            // No partial or expression index there: over `partition_key`, which every
+            // event the outbox stores has.
+            let columns = [Column::Parked, Column::Shard, Column::PartitionKey];
+            manager
+                .create_index(outbox_index(&self.tables, "parked", &columns))
+                .await?;
+        } else {
+            manager
+                .get_connection()
+                .execute_unprepared(&self.parked_index())
+                .await?;
+        }
         Ok(())
     }
 

@@ -62,7 +62,6 @@ impl Dialect {
             DbBackend::Postgres => Ok(Dialect::Postgres),
             DbBackend::Sqlite => Ok(Dialect::Sqlite),
             DbBackend::MySql => Ok(Dialect::MySql),
-            #[allow(unreachable_patterns, reason = "sea-orm may add backends")]
             other => Err(Error::UnsupportedBackend {
                 backend: format!("{other:?}"),
             }),

@@ -249,26 +249,14 @@ async fn mysql_claim_and_backlog_read_their_index_unsorted_past_no_history() {
         .expect("analyze");
 
     let claim = Dialect::MySql.claim(Tables::default().outbox(), 1, Utc::now(), 100);
-    let lines = plan_lines(db, claim).await;
-    let next = lines
-        .iter()
-        .find(|(table, _, _)| table == "c")
-        .unwrap_or_else(|| panic!("no line for the claim's scan: {lines:?}"));
-    assert_eq!(next.1, "idx__outbox_claim", "{lines:?}");
     // Sorting the claimed rows themselves (at most the batch) is fine; sorting the
     // shard's pending events is not.
-    assert!(!next.2.contains("filesort"), "{lines:?}");
+    assert_reads_claim_index_unsorted(&plan_lines(db, claim).await, "c");
 
     // The backlog: its oldest-pending probe, per shard, reads the same index unsorted,
     // and its counts of pending events read no published history.
     let backlog = Dialect::MySql.backlog(Tables::default().outbox(), 4);
-    let lines = plan_lines(db, backlog.clone()).await;
-    let probe = lines
-        .iter()
-        .find(|(table, _, _)| table == "o")
-        .unwrap_or_else(|| panic!("no line for the oldest-pending probe: {lines:?}"));
-    assert_eq!(probe.1, "idx__outbox_claim", "{lines:?}");
-    assert!(!probe.2.contains("filesort"), "{lines:?}");
+    assert_reads_claim_index_unsorted(&plan_lines(db, backlog.clone()).await, "o");
     // Rows the backlog reads, by the session's handler counters (a transaction keeps
     // one connection): about the 1,000 pending events, not the 1,000 published ones too.
     let txn = db.begin().await.expect("begin");
@@ -305,6 +293,17 @@ async fn mysql_claim_and_backlog_read_their_index_unsorted_past_no_history() {
     assert_eq!(row.try_get::<i64>("", "pending").expect("pending"), 1000);
     assert_eq!(row.try_get::<i64>("", "dead").expect("dead"), 0);
     scratch.drop().await;
+}
+
+/// The plan's line for `table` (an alias) reads the claim index without sorting.
+#[track_caller]
+fn assert_reads_claim_index_unsorted(lines: &[(String, String, String)], table: &str) {
+    let (_, key, extra) = lines
+        .iter()
+        .find(|(name, _, _)| name == table)
+        .unwrap_or_else(|| panic!("no plan line for {table}: {lines:?}"));
+    assert_eq!(key, "idx__outbox_claim", "{lines:?}");
+    assert!(!extra.contains("filesort"), "{lines:?}");
 }
 
 /// MySQL's `EXPLAIN` of `statement`: per line, the table, the key and the extra notes.
