@@ -1,4 +1,6 @@
-//! Parsing of `#[outbox(...)]` attributes on the struct and on its fields.
+//! Parsing of `#[outbox(...)]` attributes on the struct or enum, its variants and its
+//! fields, and of the few `#[serde(...)]` settings that change what an event enum's
+//! payload looks like.
 
 use std::collections::BTreeSet;
 
@@ -12,7 +14,7 @@ use crate::ctxt::Ctxt;
 const CONTAINER_KEYS: &str = "`type`, `version`, `aggregate`, `partition_key`, `crate`";
 const FIELD_KEYS: &str = "`aggregate`, `partition_key`";
 
-/// `#[outbox(...)]` on the struct itself.
+/// `#[outbox(...)]` on the struct itself, on an enum, or on one of its variants.
 #[derive(Default)]
 pub(crate) struct Container {
     /// `type = "user.registered"`: required.
@@ -25,6 +27,8 @@ pub(crate) struct Container {
     pub(crate) partition_key: Option<LitStr>,
     /// `crate = "path"`: where the `outbox` crate is, for users who renamed it.
     pub(crate) krate: Option<Path>,
+    /// The `crate` key itself, for errors where it does not belong.
+    pub(crate) krate_key: Option<Path>,
     /// Every key that was written.
     seen: BTreeSet<String>,
 }
@@ -53,6 +57,7 @@ impl Container {
                 } else if meta.path.is_ident("partition_key") {
                     &mut out.partition_key
                 } else if meta.path.is_ident("crate") {
+                    out.krate_key = Some(meta.path.clone());
                     if seen.first(cx, &meta) {
                         if let Some(lit) = string_value(cx, &meta)? {
                             match lit.parse::<Path>() {
@@ -98,6 +103,11 @@ impl Container {
     /// not also report it as missing).
     pub(crate) fn was_given(&self, key: &str) -> bool {
         self.seen.contains(key)
+    }
+
+    /// Whether any key was written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.seen.is_empty()
     }
 }
 
@@ -160,6 +170,55 @@ impl Seen {
         }
         cx.error_spanned_by(&meta.path, format!("duplicate outbox attribute `{key}`"));
         false
+    }
+}
+
+/// Reports the `#[serde(...)]` settings of an enum that make serde write something
+/// other than the variant's content under the variant's name (`tag`, `content`,
+/// `untagged`): an event's payload is the variant's content alone, and its type
+/// travels in the `event_type` header.
+pub(crate) fn check_enum_representation(cx: &mut Ctxt, attrs: &[Attribute]) {
+    for_each_serde_key(attrs, |key| {
+        if ["tag", "content", "untagged"]
+            .iter()
+            .any(|k| key.is_ident(k))
+        {
+            cx.error_spanned_by(
+                key,
+                format!(
+                    "OutboxEvent needs serde's default representation of an enum, without `#[serde({})]`: the payload is the variant's content alone, and the event type travels in the `event_type` header",
+                    path_to_string(key)
+                ),
+            );
+        }
+    });
+}
+
+/// Whether serde leaves the variant out when deserializing (`#[serde(skip)]` or
+/// `#[serde(skip_deserializing)]`). A `#[serde(untagged)]` variant is reported.
+pub(crate) fn serde_skips(cx: &mut Ctxt, attrs: &[Attribute]) -> bool {
+    let mut skipped = false;
+    for_each_serde_key(attrs, |key| {
+        if key.is_ident("skip") || key.is_ident("skip_deserializing") {
+            skipped = true;
+        } else if key.is_ident("untagged") {
+            cx.error_spanned_by(
+                key,
+                "OutboxEvent needs every variant tagged by serde, without `#[serde(untagged)]`: decoding picks the variant by the event's type and version",
+            );
+        }
+    });
+    skipped
+}
+
+/// Calls `f` with each key of the `#[serde(...)]` attributes. Malformed ones are
+/// left to serde to report.
+fn for_each_serde_key(attrs: &[Attribute], mut f: impl FnMut(&Path)) {
+    for attr in attrs.iter().filter(|attr| attr.path().is_ident("serde")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            f(&meta.path);
+            skip_value(&meta)
+        });
     }
 }
 

@@ -7,7 +7,7 @@ use sea_orm::DbErr;
 /// The result type of the outbox crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong when storing or relaying events.
+/// Everything that can go wrong when storing, relaying or consuming events.
 ///
 /// Errors about the event itself ([`Error::EmptyField`], [`Error::FieldTooLong`],
 /// [`Error::NulCharacter`], [`Error::InvalidTopic`], [`Error::InvalidHeader`],
@@ -26,6 +26,30 @@ pub enum Error {
     Serialize {
         /// The type of the event whose payload failed.
         event_type: String,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A received event has a type and version the Rust type it is decoded into has no
+    /// place for (see [`DecodeEvent`](crate::DecodeEvent)).
+    #[error("{target} has no event type {event_type:?} version {event_version:?}")]
+    UnknownEvent {
+        /// The received event's type.
+        event_type: String,
+        /// The received event's version.
+        event_version: String,
+        /// The Rust type it was to be decoded into.
+        target: &'static str,
+    },
+
+    /// A received event's payload does not fit the Rust type of its type and version.
+    #[error("could not decode the payload of event type {event_type:?} version {event_version:?}")]
+    Deserialize {
+        /// The received event's type.
+        event_type: String,
+        /// The received event's version.
+        event_version: String,
         /// What serde_json reported.
         #[source]
         source: serde_json::Error,
@@ -75,8 +99,8 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// The database is neither PostgreSQL nor SQLite.
-    #[error("the outbox supports PostgreSQL and SQLite, not {backend}")]
+    /// The database is neither PostgreSQL, MySQL nor SQLite.
+    #[error("the outbox supports PostgreSQL, MySQL and SQLite, not {backend}")]
     UnsupportedBackend {
         /// The backend that was given.
         backend: String,

@@ -41,6 +41,50 @@
 //! Generic structs work; the derive adds the bounds it needs. Events whose type is
 //! chosen at run time use [`EventBuilder`].
 //!
+//! ## Events as enums
+//!
+//! The events of one aggregate, or those one consumer reads, fit an enum: each variant
+//! is an event type of its own, with the same attributes on the variant as on a
+//! struct. A variant that wraps one value (`Paid(OrderPaid)`) takes everything from
+//! that value's own `OutboxEvent` impl.
+//!
+//! ```
+//! use outbox::{DecodeEvent, OutboxEvent};
+//! use serde::{Deserialize, Serialize};
+//! use uuid::Uuid;
+//!
+//! #[derive(Debug, PartialEq, Deserialize, Serialize, OutboxEvent)]
+//! enum UserEvent {
+//!     #[outbox(type = "user.registered", version = "v2", aggregate = "user_id")]
+//!     Registered { user_id: Uuid, email: String },
+//!     #[outbox(type = "user.deleted", aggregate = "user_id")]
+//!     Deleted { user_id: Uuid },
+//! }
+//!
+//! let event = UserEvent::Deleted { user_id: Uuid::nil() };
+//! assert_eq!((event.event_type(), event.event_version()), ("user.deleted", "v1"));
+//! // The payload is the variant's content: its type travels in the `event_type` header.
+//! let payload = event.payload()?;
+//! assert_eq!(payload, serde_json::json!({ "user_id": Uuid::nil() }));
+//!
+//! // A consumer reads it back by the message's `event_type` and `event_version`.
+//! let bytes = serde_json::to_vec(&payload)?;
+//! assert_eq!(UserEvent::decode("user.deleted", "v1", &bytes)?, event);
+//! assert!(matches!(
+//!     UserEvent::decode("user.deleted", "v2", &bytes),
+//!     Err(outbox::Error::UnknownEvent { .. }),
+//! ));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The derive implements [`DecodeEvent`] for every event that also implements serde's
+//! `Deserialize` (structs and enums alike). An enum keeps serde's default
+//! representation: `#[serde(tag = ..)]`, `content` and `untagged` are refused, since
+//! the event's type is not part of its payload. serde's `rename_all`, `rename` and
+//! field attributes shape the payload as usual; a variant serde skips when
+//! deserializing is stored but never decoded into. Two variants of one type and
+//! version are refused: a received event could not choose between them.
+//!
 //! # Storing events
 //!
 //! [`Outbox::store`] writes one event on any [`ConnectionTrait`](sea_orm::ConnectionTrait),
@@ -290,6 +334,7 @@
 mod backlog;
 mod completion;
 mod config;
+mod decode;
 pub mod entity;
 mod envelope;
 mod error;
@@ -322,6 +367,7 @@ pub use publisher::{
 pub use relay::{HealthProbe, ProcessReport, Relay, RelayHandle, Stats, metric_names};
 pub use repository::FailureOutcome;
 
+pub use decode::DecodeEvent;
 pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};
 pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
@@ -333,13 +379,15 @@ pub use tables::{Identifier, KEY_LOCKS, MAX_BASE_NAME_LEN, Tables};
 #[deprecated(note = "use `outbox::headers::DEAD_LETTER_ERROR`")]
 pub const DEAD_LETTER_ERROR_HEADER: &str = headers::DEAD_LETTER_ERROR;
 
-/// Derives [`OutboxEvent`](trait@OutboxEvent) for a struct with named fields; see the
+/// Derives [`OutboxEvent`](trait@OutboxEvent), and [`DecodeEvent`] when the type
+/// also implements `Deserialize`, for a struct with named fields or an enum; see the
 /// [crate documentation](crate#defining-events) for the attributes.
 pub use outbox_derive::OutboxEvent;
 
 /// What the derive's expansion refers to. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::decode::{decode_struct, decode_variant, unknown_event, variant_payload};
     pub use serde;
     pub use serde_json;
 }

@@ -1,10 +1,10 @@
 use outbox_derive::OutboxEvent;
 
 #[derive(OutboxEvent)]
-#[outbox(type = "user.changed")]
-enum UserChanged {
+enum UserEvent {
+    #[outbox(type = "user.registered", aggregate = "user_id")]
     Registered { user_id: u64 },
-    Deleted { user_id: u64 },
+    Forgotten,
 }
 
 fn main() {}

@@ -1,0 +1,9 @@
+use outbox_derive::OutboxEvent;
+
+#[derive(OutboxEvent)]
+enum UserEvent {
+    #[outbox(type = "user.registered", aggregate = "user_id", crate = "::outbox")]
+    Registered { user_id: u64 },
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use outbox_derive::OutboxEvent;
+
+#[derive(OutboxEvent)]
+enum Nothing {}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use outbox_derive::OutboxEvent;
+
+#[derive(OutboxEvent)]
+enum UserEvent {
+    #[outbox(type = "user.registered", aggregate = "user_id")]
+    Registered { user_id: u64 },
+    #[outbox(aggregate = "user_id")]
+    Deleted { user_id: u64 },
+}
+
+fn main() {}
