@@ -7,12 +7,13 @@ use outbox_tests::{MySqlDatabase, PgSchema, sqlite};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
 
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "_outbox",
     "_outbox_offset",
     "_outbox_lease",
     "_outbox_relay",
     "_outbox_published",
+    "_outbox_inbox",
 ];
 
 async fn tables_present(db: &DatabaseConnection) -> Vec<bool> {
@@ -24,23 +25,23 @@ async fn tables_present(db: &DatabaseConnection) -> Vec<bool> {
     present
 }
 
-/// The names of the outbox's and the archive's indexes; `schema` is the PostgreSQL
+/// The names of the outbox's, the archive's and the inbox's indexes; `schema` is the PostgreSQL
 /// schema or the MySQL database.
 async fn index_names(db: &DatabaseConnection, schema: Option<&str>) -> Vec<String> {
     let statement = match (db.get_database_backend(), schema) {
         (DbBackend::Postgres, Some(schema)) => Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename IN ('_outbox', '_outbox_published') ORDER BY 1",
+            "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename IN ('_outbox', '_outbox_published', '_outbox_inbox') ORDER BY 1",
             [schema.into()],
         ),
         (DbBackend::MySql, Some(database)) => Statement::from_sql_and_values(
             DbBackend::MySql,
-            "SELECT DISTINCT CAST(index_name AS CHAR) FROM information_schema.statistics WHERE table_schema = ? AND table_name IN ('_outbox', '_outbox_published') ORDER BY 1",
+            "SELECT DISTINCT CAST(index_name AS CHAR) FROM information_schema.statistics WHERE table_schema = ? AND table_name IN ('_outbox', '_outbox_published', '_outbox_inbox') ORDER BY 1",
             [database.into()],
         ),
         _ => Statement::from_string(
             DbBackend::Sqlite,
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('_outbox', '_outbox_published') AND sql IS NOT NULL ORDER BY 1",
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('_outbox', '_outbox_published', '_outbox_inbox') AND sql IS NOT NULL ORDER BY 1",
         ),
     };
     db.query_all_raw(statement)
@@ -52,11 +53,12 @@ async fn index_names(db: &DatabaseConnection, schema: Option<&str>) -> Vec<Strin
         .collect()
 }
 
-const INDEXES: [&str; 9] = [
+const INDEXES: [&str; 10] = [
     "idx__outbox_aggregate_id",
     "idx__outbox_claim",
     "idx__outbox_dead",
     "idx__outbox_destination_topic",
+    "idx__outbox_inbox_processed",
     "idx__outbox_parked",
     "idx__outbox_published_at",
     "idx__outbox_published_published_at",
@@ -93,12 +95,12 @@ async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     let key_lock_rows = mysql.then_some(i64::from(outbox::KEY_LOCKS));
     assert_eq!(
         tables_present(db).await,
-        [false; 5],
+        [false; 6],
         "the database starts empty"
     );
 
     Migrator::up(db, None).await.expect("first up");
-    assert_eq!(tables_present(db).await, [true; 5]);
+    assert_eq!(tables_present(db).await, [true; 6]);
     assert_eq!(index_names(db, schema).await, INDEXES);
     assert_eq!(
         key_locks(db).await,
@@ -109,13 +111,13 @@ async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     Migrator::down(db, None).await.expect("down");
     assert_eq!(
         tables_present(db).await,
-        [false; 5],
+        [false; 6],
         "down removes every table"
     );
     assert_eq!(key_locks(db).await, None);
 
     Migrator::up(db, None).await.expect("second up");
-    assert_eq!(tables_present(db).await, [true; 5]);
+    assert_eq!(tables_present(db).await, [true; 6]);
     assert_eq!(index_names(db, schema).await, INDEXES);
     assert_eq!(key_locks(db).await, key_lock_rows);
 }
@@ -162,6 +164,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
         "billing_outbox_offset",
         "billing_outbox_lease",
         "billing_outbox_published",
+        "billing_outbox_inbox",
     ]) {
         assert!(
             manager.has_table(table).await.expect("has_table"),
@@ -181,10 +184,12 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261127_000002_park_waiting_events",
             "m20261128_000003_archive_published_events",
             "m20261128_000004_mysql_key_locks",
+            "m20261128_000005_create_inbox",
             "m20261127_000001_create_outbox_tables_billing_outbox",
             "m20261127_000002_park_waiting_events_billing_outbox",
             "m20261128_000003_archive_published_events_billing_outbox",
             "m20261128_000004_mysql_key_locks_billing_outbox",
+            "m20261128_000005_create_inbox_billing_outbox",
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");

@@ -26,6 +26,7 @@ pub mod m20261127_000001_create_outbox_tables;
 pub mod m20261127_000002_park_waiting_events;
 pub mod m20261128_000003_archive_published_events;
 pub mod m20261128_000004_mysql_key_locks;
+pub mod m20261128_000005_create_inbox;
 
 use sea_orm_migration::prelude::*;
 
@@ -89,6 +90,9 @@ pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
             tables.clone(),
         )),
         Box::new(m20261128_000004_mysql_key_locks::Migration::new(
+            tables.clone(),
+        )),
+        Box::new(m20261128_000005_create_inbox::Migration::new(
             tables.clone(),
         )),
     ]

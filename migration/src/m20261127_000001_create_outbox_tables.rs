@@ -76,13 +76,13 @@ impl MigrationTrait for Migration {
     }
 }
 
-fn varchar(name: &'static str) -> ColumnDef {
+pub(crate) fn varchar(name: impl IntoIden) -> ColumnDef {
     ColumnDef::new(name).string_len(255).to_owned()
 }
 
 /// A point in time: `TIMESTAMP WITH TIME ZONE` (PostgreSQL; text on SQLite), or
 /// `DATETIME(6)` in UTC on MySQL.
-fn timestamp(name: &'static str, backend: DbBackend) -> ColumnDef {
+pub(crate) fn timestamp(name: impl IntoIden, backend: DbBackend) -> ColumnDef {
     let mut column = ColumnDef::new(name);
     match backend {
         DbBackend::MySql => column.custom("DATETIME(6)"),

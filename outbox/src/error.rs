@@ -174,6 +174,15 @@ pub enum Error {
     #[error("no event with id {0}")]
     NotFound(uuid::Uuid),
 
+    /// A consumer name cannot be stored in the inbox.
+    #[error("invalid consumer name {name:?}: {reason}")]
+    InvalidConsumer {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// A table name is not a safe SQL identifier.
     #[error("invalid table name {name:?}: {reason}")]
     InvalidIdentifier {

@@ -342,6 +342,7 @@ mod event;
 pub mod headers;
 #[cfg(feature = "http")]
 pub mod http;
+mod inbox;
 mod key;
 mod message;
 mod publisher;
@@ -371,6 +372,7 @@ pub use decode::DecodeEvent;
 pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};
 pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
+pub use inbox::{DEFAULT_DEDUP_WINDOW, Inbox};
 pub use signal::shutdown_signal;
 pub use store::{DEFAULT_SHARDS, Outbox, Store};
 pub use tables::{Identifier, KEY_LOCKS, MAX_BASE_NAME_LEN, Tables};

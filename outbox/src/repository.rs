@@ -53,7 +53,7 @@ struct FailureStateRow {
 }
 
 /// The time `older_than` ago.
-fn cutoff(older_than: Duration) -> Result<DateTime<Utc>> {
+pub(crate) fn cutoff(older_than: Duration) -> Result<DateTime<Utc>> {
     chrono::Duration::from_std(older_than)
         .ok()
         .and_then(|age| Utc::now().checked_sub_signed(age))

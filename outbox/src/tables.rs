@@ -73,8 +73,9 @@ impl fmt::Display for Identifier {
 /// The defaults are the Go library's `_outbox` and `_outbox_offset`, plus `_outbox_lease`
 /// (which relay owns which shard), `_outbox_relay` (which relays are alive) and
 /// `_outbox_published` (the archive of published events, for
-/// [`Completion::Archive`](crate::Completion::Archive)).
-/// A service that wants its own set uses [`Tables::with_base`]:
+/// [`Completion::Archive`](crate::Completion::Archive)), `_outbox_inbox` (the events
+/// each consumer processed, for [`Inbox`](crate::Inbox)) and, on MySQL,
+/// `_outbox_key_lock`. A service that wants its own set uses [`Tables::with_base`]:
 ///
 /// ```
 /// let tables = outbox::Tables::with_base("billing_outbox")?;
@@ -91,11 +92,12 @@ pub struct Tables {
     relay: Identifier,
     archive: Identifier,
     key_lock: Identifier,
+    inbox: Identifier,
 }
 
 impl Tables {
     /// Names the tables `{base}`, `{base}_offset`, `{base}_lease`, `{base}_relay`,
-    /// `{base}_published` and (on MySQL) `{base}_key_lock`.
+    /// `{base}_published`, `{base}_inbox` and (on MySQL) `{base}_key_lock`.
     ///
     /// # Errors
     /// [`Error::InvalidIdentifier`] when `base` is not a safe identifier or is longer
@@ -114,6 +116,7 @@ impl Tables {
             relay: Identifier::new(format!("{base}_relay"))?,
             archive: Identifier::new(format!("{base}_published"))?,
             key_lock: Identifier::new(format!("{base}_key_lock"))?,
+            inbox: Identifier::new(format!("{base}_inbox"))?,
             outbox,
         })
     }
@@ -151,6 +154,12 @@ impl Tables {
         &self.key_lock
     }
 
+    /// The consumers' record of the events they processed (`_outbox_inbox` by
+    /// default), for [`Inbox`](crate::Inbox).
+    pub fn inbox(&self) -> &Identifier {
+        &self.inbox
+    }
+
     /// The name of one of this set's indexes, e.g. `idx__outbox_claim`.
     pub fn index(&self, table: &Identifier, suffix: &str) -> String {
         format!("idx_{table}_{suffix}")
@@ -166,6 +175,7 @@ impl Default for Tables {
             relay: Identifier("_outbox_relay".to_owned()),
             archive: Identifier("_outbox_published".to_owned()),
             key_lock: Identifier("_outbox_key_lock".to_owned()),
+            inbox: Identifier("_outbox_inbox".to_owned()),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! | `write_back.rs` | what a relay writes after publishing: fence, completion (mark, delete, archive), failures, parking |
 //! | `leases.rs` | shard leases, relay membership, the offset table |
 //! | `manage.rs` | listings, replay, cleanup and counts for the manual calls and the CLI |
+//! | `inbox.rs` | the consumers' inbox: record, look up, forget |
 //! | `backlog.sql`, `backlog_mysql.sql` | the backlog gauges' counts (by hand) |
 //!
 //! Every value is a bound parameter; table names are checked [`Identifier`]s.
@@ -25,6 +26,7 @@
 //! string literals, so every double quote is an identifier's.
 
 mod claim;
+mod inbox;
 mod insert;
 mod leases;
 mod manage;

@@ -1,0 +1,53 @@
+//! Creates `_outbox_inbox`, where consumers record the events they processed (see
+//! [`outbox::Inbox`]):
+//! - the primary key `(consumer, event_id)`: the record's insert finds a duplicate,
+//!   and waits for an uncommitted record of the same event;
+//! - `idx_<inbox>_processed (processed_at)`: cleanup finds expired records.
+
+use outbox::entity::inbox::Column;
+use sea_orm_migration::prelude::*;
+
+use crate::m20261127_000001_create_outbox_tables::{timestamp, varchar};
+
+crate::migration!("m20261128_000005_create_inbox");
+
+// The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
+        let t = &self.tables;
+        manager
+            .create_table(
+                Table::create()
+                    .table(t.inbox().as_str().to_owned())
+                    .col(varchar(Column::Consumer).not_null())
+                    .col(ColumnDef::new(Column::EventId).uuid().not_null())
+                    .col(timestamp(Column::ProcessedAt, backend).not_null())
+                    .primary_key(Index::create().col(Column::Consumer).col(Column::EventId))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name(t.index(t.inbox(), "processed"))
+                    .table(t.inbox().as_str().to_owned())
+                    .col(Column::ProcessedAt)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(self.tables.inbox().as_str().to_owned())
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}

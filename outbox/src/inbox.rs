@@ -1,0 +1,160 @@
+//! [`Inbox`]: the consumer's record of the events it processed, kept in its own
+//! transactions so that each event changes its database once.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sea_orm::ConnectionTrait;
+use uuid::Uuid;
+
+use crate::envelope::MAX_NAME_LEN;
+use crate::error::{Error, Result};
+use crate::repository::cutoff;
+use crate::sql::Dialect;
+use crate::tables::Tables;
+
+/// How long an inbox remembers an event by default: 7 days, Kafka's default
+/// retention (`retention.ms`). A consumer group that starts over from the earliest
+/// offset still on a topic kept that long finds every event it processed remembered.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// How many records one cleanup statement deletes.
+const CLEANUP_BATCH: u64 = 1_000;
+
+/// Records which events a consumer has processed, in the consumer's own transaction.
+///
+/// The relay publishes at least once, so a consumer may receive an event twice. When
+/// the consumer records the event's id in the transaction that applies the event,
+/// the record exists if and only if the changes do: a second delivery finds it and is
+/// skipped, and an event whose transaction rolled back is applied when it comes
+/// again. The changes happen exactly once.
+///
+/// The table is `_outbox_inbox` (see [`Tables::inbox`]), created by the
+/// `outbox-migration` crate. With a consumer loop of your own:
+///
+/// ```
+/// # use outbox::Inbox;
+/// # use sea_orm::{Database, TransactionTrait};
+/// # use sea_orm_migration::MigratorTrait;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db = Database::connect("sqlite::memory:").await?;
+/// # outbox_migration::Migrator::up(&db, None).await?;
+/// # let event_id = uuid::Uuid::now_v7();
+/// let inbox = Inbox::new();
+/// for _delivery in 0..2 {
+///     let txn = db.begin().await?;
+///     if !inbox.record(&txn, "billing", event_id).await? {
+///         continue; // processed before: the transaction ends without changes
+///     }
+///     // ... apply the event on `txn` ...
+///     txn.commit().await?;
+/// }
+/// assert!(inbox.contains(&db, "billing", event_id).await?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Inbox {
+    tables: Tables,
+}
+
+impl Inbox {
+    /// An inbox on the default tables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An inbox on tables of other names (its table is [`Tables::inbox`]).
+    pub fn with_tables(tables: Tables) -> Self {
+        Inbox { tables }
+    }
+
+    /// The tables this inbox uses.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Records that `consumer` processed `event_id`, on `conn` (the transaction that
+    /// applies the event). `true` the first time; `false` when the record exists,
+    /// committed: the event was processed, and the caller should end its transaction
+    /// without applying it again.
+    ///
+    /// While another transaction holds an uncommitted record of the same event (a
+    /// second consumer given the event during a rebalance), this waits until that
+    /// transaction ends, then answers by its outcome.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConsumer`] when `consumer` is empty, longer than 255
+    /// characters or holds a NUL character (nothing is written); the database's.
+    pub async fn record<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> Result<bool> {
+        check_consumer(consumer)?;
+        let dialect = Dialect::of(conn.get_database_backend())?;
+        let statement =
+            dialect.record_processed(self.tables.inbox(), consumer, event_id, Utc::now());
+        Ok(conn.execute_raw(statement).await?.rows_affected() == 1)
+    }
+
+    /// Whether `consumer` has a committed record of `event_id` (as seen by `conn`).
+    ///
+    /// # Errors
+    /// As [`record`](Self::record).
+    pub async fn contains<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        consumer: &str,
+        event_id: Uuid,
+    ) -> Result<bool> {
+        check_consumer(consumer)?;
+        let dialect = Dialect::of(conn.get_database_backend())?;
+        let statement = dialect.processed(self.tables.inbox(), consumer, event_id);
+        Ok(conn.query_one_raw(statement).await?.is_some())
+    }
+
+    /// Deletes the records older than `older_than`, of every consumer, in batches of
+    /// 1,000, and returns how many. An event delivered again after its record is gone
+    /// is applied again: keep `older_than` longer than any redelivery can come late
+    /// ([`DEFAULT_DEDUP_WINDOW`] suits topics kept for Kafka's default retention).
+    ///
+    /// # Errors
+    /// [`Error::DurationOutOfRange`] when `older_than` reaches before the earliest
+    /// date that can be stored; the database's.
+    pub async fn cleanup<C: ConnectionTrait>(&self, conn: &C, older_than: Duration) -> Result<u64> {
+        let dialect = Dialect::of(conn.get_database_backend())?;
+        let cutoff = cutoff(older_than)?;
+        let mut deleted = 0;
+        loop {
+            let statement = dialect.forget_processed(self.tables.inbox(), cutoff, CLEANUP_BATCH);
+            let n = conn.execute_raw(statement).await?.rows_affected();
+            deleted += n;
+            if n < CLEANUP_BATCH {
+                return Ok(deleted);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// A consumer name fits its column and can be stored.
+pub(crate) fn check_consumer(name: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(Error::InvalidConsumer {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.trim().is_empty() {
+        return invalid("it must not be empty");
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return invalid("it may have at most 255 characters");
+    }
+    if name.contains('\0') {
+        return invalid("it must not contain a NUL character");
+    }
+    Ok(())
+}
