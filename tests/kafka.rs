@@ -11,7 +11,7 @@ use outbox_tests::{PgSchema, eventually, retry_waits};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use sea_orm::{DatabaseConnection, EntityTrait, TransactionTrait};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 fn config(service: &str) -> RelayConfig {
@@ -864,4 +864,105 @@ async fn leases(db: &DatabaseConnection) -> Vec<(i32, String, i64)> {
         )
     })
     .collect()
+}
+
+/// What a consumer of `user-events` reads: the relay's events, decoded by type.
+#[derive(Debug, PartialEq, Serialize, Deserialize, OutboxEvent)]
+enum UserEvent {
+    #[outbox(type = "user.registered", version = "v2", aggregate = "user_id")]
+    Registered { user_id: u64, email: String },
+    #[outbox(type = "user.deleted", aggregate = "user_id")]
+    Deleted { user_id: u64 },
+}
+
+/// Consume, change, produce: a message the relay published is decoded, applied once
+/// with the inbox in the consumer's transaction (a second delivery of it changes
+/// nothing), and the follow-up event stored on that transaction is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_applies_each_event_once_and_its_follow_up_is_published() {
+    use outbox::{Inbox, Received};
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+
+    let pg = PgSchema::migrated().await;
+    let brokers = brokers();
+    let (users, billing) = (unique_topic("users"), unique_topic("billing"));
+    create_topic(&brokers, &users, 2).await;
+    create_topic(&brokers, &billing, 1).await;
+    let outbox = Outbox::new();
+    let relay = Relay::new(
+        config("consume-produce"),
+        pg.db.clone(),
+        publisher(&brokers),
+    )
+    .expect("valid relay config")
+    .with_outbox(outbox.clone())
+    .spawn();
+    let registered = UserEvent::Registered {
+        user_id: 7,
+        email: "ada@example.com".into(),
+    };
+    let stored = outbox
+        .store(&pg.db, &registered, &users)
+        .await
+        .expect("store");
+
+    let consumer: StreamConsumer = outbox_tests::kafka::client_config(&brokers)
+        .set(
+            "group.id",
+            format!("billing-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[users.as_str()]).expect("subscribe");
+    let message = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+        .await
+        .expect("the relay publishes the event")
+        .expect("consume");
+
+    // The handler of a consumer named "billing": open an account for each new user.
+    let inbox = Inbox::new();
+    let apply = async |message: &rdkafka::message::BorrowedMessage<'_>| -> bool {
+        let received = Received::<UserEvent>::decode(message).expect("decode");
+        let txn = pg.db.begin().await.expect("begin");
+        if !inbox
+            .record(&txn, "billing", received.event_id())
+            .await
+            .expect("record")
+        {
+            return false;
+        }
+        let UserEvent::Registered { user_id, .. } = received.event() else {
+            panic!("unexpected {received:?}");
+        };
+        let opened = EventBuilder::new("billing.account_opened", user_id)
+            .data(json!({ "user_id": user_id, "cause": received.event_id() }));
+        outbox
+            .store(&txn, &opened, &billing)
+            .await
+            .expect("store follow-up");
+        outbox.commit(txn).await.expect("commit");
+        true
+    };
+    let received = Received::<UserEvent>::decode(&message).expect("decode");
+    assert_eq!(received.event(), &registered);
+    assert_eq!(received.event_id(), stored);
+    assert_eq!(received.key(), Some("7"));
+    assert!(apply(&message).await, "the first delivery is applied");
+    assert!(!apply(&message).await, "a second delivery changes nothing");
+
+    let follow_ups = consume(&brokers, &billing, 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = consume(&brokers, &billing, 2, Duration::from_secs(1)).await;
+    relay.shutdown().await.expect("shutdown");
+    assert_eq!(follow_ups.len(), 1, "{follow_ups:?}");
+    assert_eq!(again.len(), 1, "exactly one follow-up: {again:?}");
+    let follow_up = &follow_ups[0];
+    assert_eq!(follow_up.headers["event_type"], "billing.account_opened");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&follow_up.payload).expect("json")["cause"],
+        json!(stored)
+    );
+    pg.drop().await;
 }

@@ -55,6 +55,15 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A received message lacks a header the relay sets, or its value is invalid.
+    #[error("received message: header {header:?} is {reason}")]
+    ReceivedHeader {
+        /// The header.
+        header: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// A required field of the event is empty.
     #[error("{field} must not be empty")]
     EmptyField {

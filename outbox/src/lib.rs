@@ -346,6 +346,8 @@ mod inbox;
 mod key;
 mod message;
 mod publisher;
+#[cfg(feature = "kafka")]
+mod received;
 mod relay;
 mod repository;
 mod retry;
@@ -365,6 +367,8 @@ pub use publisher::{KafkaConfig, KafkaContext, KafkaPublisher};
 pub use publisher::{
     MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher, publish_in_key_order,
 };
+#[cfg(feature = "kafka")]
+pub use received::Received;
 pub use relay::{HealthProbe, ProcessReport, Relay, RelayHandle, Stats, metric_names};
 pub use repository::FailureOutcome;
 
