@@ -144,13 +144,57 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Consuming events
+//!
+//! The relay publishes at least once, so a consumer may receive an event twice. The
+//! consumer's side turns that into effects that happen once:
+//!
+//! - [`Received::decode`] reads an rdkafka message the relay published: its
+//!   `event_id`, `event_type` and `event_version` headers, and its payload decoded
+//!   into any [`DecodeEvent`] (an event struct, or an enum of several, see
+//!   [Events as enums](#events-as-enums)).
+//! - [`Inbox::record`] records, in the transaction that applies the event, that the
+//!   consumer processed it, and answers `false` for a duplicate. The record commits
+//!   with the changes or not at all. Events stored with the [`Outbox`] on that same
+//!   transaction (consume, change, produce) are published once, as any other.
+//!
+//! ```no_run
+//! # use outbox::{DecodeEvent, EventBuilder, Inbox, Outbox, OutboxEvent, Received};
+//! # use rdkafka::consumer::{Consumer, StreamConsumer};
+//! # use sea_orm::{DatabaseConnection, TransactionTrait};
+//! # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
+//! # #[outbox(type = "user.registered", aggregate = "user_id")]
+//! # struct UserRegistered { user_id: u64 }
+//! # async fn run(consumer: StreamConsumer, db: DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
+//! let (inbox, outbox) = (Inbox::new(), Outbox::new());
+//! loop {
+//!     let message = consumer.recv().await?;
+//!     let received = Received::<UserRegistered>::decode(&message)?;
+//!     let txn = db.begin().await?;
+//!     if inbox.record(&txn, "billing", received.event_id()).await? {
+//!         // ... change rows on `txn` ...
+//!         let opened = EventBuilder::new("billing.account_opened", received.user_id);
+//!         outbox.store(&txn, &opened, "billing-events").await?;
+//!         outbox.commit(txn).await?;
+//!     } // else a duplicate: `txn` rolls back when dropped
+//!     consumer.store_offset_from_message(&message)?;
+//! }
+//! # }
+//! ```
+//!
+//! `cargo run --example inbox` shows it with no server. A consumer loop that runs
+//! this for you (partitions in parallel, retries, dead letters) is not part of the
+//! crate yet. Delete old records with [`Inbox::cleanup`], keeping them at least as long
+//! as a message can be redelivered ([`DEFAULT_DEDUP_WINDOW`], 7 days: Kafka's default
+//! retention).
+//!
 //! # Guarantees
 //!
 //! - **Atomic**: an event is stored if and only if its transaction commits.
 //! - **At least once**: every committed event is published, across relay crashes,
 //!   broker outages and database restarts. A crash between the broker's acknowledgement
 //!   and the database update publishes an event again; consumers drop duplicates by the
-//!   `event_id` header.
+//!   `event_id` header, with the [`Inbox`] in their own transaction.
 //! - **No skip on late commit**: the relay keeps no cursor; whatever is pending and
 //!   visible is published, however late its transaction committed.
 //! - **Per-key order**: events with the same key reach the broker in the order their
