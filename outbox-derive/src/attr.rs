@@ -175,18 +175,20 @@ impl Seen {
 
 /// Reports the `#[serde(...)]` settings of an enum that make serde write something
 /// other than the variant's content under the variant's name (`tag`, `content`,
-/// `untagged`): an event's payload is the variant's content alone, and its type
-/// travels in the `event_type` header.
+/// `untagged`), or go through another type (`from`, `try_from`, `into`, `remote`):
+/// an event's payload is the variant's content alone, its type travels in the
+/// `event_type` header, and decoding hands serde's impl derived on the enum the
+/// variant by its position.
 pub(crate) fn check_enum_representation(cx: &mut Ctxt, attrs: &[Attribute]) {
+    const REFUSED: [&str; 7] = [
+        "tag", "content", "untagged", "from", "try_from", "into", "remote",
+    ];
     for_each_serde_key(attrs, |key| {
-        if ["tag", "content", "untagged"]
-            .iter()
-            .any(|k| key.is_ident(k))
-        {
+        if REFUSED.iter().any(|k| key.is_ident(k)) {
             cx.error_spanned_by(
                 key,
                 format!(
-                    "OutboxEvent needs serde's default representation of an enum, without `#[serde({})]`: the payload is the variant's content alone, and the event type travels in the `event_type` header",
+                    "OutboxEvent needs serde's default representation of an enum, derived on the enum itself, without `#[serde({})]`: the payload is the variant's content alone, and the event type travels in the `event_type` header",
                     path_to_string(key)
                 ),
             );

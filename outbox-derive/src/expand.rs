@@ -89,7 +89,7 @@ fn expand(event: &Event<'_>) -> TokenStream {
 }
 
 /// The bounds the impls need. Decoding needs `Deserialize`, which an event that is
-/// only ever stored may lack: its bound is written `for<'de>`, which the compiler
+/// only ever stored may lack: its bound is written `for<'__outbox_de>`, which the compiler
 /// checks where the impl is used rather than where it is written, so such an event
 /// simply does not implement `DecodeEvent`.
 fn bound_struct(krate: &TokenStream, meta: &Meta<'_>, event: &mut Generics, decode: &mut Generics) {
@@ -101,7 +101,7 @@ fn bound_struct(krate: &TokenStream, meta: &Meta<'_>, event: &mut Generics, deco
     decode
         .make_where_clause()
         .predicates
-        .push(syn::parse_quote!(for<'de> Self: #krate::__private::serde::Deserialize<'de>));
+        .push(syn::parse_quote!(for<'__outbox_de> Self: #krate::__private::serde::Deserialize<'__outbox_de>));
 }
 
 fn bound_enum(
@@ -124,7 +124,7 @@ fn bound_enum(
                     .predicates
                     .push(syn::parse_quote_spanned!(ty.span()=> #ty: #krate::OutboxEvent));
                 decode_clause.predicates.push(
-                    syn::parse_quote_spanned!(ty.span()=> for<'__a> #ty: #krate::DecodeEvent),
+                    syn::parse_quote_spanned!(ty.span()=> for<'__outbox_a> #ty: #krate::DecodeEvent),
                 );
             }
         }
@@ -135,7 +135,7 @@ fn bound_enum(
             .push(syn::parse_quote!(Self: #krate::__private::serde::Serialize));
         decode_clause
             .predicates
-            .push(syn::parse_quote!(for<'de> Self: #krate::__private::serde::Deserialize<'de>));
+            .push(syn::parse_quote!(for<'__outbox_de> Self: #krate::__private::serde::Deserialize<'__outbox_de>));
     }
 }
 
@@ -281,13 +281,15 @@ fn enum_bodies(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> (Methods, 
                         },
                     ))
                 }
-                VariantKind::Newtype(ty) => Some((
+                VariantKind::Newtype(ty) => event.variant.serde_index.map(|_| {
+                    (
                     quote!(<#ty as #krate::DecodeEvent>::accepts(event_type, event_version)),
                     quote! {
                         <#ty as #krate::DecodeEvent>::decode(event_type, event_version, payload)
                             .map(Self::#ident)
                     },
-                )),
+                    )
+                }),
             }
         })
         .unzip();

@@ -95,8 +95,16 @@ struct NoteAdded<'a> {
     id: &'a str,
 }
 
+/// A lifetime named like the one the decoding bound introduces.
+#[derive(Serialize, OutboxEvent)]
+#[outbox(type = "note.tagged", aggregate = "id")]
+struct NoteTagged<'de> {
+    id: &'de str,
+}
+
 #[test]
 fn borrowed_fields_work() {
+    assert_eq!(NoteTagged { id: "n-2" }.aggregate_id(), "n-2");
     assert_eq!(NoteAdded { id: "n-1" }.aggregate_id(), "n-1");
 }
 
