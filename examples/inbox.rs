@@ -17,7 +17,9 @@ use std::time::Duration;
 use outbox::{
     EventBuilder, Inbox, KafkaPublisher, Outbox, OutboxEvent, Received, Relay, RelayConfig,
 };
-use outbox_examples::{Broker, Error, consumer, database};
+use outbox_examples::{Broker, Error, database};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use serde::{Deserialize, Serialize};
@@ -67,7 +69,19 @@ async fn main() -> Result<(), Error> {
 
     // The billing service consumes them; each message is handled twice.
     let inbox = Inbox::new();
-    let consumer = consumer(&broker.brokers, &["user-events"])?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.brokers)
+        .set(
+            "group.id",
+            format!("{CONSUMER}-{}", Uuid::now_v7().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        // The offset is stored below, once the message's transaction is over; by
+        // default librdkafka stores it when it hands the message out.
+        .set("enable.auto.offset.store", "false")
+        .create()?;
+    consumer.subscribe(&["user-events"])?;
     let mut handled = HashSet::new();
     while handled.len() < expected.len() {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
@@ -75,6 +89,7 @@ async fn main() -> Result<(), Error> {
             .map_err(|_| "timed out waiting for events")??;
         let id = Received::<UserEvent>::decode(&message)?.event_id();
         if !expected.contains(&id) {
+            consumer.store_offset_from_message(&message)?;
             continue; // an earlier run's event, on a broker of your own
         }
         for delivery in ["delivered", "delivered again"] {
@@ -84,6 +99,7 @@ async fn main() -> Result<(), Error> {
                 println!("{delivery:<15}  event {id}: duplicate skipped");
             }
         }
+        consumer.store_offset_from_message(&message)?;
         handled.insert(id);
     }
 

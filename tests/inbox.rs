@@ -32,17 +32,19 @@ async fn first_delivery_is_recorded_a_duplicate_is_not(db: DatabaseConnection) {
             .await
             .expect("contains")
     );
-    assert!(
-        inbox.record(&db, "shipping", event).await.expect("record"),
-        "each consumer keeps its own record"
-    );
+    for other in ["shipping", "Billing"] {
+        assert!(
+            inbox.record(&db, other, event).await.expect("record"),
+            "each consumer keeps its own record ({other})"
+        );
+    }
     assert!(
         !inbox
             .contains(&db, "billing", Uuid::now_v7())
             .await
             .expect("contains")
     );
-    assert_eq!(record::Entity::find().count(&db).await.expect("count"), 2);
+    assert_eq!(record::Entity::find().count(&db).await.expect("count"), 3);
 }
 
 async fn a_rolled_back_record_is_forgotten(db: DatabaseConnection) {
@@ -66,7 +68,8 @@ async fn a_rolled_back_record_is_forgotten(db: DatabaseConnection) {
 
 async fn cleanup_forgets_records_older_than_the_window(db: DatabaseConnection) {
     let inbox = Inbox::new();
-    let old = Utc::now() - chrono::Duration::days(8);
+    let window = chrono::Duration::from_std(outbox::DEFAULT_DEDUP_WINDOW).expect("window");
+    let old = Utc::now() - window - chrono::Duration::days(1);
     // More than one cleanup batch (1,000) of old records.
     let old_records: Vec<record::ActiveModel> = (0..1_234)
         .map(|i| record::ActiveModel {
@@ -111,6 +114,8 @@ async fn invalid_consumer_names_are_refused_before_writing(db: DatabaseConnectio
     for (name, reason) in [
         ("", "it must not be empty"),
         ("  ", "it must not be empty"),
+        ("billing ", "it must not begin or end with whitespace"),
+        ("\tbilling", "it must not begin or end with whitespace"),
         (
             &"c".repeat(256) as &str,
             "it may have at most 255 characters",

@@ -974,6 +974,7 @@ async fn a_consumer_applies_each_event_once_and_its_follow_up_is_published() {
         )
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "5")
+        .set("enable.auto.offset.store", "false")
         .create()
         .expect("consumer");
     consumer.subscribe(&[users.as_str()]).expect("subscribe");
@@ -1012,6 +1013,9 @@ async fn a_consumer_applies_each_event_once_and_its_follow_up_is_published() {
     assert_eq!(received.key(), Some("7"));
     assert!(apply(&message).await, "the first delivery is applied");
     assert!(!apply(&message).await, "a second delivery changes nothing");
+    consumer
+        .store_offset_from_message(&message)
+        .expect("store the offset once the message is applied");
 
     let follow_ups = consume(&brokers, &billing, 1, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

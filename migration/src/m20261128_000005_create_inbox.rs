@@ -1,15 +1,29 @@
 //! Creates `_outbox_inbox`, where consumers record the events they processed (see
 //! [`outbox::Inbox`]):
 //! - the primary key `(consumer, event_id)`: the record's insert finds a duplicate,
-//!   and waits for an uncommitted record of the same event;
+//!   and waits for an uncommitted record of the same event (on MySQL the consumer
+//!   name compares as bytes, as on the other backends);
 //! - `idx_<inbox>_processed (processed_at)`: cleanup finds expired records.
 
 use outbox::entity::inbox::Column;
 use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::m20261127_000001_create_outbox_tables::{timestamp, varchar};
 
 crate::migration!("m20261128_000005_create_inbox");
+
+/// The consumer's name. MySQL's default collations ignore case, so "billing" and
+/// "Billing" would be one consumer there and two elsewhere: compare bytes.
+fn consumer(backend: DbBackend) -> ColumnDef {
+    let mut column = match backend {
+        DbBackend::MySql => ColumnDef::new(Column::Consumer)
+            .custom("VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            .to_owned(),
+        _ => varchar(Column::Consumer),
+    };
+    column.not_null().to_owned()
+}
 
 // The trait's signature (async-trait) elides SchemaManager's lifetime; an explicit one would not match.
 #[allow(elided_lifetimes_in_paths)]
@@ -22,7 +36,7 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(t.inbox().as_str().to_owned())
-                    .col(varchar(Column::Consumer).not_null())
+                    .col(consumer(backend))
                     .col(ColumnDef::new(Column::EventId).uuid().not_null())
                     .col(timestamp(Column::ProcessedAt, backend).not_null())
                     .primary_key(Index::create().col(Column::Consumer).col(Column::EventId))

@@ -13,10 +13,13 @@ use crate::repository::cutoff;
 use crate::sql::Dialect;
 use crate::tables::Tables;
 
-/// How long an inbox remembers an event by default: 7 days, Kafka's default
-/// retention (`retention.ms`). A consumer group that starts over from the earliest
-/// offset still on a topic kept that long finds every event it processed remembered.
-pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// How long an inbox remembers an event by default: 15 days. Kafka deletes a log
+/// segment once its newest record is older than `retention.ms` (7 days by default),
+/// and a segment rolls after `segment.ms` (also 7 days), so with the defaults a record
+/// can stay readable for up to 14 days after it was written. A consumer group that
+/// starts over from the earliest offset of such a topic finds every event it processed
+/// still recorded. Topics kept longer need a longer window.
+pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(15 * 24 * 60 * 60);
 
 /// How many records one cleanup statement deletes.
 const CLEANUP_BATCH: u64 = 1_000;
@@ -84,8 +87,9 @@ impl Inbox {
     /// transaction ends, then answers by its outcome.
     ///
     /// # Errors
-    /// [`Error::InvalidConsumer`] when `consumer` is empty, longer than 255
-    /// characters or holds a NUL character (nothing is written); the database's.
+    /// [`Error::InvalidConsumer`] when `consumer` is empty, begins or ends with
+    /// whitespace, is longer than 255 characters or holds a NUL character (nothing
+    /// is written); the database's.
     pub async fn record<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -118,7 +122,8 @@ impl Inbox {
     /// Deletes the records older than `older_than`, of every consumer, in batches of
     /// 1,000, and returns how many. An event delivered again after its record is gone
     /// is applied again: keep `older_than` longer than any redelivery can come late
-    /// ([`DEFAULT_DEDUP_WINDOW`] suits topics kept for Kafka's default retention).
+    /// ([`DEFAULT_DEDUP_WINDOW`] suits topics with Kafka's default retention and
+    /// segment settings: at least `retention.ms` + `segment.ms`).
     ///
     /// # Errors
     /// [`Error::DurationOutOfRange`] when `older_than` reaches before the earliest
@@ -149,6 +154,11 @@ pub(crate) fn check_consumer(name: &str) -> Result<()> {
     };
     if name.trim().is_empty() {
         return invalid("it must not be empty");
+    }
+    // MySQL and MariaDB compare trailing spaces away (PAD SPACE collations): "billing"
+    // and "billing " would be one consumer there and two elsewhere.
+    if name.trim() != name {
+        return invalid("it must not begin or end with whitespace");
     }
     if name.chars().count() > MAX_NAME_LEN {
         return invalid("it may have at most 255 characters");

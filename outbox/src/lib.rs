@@ -79,11 +79,16 @@
 //!
 //! The derive implements [`DecodeEvent`] for every event that also implements serde's
 //! `Deserialize` (structs and enums alike). An enum keeps serde's default
-//! representation: `#[serde(tag = ..)]`, `content` and `untagged` are refused, since
-//! the event's type is not part of its payload. serde's `rename_all`, `rename` and
-//! field attributes shape the payload as usual; a variant serde skips when
-//! deserializing is stored but never decoded into. Two variants of one type and
-//! version are refused: a received event could not choose between them.
+//! representation, derived on the enum itself: `#[serde(tag = ..)]`, `content` and
+//! `untagged` are refused, since the event's type is not part of its payload, and so
+//! are `from`, `try_from`, `into` and `remote`, since decoding hands serde's derived
+//! impl the variant by its position. serde's `rename_all`, `rename` and field
+//! attributes shape the payload as usual; a variant serde skips when deserializing
+//! (`skip_deserializing`) is stored but never decoded into. Two named variants of one
+//! type and version are refused: a received event could not choose between them. A
+//! newtype variant's type and version are its field's, which the derive cannot see:
+//! keep them distinct from the others' (the first variant that accepts an event
+//! decodes it).
 //!
 //! # Storing events
 //!
@@ -165,18 +170,31 @@
 //! # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
 //! # #[outbox(type = "user.registered", aggregate = "user_id")]
 //! # struct UserRegistered { user_id: u64 }
-//! # async fn run(consumer: StreamConsumer, db: DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(db: DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
+//! let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+//!     .set("bootstrap.servers", "broker-1:9092")
+//!     .set("group.id", "billing")
+//!     // The offset is stored once the message's transaction is over, not when the
+//!     // message is handed out (librdkafka's default), so a failure never skips one.
+//!     .set("enable.auto.offset.store", "false")
+//!     .create()?;
+//! consumer.subscribe(&["user-events"])?;
 //! let (inbox, outbox) = (Inbox::new(), Outbox::new());
 //! loop {
 //!     let message = consumer.recv().await?;
-//!     let received = Received::<UserRegistered>::decode(&message)?;
-//!     let txn = db.begin().await?;
-//!     if inbox.record(&txn, "billing", received.event_id()).await? {
-//!         // ... change rows on `txn` ...
-//!         let opened = EventBuilder::new("billing.account_opened", received.user_id);
-//!         outbox.store(&txn, &opened, "billing-events").await?;
-//!         outbox.commit(txn).await?;
-//!     } // else a duplicate: `txn` rolls back when dropped
+//!     match Received::<UserRegistered>::decode(&message) {
+//!         Ok(received) => {
+//!             let txn = db.begin().await?;
+//!             if inbox.record(&txn, "billing", received.event_id()).await? {
+//!                 // ... change rows on `txn` ...
+//!                 let opened = EventBuilder::new("billing.account_opened", received.user_id);
+//!                 outbox.store(&txn, &opened, "billing-events").await?;
+//!                 outbox.commit(txn).await?;
+//!             } // else a duplicate: `txn` rolls back when dropped
+//!         }
+//!         Err(outbox::Error::UnknownEvent { .. }) => {} // not an event for this consumer
+//!         Err(other) => return Err(other.into()), // stop before the offset is stored
+//!     }
 //!     consumer.store_offset_from_message(&message)?;
 //! }
 //! # }
@@ -185,8 +203,8 @@
 //! `cargo run --example inbox` shows it with no server. A consumer loop that runs
 //! this for you (partitions in parallel, retries, dead letters) is not part of the
 //! crate yet. Delete old records with [`Inbox::cleanup`], keeping them at least as long
-//! as a message can be redelivered ([`DEFAULT_DEDUP_WINDOW`], 7 days: Kafka's default
-//! retention).
+//! as a message can be redelivered ([`DEFAULT_DEDUP_WINDOW`], 15 days: with Kafka's
+//! default `retention.ms` and `segment.ms`, a record stays readable up to 14 days).
 //!
 //! # Guarantees
 //!
