@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use outbox::{EventBuilder, KafkaConfig, KafkaPublisher, Outbox, OutboxEvent, Relay, RelayConfig};
-use outbox_tests::kafka::{PrivateBroker, Received, brokers, consume, create_topic, unique_topic};
+use outbox_tests::kafka::{
+    PrivateBroker, Received, brokers, consume, create_topic, unique_topic, warmed_up,
+};
 use outbox_tests::proxy::Mode;
 use outbox_tests::{PgSchema, eventually, retry_waits};
 use rdkafka::mocking::MockCluster;
@@ -245,13 +247,15 @@ async fn three_relays_keep_every_keys_order() {
     let topic = unique_topic("order");
     create_topic(&brokers, &topic, 4).await;
     let outbox = Outbox::new();
-    let relays: Vec<_> = (0..3)
-        .map(|_| {
-            Relay::new(config("order"), pg.db.clone(), publisher(&brokers))
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let publisher = warmed_up(publisher(&brokers), &brokers).await;
+        relays.push(
+            Relay::new(config("order"), pg.db.clone(), publisher)
                 .expect("valid relay config")
-                .spawn()
-        })
-        .collect();
+                .spawn(),
+        );
+    }
 
     let writers: Vec<_> = (0..4)
         .map(|w| {
@@ -794,13 +798,15 @@ async fn a_relay_cut_off_from_kafka_gives_up_its_shards_and_rejoins() {
     )
     .expect("valid relay config")
     .spawn();
-    let healthy: Vec<_> = (0..2)
-        .map(|_| {
-            Relay::new(relay_config.clone(), pg.db.clone(), quick(&brokers))
+    let mut healthy = Vec::new();
+    for _ in 0..2 {
+        let publisher = warmed_up(quick(&brokers), &brokers).await;
+        healthy.push(
+            Relay::new(relay_config.clone(), pg.db.clone(), publisher)
                 .expect("valid relay config")
-                .spawn()
-        })
-        .collect();
+                .spawn(),
+        );
+    }
     eventually(
         "the three relays share the shards",
         Duration::from_secs(10),
@@ -855,17 +861,19 @@ async fn a_slow_broker_takes_no_lease_from_a_relay_and_duplicates_nothing() {
         batch_size: 10,
         ..config("slow")
     };
-    let relays: Vec<_> = (0..3)
-        .map(|_| {
-            let publisher = KafkaPublisher::from_config(
-                KafkaConfig::new(&broker.address).message_timeout(Duration::from_secs(20)),
-            )
-            .expect("producer");
+    let mut relays = Vec::new();
+    for _ in 0..3 {
+        let publisher = KafkaPublisher::from_config(
+            KafkaConfig::new(&broker.address).message_timeout(Duration::from_secs(20)),
+        )
+        .expect("producer");
+        let publisher = warmed_up(publisher, &broker.address).await;
+        relays.push(
             Relay::new(relay_config.clone(), pg.db.clone(), publisher)
                 .expect("valid relay config")
-                .spawn()
-        })
-        .collect();
+                .spawn(),
+        );
+    }
     // Settled means no relay holds more than its fair share (ceil(16 / 3) = 6): a
     // relay that started first and took more gives the surplus up on a later round,
     // which is a hand-over, not a lease taken from a relay.
