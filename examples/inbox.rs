@@ -20,7 +20,6 @@ use outbox::{
 use outbox_examples::{Broker, Error, database};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::BorrowedMessage;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -87,13 +86,14 @@ async fn main() -> Result<(), Error> {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
             .map_err(|_| "timed out waiting for events")??;
-        let id = Received::<UserEvent>::decode(&message)?.event_id();
+        let received = Received::<UserEvent>::decode(&message)?;
+        let id = received.event_id();
         if !expected.contains(&id) {
             consumer.store_offset_from_message(&message)?;
             continue; // an earlier run's event, on a broker of your own
         }
         for delivery in ["delivered", "delivered again"] {
-            if handle(&db, &outbox, &inbox, &message).await? {
+            if handle(&db, &outbox, &inbox, &received).await? {
                 println!("{delivery:<15}  event {id}: applied");
             } else {
                 println!("{delivery:<15}  event {id}: duplicate skipped");
@@ -122,15 +122,14 @@ async fn main() -> Result<(), Error> {
     Ok(())
 }
 
-/// Applies one message in one transaction, with its inbox record; `false` when the
-/// inbox knew it already (nothing changes).
+/// Applies one received event in one transaction, with its inbox record; `false`
+/// when the inbox knew it already (nothing changes).
 async fn handle(
     db: &DatabaseConnection,
     outbox: &Outbox,
     inbox: &Inbox,
-    message: &BorrowedMessage<'_>,
+    received: &Received<UserEvent>,
 ) -> Result<bool, Error> {
-    let received = Received::<UserEvent>::decode(message)?;
     let txn = db.begin().await?;
     if !inbox.record(&txn, CONSUMER, received.event_id()).await? {
         return Ok(false); // the transaction rolls back when dropped

@@ -167,19 +167,8 @@ mod tests {
         }
 
         fn decode(event_type: &str, event_version: &str, payload: &[u8]) -> Result<Self> {
-            if !Self::accepts(event_type, event_version) {
-                return Err(crate::decode::unknown_event::<Self>(
-                    event_type,
-                    event_version,
-                ));
-            }
-            Ok(Note(serde_json::from_slice(payload).map_err(|source| {
-                Error::Deserialize {
-                    event_type: event_type.to_owned(),
-                    event_version: event_version.to_owned(),
-                    source,
-                }
-            })?))
+            let accepted = Self::accepts(event_type, event_version);
+            crate::decode::decode_struct(accepted, event_type, event_version, payload).map(Note)
         }
     }
 
