@@ -1,8 +1,10 @@
-//! The consumer's side: events read back by type, each applied exactly once with the
-//! inbox, and a follow-up event stored in the consumer's own transaction.
+//! The consumer's side: a [`Consumer`] reads the user service's events by type and
+//! applies each exactly once, with the inbox in its transaction, storing a follow-up
+//! event in that same transaction.
 //!
-//! The relay publishes at least once; here every message is handled twice, as a
-//! redelivery after a crash would be, and the second time changes nothing.
+//! The relay publishes at least once. Here both events are sent a second time, as a
+//! relay that crashed between the broker's acknowledgement and its write-back would,
+//! and the second deliveries change nothing.
 //!
 //! ```text
 //! cargo run --example inbox
@@ -11,16 +13,14 @@
 //! Runs with no server (in-memory SQLite, librdkafka's mock broker), or against
 //! `DATABASE_URL` and `KAFKA_BROKERS` when they are set.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use outbox::{
-    EventBuilder, Inbox, KafkaPublisher, Outbox, OutboxEvent, Received, Relay, RelayConfig,
+    Consumer, ConsumerConfig, EventBuilder, KafkaConfig, KafkaPublisher, Outbox, OutboxEvent,
+    Publisher, Received, Relay, RelayConfig,
 };
 use outbox_examples::{Broker, Error, database};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -33,9 +33,6 @@ enum UserEvent {
     #[outbox(type = "user.deleted", aggregate = "user_id")]
     Deleted { user_id: Uuid },
 }
-
-/// The billing service's name: its consumer group, and its name in the inbox.
-const CONSUMER: &str = "billing";
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -52,7 +49,7 @@ async fn main() -> Result<(), Error> {
     .with_outbox(outbox.clone())
     .spawn();
 
-    // The user service stores two events.
+    // The user service stores two events; the relay publishes them.
     let user_id = Uuid::now_v7();
     let events = [
         UserEvent::Registered {
@@ -61,95 +58,107 @@ async fn main() -> Result<(), Error> {
         },
         UserEvent::Deleted { user_id },
     ];
-    let mut expected = HashSet::new();
+    let mut sent = Vec::new();
     for event in &events {
-        expected.insert(outbox.store(&db, event, "user-events").await?);
+        let id = outbox.store(&db, event, "user-events").await?;
+        sent.push(as_published(id, event)?);
+    }
+    wait_until("the relay published the events", || {
+        relay.stats().published >= 2
+    })
+    .await?;
+    // A relay that crashed before its write-back publishes them again.
+    for outcome in KafkaPublisher::new(&broker.brokers)?.publish(&sent).await {
+        outcome?;
     }
 
-    // The billing service consumes them; each message is handled twice.
-    let inbox = Inbox::new();
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.brokers)
-        .set(
-            "group.id",
-            format!("{CONSUMER}-{}", Uuid::now_v7().simple()),
-        )
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
-        // The offset is stored below, once the message's transaction is over; by
-        // default librdkafka stores it when it hands the message out.
-        .set("enable.auto.offset.store", "false")
-        .create()?;
-    consumer.subscribe(&["user-events"])?;
-    let mut handled = HashSet::new();
-    while handled.len() < expected.len() {
-        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .map_err(|_| "timed out waiting for events")??;
-        let received = Received::<UserEvent>::decode(&message)?;
-        let id = received.event_id();
-        if !expected.contains(&id) {
-            consumer.store_offset_from_message(&message)?;
-            continue; // an earlier run's event, on a broker of your own
-        }
-        for delivery in ["delivered", "delivered again"] {
-            if handle(&db, &outbox, &inbox, &received).await? {
-                println!("{delivery:<15}  event {id}: applied");
-            } else {
-                println!("{delivery:<15}  event {id}: duplicate skipped");
-            }
-        }
-        consumer.store_offset_from_message(&message)?;
-        handled.insert(id);
-    }
+    // The billing service: a consumer named "billing" (its consumer group too).
+    let config = ConsumerConfig::new(
+        KafkaConfig::new(&broker.brokers).set("fetch.wait.max.ms", "10"),
+        "billing",
+        ["user-events"],
+    );
+    let handler_outbox = outbox.clone();
+    let consumer = Consumer::new(config, db.clone())?
+        .handle(move |txn, event: Received<UserEvent>| {
+            let outbox = handler_outbox.clone();
+            Box::pin(async move {
+                let (sql, follow_up) = match event.event() {
+                    UserEvent::Registered { user_id, .. } => (
+                        "INSERT INTO billing_accounts (user_id, status) VALUES ($1, 'open')",
+                        EventBuilder::new("billing.account_opened", user_id),
+                    ),
+                    UserEvent::Deleted { user_id } => (
+                        "UPDATE billing_accounts SET status = 'closed' WHERE user_id = $1",
+                        EventBuilder::new("billing.account_closed", user_id),
+                    ),
+                };
+                txn.execute_raw(statement(txn, sql, &event.aggregate_id()))
+                    .await?;
+                // Published by the relay once this transaction commits.
+                let follow_up = follow_up.data(json!({ "cause": event.event_id() }));
+                outbox.store(txn, &follow_up, "billing-events").await?;
+                println!(
+                    "event {} ({}): applied",
+                    event.event_id(),
+                    event.event_type()
+                );
+                Ok(())
+            })
+        })
+        .spawn()?;
+    wait_until("the consumer is done with the four deliveries", || {
+        let stats = consumer.stats();
+        stats.processed >= 2 && stats.duplicates >= 2
+    })
+    .await?;
+    let stats = consumer.stats();
+    consumer.shutdown().await?;
+    println!("{} redeliveries skipped as duplicates", stats.duplicates);
 
     let status = account_status(&db, user_id).await?;
     println!("billing account of {user_id}: {status}");
-    // The follow-up events stored by the handler go out through the relay too.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while relay.stats().published < 4 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let stats = relay.stats();
+    wait_until("the relay published the follow-ups", || {
+        relay.stats().published >= 4
+    })
+    .await?;
+    let published = relay.stats().published;
     relay.shutdown().await?;
-    println!(
-        "relay stopped: published {} (2 user events, 2 billing follow-ups)",
-        stats.published
-    );
-    if status != "closed" || stats.published < 4 {
+    println!("relay stopped: published {published} (2 user events, 2 billing follow-ups)");
+    if status != "closed" {
         return Err("each event was not applied exactly once".into());
     }
     Ok(())
 }
 
-/// Applies one received event in one transaction, with its inbox record; `false`
-/// when the inbox knew it already (nothing changes).
-async fn handle(
-    db: &DatabaseConnection,
-    outbox: &Outbox,
-    inbox: &Inbox,
-    received: &Received<UserEvent>,
-) -> Result<bool, Error> {
-    let txn = db.begin().await?;
-    if !inbox.record(&txn, CONSUMER, received.event_id()).await? {
-        return Ok(false); // the transaction rolls back when dropped
+/// The message the relay publishes for `event`, stored as `id`.
+fn as_published(id: Uuid, event: &UserEvent) -> Result<outbox::Message, Error> {
+    Ok(outbox::Message {
+        seq: 0,
+        id,
+        event_type: event.event_type().to_owned(),
+        event_version: event.event_version().to_owned(),
+        aggregate_id: event.aggregate_id(),
+        topic: "user-events".to_owned(),
+        key: event.aggregate_id(),
+        payload: event.payload()?.to_string(),
+        extra_headers: Vec::new(),
+        trace_id: None,
+        user_id: None,
+        created_at: chrono::Utc::now(),
+        attempts: 0,
+    })
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("timed out waiting until {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (sql, follow_up) = match received.event() {
-        UserEvent::Registered { user_id, .. } => (
-            "INSERT INTO billing_accounts (user_id, status) VALUES ($1, 'open')",
-            EventBuilder::new("billing.account_opened", user_id),
-        ),
-        UserEvent::Deleted { user_id } => (
-            "UPDATE billing_accounts SET status = 'closed' WHERE user_id = $1",
-            EventBuilder::new("billing.account_closed", user_id),
-        ),
-    };
-    let user_id = received.aggregate_id();
-    txn.execute_raw(statement(&txn, sql, &user_id)).await?;
-    let follow_up = follow_up.data(json!({ "cause": received.event_id() }));
-    outbox.store(&txn, &follow_up, "billing-events").await?;
-    outbox.commit(txn).await?;
-    Ok(true)
+    Ok(())
 }
 
 async fn account_status(db: &DatabaseConnection, user_id: Uuid) -> Result<String, Error> {

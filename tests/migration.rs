@@ -7,13 +7,14 @@ use outbox_tests::{MySqlDatabase, PgSchema, sqlite};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
 
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     "_outbox",
     "_outbox_offset",
     "_outbox_lease",
     "_outbox_relay",
     "_outbox_published",
     "_outbox_inbox",
+    "_outbox_inbox_dead",
 ];
 
 async fn tables_present(db: &DatabaseConnection) -> Vec<bool> {
@@ -95,12 +96,12 @@ async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     let key_lock_rows = mysql.then_some(i64::from(outbox::KEY_LOCKS));
     assert_eq!(
         tables_present(db).await,
-        [false; 6],
+        [false; 7],
         "the database starts empty"
     );
 
     Migrator::up(db, None).await.expect("first up");
-    assert_eq!(tables_present(db).await, [true; 6]);
+    assert_eq!(tables_present(db).await, [true; 7]);
     assert_eq!(index_names(db, schema).await, INDEXES);
     assert_eq!(
         key_locks(db).await,
@@ -111,13 +112,13 @@ async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     Migrator::down(db, None).await.expect("down");
     assert_eq!(
         tables_present(db).await,
-        [false; 6],
+        [false; 7],
         "down removes every table"
     );
     assert_eq!(key_locks(db).await, None);
 
     Migrator::up(db, None).await.expect("second up");
-    assert_eq!(tables_present(db).await, [true; 6]);
+    assert_eq!(tables_present(db).await, [true; 7]);
     assert_eq!(index_names(db, schema).await, INDEXES);
     assert_eq!(key_locks(db).await, key_lock_rows);
 }
@@ -165,6 +166,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
         "billing_outbox_lease",
         "billing_outbox_published",
         "billing_outbox_inbox",
+        "billing_outbox_inbox_dead",
     ]) {
         assert!(
             manager.has_table(table).await.expect("has_table"),
@@ -185,11 +187,13 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261128_000003_archive_published_events",
             "m20261128_000004_mysql_key_locks",
             "m20261128_000005_create_inbox",
+            "m20261202_000006_inbox_dead_letters",
             "m20261127_000001_create_outbox_tables_billing_outbox",
             "m20261127_000002_park_waiting_events_billing_outbox",
             "m20261128_000003_archive_published_events_billing_outbox",
             "m20261128_000004_mysql_key_locks_billing_outbox",
             "m20261128_000005_create_inbox_billing_outbox",
+            "m20261202_000006_inbox_dead_letters_billing_outbox",
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");

@@ -27,6 +27,7 @@ pub mod m20261127_000002_park_waiting_events;
 pub mod m20261128_000003_archive_published_events;
 pub mod m20261128_000004_mysql_key_locks;
 pub mod m20261128_000005_create_inbox;
+pub mod m20261202_000006_inbox_dead_letters;
 
 use sea_orm_migration::prelude::*;
 
@@ -93,6 +94,9 @@ pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
             tables.clone(),
         )),
         Box::new(m20261128_000005_create_inbox::Migration::new(
+            tables.clone(),
+        )),
+        Box::new(m20261202_000006_inbox_dead_letters::Migration::new(
             tables.clone(),
         )),
     ]

@@ -15,7 +15,7 @@ crate::migration!("m20261128_000005_create_inbox");
 
 /// The consumer's name. MySQL's default collations ignore case, so "billing" and
 /// "Billing" would be one consumer there and two elsewhere: compare bytes.
-fn consumer(backend: DbBackend) -> ColumnDef {
+pub(crate) fn consumer(backend: DbBackend) -> ColumnDef {
     let mut column = match backend {
         DbBackend::MySql => ColumnDef::new(Column::Consumer)
             .custom("VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")

@@ -179,6 +179,17 @@ pub enum Error {
     #[error("the relay did not stop within {0:?}; its batch in flight was abandoned")]
     ShutdownTimeout(std::time::Duration),
 
+    /// The consumer did not stop within its shutdown timeout (plus 10 s to leave its
+    /// group); messages whose handlers had not finished are delivered again.
+    #[error(
+        "the consumer did not stop within {0:?}; messages whose handlers had not finished will be delivered again"
+    )]
+    ConsumerShutdownTimeout(std::time::Duration),
+
+    /// The consumer's thread could not be started.
+    #[error("cannot start the consumer's thread")]
+    Thread(#[source] std::io::Error),
+
     /// No event has this id.
     #[error("no event with id {0}")]
     NotFound(uuid::Uuid),

@@ -58,8 +58,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Installs a Prometheus recorder as the process's `metrics` recorder, with the
-/// relay's metrics described (`# HELP`) and latency as a histogram with buckets from
-/// 5 ms to 60 s. Install it before the relay starts: what is recorded before a
+/// relay's and the consumer's metrics described (`# HELP`), and publish latency and
+/// handling time as histograms with buckets from 5 ms to 60 s. Install it before the relay starts: what is recorded before a
 /// recorder exists is lost.
 ///
 /// # Errors
@@ -67,14 +67,24 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// handle to [`Endpoints::with_prometheus`] instead (and call
 /// [`metric_names::describe`] after installing it).
 pub fn install_prometheus() -> Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
+    let failed = |error: metrics_exporter_prometheus::BuildError| Error::Metrics(error.to_string());
+    let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(metric_names::PUBLISH_LATENCY.to_owned()),
             LATENCY_BUCKETS,
         )
-        .and_then(PrometheusBuilder::install_recorder)
-        .map_err(|error| Error::Metrics(error.to_string()))?;
+        .map_err(failed)?;
+    #[cfg(feature = "kafka")]
+    let builder = builder
+        .set_buckets_for_metric(
+            Matcher::Full(crate::consumer_metric_names::HANDLE_TIME.to_owned()),
+            LATENCY_BUCKETS,
+        )
+        .map_err(failed)?;
+    let handle = builder.install_recorder().map_err(failed)?;
     metric_names::describe();
+    #[cfg(feature = "kafka")]
+    crate::consumer_metric_names::describe();
     Ok(handle)
 }
 

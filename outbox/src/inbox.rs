@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use uuid::Uuid;
 
+use crate::entity::inbox_dead;
 use crate::envelope::MAX_NAME_LEN;
 use crate::error::{Error, Result};
 use crate::repository::cutoff;
@@ -141,6 +142,51 @@ impl Inbox {
             }
             tokio::task::yield_now().await;
         }
+    }
+}
+
+impl Inbox {
+    /// The messages `consumer` dead-lettered (see [`Consumer`](crate::Consumer)),
+    /// oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConsumer`] for an invalid name; the database's.
+    pub async fn dead_letters<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        consumer: &str,
+        limit: u64,
+    ) -> Result<Vec<inbox_dead::Model>> {
+        check_consumer(consumer)?;
+        let dialect = Dialect::of(conn.get_database_backend())?;
+        let statement = dialect.dead_letters(self.tables.inbox_dead(), consumer, limit);
+        let rows = conn.query_all_raw(statement).await?;
+        Ok(rows
+            .iter()
+            .map(|row| inbox_dead::Model::from_query_result(row, ""))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes a dead letter once you have dealt with it (applied its event by hand,
+    /// or decided it needs nothing); `false` when it was not there. Its event stays
+    /// recorded in the inbox, so a redelivery is still skipped.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn delete_dead_letter<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        letter: &inbox_dead::Model,
+    ) -> Result<bool> {
+        let dialect = Dialect::of(conn.get_database_backend())?;
+        let statement = dialect.forget_dead_letter(
+            self.tables.inbox_dead(),
+            &letter.consumer,
+            &letter.topic,
+            letter.kafka_partition,
+            letter.kafka_offset,
+        );
+        Ok(conn.execute_raw(statement).await?.rows_affected() == 1)
     }
 }
 

@@ -154,57 +154,26 @@
 //! The relay publishes at least once, so a consumer may receive an event twice. The
 //! consumer's side turns that into effects that happen once:
 //!
+//! - [`Consumer`] (feature `kafka`) reads the topics as a Kafka consumer group and, for
+//!   each message, opens a transaction, records the event in the [`Inbox`] (a
+//!   duplicate ends there), calls your handler with the transaction and the event as a
+//!   [`Received`], commits, and then stores the offset. Partitions are applied
+//!   concurrently, each in offset order; a failing handler is retried with backoff and
+//!   then dead-lettered; rebalances and shutdown let the handlers in flight finish and
+//!   commit their offsets. See its documentation for the whole contract.
 //! - [`Received::decode`] reads an rdkafka message the relay published: its
 //!   `event_id`, `event_type` and `event_version` headers, and its payload decoded
 //!   into any [`DecodeEvent`] (an event struct, or an enum of several, see
 //!   [Events as enums](#events-as-enums)).
 //! - [`Inbox::record`] records, in the transaction that applies the event, that the
-//!   consumer processed it, and answers `false` for a duplicate. The record commits
-//!   with the changes or not at all. Events stored with the [`Outbox`] on that same
+//!   consumer processed it, and answers `false` for a duplicate: the building block for
+//!   a consumer loop of your own. Events stored with the [`Outbox`] on that same
 //!   transaction (consume, change, produce) are published once, as any other.
 //!
-//! ```no_run
-//! # use outbox::{DecodeEvent, EventBuilder, Inbox, Outbox, OutboxEvent, Received};
-//! # use rdkafka::consumer::{Consumer, StreamConsumer};
-//! # use sea_orm::{DatabaseConnection, TransactionTrait};
-//! # #[derive(serde::Serialize, serde::Deserialize, OutboxEvent)]
-//! # #[outbox(type = "user.registered", aggregate = "user_id")]
-//! # struct UserRegistered { user_id: u64 }
-//! # async fn run(db: DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
-//! let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-//!     .set("bootstrap.servers", "broker-1:9092")
-//!     .set("group.id", "billing")
-//!     // The offset is stored once the message's transaction is over, not when the
-//!     // message is handed out (librdkafka's default), so a failure never skips one.
-//!     .set("enable.auto.offset.store", "false")
-//!     .create()?;
-//! consumer.subscribe(&["user-events"])?;
-//! let (inbox, outbox) = (Inbox::new(), Outbox::new());
-//! loop {
-//!     let message = consumer.recv().await?;
-//!     match Received::<UserRegistered>::decode(&message) {
-//!         Ok(received) => {
-//!             let txn = db.begin().await?;
-//!             if inbox.record(&txn, "billing", received.event_id()).await? {
-//!                 // ... change rows on `txn` ...
-//!                 let opened = EventBuilder::new("billing.account_opened", received.user_id);
-//!                 outbox.store(&txn, &opened, "billing-events").await?;
-//!                 outbox.commit(txn).await?;
-//!             } // else a duplicate: `txn` rolls back when dropped
-//!         }
-//!         Err(outbox::Error::UnknownEvent { .. }) => {} // not an event for this consumer
-//!         Err(other) => return Err(other.into()), // stop before the offset is stored
-//!     }
-//!     consumer.store_offset_from_message(&message)?;
-//! }
-//! # }
-//! ```
-//!
-//! `cargo run --example inbox` shows it with no server. A consumer loop that runs
-//! this for you (partitions in parallel, retries, dead letters) is not part of the
-//! crate yet. Delete old records with [`Inbox::cleanup`], keeping them at least as long
-//! as a message can be redelivered ([`DEFAULT_DEDUP_WINDOW`], 15 days: with Kafka's
-//! default `retention.ms` and `segment.ms`, a record stays readable up to 14 days).
+//! `cargo run --example inbox` shows it with no server. Inbox records are kept for
+//! [`DEFAULT_DEDUP_WINDOW`] (15 days: with Kafka's default `retention.ms` and
+//! `segment.ms`, a record stays readable up to 14 days) and then deleted by the
+//! consumer's cleanup, or by [`Inbox::cleanup`].
 //!
 //! # Guarantees
 //!
@@ -396,6 +365,8 @@
 mod backlog;
 mod completion;
 mod config;
+#[cfg(feature = "kafka")]
+mod consumer;
 mod decode;
 pub mod entity;
 mod envelope;
@@ -423,6 +394,11 @@ mod wake;
 pub use backlog::{Backlog, RelayInfo, TopicBacklog};
 pub use completion::{Completion, UnknownCompletion};
 pub use config::{DatabaseUrl, MAX_BATCH_SIZE, RelayConfig};
+#[cfg(feature = "kafka")]
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerHandle, ConsumerStats, Handler, HandlerError, HandlerFuture,
+    Running, consumer_metric_names,
+};
 pub use message::Message;
 #[cfg(feature = "kafka")]
 pub use publisher::{KafkaConfig, KafkaContext, KafkaPublisher};

@@ -38,14 +38,7 @@ impl<E: DecodeEvent> Received<E> {
     /// [`Error::UnknownEvent`] when `E` has no place for the event's type and
     /// version; [`Error::Deserialize`] when the payload does not fit.
     pub fn decode<M: Message>(message: &M) -> Result<Self> {
-        let mut all = BTreeMap::new();
-        if let Some(headers) = message.headers() {
-            for header in headers.iter() {
-                if let Some(Ok(value)) = header.value.map(std::str::from_utf8) {
-                    all.insert(header.key.to_owned(), value.to_owned());
-                }
-            }
-        }
+        let all = utf8_headers(message);
         let required = |name: &'static str| {
             all.get(name).cloned().ok_or(Error::ReceivedHeader {
                 header: name,
@@ -79,6 +72,19 @@ impl<E: DecodeEvent> Received<E> {
             headers: all,
         })
     }
+}
+
+/// The message's headers whose values are UTF-8, by name.
+pub(crate) fn utf8_headers<M: Message>(message: &M) -> BTreeMap<String, String> {
+    let mut all = BTreeMap::new();
+    if let Some(headers) = message.headers() {
+        for header in headers.iter() {
+            if let Some(Ok(value)) = header.value.map(std::str::from_utf8) {
+                all.insert(header.key.to_owned(), value.to_owned());
+            }
+        }
+    }
+    all
 }
 
 impl<E> Received<E> {
@@ -130,6 +136,17 @@ impl<E> Received<E> {
     /// A header's value, e.g. [`headers::TRACEPARENT`] or one given at store time.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
+    }
+
+    /// The trace id the event carries: its `trace_id` header, or the trace id of its
+    /// `traceparent`. Give it to the events you store while handling this one
+    /// ([`Store::trace_id`](crate::Store::trace_id)) to continue the trace.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.header(headers::TRACE_ID).or_else(|| {
+            self.header(headers::TRACEPARENT)
+                .and_then(|traceparent| traceparent.split('-').nth(1))
+                .filter(|id| id.len() == 32)
+        })
     }
 
     /// Every UTF-8 header of the message, by name.

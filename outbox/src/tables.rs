@@ -74,7 +74,8 @@ impl fmt::Display for Identifier {
 /// (which relay owns which shard), `_outbox_relay` (which relays are alive) and
 /// `_outbox_published` (the archive of published events, for
 /// [`Completion::Archive`](crate::Completion::Archive)), `_outbox_inbox` (the events
-/// each consumer processed, for [`Inbox`](crate::Inbox)) and, on MySQL,
+/// each consumer processed, for [`Inbox`](crate::Inbox)), `_outbox_inbox_dead` (the
+/// messages a [`Consumer`](crate::Consumer) gave up on) and, on MySQL,
 /// `_outbox_key_lock`. A service that wants its own set uses [`Tables::with_base`]:
 ///
 /// ```
@@ -93,11 +94,12 @@ pub struct Tables {
     archive: Identifier,
     key_lock: Identifier,
     inbox: Identifier,
+    inbox_dead: Identifier,
 }
 
 impl Tables {
     /// Names the tables `{base}`, `{base}_offset`, `{base}_lease`, `{base}_relay`,
-    /// `{base}_published`, `{base}_inbox` and (on MySQL) `{base}_key_lock`.
+    /// `{base}_published`, `{base}_inbox`, `{base}_inbox_dead` and (on MySQL) `{base}_key_lock`.
     ///
     /// # Errors
     /// [`Error::InvalidIdentifier`] when `base` is not a safe identifier or is longer
@@ -117,6 +119,7 @@ impl Tables {
             archive: Identifier::new(format!("{base}_published"))?,
             key_lock: Identifier::new(format!("{base}_key_lock"))?,
             inbox: Identifier::new(format!("{base}_inbox"))?,
+            inbox_dead: Identifier::new(format!("{base}_inbox_dead"))?,
             outbox,
         })
     }
@@ -160,6 +163,12 @@ impl Tables {
         &self.inbox
     }
 
+    /// The messages consumers gave up on (`_outbox_inbox_dead` by default), for
+    /// [`Consumer`](crate::Consumer)'s dead letters.
+    pub fn inbox_dead(&self) -> &Identifier {
+        &self.inbox_dead
+    }
+
     /// The name of one of this set's indexes, e.g. `idx__outbox_claim`.
     pub fn index(&self, table: &Identifier, suffix: &str) -> String {
         format!("idx_{table}_{suffix}")
@@ -176,6 +185,7 @@ impl Default for Tables {
             archive: Identifier("_outbox_published".to_owned()),
             key_lock: Identifier("_outbox_key_lock".to_owned()),
             inbox: Identifier("_outbox_inbox".to_owned()),
+            inbox_dead: Identifier("_outbox_inbox_dead".to_owned()),
         }
     }
 }

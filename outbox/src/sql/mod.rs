@@ -14,7 +14,7 @@
 //! | `write_back.rs` | what a relay writes after publishing: fence, completion (mark, delete, archive), failures, parking |
 //! | `leases.rs` | shard leases, relay membership, the offset table |
 //! | `manage.rs` | listings, replay, cleanup and counts for the manual calls and the CLI |
-//! | `inbox.rs` | the consumers' inbox: record, look up, forget |
+//! | `inbox.rs` | the consumers' inbox: record, look up, forget; their dead letters |
 //! | `backlog.sql`, `backlog_mysql.sql` | the backlog gauges' counts (by hand) |
 //!
 //! Every value is a bound parameter; table names are checked [`Identifier`]s.
@@ -46,6 +46,8 @@ use sea_orm::{
 use crate::error::{Error, Result};
 use crate::tables::Identifier;
 
+#[cfg(feature = "kafka")]
+pub(crate) use inbox::DeadLetterRow;
 pub(crate) use insert::EventRow;
 pub(crate) use write_back::Published;
 

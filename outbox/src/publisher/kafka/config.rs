@@ -279,7 +279,7 @@ impl KafkaConfig {
 
     /// `error` with every secret value of this configuration replaced by `***`:
     /// librdkafka's configuration errors quote the value they refuse.
-    pub(super) fn redact(&self, error: KafkaError) -> KafkaError {
+    pub(crate) fn redact(&self, error: KafkaError) -> KafkaError {
         let secrets = self.secrets();
         match error {
             KafkaError::ClientConfig(result, description, key, value) => {

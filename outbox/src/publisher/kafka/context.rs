@@ -50,6 +50,11 @@ impl LastError {
 }
 
 impl KafkaContext {
+    /// A context for a client of `config` of its own (the consumer's).
+    pub(crate) fn for_config(config: &super::KafkaConfig) -> Self {
+        Self::new(Arc::new(config.secrets()), Arc::new(LastError::default()))
+    }
+
     pub(super) fn new(secrets: Arc<Secrets>, last_error: Arc<LastError>) -> Self {
         KafkaContext {
             secrets,
