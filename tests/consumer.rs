@@ -380,12 +380,16 @@ async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
     unknown.event_type = "account.audited".to_owned();
     let mut misfit = credit(&topic, "account-0", 2);
     misfit.payload = r#"{"account": 7}"#.to_owned();
+    // A version this consumer does not know yet, of a type it knows.
+    let mut newer = credit(&topic, "account-0", 4);
+    newer.event_version = "v9".to_owned();
     publish(
         &publisher,
         &[
             unknown.clone(),
             misfit.clone(),
             credit(&topic, "account-0", 3),
+            newer.clone(),
         ],
     )
     .await;
@@ -397,7 +401,7 @@ async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
         Duration::from_secs(30),
         || async {
             let stats = consumer.stats();
-            stats.processed + stats.dead_lettered == 4
+            stats.processed + stats.dead_lettered == 5
         },
     )
     .await;
@@ -405,7 +409,7 @@ async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
     consumer.shutdown().await.expect("shutdown");
     assert_eq!(
         (stats.processed, stats.dead_lettered, stats.handler_failures),
-        (1, 3, 0)
+        (1, 4, 0)
     );
     let dead = outbox::Inbox::new()
         .dead_letters(&pg.db, &name, 10)
@@ -431,6 +435,7 @@ async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
             .contains("has no event type \"account.audited\""),
         "{errors:?}"
     );
+    assert_eq!(errors[3].1, Some(newer.id), "{errors:?}");
     assert_eq!(errors[2].1, Some(misfit.id));
     assert!(
         errors[2]
@@ -448,13 +453,14 @@ async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
         Duration::from_secs(30),
         || async {
             let stats = skipping.stats();
-            stats.processed + stats.dead_lettered + stats.skipped == 4
+            stats.processed + stats.dead_lettered + stats.skipped == 5
         },
     )
     .await;
     let stats = skipping.stats();
     skipping.shutdown().await.expect("shutdown");
-    assert_eq!((stats.skipped, stats.dead_lettered), (1, 2), "{stats:?}");
+    // The unknown type is skipped; the unknown version of a known type is not.
+    assert_eq!((stats.skipped, stats.dead_lettered), (1, 3), "{stats:?}");
     pg.drop().await;
 }
 
@@ -794,6 +800,76 @@ async fn a_database_outage_dead_letters_nothing() {
             .contains(&pg.db, &name, message.id)
             .await
             .expect("contains")
+    );
+    pg.drop().await;
+}
+
+/// A handler that panics fails its attempt (the transaction rolls back, the message is
+/// tried again); on PostgreSQL, one that swallows a database error fails too, instead
+/// of committing an aborted transaction (which PostgreSQL turns into a rollback,
+/// losing the inbox record while the offset moved on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_or_error_swallowing_handler_fails_its_attempt() {
+    let pg = PgSchema::migrated().await;
+    let topic = unique_topic("accounts");
+    create_topic(&brokers(), &topic, 1).await;
+    let (panics, swallows) = (
+        credit(&topic, "account-0", 0),
+        credit(&topic, "account-0", 1),
+    );
+    publish(&publisher().await, &[panics.clone(), swallows.clone()]).await;
+
+    let name = unique_name("billing");
+    let panicked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = panicked.clone();
+    let consumer = Consumer::new(consumer_config(&name, &topic), pg.db.clone())
+        .expect("valid consumer")
+        .handle(move |txn, event: Received<AccountEvent>| {
+            let once = once.clone();
+            Box::pin(async move {
+                match event.event() {
+                    AccountEvent::Credited { n: 0, .. } => {
+                        assert!(
+                            once.swap(true, std::sync::atomic::Ordering::SeqCst),
+                            "the first attempt panics"
+                        );
+                    }
+                    _ => {
+                        // An error the handler ignores: the transaction is aborted.
+                        let _ = txn.execute_unprepared("SELECT * FROM no_such_table").await;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .spawn()
+        .expect("consumer starts");
+    eventually(
+        "both messages are done with",
+        Duration::from_secs(30),
+        || async {
+            let stats = consumer.stats();
+            stats.processed + stats.dead_lettered == 2
+        },
+    )
+    .await;
+    let stats = consumer.stats();
+    consumer.shutdown().await.expect("shutdown");
+    assert_eq!((stats.processed, stats.dead_lettered), (1, 1), "{stats:?}");
+    // One panic, then three attempts (1 + retry_attempts) of the swallowed error.
+    assert_eq!(stats.handler_failures, 4, "{stats:?}");
+    let dead = outbox::Inbox::new()
+        .dead_letters(&pg.db, &name, 10)
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].event_id, Some(swallows.id));
+    assert!(
+        dead[0]
+            .error
+            .starts_with("the transaction was aborted by an error the handler did not return"),
+        "{}",
+        dead[0].error
     );
     pg.drop().await;
 }

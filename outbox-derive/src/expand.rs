@@ -54,6 +54,7 @@ fn fallback(input: &Input<'_>) -> TokenStream {
     };
     let decode = Decode {
         accepts: never.clone(),
+        knows_type: never.clone(),
         decode: never,
     };
     let generics = input.generics;
@@ -177,6 +178,7 @@ fn struct_bodies(krate: &TokenStream, meta: &Meta<'_>) -> (Methods, Decode) {
     };
     let decode = Decode {
         accepts: quote!(event_type == #event_type && event_version == #version),
+        knows_type: quote!(event_type == #event_type),
         decode: quote! {
             #krate::__private::decode_struct(
                 <Self as #krate::DecodeEvent>::accepts(event_type, event_version),
@@ -265,7 +267,7 @@ fn enum_bodies(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> (Methods, 
     };
 
     // Variants serde skips when deserializing cannot be decoded into.
-    let (accepts, decodes): (Vec<_>, Vec<_>) = variants
+    let ((accepts, knows), decodes): ((Vec<_>, Vec<_>), Vec<_>) = variants
         .iter()
         .filter_map(|event| {
             let ident = event.variant.ident;
@@ -275,7 +277,10 @@ fn enum_bodies(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> (Methods, 
                     let event_type = meta.event_type;
                     let version = version_of(krate, meta);
                     Some((
-                        quote!((event_type == #event_type && event_version == #version)),
+                        (
+                            quote!((event_type == #event_type && event_version == #version)),
+                            quote!((event_type == #event_type)),
+                        ),
                         quote! {
                             #krate::__private::decode_variant(#index, event_type, event_version, payload)
                         },
@@ -283,11 +288,14 @@ fn enum_bodies(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> (Methods, 
                 }
                 VariantKind::Newtype(ty) => event.variant.serde_index.map(|_| {
                     (
-                    quote!(<#ty as #krate::DecodeEvent>::accepts(event_type, event_version)),
-                    quote! {
-                        <#ty as #krate::DecodeEvent>::decode(event_type, event_version, payload)
-                            .map(Self::#ident)
-                    },
+                        (
+                            quote!(<#ty as #krate::DecodeEvent>::accepts(event_type, event_version)),
+                            quote!(<#ty as #krate::DecodeEvent>::knows_type(event_type)),
+                        ),
+                        quote! {
+                            <#ty as #krate::DecodeEvent>::decode(event_type, event_version, payload)
+                                .map(Self::#ident)
+                        },
                     )
                 }),
             }
@@ -295,6 +303,7 @@ fn enum_bodies(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> (Methods, 
         .unzip();
     let decode = Decode {
         accepts: quote!(false #(|| #accepts)*),
+        knows_type: quote!(false #(|| #knows)*),
         decode: quote! {
             #(
                 if #accepts {
@@ -351,6 +360,8 @@ struct Methods {
 /// `payload`.
 struct Decode {
     accepts: TokenStream,
+    /// Over `event_type` alone.
+    knows_type: TokenStream,
     decode: TokenStream,
 }
 
@@ -425,12 +436,20 @@ fn decode_event_impl(
     decode: Decode,
 ) -> TokenStream {
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-    let Decode { accepts, decode } = decode;
+    let Decode {
+        accepts,
+        knows_type,
+        decode,
+    } = decode;
     quote! {
         #[automatically_derived]
         impl #impl_generics #krate::DecodeEvent for #ident #ty_generics #where_clause {
             fn accepts(event_type: &str, event_version: &str) -> bool {
                 #accepts
+            }
+
+            fn knows_type(event_type: &str) -> bool {
+                #knows_type
             }
 
             fn decode(

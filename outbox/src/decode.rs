@@ -34,6 +34,19 @@ pub trait DecodeEvent: Sized {
     /// Whether [`decode`](DecodeEvent::decode) reads events of this type and version.
     fn accepts(event_type: &str, event_version: &str) -> bool;
 
+    /// Whether events of `event_type`, in some version, belong to this Rust type. A
+    /// [`Consumer`](crate::Consumer) that skips unknown events
+    /// ([`ConsumerConfig::skip_unknown_events`](crate::ConsumerConfig::skip_unknown_events))
+    /// skips only types this answers `false` for: a version it does not know of a
+    /// type it knows (a producer that upgraded first) is dead-lettered, not lost.
+    ///
+    /// The derive answers from the types it declares. The default answers `true`, so
+    /// that nothing is ever skipped for an implementation that does not say.
+    fn knows_type(event_type: &str) -> bool {
+        let _ = event_type;
+        true
+    }
+
     /// Reads an event of `event_type` and `event_version` from its JSON `payload`.
     ///
     /// # Errors

@@ -145,6 +145,11 @@ fn a_struct_decodes_its_own_type_and_version_only() {
     };
     let payload = serde_json::to_vec(&event.payload().expect("payload")).expect("json");
     assert!(UserRegistered::accepts("user.registered", "v2"));
+    assert!(
+        UserRegistered::knows_type("user.registered"),
+        "in any version"
+    );
+    assert!(!UserRegistered::knows_type("user.deleted"));
     let decoded = UserRegistered::decode("user.registered", "v2", &payload).expect("decode");
     assert_eq!(decoded, event);
 
@@ -268,6 +273,9 @@ fn an_enum_decodes_each_variant_by_type_and_version() {
     }
 
     assert!(!UserEvent::accepts("user.audited", "v1"), "serde skips it");
+    assert!(UserEvent::knows_type("user.registered"));
+    assert!(!UserEvent::knows_type("user.audited"), "serde skips it");
+    assert!(!UserEvent::knows_type("order.created"));
     for (event_type, version) in [
         ("user.registered", "v1"),
         ("user.renamed", "v2"),
@@ -338,6 +346,10 @@ fn newtype_variants_delegate_to_the_event_they_wrap() {
         Inbound::OrderPaid { order_id: 3 }
     );
     assert!(!Inbound::accepts("user.audited", "v1"));
+    for known in ["user.registered", "user.deleted", "order.paid"] {
+        assert!(Inbound::knows_type(known), "{known}");
+    }
+    assert!(!Inbound::knows_type("order.shipped"));
 }
 
 /// Stored only: without `Deserialize` it is an event, just not a decodable one.

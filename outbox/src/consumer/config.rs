@@ -74,11 +74,12 @@ pub struct ConsumerConfig {
     /// Messages of one partition read ahead of its handler; past it the partition is
     /// paused until its handler catches up.
     pub max_buffered: usize,
-    /// Whether a message whose event type and version the consumer's event type has no
-    /// place for ([`Error::UnknownEvent`]) is skipped (its offset stored, nothing
-    /// written). Off by default: such a message is dead-lettered, so that an event of
-    /// a version the consumer does not know yet is kept, not lost. Turn it on for a
-    /// topic that carries event types this consumer does not care about.
+    /// Whether a message of an event type the consumer's event type does not know
+    /// ([`DecodeEvent::knows_type`](crate::DecodeEvent::knows_type)) is skipped (its
+    /// offset stored, nothing written) instead of dead-lettered. Turn it on for a topic
+    /// that carries event types this consumer does not care about. A version the
+    /// consumer does not know of a type it knows (a producer that upgraded first) is
+    /// dead-lettered either way, so it is kept, not lost.
     pub skip_unknown_events: bool,
     /// How long [`ConsumerHandle::shutdown`](super::ConsumerHandle::shutdown) waits for
     /// the handlers in flight.

@@ -45,13 +45,14 @@ where
 
 /// Why a handler failed, and what the consumer should do about it.
 ///
-/// Any error converts into one with `?`; by default it counts as a failed attempt: the
-/// transaction rolls back, the event is tried again after a backoff, and after the
+/// Any error converts into one with `?`; by default it counts as a failed attempt (so
+/// does a panic in the handler): the transaction rolls back, the event is tried again after a backoff, and after the
 /// last retry it is dead-lettered. Two exceptions:
 ///
 /// - when the database cannot be reached after the failure (the consumer checks), the
 ///   attempt does not count: an outage dead-letters nothing, and the event is tried
-///   again until the database is back;
+///   again until the database is back (so do failures of the consumer's own
+///   statements: begin, the inbox record, commit);
 /// - [`HandlerError::permanent`] dead-letters at once (the event can never succeed:
 ///   retrying only delays the events behind it).
 pub struct HandlerError {
@@ -74,7 +75,7 @@ impl HandlerError {
     }
 
     /// The error the handler gave.
-    pub fn source(&self) -> &(dyn StdError + Send + Sync + 'static) {
+    pub fn error(&self) -> &(dyn StdError + Send + Sync + 'static) {
         &*self.source
     }
 }

@@ -74,13 +74,18 @@ use crate::sql::Dialect;
 ///
 /// - **Order**: a partition's messages are applied one at a time, in offset order, so
 ///   a key's events are applied in the order the relay published them (their commit
-///   order). Partitions are applied concurrently, each by a task of its own.
+///   order). Partitions are applied concurrently, each by a task of its own. A
+///   dead-lettered message is passed over: its key's later events are applied after
+///   it, as the relay publishes a key's later events after a dead-lettered one.
 /// - **Failures**: a handler error rolls the transaction back. The message is tried
 ///   again after `retry_delay`, doubling up to `max_retry_delay`; after
 ///   `retry_attempts` retries (or at once for [`HandlerError::permanent`]) it is
 ///   dead-lettered and its partition goes on. While the database cannot be reached,
-///   failures use no attempt: an outage dead-letters nothing. A retry holds up its
-///   partition; other partitions go on.
+///   failures use no attempt: an outage dead-letters nothing; nor do failures of the
+///   consumer's own statements (begin, the inbox record, commit). A panic in the
+///   handler is a failed attempt. A retry holds up its partition; other partitions
+///   go on. On PostgreSQL a handler that swallowed a database error (its transaction
+///   aborted) fails too, instead of committing nothing.
 /// - **Dead letters**: the table `_outbox_inbox_dead` ([`Tables::inbox_dead`](crate::Tables::inbox_dead))
 ///   keeps the message as it came (key, payload, headers) with the last error, and the
 ///   same transaction records the event in the inbox, so a redelivery is skipped. A
@@ -228,12 +233,8 @@ where
         std::thread::Builder::new()
             .name(format!("outbox-consumer-{name}"))
             .spawn(move || {
-                poll::poll(&kafka, &spawn, max_buffered, &thread_cancel);
-                drop(spawn);
-                // Leaving the group (dropping the last reference closes the consumer)
-                // lets the others take the partitions at once.
-                drop(kafka);
-                let _ = stopped.send(());
+                let late = poll::poll(&kafka, &spawn, max_buffered, &thread_cancel);
+                let _ = stopped.send(late);
             })
             .map_err(Error::Thread)?;
         info!(consumer = %name, "consumer started");
@@ -280,7 +281,7 @@ pub struct ConsumerHandle {
     name: String,
     cancel: CancellationToken,
     counters: Arc<Counters>,
-    stopped: Option<oneshot::Receiver<()>>,
+    stopped: Option<oneshot::Receiver<usize>>,
     cleanup: Option<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
@@ -301,8 +302,9 @@ impl ConsumerHandle {
     /// stored offsets are committed, and the consumer leaves its group.
     ///
     /// # Errors
-    /// [`Error::ConsumerShutdownTimeout`] when that took longer than `shutdown_timeout` plus
-    /// 10 s to leave the group.
+    /// [`Error::ConsumerShutdownTimeout`] when a handler was still running after
+    /// `shutdown_timeout` (its message is delivered again, and the inbox decides by its
+    /// transaction's outcome), or leaving the group took 10 s more.
     pub async fn shutdown(mut self) -> Result<()> {
         self.cancel.cancel();
         if let Some(cleanup) = self.cleanup.take() {
@@ -313,10 +315,11 @@ impl ConsumerHandle {
         };
         let limit = self.shutdown_timeout + Duration::from_secs(10);
         match tokio::time::timeout(limit, stopped).await {
-            Ok(_) => {
+            Ok(Ok(0) | Err(_)) => {
                 info!(consumer = %self.name, "consumer stopped");
                 Ok(())
             }
+            Ok(Ok(_late)) => Err(Error::ConsumerShutdownTimeout(self.shutdown_timeout)),
             Err(_) => Err(Error::ConsumerShutdownTimeout(limit)),
         }
     }

@@ -94,13 +94,15 @@ impl ClientContext for Context {
             for partition in partitions.partitions.values() {
                 // -1: librdkafka's internal partition; a negative lag: not consumed
                 // here.
-                if partition.partition >= 0 && partition.consumer_lag_stored >= 0 {
-                    metrics::lag(
-                        &self.name,
-                        topic,
-                        partition.partition,
-                        partition.consumer_lag_stored,
-                    );
+                // The stored offset is unknown until the first message of an
+                // assignment is applied: the committed one tells the lag meanwhile.
+                let lag = if partition.consumer_lag_stored >= 0 {
+                    partition.consumer_lag_stored
+                } else {
+                    partition.consumer_lag
+                };
+                if partition.partition >= 0 && lag >= 0 {
+                    metrics::lag(&self.name, topic, partition.partition, lag);
                 }
             }
         }
@@ -140,15 +142,15 @@ impl ConsumerContext for Context {
                 debug!(%topic, partition, %error, "could not resume a revoked partition");
             }
         }
-        stop(stopping, self.stop_timeout);
+        let _ = stop(stopping, self.stop_timeout);
         commit(consumer, "revocation");
     }
 }
 
 /// Stops workers: each finishes the message whose transaction is open (a retry
 /// waiting for its backoff is abandoned) and starts no other. Waits at most
-/// `timeout` for all of them.
-fn stop(workers: Vec<(Partition, Worker)>, timeout: Duration) {
+/// `timeout` for all of them; returns how many were still running then.
+fn stop(workers: Vec<(Partition, Worker)>, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     let mut waiting = Vec::with_capacity(workers.len());
     for (partition, worker) in workers {
@@ -156,14 +158,17 @@ fn stop(workers: Vec<(Partition, Worker)>, timeout: Duration) {
         drop(worker.messages);
         waiting.push((partition, worker.done));
     }
+    let mut late = 0;
     for ((topic, partition), done) in waiting {
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(std_mpsc::RecvTimeoutError::Timeout) = done.recv_timeout(left) {
             // Its offset stays where it was: the partition's next owner reads the
             // message again, and its inbox waits for this transaction's outcome.
             warn!(%topic, partition, ?timeout, "a handler did not finish in time; its message will be delivered again");
+            late += 1;
         }
     }
+    late
 }
 
 /// Commits the offsets the workers stored.
@@ -178,14 +183,15 @@ fn commit(consumer: &KafkaConsumer, when: &str) {
 }
 
 /// Polls `consumer` until `cancel`, handing each message to its partition's worker
-/// (started by `spawn` on first use); then stops every worker, commits, and returns
-/// (the caller drops the consumer, which leaves the group).
+/// (started by `spawn` on first use); then stops every worker, commits, closes the
+/// consumer (it leaves the group) and returns how many handlers outlasted the
+/// shutdown timeout.
 pub(super) fn poll(
     consumer: &KafkaConsumer,
     spawn: &Spawner,
     max_buffered: usize,
     cancel: &CancellationToken,
-) {
+) -> usize {
     let mut last_error: Option<(String, Instant)> = None;
     while !cancel.is_cancelled() {
         resume_caught_up(consumer, max_buffered);
@@ -207,8 +213,19 @@ pub(super) fn poll(
         }
     }
     let workers: Vec<(Partition, Worker)> = consumer.context().workers().drain().collect();
-    stop(workers, consumer.context().stop_timeout);
+    let late = stop(workers, consumer.context().stop_timeout);
     commit(consumer, "shutdown");
+    // Close here, not when the last reference goes: a handler that outlasted the
+    // timeout still holds one, and would close the consumer on a Tokio thread.
+    match consumer.close_queue() {
+        Ok(()) => {
+            while !consumer.closed() {
+                let _ = consumer.poll(POLL_WAIT);
+            }
+        }
+        Err(error) => warn!(%error, "could not close the Kafka consumer"),
+    }
+    late
 }
 
 fn dispatch(consumer: &KafkaConsumer, spawn: &Spawner, message: OwnedMessage, max_buffered: usize) {

@@ -12,7 +12,10 @@ use rdkafka::consumer::Consumer as _;
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt as _;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, field, info_span, warn};
 use uuid::Uuid;
@@ -36,6 +39,31 @@ pub(super) struct Shared<E, H> {
     pub(super) handler: H,
     pub(super) counters: Arc<Counters>,
     pub(super) event: PhantomData<fn() -> E>,
+}
+
+/// A failed attempt, and whether it uses up one of the message's attempts: the
+/// handler's errors do; the consumer's own statements (begin, the inbox record,
+/// commit) failing do not, as they say nothing about the message (a database that
+/// turned read-only under a failover, a pool out of connections).
+struct Failure {
+    error: HandlerError,
+    counts: bool,
+}
+
+impl Failure {
+    fn handler(error: HandlerError) -> Self {
+        Failure {
+            error,
+            counts: true,
+        }
+    }
+
+    fn ours(error: impl Into<HandlerError>) -> Self {
+        Failure {
+            error: error.into(),
+            counts: false,
+        }
+    }
 }
 
 /// Why a message is given up on.
@@ -89,7 +117,9 @@ where
     async fn process(&self, message: &OwnedMessage, cancel: &CancellationToken) -> Option<Outcome> {
         let first = match Received::<E>::decode(message) {
             Ok(received) => received,
-            Err(Error::UnknownEvent { .. }) if self.config.skip_unknown_events => {
+            Err(Error::UnknownEvent { event_type, .. })
+                if self.config.skip_unknown_events && !E::knows_type(&event_type) =>
+            {
                 return Some(Outcome::Skipped);
             }
             Err(error) => {
@@ -147,15 +177,24 @@ where
                 },
             };
             let started = Instant::now();
-            let failure = match self.apply(received).await {
+            let Failure {
+                error: failure,
+                counts,
+            } = match self.apply(received).await {
                 Ok(outcome) => {
-                    self.counters.handled(&self.config.name, started.elapsed());
+                    if outcome == Outcome::Processed {
+                        self.counters.handled(&self.config.name, started.elapsed());
+                    }
                     return Some(outcome);
                 }
                 Err(failure) => failure,
             };
             self.counters.failed(&self.config.name);
-            let wait = if self.db.ping().await.is_err() {
+            let wait = if !counts {
+                outages = outages.saturating_add(1);
+                warn!(error = %failure, "the consumer's own statements failed (begin, inbox record or commit); the attempt does not count");
+                self.config.backoff(outages)
+            } else if self.db.ping().await.is_err() {
                 outages = outages.saturating_add(1);
                 warn!(error = %failure, "handler failed while the database is unreachable; the attempt does not count");
                 self.config.backoff(outages)
@@ -180,18 +219,47 @@ where
     }
 
     /// One attempt: a transaction with the inbox record and the handler's changes.
-    async fn apply(&self, received: Received<E>) -> Result<Outcome, HandlerError> {
-        let txn = self.db.begin().await?;
-        if !self
+    async fn apply(&self, received: Received<E>) -> Result<Outcome, Failure> {
+        let txn = self.db.begin().await.map_err(Failure::ours)?;
+        let recorded = self
             .inbox
             .record(&txn, &self.config.name, received.event_id())
-            .await?
-        {
-            txn.rollback().await?;
+            .await
+            .map_err(Failure::ours)?;
+        if !recorded {
+            txn.rollback().await.map_err(Failure::ours)?;
             return Ok(Outcome::Duplicate);
         }
-        self.handler.handle(&txn, received).await?;
-        txn.commit().await?;
+        match AssertUnwindSafe(self.handler.handle(&txn, received))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(Failure::handler(error)),
+            // The transaction rolls back when dropped; the panic is a failed attempt.
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                return Err(Failure::handler(HandlerError::from(format!(
+                    "the handler panicked: {what}"
+                ))));
+            }
+        }
+        // PostgreSQL answers COMMIT in a transaction that an error aborted with a
+        // rollback, not an error: a handler that swallowed a database error would
+        // otherwise lose the inbox record and its changes, and the offset would move
+        // on. A statement in an aborted transaction fails (25P02).
+        if txn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared("SELECT 1").await.map_err(|error| {
+                Failure::handler(HandlerError::from(format!(
+                    "the transaction was aborted by an error the handler did not return: {error}"
+                )))
+            })?;
+        }
+        txn.commit().await.map_err(Failure::ours)?;
         Ok(Outcome::Processed)
     }
 
@@ -277,6 +345,7 @@ fn store_offset(
 /// Waits `wait`; `false` when cancelled first.
 async fn sleep(wait: Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
+        biased;
         () = cancel.cancelled() => false,
         () = tokio::time::sleep(wait) => true,
     }
