@@ -13,6 +13,15 @@
 //! bounded duplicates, exactly the oversized events dead-lettered, bounded relay
 //! memory, nothing left pending.
 //!
+//! `consumer_torture` is the consumer's side: the same writers, relay processes killed
+//! at random (so events are published twice), and two consumer processes of one group
+//! (`outbox::Consumer`, `torture/consumer.rs`) applying every event in their own
+//! transactions while they too are killed with SIGKILL and restarted (so partitions
+//! move between them and messages come again). It checks that every committed event
+//! was applied exactly once (the log of applications and the per-key counters agree),
+//! each key's in commit order, no rolled-back event, one inbox record per event, no
+//! dead letter.
+//!
 //! (The proxy serves every relay at once: the broker advertises its address, and
 //! librdkafka connects to what the broker advertises, so faults for one relay alone
 //! would need a network namespace of its own. The refusal of oversized events comes
@@ -51,6 +60,8 @@ const CONCURRENCY: u64 = 4;
 const MAX_MESSAGE_BYTES: usize = 20_000;
 /// How far the skewed relay's clock runs ahead: many lease lifetimes.
 const CLOCK_SKEW_SECONDS: i64 = 30;
+/// Consumer processes of the one consumer group.
+const CONSUMERS: usize = 2;
 
 /// A small, seedable random source (xorshift64*): the suite must replay from its seed.
 #[derive(Debug, Clone)]
@@ -228,6 +239,112 @@ struct Ledger {
     oversized: HashSet<String>,
 }
 
+/// The consumer processes (one consumer group, `torture`), killed and restarted at
+/// will: they apply every published event exactly once, in their database.
+struct Consumers {
+    env: Vec<(&'static str, String)>,
+    brokers: String,
+    topic: String,
+    children: Vec<Child>,
+    kills: u64,
+}
+
+impl Consumers {
+    fn start(&mut self, slot: usize) {
+        let child = Command::new(env!("CARGO_BIN_EXE_outbox-torture-consumer"))
+            .envs(self.env.iter().cloned())
+            .env("KAFKA_BROKERS", &self.brokers)
+            .env("TORTURE_TOPIC", &self.topic)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start a consumer process");
+        if slot < self.children.len() {
+            self.children[slot] = child;
+        } else {
+            self.children.push(child);
+        }
+    }
+
+    fn kill_and_restart(&mut self, slot: usize) {
+        let child = &mut self.children[slot];
+        child.kill().expect("SIGKILL a consumer");
+        child.wait().expect("reap a killed consumer");
+        self.kills += 1;
+        self.start(slot);
+    }
+
+    fn stop_all(&mut self) {
+        for child in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for child in &mut self.children {
+            let status = child.wait().expect("wait for a consumer");
+            assert!(
+                status.success(),
+                "a consumer did not shut down cleanly: {status}"
+            );
+        }
+    }
+}
+
+/// The consumers' tables: `torture_applied`, one row per application of an event, in
+/// the order they were applied (`id`); `torture_consumed`, each key's count.
+async fn consumer_tables(db: &DatabaseConnection, keys: u64) {
+    let serial = match db.get_database_backend() {
+        DbBackend::MySql => "BIGINT AUTO_INCREMENT PRIMARY KEY",
+        _ => "BIGSERIAL PRIMARY KEY",
+    };
+    db.execute_unprepared(&format!(
+        "CREATE TABLE torture_applied (id {serial}, event_id VARCHAR(36) NOT NULL, key_name VARCHAR(64) NOT NULL)"
+    ))
+    .await
+    .expect("applied table");
+    db.execute_unprepared(
+        "CREATE TABLE torture_consumed (name VARCHAR(64) PRIMARY KEY, applied BIGINT NOT NULL DEFAULT 0)",
+    )
+    .await
+    .expect("consumed table");
+    for k in 0..keys {
+        db.execute_unprepared(&format!(
+            "INSERT INTO torture_consumed (name) VALUES ('key-{k:03}')"
+        ))
+        .await
+        .expect("consumed row");
+    }
+}
+
+/// What the consumers applied: event ids with their keys, in the order applied.
+async fn applied(db: &DatabaseConnection) -> Vec<(String, String)> {
+    execute(
+        db,
+        "SELECT event_id, key_name FROM torture_applied ORDER BY id",
+        Vec::new(),
+    )
+    .await
+    .expect("applied rows")
+    .iter()
+    .map(|row| {
+        (
+            row.try_get_by_index(0).expect("event id"),
+            row.try_get_by_index(1).expect("key"),
+        )
+    })
+    .collect()
+}
+
+/// A single number from `sql`.
+async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
+    execute(db, sql, Vec::new())
+        .await
+        .expect("count")
+        .first()
+        .expect("a row")
+        .try_get_by_index::<i64>(0)
+        .expect("a number")
+}
+
 /// The relay processes, killed and restarted at will.
 struct Relays {
     env: Vec<(&'static str, String)>,
@@ -236,6 +353,8 @@ struct Relays {
     max_rss_kib: u64,
     kills: u64,
     completion: Completion,
+    /// At most so many messages per record batch (librdkafka's default when `None`).
+    batch_messages: Option<u32>,
 }
 
 impl Relays {
@@ -261,6 +380,11 @@ impl Relays {
                 if slot == 0 { CLOCK_SKEW_SECONDS } else { 0 }.to_string(),
             )
             .env("OUTBOX_SHUTDOWN_TIMEOUT", "10s")
+            .env(
+                "OUTBOX_TORTURE_BATCH_MESSAGES",
+                self.batch_messages
+                    .map_or_else(String::new, |n| n.to_string()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("start a relay process");
@@ -492,6 +616,7 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
         max_rss_kib: 0,
         kills: 0,
         completion,
+        batch_messages: None,
     };
     for slot in 0..size.relays {
         relays.start(slot);
@@ -711,5 +836,265 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
         ledger.committed.len() > 100,
         "the run stored too little to prove anything"
     );
+    scratch.drop().await;
+}
+
+/// The consumers applied every committed event exactly once, each key's in commit
+/// order, nothing rolled back or too large to send, with one inbox record per event and
+/// no dead letter.
+async fn check_consumers(
+    db: &DatabaseConnection,
+    ledger: &Ledger,
+    received: &[outbox_tests::kafka::Received],
+    consumers: &mut Consumers,
+) {
+    let wanted: HashSet<&str> = ledger
+        .committed
+        .keys()
+        .filter(|id| !ledger.oversized.contains(*id))
+        .map(String::as_str)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done: HashSet<String> = applied(db).await.into_iter().map(|(id, _)| id).collect();
+        let missing = wanted.iter().filter(|id| !done.contains(**id)).count();
+        if missing == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let dead = count(db, "SELECT COUNT(*) FROM _outbox_inbox_dead").await;
+            let inbox = count(db, "SELECT COUNT(*) FROM _outbox_inbox").await;
+            let example = wanted.iter().find(|id| !done.contains(**id));
+            // Where the missing events are on the broker, by partition: (missing,
+            // lowest missing offset, highest applied offset).
+            let mut partitions: std::collections::BTreeMap<i32, (u32, i64, i64)> =
+                std::collections::BTreeMap::new();
+            for message in received {
+                let entry = partitions
+                    .entry(message.partition)
+                    .or_insert((0, i64::MAX, -1));
+                if done.contains(message.event_id()) {
+                    entry.2 = entry.2.max(message.offset);
+                } else if wanted.contains(message.event_id()) {
+                    entry.0 += 1;
+                    entry.1 = entry.1.min(message.offset);
+                }
+            }
+            panic!(
+                "the consumers did not apply {missing} of {} committed events within 120 s ({} applied, {inbox} inbox records, {dead} dead letters; e.g. {example:?} is missing); by partition (missing, lowest missing offset, highest applied offset): {partitions:?}",
+                wanted.len(),
+                done.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Whatever is still in flight (an unknown-outcome event) settles before the checks.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    consumers.stop_all();
+
+    let applied = applied(db).await;
+    let mut times: HashMap<&str, u32> = HashMap::new();
+    let mut per_key: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (id, key) in &applied {
+        *times.entry(id).or_default() += 1;
+        if let Some((committed_key, counter)) = ledger.committed.get(id) {
+            assert_eq!(committed_key, key, "event {id} applied under another key");
+            per_key.entry(key).or_default().push(*counter);
+        }
+    }
+    let twice: Vec<_> = times.iter().filter(|(_, t)| **t > 1).collect();
+    let phantoms: Vec<&&str> = times
+        .keys()
+        .filter(|id| ledger.rolled_back.contains(**id) || ledger.oversized.contains(**id))
+        .collect();
+    let out_of_order: Vec<_> = per_key
+        .iter()
+        .filter(|(_, counters)| counters.windows(2).any(|w| w[0] >= w[1]))
+        .collect();
+    let sum = match db.get_database_backend() {
+        DbBackend::MySql => {
+            "SELECT CAST(COALESCE(SUM(applied), 0) AS SIGNED) FROM torture_consumed"
+        }
+        _ => "SELECT CAST(COALESCE(SUM(applied), 0) AS BIGINT) FROM torture_consumed",
+    };
+    let counted = count(db, sum).await;
+    let inbox = count(
+        db,
+        "SELECT COUNT(*) FROM _outbox_inbox WHERE consumer = 'torture'",
+    )
+    .await;
+    let dead = count(
+        db,
+        "SELECT COUNT(*) FROM _outbox_inbox_dead WHERE consumer = 'torture'",
+    )
+    .await;
+    println!(
+        "torture: consumers applied {} events ({} committed wanted), {} consumer kills; {} inbox records, {} dead letters",
+        times.len(),
+        wanted.len(),
+        consumers.kills,
+        inbox,
+        dead
+    );
+    assert!(
+        twice.is_empty(),
+        "events applied more than once: {:?}",
+        twice.first()
+    );
+    assert!(
+        phantoms.is_empty(),
+        "applied events that never committed: {:?}",
+        phantoms.first()
+    );
+    assert!(
+        out_of_order.is_empty(),
+        "keys applied out of commit order: {:?}",
+        out_of_order.first()
+    );
+    assert_eq!(
+        usize::try_from(counted).ok(),
+        Some(applied.len()),
+        "the counters and the log agree"
+    );
+    assert_eq!(
+        usize::try_from(inbox).ok(),
+        Some(times.len()),
+        "one inbox record per event applied"
+    );
+    assert_eq!(dead, 0, "no consumer dead letters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumer_torture() {
+    let size = Size::from_env();
+    println!(
+        "consumer torture: {size:?} (replay with TORTURE_SEED={})",
+        size.seed
+    );
+    for &backend in &size.backends {
+        consumer_torture_in(&size, backend).await;
+    }
+}
+
+/// The consumer's side under torture on `backend`: writers store events, relay
+/// processes publish them and are killed with SIGKILL (so events are published
+/// twice), and two consumer processes of one group apply them while they too are
+/// killed and restarted at random (so partitions move between them, and messages
+/// come again after a restart). Every committed event must be applied exactly once,
+/// each key's in commit order.
+async fn consumer_torture_in(size: &Size, backend: DbBackend) {
+    println!("consumer torture: {backend:?}");
+    let started = Instant::now();
+    let mut rng = Rng(size.seed);
+    let scratch = scratch(backend).await;
+    let db = scratch.db();
+    db.execute_unprepared(
+        "CREATE TABLE torture_keys (name VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL DEFAULT 0)",
+    )
+    .await
+    .expect("key table");
+    for k in 0..size.keys {
+        db.execute_unprepared(&format!(
+            "INSERT INTO torture_keys (name) VALUES ('key-{k:03}')"
+        ))
+        .await
+        .expect("key row");
+    }
+    consumer_tables(db, size.keys).await;
+    let broker = PrivateBroker::start().await;
+    let topic = format!("torture-{}", Uuid::now_v7().simple());
+    create_topic(&broker.address, &topic, 4).await;
+    let mut relays = Relays {
+        env: relay_env(&scratch),
+        brokers: broker.address.clone(),
+        children: Vec::new(),
+        max_rss_kib: 0,
+        kills: 0,
+        completion: Completion::Mark,
+        // One message per record batch: tansu 0.6 answers a fetch from an offset
+        // inside a batch with the batches after it, so a consumer restarted (or given
+        // the partition) at such an offset would miss the rest of the batch on the
+        // test broker. Kafka returns the whole batch.
+        batch_messages: Some(1),
+    };
+    for slot in 0..size.relays {
+        relays.start(slot);
+    }
+    let mut consumers = Consumers {
+        env: relay_env(&scratch),
+        brokers: broker.address.clone(),
+        topic: topic.clone(),
+        children: Vec::new(),
+        kills: 0,
+    };
+    for slot in 0..CONSUMERS {
+        consumers.start(slot);
+    }
+
+    let outbox = Outbox::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let writers: Vec<_> = (0..size.writers)
+        .map(|_| {
+            tokio::spawn(writer(
+                db.clone(),
+                outbox.clone(),
+                topic.clone(),
+                size.keys,
+                rng.fork(),
+                Arc::clone(&stop),
+                Arc::clone(&ledger),
+            ))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(size.seconds);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
+        let slot = usize::try_from(rng.below(size.relays as u64)).unwrap_or(0);
+        relays.kill_and_restart(slot);
+        if rng.chance(60) {
+            let slot = usize::try_from(rng.below(CONSUMERS as u64)).unwrap_or(0);
+            consumers.kill_and_restart(slot);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    let drained = Instant::now() + Duration::from_secs(120);
+    while !outbox.backlog(db).await.is_ok_and(|b| b.pending == 0) {
+        assert!(
+            Instant::now() < drained,
+            "the relays did not publish every pending event within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relays.stop_all();
+    let ledger = Arc::try_unwrap(ledger)
+        .expect("writers done")
+        .into_inner()
+        .expect("ledger");
+    let oversized = ledger
+        .committed
+        .keys()
+        .filter(|id| ledger.oversized.contains(*id))
+        .count();
+    let expected = ledger.committed.len() + ledger.unknown.len() - oversized;
+    let received = consume(&broker.address, &topic, expected, Duration::from_secs(60)).await;
+    let distinct: HashSet<&str> = received.iter().map(|m| m.event_id()).collect();
+    println!(
+        "consumer torture: {} committed ({oversized} too large to send), {} rolled back; {} relay kills; {} messages on the broker, {} of them duplicates; {:.1?}",
+        ledger.committed.len(),
+        ledger.rolled_back.len(),
+        relays.kills,
+        received.len(),
+        received.len() - distinct.len(),
+        started.elapsed()
+    );
+    assert!(
+        ledger.committed.len() > 100,
+        "the run stored too little to prove anything"
+    );
+    check_consumers(db, &ledger, &received, &mut consumers).await;
     scratch.drop().await;
 }

@@ -2,7 +2,8 @@
 //! `OUTBOX_TORTURE_SCHEMA` (PostgreSQL's schema; MySQL's database is in the URL),
 //! `KAFKA_BROKERS` and the `OUTBOX_*` variables, plus
 //! `OUTBOX_TORTURE_CLOCK_SKEW` (seconds its clock runs ahead, negative for behind) and
-//! `OUTBOX_TORTURE_MAX_MESSAGE_BYTES` (the largest message it may send); stops
+//! `OUTBOX_TORTURE_MAX_MESSAGE_BYTES` (the largest message it may send) and
+//! `OUTBOX_TORTURE_BATCH_MESSAGES` (at most so many messages per record batch); stops
 //! gracefully on SIGTERM or Ctrl-C. The suite kills it with SIGKILL at random.
 
 use std::time::Duration;
@@ -26,6 +27,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut kafka = KafkaConfig::new(&brokers).message_timeout(Duration::from_secs(3));
     if let Ok(bytes) = std::env::var("OUTBOX_TORTURE_MAX_MESSAGE_BYTES") {
         kafka = kafka.set("message.max.bytes", bytes);
+    }
+    if let Ok(messages) = std::env::var("OUTBOX_TORTURE_BATCH_MESSAGES")
+        && !messages.is_empty()
+    {
+        kafka = kafka.set("batch.num.messages", messages);
     }
     let skew: i64 = std::env::var("OUTBOX_TORTURE_CLOCK_SKEW").map_or(Ok(0), |s| s.parse())?;
     let relay = Relay::new(

@@ -14,7 +14,7 @@ use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::metrics;
 use crate::publisher::KafkaContext;
@@ -110,6 +110,17 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
+    fn post_rebalance(&self, _consumer: &KafkaConsumer, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let partitions: Vec<String> = assigned
+                .elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect();
+            info!(consumer = %self.name, ?partitions, "partitions assigned");
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &KafkaConsumer, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(revoked) = rebalance else {
             return;
@@ -125,7 +136,8 @@ impl ConsumerContext for Context {
                 })
                 .collect()
         };
-        debug!(
+        info!(
+            consumer = %self.name,
             partitions = revoked.count(),
             workers = stopping.len(),
             "partitions revoked"
