@@ -90,6 +90,26 @@ async fn publish(publisher: &KafkaPublisher, messages: &[outbox::Message]) {
     }
 }
 
+/// A migrated schema with the `applied` table, a topic of `partitions` partitions, and
+/// a publisher.
+async fn scene(partitions: i32) -> (PgSchema, String, KafkaPublisher) {
+    let pg = PgSchema::migrated().await;
+    create_applied(&pg.db).await;
+    let topic = unique_topic("accounts");
+    create_topic(&brokers(), &topic, partitions).await;
+    (pg, topic, publisher().await)
+}
+
+/// The number `sql` counts.
+async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
+    db.query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .expect("count")
+        .expect("row")
+        .try_get_by_index::<i64>(0)
+        .expect("count")
+}
+
 /// The table the handlers change: one row per application of an event.
 async fn create_applied(db: &DatabaseConnection) {
     db.execute_unprepared(
@@ -154,11 +174,7 @@ fn recording(config: ConsumerConfig, db: &DatabaseConnection) -> ConsumerHandle 
 /// duplicates delivered in between skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_event_is_applied_once_in_order_and_duplicates_are_skipped() {
-    let pg = PgSchema::migrated().await;
-    create_applied(&pg.db).await;
-    let topic = unique_topic("accounts");
-    create_topic(&brokers(), &topic, 3).await;
-    let publisher = publisher().await;
+    let (pg, topic, publisher) = scene(3).await;
     let (accounts, per_account) = (6, 20);
     let messages: Vec<outbox::Message> = (0..per_account)
         .flat_map(|n| (0..accounts).map(move |a| (a, n)))
@@ -196,29 +212,13 @@ async fn each_event_is_applied_once_in_order_and_duplicates_are_skipped() {
     assert_eq!(times.len(), messages.len());
     assert_eq!((stats.processed, stats.duplicates), (120, 24));
     assert_eq!((stats.dead_lettered, stats.handler_failures), (0, 0));
-    let inbox_rows = pg
-        .db
-        .query_one_raw(Statement::from_string(
-            pg.db.get_database_backend(),
-            "SELECT COUNT(*) FROM _outbox_inbox",
-        ))
-        .await
-        .expect("count")
-        .expect("row")
-        .try_get_by_index::<i64>(0)
-        .expect("count");
+    let inbox_rows = count(&pg.db, "SELECT COUNT(*) FROM _outbox_inbox").await;
     assert_eq!(inbox_rows, 120, "one inbox row per distinct event");
-    let traced = pg
-        .db
-        .query_one_raw(Statement::from_string(
-            pg.db.get_database_backend(),
-            "SELECT COUNT(*) FROM applied WHERE trace_id = '4bf92f3577b34da6a3ce929d0e0e4736'",
-        ))
-        .await
-        .expect("count")
-        .expect("row")
-        .try_get_by_index::<i64>(0)
-        .expect("count");
+    let traced = count(
+        &pg.db,
+        "SELECT COUNT(*) FROM applied WHERE trace_id = '4bf92f3577b34da6a3ce929d0e0e4736'",
+    )
+    .await;
     assert_eq!(traced, 120, "the handler sees the event's trace id");
     pg.drop().await;
 }
@@ -228,11 +228,7 @@ async fn each_event_is_applied_once_in_order_and_duplicates_are_skipped() {
 /// its key is applied after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_handler_is_retried_then_dead_lettered_and_its_key_goes_on() {
-    let pg = PgSchema::migrated().await;
-    create_applied(&pg.db).await;
-    let topic = unique_topic("accounts");
-    create_topic(&brokers(), &topic, 1).await;
-    let publisher = publisher().await;
+    let (pg, topic, publisher) = scene(1).await;
     // n = 1 fails once then succeeds; n = 2 always fails; n = 3 fails permanently.
     let messages: Vec<outbox::Message> = (0..5).map(|n| credit(&topic, "account-0", n)).collect();
     publish(&publisher, &messages).await;
@@ -359,10 +355,7 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_its_key_goes_on() {
 /// without calling the handler, unless unknown types are to be skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
-    let pg = PgSchema::migrated().await;
-    create_applied(&pg.db).await;
-    let topic = unique_topic("accounts");
-    create_topic(&brokers(), &topic, 1).await;
+    let (pg, topic, publisher) = scene(1).await;
     let producer: FutureProducer = outbox_tests::kafka::client_config(&brokers())
         .create()
         .expect("producer");
@@ -375,7 +368,6 @@ async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
         )
         .await
         .expect("sent");
-    let publisher = publisher().await;
     let mut unknown = credit(&topic, "account-0", 1);
     unknown.event_type = "account.audited".to_owned();
     let mut misfit = credit(&topic, "account-0", 2);
@@ -468,11 +460,7 @@ async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
 /// shutdown, so a restart reads only what came since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_consumer_resumes_after_what_it_applied() {
-    let pg = PgSchema::migrated().await;
-    create_applied(&pg.db).await;
-    let topic = unique_topic("accounts");
-    create_topic(&brokers(), &topic, 2).await;
-    let publisher = publisher().await;
+    let (pg, topic, publisher) = scene(2).await;
     let first: Vec<_> = (0..10)
         .map(|n| credit(&topic, &format!("account-{}", n % 3), n))
         .collect();
@@ -515,11 +503,7 @@ async fn a_restarted_consumer_resumes_after_what_it_applied() {
 /// is busy, and leaves again. Every event is applied exactly once, each key in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_shares_partitions_across_rebalances_and_applies_each_event_once() {
-    let pg = PgSchema::migrated().await;
-    create_applied(&pg.db).await;
-    let topic = unique_topic("accounts");
-    create_topic(&brokers(), &topic, 4).await;
-    let publisher = publisher().await;
+    let (pg, topic, publisher) = scene(4).await;
     let (accounts, per_account) = (8, 50);
     let messages: Vec<outbox::Message> = (0..per_account)
         .flat_map(|n| (0..accounts).map(move |a| (a, n)))

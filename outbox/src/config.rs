@@ -345,11 +345,7 @@ impl RelayConfig {
     /// The wait before the next attempt after `failures` failed attempts:
     /// `retry_delay * 2^(failures - 1)`, at most `max_retry_delay`.
     pub fn backoff(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(30);
-        self.retry_delay
-            .checked_mul(1 << doublings)
-            .unwrap_or(self.max_retry_delay)
-            .min(self.max_retry_delay)
+        crate::retry::doubling(self.retry_delay, self.max_retry_delay, failures)
     }
 }
 

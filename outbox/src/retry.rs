@@ -1,11 +1,20 @@
 //! The retry policy: what one failed attempt does to an event. Used by the relay's
 //! write-back and by [`Outbox::handle_event_failure`](crate::Outbox::handle_event_failure).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
 use crate::config::RelayConfig;
 use crate::publisher::{PublishError, PublishErrorKind};
 use crate::sql::FailureUpdate;
+
+/// The wait before the next attempt after `failures` failed attempts:
+/// `first * 2^(failures - 1)`, at most `max` (the relay's and the consumer's backoff).
+pub(crate) fn doubling(first: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(30);
+    first.checked_mul(1 << doublings).unwrap_or(max).min(max)
+}
 
 /// The new state of an event after one failed attempt: a permanent failure uses up an
 /// attempt (and the last one dead-letters); a transient one only delays the event.
@@ -45,8 +54,6 @@ pub(crate) fn failure_update<'a>(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn config() -> RelayConfig {

@@ -1,5 +1,6 @@
 //! A consumer as its own OS process, for the torture suite: an `outbox::Consumer` named
-//! `torture` reading `TORTURE_TOPIC` from `KAFKA_BROKERS`, on `DATABASE_URL` (with
+//! `torture` in the consumer group `TORTURE_GROUP`, reading `TORTURE_TOPIC` from
+//! `KAFKA_BROKERS`, on `DATABASE_URL` (with
 //! `OUTBOX_TORTURE_SCHEMA`, PostgreSQL's schema). Each event it applies adds a row to
 //! `torture_applied` (the order of application, by `id`) and one to its key's counter
 //! in `torture_consumed`, in the consumer's transaction. Stops gracefully on SIGTERM;
@@ -45,13 +46,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .acquire_timeout(Duration::from_secs(5))
         .sqlx_logging(false);
     let db = Database::connect(options).await?;
+    // The consumer is `torture` in the inbox whatever its Kafka group
+    // (`TORTURE_GROUP`): the suite moves to a new group at the end (see
+    // `Consumers::regroup`).
+    let group = std::env::var("TORTURE_GROUP")?;
     let mut config = ConsumerConfig::new(
         // A killed consumer does not leave the group: the group waits
         // `session.timeout.ms` for it before its partitions move.
         KafkaConfig::new(&brokers)
             .set("fetch.wait.max.ms", "20")
             .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "500"),
+            .set("heartbeat.interval.ms", "500")
+            .set("group.id", group),
         "torture",
         [topic],
     );

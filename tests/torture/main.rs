@@ -245,6 +245,7 @@ struct Consumers {
     env: Vec<(&'static str, String)>,
     brokers: String,
     topic: String,
+    group: String,
     children: Vec<Child>,
     kills: u64,
 }
@@ -255,6 +256,7 @@ impl Consumers {
             .envs(self.env.iter().cloned())
             .env("KAFKA_BROKERS", &self.brokers)
             .env("TORTURE_TOPIC", &self.topic)
+            .env("TORTURE_GROUP", &self.group)
             .stdout(Stdio::null())
             .spawn()
             .expect("start a consumer process");
@@ -271,6 +273,22 @@ impl Consumers {
         child.wait().expect("reap a killed consumer");
         self.kills += 1;
         self.start(slot);
+    }
+
+    /// Stops the consumers and starts as many in a new consumer group, which reads
+    /// the topic from its start: every event comes again, and must change nothing
+    /// it applied already (the inbox is the consumer's, not the group's).
+    ///
+    /// The suite needs it for liveness, not for the checks: tansu 0.6 keeps a
+    /// consumer killed with SIGKILL in its group past `session.timeout.ms`, and the
+    /// group's leader then assigns it partitions that nobody reads (seen: one of four
+    /// partitions stuck for minutes after the last kill). Kafka expires it.
+    fn regroup(&mut self) {
+        self.stop_all();
+        self.group = format!("torture-{}", Uuid::now_v7().simple());
+        for slot in 0..self.children.len() {
+            self.start(slot);
+        }
     }
 
     fn stop_all(&mut self) {
@@ -496,6 +514,47 @@ fn record(ledger: &Mutex<Ledger>, records: Vec<(String, String, i64)>, outcome: 
     }
 }
 
+/// The keys' commit counters: `torture_keys`, one row per key.
+async fn key_table(db: &DatabaseConnection, keys: u64) {
+    db.execute_unprepared(
+        "CREATE TABLE torture_keys (name VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL DEFAULT 0)",
+    )
+    .await
+    .expect("key table");
+    for k in 0..keys {
+        db.execute_unprepared(&format!(
+            "INSERT INTO torture_keys (name) VALUES ('key-{k:03}')"
+        ))
+        .await
+        .expect("key row");
+    }
+}
+
+/// Starts `size.writers` writers, each with a random source of its own.
+fn spawn_writers(
+    size: &Size,
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    topic: &str,
+    rng: &mut Rng,
+    stop: &Arc<AtomicBool>,
+    ledger: &Arc<Mutex<Ledger>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..size.writers)
+        .map(|_| {
+            tokio::spawn(writer(
+                db.clone(),
+                outbox.clone(),
+                topic.to_owned(),
+                size.keys,
+                rng.fork(),
+                Arc::clone(stop),
+                Arc::clone(ledger),
+            ))
+        })
+        .collect()
+}
+
 /// One writer: transactions of one to three keys until `stop`. Each transaction stores
 /// one event per key, then bumps the keys' counters (row locks, in key order). The
 /// counter is the key's commit order, taken independently of the outbox, so a relay
@@ -593,18 +652,7 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
 
     let scratch = scratch(backend).await;
     let db = scratch.db();
-    db.execute_unprepared(
-        "CREATE TABLE torture_keys (name VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL DEFAULT 0)",
-    )
-    .await
-    .expect("key table");
-    for k in 0..size.keys {
-        db.execute_unprepared(&format!(
-            "INSERT INTO torture_keys (name) VALUES ('key-{k:03}')"
-        ))
-        .await
-        .expect("key row");
-    }
+    key_table(db, size.keys).await;
     let (broker, proxy) = PrivateBroker::start_behind_proxy().await;
     let topic = format!("torture-{}", Uuid::now_v7().simple());
     create_topic(&broker.address, &topic, 4).await;
@@ -625,19 +673,7 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
     let outbox = Outbox::new();
     let stop = Arc::new(AtomicBool::new(false));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let writers: Vec<_> = (0..size.writers)
-        .map(|_| {
-            tokio::spawn(writer(
-                db.clone(),
-                outbox.clone(),
-                topic.clone(),
-                size.keys,
-                rng.fork(),
-                Arc::clone(&stop),
-                Arc::clone(&ledger),
-            ))
-        })
-        .collect();
+    let writers = spawn_writers(size, db, &outbox, &topic, &mut rng, &stop, &ledger);
 
     // Chaos while the writers write.
     let deadline = Instant::now() + Duration::from_secs(size.seconds);
@@ -988,18 +1024,7 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
     let mut rng = Rng(size.seed);
     let scratch = scratch(backend).await;
     let db = scratch.db();
-    db.execute_unprepared(
-        "CREATE TABLE torture_keys (name VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL DEFAULT 0)",
-    )
-    .await
-    .expect("key table");
-    for k in 0..size.keys {
-        db.execute_unprepared(&format!(
-            "INSERT INTO torture_keys (name) VALUES ('key-{k:03}')"
-        ))
-        .await
-        .expect("key row");
-    }
+    key_table(db, size.keys).await;
     consumer_tables(db, size.keys).await;
     let broker = PrivateBroker::start().await;
     let topic = format!("torture-{}", Uuid::now_v7().simple());
@@ -1024,6 +1049,7 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
         env: relay_env(&scratch),
         brokers: broker.address.clone(),
         topic: topic.clone(),
+        group: format!("torture-{}", Uuid::now_v7().simple()),
         children: Vec::new(),
         kills: 0,
     };
@@ -1034,19 +1060,7 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
     let outbox = Outbox::new();
     let stop = Arc::new(AtomicBool::new(false));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let writers: Vec<_> = (0..size.writers)
-        .map(|_| {
-            tokio::spawn(writer(
-                db.clone(),
-                outbox.clone(),
-                topic.clone(),
-                size.keys,
-                rng.fork(),
-                Arc::clone(&stop),
-                Arc::clone(&ledger),
-            ))
-        })
-        .collect();
+    let writers = spawn_writers(size, db, &outbox, &topic, &mut rng, &stop, &ledger);
     let deadline = Instant::now() + Duration::from_secs(size.seconds);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
@@ -1061,6 +1075,7 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
     for writer in writers {
         writer.await.expect("writer task");
     }
+    consumers.regroup();
     let drained = Instant::now() + Duration::from_secs(120);
     while !outbox.backlog(db).await.is_ok_and(|b| b.pending == 0) {
         assert!(

@@ -11,6 +11,22 @@ use crate::entity::inbox::Column;
 use crate::entity::inbox_dead as dead;
 use crate::tables::Identifier;
 
+/// A dead letter's columns, in the order they are written and read.
+const DEAD_LETTER_COLUMNS: [dead::Column; 12] = [
+    dead::Column::Consumer,
+    dead::Column::Topic,
+    dead::Column::KafkaPartition,
+    dead::Column::KafkaOffset,
+    dead::Column::EventId,
+    dead::Column::EventType,
+    dead::Column::MessageKey,
+    dead::Column::Payload,
+    dead::Column::Headers,
+    dead::Column::Error,
+    dead::Column::Attempts,
+    dead::Column::DeadLetteredAt,
+];
+
 /// A dead letter as written: the message as it came, and why it was given up on.
 #[cfg(feature = "kafka")]
 #[derive(Debug)]
@@ -82,20 +98,7 @@ impl Dialect {
         use dead::Column as D;
         let insert = Query::insert()
             .into_table(super::table(table))
-            .columns([
-                D::Consumer,
-                D::Topic,
-                D::KafkaPartition,
-                D::KafkaOffset,
-                D::EventId,
-                D::EventType,
-                D::MessageKey,
-                D::Payload,
-                D::Headers,
-                D::Error,
-                D::Attempts,
-                D::DeadLetteredAt,
-            ])
+            .columns(DEAD_LETTER_COLUMNS)
             .values_panic([
                 letter.consumer.into(),
                 letter.topic.into(),
@@ -122,20 +125,7 @@ impl Dialect {
         use dead::Column as D;
         self.build(
             Query::select()
-                .columns([
-                    D::Consumer,
-                    D::Topic,
-                    D::KafkaPartition,
-                    D::KafkaOffset,
-                    D::EventId,
-                    D::EventType,
-                    D::MessageKey,
-                    D::Payload,
-                    D::Headers,
-                    D::Error,
-                    D::Attempts,
-                    D::DeadLetteredAt,
-                ])
+                .columns(DEAD_LETTER_COLUMNS)
                 .from(super::table(table))
                 .and_where(Expr::col(D::Consumer).eq(consumer))
                 .order_by(D::DeadLetteredAt, Order::Asc)
