@@ -143,28 +143,35 @@ async fn applied(db: &DatabaseConnection) -> (BTreeMap<String, Vec<i64>>, BTreeM
     (order, times)
 }
 
+/// Records a credit in `applied`, on the handler's transaction; other events change
+/// nothing.
+async fn apply_credit(
+    txn: &sea_orm::DatabaseTransaction,
+    event: &Received<AccountEvent>,
+) -> Result<(), sea_orm::DbErr> {
+    let AccountEvent::Credited { account, n } = event.event() else {
+        return Ok(());
+    };
+    txn.execute_raw(Statement::from_sql_and_values(
+        txn.get_database_backend(),
+        "INSERT INTO applied (account, n, event_id, trace_id) VALUES ($1, $2, $3, $4)",
+        [
+            account.clone().into(),
+            (*n).into(),
+            event.event_id().into(),
+            event.trace_id().map(str::to_owned).into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
 /// A consumer whose handler records each credit in `applied`.
 fn recording(config: ConsumerConfig, db: &DatabaseConnection) -> ConsumerHandle {
     Consumer::new(config, db.clone())
         .expect("valid consumer")
         .handle(|txn, event: Received<AccountEvent>| {
-            Box::pin(async move {
-                let AccountEvent::Credited { account, n } = event.event() else {
-                    return Ok(());
-                };
-                txn.execute_raw(Statement::from_sql_and_values(
-                    txn.get_database_backend(),
-                    "INSERT INTO applied (account, n, event_id, trace_id) VALUES ($1, $2, $3, $4)",
-                    [
-                        account.clone().into(),
-                        (*n).into(),
-                        event.event_id().into(),
-                        event.trace_id().map(str::to_owned).into(),
-                    ],
-                ))
-                .await?;
-                Ok(())
-            })
+            Box::pin(async move { Ok(apply_credit(txn, &event).await?) })
         })
         .spawn()
         .expect("consumer starts")
@@ -241,15 +248,10 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_its_key_goes_on() {
         .handle(move |txn, event: Received<AccountEvent>| {
             let failed = failed.clone();
             Box::pin(async move {
-                let AccountEvent::Credited { account, n } = event.event() else {
+                apply_credit(txn, &event).await?;
+                let AccountEvent::Credited { n, .. } = event.event() else {
                     return Ok(());
                 };
-                txn.execute_raw(Statement::from_sql_and_values(
-                    txn.get_database_backend(),
-                    "INSERT INTO applied (account, n, event_id) VALUES ($1, $2, $3)",
-                    [account.clone().into(), (*n).into(), event.event_id().into()],
-                ))
-                .await?;
                 match n {
                     1 if !failed.swap(true, std::sync::atomic::Ordering::SeqCst) => {
                         Err("the ledger is busy".into())

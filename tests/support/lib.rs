@@ -11,6 +11,23 @@ use outbox_migration::Migrator;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
+/// The database of a torture process (a relay or a consumer): `DATABASE_URL`, with
+/// `OUTBOX_TORTURE_SCHEMA` as PostgreSQL's schema when set.
+///
+/// # Errors
+/// When `DATABASE_URL` is not set; the database's.
+pub async fn torture_database() -> Result<DatabaseConnection, Box<dyn std::error::Error>> {
+    let mut options = ConnectOptions::new(std::env::var("DATABASE_URL")?);
+    if let Ok(schema) = std::env::var("OUTBOX_TORTURE_SCHEMA") {
+        options.set_schema_search_path(schema);
+    }
+    options
+        .max_connections(6)
+        .acquire_timeout(Duration::from_secs(5))
+        .sqlx_logging(false);
+    Ok(Database::connect(options).await?)
+}
+
 /// The PostgreSQL the tests use: `DATABASE_URL`, or the machine's default.
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use outbox::{Consumer, ConsumerConfig, KafkaConfig, OutboxEvent, Received};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::{Deserialize, Serialize};
 
 /// What the torture writers store (the oversized ones' filler is never published).
@@ -34,18 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .with_max_level(tracing::Level::INFO)
         .init();
-    let url = std::env::var("DATABASE_URL")?;
     let brokers = std::env::var("KAFKA_BROKERS")?;
     let topic = std::env::var("TORTURE_TOPIC")?;
-    let mut options = ConnectOptions::new(url);
-    if let Ok(schema) = std::env::var("OUTBOX_TORTURE_SCHEMA") {
-        options.set_schema_search_path(schema);
-    }
-    options
-        .max_connections(6)
-        .acquire_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
-    let db = Database::connect(options).await?;
+    let db = outbox_tests::torture_database().await?;
     // The consumer is `torture` in the inbox whatever its Kafka group
     // (`TORTURE_GROUP`): the suite moves to a new group at the end (see
     // `Consumers::regroup`).

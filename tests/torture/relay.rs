@@ -9,21 +9,11 @@
 use std::time::Duration;
 
 use outbox::{KafkaConfig, KafkaPublisher, Relay, RelayConfig};
-use sea_orm::{ConnectOptions, Database};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("DATABASE_URL")?;
     let brokers = std::env::var("KAFKA_BROKERS")?;
-    let mut options = ConnectOptions::new(url);
-    if let Ok(schema) = std::env::var("OUTBOX_TORTURE_SCHEMA") {
-        options.set_schema_search_path(schema);
-    }
-    options
-        .max_connections(6)
-        .acquire_timeout(Duration::from_secs(5))
-        .sqlx_logging(false);
-    let db = Database::connect(options).await?;
+    let db = outbox_tests::torture_database().await?;
     let mut kafka = KafkaConfig::new(&brokers).message_timeout(Duration::from_secs(3));
     if let Ok(bytes) = std::env::var("OUTBOX_TORTURE_MAX_MESSAGE_BYTES") {
         kafka = kafka.set("message.max.bytes", bytes);

@@ -101,12 +101,18 @@ impl fmt::Debug for HandlerError {
 impl fmt::Display for HandlerError {
     /// The error and its causes, `: `-separated.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.source)?;
-        let mut cause = self.source.source();
-        while let Some(error) = cause {
-            write!(f, ": {error}")?;
-            cause = error.source();
-        }
-        Ok(())
+        f.write_str(&error_chain(&*self.source))
     }
+}
+
+/// An error and its causes, `: `-separated.
+pub(super) fn error_chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
 }

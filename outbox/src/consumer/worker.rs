@@ -21,7 +21,7 @@ use tracing::{Instrument, error, field, info_span, warn};
 use uuid::Uuid;
 
 use super::ConsumerConfig;
-use super::handler::{Handler, HandlerError};
+use super::handler::{Handler, HandlerError, error_chain};
 use super::metrics::{Counters, Outcome};
 use super::poll::{KafkaConsumer, Spawn};
 use crate::decode::DecodeEvent;
@@ -349,18 +349,6 @@ async fn sleep(wait: Duration, cancel: &CancellationToken) -> bool {
         () = cancel.cancelled() => false,
         () = tokio::time::sleep(wait) => true,
     }
-}
-
-/// An error and its causes, `: `-separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        cause = error.source();
-    }
-    text
 }
 
 /// At most `max` characters of `text`.
