@@ -1,7 +1,7 @@
 //! [`Message`]: a stored event as a publisher sees it.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sea_orm::FromQueryResult;
+use sea_orm::{DbErr, FromQueryResult, QueryResult};
 use uuid::Uuid;
 
 use crate::headers;
@@ -86,8 +86,9 @@ fn traceparent(trace_id: &str, event: Uuid) -> Option<String> {
     ))
 }
 
-/// The columns of a claimed event, as the claim query returns them.
-#[derive(Debug, FromQueryResult)]
+/// The columns of a claimed event, as the claim query returns them, in this order
+/// (see [`FromQueryResult`] below).
+#[derive(Debug)]
 pub(crate) struct ClaimedRow {
     pub(crate) seq: i64,
     pub(crate) id: Uuid,
@@ -110,6 +111,33 @@ pub(crate) struct ClaimedRow {
     pub(crate) failing: bool,
     /// Whether an earlier event of its key is parked.
     pub(crate) after_parked: bool,
+}
+
+/// Read by position, in the claim's column order: the relay decodes every event it
+/// publishes, and by name each column cost a formatted name and a search of the row's
+/// columns (a tenth of the relay's CPU at full rate, in a profile of the benchmark).
+impl FromQueryResult for ClaimedRow {
+    fn from_query_result(row: &QueryResult, _prefix: &str) -> Result<Self, DbErr> {
+        Ok(ClaimedRow {
+            seq: row.try_get_by_index(0)?,
+            id: row.try_get_by_index(1)?,
+            event_type: row.try_get_by_index(2)?,
+            event_version: row.try_get_by_index(3)?,
+            aggregate_id: row.try_get_by_index(4)?,
+            destination_topic: row.try_get_by_index(5)?,
+            key: row.try_get_by_index(6)?,
+            payload: row.try_get_by_index(7)?,
+            headers: row.try_get_by_index(8)?,
+            trace_id: row.try_get_by_index(9)?,
+            user_id: row.try_get_by_index(10)?,
+            created_at: row.try_get_by_index(11)?,
+            attempts: row.try_get_by_index(12)?,
+            retried: row.try_get_by_index(13)?,
+            waiting: row.try_get_by_index(14)?,
+            failing: row.try_get_by_index(15)?,
+            after_parked: row.try_get_by_index(16)?,
+        })
+    }
 }
 
 impl ClaimedRow {

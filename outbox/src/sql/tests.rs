@@ -380,3 +380,81 @@ async fn mysql_write_backs_of_two_shards_do_not_wait_for_each_other() {
     open.commit().await.expect("commit");
     scratch.drop().await;
 }
+
+/// The claim's columns, read by position into [`ClaimedRow`], come back as stored:
+/// every field, each in its own place (a claim whose column order drifted from
+/// `ClaimedRow`'s reads the wrong column or fails here).
+async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
+    use sea_orm::FromQueryResult;
+
+    use crate::event::EventBuilder;
+    use crate::message::ClaimedRow;
+    use crate::{Envelope, Outbox};
+
+    let outbox = Outbox::new().with_shards(std::num::NonZeroU16::MIN);
+    let event = EventBuilder::new("order.placed", "order-7")
+        .version("v3")
+        .data(serde_json::json!({ "cents": 990 }));
+    let envelope = Envelope::new(&event, "orders")
+        .expect("an envelope")
+        .partition_key("customer-3")
+        .user_id("user-5")
+        .trace_id("trace-9")
+        .header("tenant", "acme");
+    let stored_at = Utc::now();
+    let [id] = outbox.store_batch(db, [envelope]).await.expect("stored")[..] else {
+        panic!("one event stored");
+    };
+    let claim = dialect.claim(outbox.tables().outbox(), 0, Utc::now(), 10);
+    let rows = ClaimedRow::find_by_statement(claim)
+        .all(db)
+        .await
+        .expect("the claim decodes");
+    let [row] = &rows[..] else {
+        panic!("one event claimed: {rows:?}");
+    };
+    assert_eq!(row.id, id);
+    assert!(row.seq > 0, "{row:?}");
+    assert_eq!(
+        (
+            row.event_type.as_str(),
+            row.event_version.as_str(),
+            row.aggregate_id.as_str(),
+            row.destination_topic.as_str(),
+            row.key.as_str(),
+        ),
+        ("order.placed", "v3", "order-7", "orders", "customer-3"),
+    );
+    let payload: serde_json::Value = serde_json::from_str(&row.payload).expect("JSON");
+    assert_eq!(payload, serde_json::json!({ "cents": 990 }));
+    let headers: serde_json::Value =
+        serde_json::from_str(row.headers.as_deref().expect("headers")).expect("JSON");
+    assert_eq!(headers, serde_json::json!({ "tenant": "acme" }));
+    assert_eq!(
+        (row.trace_id.as_deref(), row.user_id.as_deref()),
+        (Some("trace-9"), Some("user-5"))
+    );
+    let age = (row.created_at - stored_at).num_seconds().abs();
+    assert!(
+        age < 60,
+        "created_at {} is the store's time",
+        row.created_at
+    );
+    assert_eq!(row.attempts, 0);
+    assert_eq!(
+        (row.retried, row.waiting, row.failing, row.after_parked),
+        (false, false, false, false)
+    );
+}
+
+#[tokio::test]
+async fn the_claim_reads_every_column_sqlite() {
+    assert_claims_every_column(&migrated().await, Dialect::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claim_reads_every_column_mysql() {
+    let scratch = MySqlScratch::migrated().await;
+    assert_claims_every_column(&scratch.db, Dialect::MySql).await;
+    scratch.drop().await;
+}
