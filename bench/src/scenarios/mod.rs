@@ -1,6 +1,7 @@
 //! The scenarios of `outbox-bench all`, and the report they fill.
 
 mod blocked;
+mod cpu;
 mod fixtures;
 mod latency;
 mod probes;

@@ -10,9 +10,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
+use super::cpu::{CpuClock, CpuShares};
 use super::fixtures::{
-    analyze, create_topic, drain_with, machine, migrated_database, payload, peak_rss_mib, preload,
-    relay_config,
+    analyze, checkpoint, create_topic, drain_with, machine, migrated_database, payload,
+    peak_rss_mib, preload, relay_config,
 };
 use super::probes::median;
 use super::report::Report;
@@ -66,12 +67,14 @@ pub(super) async fn relay_throughput(
     }
     let rounds = if size.quick { 1 } else { 3 };
     let mut samples: HashMap<(Completion, Run), Vec<f64>> = HashMap::new();
+    let mut cpu: HashMap<(Completion, Run), Vec<CpuShares>> = HashMap::new();
     let mut peak = 0.0;
     for round in 0..rounds {
         for turn in 0..turns.len() {
             let (mode, run) = turns[(round + turn) % turns.len()];
             let database = migrated_database(url, 10).await?;
             let db = database.db();
+            checkpoint(db).await?;
             preload(db, &topic, events).await?;
             let config = RelayConfig {
                 completion: mode,
@@ -82,6 +85,7 @@ pub(super) async fn relay_throughput(
             // As autovacuum would have by then in production; left to chance, its
             // ANALYZE lands in some runs and not others, and the claim's plan with it.
             analyze(db).await?;
+            let clock = CpuClock::start();
             let rate = match run {
                 Run::Limit => drain_with(db, &NoOpPublisher, 1, events, &config).await?,
                 Run::EndToEnd | Run::WithoutWake => {
@@ -92,10 +96,12 @@ pub(super) async fn relay_throughput(
                 peak = peak_rss_mib();
             }
             samples.entry((mode, run)).or_default().push(rate);
+            cpu.entry((mode, run)).or_default().extend(clock.stop());
             database.try_drop().await?;
         }
     }
     let median_of = |mode, run| median(samples.get(&(mode, run)).into_iter().flatten().copied());
+    let cpu_of = |mode, run| CpuShares::mean(cpu.get(&(mode, run)).map_or(&[], Vec::as_slice));
 
     // The cost of one request in flight per connection (the default, which keeps
     // per-key order on any broker) against five (order then rests on the broker's
@@ -190,6 +196,31 @@ pub(super) async fn relay_throughput(
             );
         } else {
             row.target(">= 0.80x", relay / limit >= 0.8);
+        }
+        // What bounds the two: PostgreSQL's share of the machine in each.
+        if let (Some(alone), Some(relayed)) =
+            (cpu_of(mode, Run::Limit), cpu_of(mode, Run::EndToEnd))
+        {
+            report.add(
+                "relay",
+                format!(
+                    "{mode}: PostgreSQL's CPU share in limit b ({})",
+                    alone.rest()
+                ),
+                alone.postgres * 100.0,
+                "% of the machine",
+            );
+            report
+                .add(
+                    "relay",
+                    format!(
+                        "{mode}: PostgreSQL's CPU share end to end ({})",
+                        relayed.rest()
+                    ),
+                    relayed.postgres * 100.0,
+                    "% of the machine",
+                )
+                .ratio(relayed.postgres / alone.postgres, "of its share in limit b");
         }
     }
     let relay = median_of(base, Run::EndToEnd);

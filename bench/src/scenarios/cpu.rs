@@ -1,0 +1,137 @@
+//! Where the machine's CPU went while a figure was measured: to PostgreSQL, to this
+//! process (the relay and its producer), to everything else (the broker, when it runs
+//! on the same machine), or nowhere. Read from `/proc` at the start and end of the
+//! measurement, so on Linux only; elsewhere there is nothing to report.
+//!
+//! On a machine where the database, the relay and the broker share the cores, this
+//! says what bounds a rate: a relay that publishes gives PostgreSQL a smaller share of
+//! the CPU than one that does not, and runs slower by about as much.
+
+use std::collections::HashMap;
+use std::fs;
+
+/// CPU time counters at one moment, in clock ticks.
+#[derive(Debug, Clone, Default)]
+struct Counters {
+    /// Busy and idle time of the whole machine (`/proc/stat`).
+    busy: u64,
+    idle: u64,
+    /// Each PostgreSQL process's user and system time.
+    postgres: HashMap<u32, u64>,
+    /// This process's user and system time, every thread counted.
+    this: u64,
+}
+
+impl Counters {
+    fn read() -> Option<Self> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let idle = fields.get(3)? + fields.get(4)?;
+        let busy = fields.iter().take(8).sum::<u64>() - idle;
+        let mut postgres = HashMap::new();
+        for entry in fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            if let Some(("postgres", ticks)) =
+                process_ticks(pid).as_ref().map(|(c, t)| (c.as_str(), *t))
+            {
+                postgres.insert(pid, ticks);
+            }
+        }
+        let this = process_ticks(std::process::id())?.1;
+        Some(Counters {
+            busy,
+            idle,
+            postgres,
+            this,
+        })
+    }
+}
+
+/// A process's command name and its user plus system time.
+fn process_ticks(pid: u32) -> Option<(String, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name is in parentheses and may hold spaces; the fields follow the last one.
+    let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((name.to_owned(), utime + stime))
+}
+
+/// The machine's CPU time over a measurement, in shares of the whole.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct CpuShares {
+    pub(super) postgres: f64,
+    pub(super) this: f64,
+    pub(super) other: f64,
+    pub(super) idle: f64,
+}
+
+impl CpuShares {
+    /// The mean of several measurements.
+    pub(super) fn mean(shares: &[CpuShares]) -> Option<CpuShares> {
+        let n = shares.len() as f64;
+        (!shares.is_empty()).then(|| CpuShares {
+            postgres: shares.iter().map(|s| s.postgres).sum::<f64>() / n,
+            this: shares.iter().map(|s| s.this).sum::<f64>() / n,
+            other: shares.iter().map(|s| s.other).sum::<f64>() / n,
+            idle: shares.iter().map(|s| s.idle).sum::<f64>() / n,
+        })
+    }
+
+    /// "relay process 22%, other 3%, idle 5%": the shares besides PostgreSQL's.
+    pub(super) fn rest(&self) -> String {
+        format!(
+            "this process {:.0}%, other processes {:.0}%, idle {:.0}%",
+            self.this * 100.0,
+            self.other * 100.0,
+            self.idle * 100.0
+        )
+    }
+}
+
+/// A measurement of CPU shares under way.
+#[derive(Debug)]
+pub(super) struct CpuClock(Option<Counters>);
+
+impl CpuClock {
+    pub(super) fn start() -> Self {
+        CpuClock(Counters::read())
+    }
+
+    /// The shares since [`start`](Self::start); `None` without `/proc`. A PostgreSQL
+    /// process that started meanwhile counts from zero; one that ended meanwhile
+    /// counts under "other".
+    pub(super) fn stop(self) -> Option<CpuShares> {
+        let start = self.0?;
+        let end = Counters::read()?;
+        let busy = end.busy.saturating_sub(start.busy) as f64;
+        let idle = end.idle.saturating_sub(start.idle) as f64;
+        let total = busy + idle;
+        if total == 0.0 {
+            return None;
+        }
+        let postgres: u64 = end
+            .postgres
+            .iter()
+            .map(|(pid, ticks)| ticks.saturating_sub(start.postgres.get(pid).copied().unwrap_or(0)))
+            .sum();
+        let this = end.this.saturating_sub(start.this) as f64;
+        let postgres = postgres as f64;
+        Some(CpuShares {
+            postgres: postgres / total,
+            this: this / total,
+            other: (busy - postgres - this).max(0.0) / total,
+            idle: idle / total,
+        })
+    }
+}
