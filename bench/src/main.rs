@@ -51,7 +51,7 @@ enum Command {
         json: PathBuf,
     },
     /// Relay throughput only: one relay on preloaded events, beside its two limits,
-    /// in each completion mode.
+    /// in each completion mode, with PostgreSQL's share of the CPU in each (Linux).
     Relay {
         /// Events of 1 KiB to preload.
         #[arg(long, default_value_t = 20_000)]
