@@ -2,7 +2,8 @@
 -- oldest first, each with three flags about its key (see claim.rs).
 -- Written by hand: sea-query cannot say a materialized CTE's column list, and the
 -- shape of each part is chosen for the planner (the comments in claim.rs say why).
--- {outbox} is the outbox table's quoted name.
+-- {outbox} is the outbox table's quoted name. The relay reads the columns by position
+-- (`ClaimedRow` in message.rs): keep their order.
 WITH "waiting" AS MATERIALIZED (
     SELECT DISTINCT COALESCE(b."partition_key", b."aggregate_id") AS "key" FROM {outbox} b
     WHERE b."shard" = $1 AND b."next_attempt_at" > $2

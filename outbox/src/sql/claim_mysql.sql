@@ -1,4 +1,5 @@
--- The claim on MySQL and MariaDB: the same rows and flags as claim.sql, shaped for
+-- The claim on MySQL and MariaDB: the same rows and flags as claim.sql, in the same
+-- column order (the relay reads them by position), shaped for
 -- InnoDB, which has no partial index. The claim index there is
 -- (shard, published, parked, dead_lettered_at, seq, next_attempt_at): with the shard
 -- and the three states compared to constants, `seq` order comes from the index and

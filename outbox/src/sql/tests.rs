@@ -382,69 +382,119 @@ async fn mysql_write_backs_of_two_shards_do_not_wait_for_each_other() {
 }
 
 /// The claim's columns, read by position into [`ClaimedRow`], come back as stored:
-/// every field, each in its own place (a claim whose column order drifted from
-/// `ClaimedRow`'s reads the wrong column or fails here).
+/// every field, each in its own place, the four flags in three different patterns (a
+/// claim whose column order drifted from `ClaimedRow`'s reads the wrong column or fails
+/// here). PostgreSQL runs the same `claim.sql` as SQLite.
 async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
+    use chrono::TimeDelta;
     use sea_orm::FromQueryResult;
+    use sea_orm::sea_query::{Expr, ExprTrait, Query, SimpleExpr};
 
+    use crate::entity::outbox::Column;
     use crate::event::EventBuilder;
     use crate::message::ClaimedRow;
     use crate::{Envelope, Outbox};
 
     let outbox = Outbox::new().with_shards(std::num::NonZeroU16::MIN);
-    let event = EventBuilder::new("order.placed", "order-7")
-        .version("v3")
-        .data(serde_json::json!({ "cents": 990 }));
-    let envelope = Envelope::new(&event, "orders")
-        .expect("an envelope")
-        .partition_key("customer-3")
-        .user_id("user-5")
-        .trace_id("trace-9")
-        .header("tenant", "acme");
-    let stored_at = Utc::now();
-    let [id] = outbox.store_batch(db, [envelope]).await.expect("stored")[..] else {
-        panic!("one event stored");
+    let envelope = |key: &str| {
+        let event = EventBuilder::new("order.placed", "order-7")
+            .version("v3")
+            .data(serde_json::json!({ "cents": 990 }));
+        Envelope::new(&event, "orders")
+            .expect("an envelope")
+            .partition_key(key)
+            .user_id("user-5")
+            .trace_id("trace-9")
+            .header("tenant", "acme")
     };
+    // retried (due again), parked, behind the parked one, waiting, behind the waiting one
+    let keys = ["retried", "parked", "parked", "waiting", "waiting"];
+    let stored_at = Utc::now();
+    let ids = outbox
+        .store_batch(db, keys.map(envelope))
+        .await
+        .expect("stored");
+    let now = Utc::now();
+    let set = |id: Uuid, values: Vec<(Column, SimpleExpr)>| {
+        let update = Query::update()
+            .table(super::table(outbox.tables().outbox()))
+            .values(values)
+            .and_where(Expr::col(Column::Id).eq(id))
+            .to_owned();
+        db.execute_raw(db.get_database_backend().build(&update))
+    };
+    let past = now - TimeDelta::hours(1);
+    let future = now + TimeDelta::hours(1);
+    set(
+        ids[0],
+        vec![
+            (Column::Attempts, 2.into()),
+            (Column::NextAttemptAt, past.into()),
+        ],
+    )
+    .await
+    .expect("a retried event");
+    set(ids[1], vec![(Column::Parked, true.into())])
+        .await
+        .expect("a parked event");
+    set(
+        ids[3],
+        vec![
+            (Column::Attempts, 1.into()),
+            (Column::NextAttemptAt, future.into()),
+        ],
+    )
+    .await
+    .expect("an event waiting for its retry");
+
     let claim = dialect.claim(outbox.tables().outbox(), 0, Utc::now(), 10);
     let rows = ClaimedRow::find_by_statement(claim)
         .all(db)
         .await
         .expect("the claim decodes");
-    let [row] = &rows[..] else {
-        panic!("one event claimed: {rows:?}");
-    };
-    assert_eq!(row.id, id);
-    assert!(row.seq > 0, "{row:?}");
+    let claimed: Vec<(Uuid, &str, i32, [bool; 4])> = rows
+        .iter()
+        .map(|r| {
+            let flags = [r.retried, r.waiting, r.failing, r.after_parked];
+            (r.id, r.key.as_str(), r.attempts, flags)
+        })
+        .collect();
     assert_eq!(
-        (
-            row.event_type.as_str(),
-            row.event_version.as_str(),
-            row.aggregate_id.as_str(),
-            row.destination_topic.as_str(),
-            row.key.as_str(),
-        ),
-        ("order.placed", "v3", "order-7", "orders", "customer-3"),
+        claimed,
+        [
+            (ids[0], "retried", 2, [true, false, true, false]),
+            (ids[2], "parked", 0, [false, false, false, true]),
+            (ids[4], "waiting", 0, [false, true, true, false]),
+        ],
     );
-    let payload: serde_json::Value = serde_json::from_str(&row.payload).expect("JSON");
-    assert_eq!(payload, serde_json::json!({ "cents": 990 }));
-    let headers: serde_json::Value =
-        serde_json::from_str(row.headers.as_deref().expect("headers")).expect("JSON");
-    assert_eq!(headers, serde_json::json!({ "tenant": "acme" }));
-    assert_eq!(
-        (row.trace_id.as_deref(), row.user_id.as_deref()),
-        (Some("trace-9"), Some("user-5"))
-    );
-    let age = (row.created_at - stored_at).num_seconds().abs();
-    assert!(
-        age < 60,
-        "created_at {} is the store's time",
-        row.created_at
-    );
-    assert_eq!(row.attempts, 0);
-    assert_eq!(
-        (row.retried, row.waiting, row.failing, row.after_parked),
-        (false, false, false, false)
-    );
+    for row in &rows {
+        assert!(row.seq > 0, "{row:?}");
+        assert_eq!(
+            (
+                row.event_type.as_str(),
+                row.event_version.as_str(),
+                row.aggregate_id.as_str(),
+                row.destination_topic.as_str(),
+            ),
+            ("order.placed", "v3", "order-7", "orders"),
+        );
+        let payload: serde_json::Value = serde_json::from_str(&row.payload).expect("JSON");
+        assert_eq!(payload, serde_json::json!({ "cents": 990 }));
+        let headers: serde_json::Value =
+            serde_json::from_str(row.headers.as_deref().expect("headers")).expect("JSON");
+        assert_eq!(headers, serde_json::json!({ "tenant": "acme" }));
+        assert_eq!(
+            (row.trace_id.as_deref(), row.user_id.as_deref()),
+            (Some("trace-9"), Some("user-5"))
+        );
+        let age = (row.created_at - stored_at).num_seconds().abs();
+        assert!(
+            age < 60,
+            "created_at {} is the store's time",
+            row.created_at
+        );
+    }
+    assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "{rows:?}");
 }
 
 #[tokio::test]
