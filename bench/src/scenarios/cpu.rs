@@ -1,11 +1,12 @@
 //! Where the machine's CPU went while a figure was measured: to PostgreSQL, to this
 //! process (the relay and its producer), to everything else (the broker, when it runs
 //! on the same machine), or nowhere. Read from `/proc` at the start and end of the
-//! measurement, so on Linux only; elsewhere there is nothing to report.
+//! measurement, so on Linux only, and only for a PostgreSQL on this machine (every
+//! process named `postgres` counts, in every cluster); elsewhere there is nothing to
+//! report. Shares are of the host's CPUs; idle includes waiting for I/O.
 //!
-//! On a machine where the database, the relay and the broker share the cores, this
-//! says what bounds a rate: a relay that publishes gives PostgreSQL a smaller share of
-//! the CPU than one that does not, and runs slower by about as much.
+//! Where the database, the relay and the broker share the cores, this says what bounds
+//! a rate: what the relay and the broker take, PostgreSQL does not get.
 
 use std::collections::HashMap;
 use std::fs;
@@ -19,7 +20,7 @@ struct Counters {
     /// Each PostgreSQL process's user and system time.
     postgres: HashMap<u32, u64>,
     /// This process's user and system time, every thread counted.
-    this: u64,
+    this_process: u64,
 }
 
 impl Counters {
@@ -30,8 +31,8 @@ impl Counters {
             .next()?
             .strip_prefix("cpu ")?
             .split_whitespace()
-            .filter_map(|n| n.parse().ok())
-            .collect();
+            .map(|n| n.parse().ok())
+            .collect::<Option<_>>()?;
         // user nice system idle iowait irq softirq steal (guest time is inside user).
         let idle = fields.get(3)? + fields.get(4)?;
         let busy = fields.iter().take(8).sum::<u64>() - idle;
@@ -40,18 +41,19 @@ impl Counters {
             let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
                 continue;
             };
-            if let Some(("postgres", ticks)) =
-                process_ticks(pid).as_ref().map(|(c, t)| (c.as_str(), *t))
-            {
-                postgres.insert(pid, ticks);
+            match process_ticks(pid) {
+                Some((name, ticks)) if name == "postgres" => {
+                    postgres.insert(pid, ticks);
+                }
+                _ => {}
             }
         }
-        let this = process_ticks(std::process::id())?.1;
+        let this_process = process_ticks(std::process::id())?.1;
         Some(Counters {
             busy,
             idle,
             postgres,
-            this,
+            this_process,
         })
     }
 }
@@ -71,7 +73,7 @@ fn process_ticks(pid: u32) -> Option<(String, u64)> {
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct CpuShares {
     pub(super) postgres: f64,
-    pub(super) this: f64,
+    pub(super) this_process: f64,
     pub(super) other: f64,
     pub(super) idle: f64,
 }
@@ -82,17 +84,17 @@ impl CpuShares {
         let n = shares.len() as f64;
         (!shares.is_empty()).then(|| CpuShares {
             postgres: shares.iter().map(|s| s.postgres).sum::<f64>() / n,
-            this: shares.iter().map(|s| s.this).sum::<f64>() / n,
+            this_process: shares.iter().map(|s| s.this_process).sum::<f64>() / n,
             other: shares.iter().map(|s| s.other).sum::<f64>() / n,
             idle: shares.iter().map(|s| s.idle).sum::<f64>() / n,
         })
     }
 
-    /// "relay process 22%, other 3%, idle 5%": the shares besides PostgreSQL's.
-    pub(super) fn rest(&self) -> String {
+    /// The shares besides PostgreSQL's: "this process 22%, other processes 3%, idle 5%".
+    pub(super) fn others(&self) -> String {
         format!(
             "this process {:.0}%, other processes {:.0}%, idle {:.0}%",
-            self.this * 100.0,
+            self.this_process * 100.0,
             self.other * 100.0,
             self.idle * 100.0
         )
@@ -101,19 +103,22 @@ impl CpuShares {
 
 /// A measurement of CPU shares under way.
 #[derive(Debug)]
-pub(super) struct CpuClock(Option<Counters>);
+pub(super) struct CpuWindow(Option<Counters>);
 
-impl CpuClock {
-    pub(super) fn start() -> Self {
-        CpuClock(Counters::read())
+impl CpuWindow {
+    pub(super) fn open() -> Self {
+        CpuWindow(Counters::read())
     }
 
-    /// The shares since [`start`](Self::start); `None` without `/proc`. A PostgreSQL
-    /// process that started meanwhile counts from zero; one that ended meanwhile
-    /// counts under "other".
-    pub(super) fn stop(self) -> Option<CpuShares> {
+    /// The shares since [`open`](Self::open); `None` without `/proc` or without a
+    /// PostgreSQL process on this machine. A PostgreSQL process that started meanwhile
+    /// counts from zero; one that ended meanwhile counts under "other".
+    pub(super) fn close(self) -> Option<CpuShares> {
         let start = self.0?;
         let end = Counters::read()?;
+        if end.postgres.is_empty() {
+            return None;
+        }
         let busy = end.busy.saturating_sub(start.busy) as f64;
         let idle = end.idle.saturating_sub(start.idle) as f64;
         let total = busy + idle;
@@ -125,12 +130,12 @@ impl CpuClock {
             .iter()
             .map(|(pid, ticks)| ticks.saturating_sub(start.postgres.get(pid).copied().unwrap_or(0)))
             .sum();
-        let this = end.this.saturating_sub(start.this) as f64;
+        let this_process = end.this_process.saturating_sub(start.this_process) as f64;
         let postgres = postgres as f64;
         Some(CpuShares {
             postgres: postgres / total,
-            this: this / total,
-            other: (busy - postgres - this).max(0.0) / total,
+            this_process: this_process / total,
+            other: (busy - postgres - this_process).max(0.0) / total,
             idle: idle / total,
         })
     }

@@ -44,22 +44,22 @@ pub(super) async fn analyze(db: &DatabaseConnection) -> Result<(), Failure> {
 }
 
 /// On PostgreSQL, writes every dirty buffer out now (`CHECKPOINT`), before a preload:
-/// the preload and the drain that follows then fall in one checkpoint cycle, as an
-/// event and its publication do in production, whereas left to chance a checkpoint
-/// (the preload's WAL alone triggers them here) lands in some drains and not others,
-/// and the drain writes a full page image on the first change to each page after it.
-/// Without the right to (a superuser or `pg_checkpoint`), says so once and goes on.
-pub(super) async fn checkpoint(db: &DatabaseConnection) -> Result<(), Failure> {
+/// each run's checkpoints then start from the same point, and the drain after the
+/// preload falls in the preload's checkpoint cycle unless its WAL fills one, as an
+/// event and its publication mostly do in production. Left to chance, a checkpoint
+/// lands in some drains and not others, and the first change to each page after it
+/// writes a full page image. Without the right to (a superuser or `pg_checkpoint`),
+/// says so once and goes on.
+pub(super) async fn checkpoint(db: &DatabaseConnection) {
     static REFUSED: std::sync::Once = std::sync::Once::new();
     if db.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
+        return;
     }
     if let Err(error) = db.execute_unprepared("CHECKPOINT").await {
         REFUSED.call_once(|| {
             eprintln!("no CHECKPOINT before the measurements ({error}): expect more spread");
         });
     }
-    Ok(())
 }
 
 pub(super) async fn connect(

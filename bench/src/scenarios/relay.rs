@@ -10,7 +10,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
-use super::cpu::{CpuClock, CpuShares};
+use super::cpu::{CpuShares, CpuWindow};
 use super::fixtures::{
     analyze, checkpoint, create_topic, drain_with, machine, migrated_database, payload,
     peak_rss_mib, preload, relay_config,
@@ -74,7 +74,7 @@ pub(super) async fn relay_throughput(
             let (mode, run) = turns[(round + turn) % turns.len()];
             let database = migrated_database(url, 10).await?;
             let db = database.db();
-            checkpoint(db).await?;
+            checkpoint(db).await;
             preload(db, &topic, events).await?;
             let config = RelayConfig {
                 completion: mode,
@@ -85,7 +85,7 @@ pub(super) async fn relay_throughput(
             // As autovacuum would have by then in production; left to chance, its
             // ANALYZE lands in some runs and not others, and the claim's plan with it.
             analyze(db).await?;
-            let clock = CpuClock::start();
+            let cpu_window = CpuWindow::open();
             let rate = match run {
                 Run::Limit => drain_with(db, &NoOpPublisher, 1, events, &config).await?,
                 Run::EndToEnd | Run::WithoutWake => {
@@ -96,7 +96,9 @@ pub(super) async fn relay_throughput(
                 peak = peak_rss_mib();
             }
             samples.entry((mode, run)).or_default().push(rate);
-            cpu.entry((mode, run)).or_default().extend(clock.stop());
+            cpu.entry((mode, run))
+                .or_default()
+                .extend(cpu_window.close());
             database.try_drop().await?;
         }
     }
@@ -107,6 +109,7 @@ pub(super) async fn relay_throughput(
     // per-key order on any broker) against five (order then rests on the broker's
     // sequence checks).
     let database = migrated_database(url, 10).await?;
+    checkpoint(database.db()).await;
     preload(database.db(), &topic, events).await?;
     let five_in_flight = KafkaPublisher::from_config(
         KafkaConfig::new(brokers).set("max.in.flight.requests.per.connection", "5"),
@@ -204,8 +207,8 @@ pub(super) async fn relay_throughput(
             report.add(
                 "relay",
                 format!(
-                    "{mode}: PostgreSQL's CPU share in limit b ({})",
-                    alone.rest()
+                    "{mode}: PostgreSQL's CPU share in limit b, mean ({})",
+                    alone.others()
                 ),
                 alone.postgres * 100.0,
                 "% of the machine",
@@ -214,8 +217,8 @@ pub(super) async fn relay_throughput(
                 .add(
                     "relay",
                     format!(
-                        "{mode}: PostgreSQL's CPU share end to end ({})",
-                        relayed.rest()
+                        "{mode}: PostgreSQL's CPU share end to end, mean ({})",
+                        relayed.others()
                     ),
                     relayed.postgres * 100.0,
                     "% of the machine",
