@@ -425,27 +425,32 @@ async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
     };
     let past = now - TimeDelta::hours(1);
     let future = now + TimeDelta::hours(1);
-    set(
-        ids[0],
-        vec![
-            (Column::Attempts, 2.into()),
-            (Column::NextAttemptAt, past.into()),
-        ],
-    )
-    .await
-    .expect("a retried event");
-    set(ids[1], vec![(Column::Parked, true.into())])
-        .await
-        .expect("a parked event");
-    set(
-        ids[3],
-        vec![
-            (Column::Attempts, 1.into()),
-            (Column::NextAttemptAt, future.into()),
-        ],
-    )
-    .await
-    .expect("an event waiting for its retry");
+    let changes = [
+        (
+            ids[0],
+            "a retried event",
+            vec![
+                (Column::Attempts, 2.into()),
+                (Column::NextAttemptAt, past.into()),
+            ],
+        ),
+        (
+            ids[1],
+            "a parked event",
+            vec![(Column::Parked, true.into())],
+        ),
+        (
+            ids[3],
+            "an event waiting for its retry",
+            vec![
+                (Column::Attempts, 1.into()),
+                (Column::NextAttemptAt, future.into()),
+            ],
+        ),
+    ];
+    for (id, what, values) in changes {
+        set(id, values).await.expect(what);
+    }
 
     let claim = dialect.claim(outbox.tables().outbox(), 0, Utc::now(), 10);
     let rows = ClaimedRow::find_by_statement(claim)
