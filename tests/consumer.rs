@@ -166,6 +166,20 @@ async fn apply_credit(
     Ok(())
 }
 
+/// Waits (30 s at most) until `consumer` is done with `messages` messages: applied,
+/// dead-lettered or skipped.
+async fn done_with(consumer: &ConsumerHandle, messages: u64) {
+    eventually(
+        "every message is done with",
+        Duration::from_secs(30),
+        || async {
+            let stats = consumer.stats();
+            stats.processed + stats.dead_lettered + stats.skipped == messages
+        },
+    )
+    .await;
+}
+
 /// A consumer whose handler records each credit in `applied`.
 fn recording(config: ConsumerConfig, db: &DatabaseConnection) -> ConsumerHandle {
     Consumer::new(config, db.clone())
@@ -264,15 +278,7 @@ async fn a_failing_handler_is_retried_then_dead_lettered_and_its_key_goes_on() {
         })
         .spawn()
         .expect("consumer starts");
-    eventually(
-        "every message is done with",
-        Duration::from_secs(30),
-        || async {
-            let stats = consumer.stats();
-            stats.processed + stats.dead_lettered == 5
-        },
-    )
-    .await;
+    done_with(&consumer, 5).await;
     // A redelivery of the dead-lettered event is skipped: the inbox has it.
     publish(&publisher, &messages[2..3]).await;
     eventually(
@@ -390,15 +396,7 @@ async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
 
     let name = unique_name("billing");
     let consumer = recording(consumer_config(&name, &topic), &pg.db);
-    eventually(
-        "every message is done with",
-        Duration::from_secs(30),
-        || async {
-            let stats = consumer.stats();
-            stats.processed + stats.dead_lettered == 5
-        },
-    )
-    .await;
+    done_with(&consumer, 5).await;
     let stats = consumer.stats();
     consumer.shutdown().await.expect("shutdown");
     assert_eq!(
@@ -442,15 +440,7 @@ async fn a_message_that_cannot_be_read_is_dead_lettered_at_once() {
     let mut config = consumer_config(&unique_name("audit"), &topic);
     config.skip_unknown_events = true;
     let skipping = recording(config, &pg.db);
-    eventually(
-        "every message is done with",
-        Duration::from_secs(30),
-        || async {
-            let stats = skipping.stats();
-            stats.processed + stats.dead_lettered + stats.skipped == 5
-        },
-    )
-    .await;
+    done_with(&skipping, 5).await;
     let stats = skipping.stats();
     skipping.shutdown().await.expect("shutdown");
     // The unknown type is skipped; the unknown version of a known type is not.
@@ -830,15 +820,7 @@ async fn a_panicking_or_error_swallowing_handler_fails_its_attempt() {
         })
         .spawn()
         .expect("consumer starts");
-    eventually(
-        "both messages are done with",
-        Duration::from_secs(30),
-        || async {
-            let stats = consumer.stats();
-            stats.processed + stats.dead_lettered == 2
-        },
-    )
-    .await;
+    done_with(&consumer, 2).await;
     let stats = consumer.stats();
     consumer.shutdown().await.expect("shutdown");
     assert_eq!((stats.processed, stats.dead_lettered), (1, 1), "{stats:?}");

@@ -246,8 +246,7 @@ struct Consumers {
     brokers: String,
     topic: String,
     group: String,
-    children: Vec<Child>,
-    kills: u64,
+    processes: Processes,
 }
 
 impl Consumers {
@@ -260,18 +259,11 @@ impl Consumers {
             .stdout(Stdio::null())
             .spawn()
             .expect("start a consumer process");
-        if slot < self.children.len() {
-            self.children[slot] = child;
-        } else {
-            self.children.push(child);
-        }
+        self.processes.place(slot, child);
     }
 
     fn kill_and_restart(&mut self, slot: usize) {
-        let child = &mut self.children[slot];
-        child.kill().expect("SIGKILL a consumer");
-        child.wait().expect("reap a killed consumer");
-        self.kills += 1;
+        self.processes.kill(slot);
         self.start(slot);
     }
 
@@ -286,22 +278,70 @@ impl Consumers {
     fn regroup(&mut self) {
         self.stop_all();
         self.group = format!("torture-{}", Uuid::now_v7().simple());
-        for slot in 0..self.children.len() {
+        for slot in 0..self.processes.children.len() {
             self.start(slot);
         }
     }
 
     fn stop_all(&mut self) {
-        for child in &mut self.children {
+        self.processes.terminate_all();
+    }
+}
+
+/// Child processes of one kind in numbered slots, killed and restarted at will.
+struct Processes {
+    /// What they are, for messages: "relay", "consumer".
+    what: &'static str,
+    children: Vec<Child>,
+    /// SIGKILLs so far.
+    kills: u64,
+}
+
+impl Processes {
+    fn new(what: &'static str) -> Self {
+        Processes {
+            what,
+            children: Vec::new(),
+            kills: 0,
+        }
+    }
+
+    /// Puts a started process in `slot`, in place of the one there (if any).
+    fn place(&mut self, slot: usize, child: Child) {
+        if slot < self.children.len() {
+            self.children[slot] = child;
+        } else {
+            self.children.push(child);
+        }
+    }
+
+    /// SIGKILLs the process in `slot` and reaps it.
+    fn kill(&mut self, slot: usize) {
+        let child = &mut self.children[slot];
+        child
+            .kill()
+            .unwrap_or_else(|e| panic!("SIGKILL a {}: {e}", self.what));
+        child
+            .wait()
+            .unwrap_or_else(|e| panic!("reap a killed {}: {e}", self.what));
+        self.kills += 1;
+    }
+
+    /// SIGTERMs every process and expects each to shut down cleanly.
+    fn terminate_all(&mut self) {
+        for child in &self.children {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
         }
         for child in &mut self.children {
-            let status = child.wait().expect("wait for a consumer");
+            let status = child
+                .wait()
+                .unwrap_or_else(|e| panic!("wait for a {}: {e}", self.what));
             assert!(
                 status.success(),
-                "a consumer did not shut down cleanly: {status}"
+                "a {} did not shut down cleanly: {status}",
+                self.what
             );
         }
     }
@@ -367,9 +407,8 @@ async fn count(db: &DatabaseConnection, sql: &str) -> i64 {
 struct Relays {
     env: Vec<(&'static str, String)>,
     brokers: String,
-    children: Vec<Child>,
+    processes: Processes,
     max_rss_kib: u64,
-    kills: u64,
     completion: Completion,
     /// At most so many messages per record batch (librdkafka's default when `None`).
     batch_messages: Option<u32>,
@@ -406,43 +445,25 @@ impl Relays {
             .stdout(Stdio::null())
             .spawn()
             .expect("start a relay process");
-        if slot < self.children.len() {
-            self.children[slot] = child;
-        } else {
-            self.children.push(child);
-        }
+        self.processes.place(slot, child);
     }
 
     /// Peak memory of the running relays, in KiB.
     fn sample_memory(&mut self) {
-        for child in &self.children {
+        for child in &self.processes.children {
             self.max_rss_kib = self.max_rss_kib.max(outbox_tests::peak_rss_kib(child.id()));
         }
     }
 
     fn kill_and_restart(&mut self, slot: usize) {
         self.sample_memory();
-        let child = &mut self.children[slot];
-        child.kill().expect("SIGKILL a relay");
-        child.wait().expect("reap a killed relay");
-        self.kills += 1;
+        self.processes.kill(slot);
         self.start(slot);
     }
 
     fn stop_all(&mut self) {
         self.sample_memory();
-        for child in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-        }
-        for child in &mut self.children {
-            let status = child.wait().expect("wait for a relay");
-            assert!(
-                status.success(),
-                "a relay did not shut down cleanly: {status}"
-            );
-        }
+        self.processes.terminate_all();
     }
 }
 
@@ -660,9 +681,8 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
     let mut relays = Relays {
         env: relay_env(&scratch),
         brokers: broker.address.clone(),
-        children: Vec::new(),
+        processes: Processes::new("relay"),
         max_rss_kib: 0,
-        kills: 0,
         completion,
         batch_messages: None,
     };
@@ -819,14 +839,14 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
         .filter(|(_, counters)| counters.windows(2).any(|w| w[0] >= w[1]))
         .map(|(key, counters)| (*key, counters))
         .collect();
-    let incidents = relays.kills + 5;
+    let incidents = relays.processes.kills + 5;
     println!(
         "torture: {} committed ({} oversized), {} rolled back, {} unknown; {} kills, {} connections cut, {} broker connections; {} messages, {} duplicates (bound {}); max relay RSS {} MiB; {:.1?}",
         ledger.committed.len(),
         oversized_committed.len(),
         ledger.rolled_back.len(),
         ledger.unknown.len(),
-        relays.kills,
+        relays.processes.kills,
         cuts.load(Ordering::Relaxed),
         proxy.connections(),
         received.len(),
@@ -968,7 +988,7 @@ async fn check_consumers(
         "torture: consumers applied {} events ({} committed wanted), {} consumer kills; {} inbox records, {} dead letters",
         times.len(),
         wanted.len(),
-        consumers.kills,
+        consumers.processes.kills,
         inbox,
         dead
     );
@@ -1032,9 +1052,8 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
     let mut relays = Relays {
         env: relay_env(&scratch),
         brokers: broker.address.clone(),
-        children: Vec::new(),
+        processes: Processes::new("relay"),
         max_rss_kib: 0,
-        kills: 0,
         completion: Completion::Mark,
         // One message per record batch: tansu 0.6 answers a fetch from an offset
         // inside a batch with the batches after it, so a consumer restarted (or given
@@ -1050,8 +1069,7 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
         brokers: broker.address.clone(),
         topic: topic.clone(),
         group: format!("torture-{}", Uuid::now_v7().simple()),
-        children: Vec::new(),
-        kills: 0,
+        processes: Processes::new("consumer"),
     };
     for slot in 0..CONSUMERS {
         consumers.start(slot);
@@ -1101,7 +1119,7 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
         "consumer torture: {} committed ({oversized} too large to send), {} rolled back; {} relay kills; {} messages on the broker, {} of them duplicates; {:.1?}",
         ledger.committed.len(),
         ledger.rolled_back.len(),
-        relays.kills,
+        relays.processes.kills,
         received.len(),
         received.len() - distinct.len(),
         started.elapsed()
