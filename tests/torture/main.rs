@@ -359,18 +359,7 @@ async fn consumer_tables(db: &DatabaseConnection, keys: u64) {
     ))
     .await
     .expect("applied table");
-    db.execute_unprepared(
-        "CREATE TABLE torture_consumed (name VARCHAR(64) PRIMARY KEY, applied BIGINT NOT NULL DEFAULT 0)",
-    )
-    .await
-    .expect("consumed table");
-    for k in 0..keys {
-        db.execute_unprepared(&format!(
-            "INSERT INTO torture_consumed (name) VALUES ('key-{k:03}')"
-        ))
-        .await
-        .expect("consumed row");
-    }
+    counters(db, "torture_consumed", "applied", keys).await;
 }
 
 /// What the consumers applied: event ids with their keys, in the order applied.
@@ -537,17 +526,20 @@ fn record(ledger: &Mutex<Ledger>, records: Vec<(String, String, i64)>, outcome: 
 
 /// The keys' commit counters: `torture_keys`, one row per key.
 async fn key_table(db: &DatabaseConnection, keys: u64) {
-    db.execute_unprepared(
-        "CREATE TABLE torture_keys (name VARCHAR(64) PRIMARY KEY, counter BIGINT NOT NULL DEFAULT 0)",
-    )
+    counters(db, "torture_keys", "counter", keys).await;
+}
+
+/// A table `table` of one counter `column` per key (`name`, 'key-000' on), all zero.
+async fn counters(db: &DatabaseConnection, table: &str, column: &str, keys: u64) {
+    db.execute_unprepared(&format!(
+        "CREATE TABLE {table} (name VARCHAR(64) PRIMARY KEY, {column} BIGINT NOT NULL DEFAULT 0)"
+    ))
     .await
-    .expect("key table");
+    .unwrap_or_else(|e| panic!("create {table}: {e}"));
     for k in 0..keys {
-        db.execute_unprepared(&format!(
-            "INSERT INTO torture_keys (name) VALUES ('key-{k:03}')"
-        ))
-        .await
-        .expect("key row");
+        db.execute_unprepared(&format!("INSERT INTO {table} (name) VALUES ('key-{k:03}')"))
+            .await
+            .unwrap_or_else(|e| panic!("a row of {table}: {e}"));
     }
 }
 
