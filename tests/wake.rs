@@ -142,3 +142,66 @@ async fn a_killed_listening_connection_comes_back_and_misses_nothing() {
     relay.shutdown().await.expect("shutdown");
     pg.drop().await;
 }
+
+/// A relay of the `wake` service whose leases last `lease_ttl` (a round every third of
+/// it), over its own outbox: it hears other relays only through PostgreSQL.
+fn relay_with_leases(pg: &PgSchema, lease_ttl: Duration) -> RelayHandle {
+    let config = RelayConfig {
+        lease_ttl,
+        ..config(true)
+    };
+    Relay::new(config, pg.db.clone(), MemoryPublisher::new())
+        .expect("valid relay config")
+        .spawn()
+}
+
+/// Shards a relay gives up (to a newcomer at its round, all of them on shutdown) are
+/// taken by the others at once, not at their next lease round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_a_relay_gives_up_are_taken_at_once_not_at_the_next_round() {
+    let pg = PgSchema::migrated().await;
+    // A round every 10 s.
+    let first = relay_with_leases(&pg, Duration::from_secs(30));
+    eventually(
+        "the first relay owns every shard",
+        Duration::from_secs(10),
+        || async { first.stats().owned_shards == 16 },
+    )
+    .await;
+    // A round every 30 s: its first finds nothing free, its next is 30 s away.
+    let second = relay_with_leases(&pg, Duration::from_secs(90));
+    // The first relay's next round sees the second and gives up half.
+    eventually(
+        "the first relay gives up its surplus",
+        Duration::from_secs(15),
+        || async { first.stats().owned_shards == 8 },
+    )
+    .await;
+    eventually(
+        "the second relay takes them at once",
+        Duration::from_secs(2),
+        || async { second.stats().owned_shards == 8 },
+    )
+    .await;
+
+    first.shutdown().await.expect("shutdown");
+    // Stored by a writer that notifies no one: the second relay finds them by the
+    // quick polls that follow taking shards, in the first relay's shards only if it
+    // took them.
+    let silent = Outbox::new();
+    for n in 0..16 {
+        let event = EventBuilder::new("thing.happened", format!("key-{n}"));
+        silent
+            .store(&pg.db, &event, "wake-topic")
+            .await
+            .expect("store");
+    }
+    eventually(
+        "the second relay takes every shard and publishes what was stored",
+        Duration::from_secs(5),
+        || async { second.stats().owned_shards == 16 && second.stats().published >= 16 },
+    )
+    .await;
+    second.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}

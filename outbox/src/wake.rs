@@ -13,6 +13,12 @@
 //! and at most one is sent every [`COALESCE`]. Its payload is the list of shards
 //! (`"3,7,12"`), so a relay that owns none of them does not poll; an empty payload
 //! wakes every relay.
+//!
+//! Relays also tell each other when one gives shards up (to a newcomer, on shutdown,
+//! or standing aside while the broker is away): the others run a lease round at once
+//! and take them, instead of at their next round, up to a third of the lease time
+//! later, while events stored to those shards wait. In this process through the
+//! doorbells, across processes by a `NOTIFY` with the payload [`RELEASED`].
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -31,6 +37,22 @@ const GENERATIONS: usize = 4;
 /// PostgreSQL's limit on a notification's payload is 8000 bytes; above this, wake
 /// every relay instead of naming shards.
 const MAX_PAYLOAD: usize = 4000;
+
+/// The notification a relay sends when it gave shards up: this, then the relay's id.
+/// (A relay of an earlier version reads no shards in it and polls every shard it
+/// owns.)
+const RELEASED: &str = "released by ";
+
+/// The payload of the notification that relay `relay` gave shards up.
+pub(crate) fn released_payload(relay: &str) -> String {
+    format!("{RELEASED}{relay}")
+}
+
+/// The relay a notification's payload says gave shards up, if it says so.
+#[cfg(feature = "postgres")] // read by the listener only
+pub(crate) fn released_by(payload: &str) -> Option<&str> {
+    payload.strip_prefix(RELEASED)
+}
 
 /// The wake-up signals of one outbox (shared by its clones).
 #[derive(Debug, Default)]
@@ -88,6 +110,16 @@ impl Wake {
         if let Some(notifier) = self.remote.get() {
             notifier.ring_all();
         }
+    }
+
+    /// The relay of doorbell `by` gave shards up: the other relays of this process run
+    /// a lease round now.
+    pub(crate) fn released(&self, by: &Doorbell) {
+        self.ring_local(|doorbell| {
+            if !std::ptr::eq(doorbell, by) {
+                doorbell.leases_released();
+            }
+        });
     }
 
     /// A doorbell for one relay of this process: rung by every store through this
@@ -235,11 +267,13 @@ impl Pending {
     }
 }
 
-/// One relay's wake-ups: the shards stored to since it last looked.
+/// One relay's wake-ups: the shards stored to since it last looked, and whether
+/// another relay gave shards up.
 #[derive(Debug, Default)]
 pub(crate) struct Doorbell {
     rung: Notify,
     shards: Pending,
+    released: Notify,
 }
 
 impl Doorbell {
@@ -253,6 +287,17 @@ impl Doorbell {
     pub(crate) fn ring_all(&self) {
         self.shards.all();
         self.rung.notify_one();
+    }
+
+    /// Another relay of the service gave shards up.
+    pub(crate) fn leases_released(&self) {
+        self.released.notify_one();
+    }
+
+    /// Waits until another relay gave shards up (at once if one did since the last
+    /// call).
+    pub(crate) async fn released(&self) {
+        self.released.notified().await;
     }
 
     /// Waits for a ring; the shards rung for since the last answer (`None`: every
@@ -336,5 +381,29 @@ mod tests {
         assert_eq!(shards_of("3,7,12"), Some(vec![3, 7, 12]));
         assert_eq!(shards_of(""), None);
         assert_eq!(shards_of("3,x"), None, "unreadable: wake for every shard");
+        let released = released_payload("billing-41-ab12");
+        assert_eq!(released_by(&released), Some("billing-41-ab12"));
+        assert_eq!(released_by("3,7"), None);
+        assert_eq!(
+            shards_of(&released),
+            None,
+            "a relay of an earlier version polls every shard it owns"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_release_rings_every_other_relay_of_the_process() {
+        let wake = Wake::default();
+        let (releasing, other) = (wake.subscribe(), wake.subscribe());
+        wake.released(&releasing);
+        tokio::time::timeout(Duration::from_secs(1), other.released())
+            .await
+            .expect("the other relay hears of it");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), releasing.released())
+                .await
+                .is_err(),
+            "the releasing relay does not"
+        );
     }
 }

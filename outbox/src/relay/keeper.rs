@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Inner;
 use super::state::Concern;
 use crate::error::Result;
 use crate::publisher::Publisher;
+use crate::wake;
 
 impl<P: Publisher> Inner<P> {
     /// One lease round; returns whether it took shards.
@@ -29,12 +31,39 @@ impl<P: Publisher> Inner<P> {
                 self.config.service_name
             )
         }));
+        if round.released {
+            self.announce_release().await;
+        }
         Ok(round.took)
+    }
+
+    /// This relay gave shards up: the service's other relays take them now, not at
+    /// their next round (a third of the lease time later at most, while events stored
+    /// to those shards wait). Relays of this process hear it through the outbox's
+    /// doorbells, others (on PostgreSQL) through a `NOTIFY` on the wake-up channel.
+    /// A lost announcement costs only that wait.
+    pub(super) async fn announce_release(&self) {
+        self.outbox.wake().released(&self.doorbell);
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return;
+        }
+        let notify = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [
+                wake::channel(self.outbox.tables().outbox().as_str()).into(),
+                wake::released_payload(&self.relay_id).into(),
+            ],
+        );
+        if let Err(error) = self.db.execute_raw(notify).await {
+            debug!(relay = %self.relay_id, %error, "could not tell the other relays of released shards");
+        }
     }
 
     /// Renews the leases and the heartbeat every third of the lease time, on a
     /// schedule of its own: however long a batch takes (a slow broker), the shards
-    /// stay this relay's while it lives and reaches the database.
+    /// stay this relay's while it lives and reaches the database. Another relay giving
+    /// shards up brings the next round forward.
     pub(super) async fn keep_leases(self: Arc<Self>, cancel: CancellationToken) {
         let every = self.config.lease_ttl / 3;
         while !cancel.is_cancelled() {
@@ -53,6 +82,7 @@ impl<P: Publisher> Inner<P> {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = self.renew_now.notified() => {}
+                () = self.doorbell.released() => {}
                 () = tokio::time::sleep(every) => {}
             }
         }
@@ -89,10 +119,13 @@ impl<P: Publisher> Inner<P> {
                 humantime::format_duration(self.config.stall_timeout)
             );
         }
-        let owned = self
+        let (owned, released) = self
             .leases
             .stand_aside(&self.db, dialect, self.outbox.tables(), self.clock.now())
             .await?;
+        if released {
+            self.announce_release().await;
+        }
         self.state.owned_shards(owned);
         self.state.concern(
             Concern::Stalled,

@@ -56,6 +56,8 @@ pub(crate) struct Round {
     pub(crate) owned: usize,
     /// Whether it took shards it did not hold before.
     pub(crate) took: bool,
+    /// Whether it gave shards up (for another relay, or all of them).
+    pub(crate) released: bool,
     /// The service this relay gives way to, if another service's relays publish the
     /// same table and started first.
     pub(crate) yielded_to: Option<String>,
@@ -171,13 +173,14 @@ impl Leases {
     ) -> Result<Round> {
         let mut keeper = self.keeper.lock().await;
         let before = self.count();
-        let ended = |keeper: &Keeper| Round {
+        let ended = |keeper: &Keeper, released: &[i32]| Round {
             owned: self.count(),
             took: self.count() > before,
+            released: !released.is_empty(),
             yielded_to: keeper.yielded_to.clone(),
         };
         if self.held().closed {
-            return Ok(ended(&keeper));
+            return Ok(ended(&keeper, &[]));
         }
         let services = self
             .show_life(&mut keeper, db, dialect, tables, now)
@@ -190,8 +193,8 @@ impl Leases {
                 );
             }
             keeper.yielded_to = Some(owner);
-            self.release_idle(0, db, dialect, tables, now).await?;
-            return Ok(ended(&keeper));
+            let released = self.release_idle(0, db, dialect, tables, now).await?;
+            return Ok(ended(&keeper, &released));
         }
         keeper.yielded_to = None;
         // This relay counts itself even before its first heartbeat is seen.
@@ -203,7 +206,8 @@ impl Leases {
         let fair = usize::try_from((shards + live - 1) / live).unwrap_or(usize::from(self.shards));
 
         // Give up what is beyond the fair share, highest idle shards first.
-        for shard in self.release_idle(fair, db, dialect, tables, now).await? {
+        let released = self.release_idle(fair, db, dialect, tables, now).await?;
+        for shard in &released {
             debug!(shard, relay = %self.relay_id, fair, "shard released for another relay");
         }
         // Renew the rest in one statement; a lease found taken (it expired and another
@@ -232,7 +236,7 @@ impl Leases {
             }
         }
         if self.count() >= fair {
-            return Ok(ended(&keeper));
+            return Ok(ended(&keeper, &released));
         }
         // Take free or expired shards, starting at a place of this relay's own so that
         // relays starting together do not all race for the same ones.
@@ -264,7 +268,7 @@ impl Leases {
                 self.held().owned.insert(shard, token);
             }
         }
-        Ok(ended(&keeper))
+        Ok(ended(&keeper, &released))
     }
 
     async fn acquire(
@@ -320,38 +324,41 @@ impl Leases {
     /// Gives up every idle shard and leaves the service (its heartbeat row goes), so
     /// the other relays count one relay fewer and take the shards; a later round
     /// rejoins. For a relay that cannot reach the broker. Returns the shards still held
-    /// (those with a batch in flight).
+    /// (those with a batch in flight) and whether it gave any up.
     pub(crate) async fn stand_aside(
         &self,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
         now: DateTime<Utc>,
-    ) -> Result<usize> {
+    ) -> Result<(usize, bool)> {
         let _keeper = self.keeper.lock().await;
-        self.release_idle(0, db, dialect, tables, now).await?;
+        let released = self.release_idle(0, db, dialect, tables, now).await?;
         self.leave(db, dialect, tables, now).await?;
-        Ok(self.count())
+        Ok((self.count(), !released.is_empty()))
     }
 
-    /// Gives up every shard and leaves the service, so other relays take over at once.
+    /// Gives up every shard and leaves the service, so other relays take over at once;
+    /// returns whether it held any.
     pub(crate) async fn release_all(
         &self,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let _keeper = self.keeper.lock().await;
         let owned = {
             let mut held = self.held();
             held.closed = true;
             std::mem::take(&mut held.owned)
         };
+        let released = !owned.is_empty();
         for shard in owned.into_keys() {
             db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
                 .await?;
         }
-        self.leave(db, dialect, tables, now).await
+        self.leave(db, dialect, tables, now).await?;
+        Ok(released)
     }
 }

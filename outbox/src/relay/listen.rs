@@ -1,6 +1,7 @@
 //! The relay's side of cross-process wake-ups (PostgreSQL, feature `postgres`): a
 //! connection that `LISTEN`s on the outbox table's channel and wakes the main loop
-//! when a writer in any process stored events for a shard this relay owns.
+//! when a writer in any process stored events for a shard this relay owns, and the
+//! lease keeper when another relay gave shards up.
 //!
 //! Lost notifications cost latency, never events: the relay polls anyway. After the
 //! listening connection is (re-)established, the relay polls once, for what was
@@ -88,9 +89,11 @@ impl<P: Publisher> Inner<P> {
     async fn receive(&self, listener: &mut PgListener) -> String {
         loop {
             match listener.try_recv().await {
-                Ok(Some(notification)) => {
-                    self.wake_for(wake::shards_of(notification.payload()));
-                }
+                Ok(Some(notification)) => match wake::released_by(notification.payload()) {
+                    Some(relay) if relay == self.relay_id => {}
+                    Some(_) => self.doorbell.leases_released(),
+                    None => self.wake_for(wake::shards_of(notification.payload())),
+                },
                 Ok(None) => return "the connection was closed".to_owned(),
                 Err(error) => return error.to_string(),
             }

@@ -292,8 +292,12 @@ impl<P: Publisher> Inner<P> {
                 .leases
                 .release_all(&self.db, dialect, self.outbox.tables(), self.clock.now())
                 .await;
-            if let Err(error) = released {
-                warn!(relay = %self.relay_id, %error, "could not release leases; they expire on their own");
+            match released {
+                Ok(true) => self.announce_release().await,
+                Ok(false) => {}
+                Err(error) => {
+                    warn!(relay = %self.relay_id, %error, "could not release leases; they expire on their own");
+                }
             }
         }
     }
