@@ -254,6 +254,17 @@
 //! - SQLite, MySQL and MariaDB: in-process wake-ups and polling (MySQL has no
 //!   `LISTEN`).
 //!
+//! Relays wake each other the same way when shards change hands. A relay that gives
+//! shards up (to a relay that joined, at its lease round; all of them on shutdown; or
+//! while it cannot reach the broker) says so: on the same channel with the payload
+//! `released by <relay id>`, and to the relays of its process directly. The others run
+//! a lease round at once and take the shards, instead of at their next round, a
+//! third of `lease_ttl` (10 s) later at most, while events stored to those shards
+//! would wait. Without `LISTEN`, relays of other processes take them at that round.
+//! The channel is named after the table, not the schema: services that keep outboxes
+//! of one name in several schemas of one database wake each other's relays now and
+//! then (a needless poll, nothing more).
+//!
 //! An idle relay makes about one query a second (its poll asks once which of its
 //! shards have work, plus the lease round every third of `lease_ttl` and the backlog
 //! gauges every 10 s); the benchmark measures it.
