@@ -1,12 +1,13 @@
 //! Measuring what arrives: a consumer, waits, percentiles.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outbox::Message;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
 use uuid::Uuid;
 
@@ -46,31 +47,69 @@ pub(super) fn percentile(values: &[f64], q: f64) -> f64 {
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
+/// Starts a consumer of `topic` (a group of its own, from the earliest offset) that
+/// notes when each event arrives, by its `event_id` header, in `received`.
+///
+/// It polls on an OS thread of its own and reads the clock as the poll returns, as a
+/// consumer in another service's process would: on the scenario's Tokio runtime its
+/// wake-ups queued behind the relay's and the writers' tasks, a wait the broker
+/// floor's consumer, alone on its runtime, did not have.
 pub(super) fn spawn_consumer(
     brokers: &str,
     topic: &str,
     received: Arc<Mutex<HashMap<String, Instant>>>,
-) -> Result<tokio::task::JoinHandle<()>, Failure> {
-    let consumer: StreamConsumer = ClientConfig::new()
+) -> Result<ArrivalLog, Failure> {
+    let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("bench-{}", Uuid::now_v7().simple()))
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "5")
         .create()?;
     consumer.subscribe(&[topic])?;
-    Ok(tokio::spawn(async move {
-        while let Ok(message) = consumer.recv().await {
-            let now = Instant::now();
-            let id = message.headers().and_then(|hs| {
-                hs.iter()
-                    .find(|h| h.key == "event_id")
-                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-            });
-            if let (Some(id), Ok(mut received)) = (id, received.lock()) {
-                received.entry(id).or_insert(now);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("bench-consumer".to_owned())
+        .spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) else {
+                    continue;
+                };
+                let now = Instant::now();
+                let id = message.headers().and_then(|hs| {
+                    hs.iter()
+                        .find(|h| h.key == "event_id")
+                        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+                });
+                if let (Some(id), Ok(mut received)) = (id, received.lock()) {
+                    received.entry(id).or_insert(now);
+                }
             }
+        })?;
+    Ok(ArrivalLog {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// The consumer thread of [`spawn_consumer`]; stopped when dropped.
+pub(super) struct ArrivalLog {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ArrivalLog {
+    /// Stops the consumer.
+    pub(super) fn abort(self) {}
+}
+
+impl Drop for ArrivalLog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-    }))
+    }
 }
 
 pub(super) async fn wait_for(
