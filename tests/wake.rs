@@ -176,6 +176,9 @@ async fn shards_a_relay_gives_up_are_taken_at_once_not_at_the_next_round() {
     )
     .await;
     // A round every 30 s: its first finds nothing free, its next is 30 s away.
+    // (Unless a relay of another test, in another schema, gives shards up meanwhile:
+    // the channel is named after the table, so that brings this relay's round
+    // forward too; it can make this test pass early, never fail.)
     let second = relay_with_leases(&pg, Duration::from_secs(90));
     // The first relay's next round sees the second and gives up half.
     eventually(

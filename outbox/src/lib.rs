@@ -262,8 +262,10 @@
 //! third of `lease_ttl` (10 s) later at most, while events stored to those shards
 //! would wait. Without `LISTEN`, relays of other processes take them at that round.
 //! The channel is named after the table, not the schema: services that keep outboxes
-//! of one name in several schemas of one database wake each other's relays now and
-//! then (a needless poll, nothing more).
+//! of one name in several schemas of one database wake each other's relays (each of
+//! their stores makes the other service's relays claim the shards it names, each
+//! release makes them run a lease round): correct, but wasted queries. Give the
+//! tables different names (see [`Tables`]) to keep them apart.
 //!
 //! An idle relay makes about one query a second (its poll asks once which of its
 //! shards have work, plus the lease round every third of `lease_ttl` and the backlog

@@ -114,10 +114,10 @@ impl Wake {
 
     /// The relay of doorbell `by` gave shards up: the other relays of this process run
     /// a lease round now.
-    pub(crate) fn released(&self, by: &Doorbell) {
+    pub(crate) fn announce_release(&self, by: &Doorbell) {
         self.ring_local(|doorbell| {
             if !std::ptr::eq(doorbell, by) {
-                doorbell.leases_released();
+                doorbell.hear_release();
             }
         });
     }
@@ -290,13 +290,13 @@ impl Doorbell {
     }
 
     /// Another relay of the service gave shards up.
-    pub(crate) fn leases_released(&self) {
+    pub(crate) fn hear_release(&self) {
         self.released.notify_one();
     }
 
     /// Waits until another relay gave shards up (at once if one did since the last
     /// call).
-    pub(crate) async fn released(&self) {
+    pub(crate) async fn release_heard(&self) {
         self.released.notified().await;
     }
 
@@ -395,12 +395,12 @@ mod tests {
     async fn a_release_rings_every_other_relay_of_the_process() {
         let wake = Wake::default();
         let (releasing, other) = (wake.subscribe(), wake.subscribe());
-        wake.released(&releasing);
-        tokio::time::timeout(Duration::from_secs(1), other.released())
+        wake.announce_release(&releasing);
+        tokio::time::timeout(Duration::from_secs(1), other.release_heard())
             .await
             .expect("the other relay hears of it");
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), releasing.released())
+            tokio::time::timeout(Duration::from_millis(50), releasing.release_heard())
                 .await
                 .is_err(),
             "the releasing relay does not"

@@ -41,9 +41,10 @@ impl<P: Publisher> Inner<P> {
     /// their next round (a third of the lease time later at most, while events stored
     /// to those shards wait). Relays of this process hear it through the outbox's
     /// doorbells, others (on PostgreSQL) through a `NOTIFY` on the wake-up channel.
-    /// A lost announcement costs only that wait.
+    /// A lost announcement costs only that wait. (A relay of this process that also
+    /// listens hears it twice and runs two rounds: harmless.)
     pub(super) async fn announce_release(&self) {
-        self.outbox.wake().released(&self.doorbell);
+        self.outbox.wake().announce_release(&self.doorbell);
         if self.db.get_database_backend() != DbBackend::Postgres {
             return;
         }
@@ -82,7 +83,7 @@ impl<P: Publisher> Inner<P> {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = self.renew_now.notified() => {}
-                () = self.doorbell.released() => {}
+                () = self.doorbell.release_heard() => {}
                 () = tokio::time::sleep(every) => {}
             }
         }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult};
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement};
 use tracing::{debug, error, info};
 
 use crate::error::Result;
@@ -133,6 +133,20 @@ impl Leases {
         if self.held().owned.remove(&shard).is_some() {
             info!(shard, relay = %self.relay_id, "shard lease lost to another relay");
         }
+    }
+
+    /// The statement that gives `shard` up. Its lease expired a lease time ago, not
+    /// now: the relays told of it take it at once (see `keeper.rs`), and one whose
+    /// estimate of the database's clock is a few milliseconds behind this relay's
+    /// would see it live and wait for its next round.
+    fn release(
+        &self,
+        dialect: Dialect,
+        tables: &Tables,
+        shard: i32,
+        now: DateTime<Utc>,
+    ) -> Statement {
+        dialect.release_lease(tables, &self.key(shard), now, now - self.ttl())
     }
 
     fn key(&self, shard: i32) -> LeaseKey<'_> {
@@ -315,7 +329,7 @@ impl Leases {
             release
         };
         for &shard in &release {
-            db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
+            db.execute_raw(self.release(dialect, tables, shard, now))
                 .await?;
         }
         Ok(release)
@@ -355,7 +369,7 @@ impl Leases {
         };
         let released = !owned.is_empty();
         for shard in owned.into_keys() {
-            db.execute_raw(dialect.release_lease(tables, &self.key(shard), now))
+            db.execute_raw(self.release(dialect, tables, shard, now))
                 .await?;
         }
         self.leave(db, dialect, tables, now).await?;

@@ -32,8 +32,11 @@ impl<P: Publisher> Inner<P> {
                 Ok(mut listener) => {
                     info!(relay = %self.relay_id, %channel, "listening for stored events");
                     wait = Duration::from_millis(100);
-                    // Events stored while nobody listened: poll once.
+                    // Events stored while nobody listened: poll once. Shards given up
+                    // meanwhile (a relay that just started listens only after its
+                    // first round, which the others may have answered): a round.
                     self.wake_for(None);
+                    self.doorbell.hear_release();
                     let outcome = cancel
                         .run_until_cancelled(self.receive(&mut listener))
                         .await;
@@ -91,7 +94,7 @@ impl<P: Publisher> Inner<P> {
             match listener.try_recv().await {
                 Ok(Some(notification)) => match wake::released_by(notification.payload()) {
                     Some(relay) if relay == self.relay_id => {}
-                    Some(_) => self.doorbell.leases_released(),
+                    Some(_) => self.doorbell.hear_release(),
                     None => self.wake_for(wake::shards_of(notification.payload())),
                 },
                 Ok(None) => return "the connection was closed".to_owned(),

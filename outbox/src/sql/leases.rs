@@ -238,18 +238,20 @@ impl Dialect {
         Returning::one(self.build(renew.returning(Query::returning().columns(columns))))
     }
 
-    /// Gives up a lease at once, so another relay can take it without waiting.
+    /// Gives up a lease at once, so another relay can take it without waiting: it
+    /// expired at `expired` (in the past).
     pub(crate) fn release_lease(
         self,
         tables: &Tables,
         lease: &LeaseKey<'_>,
         now: DateTime<Utc>,
+        expired: DateTime<Utc>,
     ) -> Statement {
         self.build(
             Query::update()
                 .table(table(tables.lease()))
                 .values([
-                    (Lease::ExpiresAt, now.into()),
+                    (Lease::ExpiresAt, expired.into()),
                     (Lease::UpdatedAt, now.into()),
                 ])
                 .and_where(Expr::col(Lease::ServiceName).eq(lease.service))

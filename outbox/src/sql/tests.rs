@@ -135,7 +135,7 @@ async fn every_other_statement_runs() {
         d.fence(&t, &lease, 1),
         d.record_failure(t.outbox(), id, &failure),
         d.failure_state(t.outbox(), id),
-        d.release_lease(&t, &lease, now),
+        d.release_lease(&t, &lease, now, now),
         d.live_leases(&t, "svc", now),
         d.heartbeat(&t, "svc", "relay-a", now),
         d.live_services(&t, now),
