@@ -81,7 +81,7 @@ pub(super) async fn latency(
         let committed = steady_writers(&schema.db, &outbox, &topic, size).await?;
         let ids: Vec<String> = committed.iter().map(|(id, _)| id.clone()).collect();
         let skipped = arrived(brokers, &topic, &received, &ids).await?;
-        consumer.abort();
+        consumer.stop();
         if let Some(relay) = relay {
             relay.shutdown().await?;
         }
@@ -177,7 +177,7 @@ pub(super) async fn broker_floor(brokers: &str, size: &Size) -> Result<Floor, Fa
     }
     let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
     wait_for(&received, &ids, Duration::from_secs(60)).await?;
-    consumer.abort();
+    consumer.stop();
     let latencies = latencies(&sent, &received)?;
     Ok(Floor {
         p50: percentile(&latencies, 0.5),
@@ -276,7 +276,7 @@ pub(super) async fn sparse_after_idle(
     }
     let ids: Vec<String> = committed.iter().map(|(id, _)| id.clone()).collect();
     let skipped = arrived(brokers, &topic, &received, &ids).await?;
-    consumer.abort();
+    consumer.stop();
     stop(children)?;
     let slowest = slowest_relay_share(&schema.db, &committed, &received).await?;
     schema.try_drop().await?;

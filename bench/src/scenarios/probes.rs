@@ -72,8 +72,15 @@ pub(super) fn spawn_consumer(
         .name("bench-consumer".to_owned())
         .spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
-                let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) else {
-                    continue;
+                let message = match consumer.poll(Duration::from_millis(50)) {
+                    None => continue,
+                    Some(Ok(message)) => message,
+                    Some(Err(_)) => {
+                        // The broker away for a moment: the events come later (the
+                        // scenario waits for them), without spinning meanwhile.
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
                 };
                 let now = Instant::now();
                 let id = message.headers().and_then(|hs| {
@@ -99,8 +106,10 @@ pub(super) struct ArrivalLog {
 }
 
 impl ArrivalLog {
-    /// Stops the consumer.
-    pub(super) fn abort(self) {}
+    /// Stops the consumer and waits for its thread (at most one poll, 50 ms).
+    pub(super) fn stop(self) {
+        drop(self);
+    }
 }
 
 impl Drop for ArrivalLog {
@@ -168,7 +177,7 @@ pub(super) async fn arrived(
     let in_log: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let consumer = spawn_consumer(brokers, topic, Arc::clone(&in_log))?;
     let still = missing_after(&in_log, &missing, Duration::from_secs(60)).await;
-    consumer.abort();
+    consumer.stop();
     let still = still?;
     match still.first() {
         None => Ok(missing.len()),
