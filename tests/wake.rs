@@ -47,6 +47,18 @@ fn write(pg: &PgSchema, count: usize) {
     assert!(status.success(), "the writer failed");
 }
 
+/// Stores `count` events (keys `key-0`...) here, through an outbox that wakes no relay.
+async fn store_silently(pg: &PgSchema, count: usize) {
+    let silent = Outbox::new();
+    for n in 0..count {
+        let event = EventBuilder::new("thing.happened", format!("key-{n}"));
+        silent
+            .store(&pg.db, &event, "wake-topic")
+            .await
+            .expect("store");
+    }
+}
+
 /// The process ids of the relay's listening connections.
 async fn listeners(db: &DatabaseConnection, relay: &RelayHandle) -> Vec<i32> {
     let rows = db
@@ -116,14 +128,7 @@ async fn a_killed_listening_connection_comes_back_and_misses_nothing() {
         .expect("terminate");
     // Stored while nobody listens, by a writer that notifies no one: only the poll
     // the relay makes once it listens again can find these before its next poll.
-    let silent = Outbox::new();
-    for n in 0..3 {
-        let event = EventBuilder::new("thing.happened", format!("key-{n}"));
-        silent
-            .store(&pg.db, &event, "wake-topic")
-            .await
-            .expect("store");
-    }
+    store_silently(&pg, 3).await;
     eventually(
         "published long before the next poll",
         Duration::from_secs(3),
@@ -169,12 +174,15 @@ async fn shards_a_relay_gives_up_are_taken_at_once_not_at_the_next_round() {
     let pg = PgSchema::migrated().await;
     // A round every 10 s.
     let first = relay_with_leases(&pg, Duration::from_secs(30));
+    // Owns every shard and listens (a relay runs a round when it starts listening:
+    // that one too is over before the second relay starts).
     eventually(
-        "the first relay owns every shard",
+        "the first relay owns every shard and listens",
         Duration::from_secs(10),
-        || async { first.stats().owned_shards == 16 },
+        || async { first.stats().owned_shards == 16 && listeners(&pg.db, &first).await.len() == 1 },
     )
     .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // A round every 30 s: its first finds nothing free, its next is 30 s away.
     // (Unless a relay of another test, in another schema, gives shards up meanwhile:
     // the channel is named after the table, so that brings this relay's round
@@ -198,14 +206,7 @@ async fn shards_a_relay_gives_up_are_taken_at_once_not_at_the_next_round() {
     // Stored by a writer that notifies no one: the second relay finds them by the
     // quick polls that follow taking shards, in the first relay's shards only if it
     // took them.
-    let silent = Outbox::new();
-    for n in 0..16 {
-        let event = EventBuilder::new("thing.happened", format!("key-{n}"));
-        silent
-            .store(&pg.db, &event, "wake-topic")
-            .await
-            .expect("store");
-    }
+    store_silently(&pg, 16).await;
     eventually(
         "the second relay takes every shard and publishes what was stored",
         Duration::from_secs(5),
