@@ -148,6 +148,19 @@ impl Wake {
     }
 }
 
+/// Sends `payload` on `channel` through `db` (PostgreSQL). A failure is only logged:
+/// the relays poll anyway, so a lost notification costs latency, never events.
+pub(crate) async fn notify(db: &DatabaseConnection, channel: &str, payload: String) {
+    let notify = Statement::from_sql_and_values(
+        DatabaseBackend::Postgres,
+        "SELECT pg_notify($1, $2)",
+        [channel.into(), payload.into()],
+    );
+    if let Err(error) = db.execute_raw(notify).await {
+        debug!(%error, %channel, "could not notify the relays");
+    }
+}
+
 /// The channel relays of the outbox table `table` listen on.
 pub(crate) fn channel(table: &str) -> String {
     format!("{table}_wake")
@@ -222,15 +235,7 @@ impl Shared {
                 }
                 None => String::new(),
             };
-            let notify = Statement::from_sql_and_values(
-                DatabaseBackend::Postgres,
-                "SELECT pg_notify($1, $2)",
-                [self.channel.as_str().into(), payload.into()],
-            );
-            if let Err(error) = self.db.execute_raw(notify).await {
-                // The relays poll anyway: a lost notification costs latency only.
-                debug!(%error, channel = %self.channel, "could not notify the relays");
-            }
+            notify(&self.db, &self.channel, payload).await;
             tokio::time::sleep(COALESCE).await;
         }
     }

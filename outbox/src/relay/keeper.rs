@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::DbBackend;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::Inner;
 use super::state::Concern;
@@ -48,17 +48,8 @@ impl<P: Publisher> Inner<P> {
         if self.db.get_database_backend() != DbBackend::Postgres {
             return;
         }
-        let notify = Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_notify($1, $2)",
-            [
-                wake::channel(self.outbox.tables().outbox().as_str()).into(),
-                wake::released_payload(&self.relay_id).into(),
-            ],
-        );
-        if let Err(error) = self.db.execute_raw(notify).await {
-            debug!(relay = %self.relay_id, %error, "could not tell the other relays of released shards");
-        }
+        let channel = wake::channel(self.outbox.tables().outbox().as_str());
+        wake::notify(&self.db, &channel, wake::released_payload(&self.relay_id)).await;
     }
 
     /// Renews the leases and the heartbeat every third of the lease time, on a
