@@ -52,7 +52,7 @@ pub(super) async fn latency(
     for own_processes in [false, true] {
         let schema = migrated_schema(url, 8).await?;
         let topic = create_topic(brokers, 4).await?;
-        let mut outbox = Outbox::new();
+        let mut outbox = latency_outbox()?;
         let mut children = Relays::default();
         let mut relay = None;
         let times: Arc<Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
@@ -121,6 +121,12 @@ pub(super) fn latency_config() -> Result<RelayConfig, Failure> {
         service_name: "latency".to_owned(),
         ..RelayConfig::from_env()?
     })
+}
+
+/// The latency scenarios' writers: as many shards as their relays have
+/// (`OUTBOX_SHARDS`, or the default).
+fn latency_outbox() -> Result<Outbox, Failure> {
+    Ok(Outbox::new().with_shards(latency_config()?.shards))
 }
 
 /// Produce-to-consume percentiles of the broker alone, in milliseconds.
@@ -258,7 +264,7 @@ pub(super) async fn sparse_after_idle(
 ) -> Result<(), Failure> {
     let schema = migrated_schema(url, 4).await?;
     let topic = create_topic(brokers, 4).await?;
-    let outbox = Outbox::new().with_wake_connection(&schema.db);
+    let outbox = latency_outbox()?.with_wake_connection(&schema.db);
     let children = spawn_relays(url, brokers, &schema.schema, 2)?;
     let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let consumer = spawn_consumer(brokers, &topic, Arc::clone(&received))?;
