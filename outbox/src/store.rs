@@ -144,8 +144,7 @@ impl Outbox {
     /// its own connection; call it in processes that store events and run no relay.
     /// Ignored on other databases than PostgreSQL, and once set.
     pub fn with_wake_connection(self, db: &DatabaseConnection) -> Self {
-        self.wake
-            .notify_through(db, wake::channel(self.tables.outbox().as_str()));
+        self.wake.notify_through(db, wake::channel(&self.tables));
         self
     }
 

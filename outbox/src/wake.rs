@@ -28,6 +28,8 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, DatabaseConnection, Statement};
 use tokio::sync::{Notify, mpsc};
 use tracing::debug;
 
+use crate::tables::Tables;
+
 /// At most one cross-process notification per this interval, per process.
 pub(crate) const COALESCE: Duration = Duration::from_millis(2);
 
@@ -161,9 +163,9 @@ pub(crate) async fn notify(db: &DatabaseConnection, channel: &str, payload: Stri
     }
 }
 
-/// The channel relays of the outbox table `table` listen on.
-pub(crate) fn channel(table: &str) -> String {
-    format!("{table}_wake")
+/// The channel the relays of the outbox table in `tables` listen on.
+pub(crate) fn channel(tables: &Tables) -> String {
+    format!("{}_wake", tables.outbox().as_str())
 }
 
 /// Sends coalesced `NOTIFY`s from a task of its own. The task ends when the notifier

@@ -48,7 +48,7 @@ impl<P: Publisher> Inner<P> {
         if self.db.get_database_backend() != DbBackend::Postgres {
             return;
         }
-        let channel = wake::channel(self.outbox.tables().outbox().as_str());
+        let channel = wake::channel(self.outbox.tables());
         wake::notify(&self.db, &channel, wake::released_payload(&self.relay_id)).await;
     }
 

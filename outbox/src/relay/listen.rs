@@ -25,7 +25,7 @@ const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
 impl<P: Publisher> Inner<P> {
     /// Listens until `cancel`, reconnecting with backoff.
     pub(super) async fn listen(self: Arc<Self>, cancel: CancellationToken) {
-        let channel = wake::channel(self.outbox.tables().outbox().as_str());
+        let channel = wake::channel(self.outbox.tables());
         let mut wait = Duration::from_millis(100);
         while !cancel.is_cancelled() {
             match self.listener(&channel).await {
