@@ -216,3 +216,42 @@ async fn shards_a_relay_gives_up_are_taken_at_once_not_at_the_next_round() {
     second.shutdown().await.expect("shutdown");
     pg.drop().await;
 }
+
+/// A relay on a pool of one connection listens on a connection of its own and still
+/// has the pool's for its work: it publishes. (The listener used to take the pool's
+/// only connection for good, and the relay could claim nothing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_on_a_pool_of_one_listens_and_publishes() {
+    let pg = PgSchema::migrated().await;
+    let mut options = sea_orm::ConnectOptions::new(pg.url());
+    options
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .sqlx_logging(false);
+    let db = sea_orm::Database::connect(options).await.expect("connect");
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::new(
+        RelayConfig {
+            interval: Duration::from_millis(200),
+            ..config(true)
+        },
+        db,
+        publisher.clone(),
+    )
+    .expect("valid relay config")
+    .spawn();
+    eventually("the relay listens", Duration::from_secs(10), || async {
+        !listeners(&pg.db, &relay).await.is_empty()
+    })
+    .await;
+    store_silently(&pg, 5).await;
+    eventually(
+        "the relay publishes on the pool's one connection",
+        Duration::from_secs(10),
+        || async { publisher.messages().len() == 5 },
+    )
+    .await;
+    assert!(relay.healthcheck().is_ok(), "{:?}", relay.healthcheck());
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}

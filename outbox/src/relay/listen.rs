@@ -1,7 +1,8 @@
 //! The relay's side of cross-process wake-ups (PostgreSQL, feature `postgres`): a
 //! connection that `LISTEN`s on the outbox table's channel and wakes the main loop
 //! when a writer in any process stored events for a shard this relay owns, and the
-//! lease keeper when another relay gave shards up.
+//! lease keeper when another relay gave shards up. The connection is the relay's own,
+//! beside its pool, never one of the pool's.
 //!
 //! Lost notifications cost latency, never events: the relay polls anyway. After the
 //! listening connection is (re-)established, the relay polls once, for what was
@@ -10,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::sqlx::postgres::{PgListener, PgPoolOptions};
 use sea_orm::{DatabaseConnection, DatabaseConnectionType};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -62,12 +63,20 @@ impl<P: Publisher> Inner<P> {
         }
     }
 
-    /// A listening connection: from `listen_url`, else one of the pool's.
+    /// A listening connection of its own: to `listen_url`, else with the pool's
+    /// connection options, but outside the pool. (A listener taken from the pool keeps
+    /// its connection for good: with a pool of one, the relay had none left for its
+    /// claims.)
     async fn listener(&self, channel: &str) -> Result<PgListener, String> {
         let mut listener = match &self.config.listen_url {
             Some(url) => PgListener::connect(url.as_str()).await,
             None => match pool_of(&self.db) {
-                Some(pool) => PgListener::connect_with(pool).await,
+                Some(pool) => {
+                    let own = PgPoolOptions::new()
+                        .max_connections(1)
+                        .connect_lazy_with(pool.connect_options().as_ref().clone());
+                    PgListener::connect_with(&own).await
+                }
                 None => return Err("the connection is not a PostgreSQL pool".to_owned()),
             },
         }
