@@ -142,12 +142,18 @@ impl From<&str> for DatabaseUrl {
 }
 
 impl std::fmt::Debug for DatabaseUrl {
-    /// The URL up to the host, with the user info and every parameter left out.
+    /// The URL up to the host, with the user info and every parameter left out. The
+    /// user info ends at the last `@`, whatever it holds: a password may contain `?`,
+    /// `#` or `/` unencoded, so the parameters are cut only after it. (An `@` inside a
+    /// parameter hides more than needed, never a password.)
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = self.0.split(['?', '#']).next().unwrap_or_default();
-        let shown = match (url.split_once("://"), url.rfind('@')) {
-            (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
-            _ => url.to_owned(),
+        let without_parameters =
+            |url: &str| url.split(['?', '#']).next().unwrap_or_default().to_owned();
+        let shown = match (self.0.split_once("://"), self.0.rfind('@')) {
+            (Some((scheme, _)), Some(at)) => {
+                format!("{scheme}://***@{}", without_parameters(&self.0[at + 1..]))
+            }
+            _ => without_parameters(&self.0),
         };
         write!(f, "{shown:?}")
     }
@@ -438,6 +444,24 @@ mod tests {
             !shown.contains("s3cr3t") && !shown.contains("p2"),
             "{shown}"
         );
+    }
+
+    /// A password with `#`, `?` or `/` in it is hidden too (the parameters were cut
+    /// first, at its `#`, and the user info was then shown whole).
+    #[test]
+    fn a_password_with_url_delimiters_is_not_shown() {
+        for (url, host) in [
+            ("postgres://u:p#ss@h/db", "postgres://***@h/db"),
+            (
+                "postgres://u:p?ss@h:5432/db?sslmode=require",
+                "postgres://***@h:5432/db",
+            ),
+            ("postgres://u:p/ss#x@h/db#frag", "postgres://***@h/db"),
+            ("postgres://h/db?application_name=a", "postgres://h/db"),
+        ] {
+            let shown = format!("{:?}", DatabaseUrl::from(url));
+            assert_eq!(shown, format!("{host:?}"), "{url}");
+        }
     }
 
     fn from(vars: &[(&str, &str)]) -> Result<RelayConfig> {
