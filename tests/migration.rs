@@ -188,12 +188,16 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261128_000004_mysql_key_locks",
             "m20261128_000005_create_inbox",
             "m20261202_000006_inbox_dead_letters",
+            "m20261205_000007_mysql_binary_keys",
+            "m20261205_000008_relay_probation",
             "m20261127_000001_create_outbox_tables_billing_outbox",
             "m20261127_000002_park_waiting_events_billing_outbox",
             "m20261128_000003_archive_published_events_billing_outbox",
             "m20261128_000004_mysql_key_locks_billing_outbox",
             "m20261128_000005_create_inbox_billing_outbox",
             "m20261202_000006_inbox_dead_letters_billing_outbox",
+            "m20261205_000007_mysql_binary_keys_billing_outbox",
+            "m20261205_000008_relay_probation_billing_outbox",
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");

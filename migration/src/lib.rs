@@ -28,6 +28,8 @@ pub mod m20261128_000003_archive_published_events;
 pub mod m20261128_000004_mysql_key_locks;
 pub mod m20261128_000005_create_inbox;
 pub mod m20261202_000006_inbox_dead_letters;
+pub mod m20261205_000007_mysql_binary_keys;
+pub mod m20261205_000008_relay_probation;
 
 use sea_orm_migration::prelude::*;
 
@@ -97,6 +99,12 @@ pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
             tables.clone(),
         )),
         Box::new(m20261202_000006_inbox_dead_letters::Migration::new(
+            tables.clone(),
+        )),
+        Box::new(m20261205_000007_mysql_binary_keys::Migration::new(
+            tables.clone(),
+        )),
+        Box::new(m20261205_000008_relay_probation::Migration::new(
             tables.clone(),
         )),
     ]

@@ -3,7 +3,8 @@
 use sea_orm::entity::prelude::*;
 
 /// One running relay instance. Relays count the live instances of their service to
-/// share the shards fairly: each holds at most `ceil(shards / live relays)`.
+/// share the shards fairly: each holds at most `ceil(shards / live relays)`, the
+/// shards of relays on probation (one each) left aside.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "_outbox_relay")]
 pub struct Model {
@@ -17,6 +18,9 @@ pub struct Model {
     pub started_at: DateTimeUtc,
     /// The instance's last sign of life; instances silent for a lease period are gone.
     pub heartbeat_at: DateTimeUtc,
+    /// Back from a broker it could not deliver to: it holds one shard until a delivery
+    /// succeeds, and the others do not count it when they share the shards.
+    pub probation: bool,
 }
 
 /// The table has no relations.
