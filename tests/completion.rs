@@ -306,8 +306,8 @@ async fn cleanup_deletes_expired_archived_events(db: DatabaseConnection) {
             .count_published_older_than(&db, now)
             .await
             .expect("count"),
-        2,
-        "marking looks in the outbox table only"
+        6,
+        "after a switch from archiving, the archive still counts"
     );
     // Step by step, as `outbox purge` does: a step short of its limit is the last.
     assert_eq!(archiving.cleanup_batch(&db, now, 4).await.expect("step"), 4);
@@ -324,12 +324,113 @@ async fn cleanup_deletes_expired_archived_events(db: DatabaseConnection) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(archiving.cleanup(&db, now, 10).await.expect("cleanup"), 1);
     assert!(archived_rows(&db).await.is_empty());
+
+    // After a switch from archiving to marking, cleanup still purges the archive.
+    let more = marking
+        .store_batch(&db, (0..2).map(|n| counter("k", n)))
+        .await
+        .expect("store");
+    archiving
+        .mark_events_as_published(&db, &more)
+        .await
+        .expect("archive");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(marking.cleanup(&db, now, 10).await.expect("cleanup"), 2);
+    assert!(archived_rows(&db).await.is_empty());
+}
+
+/// An event the archive holds already (a copy left by hand, a restore) is completed
+/// when published: the write-back skips the copy. (It failed on the archive's key,
+/// and the event was published again and again.)
+async fn an_event_already_archived_is_completed_once(db: DatabaseConnection) {
+    let outbox = Outbox::new().with_completion(Completion::Archive);
+    let ids = outbox
+        .store_batch(&db, (0..2).map(|n| counter("k", n)))
+        .await
+        .expect("store");
+    let copy = "INSERT INTO _outbox_published SELECT * FROM _outbox";
+    db.execute_raw(Statement::from_string(db.get_database_backend(), copy))
+        .await
+        .expect("copy the events to the archive");
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::new(
+        RelayConfig {
+            completion: Completion::Archive,
+            ..config("archived")
+        },
+        db.clone(),
+        publisher.clone(),
+    )
+    .expect("valid relay config")
+    .with_outbox(outbox.clone());
+    let report = relay.process_events(10).await.expect("a pass");
+    assert_eq!(report.published, 2);
+    assert!(outbox_rows(&db).await.is_empty(), "completed");
+    let archived: Vec<Uuid> = archived_rows(&db).await.iter().map(|r| r.id).collect();
+    assert_eq!(archived, ids);
+    assert_eq!(publisher.messages().len(), 2, "published once");
+}
+
+/// A relay in archive mode without an archive table publishes nothing (every
+/// write-back would fail, and every batch go out again and again) and its health
+/// check says why; once the table exists, it publishes.
+async fn archive_mode_waits_for_its_archive_table(db: DatabaseConnection) {
+    use sea_orm_migration::{MigrationTrait, SchemaManager};
+    let archive_migration =
+        outbox_migration::m20261128_000003_archive_published_events::Migration::default();
+    archive_migration
+        .down(&SchemaManager::new(&db))
+        .await
+        .expect("drop the archive");
+    let outbox = Outbox::new().with_completion(Completion::Archive);
+    outbox
+        .store(&db, &EventBuilder::new("thing.happened", "k"), "things")
+        .await
+        .expect("store");
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::new(
+        RelayConfig {
+            completion: Completion::Archive,
+            ..config("no-archive")
+        },
+        db.clone(),
+        publisher.clone(),
+    )
+    .expect("valid relay config")
+    .with_outbox(outbox.clone())
+    .spawn();
+    eventually(
+        "the health check names the missing archive",
+        Duration::from_secs(10),
+        || async {
+            relay.healthcheck().is_err_and(|e| {
+                e.to_string()
+                    .contains("archive table _outbox_published does not exist")
+            })
+        },
+    )
+    .await;
+    assert!(publisher.messages().is_empty());
+    archive_migration
+        .up(&SchemaManager::new(&db))
+        .await
+        .expect("create the archive");
+    eventually(
+        "published once the archive exists",
+        Duration::from_secs(10),
+        || async { publisher.messages().len() == 1 && outbox_rows(&db).await.is_empty() },
+    )
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    assert_eq!(archived_rows(&db).await.len(), 1);
 }
 
 outbox_tests::on_every_backend!(
     each_mode_completes_published_events_and_only_those,
     the_manual_calls_complete_by_the_mode,
     cleanup_deletes_expired_archived_events,
+    an_event_already_archived_is_completed_once,
+    archive_mode_waits_for_its_archive_table,
 );
 
 #[test]

@@ -809,6 +809,394 @@ async fn orphaned_parked_events_go_out_in_order_with_the_next_event(db: Database
     assert_eq!(order, [1, 2, 3]);
 }
 
+/// Dead-letters `ids[0]` and has `ids[1]` wait for a retry an hour away, through the
+/// library's failure calls; the relay's next pass parks `ids[2]` behind it.
+async fn dead_retrying_parked(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    relay: &Relay<MemoryPublisher>,
+    ids: &[Uuid],
+) {
+    let dead_now = RelayConfig {
+        retry_attempts: 0,
+        ..fast_config("replays")
+    };
+    let retry_later = RelayConfig {
+        retry_delay: Duration::from_secs(3600),
+        max_retry_delay: Duration::from_secs(3600),
+        ..fast_config("replays")
+    };
+    let outcome = outbox
+        .handle_event_failure(db, ids[0], "unknown topic", &dead_now)
+        .await
+        .expect("dead-letter");
+    assert!(
+        matches!(outcome, FailureOutcome::DeadLettered { .. }),
+        "{outcome:?}"
+    );
+    let outcome = outbox
+        .handle_event_failure(db, ids[1], "unknown topic", &retry_later)
+        .await
+        .expect("retry later");
+    assert!(
+        matches!(outcome, FailureOutcome::Retry { .. }),
+        "{outcome:?}"
+    );
+    relay.process_events(10).await.expect("process");
+}
+
+/// A key's first event is dead-lettered, the second waits for a retry, the third is
+/// parked behind it; the operator replays the first (by id, all dead letters, or a
+/// batch). The replayed event goes out at once, ahead of the retrying one, and the
+/// rest follows in order when the retry falls due. (The claim used to see the later
+/// event's retry as holding back the replayed one and parked the whole key, for
+/// good.)
+async fn a_replay_never_parks_its_key_for_good(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::new(fast_config("replays"), db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone());
+    for how in ["one", "all", "batch"] {
+        let key = format!("key-{how}");
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            ids.push(
+                outbox
+                    .store(&db, &counter(&key, n), "counters")
+                    .await
+                    .expect("store"),
+            );
+        }
+        dead_retrying_parked(&db, &outbox, &relay, &ids).await;
+        assert_eq!(parked_flags(&db, &key).await, [false, false, true]);
+
+        let replayed = match how {
+            "one" => outbox.replay(&db, ids[0]).await.map(|()| 1),
+            "all" => outbox.replay_all_dead(&db).await,
+            _ => outbox.replay_dead_batch(&db, 10).await,
+        };
+        assert_eq!(replayed.expect("replay"), 1, "{how}");
+        relay.process_events(10).await.expect("process");
+        let published = |key: String| {
+            let publisher = publisher.clone();
+            move || {
+                per_key_order(&publisher.messages())
+                    .remove(&key)
+                    .unwrap_or_default()
+            }
+        };
+        assert_eq!(
+            published(key.clone())(),
+            [0],
+            "the replayed event goes out ({how})"
+        );
+        assert_eq!(
+            parked_flags(&db, &key).await,
+            [false, false, true],
+            "only the event behind the retrying one stays parked ({how})"
+        );
+
+        // The retry falls due: the rest follows, in order.
+        row::Entity::update_many()
+            .col_expr(
+                row::Column::NextAttemptAt,
+                Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
+            )
+            .filter(row::Column::Id.eq(ids[1]))
+            .exec(&db)
+            .await
+            .expect("the retry falls due");
+        relay.process_events(10).await.expect("process");
+        relay.process_events(10).await.expect("process");
+        assert_eq!(published(key.clone())(), [0, 1, 2], "{how}");
+        assert_eq!(parked_flags(&db, &key).await, [false; 3], "{how}");
+    }
+    let backlog = outbox.backlog(&db).await.expect("backlog");
+    assert_eq!((backlog.pending, backlog.dead_lettered), (0, 0));
+}
+
+/// A key left all parked (as the replay above used to leave it, in databases written
+/// before the fix) is freed by the relay's sweep, its events published in order; and
+/// while it is stuck, the backlog's oldest pending event counts it.
+async fn a_key_stuck_parked_is_freed_and_counted(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::new(fast_config("stuck"), db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            outbox
+                .store(&db, &counter("k", n), "counters")
+                .await
+                .expect("store"),
+        );
+    }
+    // The second event failed once and is due again; every event of the key is parked.
+    row::Entity::update_many()
+        .col_expr(
+            row::Column::NextAttemptAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
+        )
+        .col_expr(row::Column::Attempts, Expr::value(1))
+        .filter(row::Column::Id.eq(ids[1]))
+        .exec(&db)
+        .await
+        .expect("a failed attempt");
+    row::Entity::update_many()
+        .col_expr(row::Column::Parked, Expr::value(true))
+        .exec(&db)
+        .await
+        .expect("park the key");
+    let backlog = outbox.backlog(&db).await.expect("backlog");
+    assert_eq!(backlog.pending, 3);
+    assert!(
+        backlog.oldest_pending_at.is_some(),
+        "a key stuck parked shows in the oldest pending event's age"
+    );
+
+    relay.process_events(10).await.expect("process");
+    relay.process_events(10).await.expect("process");
+    let order = per_key_order(&publisher.messages())
+        .remove("k")
+        .unwrap_or_default();
+    assert_eq!(order, [0, 1, 2]);
+}
+
+/// A dead letter replayed after the shard count changed goes to its key's shard under
+/// the new count, beside its key's new events, and is published ahead of them.
+/// (Replay used to keep the old shard: there it raced the key's new events, or sat
+/// in a shard no relay leases any more.)
+async fn a_replay_after_a_shard_count_change_follows_the_new_count(db: DatabaseConnection) {
+    let shards = |n| std::num::NonZeroU16::new(n).expect("non-zero");
+    let before = Outbox::new().with_shards(shards(16));
+    let after = Outbox::new().with_shards(shards(3));
+    let shard_of = |id: Uuid| {
+        let db = db.clone();
+        async move {
+            row::Entity::find()
+                .filter(row::Column::Id.eq(id))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("the event")
+                .shard
+        }
+    };
+    let dead_now = RelayConfig {
+        retry_attempts: 0,
+        ..fast_config("reshard")
+    };
+    let old = before
+        .store(&db, &counter("k", 0), "counters")
+        .await
+        .expect("store");
+    before
+        .handle_event_failure(&db, old, "unknown topic", &dead_now)
+        .await
+        .expect("dead-letter");
+    let new = after
+        .store(&db, &counter("k", 1), "counters")
+        .await
+        .expect("store after the change");
+    assert_ne!(
+        shard_of(old).await,
+        shard_of(new).await,
+        "pick a key whose shard changes"
+    );
+
+    after.replay(&db, old).await.expect("replay");
+    assert_eq!(shard_of(old).await, shard_of(new).await);
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::new(
+        RelayConfig {
+            shards: shards(3),
+            ..fast_config("reshard")
+        },
+        db.clone(),
+        publisher.clone(),
+    )
+    .expect("valid relay config")
+    .with_outbox(after.clone());
+    relay.process_events(10).await.expect("process");
+    let order = per_key_order(&publisher.messages())
+        .remove("k")
+        .unwrap_or_default();
+    assert_eq!(order, [0, 1]);
+}
+
+/// A publisher that panics whenever a batch holds one poisoned event.
+#[derive(Debug, Clone)]
+struct Panicking {
+    inner: MemoryPublisher,
+    poison: Uuid,
+}
+
+impl Publisher for Panicking {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        assert!(
+            batch.iter().all(|m| m.id != self.poison),
+            "a publisher bug met its poison"
+        );
+        self.inner.publish(batch).await
+    }
+}
+
+/// A publisher that panics on one event fails only that event: the batch's other
+/// events go out, the poisoned one is dead-lettered after its attempts, the event of
+/// its key behind it follows, and the relay stays healthy. (The panic used to end the
+/// relay's loop while its lease keeper went on renewing: nothing was published again
+/// until the process restarted.)
+async fn a_publisher_panic_fails_only_its_event(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let poison = outbox
+        .store(&db, &counter("poisoned", 0), "counters")
+        .await
+        .expect("store");
+    outbox
+        .store(&db, &counter("poisoned", 1), "counters")
+        .await
+        .expect("store");
+    store_interleaved(&db, &outbox, 3, 3).await;
+    let publisher = Panicking {
+        inner: MemoryPublisher::new(),
+        poison,
+    };
+    let relay = Relay::new(
+        RelayConfig {
+            retry_attempts: 1,
+            ..fast_config("panics")
+        },
+        db.clone(),
+        publisher.clone(),
+    )
+    .expect("valid relay config")
+    .with_outbox(outbox.clone())
+    .spawn();
+    eventually(
+        "the other events, and the one behind the poisoned event, are published",
+        Duration::from_secs(20),
+        || async { publisher.inner.messages().len() >= 10 },
+    )
+    .await;
+    let more = outbox
+        .store(&db, &counter("later", 0), "counters")
+        .await
+        .expect("store after");
+    eventually(
+        "the relay goes on publishing",
+        Duration::from_secs(10),
+        || async { publisher.inner.messages().iter().any(|m| m.id == more) },
+    )
+    .await;
+    assert!(relay.healthcheck().is_ok(), "{:?}", relay.healthcheck());
+    relay.shutdown().await.expect("shutdown");
+    let dead = outbox.dead_letters(&db, 10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, poison);
+    assert_eq!(dead[0].attempts, 2);
+    assert!(
+        dead[0]
+            .error_message
+            .as_deref()
+            .is_some_and(|e| e.contains("the publisher panicked: a publisher bug met its poison")),
+        "{:?}",
+        dead[0].error_message
+    );
+    let order = per_key_order(&publisher.inner.messages());
+    assert_eq!(order["poisoned"], [1]);
+    for k in 0..3 {
+        assert_eq!(order[&format!("key-{k}")], [0, 1, 2]);
+    }
+}
+
+/// Keys that differ only in case, accents or a trailing space are different keys on
+/// every backend, in one shard too: a failure of one holds back none of the others.
+/// (Under MySQL's default collation they compared equal, so one key's failure held
+/// back and parked the others.)
+async fn keys_that_only_look_alike_are_different_keys(db: DatabaseConnection) {
+    let one = std::num::NonZeroU16::new(1).expect("non-zero");
+    let outbox = Outbox::new().with_shards(one);
+    let publisher = MemoryPublisher::new();
+    // Each failing key's first event fails, its second waits behind it; the free keys,
+    // stored after the failures, look like some failing key but for case, accent or
+    // trailing space.
+    let failing = ["ABC", "abc ", "Zoé"];
+    let free = ["abc", "zoe"];
+    for key in failing {
+        let first = outbox
+            .store(&db, &counter(key, 0), "counters")
+            .await
+            .expect("store");
+        publisher.fail_next(first, [PublishError::permanent("refused")]);
+        outbox
+            .store(&db, &counter(key, 1), "counters")
+            .await
+            .expect("store");
+    }
+    let relay = Relay::new(
+        RelayConfig {
+            shards: one,
+            retry_delay: Duration::from_secs(3600),
+            max_retry_delay: Duration::from_secs(3600),
+            ..fast_config("alike")
+        },
+        db.clone(),
+        publisher.clone(),
+    )
+    .expect("valid relay config")
+    .with_outbox(outbox.clone());
+    relay
+        .process_events(10)
+        .await
+        .expect("the failing keys fail");
+    assert!(publisher.messages().is_empty());
+    for key in free {
+        outbox
+            .store(&db, &counter(key, 0), "counters")
+            .await
+            .expect("store");
+    }
+    relay.process_events(10).await.expect("process");
+    relay.process_events(10).await.expect("process");
+    let order = per_key_order(&publisher.messages());
+    let mut published: Vec<&str> = order.keys().map(String::as_str).collect();
+    published.sort_unstable();
+    assert_eq!(
+        published,
+        ["abc", "zoe"],
+        "the free keys flow, and only they"
+    );
+    let rows = row::Entity::find()
+        .order_by_asc(row::Column::Seq)
+        .all(&db)
+        .await
+        .expect("rows");
+    let parked: Vec<(&str, bool, bool)> = rows
+        .iter()
+        .map(|r| {
+            let key = r.partition_key.as_deref().unwrap_or_default();
+            (key, r.published, r.parked)
+        })
+        .collect();
+    assert_eq!(
+        parked,
+        [
+            ("ABC", false, false),
+            ("ABC", false, true),
+            ("abc ", false, false),
+            ("abc ", false, true),
+            ("Zoé", false, false),
+            ("Zoé", false, true),
+            ("abc", true, false),
+            ("zoe", true, false),
+        ],
+        "each failing key parks its own events only"
+    );
+}
+
 /// Fencing: a relay whose lease was taken while its batch was at the broker writes
 /// nothing back (the new owner publishes the events again), both when everything in
 /// the batch was published (one fenced statement) and when an event failed (the
@@ -905,6 +1293,11 @@ outbox_tests::on_every_backend!(
     events_behind_a_failed_one_are_parked_and_follow_it,
     an_event_stored_after_a_failure_does_not_overtake_the_parked_ones,
     orphaned_parked_events_go_out_in_order_with_the_next_event,
+    a_replay_never_parks_its_key_for_good,
+    a_key_stuck_parked_is_freed_and_counted,
+    a_replay_after_a_shard_count_change_follows_the_new_count,
+    a_publisher_panic_fails_only_its_event,
+    keys_that_only_look_alike_are_different_keys,
     a_write_back_after_the_lease_was_taken_changes_nothing,
 );
 
@@ -1542,7 +1935,168 @@ async fn postgres_a_lease_round_stuck_on_the_database_holds_up_no_batch() {
     pg.drop().await;
 }
 
+/// A relay paused between its claim and the broker for longer than its lease
+/// publishes nothing of that claim when it resumes: by then another relay may own the
+/// shard and have published later events of the same keys. The pause here is a row
+/// lock that the batch's parking waits on (a SIGSTOP or a frozen VM does the same);
+/// the relay used to resume and publish what it had claimed.
+async fn a_relay_paused_past_its_lease_publishes_nothing_it_claimed_before(db: DatabaseConnection) {
+    use sea_orm::QuerySelect;
+    let one = std::num::NonZeroU16::new(1).expect("non-zero");
+    let outbox = Outbox::new().with_shards(one);
+    let config = RelayConfig {
+        shards: one,
+        retry_delay: Duration::from_secs(3600),
+        max_retry_delay: Duration::from_secs(3600),
+        ..fast_config("paused")
+    };
+    let blocker = outbox
+        .store(&db, &counter("blocked", 0), "counters")
+        .await
+        .expect("store");
+    let behind = outbox
+        .store(&db, &counter("blocked", 1), "counters")
+        .await
+        .expect("store");
+    outbox
+        .handle_event_failure(&db, blocker, "unknown topic", &config)
+        .await
+        .expect("the first event waits for a retry");
+    let publisher = MemoryPublisher::new();
+    let relay = Arc::new(
+        Relay::new(config.clone(), db.clone(), publisher.clone())
+            .expect("valid relay config")
+            .with_outbox(outbox.clone()),
+    );
+    relay.process_events(10).await.expect("take the shard");
+    // The event behind the retrying one back in the claim, where the batch parks it,
+    // and an event of another key for the batch to publish.
+    row::Entity::update_many()
+        .col_expr(row::Column::Parked, Expr::value(false))
+        .exec(&db)
+        .await
+        .expect("unpark");
+    let free = outbox
+        .store(&db, &counter("free", 0), "counters")
+        .await
+        .expect("store");
+
+    let pause = db.begin().await.expect("begin");
+    row::Entity::find()
+        .filter(row::Column::Id.eq(behind))
+        .lock_exclusive()
+        .one(&pause)
+        .await
+        .expect("lock the row the batch parks");
+    let paused = tokio::spawn({
+        let relay = Arc::clone(&relay);
+        async move { relay.process_events(10).await }
+    });
+    tokio::time::sleep(config.lease_ttl + Duration::from_millis(500)).await;
+    pause.commit().await.expect("resume");
+    let report = paused.await.expect("the paused pass").expect("no error");
+    assert_eq!(report.published, 0, "{report:?}");
+    assert!(
+        publisher.messages().is_empty(),
+        "published on a lease that ran out while paused"
+    );
+
+    // The next pass renews the lease first, and publishes.
+    relay.process_events(10).await.expect("process");
+    let ids: Vec<Uuid> = publisher.messages().iter().map(|m| m.id).collect();
+    assert_eq!(ids, [free]);
+}
+
+/// A publisher whose check succeeds and whose deliveries all fail as outages: a relay
+/// that reaches the bootstrap broker but not the partitions' leaders.
+#[derive(Debug, Clone, Copy)]
+struct LeadersUnreachable;
+
+impl Publisher for LeadersUnreachable {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        batch
+            .iter()
+            .map(|_| {
+                Err(PublishError::transient(
+                    "no route to the partition's leader",
+                ))
+            })
+            .collect()
+    }
+}
+
+/// A relay that answers the broker's check but delivers nothing stands aside and stays
+/// aside but for a one-shard probation now and then: once its stall timeout and a
+/// lease round are over, a working relay publishes every event within a lease round
+/// of its store. (It used to rejoin with its whole share of shards whenever the check
+/// succeeded, and hold their events for another stall timeout, again and again.)
+async fn a_relay_cut_off_from_the_leaders_leaves_the_work_to_a_working_one(db: DatabaseConnection) {
+    let config = RelayConfig {
+        stall_timeout: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(2),
+        ..fast_config("half-cut")
+    };
+    let outbox = Outbox::new();
+    let cut = Relay::new(config.clone(), db.clone(), LeadersUnreachable)
+        .expect("valid relay config")
+        .with_outbox(outbox.clone())
+        .spawn();
+    eventually(
+        "the cut-off relay owns every shard",
+        Duration::from_secs(10),
+        || async { cut.stats().owned_shards == 16 },
+    )
+    .await;
+    let publisher = MemoryPublisher::new();
+    let working = Relay::new(config.clone(), db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone())
+        .spawn();
+    let settled = std::time::Instant::now() + config.stall_timeout + config.lease_ttl;
+    let within = config.lease_ttl;
+    let mut stored: Vec<(std::time::Instant, Uuid)> = Vec::new();
+    let mut late = Vec::new();
+    for n in 0..120 {
+        let id = outbox
+            .store(&db, &counter(&format!("key-{n}"), 0), "counters")
+            .await
+            .expect("store");
+        stored.push((std::time::Instant::now(), id));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let published: std::collections::HashSet<Uuid> =
+            publisher.messages().iter().map(|m| m.id).collect();
+        for &(at, id) in &stored {
+            if at > settled
+                && at.elapsed() > within
+                && !published.contains(&id)
+                && !late.contains(&id)
+            {
+                late.push(id);
+            }
+        }
+    }
+    eventually(
+        "everything is published by the working relay",
+        Duration::from_secs(20),
+        || async { publisher.messages().len() >= 120 },
+    )
+    .await;
+    assert!(
+        late.is_empty(),
+        "{} events stored after the stall waited longer than {within:?}",
+        late.len()
+    );
+    assert!(
+        cut.healthcheck().is_err(),
+        "the cut-off relay says it delivers nothing"
+    );
+    working.shutdown().await.expect("shutdown");
+    cut.shutdown().await.expect("shutdown");
+}
+
 outbox_tests::on_server_backends!(
+    a_relay_paused_past_its_lease_publishes_nothing_it_claimed_before,
+    a_relay_cut_off_from_the_leaders_leaves_the_work_to_a_working_one,
     the_longest_service_name_fits_the_relay_tables,
     three_relays_share_the_work_in_key_order,
     crashed_relay_is_replaced_after_its_lease_expires,

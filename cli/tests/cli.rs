@@ -465,6 +465,112 @@ async fn replay_all_dead_and_purge_work_in_batches(database: &ServerDatabase) {
     assert_eq!(outbox_rows(database).await, 0);
 }
 
+/// The operator's replay as the report ran it: a key's first event dead-lettered, the
+/// second waiting for a retry, the third parked behind it, then `outbox replay
+/// --all-dead --yes`. The replayed event is published at once, the rest follows in
+/// order when the retry falls due, and `outbox status` shows the key's oldest pending
+/// event meanwhile. (The relay used to park the whole key for good after the replay,
+/// and status showed no oldest pending event.) A replay by id after the shard count
+/// changed puts the event in its key's shard under the new count.
+async fn a_replay_frees_the_key_and_follows_the_shard_count(database: &ServerDatabase) {
+    use outbox::{FailureOutcome, MemoryPublisher, Relay};
+    use std::time::Duration;
+    let db = database.db();
+    let outbox = Outbox::new();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let event =
+            EventBuilder::new("counter.incremented", "k").data(serde_json::json!({ "n": n }));
+        ids.push(outbox.store(db, &event, "counters").await.expect("store"));
+    }
+    let dead_now = RelayConfig {
+        retry_attempts: 0,
+        ..RelayConfig::new("cli")
+    };
+    let retry_later = RelayConfig {
+        retry_delay: Duration::from_secs(3600),
+        max_retry_delay: Duration::from_secs(3600),
+        ..RelayConfig::new("cli")
+    };
+    outbox
+        .handle_event_failure(db, ids[0], "unknown topic", &dead_now)
+        .await
+        .expect("dead-letter");
+    let outcome = outbox
+        .handle_event_failure(db, ids[1], "unknown topic", &retry_later)
+        .await
+        .expect("retry later");
+    assert!(
+        matches!(outcome, FailureOutcome::Retry { .. }),
+        "{outcome:?}"
+    );
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::new(RelayConfig::new("cli"), db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone());
+    relay.process_events(10).await.expect("process");
+
+    let done = json(&outbox_cli(
+        database,
+        &["replay", "--all-dead", "--yes", "--json"],
+    ));
+    assert_eq!(done["replayed"], 1);
+    relay.process_events(10).await.expect("process");
+    let published: Vec<Uuid> = publisher.messages().iter().map(|m| m.id).collect();
+    assert_eq!(published, ids[..1], "the replayed event goes out at once");
+    let status = json(&outbox_cli(database, &["status", "--json"]));
+    assert_eq!(status["pending"], 2);
+    assert!(
+        status["oldest_pending_age_seconds"].is_f64(),
+        "the waiting key shows: {status}"
+    );
+    row::Entity::update_many()
+        .col_expr(
+            row::Column::NextAttemptAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
+        )
+        .filter(row::Column::Id.eq(ids[1]))
+        .exec(db)
+        .await
+        .expect("the retry falls due");
+    relay.process_events(10).await.expect("process");
+    relay.process_events(10).await.expect("process");
+    let published: Vec<Uuid> = publisher.messages().iter().map(|m| m.id).collect();
+    assert_eq!(published, ids);
+    let status = json(&outbox_cli(database, &["status", "--json"]));
+    assert_eq!(
+        (status["pending"].clone(), status["dead_lettered"].clone()),
+        (Value::from(0), Value::from(0))
+    );
+
+    // The shard count changes from 16 to 3 while an event is dead-lettered.
+    let event = EventBuilder::new("counter.incremented", "k");
+    let dead = outbox.store(db, &event, "counters").await.expect("store");
+    outbox
+        .handle_event_failure(db, dead, "unknown topic", &dead_now)
+        .await
+        .expect("dead-letter");
+    let three = Outbox::new().with_shards(std::num::NonZeroU16::new(3).expect("non-zero"));
+    let newer = three.store(db, &event, "counters").await.expect("store");
+    stdout(&outbox_cli(
+        database,
+        &["replay", &dead.to_string(), "--yes", "--shards", "3"],
+    ));
+    let shards: Vec<i32> = row::Entity::find()
+        .filter(row::Column::Id.is_in([dead, newer]))
+        .all(db)
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.shard)
+        .collect();
+    assert_eq!(shards.len(), 2);
+    assert_eq!(
+        shards[0], shards[1],
+        "the replayed event joins its key's new shard"
+    );
+}
+
 /// Ctrl-C stops a long purge after the batch in progress: what was deleted stays
 /// deleted, the rest stays, and the command says how far it got.
 async fn an_interrupted_purge_keeps_what_it_did_and_says_so(database: &ServerDatabase) {
@@ -766,5 +872,6 @@ outbox_tests::on_server_databases!(
     replay_asks_for_yes_then_puts_dead_letters_back,
     purge_deletes_only_old_published_events_after_yes,
     replay_all_dead_and_purge_work_in_batches,
+    a_replay_frees_the_key_and_follows_the_shard_count,
     an_interrupted_purge_keeps_what_it_did_and_says_so,
 );

@@ -190,6 +190,16 @@ pub enum Error {
     #[error("cannot start the consumer's thread")]
     Thread(#[source] std::io::Error),
 
+    /// A part of the relay panicked (a bug, or a publisher's); the relay went on
+    /// without it.
+    #[error("{what} panicked: {message}")]
+    Panicked {
+        /// What panicked.
+        what: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+
     /// No event has this id.
     #[error("no event with id {0}")]
     NotFound(uuid::Uuid),

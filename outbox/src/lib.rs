@@ -391,6 +391,7 @@ pub mod http;
 mod inbox;
 mod key;
 mod message;
+mod panic;
 mod publisher;
 #[cfg(feature = "kafka")]
 mod received;

@@ -23,7 +23,8 @@ pub struct Message {
     pub topic: String,
     /// The message key: the partition key, or the aggregate id.
     pub key: String,
-    /// The payload as stored: a JSON document.
+    /// The payload: the JSON value stored, as the database writes it out (`jsonb` and
+    /// MySQL's `JSON` drop whitespace and may reorder object keys; the value is kept).
     pub payload: String,
     /// Extra headers given at store time.
     pub extra_headers: Vec<(String, String)>,
@@ -105,9 +106,9 @@ pub(crate) struct ClaimedRow {
     pub(crate) attempts: i32,
     /// Whether it failed before: its key's later events may be parked behind it.
     pub(crate) retried: bool,
-    /// Whether an event of its key waits for a retry.
+    /// Whether an earlier event of its key waits for a retry.
     pub(crate) waiting: bool,
-    /// Whether an event of its key failed and is pending.
+    /// Whether an earlier event of its key failed and is pending.
     pub(crate) failing: bool,
     /// Whether an earlier event of its key is parked.
     pub(crate) after_parked: bool,

@@ -1,6 +1,7 @@
 //! Operations on stored events outside the relay loop: the Go library's repository and
 //! service calls, dead-letter replay and cleanup.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -46,11 +47,20 @@ struct ParkedKey {
 }
 
 #[derive(Debug, FromQueryResult)]
+struct DeadLetterKey {
+    seq: i64,
+    key: String,
+}
+
+#[derive(Debug, FromQueryResult)]
 struct FailureStateRow {
     attempts: i32,
     published: bool,
     dead: bool,
 }
+
+/// How many dead letters [`Outbox::replay_all_dead`] replays per transaction.
+const REPLAY_STEP: u64 = 1000;
 
 /// The time `older_than` ago.
 pub(crate) fn cutoff(older_than: Duration) -> Result<DateTime<Utc>> {
@@ -186,6 +196,10 @@ impl Outbox {
         let update = failure_update(state.attempts, &error, Utc::now(), config);
         txn.execute_raw(dialect.record_failure(table, id, &update))
             .await?;
+        if update.dead_lettered_at.is_some() {
+            // Events of its key parked behind it go back in line.
+            self.unpark_orphans(&txn).await?;
+        }
         txn.commit().await?;
         Ok(match update.next_attempt_at {
             Some(next_attempt_at) => FailureOutcome::Retry {
@@ -199,51 +213,85 @@ impl Outbox {
     }
 
     /// Puts a dead-lettered event back in line with its attempts reset. It is
-    /// published in `seq` order with the pending events of its key; events of its key
-    /// published while it was dead-lettered stay ahead of it.
+    /// published in `seq` order with the pending events of its key (ahead of those of
+    /// its key that failed or were stored while it was dead-lettered); events of its
+    /// key published meanwhile stay ahead of it. It goes to its key's shard under this
+    /// outbox's shard count, with the key's new events, should the count have changed
+    /// since it was stored.
     ///
     /// # Errors
     /// [`Error::NotFound`] when no dead-lettered event has this id, or the database's.
-    pub async fn replay<C: ConnectionTrait>(&self, conn: &C, id: Uuid) -> Result<()> {
-        let statement = self
-            .dialect(conn)?
-            .replay(self.tables().outbox(), Some(id), Utc::now());
-        match conn.execute_raw(statement).await?.rows_affected() {
+    pub async fn replay<C>(&self, conn: &C, id: Uuid) -> Result<()>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        match self.replay_dead(conn, Some(id), 1).await? {
             0 => Err(Error::NotFound(id)),
-            _ => {
-                self.notify();
-                Ok(())
+            _ => Ok(()),
+        }
+    }
+
+    /// Puts every dead-lettered event back in line, as [`replay`](Self::replay) does
+    /// one, in steps of 1,000 events that each commit; returns how many.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn replay_all_dead<C>(&self, conn: &C) -> Result<u64>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        let mut replayed = 0;
+        loop {
+            let step = self.replay_dead_batch(conn, REPLAY_STEP).await?;
+            replayed += step;
+            if step < REPLAY_STEP {
+                return Ok(replayed);
             }
         }
     }
 
-    /// Puts every dead-lettered event back in line; returns how many.
-    ///
-    /// # Errors
-    /// The database's.
-    pub async fn replay_all_dead<C: ConnectionTrait>(&self, conn: &C) -> Result<u64> {
-        let statement = self
-            .dialect(conn)?
-            .replay(self.tables().outbox(), None, Utc::now());
-        let replayed = conn.execute_raw(statement).await?.rows_affected();
-        if replayed > 0 {
-            self.notify();
-        }
-        Ok(replayed)
-    }
-
-    /// Puts back in line up to `limit` dead-lettered events, oldest first, in one
-    /// statement, and returns how many: call it until it returns less than `limit` to
-    /// replay them all in steps that each commit (what `outbox replay --all-dead`
-    /// does, so that an interrupted replay loses nothing and can go on).
+    /// Puts back in line up to `limit` dead-lettered events, oldest first, as
+    /// [`replay`](Self::replay) does one, in one transaction, and returns how many:
+    /// call it until it returns less than `limit` to replay them all in steps that
+    /// each commit (what `outbox replay --all-dead` does, so that an interrupted replay
+    /// loses nothing and can go on).
     ///
     /// # Errors
     /// Database errors.
-    pub async fn replay_dead_batch<C: ConnectionTrait>(&self, conn: &C, limit: u64) -> Result<u64> {
-        let statement =
-            self.dialect(conn)?
-                .replay_oldest(self.tables().outbox(), limit.max(1), Utc::now());
-        let replayed = conn.execute_raw(statement).await?.rows_affected();
+    pub async fn replay_dead_batch<C>(&self, conn: &C, limit: u64) -> Result<u64>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        self.replay_dead(conn, None, limit.max(1)).await
+    }
+
+    /// Replays the dead letter `id`, or the `limit` oldest, each to its key's shard.
+    async fn replay_dead<C>(&self, conn: &C, id: Option<Uuid>, limit: u64) -> Result<u64>
+    where
+        C: ConnectionTrait + TransactionTrait,
+    {
+        let dialect = self.dialect(conn)?;
+        let table = self.tables().outbox();
+        let txn = conn.begin().await?;
+        let dead = DeadLetterKey::find_by_statement(dialect.dead_letter_keys(table, id, limit))
+            .all(&txn)
+            .await?;
+        let mut by_shard: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for event in dead {
+            by_shard
+                .entry(self.shard_of(&event.key))
+                .or_default()
+                .push(event.seq);
+        }
+        let now = Utc::now();
+        let mut replayed = 0;
+        for (shard, seqs) in by_shard {
+            for seqs in seqs.chunks(1000) {
+                let statement = dialect.replay(table, seqs, shard, now);
+                replayed += txn.execute_raw(statement).await?.rows_affected();
+            }
+        }
+        txn.commit().await?;
         if replayed > 0 {
             self.notify();
         }
@@ -252,8 +300,9 @@ impl Outbox {
 
     /// Deletes events published more than `older_than` ago, `batch` rows per
     /// statement so no statement holds many locks or runs long: those kept in the
-    /// outbox table and, in [`Completion::Archive`](crate::Completion::Archive) mode,
-    /// those in the archive. Pending and dead-lettered events are never deleted.
+    /// outbox table and those in the archive (in
+    /// [`Completion::Archive`](crate::Completion::Archive) mode, and after a switch from
+    /// it to another mode while the archive table exists). Pending and dead-lettered events are never deleted.
     /// Returns how many were deleted.
     ///
     /// # Errors
@@ -269,7 +318,7 @@ impl Outbox {
         let cutoff = cutoff(older_than)?;
         let batch = batch.max(1);
         let mut deleted = 0;
-        for table in self.published_tables() {
+        for table in self.published_tables(conn).await? {
             loop {
                 let statement = dialect.cleanup(table, cutoff, batch);
                 let n = conn.execute_raw(statement).await?.rows_affected();
@@ -300,7 +349,7 @@ impl Outbox {
         let cutoff = cutoff(older_than)?;
         let limit = limit.max(1);
         let mut deleted = 0;
-        for table in self.published_tables() {
+        for table in self.published_tables(conn).await? {
             let statement = dialect.cleanup(table, cutoff, limit - deleted);
             deleted += conn.execute_raw(statement).await?.rows_affected();
             if deleted == limit {
@@ -311,17 +360,41 @@ impl Outbox {
     }
 
     /// The tables that hold published events: the outbox table in every mode (rows
-    /// marked before a switch of mode included), and the archive when archiving.
-    fn published_tables(&self) -> Vec<&Identifier> {
+    /// marked before a switch of mode included), and the archive when it is in use.
+    async fn published_tables<C: ConnectionTrait>(&self, conn: &C) -> Result<Vec<&Identifier>> {
         let tables = self.tables();
+        Ok(if self.archive_in_use(conn).await? {
+            vec![tables.outbox(), tables.archive()]
+        } else {
+            vec![tables.outbox()]
+        })
+    }
+
+    /// Whether published events may be in the archive: always when archiving (a
+    /// missing archive is then an error of the statements that read it), and after a
+    /// switch from archiving to another mode while the archive exists, so that its
+    /// events are still found and purged.
+    async fn archive_in_use<C: ConnectionTrait>(&self, conn: &C) -> Result<bool> {
         match self.completion() {
-            Completion::Archive => vec![tables.outbox(), tables.archive()],
-            Completion::Mark | Completion::Delete => vec![tables.outbox()],
+            Completion::Archive => Ok(true),
+            Completion::Mark | Completion::Delete => {
+                self.has_table(conn, self.tables().archive()).await
+            }
         }
     }
 
-    /// One event by id: from the outbox table or, in
-    /// [`Completion::Archive`](crate::Completion::Archive) mode, the archive.
+    /// Whether `table` exists, read from the catalog (safe inside a transaction).
+    pub(crate) async fn has_table<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        table: &Identifier,
+    ) -> Result<bool> {
+        let statement = self.dialect(conn)?.table_exists(table);
+        Ok(CountRow::of(CountRow::find_by_statement(statement).one(conn).await?) > 0)
+    }
+
+    /// One event by id: from the outbox table or the archive (in [`Completion::Archive`](crate::Completion::Archive) mode, or after a
+    /// switch from it).
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown id (or one published and deleted), or the
@@ -342,9 +415,10 @@ impl Outbox {
         conn: &C,
         id: Uuid,
     ) -> Result<Option<row::Model>> {
-        match self.completion() {
-            Completion::Archive => self.event_in(conn, self.tables().archive(), id).await,
-            Completion::Mark | Completion::Delete => Ok(None),
+        if self.archive_in_use(conn).await? {
+            self.event_in(conn, self.tables().archive(), id).await
+        } else {
+            Ok(None)
         }
     }
 
@@ -376,7 +450,7 @@ impl Outbox {
         let dialect = self.dialect(conn)?;
         let cutoff = cutoff(older_than)?;
         let mut count = 0;
-        for table in self.published_tables() {
+        for table in self.published_tables(conn).await? {
             let statement = dialect.count_published_before(table, cutoff);
             count += CountRow::of(CountRow::find_by_statement(statement).one(conn).await?);
         }

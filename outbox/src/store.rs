@@ -104,6 +104,11 @@ impl Outbox {
         &self.tables
     }
 
+    /// The shard of events with partition key `key`.
+    pub(crate) fn shard_of(&self, key: &str) -> i32 {
+        shard_of(key_hash(key), self.shards())
+    }
+
     /// The number of shards.
     pub fn shards(&self) -> u16 {
         self.shards.map_or(DEFAULT_SHARDS, NonZeroU16::get)

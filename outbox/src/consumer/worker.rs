@@ -238,13 +238,9 @@ where
             Ok(Err(error)) => return Err(Failure::handler(error)),
             // The transaction rolls back when dropped; the panic is a failed attempt.
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".to_owned());
                 return Err(Failure::handler(HandlerError::from(format!(
-                    "the handler panicked: {what}"
+                    "the handler panicked: {}",
+                    crate::panic::message(&*panic)
                 ))));
             }
         }

@@ -1,16 +1,18 @@
 //! One batch of one shard: claim, publish, write back behind the lease's fence.
 
 use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, FromQueryResult};
+use futures_util::FutureExt as _;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
 use tracing::{Instrument, debug, error, info_span, warn};
 use uuid::Uuid;
 
 use super::Inner;
 use crate::error::Result;
 use crate::message::{ClaimedRow, Message};
-use crate::publisher::{PublishError, PublishErrorKind, Publisher};
+use crate::publisher::{PublishError, PublishErrorKind, Publisher, publish_in_key_order};
 use crate::retry::failure_update;
 use crate::sql::{FailureUpdate, LeaseKey, Published};
 
@@ -101,6 +103,10 @@ pub(super) enum ShardOutcome {
     LeaseLost,
     /// The shard was no longer held when its batch was to start; nothing claimed.
     NotHeld,
+    /// The lease's local deadline passed during the batch (the relay was paused, or
+    /// its renewals were late): what was claimed was neither published nor written
+    /// back, and is claimed again once a lease round renews the shard.
+    Expired,
 }
 
 impl<P: Publisher> Inner<P> {
@@ -113,19 +119,23 @@ impl<P: Publisher> Inner<P> {
     ) -> Result<ShardOutcome> {
         // The lease keeper may have given the shard up (or found it lost) since the
         // pass began: claim nothing then.
-        if !self.leases.start_batch(shard, token) {
+        let Some(_busy) = self.leases.start_batch(shard, token) else {
             return Ok(ShardOutcome::NotHeld);
-        }
-        let outcome = self.publish_shard(shard, token, batch_size).await;
-        self.leases.end_batch(shard);
-        outcome
+        };
+        self.publish_shard(shard, token, batch_size).await
     }
 
     /// Events a claim met behind an earlier event of their key: while the key is
     /// failing, parks them with the rest of their key (once, so later claims pass none
     /// of them); when it is not, the earlier parked events are orphans of a race with
     /// a write-back, and the key's events are unparked to go out in order.
-    pub(super) async fn settle_behind(&self, shard: i32, behind: &[ClaimedRow]) -> Result<()> {
+    /// Fenced like a write-back; returns false, writing nothing, when the lease is gone.
+    pub(super) async fn settle_behind(
+        &self,
+        shard: i32,
+        token: i64,
+        behind: &[ClaimedRow],
+    ) -> Result<bool> {
         let dialect = self.dialect()?;
         let table = self.outbox.tables().outbox();
         let mut first: std::collections::BTreeMap<&str, &ClaimedRow> =
@@ -140,9 +150,13 @@ impl<P: Publisher> Inner<P> {
             .collect();
         let failing: Vec<&&ClaimedRow> = first.values().filter(|row| row.failing).collect();
         if orphaned.is_empty() && failing.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let txn = dialect.begin(&self.db).await?;
+        if !self.fence(&txn, shard, token).await? {
+            txn.rollback().await?;
+            return Ok(false);
+        }
         if !orphaned.is_empty() {
             txn.execute_raw(dialect.unpark(table, shard, &orphaned))
                 .await?;
@@ -152,7 +166,23 @@ impl<P: Publisher> Inner<P> {
                 .await?;
         }
         txn.commit().await?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether this relay still holds `shard` with `token`, by its local deadline and
+    /// then by the lease row, which stays locked until `txn` ends (see
+    /// [`Dialect::fence`](crate::sql::Dialect::fence)).
+    async fn fence(&self, txn: &DatabaseTransaction, shard: i32, token: i64) -> Result<bool> {
+        if !self.leases.valid(shard, token) {
+            return Ok(false);
+        }
+        let lease = LeaseKey {
+            service: &self.config.service_name,
+            shard,
+            owner: &self.relay_id,
+        };
+        let fence = self.dialect()?.fence(self.outbox.tables(), &lease, token);
+        Ok(txn.query_one_raw(fence).await?.is_some())
     }
 
     /// Claims, publishes and writes back one batch of `shard`, which is marked busy.
@@ -180,7 +210,12 @@ impl<P: Publisher> Inner<P> {
                     .await?
                     .into_iter()
                     .partition(ClaimedRow::behind);
-            self.settle_behind(shard, &behind).await?;
+            if !self.leases.valid(shard, token) {
+                return Ok(ShardOutcome::Expired);
+            }
+            if !self.settle_behind(shard, token, &behind).await? {
+                return Ok(ShardOutcome::LeaseLost);
+            }
             let span = tracing::Span::current();
             span.record("batch_size", rows.len());
             if rows.is_empty() {
@@ -196,7 +231,12 @@ impl<P: Publisher> Inner<P> {
                 "attempt",
                 messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1,
             );
-            let outcomes = self.publisher.publish(&messages).await;
+            // The last moment to find the lease gone before the broker has the batch:
+            // a relay paused since its claim must not publish over a new owner.
+            if !self.leases.valid(shard, token) {
+                return Ok(ShardOutcome::Expired);
+            }
+            let outcomes = self.publish(&messages).await;
             let acked_at = self.clock.now();
 
             let (published, failures) = sort_outcomes(&messages, outcomes);
@@ -227,6 +267,9 @@ impl<P: Publisher> Inner<P> {
                 .chain(dead.iter().map(|m| m.key.as_str()))
                 .collect();
             let unparked = !through.is_empty();
+            if !self.leases.valid(shard, token) {
+                return Ok(ShardOutcome::Expired);
+            }
             if !self
                 .write_back(shard, token, &published, &updates, &through, acked_at)
                 .await?
@@ -253,6 +296,48 @@ impl<P: Publisher> Inner<P> {
             Ok(ShardOutcome::Done(report, published.last().map(|m| m.id)))
         }
         .instrument(span)
+        .await
+    }
+
+    /// Hands `messages` to the publisher. A publisher that panics fails only the
+    /// event it panicked on: the batch goes again one message at a time (in key order,
+    /// as after a refused record batch), and a message whose own publish panics is a
+    /// failed attempt of that event, dead-lettered after its attempts like any other.
+    /// Messages sent before the panic may go out twice, never out of order.
+    async fn publish(&self, messages: &[Message]) -> Vec<std::result::Result<(), PublishError>> {
+        let panicked = |panic: Box<dyn std::any::Any + Send>| {
+            PublishError::permanent(format!(
+                "the publisher panicked: {}",
+                crate::panic::message(&*panic)
+            ))
+        };
+        let panic = match AssertUnwindSafe(self.publisher.publish(messages))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcomes) => return outcomes,
+            Err(panic) => panic,
+        };
+        if let [message] = messages {
+            error!(event_id = %message.id, key = %message.key, "the publisher panicked on this event");
+            return vec![Err(panicked(panic))];
+        }
+        error!(
+            panic = %crate::panic::message(&*panic),
+            "the publisher panicked on a batch; sending its events one at a time"
+        );
+        publish_in_key_order(messages, |message| async move {
+            match AssertUnwindSafe(self.publisher.publish(std::slice::from_ref(message)))
+                .catch_unwind()
+                .await
+            {
+                Ok(mut outcome) => outcome.pop().unwrap_or_else(|| Err(PublishError::not_sent())),
+                Err(panic) => {
+                    error!(event_id = %message.id, key = %message.key, "the publisher panicked on this event");
+                    Err(panicked(panic))
+                }
+            }
+        })
         .await
     }
 
@@ -304,11 +389,7 @@ impl<P: Publisher> Inner<P> {
                     .is_some());
         }
         let txn = dialect.begin(&self.db).await?;
-        if txn
-            .query_one_raw(dialect.fence(tables, &lease, token))
-            .await?
-            .is_none()
-        {
+        if !self.fence(&txn, shard, token).await? {
             txn.rollback().await?;
             return Ok(false);
         }

@@ -26,7 +26,9 @@ impl<P: Publisher> Inner<P> {
     /// Measures the backlog and sweeps for orphaned parked events, each on its own
     /// timer; failures are reported and tried again at the next turn.
     pub(super) async fn housekeeping(self: Arc<Self>, cancel: CancellationToken) {
-        let mut next_sweep = Instant::now() + ORPHAN_SWEEP_INTERVAL;
+        // At once, then on the interval: a key left parked by an earlier version goes
+        // back in line when the relay starts.
+        let mut next_sweep = Instant::now();
         loop {
             if let Err(error) = self.refresh_backlog().await {
                 warn!(relay = %self.relay_id, %error, "could not measure the backlog");

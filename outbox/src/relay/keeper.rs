@@ -2,7 +2,6 @@
 //! its own, and stands the relay aside while the broker is unreachable.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use sea_orm::DbBackend;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +20,13 @@ impl<P: Publisher> Inner<P> {
         self.clock.sync(&self.db, dialect).await?;
         let round = self
             .leases
-            .round(&self.db, dialect, self.outbox.tables(), self.clock.now())
+            .round(
+                &self.db,
+                dialect,
+                self.outbox.tables(),
+                &self.clock,
+                self.stall.on_probation(),
+            )
             .await?;
         self.state.owned_shards(round.owned);
         self.state.concern(Concern::OtherService, round.yielded_to.map(|other| {
@@ -59,7 +64,7 @@ impl<P: Publisher> Inner<P> {
     pub(super) async fn keep_leases(self: Arc<Self>, cancel: CancellationToken) {
         let every = self.config.lease_ttl / 3;
         while !cancel.is_cancelled() {
-            let round = if self.stalled() {
+            let round = if self.stall.stalled() {
                 self.stand_aside_or_rejoin().await
             } else {
                 self.lease_round().await
@@ -80,26 +85,14 @@ impl<P: Publisher> Inner<P> {
         }
     }
 
-    pub(super) fn stalled_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.stalled_since
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Whether nothing has been delivered for the stall timeout.
-    pub(super) fn stalled(&self) -> bool {
-        self.stalled_since()
-            .is_some_and(|since| since.elapsed() >= self.config.stall_timeout)
-    }
-
-    /// For a stalled relay: rejoins (a normal lease round) when the broker answers
-    /// again; otherwise gives up its shards and its heartbeat, so relays that can
-    /// deliver take its keys.
+    /// For a stalled relay: back on probation with one shard (a normal lease round,
+    /// capped) when the broker answers a check again and the wait after a failed
+    /// probation is over; otherwise gives up its shards and its heartbeat, so relays
+    /// that can deliver take its keys (see `stall.rs`).
     pub(super) async fn stand_aside_or_rejoin(&self) -> Result<bool> {
-        if self.publisher.check().await.is_ok() {
-            info!(relay = %self.relay_id, "the broker answers again; rejoining");
-            *self.stalled_since() = None;
-            self.state.concern(Concern::Stalled, None);
+        if self.stall.may_probe() && self.publisher.check().await.is_ok() {
+            info!(relay = %self.relay_id, "the broker answers again; rejoining with one shard until a delivery succeeds");
+            self.stall.start_probation();
             return self.lease_round().await;
         }
         let dialect = self.dialect()?;

@@ -2,12 +2,13 @@
 //! relays of a service.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement};
 use tracing::{debug, error, info};
 
+use super::clock::Clock;
 use crate::error::Result;
 use crate::sql::{Dialect, LeaseKey};
 use crate::tables::Tables;
@@ -29,10 +30,28 @@ pub(crate) struct Leases {
     keeper: tokio::sync::Mutex<Keeper>,
 }
 
+/// A shard held: its fencing token, and until when this relay may act on it.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    token: i64,
+    /// The local, monotonic deadline: the start of the statement that took or last
+    /// renewed the lease, plus the lease time, minus [`Leases::margin`]. A relay
+    /// paused past it (SIGSTOP, a frozen VM, CPU throttling) may have lost the shard
+    /// to a relay that saw the lease expire; it claims, publishes and writes nothing
+    /// on it until a round renews it.
+    valid_until: Instant,
+}
+
+impl Lease {
+    fn valid(&self, token: i64) -> bool {
+        self.token == token && Instant::now() < self.valid_until
+    }
+}
+
 /// What batches and rounds read and change.
 #[derive(Debug, Default)]
 struct Held {
-    owned: BTreeMap<i32, i64>,
+    owned: BTreeMap<i32, Lease>,
     /// Shards with a batch in flight: never given up until it is written back.
     busy: HashSet<i32>,
     /// Set when the relay stops: no round takes or renews anything after.
@@ -99,19 +118,23 @@ impl Leases {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Marks `shard` busy for a batch if this relay still holds it with `token`.
-    pub(crate) fn start_batch(&self, shard: i32, token: i64) -> bool {
+    /// Marks `shard` busy for a batch if this relay still holds it with `token`
+    /// and its local deadline has not passed, until the returned guard is dropped (the
+    /// batch written back, abandoned, or ended by a panic).
+    pub(crate) fn start_batch(&self, shard: i32, token: i64) -> Option<Busy<'_>> {
         let mut held = self.held();
-        let holds = held.owned.get(&shard) == Some(&token);
-        if holds {
-            held.busy.insert(shard);
+        if !held
+            .owned
+            .get(&shard)
+            .is_some_and(|lease| lease.valid(token))
+        {
+            return None;
         }
-        holds
-    }
-
-    /// The batch of `shard` is written back (or abandoned).
-    pub(crate) fn end_batch(&self, shard: i32) {
-        self.held().busy.remove(&shard);
+        held.busy.insert(shard);
+        Some(Busy {
+            leases: self,
+            shard,
+        })
     }
 
     /// The shards held, with their tokens.
@@ -119,13 +142,39 @@ impl Leases {
         self.held()
             .owned
             .iter()
-            .map(|(&shard, &token)| (shard, token))
+            .map(|(&shard, lease)| (shard, lease.token))
             .collect()
     }
 
     /// The token `shard` is held by, if this relay holds it.
     pub(crate) fn token(&self, shard: i32) -> Option<i64> {
-        self.held().owned.get(&shard).copied()
+        self.held().owned.get(&shard).map(|lease| lease.token)
+    }
+
+    /// Whether this relay still holds `shard` with `token` and its local deadline has
+    /// not passed: checked before a batch goes to the publisher and before anything is
+    /// written for it.
+    pub(crate) fn valid(&self, shard: i32, token: i64) -> bool {
+        self.held()
+            .owned
+            .get(&shard)
+            .is_some_and(|lease| lease.valid(token))
+    }
+
+    /// How much sooner than the database's expiry a lease ends here: room for the
+    /// error of this relay's and another relay's estimates of the database's clock
+    /// (each within half a round trip, see `clock.rs`), and for the time between the
+    /// check and the act it guards.
+    fn margin(&self) -> Duration {
+        self.ttl / 5
+    }
+
+    /// A lease taken or renewed by a statement sent at `sent`, with `token`.
+    fn lease(&self, token: i64, sent: Instant) -> Lease {
+        Lease {
+            token,
+            valid_until: sent + self.ttl.saturating_sub(self.margin()),
+        }
     }
 
     /// Forgets a shard whose lease turned out to be lost.
@@ -177,15 +226,20 @@ impl Leases {
     /// none, and says so, until they are gone. (Two services would each publish every
     /// event, and one key's events could go out from both at once.)
     ///
-    /// `now` is the database's time (see `clock.rs`).
+    /// A relay on `probation` (see `stall.rs`) takes one shard, and the others leave
+    /// one to it: they share the rest among the relays not on probation.
+    /// Times are the database's (see `clock.rs`), read as each statement is sent: a
+    /// slow round must not write expiries that ended before they were written.
     pub(crate) async fn round(
         &self,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
-        now: DateTime<Utc>,
+        clock: &Clock,
+        probation: bool,
     ) -> Result<Round> {
         let mut keeper = self.keeper.lock().await;
+        let now = clock.now();
         let before = self.count();
         let ended = |keeper: &Keeper, released: &[i32]| Round {
             owned: self.count(),
@@ -197,7 +251,7 @@ impl Leases {
             return Ok(ended(&keeper, &[]));
         }
         let services = self
-            .show_life(&mut keeper, db, dialect, tables, now)
+            .show_life(&mut keeper, db, dialect, tables, now, probation)
             .await?;
         if let Some(owner) = self.table_owner(&services) {
             if keeper.yielded_to.as_deref() != Some(owner.as_str()) {
@@ -211,13 +265,18 @@ impl Leases {
             return Ok(ended(&keeper, &released));
         }
         keeper.yielded_to = None;
-        // This relay counts itself even before its first heartbeat is seen.
-        let live = services
-            .iter()
-            .find(|service| service.service_name == self.service)
-            .map_or(1, |service| service.relays.max(1));
-        let shards = i64::from(self.shards);
-        let fair = usize::try_from((shards + live - 1) / live).unwrap_or(usize::from(self.shards));
+        let fair = if probation {
+            1
+        } else {
+            // This relay counts itself even before its first heartbeat is seen.
+            let (relays, on_probation, ahead) = services
+                .iter()
+                .find(|service| service.service_name == self.service)
+                .map_or((1, 0, 0), |service| {
+                    (service.relays, service.on_probation, service.ahead)
+                });
+            share(i64::from(self.shards), relays, on_probation, ahead)
+        };
 
         // Give up what is beyond the fair share, highest idle shards first.
         let released = self.release_idle(fair, db, dialect, tables, now).await?;
@@ -226,11 +285,17 @@ impl Leases {
         }
         // Renew the rest in one statement; a lease found taken (it expired and another
         // relay took it) is gone.
-        let expires = now + self.ttl();
         let shards: Vec<i32> = self.held().owned.keys().copied().collect();
         if !shards.is_empty() {
-            let statement =
-                dialect.renew_leases(tables, &self.service, &self.relay_id, &shards, now, expires);
+            let (sent, now) = (Instant::now(), clock.now());
+            let statement = dialect.renew_leases(
+                tables,
+                &self.service,
+                &self.relay_id,
+                &shards,
+                now,
+                now + self.ttl(),
+            );
             let renewed: BTreeMap<i32, i64> = statement
                 .rows::<Renewed>(db)
                 .await?
@@ -242,7 +307,7 @@ impl Leases {
                     Some(&token) => {
                         // Unless a batch found it lost meanwhile.
                         if let Some(held) = self.held().owned.get_mut(&shard) {
-                            *held = token;
+                            *held = self.lease(token, sent);
                         }
                     }
                     None => self.lost(shard),
@@ -255,7 +320,7 @@ impl Leases {
         // Take free or expired shards, starting at a place of this relay's own so that
         // relays starting together do not all race for the same ones.
         let taken: HashSet<i32> =
-            LiveLease::find_by_statement(dialect.live_leases(tables, &self.service, now))
+            LiveLease::find_by_statement(dialect.live_leases(tables, &self.service, clock.now()))
                 .all(db)
                 .await?
                 .into_iter()
@@ -274,12 +339,13 @@ impl Leases {
             if taken.contains(&shard) || self.held().owned.contains_key(&shard) {
                 continue;
             }
+            let (sent, now) = (Instant::now(), clock.now());
             if let Some(token) = self
-                .acquire(db, dialect, tables, shard, now, expires)
+                .acquire(db, dialect, tables, shard, now, now + self.ttl())
                 .await?
             {
                 debug!(shard, token, relay = %self.relay_id, "shard lease taken");
-                self.held().owned.insert(shard, token);
+                self.held().owned.insert(shard, self.lease(token, sent));
             }
         }
         Ok(ended(&keeper, &released))
@@ -374,5 +440,63 @@ impl Leases {
         }
         self.leave(db, dialect, tables, now).await?;
         Ok(released)
+    }
+}
+
+/// This relay's fair share of `shards` among `relays` live relays, `on_probation` of
+/// which hold one shard each, this one with `ahead` relays not on probation before it
+/// by id: the others split what is left exactly, the first by id taking one more, so
+/// the shares add up and the probations' shards stay free for them.
+fn share(shards: i64, relays: i64, on_probation: i64, ahead: i64) -> usize {
+    let live = (relays - on_probation).max(1);
+    let left = (shards - on_probation).max(0);
+    let share = left / live + i64::from(ahead < left % live);
+    usize::try_from(share).unwrap_or(0)
+}
+
+/// A shard busy with a batch (see [`Leases::start_batch`]); no longer busy once dropped.
+#[derive(Debug)]
+pub(crate) struct Busy<'a> {
+    leases: &'a Leases,
+    shard: i32,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.leases.held().busy.remove(&self.shard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_add_up_to_the_shards_left_by_the_probations() {
+        for (shards, relays, on_probation) in [
+            (16, 1, 0),
+            (16, 3, 0),
+            (16, 3, 1),
+            (16, 2, 1),
+            (5, 7, 0),
+            (16, 17, 1),
+        ] {
+            let healthy = relays - on_probation;
+            let total: usize = (0..healthy)
+                .map(|ahead| share(shards, relays, on_probation, ahead))
+                .sum();
+            let left = usize::try_from((shards - on_probation).max(0)).expect("small");
+            assert_eq!(
+                total, left,
+                "{shards} shards, {relays} relays, {on_probation} on probation"
+            );
+        }
+        assert_eq!(share(16, 3, 0, 0), 6);
+        assert_eq!(share(16, 3, 0, 2), 5);
+        assert_eq!(
+            share(16, 2, 1, 0),
+            15,
+            "one shard left to the relay on probation"
+        );
     }
 }

@@ -14,17 +14,21 @@ use crate::tables::Tables;
 /// heartbeat), and an idle relay's queries stay near one a second.
 const LEAVE_EVERY: u64 = 6;
 
-/// A service with live relays: when the first of them started, and how many there are.
+/// A service with live relays: when the first of them started, how many there are,
+/// how many of those are on probation (see `stall.rs`), and how many not on probation
+/// come before this relay by id.
 #[derive(Debug, FromQueryResult)]
 pub(super) struct LiveService {
     pub(super) service_name: String,
     pub(super) since: DateTime<Utc>,
     pub(super) relays: i64,
+    pub(super) on_probation: i64,
+    pub(super) ahead: i64,
 }
 
 impl Leases {
-    /// Records that this relay is alive, every few rounds deletes the rows of relays
-    /// long gone, and returns the services with live relays.
+    /// Records that this relay is alive (and whether on probation), every few rounds
+    /// deletes the rows of relays long gone, and returns the services with live relays.
     pub(super) async fn show_life(
         &self,
         keeper: &mut Keeper,
@@ -32,19 +36,22 @@ impl Leases {
         dialect: Dialect,
         tables: &Tables,
         now: DateTime<Utc>,
+        probation: bool,
     ) -> Result<Vec<LiveService>> {
-        db.execute_raw(dialect.heartbeat(tables, &self.service, &self.relay_id, now))
-            .await?;
+        let heartbeat = dialect.heartbeat(tables, &self.service, &self.relay_id, now, probation);
+        db.execute_raw(heartbeat).await?;
         if keeper.rounds.is_multiple_of(LEAVE_EVERY) {
             db.execute_raw(dialect.leave(tables, &self.service, None, self.gone_before(now)))
                 .await?;
         }
         keeper.rounds += 1;
-        Ok(
-            LiveService::find_by_statement(dialect.live_services(tables, now - self.ttl()))
-                .all(db)
-                .await?,
-        )
+        Ok(LiveService::find_by_statement(dialect.live_services(
+            tables,
+            &self.relay_id,
+            now - self.ttl(),
+        ))
+        .all(db)
+        .await?)
     }
 
     /// The other service that owns the table, if any: of the services with live

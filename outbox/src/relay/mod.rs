@@ -39,10 +39,10 @@ mod membership;
 mod metrics;
 mod run;
 mod schedule;
+mod stall;
 mod state;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_util::StreamExt;
 #[cfg(feature = "postgres")]
@@ -63,6 +63,7 @@ use self::batch::ShardOutcome;
 
 use self::clock::Clock;
 use self::lease::Leases;
+use self::stall::Stall;
 use self::state::State;
 use crate::config::{MAX_SERVICE_NAME_LEN, RelayConfig};
 use crate::error::Result;
@@ -109,8 +110,8 @@ struct Inner<P> {
     /// (through `listen.rs`) another.
     doorbell: Arc<Doorbell>,
     clock: Clock,
-    /// Since when every batch has failed as an outage with nothing delivered.
-    stalled_since: std::sync::Mutex<Option<Instant>>,
+    /// The breaker for a broker the relay cannot deliver to.
+    stall: Stall,
 }
 
 impl<P: Publisher> Relay<P> {
@@ -152,6 +153,7 @@ impl<P: Publisher> Relay<P> {
             config.lease_ttl,
         );
         let doorbell = outbox.wake().subscribe();
+        let stall = Stall::new(config.stall_timeout);
         let state = Arc::new(State::new(
             relay_id.clone(),
             config.health_timeout,
@@ -170,7 +172,7 @@ impl<P: Publisher> Relay<P> {
                 leased: Notify::new(),
                 doorbell,
                 clock: Clock::new(skew),
-                stalled_since: std::sync::Mutex::new(None),
+                stall,
             },
         }
     }
@@ -256,7 +258,7 @@ impl<P: Publisher> Relay<P> {
             ::metrics::counter!(metric_names::PUBLISHED, "service" => service.clone()).increment(0);
             ::metrics::counter!(metric_names::DEAD_LETTERED, "service" => service).increment(0);
             tasks.push(tracker.spawn(Arc::clone(&inner).keep_leases(cancel.clone())));
-            tasks.push(tracker.spawn(Arc::clone(&inner).run(cancel.clone())));
+            tasks.push(tracker.spawn(Arc::clone(&inner).run_or_stop(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).probe(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).housekeeping(cancel.clone())));
             #[cfg(feature = "postgres")]
@@ -323,7 +325,7 @@ impl<P: Publisher> Inner<P> {
                     last_published = last.or(last_published);
                 }
                 Ok(ShardOutcome::LeaseLost) => self.leases.lost(shard),
-                Ok(ShardOutcome::NotHeld) => {}
+                Ok(ShardOutcome::NotHeld | ShardOutcome::Expired) => {}
                 Err(error) => {
                     first_error.get_or_insert(error);
                 }

@@ -2,18 +2,22 @@
 //! a timer, and the service's offset written now and then.
 
 use std::collections::{BTreeSet, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use tokio::task::{self, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, warn};
+use tracing::{Instrument, error, info, warn};
 use uuid::Uuid;
 
 use super::Inner;
 use super::batch::ShardOutcome;
 use super::schedule::{Batch, Schedule};
-use crate::error::Result;
+use super::state::Concern;
+use crate::completion::Completion;
+use crate::error::{Error, Result};
 use crate::publisher::Publisher;
 
 /// While batches keep coming, the service's offset (its last published event) is
@@ -21,6 +25,61 @@ use crate::publisher::Publisher;
 const OFFSET_INTERVAL: Duration = Duration::from_secs(1);
 
 impl<P: Publisher> Inner<P> {
+    /// The main loop, and what follows should it ever end by a panic (batches' and
+    /// polls' panics are caught inside it): the relay stops, its health fails, its
+    /// other tasks end and its leases are released at once, so that no lease keeper
+    /// goes on renewing shards that nobody publishes.
+    pub(super) async fn run_or_stop(self: Arc<Self>, cancel: CancellationToken) {
+        if !self.wait_for_archive(&cancel).await {
+            self.stop().await;
+            return;
+        }
+        let ran = AssertUnwindSafe(Arc::clone(&self).run(cancel.clone()))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = ran {
+            let message = crate::panic::message(&*panic);
+            error!(relay = %self.relay_id, %message, "the relay's loop panicked; the relay stops and gives its shards up");
+            self.state
+                .cycle(Err(format!("the relay's loop panicked: {message}")));
+            cancel.cancel();
+            self.stop().await;
+        }
+    }
+
+    /// In archive mode, waits until the archive table exists: without it every
+    /// write-back fails, and every batch would be published again and again. The
+    /// health check says why meanwhile. Returns false when cancelled first.
+    async fn wait_for_archive(&self, cancel: &CancellationToken) -> bool {
+        if self.outbox.completion() != Completion::Archive {
+            return true;
+        }
+        let archive = self.outbox.tables().archive();
+        loop {
+            match self.outbox.has_table(&self.db, archive).await {
+                Ok(true) => {
+                    self.state.concern(Concern::ArchiveMissing, None);
+                    return true;
+                }
+                Ok(false) => {
+                    let problem = format!(
+                        "the completion mode is archive, but the archive table {archive} does not exist \
+                         (run the outbox's migrations); nothing is published until it does"
+                    );
+                    error!(relay = %self.relay_id, "{problem}");
+                    self.state.concern(Concern::ArchiveMissing, Some(problem));
+                }
+                Err(error) => {
+                    warn!(relay = %self.relay_id, %error, "cannot check that the archive table exists");
+                }
+            }
+            let wait = tokio::time::sleep(self.config.interval);
+            if cancel.run_until_cancelled(wait).await.is_none() {
+                return false;
+            }
+        }
+    }
+
     /// The main loop. Each owned shard has at most one batch in flight, and up to
     /// `concurrency` shards have one; a shard is claimed again as soon as its batch
     /// ends if it may have more, or when a wake-up or a poll says it has work (see
@@ -117,6 +176,11 @@ impl<P: Publisher> Inner<P> {
                 return Batch::Done;
             }
             Ok(ShardOutcome::NotHeld) => return Batch::Done,
+            Ok(ShardOutcome::Expired) => {
+                warn!(relay = %self.relay_id, shard, "the shard's lease ran out locally during its batch (was the relay paused?); renewing before it goes on");
+                self.renew_now.notify_one();
+                return Batch::Done;
+            }
             Err(error) => {
                 warn!(relay = %self.relay_id, shard, %error, "relay batch failed");
                 self.state.cycle(Err(error.to_string()));
@@ -127,15 +191,20 @@ impl<P: Publisher> Inner<P> {
         };
         if report.transient_failures > 0 && report.published == 0 {
             // The broker is away: not a successful batch, and no hurry.
-            self.stalled_since().get_or_insert_with(Instant::now);
+            if self.stall.outage() {
+                warn!(relay = %self.relay_id, shard, "the broker answered a check but took nothing; standing aside again");
+                self.renew_now.notify_one();
+            }
             self.state.cycle(Err(format!(
                 "{} events failed to publish: the broker is unavailable",
                 report.transient_failures
             )));
             return Batch::Failed;
         }
-        if report.published > 0 {
-            *self.stalled_since() = None;
+        if report.published > 0 && self.stall.delivered() {
+            info!(relay = %self.relay_id, "the broker takes events again; taking a full share of shards");
+            self.state.concern(Concern::Stalled, None);
+            self.renew_now.notify_one();
         }
         let owned = self.leases.count();
         self.state.cycle(Ok(owned));
@@ -184,7 +253,7 @@ impl<P: Publisher> Inner<P> {
 }
 
 /// The shards the poll in `polling` found with work, once it ends (it is then taken
-/// out); never ends when no poll is in flight. A poll's panic goes on in the loop.
+/// out); never ends when no poll is in flight. A poll that panicked found none.
 async fn polled(polling: &mut Option<JoinHandle<Vec<i32>>>) -> Vec<i32> {
     let Some(poll) = polling else {
         return std::future::pending().await;
@@ -193,11 +262,13 @@ async fn polled(polling: &mut Option<JoinHandle<Vec<i32>>>) -> Vec<i32> {
     *polling = None;
     match result {
         Ok(shards) => shards,
-        Err(error) => match error.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            // Aborted: only on shutdown, which ends the loop.
-            Err(_) => Vec::new(),
-        },
+        Err(error) => {
+            if let Ok(panic) = error.try_into_panic() {
+                error!(panic = %crate::panic::message(&*panic), "the relay's poll panicked; polling again later");
+            }
+            // Or aborted: only on shutdown, which ends the loop.
+            Vec::new()
+        }
     }
 }
 
@@ -225,16 +296,26 @@ impl Batches {
         self.tasks.is_empty()
     }
 
-    /// The next batch to end, with its shard; `None` when none is in flight. A
-    /// batch's panic goes on in this loop, as if the batch had run here.
+    /// The next batch to end, with its shard; `None` when none is in flight. A batch
+    /// that panicked (outside the publisher, whose panics fail their events) ended
+    /// with an error: the loop goes on, and the shard's events are claimed again.
     async fn next(&mut self) -> Option<(i32, Result<ShardOutcome>)> {
         let (id, result) = match self.tasks.join_next_with_id().await? {
             Ok((id, result)) => (id, result),
-            Err(error) => match error.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                // Cancelled: only when the set is dropped, which ends this loop too.
-                Err(error) => (error.id(), Ok(ShardOutcome::NotHeld)),
-            },
+            Err(error) => {
+                let id = error.id();
+                match error.try_into_panic() {
+                    Ok(panic) => (
+                        id,
+                        Err(Error::Panicked {
+                            what: "a relay batch",
+                            message: crate::panic::message(&*panic),
+                        }),
+                    ),
+                    // Cancelled: only when the set is dropped, which ends this loop too.
+                    Err(_) => (id, Ok(ShardOutcome::NotHeld)),
+                }
+            }
         };
         let shard = self.shards.remove(&id)?;
         Some((shard, result))

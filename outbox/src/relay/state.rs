@@ -58,6 +58,8 @@ pub(crate) enum Concern {
     OtherService,
     /// Nothing delivered to the broker for longer than the stall timeout.
     Stalled,
+    /// Archive mode without an archive table.
+    ArchiveMissing,
 }
 
 /// Shared between the relay's tasks and its handle.

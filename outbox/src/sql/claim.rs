@@ -18,16 +18,18 @@ const READY_SHARDS: HandWritten = HandWritten(include_str!("ready_shards.sql"));
 impl Dialect {
     /// The next events of `shard` that may be published now, oldest first: pending,
     /// not dead-lettered, not parked, not waiting for a retry. Each comes with three
-    /// flags about its key: `waiting` (an event of it waits for a retry), `failing`
-    /// (an event of it failed and is pending, due or not) and `after_parked` (an
-    /// earlier event of it is parked). An event after a parked one must not go out: an
+    /// flags about the events of its key stored before it (only those may hold it
+    /// back): `waiting` (one waits for a retry), `failing` (one failed and is pending,
+    /// due or not) and `after_parked` (one is parked). A later event's failure never
+    /// holds back an earlier one: a replayed dead letter goes out ahead of the events
+    /// of its key that failed while it was dead-lettered. An event after a parked one must not go out: an
     /// event stored after its key's failure would otherwise overtake the parked ones
     /// once the failed event is due again. The relay parks such events while their
     /// key is failing, and unparks the key's events when it is not (they stayed parked
     /// by a race with the write-back that published the failed event).
     ///
-    /// The keys waiting for a retry are found first, once, in a materialized CTE (a
-    /// handful of rows, from the tiny `retry` index), so the anti-join runs against
+    /// The keys waiting for a retry are found first, once, with their first such
+    /// event, in a materialized CTE (a handful of rows, from the tiny `retry` index), so the anti-join runs against
     /// that list whatever the planner believes about the table: a correlated
     /// `NOT EXISTS` over the table itself can turn quadratic on stale statistics.
     ///
@@ -42,8 +44,11 @@ impl Dialect {
     /// read past every event published since, and the claim of 500 events on 50,000
     /// took 48 ms instead of 7.
     ///
-    /// Payload and headers are read as text, so they reach the publisher as the bytes
-    /// stored. The SQL is `claim.sql`; on MySQL `claim_mysql.sql`, the same rows read
+    /// Payload and headers are read as the database's text of the stored JSON, with no
+    /// decoding on the relay's side. That is the same JSON value as stored, not always
+    /// the same bytes: PostgreSQL's `jsonb` and MySQL's `JSON` keep a parsed form,
+    /// so whitespace is dropped, object keys are reordered and duplicate keys keep one
+    /// value (the last); SQLite keeps the text as written. The SQL is `claim.sql`; on MySQL `claim_mysql.sql`, the same rows read
     /// through its full indexes.
     pub(crate) fn claim(
         self,

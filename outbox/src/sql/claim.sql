@@ -1,18 +1,22 @@
 -- The claim: the next events of shard $1 that may be published at $2, at most $3,
--- oldest first, each with three flags about its key (see claim.rs).
+-- oldest first, each with three flags about the earlier events of its key (see claim.rs).
 -- Written by hand: sea-query cannot say a materialized CTE's column list, and the
 -- shape of each part is chosen for the planner (the comments in claim.rs say why).
 -- {outbox} is the outbox table's quoted name. The relay reads the columns by position
 -- (`ClaimedRow` in message.rs): keep their order.
 WITH "waiting" AS MATERIALIZED (
-    SELECT DISTINCT COALESCE(b."partition_key", b."aggregate_id") AS "key" FROM {outbox} b
+    SELECT COALESCE(b."partition_key", b."aggregate_id") AS "key", MIN(b."seq") AS "first"
+    FROM {outbox} b
     WHERE b."shard" = $1 AND b."next_attempt_at" > $2
       AND NOT b."published" AND b."dead_lettered_at" IS NULL
+    GROUP BY COALESCE(b."partition_key", b."aggregate_id")
 ),
 "failing" AS MATERIALIZED (
-    SELECT DISTINCT COALESCE(b."partition_key", b."aggregate_id") AS "key" FROM {outbox} b
+    SELECT COALESCE(b."partition_key", b."aggregate_id") AS "key", MIN(b."seq") AS "first"
+    FROM {outbox} b
     WHERE b."shard" = $1
       AND b."next_attempt_at" IS NOT NULL AND NOT b."published" AND b."dead_lettered_at" IS NULL
+    GROUP BY COALESCE(b."partition_key", b."aggregate_id")
 ),
 "next" AS MATERIALIZED (
     SELECT c."seq" FROM {outbox} c
@@ -27,9 +31,11 @@ SELECT o."seq", o."id", o."event_type", o."event_version", o."aggregate_id",
        o."trace_id", o."user_id", o."created_at", o."attempts",
        o."next_attempt_at" IS NOT NULL AS "retried",
        EXISTS (SELECT 1 FROM "waiting" w
-               WHERE w."key" = COALESCE(o."partition_key", o."aggregate_id")) AS "waiting",
+               WHERE w."key" = COALESCE(o."partition_key", o."aggregate_id")
+                 AND w."first" < o."seq") AS "waiting",
        EXISTS (SELECT 1 FROM "failing" f
-               WHERE f."key" = COALESCE(o."partition_key", o."aggregate_id")) AS "failing",
+               WHERE f."key" = COALESCE(o."partition_key", o."aggregate_id")
+                 AND f."first" < o."seq") AS "failing",
        EXISTS (SELECT 1 FROM {outbox} p
                WHERE p."parked" AND p."shard" = o."shard"
                  AND COALESCE(p."partition_key", p."aggregate_id") = COALESCE(o."partition_key", o."aggregate_id")

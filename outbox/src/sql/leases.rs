@@ -284,6 +284,7 @@ impl Dialect {
         service: &str,
         relay: &str,
         now: DateTime<Utc>,
+        probation: bool,
     ) -> Statement {
         self.build(
             Query::insert()
@@ -293,24 +294,45 @@ impl Dialect {
                     Relay::RelayId,
                     Relay::StartedAt,
                     Relay::HeartbeatAt,
+                    Relay::Probation,
                 ])
-                .values_panic([service.into(), relay.into(), now.into(), now.into()])
+                .values_panic([
+                    service.into(),
+                    relay.into(),
+                    now.into(),
+                    now.into(),
+                    probation.into(),
+                ])
                 .on_conflict(
                     OnConflict::columns([Relay::ServiceName, Relay::RelayId])
-                        .update_column(Relay::HeartbeatAt)
+                        .update_columns([Relay::HeartbeatAt, Relay::Probation])
                         .to_owned(),
                 ),
         )
     }
 
-    /// Per service, how many of its relays showed life since `since` and the
-    /// earliest start among them.
-    pub(crate) fn live_services(self, tables: &Tables, since: DateTime<Utc>) -> Statement {
+    /// Per service, how many of its relays showed life since `since`, how many of
+    /// those are on probation, how many not on probation have an id before `relay`'s
+    /// (its rank, for an exact split of the shards), and the earliest start among them.
+    pub(crate) fn live_services(
+        self,
+        tables: &Tables,
+        relay: &str,
+        since: DateTime<Utc>,
+    ) -> Statement {
+        let ahead = Expr::col(Relay::RelayId)
+            .lt(relay)
+            .and(Expr::col(Relay::Probation).not());
         self.build(
             Query::select()
                 .column(Relay::ServiceName)
                 .expr_as(Func::min(Expr::col(Relay::StartedAt)), "since")
                 .expr_as(Func::count(Expr::col(Asterisk)), "relays")
+                .expr_as(
+                    Func::count(Expr::case(Expr::col(Relay::Probation), 1)),
+                    "on_probation",
+                )
+                .expr_as(Func::count(Expr::case(ahead, 1)), "ahead")
                 .from(table(tables.relay()))
                 .and_where(Expr::col(Relay::HeartbeatAt).gt(since))
                 .group_by_col(Relay::ServiceName),

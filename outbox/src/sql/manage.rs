@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
     Alias, Asterisk, Condition, Expr, ExprTrait, Func, Order, Query, SelectStatement, UnionType,
-    UpdateStatement,
 };
 use sea_orm::{Statement, Value};
 use uuid::Uuid;
@@ -47,38 +46,78 @@ impl Dialect {
         )
     }
 
-    /// Puts dead-lettered events back in line: one by id, or all with `None`.
-    pub(crate) fn replay(
+    /// The dead letters to replay, oldest first, as `seq` and key: the one with id
+    /// `id`, or the `n` oldest.
+    pub(crate) fn dead_letter_keys(
         self,
         table: &Identifier,
         id: Option<Uuid>,
-        now: DateTime<Utc>,
+        n: u64,
     ) -> Statement {
-        let mut replay = replay(table, now);
-        replay.cond_where(dead_letters());
-        if let Some(id) = id {
-            replay.and_where(Expr::col(Column::Id).eq(id));
-        }
-        self.build(&replay)
-    }
-
-    /// Puts the `n` oldest dead letters back in line.
-    pub(crate) fn replay_oldest(self, table: &Identifier, n: u64, now: DateTime<Utc>) -> Statement {
-        // MySQL takes no LIMIT in an IN subquery, but orders and limits an UPDATE.
-        if self == Dialect::MySql {
-            return self.build(
-                replay(table, now)
-                    .cond_where(dead_letters())
-                    .order_by(Column::Seq, Order::Asc)
-                    .limit(limit(n)),
-            );
-        }
-        let oldest = seqs(table)
+        let mut select = Query::select();
+        select
+            .column(Column::Seq)
+            .expr_as(schema::event_key(), "key")
+            .from(super::table(table))
             .cond_where(dead_letters())
             .order_by(Column::Seq, Order::Asc)
-            .limit(limit(n))
-            .take();
-        self.build(replay(table, now).and_where(Expr::col(Column::Seq).in_subquery(oldest)))
+            .limit(limit(n));
+        if let Some(id) = id {
+            select.and_where(Expr::col(Column::Id).eq(id));
+        }
+        self.build(&select)
+    }
+
+    /// Puts the dead letters `seqs` back in line, in `shard`: their key's shard under
+    /// today's shard count, which may not be the one they were stored with.
+    pub(crate) fn replay(
+        self,
+        table: &Identifier,
+        seqs: &[i64],
+        shard: i32,
+        now: DateTime<Utc>,
+    ) -> Statement {
+        self.build(
+            Query::update()
+                .table(super::table(table))
+                .values([
+                    (Column::DeadLetteredAt, Expr::null()),
+                    (Column::Attempts, 0.into()),
+                    (Column::NextAttemptAt, Expr::null()),
+                    (Column::Parked, false.into()),
+                    (Column::Shard, shard.into()),
+                    (Column::UpdatedAt, now.into()),
+                ])
+                .cond_where(dead_letters())
+                .and_where(Expr::col(Column::Seq).is_in(seqs.iter().copied())),
+        )
+    }
+
+    /// `n` = 1 when `table` exists (in the connection's schema or database), else 0:
+    /// a read of the catalog, which fails in no case, so it can run inside a
+    /// transaction that a failed probe of the table itself would abort.
+    pub(crate) fn table_exists(self, table: &Identifier) -> Statement {
+        let (sql, name) = match self {
+            Dialect::Postgres => (
+                "SELECT COUNT(*) AS \"n\" FROM (SELECT to_regclass($1) AS \"t\") AS \"r\" \
+                 WHERE \"t\" IS NOT NULL",
+                table.quoted(),
+            ),
+            Dialect::MySql => (
+                "SELECT COUNT(*) AS \"n\" FROM \"information_schema\".\"tables\" \
+                 WHERE \"table_schema\" = DATABASE() AND \"table_name\" = $1",
+                table.as_str().to_owned(),
+            ),
+            Dialect::Sqlite => (
+                "SELECT COUNT(*) AS \"n\" FROM \"sqlite_master\" WHERE \"type\" = $2 AND \"name\" = $1",
+                table.as_str().to_owned(),
+            ),
+        };
+        let mut values = vec![Value::from(name)];
+        if self == Dialect::Sqlite {
+            values.push(Value::from("table"));
+        }
+        self.hand_written(sql.to_owned(), values)
     }
 
     /// Deletes up to `n` events published before `cutoff`, oldest first.
@@ -204,18 +243,5 @@ fn count(table: &Identifier) -> SelectStatement {
     Query::select()
         .expr_as(Func::count(Expr::col(Asterisk)), "n")
         .from(super::table(table))
-        .take()
-}
-
-/// `UPDATE table SET` the state of an event never tried, for replay.
-fn replay(table: &Identifier, now: DateTime<Utc>) -> UpdateStatement {
-    Query::update()
-        .table(super::table(table))
-        .values([
-            (Column::DeadLetteredAt, Expr::null()),
-            (Column::Attempts, 0.into()),
-            (Column::NextAttemptAt, Expr::null()),
-            (Column::UpdatedAt, now.into()),
-        ])
         .take()
 }

@@ -137,17 +137,17 @@ async fn every_other_statement_runs() {
         d.failure_state(t.outbox(), id),
         d.release_lease(&t, &lease, now, now),
         d.live_leases(&t, "svc", now),
-        d.heartbeat(&t, "svc", "relay-a", now),
-        d.live_services(&t, now),
+        d.heartbeat(&t, "svc", "relay-a", now, false),
+        d.live_services(&t, "relay-a", now),
         d.relays(&t, now),
         d.leave(&t, "svc", Some("relay-a"), now),
         d.leave(&t, "svc", None, now),
         d.upsert_offset(t.offset(), "svc", id, now),
         d.events(t.outbox(), Unpublished::Pending, u64::MAX),
         d.event(t.outbox(), id),
-        d.replay(t.outbox(), Some(id), now),
-        d.replay(t.outbox(), None, now),
-        d.replay_oldest(t.outbox(), 10, now),
+        d.dead_letter_keys(t.outbox(), Some(id), 1),
+        d.dead_letter_keys(t.outbox(), None, 10),
+        d.replay(t.outbox(), &[1, 2], 3, now),
         d.event(t.archive(), id),
         d.count_published_before(t.archive(), now),
     ]);
@@ -382,9 +382,9 @@ async fn mysql_write_backs_of_two_shards_do_not_wait_for_each_other() {
 }
 
 /// The claim's columns, read by position into [`ClaimedRow`], come back as stored:
-/// every field, each in its own place, the four flags in three different patterns (a
-/// claim whose column order drifted from `ClaimedRow`'s reads the wrong column or fails
-/// here). PostgreSQL runs the same `claim.sql` as SQLite.
+/// every field, each in its own place, the four flags in four different patterns, no
+/// two flags alike in all of them (a claim whose column order drifted from
+/// `ClaimedRow`'s reads the wrong column or fails here). PostgreSQL runs the same `claim.sql` as SQLite.
 async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
     use chrono::TimeDelta;
     use sea_orm::FromQueryResult;
@@ -407,8 +407,11 @@ async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
             .trace_id("trace-9")
             .header("tenant", "acme")
     };
-    // retried (due again), parked, behind the parked one, waiting, behind the waiting one
-    let keys = ["retried", "parked", "parked", "waiting", "waiting"];
+    // retried (due again), behind it, parked, behind the parked one, waiting, behind
+    // the waiting one
+    let keys = [
+        "retried", "retried", "parked", "parked", "waiting", "waiting",
+    ];
     let stored_at = Utc::now();
     let ids = outbox
         .store_batch(db, keys.map(envelope))
@@ -435,12 +438,12 @@ async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
             ],
         ),
         (
-            ids[1],
+            ids[2],
             "a parked event",
             vec![(Column::Parked, true.into())],
         ),
         (
-            ids[3],
+            ids[4],
             "an event waiting for its retry",
             vec![
                 (Column::Attempts, 1.into()),
@@ -467,9 +470,11 @@ async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
     assert_eq!(
         claimed,
         [
-            (ids[0], "retried", 2, [true, false, true, false]),
-            (ids[2], "parked", 0, [false, false, false, true]),
-            (ids[4], "waiting", 0, [false, true, true, false]),
+            // Its own failure does not count: only earlier events hold one back.
+            (ids[0], "retried", 2, [true, false, false, false]),
+            (ids[1], "retried", 0, [false, false, true, false]),
+            (ids[3], "parked", 0, [false, false, false, true]),
+            (ids[5], "waiting", 0, [false, true, true, false]),
         ],
     );
     for row in &rows {

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    Alias, CommonTableExpression, Condition, Expr, ExprTrait, InsertStatement, LockType, Query,
-    SelectStatement, WithClause,
+    Alias, CommonTableExpression, Condition, Expr, ExprTrait, Func, InsertStatement, LockType,
+    OnConflict, Query, SelectStatement, WithClause,
 };
 use sea_orm::{ConnectionTrait, Iterable, Statement, TransactionSession, TransactionTrait};
 use uuid::Uuid;
@@ -119,20 +119,35 @@ impl Dialect {
                     .table_name(moved.clone())
                     .query(delete().returning_all().take())
                     .to_owned();
-                let mut archive = archive(tables, archived(now).from(moved).take());
+                let mut archive = archive(tables, archived(now).from(moved).take())
+                    .on_conflict(skip_archived())
+                    .take();
                 let with = WithClause::new().cte(cte).to_owned();
                 Completing(vec![self.build(&archive.with_cte(with).take())])
             }
             // No DML in a CTE: copy, then delete, in one transaction.
             (Completion::Archive, Dialect::Sqlite | Dialect::MySql) => {
-                let copy = archived(now)
+                let mut copy = archived(now)
                     .from(outbox.clone())
                     .cond_where(rows.clone())
                     .take();
-                Completing(vec![
-                    self.build(&archive(tables, copy)),
-                    self.build(&delete()),
-                ])
+                let mut archive = if self == Dialect::MySql {
+                    // MariaDB finds `id` ambiguous in `ON DUPLICATE KEY UPDATE` after
+                    // a SELECT of the outbox: skip what is archived already instead.
+                    let archived_already = Query::select()
+                        .expr(Expr::val(1))
+                        .from_as(table(tables.archive()), Alias::new("a"))
+                        .and_where(
+                            Expr::col((Alias::new("a"), Column::Id))
+                                .equals((table(tables.outbox()), Column::Id)),
+                        )
+                        .take();
+                    copy.and_where(Expr::not_exists(archived_already));
+                    archive(tables, copy)
+                } else {
+                    archive(tables, copy).on_conflict(skip_archived()).take()
+                };
+                Completing(vec![self.build(&archive.take()), self.build(&delete())])
             }
         }
     }
@@ -206,18 +221,23 @@ impl Dialect {
         )
     }
 
-    /// The shards and keys of parked events whose key has no failed pending event any
-    /// more (its failed event was published, dead-lettered or replayed by other means
-    /// than the relay's write-back). The distinct keys are found first, then each is
-    /// checked once, on the small `retry` index.
+    /// The shards and keys of parked events that no earlier failed pending event of
+    /// their key holds back any more (it was published, dead-lettered or replayed by
+    /// other means than the relay's write-back; or only a later event of the key
+    /// failed). Each key is judged by its first parked event: the key is an orphan
+    /// when no retrying event of it comes before that one. (Unparking every event of
+    /// such a key is safe: the claim parks again any that an earlier failure still
+    /// holds back.) The keys are found first, then each is checked once, on the small
+    /// `retry` index.
     pub(crate) fn orphaned_parked_keys(self, table: &Identifier) -> Statement {
         let parked = Alias::new("p");
         let keys = Query::select()
-            .distinct()
             .column(Column::Shard)
             .expr_as(schema::event_key(), "key")
+            .expr_as(Func::min(Expr::col(Column::Seq)), "first")
             .from(super::table(table))
             .and_where(Expr::col(Column::Parked))
+            .add_group_by([Expr::col(Column::Shard), schema::event_key()])
             .take();
         let failed = Query::select()
             .expr(Expr::val(1))
@@ -225,6 +245,7 @@ impl Dialect {
             .and_where(Expr::col(Column::Shard).equals((parked.clone(), Column::Shard)))
             .cond_where(schema::retrying())
             .and_where(schema::event_key().eq(Expr::col((parked.clone(), Alias::new("key")))))
+            .and_where(Expr::col(Column::Seq).lt(Expr::col((parked.clone(), Alias::new("first")))))
             .take();
         self.build(
             Query::select()
@@ -260,6 +281,13 @@ fn archive(tables: &Tables, rows: SelectStatement) -> InsertStatement {
         .select_from(rows)
         .expect("the archive's columns are the outbox's, selected in the same order")
         .take()
+}
+
+/// Events the archive holds already (a copy left by hand, a restore) are skipped: the
+/// write-back that completes them goes through, instead of failing on the archive's
+/// key, and its batch being published again and again.
+fn skip_archived() -> OnConflict {
+    OnConflict::column(Column::Id).do_nothing().to_owned()
 }
 
 /// `SELECT .. FROM lease WHERE` `owner` still holds the shard with `token`, locking
