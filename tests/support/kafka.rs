@@ -110,10 +110,29 @@ pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration
     consume_with(client_config(brokers), topic, count, timeout).await
 }
 
+/// As [`consume`], over several topics at once.
+pub async fn consume_topics(
+    brokers: &str,
+    topics: &[&str],
+    count: usize,
+    timeout: Duration,
+) -> Vec<Received> {
+    consume_from(client_config(brokers), topics, count, timeout).await
+}
+
 /// As [`consume`], with the client settings of `config`.
 pub async fn consume_with(
-    mut config: ClientConfig,
+    config: ClientConfig,
     topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Received> {
+    consume_from(config, &[topic], count, timeout).await
+}
+
+async fn consume_from(
+    mut config: ClientConfig,
+    topics: &[&str],
     count: usize,
     timeout: Duration,
 ) -> Vec<Received> {
@@ -127,7 +146,7 @@ pub async fn consume_with(
         .set("fetch.wait.max.ms", "5")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer.subscribe(topics).expect("subscribe");
     let mut received = Vec::new();
     let mut distinct = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + timeout;
