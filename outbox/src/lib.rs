@@ -215,6 +215,42 @@
 //! within one call, and two transactions that lock the same keys in opposite orders
 //! can deadlock (PostgreSQL then aborts one of them).
 //!
+//! # An event's life
+//!
+//! Every transition below, by the relay, an operator command or a library call, keeps
+//! two invariants:
+//!
+//! 1. **Key order**: of a key's pending events, only the earliest may go out; an event
+//!    waits for every earlier pending event of its key (one waiting for a retry, one
+//!    parked), never for a later one.
+//! 2. **Liveness**: an event is parked only behind an earlier event of its key that
+//!    waits for a retry, so the first pending event of a key is never parked for
+//!    good, and every event that is not dead-lettered is eventually published while a
+//!    healthy relay runs.
+//!
+//! | state | what it means |
+//! |---|---|
+//! | pending | stored, not yet published; the claim takes it in store order |
+//! | retrying | an attempt failed; not claimed before `next_attempt_at`; holds back the later events of its key |
+//! | parked | pending behind a retrying event of its key, out of the claim index (so a long queue behind a poison event costs the claim nothing) |
+//! | dead-lettered | out of attempts; kept with its error until replayed; holds back nothing |
+//! | published | marked (kept for the retention), deleted, or moved to the archive, by the [`Completion`] mode |
+//!
+//! | transition | by | what it does |
+//! |---|---|---|
+//! | store | [`Outbox::store`] | pending; parked at once (PostgreSQL, SQLite) when its key has a retrying event |
+//! | publish | the relay | published; when it was retrying, its key's parked events are unparked |
+//! | fail | the relay, [`Outbox::handle_event_failure`] | retrying (a permanent failure uses an attempt, an outage does not); the relay parks its key's later events |
+//! | dead-letter | the same, on the last attempt | dead-lettered; its key's parked events are unparked and go on without it |
+//! | park | the claim | an event found behind an earlier retrying or parked event of its key is parked with its key's later events |
+//! | unpark | the claim, the sweep | parked events with no earlier retrying event of their key go back in line (the relay sweeps at start and every 30 s; [`Outbox::mark_events_as_published`] and a dead-lettering `handle_event_failure` sweep at once) |
+//! | replay | [`Outbox::replay`], [`Outbox::replay_all_dead`], `outbox replay` | pending again with its attempts reset, in its key's shard under today's shard count; it goes out ahead of the events of its key stored or failed after it, and after those published while it was dead |
+//! | mark | [`Outbox::mark_events_as_published`] | published by hand; its key's orphaned parked events are unparked |
+//!
+//! The backlog figures ([`Outbox::backlog`], the `outbox_pending` and
+//! `outbox_oldest_pending_age_seconds` gauges, `outbox status`) count retrying and parked events as pending, so a key that
+//! stays stuck shows as an age that grows.
+//!
 //! # Waking relays across processes
 //!
 //! A relay polls: after finding nothing it waits 10 ms, 20 ms, 40 ms... up to
@@ -311,8 +347,16 @@
 //! - **Time**: columns are `DATETIME(6)` holding UTC (the driver writes UTC; MySQL's
 //!   `TIMESTAMP` ends in 2038 and converts through the session's time zone), and the
 //!   relay reads the database's clock with `UTC_TIMESTAMP(6)`.
-//! - **JSON**: `event_data` and `headers` are `JSON` columns (on MariaDB an alias of
-//!   `LONGTEXT` with a validity check); the relay reads them as text, byte for byte.
+//! - **JSON**: `event_data` and `headers` are `JSON` columns; the relay reads them as
+//!   text. On MariaDB `JSON` is an alias of `LONGTEXT` with a validity check, so the
+//!   text is the one stored; MySQL 8 keeps a parsed form, so, as with PostgreSQL's
+//!   `jsonb`, the text is the same JSON value, normalised (whitespace, key order).
+//! - **Keys compare as bytes**: the key, aggregate and service-name columns use the
+//!   server's binary collation without padding (`utf8mb4_0900_bin` on MySQL 8,
+//!   `utf8mb4_nopad_bin` on MariaDB; migration `m20261205_000007`), as the shards, key
+//!   locks and Kafka keys compare. Under the default collation
+//!   `'ABC' = 'abc' = 'abc '` and `'Zoé' = 'zoe'`, and one key's failure held back the
+//!   others; `utf8mb4_bin` still ignores trailing spaces.
 //! - **Statements**: identifiers are quoted with backticks and parameters are `?`
 //!   (the hand-written statements are respelled); a multi-row insert takes at most
 //!   1,024 events, within the 65,535 placeholders and MariaDB's default
