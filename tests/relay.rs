@@ -12,7 +12,10 @@ use outbox::{
     Completion, Envelope, EventBuilder, FailureOutcome, MemoryPublisher, Message, Outbox,
     PublishError, Publisher, Relay, RelayConfig,
 };
-use outbox_tests::{PgSchema, eventually, migrated_sqlite, retry_waits};
+use outbox_tests::{
+    PgSchema, dead_and_retrying, eventually, migrated_sqlite, retry_due, retry_waits,
+    store_counters,
+};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
@@ -809,42 +812,6 @@ async fn orphaned_parked_events_go_out_in_order_with_the_next_event(db: Database
     assert_eq!(order, [1, 2, 3]);
 }
 
-/// Dead-letters `ids[0]` and has `ids[1]` wait for a retry an hour away, through the
-/// library's failure calls; the relay's next pass parks `ids[2]` behind it.
-async fn dead_retrying_parked(
-    db: &DatabaseConnection,
-    outbox: &Outbox,
-    relay: &Relay<MemoryPublisher>,
-    ids: &[Uuid],
-) {
-    let dead_now = RelayConfig {
-        retry_attempts: 0,
-        ..fast_config("replays")
-    };
-    let retry_later = RelayConfig {
-        retry_delay: Duration::from_secs(3600),
-        max_retry_delay: Duration::from_secs(3600),
-        ..fast_config("replays")
-    };
-    let outcome = outbox
-        .handle_event_failure(db, ids[0], "unknown topic", &dead_now)
-        .await
-        .expect("dead-letter");
-    assert!(
-        matches!(outcome, FailureOutcome::DeadLettered { .. }),
-        "{outcome:?}"
-    );
-    let outcome = outbox
-        .handle_event_failure(db, ids[1], "unknown topic", &retry_later)
-        .await
-        .expect("retry later");
-    assert!(
-        matches!(outcome, FailureOutcome::Retry { .. }),
-        "{outcome:?}"
-    );
-    relay.process_events(10).await.expect("process");
-}
-
 /// A key's first event is dead-lettered, the second waits for a retry, the third is
 /// parked behind it; the operator replays the first (by id, all dead letters, or a
 /// batch). The replayed event goes out at once, ahead of the retrying one, and the
@@ -859,16 +826,9 @@ async fn a_replay_never_parks_its_key_for_good(db: DatabaseConnection) {
         .with_outbox(outbox.clone());
     for how in ["one", "all", "batch"] {
         let key = format!("key-{how}");
-        let mut ids = Vec::new();
-        for n in 0..3 {
-            ids.push(
-                outbox
-                    .store(&db, &counter(&key, n), "counters")
-                    .await
-                    .expect("store"),
-            );
-        }
-        dead_retrying_parked(&db, &outbox, &relay, &ids).await;
+        let ids = store_counters(&db, &outbox, &key, 3).await;
+        dead_and_retrying(&db, &outbox, &ids).await;
+        relay.process_events(10).await.expect("process");
         assert_eq!(parked_flags(&db, &key).await, [false, false, true]);
 
         let replayed = match how {
@@ -898,15 +858,7 @@ async fn a_replay_never_parks_its_key_for_good(db: DatabaseConnection) {
         );
 
         // The retry falls due: the rest follows, in order.
-        row::Entity::update_many()
-            .col_expr(
-                row::Column::NextAttemptAt,
-                Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
-            )
-            .filter(row::Column::Id.eq(ids[1]))
-            .exec(&db)
-            .await
-            .expect("the retry falls due");
+        retry_due(&db, ids[1]).await;
         relay.process_events(10).await.expect("process");
         relay.process_events(10).await.expect("process");
         assert_eq!(published(key.clone())(), [0, 1, 2], "{how}");
@@ -925,26 +877,15 @@ async fn a_key_stuck_parked_is_freed_and_counted(db: DatabaseConnection) {
     let relay = Relay::new(fast_config("stuck"), db.clone(), publisher.clone())
         .expect("valid relay config")
         .with_outbox(outbox.clone());
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        ids.push(
-            outbox
-                .store(&db, &counter("k", n), "counters")
-                .await
-                .expect("store"),
-        );
-    }
+    let ids = store_counters(&db, &outbox, "k", 3).await;
     // The second event failed once and is due again; every event of the key is parked.
     row::Entity::update_many()
-        .col_expr(
-            row::Column::NextAttemptAt,
-            Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
-        )
         .col_expr(row::Column::Attempts, Expr::value(1))
         .filter(row::Column::Id.eq(ids[1]))
         .exec(&db)
         .await
         .expect("a failed attempt");
+    retry_due(&db, ids[1]).await;
     row::Entity::update_many()
         .col_expr(row::Column::Parked, Expr::value(true))
         .exec(&db)

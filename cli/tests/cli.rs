@@ -473,37 +473,11 @@ async fn replay_all_dead_and_purge_work_in_batches(database: &ServerDatabase) {
 /// and status showed no oldest pending event.) A replay by id after the shard count
 /// changed puts the event in its key's shard under the new count.
 async fn a_replay_frees_the_key_and_follows_the_shard_count(database: &ServerDatabase) {
-    use outbox::{FailureOutcome, MemoryPublisher, Relay};
-    use std::time::Duration;
+    use outbox::{MemoryPublisher, Relay};
     let db = database.db();
     let outbox = Outbox::new();
-    let mut ids = Vec::new();
-    for n in 0..3 {
-        let event =
-            EventBuilder::new("counter.incremented", "k").data(serde_json::json!({ "n": n }));
-        ids.push(outbox.store(db, &event, "counters").await.expect("store"));
-    }
-    let dead_now = RelayConfig {
-        retry_attempts: 0,
-        ..RelayConfig::new("cli")
-    };
-    let retry_later = RelayConfig {
-        retry_delay: Duration::from_secs(3600),
-        max_retry_delay: Duration::from_secs(3600),
-        ..RelayConfig::new("cli")
-    };
-    outbox
-        .handle_event_failure(db, ids[0], "unknown topic", &dead_now)
-        .await
-        .expect("dead-letter");
-    let outcome = outbox
-        .handle_event_failure(db, ids[1], "unknown topic", &retry_later)
-        .await
-        .expect("retry later");
-    assert!(
-        matches!(outcome, FailureOutcome::Retry { .. }),
-        "{outcome:?}"
-    );
+    let ids = outbox_tests::store_counters(db, &outbox, "k", 3).await;
+    outbox_tests::dead_and_retrying(db, &outbox, &ids).await;
     let publisher = MemoryPublisher::new();
     let relay = Relay::new(RelayConfig::new("cli"), db.clone(), publisher.clone())
         .expect("valid relay config")
@@ -524,15 +498,7 @@ async fn a_replay_frees_the_key_and_follows_the_shard_count(database: &ServerDat
         status["oldest_pending_age_seconds"].is_f64(),
         "the waiting key shows: {status}"
     );
-    row::Entity::update_many()
-        .col_expr(
-            row::Column::NextAttemptAt,
-            Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
-        )
-        .filter(row::Column::Id.eq(ids[1]))
-        .exec(db)
-        .await
-        .expect("the retry falls due");
+    outbox_tests::retry_due(db, ids[1]).await;
     relay.process_events(10).await.expect("process");
     relay.process_events(10).await.expect("process");
     let published: Vec<Uuid> = publisher.messages().iter().map(|m| m.id).collect();
@@ -546,6 +512,10 @@ async fn a_replay_frees_the_key_and_follows_the_shard_count(database: &ServerDat
     // The shard count changes from 16 to 3 while an event is dead-lettered.
     let event = EventBuilder::new("counter.incremented", "k");
     let dead = outbox.store(db, &event, "counters").await.expect("store");
+    let dead_now = RelayConfig {
+        retry_attempts: 0,
+        ..RelayConfig::new("cli")
+    };
     outbox
         .handle_event_failure(db, dead, "unknown topic", &dead_now)
         .await

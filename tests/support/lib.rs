@@ -360,6 +360,74 @@ pub async fn retry_waits<P: outbox::Publisher>(
     panic!("event {id} was not published after 200 passes; waits so far: {waits:?}");
 }
 
+/// Stores `count` events of `key` to topic `counters`, one statement each, with `n`
+/// 0, 1, ... in their payloads; returns their ids.
+pub async fn store_counters(
+    db: &DatabaseConnection,
+    outbox: &outbox::Outbox,
+    key: &str,
+    count: usize,
+) -> Vec<uuid::Uuid> {
+    let mut ids = Vec::with_capacity(count);
+    for n in 0..count {
+        let event = outbox::EventBuilder::new("counter.incremented", key)
+            .data(serde_json::json!({ "n": n }));
+        ids.push(outbox.store(db, &event, "counters").await.expect("store"));
+    }
+    ids
+}
+
+/// Dead-letters event `ids[0]` and has `ids[1]` wait for a retry an hour away, through
+/// the library's failure calls, as an operator's broker would have.
+pub async fn dead_and_retrying(
+    db: &DatabaseConnection,
+    outbox: &outbox::Outbox,
+    ids: &[uuid::Uuid],
+) {
+    use outbox::{FailureOutcome, RelayConfig};
+    let dead_now = RelayConfig {
+        retry_attempts: 0,
+        ..RelayConfig::default()
+    };
+    let retry_later = RelayConfig {
+        retry_delay: Duration::from_secs(3600),
+        max_retry_delay: Duration::from_secs(3600),
+        ..RelayConfig::default()
+    };
+    let outcome = outbox
+        .handle_event_failure(db, ids[0], "unknown topic", &dead_now)
+        .await
+        .expect("dead-letter");
+    assert!(
+        matches!(outcome, FailureOutcome::DeadLettered { .. }),
+        "{outcome:?}"
+    );
+    let outcome = outbox
+        .handle_event_failure(db, ids[1], "unknown topic", &retry_later)
+        .await
+        .expect("retry later");
+    assert!(
+        matches!(outcome, FailureOutcome::Retry { .. }),
+        "{outcome:?}"
+    );
+}
+
+/// Makes event `id`'s retry due (a second ago), as if its backoff had passed.
+pub async fn retry_due(db: &DatabaseConnection, id: uuid::Uuid) {
+    use outbox::entity::outbox as row;
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    row::Entity::update_many()
+        .col_expr(
+            row::Column::NextAttemptAt,
+            Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
+        )
+        .filter(row::Column::Id.eq(id))
+        .exec(db)
+        .await
+        .expect("the retry falls due");
+}
+
 /// For each key, the `n` field of its events' JSON payloads in the order given, after
 /// dropping repeated event ids (a consumer's view of at-least-once delivery). Takes
 /// `(event id, key, payload)` triples.
