@@ -992,14 +992,7 @@ impl Publisher for Panicking {
 /// until the process restarted.)
 async fn a_publisher_panic_fails_only_its_event(db: DatabaseConnection) {
     let outbox = Outbox::new();
-    let poison = outbox
-        .store(&db, &counter("poisoned", 0), "counters")
-        .await
-        .expect("store");
-    outbox
-        .store(&db, &counter("poisoned", 1), "counters")
-        .await
-        .expect("store");
+    let poison = store_counters(&db, &outbox, "poisoned", 2).await[0];
     store_interleaved(&db, &outbox, 3, 3).await;
     let publisher = Panicking {
         inner: MemoryPublisher::new(),
@@ -1067,15 +1060,8 @@ async fn keys_that_only_look_alike_are_different_keys(db: DatabaseConnection) {
     let failing = ["ABC", "abc ", "Zoé"];
     let free = ["abc", "zoe"];
     for key in failing {
-        let first = outbox
-            .store(&db, &counter(key, 0), "counters")
-            .await
-            .expect("store");
+        let first = store_counters(&db, &outbox, key, 2).await[0];
         publisher.fail_next(first, [PublishError::permanent("refused")]);
-        outbox
-            .store(&db, &counter(key, 1), "counters")
-            .await
-            .expect("store");
     }
     let relay = Relay::new(
         RelayConfig {
@@ -1891,14 +1877,9 @@ async fn a_relay_paused_past_its_lease_publishes_nothing_it_claimed_before(db: D
         max_retry_delay: Duration::from_secs(3600),
         ..fast_config("paused")
     };
-    let blocker = outbox
-        .store(&db, &counter("blocked", 0), "counters")
-        .await
-        .expect("store");
-    let behind = outbox
-        .store(&db, &counter("blocked", 1), "counters")
-        .await
-        .expect("store");
+    let [blocker, behind] = store_counters(&db, &outbox, "blocked", 2).await[..] else {
+        unreachable!("two events stored")
+    };
     outbox
         .handle_event_failure(&db, blocker, "unknown topic", &config)
         .await
