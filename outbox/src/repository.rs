@@ -178,7 +178,7 @@ impl Outbox {
     {
         let dialect = self.dialect(conn)?;
         let table = self.tables().outbox();
-        let txn = conn.begin().await?;
+        let txn = dialect.begin_on(conn).await?;
         let Some(state) = FailureStateRow::find_by_statement(dialect.failure_state(table, id))
             .one(&txn)
             .await?
@@ -272,7 +272,7 @@ impl Outbox {
     {
         let dialect = self.dialect(conn)?;
         let table = self.tables().outbox();
-        let txn = conn.begin().await?;
+        let txn = dialect.begin_on(conn).await?;
         let dead = DeadLetterKey::find_by_statement(dialect.dead_letter_keys(table, id, limit))
             .all(&txn)
             .await?;

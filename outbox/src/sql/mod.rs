@@ -98,6 +98,23 @@ impl Dialect {
         })
     }
 
+    /// Begins a transaction on `conn` for an operator's change (replay, a recorded
+    /// failure): on MySQL at READ COMMITTED, as [`begin`](Self::begin) does for the
+    /// relay, so that its updates take no gap locks for the writers' inserts to wait
+    /// for (under REPEATABLE READ a replay's update of the `dead` index deadlocked with
+    /// concurrent stores). When `conn` is a transaction already (MySQL refuses to set
+    /// the level inside one), a savepoint of it at its own level.
+    pub(crate) async fn begin_on<C: TransactionTrait>(self, conn: &C) -> Result<C::Transaction> {
+        if self == Dialect::MySql
+            && let Ok(txn) = conn
+                .begin_with_config(Some(IsolationLevel::ReadCommitted), None)
+                .await
+        {
+            return Ok(txn);
+        }
+        Ok(conn.begin().await?)
+    }
+
     /// `statement` in this dialect, its values bound.
     fn build(self, statement: &impl StatementBuilder) -> Statement {
         self.backend().build(statement)
