@@ -2016,7 +2016,86 @@ async fn a_relay_cut_off_from_the_leaders_leaves_the_work_to_a_working_one(db: D
     cut.shutdown().await.expect("shutdown");
 }
 
+/// A publisher whose broker can be taken away and given back: away, every delivery
+/// fails as an outage and the check fails too.
+#[derive(Debug, Clone, Default)]
+struct Switchable {
+    inner: MemoryPublisher,
+    down: Arc<AtomicBool>,
+}
+
+impl Publisher for Switchable {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        if self.down.load(Ordering::SeqCst) {
+            return batch
+                .iter()
+                .map(|_| Err(PublishError::transient("broker unreachable")))
+                .collect();
+        }
+        self.inner.publish(batch).await
+    }
+
+    async fn check(&self) -> Result<(), PublishError> {
+        match self.down.load(Ordering::SeqCst) {
+            true => Err(PublishError::transient("broker unreachable")),
+            false => Ok(()),
+        }
+    }
+}
+
+/// A relay alone that stood aside while its broker was away takes every shard back
+/// when it returns: on probation it would hold one shard, and with no other relay to
+/// take the rest, their events would wait until one was stored to that shard.
+async fn a_lone_relay_back_from_an_outage_takes_every_shard(db: DatabaseConnection) {
+    let config = RelayConfig {
+        stall_timeout: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(2),
+        ..fast_config("lone")
+    };
+    let outbox = Outbox::new();
+    let publisher = Switchable::default();
+    publisher.down.store(true, Ordering::SeqCst);
+    let relay = Relay::new(config, db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone())
+        .spawn();
+    eventually(
+        "the relay owns every shard",
+        Duration::from_secs(10),
+        || async { relay.stats().owned_shards == 16 },
+    )
+    .await;
+    let failing = store_counters(&db, &outbox, "first", 1).await;
+    eventually(
+        "the relay stands aside",
+        Duration::from_secs(20),
+        || async { relay.stats().owned_shards == 0 },
+    )
+    .await;
+    // Nothing pending when the broker returns.
+    outbox
+        .mark_events_as_published(&db, &failing)
+        .await
+        .expect("mark");
+    publisher.down.store(false, Ordering::SeqCst);
+    eventually(
+        "the relay takes every shard back",
+        Duration::from_secs(10),
+        || async { relay.stats().owned_shards == 16 },
+    )
+    .await;
+    let later = store_counters(&db, &outbox, "later", 1).await;
+    eventually(
+        "a new event is published",
+        Duration::from_secs(10),
+        || async { publisher.inner.messages().iter().any(|m| m.id == later[0]) },
+    )
+    .await;
+    relay.shutdown().await.expect("shutdown");
+}
+
 outbox_tests::on_server_backends!(
+    a_lone_relay_back_from_an_outage_takes_every_shard,
     a_relay_paused_past_its_lease_publishes_nothing_it_claimed_before,
     a_relay_cut_off_from_the_leaders_leaves_the_work_to_a_working_one,
     the_longest_service_name_fits_the_relay_tables,

@@ -227,7 +227,8 @@ impl Leases {
     /// event, and one key's events could go out from both at once.)
     ///
     /// A relay on `probation` (see `stall.rs`) takes one shard, and the others leave
-    /// one to it: they share the rest among the relays not on probation.
+    /// one to it: they share the rest among the relays not on probation. When every
+    /// relay is on probation, each takes a full share.
     /// Times are the database's (see `clock.rs`), read as each statement is sent: a
     /// slow round must not write expiries that ended before they were written.
     pub(crate) async fn round(
@@ -265,17 +266,23 @@ impl Leases {
             return Ok(ended(&keeper, &released));
         }
         keeper.yielded_to = None;
-        let fair = if probation {
-            1
+        // This relay counts itself even before its first heartbeat is seen.
+        let (relays, on_probation, ahead) = services
+            .iter()
+            .find(|service| service.service_name == self.service)
+            .map_or((1, i64::from(probation), 0), |service| {
+                (service.relays, service.on_probation, service.ahead)
+            });
+        let fair = if on_probation < relays {
+            if probation {
+                1
+            } else {
+                share(i64::from(self.shards), relays, on_probation, ahead)
+            }
         } else {
-            // This relay counts itself even before its first heartbeat is seen.
-            let (relays, on_probation, ahead) = services
-                .iter()
-                .find(|service| service.service_name == self.service)
-                .map_or((1, 0, 0), |service| {
-                    (service.relays, service.on_probation, service.ahead)
-                });
-            share(i64::from(self.shards), relays, on_probation, ahead)
+            // Every relay is on probation (a broker back for all of them, or a lone
+            // relay): nobody else would take the shards, so each takes a full share.
+            share(i64::from(self.shards), relays, 0, 0)
         };
 
         // Give up what is beyond the fair share, highest idle shards first.
