@@ -5,7 +5,9 @@
 //! probation, holding one shard, when the broker answers a check again; the first
 //! batch that delivers something ends the probation, and one that fails as an outage
 //! sends the relay aside again at once, with a longer wait before the next probation
-//! (doubling, from the stall timeout up to 16 times it). A check alone proves little:
+//! (doubling, from the stall timeout up to 16 times it). When every live relay is on
+//! probation (a relay alone, or all after an outage for all), each takes a full share
+//! instead: no other relay would take the rest. A check alone proves little:
 //! a relay that reaches the bootstrap broker but not the partitions' leaders answers
 //! it and delivers nothing, and used to rejoin with its whole share of shards each
 //! time, and fail them for another stall timeout.
