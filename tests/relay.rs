@@ -14,7 +14,7 @@ use outbox::{
 };
 use outbox_tests::{
     PgSchema, dead_and_retrying, eventually, migrated_sqlite, retry_due, retry_waits,
-    store_counters,
+    store_counters, until_holding,
 };
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -1630,12 +1630,7 @@ async fn a_skewed_clock_takes_no_lease_from_a_live_relay(db: DatabaseConnection)
         let honest = Relay::new(fast_config("clocks"), db.clone(), MemoryPublisher::new())
             .expect("valid relay config")
             .spawn();
-        eventually(
-            "the first relay holds every shard",
-            Duration::from_secs(10),
-            || async { honest.stats().owned_shards == 16 },
-        )
-        .await;
+        until_holding(&honest, 16, "the first relay", Duration::from_secs(10)).await;
         let skewed = Relay::new(fast_config("clocks"), db.clone(), MemoryPublisher::new())
             .expect("valid relay config")
             .with_clock_skew(skew)
@@ -1663,12 +1658,7 @@ async fn a_second_service_on_one_table_publishes_nothing_while_the_first_runs(
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
-    eventually(
-        "the first service holds every shard",
-        Duration::from_secs(10),
-        || async { first.stats().owned_shards == 16 },
-    )
-    .await;
+    until_holding(&first, 16, "the first service", Duration::from_secs(10)).await;
     let second_publisher = MemoryPublisher::new();
     let second = Relay::new(fast_config("second"), db.clone(), second_publisher.clone())
         .expect("valid relay config")
@@ -1963,12 +1953,7 @@ async fn a_relay_cut_off_from_the_leaders_leaves_the_work_to_a_working_one(db: D
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
-    eventually(
-        "the cut-off relay owns every shard",
-        Duration::from_secs(10),
-        || async { cut.stats().owned_shards == 16 },
-    )
-    .await;
+    until_holding(&cut, 16, "the cut-off relay", Duration::from_secs(10)).await;
     let publisher = MemoryPublisher::new();
     let working = Relay::new(config.clone(), db.clone(), publisher.clone())
         .expect("valid relay config")
@@ -2059,31 +2044,17 @@ async fn a_lone_relay_back_from_an_outage_takes_every_shard(db: DatabaseConnecti
         .expect("valid relay config")
         .with_outbox(outbox.clone())
         .spawn();
-    eventually(
-        "the relay owns every shard",
-        Duration::from_secs(10),
-        || async { relay.stats().owned_shards == 16 },
-    )
-    .await;
+    until_holding(&relay, 16, "the relay", Duration::from_secs(10)).await;
     let failing = store_counters(&db, &outbox, "first", 1).await;
-    eventually(
-        "the relay stands aside",
-        Duration::from_secs(20),
-        || async { relay.stats().owned_shards == 0 },
-    )
-    .await;
+    // It stands aside.
+    until_holding(&relay, 0, "the relay", Duration::from_secs(20)).await;
     // Nothing pending when the broker returns.
     outbox
         .mark_events_as_published(&db, &failing)
         .await
         .expect("mark");
     publisher.down.store(false, Ordering::SeqCst);
-    eventually(
-        "the relay takes every shard back",
-        Duration::from_secs(10),
-        || async { relay.stats().owned_shards == 16 },
-    )
-    .await;
+    until_holding(&relay, 16, "the relay, back,", Duration::from_secs(10)).await;
     let later = store_counters(&db, &outbox, "later", 1).await;
     eventually(
         "a new event is published",

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use outbox::{EventBuilder, MemoryPublisher, Outbox, Relay, RelayConfig, RelayHandle};
-use outbox_tests::{PgSchema, eventually};
+use outbox_tests::{PgSchema, eventually, until_holding};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
 fn config(listen: bool) -> RelayConfig {
@@ -27,12 +27,7 @@ async fn idle_relay(pg: &PgSchema, listen: bool) -> RelayHandle {
     let relay = Relay::new(config(listen), pg.db.clone(), MemoryPublisher::new())
         .expect("valid relay config")
         .spawn();
-    eventually(
-        "the relay owns every shard",
-        Duration::from_secs(10),
-        || async { relay.stats().owned_shards == 16 },
-    )
-    .await;
+    until_holding(&relay, 16, "the relay", Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     relay
 }
@@ -189,16 +184,12 @@ async fn shards_a_relay_gives_up_are_taken_at_once_not_at_the_next_round() {
     // forward too; it can make this test pass early, never fail.)
     let second = relay_with_leases(&pg, Duration::from_secs(90));
     // The first relay's next round sees the second and gives up half.
-    eventually(
-        "the first relay gives up its surplus",
-        Duration::from_secs(15),
-        || async { first.stats().owned_shards == 8 },
-    )
-    .await;
-    eventually(
-        "the second relay takes them at once",
+    until_holding(&first, 8, "the first relay", Duration::from_secs(15)).await;
+    until_holding(
+        &second,
+        8,
+        "the second relay, at once,",
         Duration::from_secs(2),
-        || async { second.stats().owned_shards == 8 },
     )
     .await;
 

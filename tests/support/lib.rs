@@ -328,6 +328,20 @@ where
     }
 }
 
+/// Waits until `relay` holds exactly `shards` shards (at most `timeout`); `who`
+/// names it in the failure.
+pub async fn until_holding(
+    relay: &outbox::RelayHandle,
+    shards: usize,
+    who: &str,
+    timeout: Duration,
+) {
+    eventually(&format!("{who} holds {shards} shards"), timeout, || async {
+        relay.stats().owned_shards == shards
+    })
+    .await;
+}
+
 /// Runs `relay` pass by pass until event `id` is published, and returns the
 /// failed attempts it went through with the wait each set (attempts, milliseconds from
 /// the failure to the next allowed attempt).

@@ -273,16 +273,13 @@ impl Leases {
             .map_or((1, i64::from(probation), 0), |service| {
                 (service.relays, service.on_probation, service.ahead)
             });
-        let fair = if on_probation < relays {
-            if probation {
-                1
-            } else {
-                share(i64::from(self.shards), relays, on_probation, ahead)
-            }
-        } else {
+        let all = i64::from(self.shards);
+        let fair = match (probation, on_probation < relays) {
             // Every relay is on probation (a broker back for all of them, or a lone
             // relay): nobody else would take the shards, so each takes a full share.
-            share(i64::from(self.shards), relays, 0, 0)
+            (_, false) => share(all, relays, 0, 0),
+            (true, true) => 1,
+            (false, true) => share(all, relays, on_probation, ahead),
         };
 
         // Give up what is beyond the fair share, highest idle shards first.

@@ -119,35 +119,36 @@ impl Dialect {
                     .table_name(moved.clone())
                     .query(delete().returning_all().take())
                     .to_owned();
+                // Events the archive holds already (a copy left by hand, a restore)
+                // are skipped, so the write-back that completes them goes through.
                 let mut archive = archive(tables, archived(now).from(moved).take())
-                    .on_conflict(skip_archived())
+                    .on_conflict(OnConflict::column(Column::Id).do_nothing().to_owned())
                     .take();
                 let with = WithClause::new().cte(cte).to_owned();
                 Completing(vec![self.build(&archive.with_cte(with).take())])
             }
-            // No DML in a CTE: copy, then delete, in one transaction.
+            // No DML in a CTE: copy, then delete, in one transaction. Events the
+            // archive holds already are skipped, as on PostgreSQL (an upsert would not
+            // do: MariaDB finds `id` ambiguous in `ON DUPLICATE KEY UPDATE` after a
+            // SELECT of the outbox).
             (Completion::Archive, Dialect::Sqlite | Dialect::MySql) => {
-                let mut copy = archived(now)
+                let archived_already = Query::select()
+                    .expr(Expr::val(1))
+                    .from_as(table(tables.archive()), Alias::new("a"))
+                    .and_where(
+                        Expr::col((Alias::new("a"), Column::Id))
+                            .equals((table(tables.outbox()), Column::Id)),
+                    )
+                    .take();
+                let copy = archived(now)
                     .from(outbox.clone())
                     .cond_where(rows.clone())
+                    .and_where(Expr::not_exists(archived_already))
                     .take();
-                let mut archive = if self == Dialect::MySql {
-                    // MariaDB finds `id` ambiguous in `ON DUPLICATE KEY UPDATE` after
-                    // a SELECT of the outbox: skip what is archived already instead.
-                    let archived_already = Query::select()
-                        .expr(Expr::val(1))
-                        .from_as(table(tables.archive()), Alias::new("a"))
-                        .and_where(
-                            Expr::col((Alias::new("a"), Column::Id))
-                                .equals((table(tables.outbox()), Column::Id)),
-                        )
-                        .take();
-                    copy.and_where(Expr::not_exists(archived_already));
-                    archive(tables, copy)
-                } else {
-                    archive(tables, copy).on_conflict(skip_archived()).take()
-                };
-                Completing(vec![self.build(&archive.take()), self.build(&delete())])
+                Completing(vec![
+                    self.build(&archive(tables, copy)),
+                    self.build(&delete()),
+                ])
             }
         }
     }
@@ -281,13 +282,6 @@ fn archive(tables: &Tables, rows: SelectStatement) -> InsertStatement {
         .select_from(rows)
         .expect("the archive's columns are the outbox's, selected in the same order")
         .take()
-}
-
-/// Events the archive holds already (a copy left by hand, a restore) are skipped: the
-/// write-back that completes them goes through, instead of failing on the archive's
-/// key, and its batch being published again and again.
-fn skip_archived() -> OnConflict {
-    OnConflict::column(Column::Id).do_nothing().to_owned()
 }
 
 /// `SELECT .. FROM lease WHERE` `owner` still holds the shard with `token`, locking
