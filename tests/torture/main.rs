@@ -17,9 +17,9 @@
 //! (`support/proxy.rs`). Then a consumer reads everything and the suite checks: no
 //! loss, no phantom, per-key commit order, bounded duplicates, exactly the oversized
 //! events dead-lettered, bounded relay memory, nothing left pending or parked; it
-//! reports the stale re-publications (a key's event after a later one of its key),
-//! which the pauses may cause through messages already inside a frozen relay's
-//! producer.
+//! reports the re-publications behind a later event of their key, which kills cause
+//! (the next owner sends a killed relay's batch again) and pauses too (a resumed
+//! relay sends what was already inside its producer).
 //!
 //! `consumer_torture` is the consumer's side: the same writers, relay processes killed
 //! at random (so events are published twice), and two consumer processes of one group
