@@ -70,10 +70,11 @@ async fn cleanup_forgets_records_older_than_the_window(db: DatabaseConnection) {
     let inbox = Inbox::new();
     let window = chrono::Duration::from_std(outbox::DEFAULT_DEDUP_WINDOW).expect("window");
     let old = Utc::now() - window - chrono::Duration::days(1);
-    // More than one cleanup batch (1,000) of old records.
-    let old_records: Vec<record::ActiveModel> = (0..1_234)
+    // More than one cleanup batch (1,000) of old records of `billing`, and some of
+    // `audit`, which keeps its records longer.
+    let old_records: Vec<record::ActiveModel> = (0..1_284)
         .map(|i| record::ActiveModel {
-            consumer: Set(format!("consumer-{}", i % 3)),
+            consumer: Set(if i < 1_234 { "billing" } else { "audit" }.to_owned()),
             event_id: Set(Uuid::now_v7()),
             processed_at: Set(old),
         })
@@ -85,24 +86,27 @@ async fn cleanup_forgets_records_older_than_the_window(db: DatabaseConnection) {
             .expect("old records");
     }
     let recent = Uuid::now_v7();
-    assert!(
-        inbox
-            .record(&db, "consumer-0", recent)
-            .await
-            .expect("record")
-    );
+    assert!(inbox.record(&db, "billing", recent).await.expect("record"));
 
     let deleted = inbox
-        .cleanup(&db, outbox::DEFAULT_DEDUP_WINDOW)
+        .cleanup(&db, "billing", outbox::DEFAULT_DEDUP_WINDOW)
         .await
         .expect("cleanup");
     assert_eq!(deleted, 1_234);
     let left = record::Entity::find().all(&db).await.expect("records");
-    assert_eq!(left.len(), 1);
-    assert_eq!(left[0].event_id, recent);
+    assert_eq!(left.len(), 51, "audit's records are audit's to forget");
+    assert!(left.iter().any(|r| r.event_id == recent));
+    let ninety_days = Duration::from_secs(90 * 24 * 3600);
     assert_eq!(
         inbox
-            .cleanup(&db, Duration::from_secs(3600))
+            .cleanup(&db, "audit", ninety_days)
+            .await
+            .expect("cleanup"),
+        0
+    );
+    assert_eq!(
+        inbox
+            .cleanup(&db, "billing", Duration::from_secs(3600))
             .await
             .expect("cleanup"),
         0

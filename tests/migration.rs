@@ -59,7 +59,7 @@ const INDEXES: [&str; 10] = [
     "idx__outbox_claim",
     "idx__outbox_dead",
     "idx__outbox_destination_topic",
-    "idx__outbox_inbox_processed",
+    "idx__outbox_inbox_consumer_processed",
     "idx__outbox_parked",
     "idx__outbox_published_at",
     "idx__outbox_published_published_at",
@@ -123,10 +123,89 @@ async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     assert_eq!(key_locks(db).await, key_lock_rows);
 }
 
+/// Writes a dead letter of `payload` at partition 0, offset 7 of `topic`, with SQL
+/// that needs no `id` column.
+async fn write_dead_letter(db: &DatabaseConnection, topic: &str, payload: &[u8]) {
+    let insert = Query::insert()
+        .into_table(Alias::new("_outbox_inbox_dead"))
+        .columns(
+            [
+                "consumer",
+                "topic",
+                "kafka_partition",
+                "kafka_offset",
+                "payload",
+                "headers",
+                "error",
+                "attempts",
+                "dead_lettered_at",
+            ]
+            .map(Alias::new),
+        )
+        .values_panic([
+            "billing".into(),
+            topic.into(),
+            0.into(),
+            7i64.into(),
+            payload.to_vec().into(),
+            "{}".into(),
+            "refused".into(),
+            3.into(),
+            chrono::Utc::now().into(),
+        ])
+        .to_owned();
+    db.execute(&insert).await.expect("dead letter");
+}
+
+/// Migration 9 rebuilds the dead-letter table with an `id` key: letters written before
+/// are kept, byte for byte, and going down keeps them too.
+async fn dead_letters_survive_the_rebuild(db: &DatabaseConnection) {
+    Migrator::up(db, Some(8)).await.expect("up to 8");
+    let before = vec![7u8; 1024];
+    write_dead_letter(db, "accounts", &before).await;
+    Migrator::up(db, None).await.expect("up");
+    let inbox = outbox::Inbox::new();
+    let letters = inbox
+        .dead_letters(db, "billing", 10)
+        .await
+        .expect("letters");
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].payload.as_deref(), Some(&before[..]));
+    // A second letter at the same place (a topic created again reuses offsets), past
+    // 64 KiB (a MySQL `BLOB`).
+    let large = vec![8u8; 100 * 1024];
+    write_dead_letter(db, "accounts", &large).await;
+    let letters = inbox
+        .dead_letters(db, "billing", 10)
+        .await
+        .expect("letters");
+    assert_eq!(letters.len(), 2);
+    assert!(letters[0].id < letters[1].id);
+    assert_eq!(letters[1].payload.as_deref(), Some(&large[..]));
+    assert!(
+        inbox
+            .delete_dead_letter(db, &letters[1])
+            .await
+            .expect("delete")
+    );
+    Migrator::down(db, Some(1)).await.expect("down one");
+    write_dead_letter(db, "orders", b"old shape").await;
+    Migrator::up(db, None).await.expect("up again");
+    let letters = inbox
+        .dead_letters(db, "billing", 10)
+        .await
+        .expect("letters");
+    let topics: Vec<&str> = letters.iter().map(|l| l.topic.as_str()).collect();
+    assert_eq!(topics, ["accounts", "orders"]);
+}
+
 #[tokio::test]
 async fn postgres_migrates_up_down_and_up_again() {
     let pg = PgSchema::empty().await;
     up_down_up(&pg.db, Some(&pg.schema)).await;
+    pg.drop().await;
+    let pg = PgSchema::empty().await;
+    dead_letters_survive_the_rebuild(&pg.db).await;
     pg.drop().await;
 }
 
@@ -135,12 +214,16 @@ async fn mysql_migrates_up_down_and_up_again() {
     let database = MySqlDatabase::empty().await;
     up_down_up(&database.db, Some(&database.name)).await;
     database.drop().await;
+    let database = MySqlDatabase::empty().await;
+    dead_letters_survive_the_rebuild(&database.db).await;
+    database.drop().await;
 }
 
 #[tokio::test]
 async fn sqlite_migrates_up_down_and_up_again() {
     let db = sqlite().await;
     up_down_up(&db, None).await;
+    dead_letters_survive_the_rebuild(&sqlite().await).await;
 }
 
 /// A user's own Migrator can hold the outbox's migration, also under other names.
@@ -190,6 +273,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261202_000006_inbox_dead_letters",
             "m20261205_000007_mysql_binary_keys",
             "m20261205_000008_relay_probation",
+            "m20261205_000009_inbox_dead_letter_ids",
             "m20261127_000001_create_outbox_tables_billing_outbox",
             "m20261127_000002_park_waiting_events_billing_outbox",
             "m20261128_000003_archive_published_events_billing_outbox",
@@ -198,6 +282,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261202_000006_inbox_dead_letters_billing_outbox",
             "m20261205_000007_mysql_binary_keys_billing_outbox",
             "m20261205_000008_relay_probation_billing_outbox",
+            "m20261205_000009_inbox_dead_letter_ids_billing_outbox",
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");

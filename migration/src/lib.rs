@@ -30,6 +30,7 @@ pub mod m20261128_000005_create_inbox;
 pub mod m20261202_000006_inbox_dead_letters;
 pub mod m20261205_000007_mysql_binary_keys;
 pub mod m20261205_000008_relay_probation;
+pub mod m20261205_000009_inbox_dead_letter_ids;
 
 use sea_orm_migration::prelude::*;
 
@@ -105,6 +106,9 @@ pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
             tables.clone(),
         )),
         Box::new(m20261205_000008_relay_probation::Migration::new(
+            tables.clone(),
+        )),
+        Box::new(m20261205_000009_inbox_dead_letter_ids::Migration::new(
             tables.clone(),
         )),
     ]

@@ -186,6 +186,12 @@ pub enum Error {
     )]
     ConsumerShutdownTimeout(std::time::Duration),
 
+    /// The consumer stopped on its own (a bug on its polling thread, or in a worker
+    /// outside any message's attempt); its messages not done with are delivered again
+    /// when it is started anew.
+    #[error("the consumer failed: {0}")]
+    ConsumerFailed(String),
+
     /// The consumer's thread could not be started.
     #[error("cannot start the consumer's thread")]
     Thread(#[source] std::io::Error),

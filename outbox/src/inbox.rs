@@ -120,21 +120,29 @@ impl Inbox {
         Ok(conn.query_one_raw(statement).await?.is_some())
     }
 
-    /// Deletes the records older than `older_than`, of every consumer, in batches of
-    /// 1,000, and returns how many. An event delivered again after its record is gone
+    /// Deletes `consumer`'s records older than `older_than`, in batches of 1,000, and
+    /// returns how many. Other consumers' records stay: each keeps its own window. An event delivered again after its record is gone
     /// is applied again: keep `older_than` longer than any redelivery can come late
     /// ([`DEFAULT_DEDUP_WINDOW`] suits topics with Kafka's default retention and
     /// segment settings: at least `retention.ms` + `segment.ms`).
     ///
     /// # Errors
-    /// [`Error::DurationOutOfRange`] when `older_than` reaches before the earliest
-    /// date that can be stored; the database's.
-    pub async fn cleanup<C: ConnectionTrait>(&self, conn: &C, older_than: Duration) -> Result<u64> {
+    /// [`Error::InvalidConsumer`] for an invalid name; [`Error::DurationOutOfRange`]
+    /// when `older_than` reaches before the earliest date that can be stored; the
+    /// database's.
+    pub async fn cleanup<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        consumer: &str,
+        older_than: Duration,
+    ) -> Result<u64> {
+        check_consumer(consumer)?;
         let dialect = Dialect::of(conn.get_database_backend())?;
         let cutoff = cutoff(older_than)?;
         let mut deleted = 0;
         loop {
-            let statement = dialect.forget_processed(self.tables.inbox(), cutoff, CLEANUP_BATCH);
+            let statement =
+                dialect.forget_processed(self.tables.inbox(), consumer, cutoff, CLEANUP_BATCH);
             let n = conn.execute_raw(statement).await?.rows_affected();
             deleted += n;
             if n < CLEANUP_BATCH {
@@ -145,9 +153,86 @@ impl Inbox {
     }
 }
 
+/// Which of the consumers' dead letters an [`Inbox`] call reads or changes: every one
+/// by default; narrow it by id, consumer, topic, or a text in the error.
+///
+/// ```
+/// # use outbox::DeadLetterFilter;
+/// let billing_timeouts = DeadLetterFilter::consumer("billing")
+///     .topic("user-events")
+///     .error_contains("timed out");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetterFilter {
+    /// One dead letter, by its id.
+    pub id: Option<i64>,
+    /// The consumer's name.
+    pub consumer: Option<String>,
+    /// The topic the message came from.
+    pub topic: Option<String>,
+    /// A text the error holds (as the database compares text: case-insensitively on
+    /// MySQL).
+    pub error_contains: Option<String>,
+    /// Only those marked for replay and not yet taken.
+    pub marked_for_replay: bool,
+}
+
+impl DeadLetterFilter {
+    /// Every dead letter.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// The dead letter with this id.
+    pub fn id(id: i64) -> Self {
+        DeadLetterFilter {
+            id: Some(id),
+            ..Self::default()
+        }
+    }
+
+    /// The dead letters of the consumer `name`.
+    pub fn consumer(name: impl Into<String>) -> Self {
+        DeadLetterFilter {
+            consumer: Some(name.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Only those of `topic`.
+    #[must_use]
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// Only those whose error holds `text`.
+    #[must_use]
+    pub fn error_contains(mut self, text: impl Into<String>) -> Self {
+        self.error_contains = Some(text.into());
+        self
+    }
+
+    /// Only those marked for replay and not yet taken by their consumer.
+    #[must_use]
+    pub fn marked_for_replay(mut self) -> Self {
+        self.marked_for_replay = true;
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.consumer {
+            Some(name) => check_consumer(name),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The consumers' dead letters (see [`Consumer`](crate::Consumer)): list, replay,
+/// delete.
 impl Inbox {
-    /// The messages `consumer` dead-lettered (see [`Consumer`](crate::Consumer)),
-    /// oldest first, at most `limit`.
+    /// The messages `consumer` dead-lettered, oldest first, at most `limit`.
     ///
     /// # Errors
     /// [`Error::InvalidConsumer`] for an invalid name; the database's.
@@ -157,14 +242,85 @@ impl Inbox {
         consumer: &str,
         limit: u64,
     ) -> Result<Vec<inbox_dead::Model>> {
-        check_consumer(consumer)?;
+        self.find_dead_letters(conn, &DeadLetterFilter::consumer(consumer), limit)
+            .await
+    }
+
+    /// The dead letters `filter` picks, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConsumer`] for an invalid consumer name; the database's.
+    pub async fn find_dead_letters<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        filter: &DeadLetterFilter,
+        limit: u64,
+    ) -> Result<Vec<inbox_dead::Model>> {
+        filter.check()?;
         let dialect = Dialect::of(conn.get_database_backend())?;
-        let statement = dialect.dead_letters(self.tables.inbox_dead(), consumer, limit);
+        let statement = dialect.dead_letters(self.tables.inbox_dead(), filter, limit);
         let rows = conn.query_all_raw(statement).await?;
         Ok(rows
             .iter()
             .map(|row| inbox_dead::Model::from_query_result(row, ""))
             .collect::<Result<_, _>>()?)
+    }
+
+    /// The dead letter with id `id`, if there is one.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn dead_letter<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        id: i64,
+    ) -> Result<Option<inbox_dead::Model>> {
+        let mut found = self
+            .find_dead_letters(conn, &DeadLetterFilter::id(id), 1)
+            .await?;
+        Ok(found.pop())
+    }
+
+    /// How many dead letters `filter` picks.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConsumer`] for an invalid consumer name; the database's.
+    pub async fn count_dead_letters<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64> {
+        filter.check()?;
+        let dialect = Dialect::of(conn.get_database_backend())?;
+        let statement = dialect.count_dead_letters(self.tables.inbox_dead(), filter);
+        let row = conn.query_one_raw(statement).await?;
+        let n: i64 = match row {
+            Some(row) => row.try_get("", "n")?,
+            None => 0,
+        };
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Asks for the dead letters `filter` picks to be replayed, and returns how many
+    /// were marked (those marked already are not counted). The running consumer of
+    /// each letter's name (any instance of it) takes a marked letter within its
+    /// `replay_interval`, and in one transaction deletes the letter and the event's
+    /// inbox record, records the event again and hands the message to its handler.
+    /// If that fails, the letter stays, with the new error, one more attempt and its
+    /// mark cleared. A replayed message is applied after the messages of its key that
+    /// came since it was dead-lettered.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConsumer`] for an invalid consumer name; the database's.
+    pub async fn request_replay<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64> {
+        filter.check()?;
+        let dialect = Dialect::of(conn.get_database_backend())?;
+        let statement = dialect.request_replays(self.tables.inbox_dead(), filter, Utc::now());
+        Ok(conn.execute_raw(statement).await?.rows_affected())
     }
 
     /// Deletes a dead letter once you have dealt with it (applied its event by hand,
@@ -178,15 +334,26 @@ impl Inbox {
         conn: &C,
         letter: &inbox_dead::Model,
     ) -> Result<bool> {
+        Ok(self
+            .delete_dead_letters(conn, &DeadLetterFilter::id(letter.id))
+            .await?
+            == 1)
+    }
+
+    /// Deletes the dead letters `filter` picks, and returns how many. Their events
+    /// stay recorded in the inbox, so redeliveries are still skipped.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConsumer`] for an invalid consumer name; the database's.
+    pub async fn delete_dead_letters<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        filter: &DeadLetterFilter,
+    ) -> Result<u64> {
+        filter.check()?;
         let dialect = Dialect::of(conn.get_database_backend())?;
-        let statement = dialect.forget_dead_letter(
-            self.tables.inbox_dead(),
-            &letter.consumer,
-            &letter.topic,
-            letter.kafka_partition,
-            letter.kafka_offset,
-        );
-        Ok(conn.execute_raw(statement).await?.rows_affected() == 1)
+        let statement = dialect.forget_dead_letters(self.tables.inbox_dead(), filter);
+        Ok(conn.execute_raw(statement).await?.rows_affected())
     }
 }
 

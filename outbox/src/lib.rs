@@ -424,6 +424,8 @@ mod completion;
 mod config;
 #[cfg(feature = "kafka")]
 mod consumer;
+#[cfg(feature = "kafka")]
+mod db_error;
 mod decode;
 pub mod entity;
 mod envelope;
@@ -472,7 +474,7 @@ pub use decode::DecodeEvent;
 pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};
 pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
-pub use inbox::{DEFAULT_DEDUP_WINDOW, Inbox};
+pub use inbox::{DEFAULT_DEDUP_WINDOW, DeadLetterFilter, Inbox};
 pub use signal::shutdown_signal;
 pub use store::{DEFAULT_SHARDS, Outbox, Store};
 pub use tables::{Identifier, KEY_LOCKS, MAX_BASE_NAME_LEN, Tables};

@@ -87,6 +87,20 @@ pub(crate) fn utf8_headers<M: Message>(message: &M) -> BTreeMap<String, String> 
     all
 }
 
+/// The trace id of a message with `headers`: its `trace_id` header, else the trace id
+/// in its `traceparent`.
+pub(crate) fn trace_id(headers: &BTreeMap<String, String>) -> Option<&str> {
+    headers
+        .get(headers::TRACE_ID)
+        .map(String::as_str)
+        .or_else(|| {
+            headers
+                .get(headers::TRACEPARENT)
+                .and_then(|traceparent| traceparent.split('-').nth(1))
+                .filter(|id| id.len() == 32)
+        })
+}
+
 impl<E> Received<E> {
     /// The event.
     pub fn event(&self) -> &E {
@@ -142,11 +156,7 @@ impl<E> Received<E> {
     /// `traceparent`. Give it to the events you store while handling this one
     /// ([`Store::trace_id`](crate::Store::trace_id)) to continue the trace.
     pub fn trace_id(&self) -> Option<&str> {
-        self.header(headers::TRACE_ID).or_else(|| {
-            self.header(headers::TRACEPARENT)
-                .and_then(|traceparent| traceparent.split('-').nth(1))
-                .filter(|id| id.len() == 32)
-        })
+        trace_id(&self.headers)
     }
 
     /// Every UTF-8 header of the message, by name.

@@ -47,11 +47,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         KafkaConfig::new(&brokers)
             .set("fetch.wait.max.ms", "20")
             .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "500")
-            .set("group.id", group),
+            .set("heartbeat.interval.ms", "500"),
         "torture",
         [topic],
     );
+    config.group = Some(group);
     config.retry_delay = Duration::from_millis(100);
     config.max_retry_delay = Duration::from_secs(1);
     config.shutdown_timeout = Duration::from_secs(10);

@@ -46,13 +46,17 @@ where
 /// Why a handler failed, and what the consumer should do about it.
 ///
 /// Any error converts into one with `?`; by default it counts as a failed attempt (so
-/// does a panic in the handler): the transaction rolls back, the event is tried again after a backoff, and after the
-/// last retry it is dead-lettered. Two exceptions:
+/// do a panic in the handler and an attempt over the handler timeout): the
+/// transaction rolls back, the event is tried again after a backoff, and after the last
+/// retry it is dead-lettered. The exceptions:
 ///
-/// - when the database cannot be reached after the failure (the consumer checks), the
-///   attempt does not count: an outage dead-letters nothing, and the event is tried
-///   again until the database is back (so do failures of the consumer's own
-///   statements: begin, the inbox record, commit);
+/// - a database error that says the database is away (a lost connection, a server
+///   shutting down; read from its SQLSTATE), or any failure after which the database
+///   cannot be reached (the consumer pings it): the attempt does not count, so an
+///   outage dead-letters nothing, and the event is tried again until the database is
+///   back (so do failures of the consumer's own statements: begin, the inbox record);
+/// - a deadlock or serialization failure (SQLSTATE 40001 or 40P01, SQLite's busy):
+///   tried again without using an attempt, up to 10 times in a row;
 /// - [`HandlerError::permanent`] dead-letters at once (the event can never succeed:
 ///   retrying only delays the events behind it).
 pub struct HandlerError {

@@ -14,6 +14,9 @@ pub mod consumer_metric_names {
     pub const MESSAGES: &str = "outbox_consumer_messages_total";
     /// Counter: failed handler attempts (each rolled back).
     pub const HANDLER_FAILURES: &str = "outbox_consumer_handler_failures_total";
+    /// Counter: dead letters replayed and applied (see
+    /// [`Inbox::request_replay`](crate::Inbox::request_replay)).
+    pub const REPLAYED: &str = "outbox_consumer_replayed_total";
     /// Histogram: time to apply one event (transaction, inbox record, handler,
     /// commit), in seconds.
     pub const HANDLE_TIME: &str = "outbox_consumer_handle_seconds";
@@ -33,12 +36,13 @@ pub mod consumer_metric_names {
             "Messages the consumer is done with, by outcome."
         );
         describe_counter!(HANDLER_FAILURES, Unit::Count, "Failed handler attempts.");
+        describe_counter!(REPLAYED, Unit::Count, "Dead letters replayed and applied.");
         describe_histogram!(HANDLE_TIME, Unit::Seconds, "Time to apply one event.");
         describe_gauge!(LAG, Unit::Count, "Messages of a partition not yet applied.");
     }
 }
 
-use consumer_metric_names::{HANDLE_TIME, HANDLER_FAILURES, LAG, MESSAGES};
+use consumer_metric_names::{HANDLE_TIME, HANDLER_FAILURES, LAG, MESSAGES, REPLAYED};
 
 /// Sets the lag gauge of one partition.
 pub(super) fn lag(consumer: &str, topic: &str, partition: i32, lag: i64) {
@@ -87,6 +91,8 @@ pub struct ConsumerStats {
     pub skipped: u64,
     /// Failed handler attempts.
     pub handler_failures: u64,
+    /// Dead letters replayed and applied (also counted in `processed`).
+    pub replayed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +102,7 @@ pub(super) struct Counters {
     dead_lettered: AtomicU64,
     skipped: AtomicU64,
     handler_failures: AtomicU64,
+    replayed: AtomicU64,
 }
 
 impl Counters {
@@ -121,6 +128,11 @@ impl Counters {
         metrics::counter!(HANDLER_FAILURES, "consumer" => consumer.to_owned()).increment(1);
     }
 
+    pub(super) fn replayed(&self, consumer: &str) {
+        self.replayed.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(REPLAYED, "consumer" => consumer.to_owned()).increment(1);
+    }
+
     pub(super) fn snapshot(&self) -> ConsumerStats {
         ConsumerStats {
             processed: self.processed.load(Ordering::Relaxed),
@@ -128,6 +140,7 @@ impl Counters {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
             handler_failures: self.handler_failures.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
         }
     }
 }

@@ -5,17 +5,20 @@ mod config;
 mod handler;
 mod metrics;
 mod poll;
+mod proof;
+mod replay;
 mod worker;
 
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use rdkafka::consumer::Consumer as _;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
-use tokio::sync::oneshot;
+use tokio::sync::{OnceCell, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use self::config::ConsumerConfig;
 pub use self::handler::{Handler, HandlerError, HandlerFuture};
@@ -80,19 +83,37 @@ use crate::sql::Dialect;
 /// - **Failures**: a handler error rolls the transaction back. The message is tried
 ///   again after `retry_delay`, doubling up to `max_retry_delay`; after
 ///   `retry_attempts` retries (or at once for [`HandlerError::permanent`]) it is
-///   dead-lettered and its partition goes on. While the database cannot be reached,
-///   failures use no attempt: an outage dead-letters nothing; nor do failures of the
-///   consumer's own statements (begin, the inbox record, commit). A panic in the
-///   handler is a failed attempt. A retry holds up its partition; other partitions
-///   go on. On PostgreSQL a handler that swallowed a database error (its transaction
-///   aborted) fails too, instead of committing nothing.
+///   dead-lettered and its partition goes on. What counts as an attempt: the
+///   handler's error, its panic (in the closure's body, its future, or the event's
+///   decoding), an attempt over `handler_timeout`, and a COMMIT the database refuses
+///   (a deferred constraint, a constraint trigger). What does not: while the database
+///   cannot be reached (a lost connection, a server shutting down: read from the
+///   error's SQLSTATE, then checked with a ping), failures use no attempt, so an
+///   outage dead-letters nothing; nor do failures of the consumer's own statements
+///   (begin, the inbox record); a deadlock or serialization failure is tried again
+///   without using an attempt, up to 10 times in a row. A retry holds up its
+///   partition; other partitions go on.
+/// - **One transaction, proven**: before committing, the consumer checks that the
+///   transaction still holds the event's inbox record: on PostgreSQL the record was
+///   written by the running transaction (an aborted one fails the check); on MariaDB
+///   a transaction is open (`@@in_transaction`) and sees it; on MySQL and SQLite it
+///   is seen. A handler that swallowed an error (a deadlock rolls a MySQL transaction
+///   back and runs later statements outside any transaction) or ended the transaction
+///   (COMMIT, ROLLBACK, a DDL statement) fails its attempt instead of committing half
+///   an event and losing its record. What such a handler already wrote outside the
+///   transaction cannot be undone: return database errors, and keep DDL out of
+///   handlers.
 /// - **Dead letters**: the table `_outbox_inbox_dead` ([`Tables::inbox_dead`](crate::Tables::inbox_dead))
-///   keeps the message as it came (key, payload, headers) with the last error, and the
-///   same transaction records the event in the inbox, so a redelivery is skipped. A
-///   message that cannot be read as an `E` (a missing header, a payload that does not
-///   fit, an event type `E` has no variant for) is dead-lettered at once, unless
-///   [`ConsumerConfig::skip_unknown_events`] skips unknown types. List them with
-///   [`Inbox::dead_letters`].
+///   keeps the message as it came (key, payload, UTF-8 headers as JSON) with the last
+///   error, and the same transaction records the event in the inbox, so a redelivery
+///   is skipped. NUL characters in the event type and the error are written `\0`;
+///   the error is cut at 16 KiB. A letter the database refuses three times while it
+///   is reachable (a value over `max_allowed_packet`, say) is written minimal: topic,
+///   partition, offset, key (up to 4 KiB), event id and type, and both errors; read
+///   the message from the topic. A message that cannot be read as an `E` (a missing
+///   header, a payload that does not fit, an event type `E` has no variant for) is
+///   dead-lettered at once, unless [`ConsumerConfig::skip_unknown_events`] skips
+///   unknown types. List them with [`Inbox::dead_letters`].
 /// - **Offsets**: stored after the commit, committed every `auto.commit.interval.ms`,
 ///   when partitions are revoked (after their handlers in flight finish) and at
 ///   shutdown. A crash in between means redeliveries, which the inbox skips.
@@ -106,8 +127,18 @@ use crate::sql::Dialect;
 ///   [`Envelope::trace_id`](crate::Envelope::trace_id) /
 ///   `.trace_id(event.trace_id())` to continue the trace.
 /// - **Metrics**: see [`consumer_metric_names`].
-/// - **Cleanup**: inbox records older than `dedup_window` are deleted every
-///   `cleanup_interval`.
+/// - **Replays**: dead letters an operator marks for replay
+///   ([`Inbox::request_replay`], `outbox inbox replay`) are taken by a consumer of
+///   their name every `replay_interval` and handed to the handler in a transaction
+///   that deletes the letter and renews the event's inbox record; one that fails
+///   again stays, with its new error and its mark cleared. A replayed message is
+///   applied after the messages of its key that came since.
+/// - **Cleanup**: the consumer's inbox records older than `dedup_window` are deleted
+///   every `cleanup_interval` (other consumers' records are theirs to delete).
+/// - **Failure**: a bug outside any message's attempt (on the polling thread, or in a
+///   worker) stops the consumer: [`ConsumerHandle::failure`] says why and
+///   [`ConsumerHandle::shutdown`] returns [`Error::ConsumerFailed`]. Its messages not
+///   done with are delivered again when it is started anew; none is skipped.
 #[derive(Debug)]
 pub struct Consumer {
     config: ConsumerConfig,
@@ -203,24 +234,38 @@ where
             tokio::spawn(cleanup(
                 db.clone(),
                 inbox.clone(),
+                config.name.clone(),
                 every,
                 config.dedup_window,
                 cancel.clone(),
             ))
         });
-        let (max_buffered, shutdown_timeout, name) = (
-            config.max_buffered,
+        let (limits, shutdown_timeout, name) = (
+            poll::Limits {
+                messages: config.max_buffered,
+                bytes: config.max_buffered_bytes,
+            },
             config.shutdown_timeout,
             config.name.clone(),
         );
+        let failed = Failed {
+            reason: Arc::new(OnceLock::new()),
+            stop: cancel.clone(),
+        };
         let shared = Arc::new(Shared {
             config,
             db,
             inbox,
             handler,
             counters: Arc::clone(&counters),
+            failed: failed.clone(),
+            proof: OnceCell::new(),
             event: PhantomData,
         });
+        let replays = shared
+            .config
+            .replay_interval
+            .map(|every| tokio::spawn(Arc::clone(&shared).replays(every, cancel.clone())));
         let runtime = tokio::runtime::Handle::current();
         let spawn: Spawner = {
             let kafka = Arc::clone(&kafka);
@@ -230,11 +275,25 @@ where
         };
         let (stopped, stopped_receiver) = oneshot::channel();
         let thread_cancel = cancel.clone();
+        let thread_failed = failed.clone();
         std::thread::Builder::new()
             .name(format!("outbox-consumer-{name}"))
             .spawn(move || {
-                let late = poll::poll(&kafka, &spawn, max_buffered, &thread_cancel);
-                let _ = stopped.send(late);
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    poll::poll(&kafka, &spawn, limits, &thread_cancel)
+                }));
+                match polled {
+                    Ok(late) => {
+                        let _ = stopped.send(late);
+                    }
+                    // The workers stop (the consumer's token is theirs too); the
+                    // offsets stored since the last commit are not committed, so
+                    // their messages come again and the inbox skips them.
+                    Err(panic) => thread_failed.fail(format!(
+                        "the polling thread panicked: {}",
+                        crate::panic::message(&*panic)
+                    )),
+                }
             })
             .map_err(Error::Thread)?;
         info!(consumer = %name, "consumer started");
@@ -242,17 +301,21 @@ where
             name,
             cancel,
             counters,
+            failed,
             stopped: Some(stopped_receiver),
             cleanup,
+            replays,
             shutdown_timeout,
         })
     }
 }
 
-/// Deletes inbox records older than `window` every `every`, until cancelled.
+/// Deletes `consumer`'s inbox records older than `window` every `every`, until
+/// cancelled.
 async fn cleanup(
     db: DatabaseConnection,
     inbox: Inbox,
+    consumer: String,
     every: Duration,
     window: Duration,
     cancel: CancellationToken,
@@ -263,11 +326,42 @@ async fn cleanup(
             () = cancel.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        match inbox.cleanup(&db, window).await {
+        // A panic here (a bug) must not end cleanup for good without a word.
+        let cleaned = std::panic::AssertUnwindSafe(inbox.cleanup(&db, &consumer, window))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(Error::Panicked {
+                    what: "inbox cleanup",
+                    message: crate::panic::message(&*panic),
+                })
+            });
+        match cleaned {
             Ok(0) => {}
             Ok(deleted) => info!(deleted, "inbox cleanup"),
             Err(error) => warn!(%error, "inbox cleanup failed; it runs again at the next interval"),
         }
+    }
+}
+
+/// Why a consumer stopped on its own: the first reason given; giving one stops the
+/// consumer (its polling thread and every worker).
+#[derive(Debug, Clone)]
+pub(super) struct Failed {
+    reason: Arc<OnceLock<String>>,
+    stop: CancellationToken,
+}
+
+impl Failed {
+    /// Stops the consumer for `reason`.
+    pub(super) fn fail(&self, reason: String) {
+        error!(%reason, "the consumer failed and stops; its messages not done with are delivered again after a restart");
+        let _ = self.reason.set(reason);
+        self.stop.cancel();
+    }
+
+    fn reason(&self) -> Option<&str> {
+        self.reason.get().map(String::as_str)
     }
 }
 
@@ -281,8 +375,10 @@ pub struct ConsumerHandle {
     name: String,
     cancel: CancellationToken,
     counters: Arc<Counters>,
+    failed: Failed,
     stopped: Option<oneshot::Receiver<usize>>,
     cleanup: Option<tokio::task::JoinHandle<()>>,
+    replays: Option<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -290,6 +386,14 @@ impl ConsumerHandle {
     /// The consumer's figures since it started.
     pub fn stats(&self) -> ConsumerStats {
         self.counters.snapshot()
+    }
+
+    /// Why the consumer stopped on its own, if it did: a bug on its polling thread or
+    /// in a worker outside any message's attempt. It consumes nothing more; its
+    /// messages not done with are delivered again when it is started anew. Report it
+    /// in your health check.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.reason().map(str::to_owned)
     }
 
     /// The consumer's name.
@@ -304,22 +408,34 @@ impl ConsumerHandle {
     /// # Errors
     /// [`Error::ConsumerShutdownTimeout`] when a handler was still running after
     /// `shutdown_timeout` (its message is delivered again, and the inbox decides by its
-    /// transaction's outcome), or leaving the group took 10 s more.
+    /// transaction's outcome), or leaving the group took 10 s more;
+    /// [`Error::ConsumerFailed`] when it had stopped on its own (see
+    /// [`failure`](Self::failure)).
     pub async fn shutdown(mut self) -> Result<()> {
         self.cancel.cancel();
-        if let Some(cleanup) = self.cleanup.take() {
-            let _ = cleanup.await;
+        for task in [self.cleanup.take(), self.replays.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = task.await;
         }
         let Some(stopped) = self.stopped.take() else {
             return Ok(());
         };
         let limit = self.shutdown_timeout + Duration::from_secs(10);
-        match tokio::time::timeout(limit, stopped).await {
-            Ok(Ok(0) | Err(_)) => {
+        let stopped = tokio::time::timeout(limit, stopped).await;
+        if let Some(reason) = self.failed.reason() {
+            return Err(Error::ConsumerFailed(reason.to_owned()));
+        }
+        match stopped {
+            Ok(Ok(0)) => {
                 info!(consumer = %self.name, "consumer stopped");
                 Ok(())
             }
             Ok(Ok(_late)) => Err(Error::ConsumerShutdownTimeout(self.shutdown_timeout)),
+            Ok(Err(_)) => Err(Error::ConsumerFailed(
+                "the polling thread ended without a word".to_owned(),
+            )),
             Err(_) => Err(Error::ConsumerShutdownTimeout(limit)),
         }
     }

@@ -34,11 +34,53 @@ pub(super) type Partition = (String, i32);
 /// dropped the `done` sender.
 pub(super) type Spawner = Box<dyn Fn(Spawn) + Send + Sync>;
 
+/// How much of a partition may be read ahead of its worker before the partition is
+/// paused.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) messages: usize,
+    pub(super) bytes: usize,
+}
+
+/// What a partition's worker has been handed and not yet done with.
+#[derive(Debug, Default)]
+pub(super) struct Buffered {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Buffered {
+    fn add(&self, message: &OwnedMessage) -> (usize, usize) {
+        let size = size(message);
+        (
+            self.messages.fetch_add(1, Ordering::AcqRel) + 1,
+            self.bytes.fetch_add(size, Ordering::AcqRel) + size,
+        )
+    }
+
+    /// `message` is done with (or was never handed over).
+    pub(super) fn remove(&self, message: &OwnedMessage) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(size(message), Ordering::AcqRel);
+    }
+
+    /// At most half of both limits: a paused partition may resume.
+    fn caught_up(&self, limits: Limits) -> bool {
+        self.messages.load(Ordering::Acquire) <= limits.messages / 2
+            && self.bytes.load(Ordering::Acquire) <= limits.bytes / 2
+    }
+}
+
+/// What a message takes in memory, near enough: its key and payload.
+fn size(message: &OwnedMessage) -> usize {
+    message.key().map_or(0, <[u8]>::len) + message.payload().map_or(0, <[u8]>::len)
+}
+
 /// What a new worker is given.
 pub(super) struct Spawn {
     pub(super) partition: Partition,
     pub(super) messages: mpsc::UnboundedReceiver<OwnedMessage>,
-    pub(super) buffered: Arc<AtomicUsize>,
+    pub(super) buffered: Arc<Buffered>,
     pub(super) cancel: CancellationToken,
     /// Dropped when the worker ends.
     pub(super) done: std_mpsc::Sender<()>,
@@ -47,7 +89,7 @@ pub(super) struct Spawn {
 /// The worker of one partition, as the polling thread sees it.
 struct Worker {
     messages: mpsc::UnboundedSender<OwnedMessage>,
-    buffered: Arc<AtomicUsize>,
+    buffered: Arc<Buffered>,
     paused: bool,
     cancel: CancellationToken,
     done: std_mpsc::Receiver<()>,
@@ -195,21 +237,21 @@ fn commit(consumer: &KafkaConsumer, when: &str) {
 }
 
 /// Polls `consumer` until `cancel`, handing each message to its partition's worker
-/// (started by `spawn` on first use); then stops every worker, commits, closes the
-/// consumer (it leaves the group) and returns how many handlers outlasted the
-/// shutdown timeout.
+/// (started by `spawn` on first use, with a child of `cancel`); then stops every
+/// worker, commits, closes the consumer (it leaves the group) and returns how many
+/// handlers outlasted the shutdown timeout.
 pub(super) fn poll(
     consumer: &KafkaConsumer,
     spawn: &Spawner,
-    max_buffered: usize,
+    limits: Limits,
     cancel: &CancellationToken,
 ) -> usize {
     let mut last_error: Option<(String, Instant)> = None;
     while !cancel.is_cancelled() {
-        resume_caught_up(consumer, max_buffered);
+        resume_caught_up(consumer, limits);
         match consumer.poll(POLL_WAIT) {
             None => {}
-            Some(Ok(message)) => dispatch(consumer, spawn, message.detach(), max_buffered),
+            Some(Ok(message)) => dispatch(consumer, spawn, message.detach(), limits, cancel),
             Some(Err(error)) => {
                 // The same error comes with every poll while it lasts: say it once a
                 // minute.
@@ -240,14 +282,20 @@ pub(super) fn poll(
     late
 }
 
-fn dispatch(consumer: &KafkaConsumer, spawn: &Spawner, message: OwnedMessage, max_buffered: usize) {
+fn dispatch(
+    consumer: &KafkaConsumer,
+    spawn: &Spawner,
+    message: OwnedMessage,
+    limits: Limits,
+    stop: &CancellationToken,
+) {
     let partition = (message.topic().to_owned(), message.partition());
     let mut workers = consumer.context().workers();
     let worker = workers.entry(partition.clone()).or_insert_with(|| {
         let (messages, receiver) = mpsc::unbounded_channel();
         let (done, done_receiver) = std_mpsc::channel();
-        let buffered = Arc::new(AtomicUsize::new(0));
-        let cancel = CancellationToken::new();
+        let buffered = Arc::new(Buffered::default());
+        let cancel = stop.child_token();
         spawn(Spawn {
             partition: partition.clone(),
             messages: receiver,
@@ -263,17 +311,16 @@ fn dispatch(consumer: &KafkaConsumer, spawn: &Spawner, message: OwnedMessage, ma
             done: done_receiver,
         }
     });
-    let buffered = worker.buffered.fetch_add(1, Ordering::AcqRel) + 1;
-    let message_offset = message.offset();
-    if worker.messages.send(message).is_err() {
-        // The worker ended on its own (it was cancelled): the message is not
-        // processed and its offset not stored; it comes again after a restart or a
-        // rebalance.
-        worker.buffered.fetch_sub(1, Ordering::AcqRel);
-        warn!(topic = %partition.0, partition = partition.1, offset = message_offset, "a message went to a worker that had ended; it is delivered again after the next rebalance or restart");
+    let (messages, bytes) = worker.buffered.add(&message);
+    if let Err(mpsc::error::SendError(message)) = worker.messages.send(message) {
+        // The worker ended: it was cancelled, or the consumer failed and is stopping.
+        // The message is not processed and its offset not stored; it comes again
+        // after a restart or a rebalance.
+        worker.buffered.remove(&message);
+        warn!(topic = %partition.0, partition = partition.1, offset = message.offset(), "a message went to a worker that had ended; it is delivered again after the next rebalance or restart");
         return;
     }
-    if buffered >= max_buffered && !worker.paused {
+    if (messages >= limits.messages || bytes >= limits.bytes) && !worker.paused {
         match pause_resume(consumer, &partition, true) {
             Ok(()) => worker.paused = true,
             Err(error) => {
@@ -283,13 +330,13 @@ fn dispatch(consumer: &KafkaConsumer, spawn: &Spawner, message: OwnedMessage, ma
     }
 }
 
-/// Resumes the paused partitions whose workers are down to half the limit. librdkafka
-/// fetches a resumed partition from the last message handed out, so nothing read
-/// before the pause is lost or read twice.
-fn resume_caught_up(consumer: &KafkaConsumer, max_buffered: usize) {
+/// Resumes the paused partitions whose workers are down to half the limits.
+/// librdkafka fetches a resumed partition from the last message handed out, so nothing
+/// read before the pause is lost or read twice.
+fn resume_caught_up(consumer: &KafkaConsumer, limits: Limits) {
     let mut workers = consumer.context().workers();
     for (partition, worker) in workers.iter_mut() {
-        if worker.paused && worker.buffered.load(Ordering::Acquire) <= max_buffered / 2 {
+        if worker.paused && worker.buffered.caught_up(limits) {
             match pause_resume(consumer, partition, false) {
                 Ok(()) => worker.paused = false,
                 Err(error) => {

@@ -3,7 +3,9 @@
 //! A [`Consumer`](crate::Consumer) writes a row when its handler failed every attempt,
 //! or when a message could not be read as an event of the consumer's type (a missing
 //! header, a payload that does not fit). The row keeps the message as it came (key,
-//! payload, headers) with the last error, and consumption goes on. When the event's id
+//! payload, headers) with the last error, and consumption goes on. A message the
+//! database refuses to store whole (a value over its limits) keeps a minimal letter:
+//! where it is, its key when short, and the errors. When the event's id
 //! is known, the same transaction records it in the inbox, so a redelivery is skipped.
 
 use sea_orm::entity::prelude::*;
@@ -12,17 +14,17 @@ use sea_orm::entity::prelude::*;
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "_outbox_inbox_dead")]
 pub struct Model {
+    /// The dead letter's id, in the order they were written.
+    #[sea_orm(primary_key)]
+    pub id: i64,
     /// The consumer's name.
-    #[sea_orm(primary_key, auto_increment = false)]
     pub consumer: String,
     /// The topic the message came from.
-    #[sea_orm(primary_key, auto_increment = false)]
     pub topic: String,
     /// Its partition.
-    #[sea_orm(primary_key, auto_increment = false)]
     pub kafka_partition: i32,
-    /// Its offset in the partition.
-    #[sea_orm(primary_key, auto_increment = false)]
+    /// Its offset in the partition. A topic deleted and created again reuses offsets:
+    /// its messages get dead letters of their own.
     pub kafka_offset: i64,
     /// The `event_id` header, when the message had a valid one.
     pub event_id: Option<Uuid>,
@@ -42,6 +44,10 @@ pub struct Model {
     pub attempts: i32,
     /// When it was given up on.
     pub dead_lettered_at: DateTimeUtc,
+    /// When an operator asked for it to be replayed
+    /// ([`Inbox::request_replay`](crate::Inbox::request_replay)); the consumer of
+    /// that name hands it to its handler again, and clears this if that fails.
+    pub replay_requested_at: Option<DateTimeUtc>,
 }
 
 /// The table has no relations.

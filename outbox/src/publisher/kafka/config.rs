@@ -277,18 +277,23 @@ impl KafkaConfig {
         Secrets(values)
     }
 
-    /// `error` with every secret value of this configuration replaced by `***`:
-    /// librdkafka's configuration errors quote the value they refuse.
+    /// `error` with every secret value of this configuration, and the value a
+    /// configuration error refuses, replaced by `***`: librdkafka's configuration
+    /// errors quote the value they refuse.
     pub(crate) fn redact(&self, error: KafkaError) -> KafkaError {
         let secrets = self.secrets();
         match error {
+            // The refused value is never shown: a property librdkafka does not know
+            // (a schema registry's `basic.auth.user.info`, say) may hold a secret that
+            // no list of secret names foresees.
             KafkaError::ClientConfig(result, description, key, value) => {
-                let value = if is_secret(&key) {
-                    "***".to_owned()
+                let description = secrets.scrub(&description);
+                let description = if value.is_empty() {
+                    description
                 } else {
-                    secrets.scrub(&value)
+                    description.replace(&value, "***")
                 };
-                KafkaError::ClientConfig(result, secrets.scrub(&description), key, value)
+                KafkaError::ClientConfig(result, description, key, "***".to_owned())
             }
             KafkaError::ClientCreation(message) => {
                 KafkaError::ClientCreation(secrets.scrub(&message))
@@ -401,6 +406,28 @@ mod tests {
             "other-secret".to_owned(),
         );
         assert!(!format!("{:?}", config.redact(error)).contains("other-secret"));
+    }
+
+    #[test]
+    fn a_property_librdkafka_does_not_know_keeps_its_value_out_of_the_error() {
+        // Confluent Cloud's schema-registry credentials, copied into a client
+        // properties file: not a librdkafka property, and no secret by its name.
+        let config = KafkaConfig::new("127.0.0.1:1").set("basic.auth.user.info", "KEY:S3CR3T");
+        let Err(error) = config
+            .producer_config()
+            .create::<rdkafka::producer::FutureProducer>()
+        else {
+            panic!("librdkafka refuses a property it does not know");
+        };
+        assert!(
+            format!("{error}").contains("S3CR3T"),
+            "the raw error quotes it"
+        );
+        let redacted = config.redact(error);
+        for shown in [format!("{redacted}"), format!("{redacted:?}")] {
+            assert!(!shown.contains("S3CR3T"), "{shown}");
+            assert!(shown.contains("basic.auth.user.info"), "{shown}");
+        }
     }
 
     fn file(text: &str) -> std::path::PathBuf {

@@ -1,0 +1,159 @@
+//! Dead letters an operator asked to replay ([`Inbox::request_replay`]): the consumer
+//! of their name takes each, and in one transaction deletes it and its event's inbox
+//! record, records the event again and hands the message to its handler.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use rdkafka::Timestamp;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::handler::{Handler, error_chain};
+use super::metrics::Outcome;
+use super::worker::{Decoded, Failure, Kind, MAX_ERROR_LEN, Shared, decode, storable};
+use crate::decode::DecodeEvent;
+use crate::entity::inbox_dead;
+use crate::inbox::{DeadLetterFilter, Inbox};
+use crate::sql::Dialect;
+
+/// How many marked letters one round takes at most.
+const ROUND: u64 = 100;
+
+impl<E, H> Shared<E, H>
+where
+    E: DecodeEvent + Send + 'static,
+    H: Handler<E>,
+{
+    /// Replays the consumer's marked dead letters every `every`, until cancelled.
+    pub(super) async fn replays(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            match AssertUnwindSafe(self.replay_marked(&cancel))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    warn!(%error, "could not replay dead letters; trying again at the next interval");
+                }
+                Err(panic) => {
+                    self.failed.fail(format!(
+                        "replaying dead letters panicked: {}",
+                        crate::panic::message(&*panic)
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Replays the marked letters there are now, oldest first.
+    async fn replay_marked(&self, cancel: &CancellationToken) -> crate::Result<()> {
+        let marked = DeadLetterFilter::consumer(self.config.name.clone()).marked_for_replay();
+        let inbox = Inbox::with_tables(self.config.tables.clone());
+        for letter in inbox.find_dead_letters(&self.db, &marked, ROUND).await? {
+            if cancel.is_cancelled() {
+                break;
+            }
+            self.replay(&letter).await?;
+        }
+        Ok(())
+    }
+
+    /// Replays one letter: applied, or kept with its new error and its mark cleared
+    /// (kept marked when the database was away, or the failure was a deadlock).
+    async fn replay(&self, letter: &inbox_dead::Model) -> crate::Result<()> {
+        let message = message_of(letter);
+        let received = match decode::<E>(&message) {
+            Ok(received) => received,
+            Err(Decoded::Failed(error)) => {
+                return self.replay_failed(letter, &error_chain(&error)).await;
+            }
+            Err(Decoded::Panicked(panic)) => {
+                let error = format!("decoding the message panicked: {panic}");
+                return self.replay_failed(letter, &error).await;
+            }
+        };
+        let txn = self.db.begin().await?;
+        let dialect = Dialect::of(txn.get_database_backend())?;
+        let tables = &self.config.tables;
+        let taken = txn
+            .execute_raw(dialect.take_replay(tables.inbox_dead(), letter.id))
+            .await?
+            .rows_affected();
+        if taken != 1 {
+            // Another instance of this consumer took it, or the mark was withdrawn.
+            txn.rollback().await?;
+            return Ok(());
+        }
+        txn.execute_raw(dialect.forget_record(
+            tables.inbox(),
+            &self.config.name,
+            received.event_id(),
+        ))
+        .await?;
+        match self.apply_on(txn, received).await {
+            Ok(outcome) => {
+                self.counters.record(&self.config.name, outcome);
+                if outcome == Outcome::Processed {
+                    self.counters.replayed(&self.config.name);
+                    info!(id = letter.id, topic = %letter.topic, partition = letter.kafka_partition, offset = letter.kafka_offset, "dead letter replayed");
+                }
+                Ok(())
+            }
+            Err(Failure {
+                error,
+                kind: Kind::Message,
+            }) => self.replay_failed(letter, &error.to_string()).await,
+            Err(Failure { error, .. }) => {
+                warn!(id = letter.id, %error, "a replay failed while the database is away, or in a deadlock; it stays marked and is tried again");
+                Ok(())
+            }
+        }
+    }
+
+    /// Clears a letter's mark and keeps `error` as its error.
+    async fn replay_failed(&self, letter: &inbox_dead::Model, error: &str) -> crate::Result<()> {
+        warn!(id = letter.id, %error, "a replayed dead letter failed again; it stays a dead letter");
+        let dialect = Dialect::of(self.db.get_database_backend())?;
+        let error = storable(&format!("replay: {error}"), MAX_ERROR_LEN);
+        self.db
+            .execute_raw(dialect.replay_failed(self.config.tables.inbox_dead(), letter.id, &error))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The message a dead letter keeps, as it came (its UTF-8 headers only).
+fn message_of(letter: &inbox_dead::Model) -> OwnedMessage {
+    let headers: BTreeMap<String, String> =
+        serde_json::from_str(&letter.headers).unwrap_or_default();
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+    for (key, value) in &headers {
+        owned = owned.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    OwnedMessage::new(
+        letter.payload.clone(),
+        letter.message_key.clone(),
+        letter.topic.clone(),
+        Timestamp::NotAvailable,
+        letter.kafka_partition,
+        letter.kafka_offset,
+        Some(owned),
+    )
+}
