@@ -9,6 +9,8 @@
 //! outbox replay --all-dead                       # dry run: what would be replayed
 //! outbox purge --published-older-than 30d --yes  # delete old published events
 //! outbox relay --http-addr 0.0.0.0:9464           # run the relay until Ctrl-C / SIGTERM
+//! outbox inbox list --consumer billing            # a consumer's dead letters
+//! outbox inbox replay 42 --yes                    # hand one to its consumer again
 //! ```
 //!
 //! Every command reads `DATABASE_URL` (or `--database-url`); `--json` prints JSON for
@@ -17,6 +19,7 @@
 //! progress on a terminal, and stop after the batch in progress on Ctrl-C.
 
 mod changes;
+mod inbox;
 mod logs;
 mod progress;
 mod read;
@@ -134,6 +137,11 @@ enum Command {
     /// any librdkafka property by OUTBOX_KAFKA_<PROPERTY> (e.g.
     /// OUTBOX_KAFKA_SECURITY_PROTOCOL=SASL_SSL) or --kafka-config.
     Relay(RelayOptions),
+    /// The consumers' dead letters (the inbox side): list, show, replay, delete.
+    Inbox {
+        #[command(subcommand)]
+        command: inbox::InboxCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +228,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             confirm,
         } => purge(&db, &outbox, published_older_than, &confirm, json).await,
         Command::Relay(options) => relay(db, outbox, options).await,
+        Command::Inbox { command } => {
+            let inbox = outbox::Inbox::with_tables(outbox.tables().clone());
+            inbox::run(&db, &inbox, command, json).await
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::table::Table;
 use crate::{Failure, print_json};
 
-fn age(at: Option<chrono::DateTime<Utc>>) -> String {
+pub(crate) fn age(at: Option<chrono::DateTime<Utc>>) -> String {
     at.map_or_else(
         || "-".to_owned(),
         |at| {

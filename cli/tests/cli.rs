@@ -836,6 +836,162 @@ async fn relay_takes_kafka_settings_from_a_file_and_the_environment_and_serves_p
     pg.drop().await;
 }
 
+/// Writes a consumer's dead letter as the consumer would.
+async fn dead_letter(
+    database: &ServerDatabase,
+    consumer: &str,
+    topic: &str,
+    offset: i64,
+    payload: &[u8],
+    error: &str,
+) -> i64 {
+    use outbox::entity::inbox_dead;
+    use sea_orm::{ActiveModelTrait, Set};
+    let letter = inbox_dead::ActiveModel {
+        consumer: Set(consumer.to_owned()),
+        topic: Set(topic.to_owned()),
+        kafka_partition: Set(0),
+        kafka_offset: Set(offset),
+        event_id: Set(Some(Uuid::now_v7())),
+        event_type: Set(Some("account.credited".to_owned())),
+        message_key: Set(Some(b"account-0".to_vec())),
+        payload: Set(Some(payload.to_vec())),
+        headers: Set(r#"{"event_type":"account.credited"}"#.to_owned()),
+        error: Set(error.to_owned()),
+        attempts: Set(4),
+        dead_lettered_at: Set(chrono::Utc::now()),
+        replay_requested_at: Set(None),
+        ..Default::default()
+    };
+    letter.insert(database.db()).await.expect("dead letter").id
+}
+
+/// `outbox inbox`: the consumers' dead letters listed (filtered by consumer, topic and
+/// error), shown with their message, marked for replay and deleted, dry runs first.
+async fn inbox_dead_letters_are_listed_shown_replayed_and_deleted(database: &ServerDatabase) {
+    let frozen = dead_letter(
+        database,
+        "billing",
+        "accounts",
+        3,
+        br#"{"n":1}"#,
+        "account frozen",
+    )
+    .await;
+    let binary = dead_letter(database, "billing", "orders", 9, &[0xff, 0x00], "timed out").await;
+    let audit = dead_letter(database, "audit", "accounts", 3, b"{}", "account frozen").await;
+
+    let all = json(&outbox_cli(database, &["inbox", "list", "--json"]));
+    assert_eq!(all.as_array().map(Vec::len), Some(3), "{all}");
+    let billing = json(&outbox_cli(
+        database,
+        &["inbox", "list", "--consumer", "billing", "--json"],
+    ));
+    let ids: Vec<i64> = billing
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|l| l["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(ids, [frozen, binary]);
+    let timed_out = json(&outbox_cli(
+        database,
+        &["inbox", "list", "--error", "timed out", "--json"],
+    ));
+    assert_eq!(timed_out[0]["id"], binary, "{timed_out}");
+    assert_eq!(
+        timed_out[0]["payload"], "0xff00",
+        "bytes that are not UTF-8 as hex"
+    );
+    let table = stdout(&outbox_cli(
+        database,
+        &["inbox", "list", "--topic", "accounts"],
+    ));
+    assert!(table.starts_with("id"), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+
+    let shown = json(&outbox_cli(
+        database,
+        &["inbox", "show", &frozen.to_string(), "--json"],
+    ));
+    assert_eq!(shown["payload"], r#"{"n":1}"#);
+    assert_eq!(shown["message_key"], "account-0");
+    assert_eq!(shown["headers"]["event_type"], "account.credited");
+    let text = stdout(&outbox_cli(
+        database,
+        &["inbox", "show", &frozen.to_string()],
+    ));
+    assert!(text.contains("account frozen"), "{text}");
+    let missing = outbox_cli(database, &["inbox", "show", "999999"]);
+    assert!(stderr_of_failure(&missing).contains("no dead letter with id 999999"));
+
+    let marked = || async {
+        outbox::Inbox::new()
+            .find_dead_letters(
+                database.db(),
+                &outbox::DeadLetterFilter::all().marked_for_replay(),
+                10,
+            )
+            .await
+            .expect("marked")
+            .iter()
+            .map(|l| l.id)
+            .collect::<Vec<_>>()
+    };
+    let dry = stdout(&outbox_cli(
+        database,
+        &["inbox", "replay", &frozen.to_string()],
+    ));
+    assert!(
+        dry.starts_with("dry run: would mark for replay 1 dead letters"),
+        "{dry}"
+    );
+    assert!(marked().await.is_empty());
+    let done = json(&outbox_cli(
+        database,
+        &["inbox", "replay", &frozen.to_string(), "--yes", "--json"],
+    ));
+    assert_eq!(done["marked_for_replay"], 1, "{done}");
+    assert_eq!(marked().await, [frozen]);
+    // Every letter of `accounts` whose error says "frozen": audit's; billing's is
+    // marked already.
+    let dry = json(&outbox_cli(
+        database,
+        &[
+            "inbox", "replay", "--all", "--topic", "accounts", "--error", "frozen", "--json",
+        ],
+    ));
+    assert_eq!(
+        (dry["dry_run"].as_bool(), dry["would_affect"].as_u64()),
+        (Some(true), Some(1))
+    );
+    stdout(&outbox_cli(
+        database,
+        &[
+            "inbox", "replay", "--all", "--topic", "accounts", "--error", "frozen", "--yes",
+        ],
+    ));
+    assert_eq!(marked().await, [frozen, audit]);
+    let neither = outbox_cli(database, &["inbox", "replay"]);
+    assert!(!neither.status.success(), "an id or --all is required");
+
+    let dry = stdout(&outbox_cli(
+        database,
+        &["inbox", "delete", "--all", "--consumer", "billing"],
+    ));
+    assert!(
+        dry.starts_with("dry run: would delete 2 dead letters"),
+        "{dry}"
+    );
+    let done = stdout(&outbox_cli(
+        database,
+        &["inbox", "delete", &binary.to_string(), "--yes"],
+    ));
+    assert_eq!(done.trim(), "deleted 1 dead letters");
+    let left = json(&outbox_cli(database, &["inbox", "list", "--json"]));
+    assert_eq!(left.as_array().map(Vec::len), Some(2), "{left}");
+}
+
 outbox_tests::on_server_databases!(
     status_reports_backlog_per_topic_and_relays,
     list_and_show_events,
@@ -844,4 +1000,5 @@ outbox_tests::on_server_databases!(
     replay_all_dead_and_purge_work_in_batches,
     a_replay_frees_the_key_and_follows_the_shard_count,
     an_interrupted_purge_keeps_what_it_did_and_says_so,
+    inbox_dead_letters_are_listed_shown_replayed_and_deleted,
 );
