@@ -1,10 +1,13 @@
-//! The relay's operations endpoints, for Prometheus and Kubernetes (feature `http`).
+//! The operations endpoints of a relay or a consumer process, for Prometheus and
+//! Kubernetes (feature `http`).
 //!
-//! - `GET /metrics`: every metric of [`metric_names`] (and any
-//!   other the process records through the `metrics` facade) in Prometheus text;
+//! - `GET /metrics`: every metric of [`metric_names`] and
+//!   [`consumer_metric_names`](crate::consumer_metric_names) (and any other the
+//!   process records through the `metrics` facade) in Prometheus text;
 //! - `GET /healthz`: `200 ok` while the process serves requests (liveness);
-//! - `GET /readyz`: `200 ready` when the relay's [health check](crate::RelayHandle::healthcheck)
-//!   passes, otherwise `503` with its reason as text (readiness).
+//! - `GET /readyz`: `200 ready` when every probe's health check passes (a relay's
+//!   [`HealthProbe`], a consumer's [`ConsumerProbe`](crate::ConsumerProbe)),
+//!   otherwise `503` with the reason as text (readiness).
 //!
 //! ```no_run
 //! # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
@@ -88,22 +91,55 @@ pub fn install_prometheus() -> Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// What the endpoints answer from: the relay's health and, once
+/// What `/readyz` asks: a relay's [`HealthProbe`] or a consumer's
+/// [`ConsumerProbe`](crate::ConsumerProbe).
+pub trait Readiness: Send + Sync + 'static {
+    /// `Ok` when ready.
+    ///
+    /// # Errors
+    /// [`Error::Unhealthy`] saying what is wrong.
+    fn healthcheck(&self) -> Result<()>;
+}
+
+impl Readiness for HealthProbe {
+    fn healthcheck(&self) -> Result<()> {
+        HealthProbe::healthcheck(self)
+    }
+}
+
+#[cfg(feature = "kafka")]
+impl Readiness for crate::ConsumerProbe {
+    fn healthcheck(&self) -> Result<()> {
+        crate::ConsumerProbe::healthcheck(self)
+    }
+}
+
+/// What the endpoints answer from: the probes' health and, once
 /// [`with_prometheus`](Self::with_prometheus) is called, the metrics.
 #[derive(Clone)]
 pub struct Endpoints {
-    probe: HealthProbe,
+    probes: Vec<Arc<dyn Readiness>>,
     prometheus: Option<PrometheusHandle>,
 }
 
 impl Endpoints {
-    /// Endpoints for the relay of `probe` ([`RelayHandle::probe`](crate::RelayHandle::probe)).
-    /// Without [`with_prometheus`](Self::with_prometheus), `/metrics` answers 404.
-    pub fn new(probe: HealthProbe) -> Self {
+    /// Endpoints for the relay or consumer of `probe`
+    /// ([`RelayHandle::probe`](crate::RelayHandle::probe),
+    /// [`ConsumerHandle::probe`](crate::ConsumerHandle::probe)). Without
+    /// [`with_prometheus`](Self::with_prometheus), `/metrics` answers 404.
+    pub fn new(probe: impl Readiness) -> Self {
         Endpoints {
-            probe,
+            probes: vec![Arc::new(probe)],
             prometheus: None,
         }
+    }
+
+    /// Also asks `probe` for readiness: a process that runs a relay and a consumer
+    /// is ready when both are.
+    #[must_use]
+    pub fn and(mut self, probe: impl Readiness) -> Self {
+        self.probes.push(Arc::new(probe));
+        self
     }
 
     /// Serves the Prometheus recorder of `handle` at `/metrics`: the one
@@ -113,9 +149,9 @@ impl Endpoints {
         self
     }
 
-    /// `/readyz`'s answer: `200` and `ready`, or `503` and why the relay is not.
+    /// `/readyz`'s answer: `200` and `ready`, or `503` and why a probe is not.
     pub fn readiness(&self) -> (StatusCode, String) {
-        match self.probe.healthcheck() {
+        match self.probes.iter().try_for_each(|probe| probe.healthcheck()) {
             Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
             Err(Error::Unhealthy { reason }) => (StatusCode::SERVICE_UNAVAILABLE, reason + "\n"),
             Err(other) => (StatusCode::SERVICE_UNAVAILABLE, format!("{other}\n")),
@@ -239,7 +275,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 impl fmt::Debug for Endpoints {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoints")
-            .field("probe", &self.probe)
+            .field("probes", &self.probes.len())
             .field("prometheus", &self.prometheus.is_some())
             .finish()
     }

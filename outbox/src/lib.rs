@@ -456,8 +456,8 @@ pub use completion::{Completion, UnknownCompletion};
 pub use config::{DatabaseUrl, MAX_BATCH_SIZE, RelayConfig};
 #[cfg(feature = "kafka")]
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerHandle, ConsumerStats, Handler, HandlerError, HandlerFuture,
-    Running, consumer_metric_names,
+    Consumer, ConsumerConfig, ConsumerHandle, ConsumerProbe, ConsumerStats, Handler, HandlerError,
+    HandlerFuture, Running, consumer_metric_names,
 };
 pub use message::Message;
 #[cfg(feature = "kafka")]

@@ -517,3 +517,57 @@ async fn deadlock_swallowed(txn: &sea_orm::DatabaseTransaction, other: &Database
     assert!(error.to_string().contains("Deadlock"), "{error}");
     heavier.await.expect("the heavier transaction commits");
 }
+
+/// A partition on one message longer than `stuck_after` (a handler that keeps
+/// failing) fails the consumer's health probe, naming the partition, the offset and
+/// the error; it passes again once the message is done with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_stuck_on_one_message_fails_the_health_probe() {
+    let pg = PgSchema::migrated().await;
+    let topic = unique_topic("accounts");
+    create_topic(&brokers(), &topic, 1).await;
+    publish(&publisher().await, &[credit(&topic, "account-0", 0)]).await;
+    let name = unique_name("billing");
+    let mut config = consumer_config(&name, &topic);
+    config.retry_attempts = 1_000;
+    config.stuck_after = Duration::from_millis(500);
+    let mended = Arc::new(AtomicBool::new(false));
+    let handler_mended = Arc::clone(&mended);
+    let consumer = Consumer::new(config, pg.db.clone())
+        .expect("valid consumer")
+        .handle(move |_txn, _event: Received<AccountEvent>| {
+            let mended = handler_mended.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if mended {
+                    Ok(())
+                } else {
+                    Err("the ledger service is down".into())
+                }
+            })
+        })
+        .spawn()
+        .expect("consumer starts");
+    let probe = consumer.probe();
+    outbox_tests::eventually("the probe fails", Duration::from_secs(30), || async {
+        probe.healthcheck().is_err()
+    })
+    .await;
+    let reason = probe.healthcheck().expect_err("stuck").to_string();
+    assert!(
+        reason.contains(&format!("{topic}/0 has been on offset 0 for"))
+            && reason.contains("the ledger service is down"),
+        "{reason}"
+    );
+    assert_eq!(probe.retrying_partitions(), 1);
+    assert_eq!(probe.assigned_partitions(), 1);
+    mended.store(true, Ordering::SeqCst);
+    done_with(&consumer, 1).await;
+    probe.healthcheck().expect("healthy again");
+    assert_eq!(probe.retrying_partitions(), 0);
+    consumer.shutdown().await.expect("shutdown");
+    assert!(
+        probe.healthcheck().is_err(),
+        "a stopped consumer is not ready"
+    );
+    pg.drop().await;
+}

@@ -33,6 +33,7 @@ const PRODUCER_ONLY: [&str; 4] = [
 /// | `max_buffered` | 1,000 messages per partition read ahead of its handler; past it the partition is paused |
 /// | `max_buffered_bytes` | 16 MiB of keys and payloads per partition read ahead of its handler; past it the partition is paused |
 /// | `handler_timeout` | 60 s: an attempt that takes longer fails (its transaction rolls back) |
+/// | `stuck_after` | 5 min: a partition on one message longer than this makes the health probe fail |
 /// | `replay_interval` | 5 s: how often the consumer looks for dead letters an operator marked for replay; `None`: never |
 /// | `skip_unknown_events` | false: an event type the consumer has no place for is dead-lettered |
 /// | `shutdown_timeout` | 30 s |
@@ -97,6 +98,10 @@ pub struct ConsumerConfig {
     /// ([`Inbox::request_replay`](crate::Inbox::request_replay), `outbox inbox
     /// replay`) and hands them to its handler; `None`: never.
     pub replay_interval: Option<Duration>,
+    /// How long a partition may be on one message (retrying it, or waiting for the
+    /// database) before [`ConsumerProbe::healthcheck`](super::ConsumerProbe::healthcheck)
+    /// fails.
+    pub stuck_after: Duration,
     /// Whether a message of an event type the consumer's event type does not know
     /// ([`DecodeEvent::knows_type`](crate::DecodeEvent::knows_type)) is skipped (its
     /// offset stored, nothing written) instead of dead-lettered. Turn it on for a topic
@@ -133,6 +138,7 @@ impl ConsumerConfig {
             max_buffered_bytes: 16 * 1024 * 1024,
             handler_timeout: Duration::from_secs(60),
             replay_interval: Some(Duration::from_secs(5)),
+            stuck_after: Duration::from_secs(5 * 60),
             skip_unknown_events: false,
             shutdown_timeout: Duration::from_secs(30),
             tables: Tables::default(),
@@ -201,6 +207,7 @@ impl ConsumerConfig {
                 self.shutdown_timeout,
                 "must be above zero",
             ),
+            ("stuck_after", self.stuck_after, "must be above zero"),
         ] {
             if value == zero {
                 return invalid(variable, "0s".to_owned(), reason);

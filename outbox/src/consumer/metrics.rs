@@ -25,6 +25,13 @@ pub mod consumer_metric_names {
     /// after the last applied message), read from its statistics every
     /// `statistics.interval.ms` (10 s unless set); 0 once the partition is revoked.
     pub const LAG: &str = "outbox_consumer_lag";
+    /// Gauge: partitions whose worker is on a message that failed at least once
+    /// (retrying, or waiting for the database): each holds up its partition.
+    pub const RETRYING_PARTITIONS: &str = "outbox_consumer_retrying_partitions";
+    /// Gauge: partitions assigned to this consumer.
+    pub const ASSIGNED_PARTITIONS: &str = "outbox_consumer_assigned_partitions";
+    /// Counter: rebalances this consumer took part in, by `kind`: `assign`, `revoke`.
+    pub const REBALANCES: &str = "outbox_consumer_rebalances_total";
 
     /// Gives every consumer metric its help text and unit in the installed `metrics`
     /// recorder.
@@ -39,10 +46,33 @@ pub mod consumer_metric_names {
         describe_counter!(REPLAYED, Unit::Count, "Dead letters replayed and applied.");
         describe_histogram!(HANDLE_TIME, Unit::Seconds, "Time to apply one event.");
         describe_gauge!(LAG, Unit::Count, "Messages of a partition not yet applied.");
+        describe_gauge!(
+            RETRYING_PARTITIONS,
+            Unit::Count,
+            "Partitions held up by a message that failed at least once."
+        );
+        describe_gauge!(ASSIGNED_PARTITIONS, Unit::Count, "Partitions assigned.");
+        describe_counter!(REBALANCES, Unit::Count, "Rebalances, by kind.");
     }
 }
 
-use consumer_metric_names::{HANDLE_TIME, HANDLER_FAILURES, LAG, MESSAGES, REPLAYED};
+use consumer_metric_names::{
+    ASSIGNED_PARTITIONS, HANDLE_TIME, HANDLER_FAILURES, LAG, MESSAGES, REBALANCES, REPLAYED,
+    RETRYING_PARTITIONS,
+};
+
+/// Sets the gauge of partitions held up by a failing message.
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+pub(super) fn retrying(consumer: &str, partitions: usize) {
+    metrics::gauge!(RETRYING_PARTITIONS, "consumer" => consumer.to_owned()).set(partitions as f64);
+}
+
+/// Counts a rebalance and sets the assigned partitions' gauge.
+#[allow(clippy::cast_precision_loss)] // counts far below 2^52
+pub(super) fn rebalanced(consumer: &str, kind: &'static str, assigned: usize) {
+    metrics::counter!(REBALANCES, "consumer" => consumer.to_owned(), "kind" => kind).increment(1);
+    metrics::gauge!(ASSIGNED_PARTITIONS, "consumer" => consumer.to_owned()).set(assigned as f64);
+}
 
 /// Sets the lag gauge of one partition.
 pub(super) fn lag(consumer: &str, topic: &str, partition: i32, lag: i64) {

@@ -3,6 +3,7 @@
 
 mod config;
 mod handler;
+mod health;
 mod metrics;
 mod poll;
 mod proof;
@@ -22,6 +23,7 @@ use tracing::{error, info, warn};
 
 pub use self::config::ConsumerConfig;
 pub use self::handler::{Handler, HandlerError, HandlerFuture};
+pub use self::health::ConsumerProbe;
 pub use self::metrics::{ConsumerStats, consumer_metric_names};
 
 use self::metrics::Counters;
@@ -215,10 +217,12 @@ where
             ..
         } = self;
         let client = config.client_config();
+        let progress = Arc::new(health::Progress::default());
         let context = Context::new(
             KafkaContext::for_config(&config.kafka),
             config.name.clone(),
             config.shutdown_timeout,
+            Arc::clone(&progress),
         );
         let kafka: KafkaConsumer = client
             .create_with_context(context)
@@ -240,6 +244,16 @@ where
                 cancel.clone(),
             ))
         });
+        let probe = ConsumerProbe {
+            progress: Arc::clone(&progress),
+            failed: Failed {
+                reason: Arc::new(OnceLock::new()),
+                stop: cancel.clone(),
+            },
+            stopped: cancel.clone(),
+            stuck_after: config.stuck_after,
+        };
+        let failed = probe.failed.clone();
         let (limits, shutdown_timeout, name) = (
             poll::Limits {
                 messages: config.max_buffered,
@@ -248,16 +262,13 @@ where
             config.shutdown_timeout,
             config.name.clone(),
         );
-        let failed = Failed {
-            reason: Arc::new(OnceLock::new()),
-            stop: cancel.clone(),
-        };
         let shared = Arc::new(Shared {
             config,
             db,
             inbox,
             handler,
             counters: Arc::clone(&counters),
+            progress,
             failed: failed.clone(),
             proof: OnceCell::new(),
             event: PhantomData,
@@ -302,6 +313,7 @@ where
             cancel,
             counters,
             failed,
+            probe,
             stopped: Some(stopped_receiver),
             cleanup,
             replays,
@@ -360,7 +372,7 @@ impl Failed {
         self.stop.cancel();
     }
 
-    fn reason(&self) -> Option<&str> {
+    pub(super) fn reason(&self) -> Option<&str> {
         self.reason.get().map(String::as_str)
     }
 }
@@ -376,6 +388,7 @@ pub struct ConsumerHandle {
     cancel: CancellationToken,
     counters: Arc<Counters>,
     failed: Failed,
+    probe: ConsumerProbe,
     stopped: Option<oneshot::Receiver<usize>>,
     cleanup: Option<tokio::task::JoinHandle<()>>,
     replays: Option<tokio::task::JoinHandle<()>>,
@@ -386,6 +399,12 @@ impl ConsumerHandle {
     /// The consumer's figures since it started.
     pub fn stats(&self) -> ConsumerStats {
         self.counters.snapshot()
+    }
+
+    /// A cheap, cloneable view of the consumer's health, for a readiness endpoint
+    /// ([`Endpoints::new`](crate::http::Endpoints::new) takes it) or a supervisor.
+    pub fn probe(&self) -> ConsumerProbe {
+        self.probe.clone()
     }
 
     /// Why the consumer stopped on its own, if it did: a bug on its polling thread or

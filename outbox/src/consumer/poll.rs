@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::health::Progress;
 use super::metrics;
 use crate::publisher::KafkaContext;
 
@@ -105,15 +106,23 @@ pub(super) struct Context {
     workers: Mutex<HashMap<Partition, Worker>>,
     /// How long a revocation waits for the handlers in flight.
     stop_timeout: Duration,
+    /// Where the partitions assigned are counted for the health probe.
+    progress: Arc<Progress>,
 }
 
 impl Context {
-    pub(super) fn new(kafka: KafkaContext, name: String, stop_timeout: Duration) -> Self {
+    pub(super) fn new(
+        kafka: KafkaContext,
+        name: String,
+        stop_timeout: Duration,
+        progress: Arc<Progress>,
+    ) -> Self {
         Context {
             kafka,
             name,
             workers: Mutex::new(HashMap::new()),
             stop_timeout,
+            progress,
         }
     }
 
@@ -152,15 +161,23 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn post_rebalance(&self, _consumer: &KafkaConsumer, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(assigned) = rebalance {
-            let partitions: Vec<String> = assigned
-                .elements()
-                .iter()
-                .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                .collect();
-            info!(consumer = %self.name, ?partitions, "partitions assigned");
-        }
+    fn post_rebalance(&self, consumer: &KafkaConsumer, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map_or(0, |list| list.count());
+        self.progress.assigned.store(assigned, Ordering::Relaxed);
+        let kind = match rebalance {
+            Rebalance::Assign(partitions) => {
+                let partitions: Vec<String> = partitions
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                    .collect();
+                info!(consumer = %self.name, ?partitions, "partitions assigned");
+                "assign"
+            }
+            Rebalance::Revoke(_) => "revoke",
+            Rebalance::Error(_) => return,
+        };
+        metrics::rebalanced(&self.name, kind, assigned);
     }
 
     fn pre_rebalance(&self, consumer: &KafkaConsumer, rebalance: &Rebalance<'_>) {

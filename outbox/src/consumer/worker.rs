@@ -21,6 +21,7 @@ use tracing::{Instrument, error, field, info_span, warn};
 use uuid::Uuid;
 
 use super::handler::{Handler, HandlerError, error_chain};
+use super::health::Progress;
 use super::metrics::{Counters, Outcome};
 use super::poll::{KafkaConsumer, Spawn};
 use super::proof::Proof;
@@ -40,6 +41,8 @@ pub(super) struct Shared<E, H> {
     pub(super) inbox: Inbox,
     pub(super) handler: H,
     pub(super) counters: Arc<Counters>,
+    /// Which message each partition's worker is on, for the health probe.
+    pub(super) progress: Arc<Progress>,
     /// Stops the whole consumer when a worker fails in a way it cannot go on from.
     pub(super) failed: Failed,
     /// How a transaction proves, before its commit, that it still holds its inbox
@@ -142,9 +145,11 @@ where
                     None => break,
                 },
             };
+            self.progress.begin(&topic, partition, message.offset());
             let outcome = AssertUnwindSafe(self.process(&message, &cancel))
                 .catch_unwind()
                 .await;
+            self.progress.end(&self.config.name, &topic, partition);
             buffered.remove(&message);
             let outcome = match outcome {
                 Ok(Some(outcome)) => outcome,
@@ -251,6 +256,12 @@ where
                 Err(failure) => failure,
             };
             self.counters.failed(&self.config.name);
+            self.progress.failed(
+                &self.config.name,
+                message.topic(),
+                message.partition(),
+                &error.to_string(),
+            );
             if kind == Kind::Transient {
                 transients = transients.saturating_add(1);
                 if transients > TRANSIENT_RETRIES {
