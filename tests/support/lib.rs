@@ -4,6 +4,7 @@
 pub mod kafka;
 pub mod proxy;
 pub mod tls;
+pub mod torture;
 
 use std::time::Duration;
 

@@ -5,10 +5,21 @@
 //! `torture_applied` (the order of application, by `id`) and one to its key's counter
 //! in `torture_consumed`, in the consumer's transaction. Stops gracefully on SIGTERM;
 //! the suite kills it with SIGKILL at random.
+//!
+//! Hostile, as handlers in life are: decoding panics on a payload that says `panic`;
+//! an event the suite refuses ([`refused`]) fails (at COMMIT on PostgreSQL, through a
+//! deferred foreign key) until the suite mends it and replays its dead letter; and the
+//! first attempt in this process of one event in 37 ends its transaction itself
+//! (`ROLLBACK`, the state a swallowed deadlock leaves on MySQL) and returns `Ok`.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outbox::{Consumer, ConsumerConfig, KafkaConfig, OutboxEvent, Received};
+use outbox::{
+    Consumer, ConsumerConfig, DecodeEvent, HandlerError, KafkaConfig, OutboxEvent, Received,
+};
+use outbox_tests::torture::{ends_its_transaction, refused};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +28,27 @@ use serde::{Deserialize, Serialize};
 #[outbox(type = "torture.event", aggregate = "key")]
 struct TortureEvent {
     key: String,
+}
+
+/// A [`TortureEvent`] whose decoding panics when its payload says `"panic"`.
+struct Fragile(TortureEvent);
+
+impl DecodeEvent for Fragile {
+    fn accepts(event_type: &str, event_version: &str) -> bool {
+        TortureEvent::accepts(event_type, event_version)
+    }
+
+    fn knows_type(event_type: &str) -> bool {
+        TortureEvent::knows_type(event_type)
+    }
+
+    fn decode(event_type: &str, event_version: &str, payload: &[u8]) -> outbox::Result<Self> {
+        assert!(
+            !payload.windows(7).any(|w| w == b"\"panic\""),
+            "a payload that makes decoding panic"
+        );
+        TortureEvent::decode(event_type, event_version, payload).map(Fragile)
+    }
 }
 
 /// `sql` with `$n` parameters, spelled for `backend`.
@@ -55,15 +87,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.retry_delay = Duration::from_millis(100);
     config.max_retry_delay = Duration::from_secs(1);
     config.shutdown_timeout = Duration::from_secs(10);
+    let ended: Arc<Mutex<HashSet<uuid::Uuid>>> = Arc::default();
     let consumer = Consumer::new(config, db)?
-        .handle(|txn, event: Received<TortureEvent>| {
+        .handle(move |txn, event: Received<Fragile>| {
+            let ended = Arc::clone(&ended);
             Box::pin(async move {
                 let backend = txn.get_database_backend();
-                let key = event.key.clone();
+                let key = event.0.key.clone();
+                let id = event.event_id();
                 txn.execute_raw(statement(
                     backend,
                     "INSERT INTO torture_applied (event_id, key_name) VALUES ($1, $2)",
-                    vec![event.event_id().to_string().into(), key.clone().into()],
+                    vec![id.to_string().into(), key.clone().into()],
                 ))
                 .await?;
                 txn.execute_raw(statement(
@@ -72,6 +107,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     vec![key.into()],
                 ))
                 .await?;
+                if refused(id) {
+                    if backend == DbBackend::Postgres {
+                        // Checked at COMMIT: fails until the suite mends the event.
+                        txn.execute_raw(statement(
+                            backend,
+                            "INSERT INTO torture_refusals (event_id) VALUES ($1)",
+                            vec![id.to_string().into()],
+                        ))
+                        .await?;
+                    } else {
+                        let mended = txn
+                            .query_one_raw(statement(
+                                backend,
+                                "SELECT 1 FROM torture_mended WHERE event_id = $1",
+                                vec![id.to_string().into()],
+                            ))
+                            .await?;
+                        if mended.is_none() {
+                            return Err(HandlerError::permanent("refused until mended"));
+                        }
+                    }
+                }
+                if ends_its_transaction(id) && ended.lock().expect("lock").insert(id) {
+                    // As a handler that swallowed a deadlock: the transaction is gone,
+                    // and the handler says all is well.
+                    let _ = txn.execute_unprepared("ROLLBACK").await;
+                }
                 Ok(())
             })
         })

@@ -25,10 +25,18 @@
 //! at random (so events are published twice), and two consumer processes of one group
 //! (`outbox::Consumer`, `torture/consumer.rs`) applying every event in their own
 //! transactions while they too are killed with SIGKILL and restarted (so partitions
-//! move between them and messages come again). It checks that every committed event
-//! was applied exactly once (the log of applications and the per-key counters agree),
-//! each key's in commit order, no rolled-back event, one inbox record per event, no
-//! dead letter.
+//! move between them and messages come again). The consumers are hostile too: one
+//! event in 97 is refused (at COMMIT on PostgreSQL, through a deferred foreign key)
+//! until the suite mends it and replays its dead letter, during the run and after;
+//! the first attempt of one event in 37 ends its own transaction (`ROLLBACK`, what a
+//! swallowed MySQL deadlock leaves) and says all is well; and the suite sends hostile
+//! messages between the events (a NUL byte in a header, no headers, an event id that
+//! is no UUID, 256 KiB of non-JSON, a payload whose decoding panics). It checks that
+//! every committed event was applied exactly once (the log of applications and the
+//! per-key counters agree), each key's in commit order (replayed ones aside: they come
+//! after their key's later events), no rolled-back event, one inbox record per event
+//! applied or dead-lettered with an id, and one dead letter per hostile message and
+//! none of a committed event (so no partition was left stuck).
 //!
 //! (The proxy serves every relay at once: the broker advertises its address, and
 //! librdkafka connects to what the broker advertises, so faults for one relay alone
@@ -442,6 +450,147 @@ async fn consumer_tables(db: &DatabaseConnection, keys: u64) {
     .await
     .expect("applied table");
     counters(db, "torture_consumed", "applied", keys).await;
+    db.execute_unprepared("CREATE TABLE torture_mended (event_id VARCHAR(36) PRIMARY KEY)")
+        .await
+        .expect("mended table");
+    if db.get_database_backend() == DbBackend::Postgres {
+        // What the consumer's handler writes for a refused event: its transaction fails
+        // at COMMIT until the event is mended.
+        db.execute_unprepared(
+            "CREATE TABLE torture_refusals (event_id VARCHAR(36) NOT NULL \
+             REFERENCES torture_mended (event_id) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .await
+        .expect("refusals table");
+    }
+}
+
+/// Hostile messages for the consumers, as producers in other languages send them:
+/// each must be dead-lettered without stopping its partition.
+struct Hostile {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+    /// How many were sent.
+    sent: u64,
+    /// The distinct `event_id` header values they carry ("" for none).
+    ids: HashSet<String>,
+}
+
+impl Hostile {
+    fn new(brokers: &str, topic: &str) -> Self {
+        Hostile {
+            producer: outbox_tests::kafka::client_config(brokers)
+                .create()
+                .expect("producer"),
+            topic: topic.to_owned(),
+            sent: 0,
+            ids: HashSet::new(),
+        }
+    }
+
+    /// Sends one hostile message of a kind `rng` picks, under key `key`.
+    async fn send(&mut self, rng: &mut Rng, key: &str) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let id = Uuid::now_v7().to_string();
+        let key_payload = format!(r#"{{"key":"{key}"}}"#);
+        let (headers, payload): (Vec<(&str, &[u8])>, Vec<u8>) = match rng.below(5) {
+            // A NUL byte in the event type.
+            0 => (
+                vec![
+                    ("event_id", id.as_bytes()),
+                    ("event_type", b"torture.event\0"),
+                    ("event_version", b"v1"),
+                ],
+                key_payload.into_bytes(),
+            ),
+            // No headers at all.
+            1 => (Vec::new(), b"\x00\xff not an event".to_vec()),
+            // An event id that is no UUID.
+            2 => (
+                vec![
+                    ("event_id", b"not-a-uuid"),
+                    ("event_type", b"torture.event"),
+                    ("event_version", b"v1"),
+                ],
+                key_payload.into_bytes(),
+            ),
+            // 256 KiB that is no JSON.
+            3 => (
+                vec![
+                    ("event_id", id.as_bytes()),
+                    ("event_type", b"torture.event"),
+                    ("event_version", b"v1"),
+                ],
+                vec![b'x'; 256 * 1024],
+            ),
+            // A payload whose decoding panics.
+            _ => (
+                vec![
+                    ("event_id", id.as_bytes()),
+                    ("event_type", b"torture.event"),
+                    ("event_version", b"v1"),
+                ],
+                format!(r#"{{"key":"{key}","panic":true}}"#).into_bytes(),
+            ),
+        };
+        let event_id = headers
+            .iter()
+            .find(|(name, _)| *name == "event_id")
+            .map_or(String::new(), |(_, value)| {
+                String::from_utf8_lossy(value).into_owned()
+            });
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in &headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        self.producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&self.topic)
+                    .key(key)
+                    .payload(&payload)
+                    .headers(owned),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("hostile message sent");
+        self.sent += 1;
+        self.ids.insert(event_id);
+    }
+}
+
+/// Mends the refused events the consumers dead-lettered and asks for their replay;
+/// returns their event ids.
+async fn mend_and_replay(db: &DatabaseConnection) -> Vec<String> {
+    let inbox = outbox::Inbox::new();
+    let letters = inbox
+        .find_dead_letters(db, &outbox::DeadLetterFilter::consumer("torture"), 10_000)
+        .await
+        .expect("dead letters");
+    let mut replayed = Vec::new();
+    for letter in letters {
+        let Some(id) = letter
+            .event_id
+            .filter(|id| outbox_tests::torture::refused(*id))
+        else {
+            continue;
+        };
+        let mend = match db.get_database_backend() {
+            DbBackend::MySql => "INSERT IGNORE INTO torture_mended (event_id) VALUES (?)",
+            _ => "INSERT INTO torture_mended (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        };
+        execute(db, mend, vec![id.to_string().into()])
+            .await
+            .expect("mend");
+        inbox
+            .request_replay(db, &outbox::DeadLetterFilter::id(letter.id))
+            .await
+            .expect("replay");
+        replayed.push(id.to_string());
+    }
+    replayed
 }
 
 /// What the consumers applied: event ids with their keys, in the order applied.
@@ -1124,6 +1273,8 @@ async fn check_consumers(
     ledger: &Ledger,
     received: &[outbox_tests::kafka::Received],
     consumers: &mut Consumers,
+    hostile: &Hostile,
+    replayed: &mut HashSet<String>,
 ) {
     let wanted: HashSet<&str> = ledger
         .committed
@@ -1138,6 +1289,8 @@ async fn check_consumers(
         if missing == 0 {
             break;
         }
+        // Refused events dead-lettered since: mended, and replayed.
+        replayed.extend(mend_and_replay(db).await);
         if Instant::now() >= deadline {
             let dead = count(db, "SELECT COUNT(*) FROM _outbox_inbox_dead").await;
             let inbox = count(db, "SELECT COUNT(*) FROM _outbox_inbox").await;
@@ -1176,7 +1329,10 @@ async fn check_consumers(
         *times.entry(id).or_default() += 1;
         if let Some((committed_key, counter)) = ledger.committed.get(id) {
             assert_eq!(committed_key, key, "event {id} applied under another key");
-            per_key.entry(key).or_default().push(*counter);
+            // A replayed dead letter is applied after its key's later events.
+            if !replayed.contains(id) {
+                per_key.entry(key).or_default().push(*counter);
+            }
         }
     }
     let twice: Vec<_> = times.iter().filter(|(_, t)| **t > 1).collect();
@@ -1205,13 +1361,23 @@ async fn check_consumers(
         "SELECT COUNT(*) FROM _outbox_inbox_dead WHERE consumer = 'torture'",
     )
     .await;
+    let refused = wanted
+        .iter()
+        .filter(|id| Uuid::parse_str(id).is_ok_and(outbox_tests::torture::refused))
+        .count();
+    let ended = wanted
+        .iter()
+        .filter(|id| Uuid::parse_str(id).is_ok_and(outbox_tests::torture::ends_its_transaction))
+        .count();
     println!(
-        "torture: consumers applied {} events ({} committed wanted), {} consumer kills; {} inbox records, {} dead letters",
+        "torture: consumers applied {} events ({} committed wanted; {refused} refused until mended, {} of them replayed; {ended} whose handler ended its transaction), {} consumer kills; {} inbox records, {} dead letters of {} hostile messages",
         times.len(),
         wanted.len(),
+        replayed.len(),
         consumers.processes.kills,
         inbox,
-        dead
+        dead,
+        hostile.sent
     );
     assert!(
         twice.is_empty(),
@@ -1233,12 +1399,23 @@ async fn check_consumers(
         Some(applied.len()),
         "the counters and the log agree"
     );
+    // The hostile messages with an event id keep an inbox record too (a redelivery
+    // is skipped); the others have none.
+    let hostile_records = hostile
+        .ids
+        .iter()
+        .filter(|id| Uuid::parse_str(id).is_ok())
+        .count();
     assert_eq!(
         usize::try_from(inbox).ok(),
-        Some(times.len()),
-        "one inbox record per event applied"
+        Some(times.len() + hostile_records),
+        "one inbox record per event applied or dead-lettered"
     );
-    assert_eq!(dead, 0, "no consumer dead letters");
+    assert_eq!(
+        u64::try_from(dead).ok(),
+        Some(hostile.sent),
+        "one dead letter per hostile message, none of a committed event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1301,6 +1478,8 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
     let stop = Arc::new(AtomicBool::new(false));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let writers = spawn_writers(size, db, &outbox, &topics, &mut rng, &stop, &ledger);
+    let mut hostile = Hostile::new(&broker.address, &topic);
+    let mut replayed: HashSet<String> = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(size.seconds);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500 + rng.below(1500))).await;
@@ -1309,6 +1488,11 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
         if rng.chance(60) {
             let slot = usize::try_from(rng.below(CONSUMERS as u64)).unwrap_or(0);
             consumers.kill_and_restart(slot);
+        }
+        let key = key_name(rng.below(size.keys));
+        hostile.send(&mut rng, &key).await;
+        if rng.chance(30) {
+            replayed.extend(mend_and_replay(db).await);
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -1334,22 +1518,32 @@ async fn consumer_torture_in(size: &Size, backend: DbBackend) {
         .keys()
         .filter(|id| ledger.oversized.contains(*id))
         .count();
-    let expected = ledger.committed.len() + ledger.unknown.len() - oversized;
+    let expected = ledger.committed.len() + ledger.unknown.len() - oversized + hostile.ids.len();
     let received = consume(&broker.address, &topic, expected, Duration::from_secs(60)).await;
     let distinct: HashSet<&str> = received.iter().map(|m| m.event_id()).collect();
     println!(
-        "consumer torture: {} committed ({oversized} too large to send), {} rolled back; {} relay kills; {} messages on the broker, {} of them duplicates; {:.1?}",
+        "consumer torture: {} committed ({oversized} too large to send), {} rolled back; {} relay kills; {} messages on the broker, {} of them duplicates, {} hostile; {:.1?}",
         ledger.committed.len(),
         ledger.rolled_back.len(),
         relays.processes.kills,
         received.len(),
-        received.len() - distinct.len(),
+        (received.len() + hostile.ids.len())
+            .saturating_sub(distinct.len() + usize::try_from(hostile.sent).unwrap_or(0)),
+        hostile.sent,
         started.elapsed()
     );
     assert!(
         ledger.committed.len() > 100,
         "the run stored too little to prove anything"
     );
-    check_consumers(db, &ledger, &received, &mut consumers).await;
+    check_consumers(
+        db,
+        &ledger,
+        &received,
+        &mut consumers,
+        &hostile,
+        &mut replayed,
+    )
+    .await;
     scratch.drop().await;
 }

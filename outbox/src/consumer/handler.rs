@@ -109,13 +109,17 @@ impl fmt::Display for HandlerError {
     }
 }
 
-/// An error and its causes, `: `-separated.
+/// An error and its causes, `: `-separated; a cause whose text the error's already
+/// says (SeaORM's errors repeat their driver's) is left out.
 pub(super) fn error_chain(error: &dyn StdError) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
+        let said = error.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         cause = error.source();
     }
     text
