@@ -6,6 +6,8 @@
 //! cargo run --release -p outbox-bench -- all --quick    # seconds; CI runs this
 //! cargo run --release -p outbox-bench -- relay --events 20000   # relay throughput only
 //! cargo run --release -p outbox-bench -- relay --completion delete   # in one mode
+//! MYSQL_URL=mysql://root@127.0.0.1:3306/test \
+//!   cargo run --release -p outbox-bench -- consumer   # consumer throughput, the proof's cost
 //! DATABASE_URL=mysql://root@127.0.0.1:3306/test \
 //!   cargo run --release -p outbox-bench -- relay      # the relay scenario on MySQL/MariaDB
 //! ```
@@ -83,6 +85,17 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         blocked: usize,
     },
+    /// Consumer throughput, and its transaction proof's cost: hand-written loops
+    /// without a check, with `SELECT 1`, with the proof, then the `Consumer`; on
+    /// `DATABASE_URL` and, when set, `MYSQL_URL`.
+    Consumer {
+        /// Messages to preload.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// MySQL or MariaDB to measure against too.
+        #[arg(long, env = "MYSQL_URL")]
+        mysql_url: Option<String>,
+    },
     /// Internal: a relay process for the cross-process latency scenario.
     #[command(hide = true)]
     RelayProcess {
@@ -95,7 +108,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> Result<(), scenarios::Failure> {
     let cli = Cli::parse();
-    let relay_only = matches!(cli.command, Command::Relay { .. });
+    let relay_only = matches!(
+        cli.command,
+        Command::Relay { .. } | Command::Consumer { .. }
+    );
     if cli.database_url.starts_with("mysql:") && !relay_only {
         return Err("on MySQL only the relay scenario runs (`outbox-bench relay`); the others measure PostgreSQL's wake-ups, schemas and statistics".into());
     }
@@ -143,6 +159,15 @@ async fn main() -> Result<(), scenarios::Failure> {
             let report = scenarios::run_blocked(&cli.database_url, &cli.brokers, &size).await?;
             println!("{}", report.table());
             Ok(())
+        }
+        Command::Consumer {
+            messages,
+            mysql_url,
+        } => {
+            let urls: Vec<String> = std::iter::once(cli.database_url.clone())
+                .chain(mysql_url)
+                .collect();
+            scenarios::run_consumer(&urls, &cli.brokers, messages).await
         }
         Command::RelayProcess { schema } => {
             scenarios::relay_process(&cli.database_url, &cli.brokers, &schema).await

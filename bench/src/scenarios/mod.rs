@@ -1,6 +1,7 @@
 //! The scenarios of `outbox-bench all`, and the report they fill.
 
 mod blocked;
+mod consumer;
 mod cpu;
 mod fixtures;
 mod latency;
@@ -12,6 +13,7 @@ mod scale;
 mod store;
 
 pub(crate) use self::blocked::run_blocked;
+pub(crate) use self::consumer::run_consumer;
 pub(crate) use self::latency::run_latency;
 pub(crate) use self::processes::relay_process;
 pub(crate) use self::relay::run_relay;
