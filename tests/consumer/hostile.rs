@@ -571,3 +571,123 @@ async fn a_partition_stuck_on_one_message_fails_the_health_probe() {
     );
     pg.drop().await;
 }
+
+/// A `metrics` recorder whose counter of one consumer's outcomes panics the first
+/// time it is incremented: a bug outside any message's attempt.
+struct PanicOnce {
+    consumer: String,
+    armed: Arc<AtomicBool>,
+}
+
+struct Panicking(Arc<AtomicBool>);
+
+impl metrics::CounterFn for Panicking {
+    fn increment(&self, _value: u64) {
+        assert!(
+            !self.0.swap(false, Ordering::SeqCst),
+            "the metrics recorder panics"
+        );
+    }
+
+    fn absolute(&self, _value: u64) {}
+}
+
+impl metrics::Recorder for PanicOnce {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let ours = key.name() == outbox::consumer_metric_names::MESSAGES
+            && key
+                .labels()
+                .any(|label| label.key() == "consumer" && label.value() == self.consumer);
+        if ours {
+            metrics::Counter::from_arc(Arc::new(Panicking(Arc::clone(&self.armed))))
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// A panic outside any message's attempt (here the process's metrics recorder, after
+/// the first message committed) stops the consumer loudly: `failure()` says why and
+/// `shutdown()` fails. Its message's offset was not stored, so the next consumer of
+/// the name gets it again and finds it in the inbox: nothing is skipped, nothing
+/// applied twice. Before, the worker's task died in silence and every later message
+/// of its partition was dropped with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bug_outside_any_attempt_stops_the_consumer_loudly_and_skips_nothing() {
+    let pg = PgSchema::migrated().await;
+    create_applied(&pg.db).await;
+    let topic = unique_topic("accounts");
+    create_topic(&brokers(), &topic, 1).await;
+    let messages: Vec<_> = (0..3).map(|n| credit(&topic, "account-0", n)).collect();
+    publish(&publisher().await, &messages).await;
+    let name = unique_name("billing");
+    metrics::set_global_recorder(PanicOnce {
+        consumer: name.clone(),
+        armed: Arc::new(AtomicBool::new(true)),
+    })
+    .expect("this test's process has no recorder yet (nextest runs each test alone)");
+
+    let failing = recording(consumer_config(&name, &topic), &pg.db);
+    outbox_tests::eventually("the consumer fails", Duration::from_secs(30), || async {
+        failing.failure().is_some()
+    })
+    .await;
+    let failure = failing.failure().expect("failed");
+    assert!(
+        failure.contains(&format!("the worker of {topic}/0 panicked"))
+            && failure.contains("the metrics recorder panics"),
+        "{failure}"
+    );
+    assert!(failing.probe().healthcheck().is_err());
+    let stopped = failing.shutdown().await;
+    assert!(
+        matches!(stopped, Err(outbox::Error::ConsumerFailed(_))),
+        "{stopped:?}"
+    );
+
+    let next = recording(consumer_config(&name, &topic), &pg.db);
+    super::done_with_any(&next, 3).await;
+    let stats = next.stats();
+    next.shutdown().await.expect("shutdown");
+    assert_eq!((stats.processed, stats.duplicates), (2, 1), "{stats:?}");
+    assert_eq!(count(&pg.db, "SELECT COUNT(*) FROM applied").await, 3);
+    assert_eq!(
+        count(&pg.db, "SELECT COUNT(DISTINCT event_id) FROM applied").await,
+        3
+    );
+    pg.drop().await;
+}

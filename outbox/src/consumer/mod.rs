@@ -281,7 +281,23 @@ where
         let spawn: Spawner = {
             let kafka = Arc::clone(&kafka);
             Box::new(move |work| {
-                runtime.spawn(Arc::clone(&shared).work(Arc::clone(&kafka), work));
+                let (shared, kafka) = (Arc::clone(&shared), Arc::clone(&kafka));
+                runtime.spawn(async move {
+                    // A panic outside any message's attempt (a bug, or a metrics
+                    // recorder's) ends the worker: the consumer stops, loudly, rather
+                    // than drop the partition's later messages.
+                    let (topic, partition) = work.partition.clone();
+                    let failed = shared.failed.clone();
+                    if let Err(panic) = std::panic::AssertUnwindSafe(shared.work(kafka, work))
+                        .catch_unwind()
+                        .await
+                    {
+                        failed.fail(format!(
+                            "the worker of {topic}/{partition} panicked: {}",
+                            crate::panic::message(&*panic)
+                        ));
+                    }
+                });
             })
         };
         let (stopped, stopped_receiver) = oneshot::channel();
