@@ -7,7 +7,7 @@ use sea_orm::DatabaseConnection;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::read::age;
+use crate::read::{age, show_columns};
 use crate::table::Table;
 use crate::{Failure, print_json};
 
@@ -276,22 +276,5 @@ fn list(letters: &[Letter], json: bool) -> Result<(), Failure> {
 }
 
 fn show(letter: &Letter, json: bool) -> Result<(), Failure> {
-    let shown = Shown::from(letter);
-    if json {
-        return print_json(&shown);
-    }
-    let value = serde_json::to_value(&shown)?;
-    let mut table = Table::new(&["column", "value"]);
-    if let serde_json::Value::Object(columns) = value {
-        for (column, value) in columns {
-            let text = match value {
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Null => "-".to_owned(),
-                other => other.to_string(),
-            };
-            table.row(vec![column, text]);
-        }
-    }
-    println!("{}", table.render());
-    Ok(())
+    show_columns(&Shown::from(letter), json)
 }

@@ -117,10 +117,15 @@ pub(crate) fn list(events: &[Event], json: bool) -> Result<(), Failure> {
 }
 
 pub(crate) fn show(event: &Event, json: bool) -> Result<(), Failure> {
+    show_columns(event, json)
+}
+
+/// One row printed as JSON, or as a table of its columns and values.
+pub(crate) fn show_columns(row: &impl Serialize, json: bool) -> Result<(), Failure> {
     if json {
-        return print_json(event);
+        return print_json(row);
     }
-    let value = serde_json::to_value(event)?;
+    let value = serde_json::to_value(row)?;
     let mut table = Table::new(&["column", "value"]);
     if let serde_json::Value::Object(columns) = value {
         for (column, value) in columns {
