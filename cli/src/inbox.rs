@@ -112,7 +112,7 @@ async fn change(
     change: Change,
     json: bool,
 ) -> Result<(), Failure> {
-    let mut filter = target.filter.picks(target.id);
+    let filter = target.filter.picks(target.id);
     if change == Change::Replay {
         // Those marked already are not marked again.
         let marked = inbox
@@ -124,7 +124,6 @@ async fn change(
         {
             return Err(format!("no dead letter with id {id}").into());
         }
-        filter.marked_for_replay = false;
         return report(json, change, target.yes, all - marked, || async {
             inbox.request_replay(db, &filter).await
         })

@@ -61,14 +61,17 @@ impl Progress {
         );
     }
 
-    /// The worker of `topic`/`partition` is done with its message (or stops).
+    /// The worker of `topic`/`partition` is done with its message (or stops). The
+    /// gauge changes only when the message had failed: most messages leave it be.
     pub(super) fn end(&self, consumer: &str, topic: &str, partition: i32) {
         let mut working = self.working();
-        working.remove(&(topic.to_owned(), partition));
-        metrics::retrying(
-            consumer,
-            working.values().filter(|w| w.failures > 0).count(),
-        );
+        let removed = working.remove(&(topic.to_owned(), partition));
+        if removed.is_some_and(|work| work.failures > 0) {
+            metrics::retrying(
+                consumer,
+                working.values().filter(|w| w.failures > 0).count(),
+            );
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use super::metrics::Outcome;
 use super::worker::{Decoded, Failure, Kind, MAX_ERROR_LEN, Shared, decode, storable};
 use crate::decode::DecodeEvent;
 use crate::entity::inbox_dead;
-use crate::inbox::{DeadLetterFilter, Inbox};
+use crate::inbox::DeadLetterFilter;
 use crate::sql::Dialect;
 
 /// How many marked letters one round takes at most.
@@ -62,8 +62,11 @@ where
     /// Replays the marked letters there are now, oldest first.
     async fn replay_marked(&self, cancel: &CancellationToken) -> crate::Result<()> {
         let marked = DeadLetterFilter::consumer(self.config.name.clone()).marked_for_replay();
-        let inbox = Inbox::with_tables(self.config.tables.clone());
-        for letter in inbox.find_dead_letters(&self.db, &marked, ROUND).await? {
+        for letter in self
+            .inbox
+            .find_dead_letters(&self.db, &marked, ROUND)
+            .await?
+        {
             if cancel.is_cancelled() {
                 break;
             }

@@ -195,27 +195,11 @@ where
             // A user's `Deserialize` or `From` impl panicked: a failed attempt.
             Err(Decoded::Panicked(_)) => None,
         };
-        let headers = utf8_headers(message);
-        let span = info_span!(
-            "outbox.consume",
-            consumer = %self.config.name,
-            event_id = field::Empty,
-            event_type = headers.get(headers::EVENT_TYPE).map(String::as_str),
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-            trace_id = field::Empty,
-            traceparent = field::Empty,
-        );
-        if let Some(event_id) = headers.get(headers::EVENT_ID) {
-            span.record("event_id", event_id.as_str());
-        }
-        if let Some(traceparent) = headers.get(headers::TRACEPARENT) {
-            span.record("traceparent", traceparent.as_str());
-        }
-        if let Some(trace_id) = trace_id(&headers) {
-            span.record("trace_id", trace_id);
-        }
+        // The decoded event's headers; read again only when decoding panicked.
+        let span = match &first {
+            Some(received) => consume_span(&self.config.name, message, received.headers()),
+            None => consume_span(&self.config.name, message, &utf8_headers(message)),
+        };
         self.attempts(message, first, cancel).instrument(span).await
     }
 
@@ -502,6 +486,35 @@ where
         txn.commit().await?;
         Ok(Outcome::DeadLettered)
     }
+}
+
+/// The span of a message's attempts, with what its `headers` say of the event.
+fn consume_span(
+    consumer: &str,
+    message: &OwnedMessage,
+    headers: &BTreeMap<String, String>,
+) -> tracing::Span {
+    let span = info_span!(
+        "outbox.consume",
+        consumer = %consumer,
+        event_id = field::Empty,
+        event_type = headers.get(headers::EVENT_TYPE).map(String::as_str),
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        trace_id = field::Empty,
+        traceparent = field::Empty,
+    );
+    if let Some(event_id) = headers.get(headers::EVENT_ID) {
+        span.record("event_id", event_id.as_str());
+    }
+    if let Some(traceparent) = headers.get(headers::TRACEPARENT) {
+        span.record("traceparent", traceparent.as_str());
+    }
+    if let Some(trace_id) = trace_id(headers) {
+        span.record("trace_id", trace_id);
+    }
+    span
 }
 
 /// A dead letter's values, made storable: NUL characters escaped, texts bounded.
