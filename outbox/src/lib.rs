@@ -193,6 +193,8 @@
 //!   within the delivery timeout is purged and its producer replaced, so of each
 //!   partition the broker holds a prefix of what was sent; after the first event of a
 //!   key that did not go through, no later event of that key is marked published.
+//!   See [A relay paused past its lease](#a-relay-paused-past-its-lease) for the one
+//!   window that remains.
 //! - **Poison isolation**: an event that fails holds back only the later events of its
 //!   key. It is retried with exponential backoff, then dead-lettered and kept until
 //!   replayed (it then goes out after the events of its key published meanwhile). A
@@ -209,6 +211,33 @@
 //! host's clock to PostgreSQL's is measured at every lease round). One outbox table
 //! belongs to one service: relays of a second service on the same table publish
 //! nothing, and fail their health check, while the first service's relays run.
+//!
+//! ## A relay paused past its lease
+//!
+//! A relay keeps a local, monotonic deadline per shard: the start of its last
+//! successful renewal plus `lease_ttl`, less a fifth. It checks the deadline before it
+//! claims, before it hands a batch to the publisher, and inside every write (which is
+//! also fenced by the lease's token in the database). A relay paused past the deadline
+//! (SIGSTOP, a frozen VM, CPU throttling) therefore claims, publishes and writes
+//! nothing on the shard after it resumes, until a lease round renews it.
+//!
+//! What remains: messages already handed to the Kafka producer when the process froze.
+//! librdkafka sends them when the process resumes (unless their delivery timeout ran
+//! out first), possibly after the shard's new owner published later events of the
+//! same keys: the broker then holds `E1 E2 E3 E1 E2`. At most one batch per shard the
+//! paused relay held can be caught this way. A consumer that keeps the first
+//! occurrence of each `event_id` (the [`Inbox`] does) sees the right order; a
+//! compacted topic can keep a stale value for the key until its next event.
+//!
+//! Kafka transactions would close this window (one `transactional.id` per shard, so
+//! that the new owner's `InitProducerId` fences the old producer and aborts its open
+//! transaction). This crate does not offer that mode, because no broker it can test
+//! against implements the part that matters: librdkafka's `MockCluster` hands a reused
+//! `transactional.id` a fresh producer id (the old producer is not fenced) and serves
+//! every record to `read_committed` consumers; tansu 0.6 fences the old producer's
+//! produce requests but does not offer `EndTxn` (a commit fails with "EndTxnRequest not
+//! supported by broker") and serves an aborted transaction's records to
+//! `read_committed` consumers. A fence that cannot be tested is not offered.
 //!
 //! Store events of several keys in one transaction with one [`Outbox::store_batch`]
 //! call, or always in the same key order: the key locks are taken in sorted order
