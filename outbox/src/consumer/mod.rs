@@ -418,7 +418,7 @@ impl ConsumerHandle {
     }
 
     /// A cheap, cloneable view of the consumer's health, for a readiness endpoint
-    /// ([`Endpoints::new`](crate::http::Endpoints::new) takes it) or a supervisor.
+    /// (`outbox::http::Endpoints::new` takes it, with the `http` feature) or a supervisor.
     pub fn probe(&self) -> ConsumerProbe {
         self.probe.clone()
     }
