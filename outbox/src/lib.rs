@@ -466,6 +466,8 @@ pub mod http;
 mod inbox;
 mod key;
 mod message;
+#[cfg(all(feature = "opentelemetry", feature = "kafka"))]
+mod otel;
 mod panic;
 mod publisher;
 #[cfg(feature = "kafka")]

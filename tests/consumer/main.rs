@@ -5,6 +5,7 @@
 
 mod hostile;
 mod replay;
+mod trace;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

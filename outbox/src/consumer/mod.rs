@@ -125,7 +125,10 @@ use crate::sql::Dialect;
 ///   owner's inbox insert waits for its transaction and follows its outcome.
 /// - **Tracing**: each attempt runs in the span `outbox.consume` with the event's id,
 ///   type, topic, partition and offset, and the `trace_id` and `traceparent` the event
-///   carries; store follow-up events with
+///   carries. With the `opentelemetry` feature and an OpenTelemetry layer in the
+///   subscriber, that span is a child of the event's `traceparent` (parent rather than
+///   link: one span per message, and the handler's spans join the writer's trace);
+///   store follow-up events with
 ///   [`Envelope::trace_id`](crate::Envelope::trace_id) /
 ///   `.trace_id(event.trace_id())` to continue the trace.
 /// - **Metrics**: see [`consumer_metric_names`].

@@ -514,6 +514,8 @@ fn consume_span(
     if let Some(trace_id) = trace_id(headers) {
         span.record("trace_id", trace_id);
     }
+    #[cfg(feature = "opentelemetry")]
+    crate::otel::continue_trace(&span, headers);
     span
 }
 
