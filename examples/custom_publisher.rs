@@ -40,7 +40,7 @@ impl Publisher for JsonLines {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let db = database().await?;
-    let outbox = Outbox::new();
+    let outbox = Outbox::on(&db);
     let config = RelayConfig {
         retry_attempts: 0,
         ..RelayConfig::new("stdout")

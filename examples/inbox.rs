@@ -40,7 +40,7 @@ async fn main() -> Result<(), Error> {
     db.execute_unprepared("CREATE TABLE IF NOT EXISTS billing_accounts (user_id VARCHAR(36) PRIMARY KEY, status VARCHAR(16) NOT NULL)")
         .await?;
     let broker = Broker::start(&["user-events", "billing-events"]).await?;
-    let outbox = Outbox::new();
+    let outbox = Outbox::on(&db);
     let relay = Relay::new(
         RelayConfig::new("inbox-example"),
         db.clone(),

@@ -18,7 +18,7 @@ use serde_json::json;
 async fn main() -> Result<(), Error> {
     let db = database().await?;
     let broker = Broker::start(&["order-events"]).await?;
-    let outbox = Outbox::new();
+    let outbox = Outbox::on(&db);
     let relay = Relay::new(
         RelayConfig::new("orders"),
         db.clone(),

@@ -39,7 +39,7 @@ async fn main() -> Result<(), Error> {
     let broker = Broker::start(&["user-events", "order-events"]).await?;
 
     // The relay runs in this process; it shares the outbox handle so a store wakes it.
-    let outbox = Outbox::new();
+    let outbox = Outbox::on(&db);
     let config = RelayConfig {
         interval: Duration::from_secs(1),
         ..RelayConfig::new("quickstart")

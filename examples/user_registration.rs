@@ -23,7 +23,7 @@ struct UserRegisteredEvent {
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let db = database().await?;
-    let outbox = Outbox::new();
+    let outbox = Outbox::on(&db);
 
     let event = UserRegisteredEvent {
         user_id: Uuid::now_v7(),

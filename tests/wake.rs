@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use outbox::{EventBuilder, MemoryPublisher, Outbox, Relay, RelayConfig, RelayHandle};
-use outbox_tests::{PgSchema, eventually, until_holding};
+use outbox::{EventBuilder, MemoryPublisher, Outbox, Relay, RelayConfig, RelayHandle, Tables};
+use outbox_tests::{PgSchema, counter, eventually, until_holding};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
 fn config(listen: bool) -> RelayConfig {
@@ -86,6 +86,42 @@ async fn a_store_in_another_process_wakes_an_idle_relay_at_once() {
     pg.drop().await;
 }
 
+/// `Outbox::on(&db)` wakes relays on the default tables' channel; given tables of its
+/// own afterwards, it wakes the relays of those tables instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_on_the_database_with_tables_of_its_own_wakes_their_relays() {
+    let pg = PgSchema::migrated().await;
+    let tables = Tables::with_base("billing_outbox").expect("valid base");
+    let manager = sea_orm_migration::SchemaManager::new(&pg.db);
+    for migration in outbox_migration::migrations_for(&tables) {
+        sea_orm_migration::MigrationTrait::up(&*migration, &manager)
+            .await
+            .expect("create custom tables");
+    }
+    // The relay's own outbox, not a clone of the writer's: only a NOTIFY wakes it.
+    let relay = Relay::new(config(true), pg.db.clone(), MemoryPublisher::new())
+        .expect("valid relay config")
+        .with_outbox(Outbox::new().with_tables(tables.clone()))
+        .spawn();
+    until_holding(&relay, 16, "the relay", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let writer = Outbox::on(&pg.db).with_tables(tables);
+    let event = EventBuilder::new("thing.happened", "key-0");
+    writer
+        .store(&pg.db, &event, "wake-topic")
+        .await
+        .expect("store");
+    eventually(
+        "published without waiting for a poll",
+        Duration::from_secs(2),
+        || async { relay.stats().published >= 1 },
+    )
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_without_listen_finds_events_of_other_processes_by_polling() {
     let pg = PgSchema::migrated().await;
@@ -103,6 +139,39 @@ async fn a_relay_without_listen_finds_events_of_other_processes_by_polling() {
         || async { relay.stats().published >= 5 },
     )
     .await;
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}
+
+/// A listening relay that finds events by polling, long after they were stored,
+/// counts them (and says once that the writers should wake it); events a wake-up
+/// announced are not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_counts_the_events_it_found_by_polling_late() {
+    let found_by_poll = counter::count(outbox::metric_names::FOUND_BY_POLL);
+    let pg = PgSchema::migrated().await;
+    let relay = idle_relay(&pg, true).await;
+    write(&pg, 3);
+    eventually("published at once", Duration::from_secs(2), || async {
+        relay.stats().published >= 3
+    })
+    .await;
+    assert_eq!(
+        counter::read(&found_by_poll),
+        0,
+        "announced events are not counted"
+    );
+    // Idle again, its next poll seconds away (the quick polls after a wake-up would
+    // find these within milliseconds: not late).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    store_silently(&pg, 5).await;
+    eventually(
+        "found by the next poll",
+        Duration::from_secs(15),
+        || async { relay.stats().published >= 8 },
+    )
+    .await;
+    assert_eq!(counter::read(&found_by_poll), 5);
     relay.shutdown().await.expect("shutdown");
     pg.drop().await;
 }

@@ -202,11 +202,12 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let tables = Tables::with_base(&cli.table)?;
-    let outbox = Outbox::new()
+    let db = connect(cli.database_url.as_deref(), cli.connect_timeout).await?;
+    // On the database: a replay wakes the relays of every process at once.
+    let outbox = Outbox::on(&db)
         .with_tables(tables)
         .with_shards(cli.shards)
         .with_completion(cli.completion);
-    let db = connect(cli.database_url.as_deref(), cli.connect_timeout).await?;
     let json = cli.json;
     match cli.command {
         Command::Status => status(&db, &outbox, json).await,

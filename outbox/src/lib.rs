@@ -106,7 +106,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let db = Database::connect("sqlite::memory:").await?;
 //! # outbox_migration::Migrator::up(&db, None).await?;
-//! let outbox = Outbox::new();
+//! let outbox = Outbox::on(&db);
 //!
 //! let txn = db.begin().await?;
 //! let event = EventBuilder::new("order.created", "order-17")
@@ -134,7 +134,7 @@
 //! # options.max_connections(1);
 //! # let db = Database::connect(options).await?;
 //! # outbox_migration::Migrator::up(&db, None).await?;
-//! let outbox = Outbox::new();
+//! let outbox = Outbox::on(&db);
 //! let publisher = MemoryPublisher::new();
 //! let relay = Relay::new(RelayConfig::new("orders"), db.clone(), publisher.clone())?
 //!     .with_outbox(outbox.clone()) // a store in this process wakes the relay

@@ -45,7 +45,7 @@ pub(crate) const DEFAULT_SHARD_COUNT: NonZeroU16 = match NonZeroU16::new(DEFAULT
 /// # #[outbox(type = "user.registered", aggregate = "user_id")]
 /// # struct UserRegistered { user_id: u64 }
 /// # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
-/// let outbox = Outbox::new();
+/// let outbox = Outbox::on(&db);
 /// let txn = db.begin().await?;
 /// // ... the business change on &txn ...
 /// let id = outbox
@@ -66,14 +66,34 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// An outbox over the default tables with [`DEFAULT_SHARDS`] shards.
+    /// The outbox of the database `db`, over the default tables with
+    /// [`DEFAULT_SHARDS`] shards: what a service that stores events should use. Each
+    /// store wakes the relays of this process at once and, on PostgreSQL, the relays
+    /// of every other process too, by a `NOTIFY` sent through `db` after the store
+    /// (see [`with_wake_connection`](Self::with_wake_connection)), so events are
+    /// published milliseconds after their commit.
+    pub fn on(db: &DatabaseConnection) -> Self {
+        Self::new().with_wake_connection(db)
+    }
+
+    /// An outbox over the default tables with [`DEFAULT_SHARDS`] shards that wakes
+    /// only the relays of this process. Relays in other processes find its events by
+    /// polling, up to the relay's `interval` later: prefer [`Outbox::on`] wherever a
+    /// connection is at hand.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Uses `tables` instead of the default table names.
+    /// Uses `tables` instead of the default table names. Call it before the outbox
+    /// is cloned or given to a relay.
     pub fn with_tables(mut self, tables: Tables) -> Self {
         self.tables = tables;
+        // Wake-ups go to a channel named after the outbox table: one set up for the
+        // default tables (by `Outbox::on`) must follow the new ones.
+        if let Some(db) = self.wake.remote_connection() {
+            self.wake = Arc::default();
+            self.wake.notify_through(&db, wake::channel(&self.tables));
+        }
         self
     }
 

@@ -141,6 +141,11 @@ impl Wake {
         }
     }
 
+    /// The connection cross-process notifications go through, if set.
+    pub(crate) fn remote_connection(&self) -> Option<DatabaseConnection> {
+        self.remote.get().map(|notifier| notifier.shared.db.clone())
+    }
+
     /// Sends cross-process notifications through `db` on `channel`, unless a
     /// connection was set already or `db` is not PostgreSQL.
     pub(crate) fn notify_through(&self, db: &DatabaseConnection, channel: String) {

@@ -1,6 +1,7 @@
 //! Shared fixtures for the integration tests: an isolated PostgreSQL schema per test,
 //! an isolated MySQL/MariaDB database per test, and an in-memory SQLite database.
 
+pub mod counter;
 pub mod kafka;
 pub mod proxy;
 pub mod tls;

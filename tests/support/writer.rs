@@ -20,7 +20,7 @@ async fn main() {
     let mut options = ConnectOptions::new(url);
     options.sqlx_logging(false);
     let db = Database::connect(options).await.expect("connect");
-    let outbox = Outbox::new().with_wake_connection(&db);
+    let outbox = Outbox::on(&db);
     for n in 0..count {
         let txn = db.begin().await.expect("begin");
         let event = EventBuilder::new("thing.happened", format!("key-{}", n % 4));

@@ -57,7 +57,7 @@ use crate::sql::Dialect;
 ///
 /// # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), Box<dyn std::error::Error>> {
 /// let config = ConsumerConfig::new(KafkaConfig::from_env()?, "billing", ["user-events"]);
-/// let outbox = Outbox::new();
+/// let outbox = Outbox::on(&db);
 /// let consumer = Consumer::new(config, db)?
 ///     .handle(move |txn, event: Received<UserEvent>| {
 ///         let outbox = outbox.clone();

@@ -10,6 +10,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use uuid::Uuid;
 
 use super::Inner;
+use super::unannounced::Lateness;
 use crate::error::Result;
 use crate::message::{ClaimedRow, Message};
 use crate::publisher::{PublishError, PublishErrorKind, Publisher, publish_in_key_order};
@@ -97,8 +98,14 @@ impl Failed<'_> {
 
 /// What processing one shard came to.
 pub(super) enum ShardOutcome {
-    /// The batch was written back; the id is the last event published.
-    Done(ProcessReport, Option<Uuid>),
+    /// The batch was written back.
+    Done {
+        report: ProcessReport,
+        /// The last event published.
+        last: Option<Uuid>,
+        /// Its first attempts that waited long to be claimed.
+        lateness: Lateness,
+    },
     /// The lease was taken by another relay before the write-back; nothing written.
     LeaseLost,
     /// The shard was no longer held when its batch was to start; nothing claimed.
@@ -223,10 +230,15 @@ impl<P: Publisher> Inner<P> {
                     full: !behind.is_empty(),
                     ..ProcessReport::default()
                 };
-                return Ok(ShardOutcome::Done(report, None));
+                return Ok(ShardOutcome::Done {
+                    report,
+                    last: None,
+                    lateness: Lateness::default(),
+                });
             }
             let retried: HashSet<i64> = rows.iter().filter(|r| r.retried).map(|r| r.seq).collect();
             let messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
+            let lateness = Lateness::of(&messages, self.clock.now());
             span.record(
                 "attempt",
                 messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1,
@@ -293,7 +305,11 @@ impl<P: Publisher> Inner<P> {
                 // Unparked events are ready now: go again at once, as after a full batch.
                 full: messages.len() >= batch_size || unparked || !behind.is_empty(),
             };
-            Ok(ShardOutcome::Done(report, published.last().map(|m| m.id)))
+            Ok(ShardOutcome::Done {
+                report,
+                last: published.last().map(|m| m.id),
+                lateness,
+            })
         }
         .instrument(span)
         .await

@@ -30,6 +30,10 @@ pub mod metric_names {
     pub const PENDING_OUTSIDE_SHARDS: &str = "outbox_pending_outside_shards";
     /// Histogram: time from store to broker acknowledgement, in seconds.
     pub const PUBLISH_LATENCY: &str = "outbox_publish_latency_seconds";
+    /// Counter: events a poll found more than a second after their store, in shards
+    /// no wake-up named: their writers do not wake the relays (build the writers'
+    /// outbox with [`Outbox::on`](crate::Outbox::on)). The relay also logs it once.
+    pub const FOUND_BY_POLL: &str = "outbox_relay_found_by_poll_total";
     /// Gauge: 1 while this relay's health check passes, 0 while it fails (updated at
     /// every probe of the broker and the database).
     pub const HEALTHY: &str = "outbox_relay_healthy";
@@ -66,6 +70,11 @@ pub mod metric_names {
             PUBLISH_LATENCY,
             Unit::Seconds,
             "Time from store to broker acknowledgement."
+        );
+        describe_counter!(
+            FOUND_BY_POLL,
+            Unit::Count,
+            "Events found by polling more than a second after their store: writers that do not wake the relays."
         );
         describe_gauge!(
             HEALTHY,

@@ -24,6 +24,7 @@
 //! | `metrics.rs` | metric names and what batches and backlog readings record |
 //! | `state.rs` | health and figures, for `healthcheck` and `stats` |
 //! | `clock.rs` | the database's clock, as the relay reads it |
+//! | `unannounced.rs` | events a poll found long after their store: writers that wake no relay |
 //! | `handle.rs` | [`RelayHandle`] and [`HealthProbe`] |
 
 mod batch;
@@ -41,13 +42,12 @@ mod run;
 mod schedule;
 mod stall;
 mod state;
+mod unannounced;
 
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-#[cfg(feature = "postgres")]
-use sea_orm::DbBackend;
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -78,7 +78,7 @@ use crate::wake::Doorbell;
 /// # async fn run(db: sea_orm::DatabaseConnection) -> Result<(), outbox::Error> {
 /// use outbox::{KafkaPublisher, Outbox, Relay, RelayConfig};
 ///
-/// let outbox = Outbox::new(); // the same one the application stores with
+/// let outbox = Outbox::on(&db); // the same one the application stores with
 /// let relay = Relay::new(RelayConfig::from_env()?, db, KafkaPublisher::new("127.0.0.1:9092")?)?
 ///     .with_outbox(outbox.clone())
 ///     .spawn();
@@ -256,13 +256,15 @@ impl<P: Publisher> Relay<P> {
             // Counters exist from the start, so that `rate()` sees their first events.
             let service = inner.config.service_name.clone();
             ::metrics::counter!(metric_names::PUBLISHED, "service" => service.clone()).increment(0);
-            ::metrics::counter!(metric_names::DEAD_LETTERED, "service" => service).increment(0);
+            ::metrics::counter!(metric_names::DEAD_LETTERED, "service" => service.clone())
+                .increment(0);
+            ::metrics::counter!(metric_names::FOUND_BY_POLL, "service" => service).increment(0);
             tasks.push(tracker.spawn(Arc::clone(&inner).keep_leases(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).run_or_stop(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).probe(cancel.clone())));
             tasks.push(tracker.spawn(Arc::clone(&inner).housekeeping(cancel.clone())));
             #[cfg(feature = "postgres")]
-            if inner.config.listen && inner.db.get_database_backend() == DbBackend::Postgres {
+            if inner.listens() {
                 tasks.push(tracker.spawn(Arc::clone(&inner).listen(cancel.clone())));
             }
             if inner.config.cleanup_enabled {
@@ -284,6 +286,13 @@ impl<P: Publisher> Relay<P> {
 impl<P: Publisher> Inner<P> {
     fn dialect(&self) -> Result<Dialect> {
         Dialect::of(self.db.get_database_backend())
+    }
+
+    /// Whether this relay listens for the wake-ups of writers in other processes.
+    fn listens(&self) -> bool {
+        cfg!(feature = "postgres")
+            && self.config.listen
+            && self.db.get_database_backend() == DbBackend::Postgres
     }
 
     /// The loop has ended: the relay says so and gives its shards up.
@@ -320,7 +329,11 @@ impl<P: Publisher> Inner<P> {
         let mut last_published = None;
         for (shard, result) in results {
             match result {
-                Ok(ShardOutcome::Done(shard_report, last)) => {
+                Ok(ShardOutcome::Done {
+                    report: shard_report,
+                    last,
+                    ..
+                }) => {
                     report.add(shard_report);
                     last_published = last.or(last_published);
                 }

@@ -16,6 +16,7 @@ use super::Inner;
 use super::batch::ShardOutcome;
 use super::schedule::{Batch, Schedule};
 use super::state::Concern;
+use super::unannounced::Unannounced;
 use crate::completion::Completion;
 use crate::error::{Error, Result};
 use crate::publisher::Publisher;
@@ -94,6 +95,7 @@ impl<P: Publisher> Inner<P> {
         // small pool would deadlock).
         let mut batches = Batches::default();
         let mut offset = Offset::default();
+        let mut unannounced = Unannounced::default();
         // The poll in flight. Like batches, polls are tasks of their own: at a steady
         // rate one runs every few milliseconds, and the loop waiting for each would
         // start no batch meanwhile.
@@ -117,10 +119,10 @@ impl<P: Publisher> Inner<P> {
                     polling = Some(tokio::spawn(async move { relay.poll().await }.in_current_span()));
                 }
                 shards = polled(&mut polling), if polling.is_some() => {
-                    schedule.polled(shards, Instant::now());
+                    unannounced.polled(schedule.polled(shards, Instant::now()));
                 }
                 Some((shard, result)) = batches.next(), if !batches.is_empty() => {
-                    let batch = this.batch_ended(shard, result, &mut offset).await;
+                    let batch = this.batch_ended(shard, result, &mut offset, &mut unannounced).await;
                     schedule.finished(shard, batch);
                     if offset.due() {
                         offset.write(this).await;
@@ -128,6 +130,7 @@ impl<P: Publisher> Inner<P> {
                 }
                 shards = this.doorbell.rung() => {
                     let shards = this.owned_of(shards);
+                    unannounced.woken(&shards);
                     schedule.woken(shards, Instant::now());
                 }
                 () = this.leased.notified() => {
@@ -140,7 +143,8 @@ impl<P: Publisher> Inner<P> {
             poll.abort();
         }
         while let Some((shard, result)) = batches.next().await {
-            this.batch_ended(shard, result, &mut offset).await;
+            this.batch_ended(shard, result, &mut offset, &mut unannounced)
+                .await;
         }
         offset.write(this).await;
         this.stop().await;
@@ -165,10 +169,20 @@ impl<P: Publisher> Inner<P> {
         shard: i32,
         result: Result<ShardOutcome>,
         offset: &mut Offset,
+        unannounced: &mut Unannounced,
     ) -> Batch {
         let report = match result {
-            Ok(ShardOutcome::Done(report, last)) => {
+            Ok(ShardOutcome::Done {
+                report,
+                last,
+                lateness,
+            }) => {
                 offset.published(last);
+                let late = unannounced.batch_ended(shard, lateness, self.listens());
+                if late > 0 {
+                    ::metrics::counter!(super::metric_names::FOUND_BY_POLL, "service" => self.config.service_name.clone())
+                        .increment(late);
+                }
                 report
             }
             Ok(ShardOutcome::LeaseLost) => {

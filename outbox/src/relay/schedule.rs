@@ -74,13 +74,23 @@ impl Schedule {
     }
 
     /// A poll found work in `shards`; the next poll comes after the current wait,
-    /// which doubles.
-    pub(crate) fn polled(&mut self, shards: impl IntoIterator<Item = i32>, now: Instant) {
-        for shard in shards {
+    /// which doubles. Returns the shards the poll made due: those that were neither
+    /// due nor running.
+    pub(crate) fn polled(
+        &mut self,
+        shards: impl IntoIterator<Item = i32>,
+        now: Instant,
+    ) -> Vec<i32> {
+        let found: Vec<i32> = shards
+            .into_iter()
+            .filter(|shard| !self.due.contains(shard) && !self.running.contains(shard))
+            .collect();
+        for &shard in &found {
             self.make_due(shard);
         }
         self.poll_at = now + self.wait;
         self.wait = back_off(self.wait, self.max);
+        found
     }
 
     /// The next due shard without a batch in flight, now marked running.
