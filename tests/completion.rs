@@ -21,8 +21,7 @@ fn config(service: &str) -> RelayConfig {
     RelayConfig {
         interval: Duration::from_millis(100),
         min_poll_interval: Duration::from_millis(5),
-        retry_delay: Duration::from_millis(100),
-        max_retry_delay: Duration::from_millis(400),
+        retry_backoff: outbox::Backoff::new(Duration::from_millis(100), Duration::from_millis(400)),
         lease_ttl: Duration::from_secs(2),
         retry_attempts: 1,
         batch_size: 20,

@@ -20,8 +20,7 @@ fn config(service: &str) -> RelayConfig {
     RelayConfig {
         interval: Duration::from_millis(200),
         min_poll_interval: Duration::from_millis(5),
-        retry_delay: Duration::from_millis(300),
-        max_retry_delay: Duration::from_secs(3),
+        retry_backoff: outbox::Backoff::new(Duration::from_millis(300), Duration::from_secs(3)),
         lease_ttl: Duration::from_secs(3),
         health_timeout: Duration::from_secs(4),
         shutdown_timeout: Duration::from_secs(10),
@@ -738,7 +737,10 @@ async fn a_frozen_broker_dead_letters_nothing() {
     let relay = Relay::new(
         RelayConfig {
             retry_attempts: 0,
-            retry_delay: Duration::from_millis(100),
+            retry_backoff: outbox::Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_secs(300),
+            ),
             ..config("frozen")
         },
         pg.db.clone(),

@@ -28,8 +28,7 @@ fn fast_config(service: &str) -> RelayConfig {
     RelayConfig {
         interval: Duration::from_millis(100),
         min_poll_interval: Duration::from_millis(5),
-        retry_delay: Duration::from_millis(200),
-        max_retry_delay: Duration::from_secs(2),
+        retry_backoff: outbox::Backoff::new(Duration::from_millis(200), Duration::from_secs(2)),
         lease_ttl: Duration::from_secs(2),
         health_timeout: Duration::from_secs(3),
         shutdown_timeout: Duration::from_secs(5),
@@ -410,8 +409,7 @@ async fn manual_api_records_failures_like_the_go_library(db: DatabaseConnection)
         .expect("store");
     let config = RelayConfig {
         retry_attempts: 1,
-        retry_delay: Duration::from_secs(10),
-        max_retry_delay: Duration::from_secs(60),
+        retry_backoff: outbox::Backoff::new(Duration::from_secs(10), Duration::from_secs(60)),
         ..fast_config("manual")
     };
     let retry = outbox
@@ -561,7 +559,10 @@ async fn invalid_relay_configs_are_refused_with_the_setting_named() {
         ),
         (
             RelayConfig {
-                max_retry_delay: Duration::from_secs(300_000 * 365 * 86_400),
+                retry_backoff: outbox::Backoff::new(
+                    Duration::from_secs(10),
+                    Duration::from_secs(300_000 * 365 * 86_400),
+                ),
                 ..fast_config("v")
             },
             "OUTBOX_MAX_RETRY_DELAY",
@@ -649,8 +650,10 @@ async fn events_behind_a_failed_one_are_parked_and_follow_it(db: DatabaseConnect
     publisher.poison(head);
     let relay = Relay::new(
         RelayConfig {
-            retry_delay: Duration::from_secs(3600),
-            max_retry_delay: Duration::from_secs(3600),
+            retry_backoff: outbox::Backoff::new(
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            ),
             ..fast_config("parked")
         },
         db.clone(),
@@ -759,8 +762,10 @@ async fn orphaned_parked_events_go_out_in_order_with_the_next_event(db: Database
     publisher.fail_next(head, [PublishError::permanent("refused")]);
     let relay = Relay::new(
         RelayConfig {
-            retry_delay: Duration::from_secs(3600),
-            max_retry_delay: Duration::from_secs(3600),
+            retry_backoff: outbox::Backoff::new(
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            ),
             ..fast_config("orphans")
         },
         db.clone(),
@@ -1066,8 +1071,10 @@ async fn keys_that_only_look_alike_are_different_keys(db: DatabaseConnection) {
     let relay = Relay::new(
         RelayConfig {
             shards: one,
-            retry_delay: Duration::from_secs(3600),
-            max_retry_delay: Duration::from_secs(3600),
+            retry_backoff: outbox::Backoff::new(
+                Duration::from_secs(3600),
+                Duration::from_secs(3600),
+            ),
             ..fast_config("alike")
         },
         db.clone(),
@@ -1863,8 +1870,7 @@ async fn a_relay_paused_past_its_lease_publishes_nothing_it_claimed_before(db: D
     let outbox = Outbox::new().with_shards(one);
     let config = RelayConfig {
         shards: one,
-        retry_delay: Duration::from_secs(3600),
-        max_retry_delay: Duration::from_secs(3600),
+        retry_backoff: outbox::Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600)),
         ..fast_config("paused")
     };
     let [blocker, behind] = store_counters(&db, &outbox, "blocked", 2).await[..] else {

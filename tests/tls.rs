@@ -22,7 +22,7 @@ fn config(service: &str) -> RelayConfig {
     RelayConfig {
         interval: Duration::from_millis(200),
         min_poll_interval: Duration::from_millis(5),
-        retry_delay: Duration::from_millis(300),
+        retry_backoff: outbox::Backoff::new(Duration::from_millis(300), Duration::from_secs(300)),
         lease_ttl: Duration::from_secs(3),
         health_timeout: Duration::from_secs(4),
         shutdown_timeout: Duration::from_secs(10),

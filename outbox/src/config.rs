@@ -3,8 +3,10 @@
 use std::num::NonZeroU16;
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::completion::Completion;
 use crate::error::{Error, Result};
+use crate::retry::Retries;
 
 /// The longest service name: the relay tables' `service_name` columns hold 255
 /// characters.
@@ -31,11 +33,11 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// | `batch_size` | 100 | `OUTBOX_BATCH_SIZE` |
 /// | `enabled` | true | `OUTBOX_ENABLED` |
 /// | `retry_attempts` | 3 | `OUTBOX_RETRY_ATTEMPTS` |
-/// | `retry_delay` | 10 s | `OUTBOX_RETRY_DELAY` |
+/// | `retry_backoff.first` | 10 s | `OUTBOX_RETRY_DELAY` |
 /// | `cleanup_enabled` | true | `OUTBOX_CLEANUP_ENABLED` |
 /// | `cleanup_interval` | 24 h | `OUTBOX_CLEANUP_INTERVAL` |
 /// | `cleanup_after_days` | 7 | `OUTBOX_CLEANUP_AFTER_DAYS` |
-/// | `max_retry_delay` | 5 min | `OUTBOX_MAX_RETRY_DELAY` |
+/// | `retry_backoff.max` | 5 min | `OUTBOX_MAX_RETRY_DELAY` |
 /// | `min_poll_interval` | 10 ms | `OUTBOX_MIN_POLL_INTERVAL` |
 /// | `lease_ttl` | 30 s | `OUTBOX_LEASE_TTL` |
 /// | `concurrency` | 4 | `OUTBOX_CONCURRENCY` |
@@ -65,16 +67,16 @@ pub struct RelayConfig {
     /// Retries of an event the broker refuses; after `1 + retry_attempts` failed
     /// attempts it is dead-lettered. Broker outages do not count.
     pub retry_attempts: u32,
-    /// The wait after the first failure; it doubles with each further failure.
-    pub retry_delay: Duration,
+    /// The wait after a refused event's failed attempt: `retry_backoff.first` after
+    /// the first, doubling with each further failure, at most `retry_backoff.max`. An
+    /// outage waits `retry_backoff.first` and uses no attempt.
+    pub retry_backoff: Backoff,
     /// Whether published events are deleted after `cleanup_after_days`.
     pub cleanup_enabled: bool,
     /// How often cleanup runs.
     pub cleanup_interval: Duration,
     /// How many days published events are kept. 0 deletes them at each cleanup.
     pub cleanup_after_days: u32,
-    /// The cap of the retry backoff.
-    pub max_retry_delay: Duration,
     /// The shortest wait between polls.
     pub min_poll_interval: Duration,
     /// How long a relay's claim on a shard lasts unless renewed; a relay that dies
@@ -167,11 +169,10 @@ impl Default for RelayConfig {
             batch_size: 100,
             enabled: true,
             retry_attempts: 3,
-            retry_delay: Duration::from_secs(10),
+            retry_backoff: Backoff::new(Duration::from_secs(10), Duration::from_secs(5 * 60)),
             cleanup_enabled: true,
             cleanup_interval: Duration::from_secs(24 * 60 * 60),
             cleanup_after_days: 7,
-            max_retry_delay: Duration::from_secs(5 * 60),
             min_poll_interval: Duration::from_millis(10),
             lease_ttl: Duration::from_secs(30),
             concurrency: 4,
@@ -227,11 +228,11 @@ impl RelayConfig {
         env.positive("OUTBOX_BATCH_SIZE", &mut c.batch_size)?;
         env.boolean("OUTBOX_ENABLED", &mut c.enabled)?;
         env.number("OUTBOX_RETRY_ATTEMPTS", &mut c.retry_attempts)?;
-        env.duration("OUTBOX_RETRY_DELAY", &mut c.retry_delay)?;
+        env.duration("OUTBOX_RETRY_DELAY", &mut c.retry_backoff.first)?;
         env.boolean("OUTBOX_CLEANUP_ENABLED", &mut c.cleanup_enabled)?;
         env.duration("OUTBOX_CLEANUP_INTERVAL", &mut c.cleanup_interval)?;
         env.number("OUTBOX_CLEANUP_AFTER_DAYS", &mut c.cleanup_after_days)?;
-        env.duration("OUTBOX_MAX_RETRY_DELAY", &mut c.max_retry_delay)?;
+        env.duration("OUTBOX_MAX_RETRY_DELAY", &mut c.retry_backoff.max)?;
         env.duration("OUTBOX_MIN_POLL_INTERVAL", &mut c.min_poll_interval)?;
         env.duration("OUTBOX_LEASE_TTL", &mut c.lease_ttl)?;
         env.positive("OUTBOX_CONCURRENCY", &mut c.concurrency)?;
@@ -259,6 +260,14 @@ impl RelayConfig {
         )?;
         c.validate()?;
         Ok(c)
+    }
+
+    /// How a refused event is retried.
+    pub(crate) fn retries(&self) -> Retries {
+        Retries {
+            retries: self.retry_attempts,
+            backoff: self.retry_backoff,
+        }
     }
 
     /// Checks values that no type can: a non-empty service name, a batch size from 1
@@ -330,8 +339,8 @@ impl RelayConfig {
         }
         for (variable, value) in [
             ("OUTBOX_INTERVAL", self.interval),
-            ("OUTBOX_RETRY_DELAY", self.retry_delay),
-            ("OUTBOX_MAX_RETRY_DELAY", self.max_retry_delay),
+            ("OUTBOX_RETRY_DELAY", self.retry_backoff.first),
+            ("OUTBOX_MAX_RETRY_DELAY", self.retry_backoff.max),
             ("OUTBOX_CLEANUP_INTERVAL", self.cleanup_interval),
             ("OUTBOX_SHUTDOWN_TIMEOUT", self.shutdown_timeout),
             ("OUTBOX_HEALTH_TIMEOUT", self.health_timeout),
@@ -346,12 +355,6 @@ impl RelayConfig {
             }
         }
         Ok(())
-    }
-
-    /// The wait before the next attempt after `failures` failed attempts:
-    /// `retry_delay * 2^(failures - 1)`, at most `max_retry_delay`.
-    pub fn backoff(&self, failures: u32) -> Duration {
-        crate::retry::doubling(self.retry_delay, self.max_retry_delay, failures)
     }
 }
 
@@ -502,7 +505,7 @@ mod tests {
                 batch_size: 250,
                 enabled: false,
                 retry_attempts: 5,
-                retry_delay: Duration::from_secs(90),
+                retry_backoff: Backoff::new(Duration::from_secs(90), Duration::from_secs(5 * 60)),
                 cleanup_enabled: false,
                 cleanup_interval: Duration::from_secs(12 * 3600),
                 cleanup_after_days: 30,
@@ -562,14 +565,15 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_the_retry_delay_up_to_the_cap() {
-        let config = RelayConfig {
-            retry_delay: Duration::from_secs(10),
-            max_retry_delay: Duration::from_secs(60),
-            ..RelayConfig::default()
-        };
-        let delays: Vec<u64> = (1..=5).map(|n| config.backoff(n).as_secs()).collect();
-        assert_eq!(delays, [10, 20, 40, 60, 60]);
-        assert_eq!(config.backoff(u32::MAX), Duration::from_secs(60));
+    fn the_retry_variables_set_the_backoff() {
+        let config = from(&[
+            ("OUTBOX_RETRY_DELAY", "2s"),
+            ("OUTBOX_MAX_RETRY_DELAY", "1m"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.retry_backoff,
+            Backoff::new(Duration::from_secs(2), Duration::from_secs(60))
+        );
     }
 }

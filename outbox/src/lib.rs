@@ -449,6 +449,7 @@
 //!   `outbox_pending` and `outbox_oldest_pending_age_seconds` for alerts on lag.
 
 mod backlog;
+mod backoff;
 mod completion;
 mod config;
 #[cfg(feature = "kafka")]
@@ -483,6 +484,7 @@ mod tables;
 mod wake;
 
 pub use backlog::{Backlog, RelayInfo, TopicBacklog};
+pub use backoff::Backoff;
 pub use completion::{Completion, UnknownCompletion};
 pub use config::{DatabaseUrl, MAX_BATCH_SIZE, RelayConfig};
 #[cfg(feature = "kafka")]

@@ -157,7 +157,7 @@ impl Outbox {
 
     /// Records a failed attempt to publish event `id` (the Go library's
     /// `HandleEventFailure`): the attempt counts, the event waits
-    /// `config.backoff(attempts)`, and after `1 + config.retry_attempts` failures it is
+    /// `config.retry_backoff.after(attempts)`, and after `1 + config.retry_attempts` failures it is
     /// dead-lettered.
     ///
     /// An event already published is left as it is ([`FailureOutcome::Unchanged`]);
@@ -193,7 +193,7 @@ impl Outbox {
             return Ok(FailureOutcome::Unchanged);
         }
         let error = PublishError::permanent(error);
-        let update = failure_update(state.attempts, &error, Utc::now(), config);
+        let update = failure_update(state.attempts, &error, Utc::now(), config.retries());
         txn.execute_raw(dialect.record_failure(table, id, &update))
             .await?;
         if update.dead_lettered_at.is_some() {

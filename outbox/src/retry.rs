@@ -1,19 +1,18 @@
 //! The retry policy: what one failed attempt does to an event. Used by the relay's
 //! write-back and by [`Outbox::handle_event_failure`](crate::Outbox::handle_event_failure).
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 
-use crate::config::RelayConfig;
+use crate::backoff::Backoff;
 use crate::publisher::{PublishError, PublishErrorKind};
 use crate::sql::FailureUpdate;
 
-/// The wait before the next attempt after `failures` failed attempts:
-/// `first * 2^(failures - 1)`, at most `max` (the relay's and the consumer's backoff).
-pub(crate) fn doubling(first: Duration, max: Duration, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(30);
-    first.checked_mul(1 << doublings).unwrap_or(max).min(max)
+/// How an event's failed attempts are retried: `retries` after the first attempt,
+/// waiting by `backoff`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retries {
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
 }
 
 /// The new state of an event after one failed attempt: a permanent failure uses up an
@@ -22,21 +21,21 @@ pub(crate) fn failure_update<'a>(
     attempts_so_far: i32,
     error: &'a PublishError,
     now: DateTime<Utc>,
-    config: &RelayConfig,
+    retries: Retries,
 ) -> FailureUpdate<'a> {
     let (attempts, dead) = match error.kind() {
         PublishErrorKind::Permanent => {
             let attempts = attempts_so_far.saturating_add(1);
             (
                 attempts,
-                u32::try_from(attempts).unwrap_or(0) > config.retry_attempts,
+                u32::try_from(attempts).unwrap_or(0) > retries.retries,
             )
         }
         _ => (attempts_so_far, false),
     };
     let wait = match error.kind() {
-        PublishErrorKind::Permanent => config.backoff(u32::try_from(attempts).unwrap_or(1)),
-        _ => config.retry_delay.min(config.max_retry_delay),
+        PublishErrorKind::Permanent => retries.backoff.after(u32::try_from(attempts).unwrap_or(1)),
+        _ => retries.backoff.after(1),
     };
     FailureUpdate {
         attempts,
@@ -54,14 +53,14 @@ pub(crate) fn failure_update<'a>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    fn config() -> RelayConfig {
-        RelayConfig {
-            retry_attempts: 2,
-            retry_delay: Duration::from_secs(1),
-            max_retry_delay: Duration::from_secs(3),
-            ..RelayConfig::new("retry")
+    fn config() -> Retries {
+        Retries {
+            retries: 2,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(3)),
         }
     }
 
@@ -69,14 +68,14 @@ mod tests {
     fn a_permanent_failure_uses_an_attempt_and_backs_off() {
         let now = Utc::now();
         let error = PublishError::permanent("refused");
-        let first = failure_update(0, &error, now, &config());
+        let first = failure_update(0, &error, now, config());
         assert_eq!(first.attempts, 1);
         assert_eq!(
             first.next_attempt_at,
             Some(now + chrono::Duration::seconds(1))
         );
         assert_eq!(first.dead_lettered_at, None);
-        let second = failure_update(1, &error, now, &config());
+        let second = failure_update(1, &error, now, config());
         assert_eq!(
             second.next_attempt_at,
             Some(now + chrono::Duration::seconds(2))
@@ -88,7 +87,7 @@ mod tests {
     fn the_attempt_after_the_last_retry_dead_letters() {
         let now = Utc::now();
         let error = PublishError::permanent("refused");
-        let dead = failure_update(2, &error, now, &config());
+        let dead = failure_update(2, &error, now, config());
         assert_eq!(dead.attempts, 3);
         assert_eq!(dead.dead_lettered_at, Some(now));
         assert_eq!(dead.next_attempt_at, None);
@@ -98,7 +97,7 @@ mod tests {
     fn a_transient_failure_uses_no_attempt_and_waits_the_retry_delay() {
         let now = Utc::now();
         let error = PublishError::transient("broker away");
-        let update = failure_update(2, &error, now, &config());
+        let update = failure_update(2, &error, now, config());
         assert_eq!(update.attempts, 2);
         assert_eq!(update.dead_lettered_at, None);
         assert_eq!(

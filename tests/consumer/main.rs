@@ -34,8 +34,8 @@ enum AccountEvent {
 fn consumer_config(name: &str, topic: &str) -> ConsumerConfig {
     let kafka = KafkaConfig::new(&brokers()).set("fetch.wait.max.ms", "5");
     let mut config = ConsumerConfig::new(kafka, name, [topic]);
-    config.retry_delay = Duration::from_millis(20);
-    config.max_retry_delay = Duration::from_millis(200);
+    config.retry_backoff =
+        outbox::Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
     config.retry_attempts = 2;
     config.shutdown_timeout = Duration::from_secs(10);
     config

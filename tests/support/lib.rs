@@ -406,8 +406,7 @@ pub async fn dead_and_retrying(
         ..RelayConfig::default()
     };
     let retry_later = RelayConfig {
-        retry_delay: Duration::from_secs(3600),
-        max_retry_delay: Duration::from_secs(3600),
+        retry_backoff: outbox::Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600)),
         ..RelayConfig::default()
     };
     let outcome = outbox

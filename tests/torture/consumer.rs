@@ -84,8 +84,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         [topic],
     );
     config.group = Some(group);
-    config.retry_delay = Duration::from_millis(100);
-    config.max_retry_delay = Duration::from_secs(1);
+    config.retry_backoff = outbox::Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
     config.shutdown_timeout = Duration::from_secs(10);
     let ended: Arc<Mutex<HashSet<uuid::Uuid>>> = Arc::default();
     let consumer = Consumer::new(config, db)?

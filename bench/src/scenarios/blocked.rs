@@ -80,8 +80,10 @@ pub(super) async fn flowing_throughput(
             )
             .await?;
         let waits_a_day = RelayConfig {
-            retry_delay: Duration::from_secs(86_400),
-            max_retry_delay: Duration::from_secs(86_400),
+            retry_backoff: outbox::Backoff::new(
+                Duration::from_secs(86_400),
+                Duration::from_secs(86_400),
+            ),
             ..RelayConfig::default()
         };
         outbox

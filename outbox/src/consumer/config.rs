@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
+
 use rdkafka::ClientConfig;
 
 use crate::error::{Error, Result};
@@ -26,8 +28,7 @@ const PRODUCER_ONLY: [&str; 4] = [
 /// | `group` | `None`: the Kafka group is `name`; set it for a group of another name |
 /// | `topics` | required: the topics it reads |
 /// | `retry_attempts` | 3: retries of a failing handler; then the message is dead-lettered |
-/// | `retry_delay` | 1 s, doubling with each failure |
-/// | `max_retry_delay` | 30 s: also the longest wait while the database is away |
+/// | `retry_backoff` | 1 s, doubling with each failure up to 30 s (also the longest wait while the database is away) |
 /// | `dedup_window` | [`DEFAULT_DEDUP_WINDOW`] (15 days): how long the inbox remembers an event |
 /// | `cleanup_interval` | 1 h: how often inbox records older than the window are deleted; `None` turns cleanup off |
 /// | `max_buffered` | 1,000 messages per partition read ahead of its handler; past it the partition is paused |
@@ -73,10 +74,10 @@ pub struct ConsumerConfig {
     /// Retries of a handler that fails; after `1 + retry_attempts` failed attempts the
     /// message is dead-lettered. Failures while the database is away do not count.
     pub retry_attempts: u32,
-    /// The wait after the first failure; it doubles with each further failure.
-    pub retry_delay: Duration,
-    /// The longest wait between attempts.
-    pub max_retry_delay: Duration,
+    /// The wait after a failed attempt: `retry_backoff.first` after the first,
+    /// doubling with each further failure, at most `retry_backoff.max` (also the
+    /// longest wait while the database is away).
+    pub retry_backoff: Backoff,
     /// How long the inbox keeps a record: keep it above the topics' `retention.ms` +
     /// `segment.ms` (see [`DEFAULT_DEDUP_WINDOW`]).
     pub dedup_window: Duration,
@@ -130,8 +131,7 @@ impl ConsumerConfig {
             group: None,
             topics: topics.into_iter().map(Into::into).collect(),
             retry_attempts: 3,
-            retry_delay: Duration::from_secs(1),
-            max_retry_delay: Duration::from_secs(30),
+            retry_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             dedup_window: DEFAULT_DEDUP_WINDOW,
             cleanup_interval: Some(Duration::from_secs(60 * 60)),
             max_buffered: 1_000,
@@ -144,11 +144,6 @@ impl ConsumerConfig {
             tables: Tables::default(),
             kafka,
         }
-    }
-
-    /// `retry_delay * 2^(failures - 1)`, at most `max_retry_delay`.
-    pub fn backoff(&self, failures: u32) -> Duration {
-        crate::retry::doubling(self.retry_delay, self.max_retry_delay, failures)
     }
 
     /// `Ok` when the configuration can run.
@@ -183,13 +178,13 @@ impl ConsumerConfig {
         let zero = Duration::ZERO;
         for (variable, value, reason) in [
             (
-                "retry_delay",
-                self.retry_delay,
+                "retry_backoff.first",
+                self.retry_backoff.first,
                 "must be above zero: a zero delay retries in a hot loop while the database is away",
             ),
             (
-                "max_retry_delay",
-                self.max_retry_delay,
+                "retry_backoff.max",
+                self.retry_backoff.max,
                 "must be above zero",
             ),
             (
@@ -227,11 +222,11 @@ impl ConsumerConfig {
                 "must be above zero; None turns replays off",
             );
         }
-        if self.max_retry_delay < self.retry_delay {
+        if self.retry_backoff.max < self.retry_backoff.first {
             return invalid(
-                "max_retry_delay",
-                format!("{:?}", self.max_retry_delay),
-                "must not be below retry_delay",
+                "retry_backoff.max",
+                format!("{:?}", self.retry_backoff.max),
+                "must not be below retry_backoff.first",
             );
         }
         let client = self.kafka.client_config();
@@ -337,8 +332,8 @@ mod tests {
         config.cleanup_interval = Some(Duration::ZERO);
         assert_eq!(refused(&config), "cleanup_interval");
         let mut config = valid.clone();
-        config.retry_delay = Duration::ZERO;
-        assert_eq!(refused(&config), "retry_delay");
+        config.retry_backoff.first = Duration::ZERO;
+        assert_eq!(refused(&config), "retry_backoff.first");
         let mut config = valid.clone();
         config.dedup_window = Duration::ZERO;
         assert_eq!(refused(&config), "dedup_window");
@@ -371,13 +366,5 @@ mod tests {
         regrouped.group = Some("shared".to_owned());
         regrouped.validate().expect("the group is explicit");
         assert_eq!(regrouped.client_config().get("group.id"), Some("shared"));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_limit() {
-        let config = ConsumerConfig::new(KafkaConfig::new("k:9092"), "c", ["t"]);
-        assert_eq!(config.backoff(1), Duration::from_secs(1));
-        assert_eq!(config.backoff(3), Duration::from_secs(4));
-        assert_eq!(config.backoff(40), Duration::from_secs(30));
     }
 }

@@ -83,7 +83,7 @@ use crate::sql::Dialect;
 ///   dead-lettered message is passed over: its key's later events are applied after
 ///   it, as the relay publishes a key's later events after a dead-lettered one.
 /// - **Failures**: a handler error rolls the transaction back. The message is tried
-///   again after `retry_delay`, doubling up to `max_retry_delay`; after
+///   again after `retry_backoff.first`, doubling up to `retry_backoff.max`; after
 ///   `retry_attempts` retries (or at once for [`HandlerError::permanent`]) it is
 ///   dead-lettered and its partition goes on. What counts as an attempt: the
 ///   handler's error, its panic (in the closure's body, its future, or the event's

@@ -261,11 +261,11 @@ where
                 Kind::Outage => {
                     outages = outages.saturating_add(1);
                     warn!(%error, "the attempt failed while the database is unreachable, or in the consumer's own statements (begin, inbox record); it does not count");
-                    self.config.backoff(outages)
+                    self.config.retry_backoff.after(outages)
                 }
                 Kind::Transient => {
                     warn!(%error, retry = transients, "a deadlock or serialization failure; tried again without using an attempt");
-                    self.config.backoff(transients)
+                    self.config.retry_backoff.after(transients)
                 }
                 Kind::Message => {
                     outages = 0;
@@ -279,7 +279,7 @@ where
                         return self.dead_letter(message, give_up, cancel).await;
                     }
                     warn!(%error, attempt = failures, "handler failed; the message will be tried again");
-                    self.config.backoff(failures)
+                    self.config.retry_backoff.after(failures)
                 }
             };
             if !sleep(wait, cancel).await {
@@ -410,7 +410,7 @@ where
             let wait = if cause_of(&error) == Cause::Unreachable || self.db.ping().await.is_err() {
                 outages = outages.saturating_add(1);
                 warn!(%error, topic = message.topic(), partition = message.partition(), offset = message.offset(), "could not write a dead letter while the database is unreachable; trying again");
-                self.config.backoff(outages)
+                self.config.retry_backoff.after(outages)
             } else {
                 refused = refused.saturating_add(1);
                 if refused >= WHOLE_DEAD_LETTER_WRITES {
@@ -419,7 +419,7 @@ where
                     warn!(%error, topic = message.topic(), partition = message.partition(), offset = message.offset(), "the database refused the dead letter; trying again");
                 }
                 refusal = Some(error.to_string());
-                self.config.backoff(refused)
+                self.config.retry_backoff.after(refused)
             };
             if !sleep(wait, cancel).await {
                 return None;

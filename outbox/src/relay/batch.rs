@@ -257,7 +257,12 @@ impl<P: Publisher> Inner<P> {
                 .map(|(message, error)| Failed {
                     message,
                     error,
-                    update: failure_update(message.attempts, error, acked_at, &self.config),
+                    update: failure_update(
+                        message.attempts,
+                        error,
+                        acked_at,
+                        self.config.retries(),
+                    ),
                 })
                 .collect();
             let dead: Vec<&Message> = updates

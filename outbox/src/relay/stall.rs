@@ -15,7 +15,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::retry::doubling;
+use crate::backoff::Backoff;
 
 #[derive(Debug)]
 pub(crate) struct Stall {
@@ -67,7 +67,7 @@ impl Stall {
         }
         state.probation = false;
         state.failed_probations = state.failed_probations.saturating_add(1);
-        let wait = doubling(self.timeout, self.timeout * 16, state.failed_probations);
+        let wait = Backoff::new(self.timeout, self.timeout * 16).after(state.failed_probations);
         state.next_probation = Some(now + wait);
         true
     }
