@@ -23,7 +23,6 @@ mod inbox;
 mod logs;
 mod progress;
 mod read;
-mod redact;
 mod relay;
 mod table;
 
@@ -41,8 +40,8 @@ use uuid::Uuid;
 use crate::changes::{purge, replay_all, replay_one};
 use crate::logs::LogFormat;
 use crate::read::{list, show, status};
-use crate::redact::Secrets;
 use crate::relay::relay;
+use outbox::Secrets;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -7,6 +7,7 @@ use crate::backoff::Backoff;
 use crate::completion::Completion;
 use crate::error::{Error, Result};
 use crate::retry::Retries;
+use crate::secrets::Secrets;
 
 /// The longest service name: the relay tables' `service_name` columns hold 255
 /// characters.
@@ -144,20 +145,9 @@ impl From<&str> for DatabaseUrl {
 }
 
 impl std::fmt::Debug for DatabaseUrl {
-    /// The URL up to the host, with the user info and every parameter left out. The
-    /// user info ends at the last `@`, whatever it holds: a password may contain `?`,
-    /// `#` or `/` unencoded, so the parameters are cut only after it. (An `@` inside a
-    /// parameter hides more than needed, never a password.)
+    /// The URL with its password, in every form, replaced by `***` (see [`Secrets`]).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let without_parameters =
-            |url: &str| url.split(['?', '#']).next().unwrap_or_default().to_owned();
-        let shown = match (self.0.split_once("://"), self.0.rfind('@')) {
-            (Some((scheme, _)), Some(at)) => {
-                format!("{scheme}://***@{}", without_parameters(&self.0[at + 1..]))
-            }
-            _ => without_parameters(&self.0),
-        };
-        write!(f, "{shown:?}")
+        write!(f, "{:?}", Secrets::of_url(&self.0).scrub(&self.0))
     }
 }
 
@@ -442,7 +432,10 @@ mod tests {
             "postgres://relay:s3cr3t@db:5432/app?password=p2"
         );
         let shown = format!("{config:?}");
-        assert!(shown.contains("postgres://***@db:5432/app"), "{shown}");
+        assert!(
+            shown.contains("postgres://relay:***@db:5432/app?password=***"),
+            "{shown}"
+        );
         assert!(
             !shown.contains("s3cr3t") && !shown.contains("p2"),
             "{shown}"
@@ -454,13 +447,19 @@ mod tests {
     #[test]
     fn a_password_with_url_delimiters_is_not_shown() {
         for (url, host) in [
-            ("postgres://u:p#ss@h/db", "postgres://***@h/db"),
+            ("postgres://u:p#ss@h/db", "postgres://u:***@h/db"),
             (
                 "postgres://u:p?ss@h:5432/db?sslmode=require",
-                "postgres://***@h:5432/db",
+                "postgres://u:***@h:5432/db?sslmode=require",
             ),
-            ("postgres://u:p/ss#x@h/db#frag", "postgres://***@h/db"),
-            ("postgres://h/db?application_name=a", "postgres://h/db"),
+            (
+                "postgres://u:p/ss#x@h/db#frag",
+                "postgres://u:***@h/db#frag",
+            ),
+            (
+                "postgres://h/db?application_name=a",
+                "postgres://h/db?application_name=a",
+            ),
         ] {
             let shown = format!("{:?}", DatabaseUrl::from(url));
             assert_eq!(shown, format!("{host:?}"), "{url}");

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, EventField, Result};
 use crate::event::OutboxEvent;
-use crate::headers;
+use crate::wire::headers;
 
 /// Column limits, in characters, matching the migration.
 pub(crate) const MAX_NAME_LEN: usize = 255;

@@ -461,27 +461,27 @@ pub mod entity;
 mod envelope;
 mod error;
 mod event;
-pub mod headers;
 #[cfg(feature = "http")]
 pub mod http;
 mod inbox;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod key;
-mod message;
 #[cfg(all(feature = "opentelemetry", feature = "kafka"))]
 mod otel;
 mod panic;
 mod publisher;
-#[cfg(feature = "kafka")]
-mod received;
 mod relay;
 mod repository;
 mod retry;
 pub mod schema;
+mod secrets;
 mod signal;
 mod sql;
 mod store;
 mod tables;
 mod wake;
+mod wire;
 
 pub use backlog::{Backlog, RelayInfo, TopicBacklog};
 pub use backoff::Backoff;
@@ -492,14 +492,13 @@ pub use consumer::{
     Consumer, ConsumerConfig, ConsumerHandle, ConsumerProbe, ConsumerStats, Handler, HandlerError,
     HandlerFuture, Running, consumer_metric_names,
 };
-pub use message::Message;
 #[cfg(feature = "kafka")]
-pub use publisher::{KafkaConfig, KafkaContext, KafkaPublisher};
+pub use kafka::{KafkaConfig, KafkaContext};
+#[cfg(feature = "kafka")]
+pub use publisher::KafkaPublisher;
 pub use publisher::{
     MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher, publish_in_key_order,
 };
-#[cfg(feature = "kafka")]
-pub use received::Received;
 pub use relay::{HealthProbe, ProcessReport, Relay, RelayHandle, Stats, metric_names};
 pub use repository::FailureOutcome;
 
@@ -508,16 +507,17 @@ pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};
 pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
 pub use inbox::{DEFAULT_DEDUP_WINDOW, DeadLetterFilter, Inbox};
+pub use secrets::Secrets;
 pub use signal::shutdown_signal;
 pub use store::{DEFAULT_SHARDS, Outbox, Store};
 pub use tables::{Identifier, KEY_LOCKS, MAX_BASE_NAME_LEN, Tables};
-
-/// The header a dead-lettered event carries on the dead-letter topic.
-#[deprecated(note = "use `outbox::headers::DEAD_LETTER_ERROR`")]
-pub const DEAD_LETTER_ERROR_HEADER: &str = headers::DEAD_LETTER_ERROR;
+#[cfg(feature = "kafka")]
+pub use wire::Received;
+pub use wire::{Message, headers};
 
 /// Derives [`OutboxEvent`](trait@OutboxEvent), and [`DecodeEvent`] when the type
-/// also implements `Deserialize`, for a struct with named fields or an enum; see the
+/// also implements `Deserialize`, for a struct with named fields, a newtype or an
+/// enum of such variants; see the
 /// [crate documentation](crate#defining-events) for the attributes.
 pub use outbox_derive::OutboxEvent;
 

@@ -8,7 +8,7 @@ use rdkafka::ClientConfig;
 
 use crate::error::{Error, Result};
 use crate::inbox::{DEFAULT_DEDUP_WINDOW, check_consumer};
-use crate::publisher::KafkaConfig;
+use crate::kafka::KafkaConfig;
 use crate::tables::Tables;
 
 /// Producer properties a [`KafkaConfig`] carries that a consumer has no use for

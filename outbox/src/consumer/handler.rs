@@ -8,7 +8,7 @@ use std::pin::Pin;
 
 use sea_orm::DatabaseTransaction;
 
-use crate::received::Received;
+use crate::wire::Received;
 
 /// The future a handler returns: it may borrow the transaction.
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send + 'a>>;

@@ -32,9 +32,9 @@ use self::worker::Shared;
 use crate::decode::DecodeEvent;
 use crate::error::{Error, Result};
 use crate::inbox::Inbox;
-use crate::publisher::KafkaContext;
-use crate::received::Received;
+use crate::kafka::KafkaContext;
 use crate::sql::Dialect;
+use crate::wire::Received;
 
 /// A Kafka consumer that applies each event exactly once in effect: for every message
 /// it opens a transaction, records the event in the [`Inbox`] (a duplicate ends there,

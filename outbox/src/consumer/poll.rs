@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::health::Progress;
 use super::metrics;
-use crate::publisher::KafkaContext;
+use crate::kafka::KafkaContext;
 
 /// How long one poll waits for a message: also how soon a paused partition resumes and
 /// a shutdown is noticed.

@@ -29,10 +29,10 @@ use super::{ConsumerConfig, Failed};
 use crate::db_error::{Cause, cause, cause_of};
 use crate::decode::DecodeEvent;
 use crate::error::Error;
-use crate::headers;
 use crate::inbox::Inbox;
-use crate::received::{Received, trace_id, utf8_headers};
 use crate::sql::{DeadLetterRow, Dialect};
+use crate::wire::headers;
+use crate::wire::{Received, trace_id, utf8_headers};
 
 /// What every worker of one consumer shares.
 pub(super) struct Shared<E, H> {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{PublishError, Publisher, publish_in_key_order};
-use crate::message::Message;
+use crate::wire::Message;
 
 /// Accepts every message and sends it nowhere.
 #[derive(Debug, Clone, Copy, Default)]

@@ -13,10 +13,10 @@ use std::fmt;
 use std::future::Future;
 
 #[cfg(feature = "kafka")]
-pub use kafka::{KafkaConfig, KafkaContext, KafkaPublisher};
+pub use kafka::KafkaPublisher;
 pub use memory::{MemoryPublisher, NoOpPublisher};
 
-use crate::message::Message;
+use crate::wire::Message;
 
 /// Sends batches of events to a broker.
 ///

@@ -12,10 +12,10 @@ use uuid::Uuid;
 use super::Inner;
 use super::unannounced::Lateness;
 use crate::error::Result;
-use crate::message::{ClaimedRow, Message};
 use crate::publisher::{PublishError, PublishErrorKind, Publisher, publish_in_key_order};
 use crate::retry::failure_update;
 use crate::sql::{FailureUpdate, LeaseKey, Published};
+use crate::wire::{ClaimedRow, Message};
 
 /// What one pass over the owned shards did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

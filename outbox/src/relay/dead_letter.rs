@@ -4,8 +4,8 @@ use tracing::error;
 
 use super::Inner;
 use super::batch::Failed;
-use crate::message::Message;
 use crate::publisher::Publisher;
+use crate::wire::Message;
 
 impl<P: Publisher> Inner<P> {
     pub(super) async fn send_to_dead_letter_topic(&self, updates: &[Failed<'_>]) {
@@ -19,7 +19,7 @@ impl<P: Publisher> Inner<P> {
                 let mut copy = (*message).clone();
                 copy.topic = topic.clone();
                 copy.extra_headers.push((
-                    crate::headers::DEAD_LETTER_ERROR.to_owned(),
+                    crate::wire::headers::DEAD_LETTER_ERROR.to_owned(),
                     error.message().to_owned(),
                 ));
                 copy

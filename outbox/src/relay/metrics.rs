@@ -7,8 +7,8 @@ use super::Inner;
 use super::batch::{Failed, as_u64};
 use super::state::Concern;
 use crate::error::Result;
-use crate::message::Message;
 use crate::publisher::{PublishErrorKind, Publisher};
+use crate::wire::Message;
 
 /// Metric names (through the `metrics` facade), each labelled with `service`.
 pub mod metric_names {

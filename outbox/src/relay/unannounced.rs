@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tracing::warn;
 
-use crate::message::Message;
+use crate::wire::Message;
 
 /// An event claimed this long after its store, from a shard no wake-up named, was
 /// not announced: a wake-up and the quick polls after it take milliseconds.

@@ -392,7 +392,7 @@ async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
 
     use crate::entity::outbox::Column;
     use crate::event::EventBuilder;
-    use crate::message::ClaimedRow;
+    use crate::wire::ClaimedRow;
     use crate::{Envelope, Outbox};
 
     let outbox = Outbox::new().with_shards(std::num::NonZeroU16::MIN);

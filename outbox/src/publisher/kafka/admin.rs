@@ -6,8 +6,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::KafkaConfig;
 use crate::error::{Error, Result};
+use crate::kafka::KafkaConfig;
 
 /// How long the broker may take to create a topic.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);

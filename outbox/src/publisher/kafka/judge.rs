@@ -8,8 +8,8 @@ use rdkafka::producer::Producer;
 
 use super::failure::Cause;
 use super::{Delivery, KafkaPublisher, PROBE_TIMEOUT};
-use crate::message::Message;
 use crate::publisher::PublishError;
+use crate::wire::Message;
 
 /// Topics the cluster has, each with its error if it has one.
 type Topics = HashMap<String, Option<RDKafkaErrorCode>>;

@@ -19,8 +19,6 @@
 //!   refused batch) are reported as not sent: they use no attempt.
 
 mod admin;
-mod config;
-mod context;
 mod failure;
 mod judge;
 
@@ -38,13 +36,11 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, 
 use tokio::time::Instant;
 use tracing::{debug_span, warn};
 
-pub use self::config::KafkaConfig;
-pub use self::context::KafkaContext;
-use self::context::LastError;
 use self::failure::{Cause, breaks_the_producer};
 use super::{PublishError, Publisher};
 use crate::error::Result;
-use crate::message::Message;
+use crate::kafka::{KafkaConfig, KafkaContext, LastError};
+use crate::wire::Message;
 
 /// How long a metadata request of the health check or of a failure's diagnosis may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);

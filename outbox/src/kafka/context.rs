@@ -10,7 +10,8 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{debug, error, info, warn};
 
-use super::config::Secrets;
+use super::KafkaConfig;
+use crate::secrets::Secrets;
 
 /// The context of the publisher's producers.
 ///
@@ -33,7 +34,7 @@ pub struct KafkaContext {
 /// The latest client-level error of the publisher's producers, shared by the
 /// producers that replace one another.
 #[derive(Debug, Default)]
-pub(super) struct LastError(Mutex<Option<(Instant, String)>>);
+pub(crate) struct LastError(Mutex<Option<(Instant, String)>>);
 
 impl LastError {
     fn set(&self, error: String) {
@@ -41,7 +42,7 @@ impl LastError {
     }
 
     /// The latest error if it is more recent than `within`.
-    pub(super) fn within(&self, within: Duration) -> Option<String> {
+    pub(crate) fn within(&self, within: Duration) -> Option<String> {
         let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         last.as_ref()
             .filter(|(at, _)| at.elapsed() <= within)
@@ -51,11 +52,11 @@ impl LastError {
 
 impl KafkaContext {
     /// A context for a client of `config` of its own (the consumer's).
-    pub(crate) fn for_config(config: &super::KafkaConfig) -> Self {
+    pub(crate) fn for_config(config: &KafkaConfig) -> Self {
         Self::new(Arc::new(config.secrets()), Arc::new(LastError::default()))
     }
 
-    pub(super) fn new(secrets: Arc<Secrets>, last_error: Arc<LastError>) -> Self {
+    pub(crate) fn new(secrets: Arc<Secrets>, last_error: Arc<LastError>) -> Self {
         KafkaContext {
             secrets,
             last_error,

@@ -4,7 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::{DbErr, FromQueryResult, QueryResult};
 use uuid::Uuid;
 
-use crate::headers;
+use crate::wire::headers;
 
 /// One event on its way to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]

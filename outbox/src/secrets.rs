@@ -1,19 +1,41 @@
-//! Keeping database passwords out of what the command prints.
-//!
-//! A URL's password may hide in its user info (also with unencoded `/`, `#` or `?`,
-//! which break URL parsing) or in a `password=` query parameter, and the errors that
-//! sea-orm and sqlx make from a URL may quote any part of it, raw or percent-decoded.
-//! So the password is not cut out of the URL by its position: every text the command
-//! prints about the connection has every form of it replaced.
+//! [`Secrets`]: the one place that takes passwords out of text, for database URLs
+//! (the CLI's output, [`DatabaseUrl`](crate::DatabaseUrl)'s `Debug`) and Kafka
+//! settings (librdkafka's logs and errors).
 
-/// The secrets of one database URL.
-#[derive(Debug, Default)]
-pub(crate) struct Secrets(Vec<String>);
+use percent_encoding::percent_decode_str;
+
+/// Values that must not appear in what is printed or logged, to take out of text.
+///
+/// A database URL's password may hide in its user info (also with unencoded `/`, `#`
+/// or `?`, which break URL parsing) or in a `password=` query parameter, and the
+/// errors drivers make from a URL may quote it raw or percent-decoded. So it is not
+/// cut out of the URL by its position: every form of it is replaced wherever it
+/// appears.
+///
+/// ```
+/// use outbox::Secrets;
+///
+/// let url = "postgres://app:p%40ss@db/orders";
+/// let secrets = Secrets::of_url(url);
+/// assert_eq!(secrets.scrub(url), "postgres://app:***@db/orders");
+/// assert_eq!(secrets.scrub("login failed for p@ss"), "login failed for ***");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Secrets(Vec<String>);
 
 impl Secrets {
-    /// The password of `url`, from its user info and its `password` or `sslpassword`
-    /// query parameters, each raw and percent-decoded.
-    pub(crate) fn of_url(url: &str) -> Self {
+    /// The secrets `values` (empty ones are ignored).
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> = values.into_iter().filter(|v| !v.is_empty()).collect();
+        // Longest first, so a secret that contains another is replaced whole.
+        values.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        values.dedup();
+        Secrets(values)
+    }
+
+    /// The password of the database URL `url`, from its user info and its `password`
+    /// or `sslpassword` query parameters, each raw and percent-decoded.
+    pub fn of_url(url: &str) -> Self {
         let mut found = Vec::new();
         if let (Some(scheme), Some(at)) = (url.find("://"), url.rfind('@'))
             && at > scheme
@@ -33,47 +55,18 @@ impl Secrets {
                 found.push(value.split('#').next().unwrap_or_default().to_owned());
             }
         }
-        let mut secrets: Vec<String> = found
-            .into_iter()
-            .flat_map(|raw| {
-                let decoded = percent_decode(&raw);
-                [raw, decoded]
-            })
-            .filter(|secret| !secret.is_empty())
-            .collect();
-        // Longest first, so a secret that contains another is replaced whole.
-        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
-        secrets.dedup();
-        Secrets(secrets)
+        Self::new(found.into_iter().flat_map(|raw| {
+            let decoded = percent_decode_str(&raw).decode_utf8_lossy().into_owned();
+            [raw, decoded]
+        }))
     }
 
     /// `text` with every secret replaced by `***`.
-    pub(crate) fn scrub(&self, text: &str) -> String {
+    pub fn scrub(&self, text: &str) -> String {
         self.0.iter().fold(text.to_owned(), |text, secret| {
             text.replace(secret.as_str(), "***")
         })
     }
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&high), Some(&low)) if hex(high).is_some() && hex(low).is_some() => {
-                let value = hex(high).unwrap_or(0) * 16 + hex(low).unwrap_or(0);
-                decoded.push(u8::try_from(value).unwrap_or(b'?'));
-                i += 3;
-            }
-            (byte, _, _) => {
-                decoded.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 #[cfg(test)]
@@ -95,6 +88,7 @@ mod tests {
                 "postgres://app:pa/ss#w?rd@db:5432/x",
                 "postgres://app:***@db:5432/x",
             ),
+            ("postgres://u:p#ss@h/db", "postgres://u:***@h/db"),
             (
                 "postgres://app@db/x?sslmode=require&password=s3cret",
                 "postgres://app@db/x?sslmode=require&password=***",
@@ -114,5 +108,11 @@ mod tests {
             secrets.scrub("password authentication failed for p@ss"),
             "password authentication failed for ***"
         );
+    }
+
+    #[test]
+    fn a_secret_inside_another_is_replaced_whole() {
+        let secrets = Secrets::new(["abc".to_owned(), "xabcx".to_owned(), String::new()]);
+        assert_eq!(secrets.scrub("1 xabcx 2 abc"), "1 *** 2 ***");
     }
 }

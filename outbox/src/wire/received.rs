@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::decode::DecodeEvent;
 use crate::error::{Error, Result};
-use crate::headers;
+use crate::wire::headers;
 
 /// An event received from Kafka, decoded into `E`, with what the message said about it.
 ///

@@ -1,4 +1,4 @@
-//! [`KafkaConfig`]: the producer's settings.
+//! [`KafkaConfig`]: the Kafka client's settings, the producer's defaults.
 
 use std::fmt;
 use std::path::Path;
@@ -8,6 +8,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 
 use crate::error::{Error, Result};
+use crate::secrets::Secrets;
 
 /// Requests in flight per broker connection.
 const MAX_IN_FLIGHT: &str = "max.in.flight.requests.per.connection";
@@ -250,7 +251,7 @@ impl KafkaConfig {
     /// The configuration the producer is created from: the user's, with the ordering
     /// settings forced on and librdkafka's own message timeout well above the
     /// publisher's delivery timeout, so the publisher's purge always comes first.
-    pub(super) fn producer_config(&self) -> ClientConfig {
+    pub(crate) fn producer_config(&self) -> ClientConfig {
         let mut client = self.client.clone();
         let backstop = self.delivery_timeout() * 2 + Duration::from_secs(5);
         client
@@ -263,18 +264,14 @@ impl KafkaConfig {
 
 impl KafkaConfig {
     /// The values of the properties that hold secrets.
-    pub(super) fn secrets(&self) -> Secrets {
-        let mut values: Vec<String> = self
-            .client
-            .config_map()
-            .iter()
-            .filter(|(key, value)| is_secret(key) && !value.is_empty())
-            .map(|(_, value)| value.to_string())
-            .collect();
-        // Longest first, so a secret that contains another is replaced whole.
-        values.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
-        values.dedup();
-        Secrets(values)
+    pub(crate) fn secrets(&self) -> Secrets {
+        Secrets::new(
+            self.client
+                .config_map()
+                .iter()
+                .filter(|(key, _)| is_secret(key))
+                .map(|(_, value)| value.to_string()),
+        )
     }
 
     /// `error` with every secret value of this configuration, and the value a
@@ -300,19 +297,6 @@ impl KafkaConfig {
             }
             other => other,
         }
-    }
-}
-
-/// The values of a configuration's secret properties, to take out of text.
-#[derive(Default)]
-pub(super) struct Secrets(Vec<String>);
-
-impl Secrets {
-    /// `text` with every secret replaced by `***`.
-    pub(super) fn scrub(&self, text: &str) -> String {
-        self.0.iter().fold(text.to_owned(), |text, secret| {
-            text.replace(secret.as_str(), "***")
-        })
     }
 }
 
