@@ -294,3 +294,152 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
     );
     pg.drop().await;
 }
+
+/// The columns of `table`, sorted; `schema` is the PostgreSQL schema or the MySQL
+/// database.
+async fn column_names(db: &DatabaseConnection, schema: Option<&str>, table: &str) -> Vec<String> {
+    let statement = match (db.get_database_backend(), schema) {
+        (DbBackend::Postgres, Some(schema)) => Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2",
+            [schema.into(), table.into()],
+        ),
+        (DbBackend::MySql, Some(database)) => Statement::from_sql_and_values(
+            DbBackend::MySql,
+            "SELECT CAST(column_name AS CHAR) FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+            [database.into(), table.into()],
+        ),
+        _ => Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT name FROM pragma_table_info(?)",
+            [table.into()],
+        ),
+    };
+    let mut names: Vec<String> = db
+        .query_all_raw(statement)
+        .await
+        .expect("list columns")
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).expect("column name"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The columns of an entity, sorted.
+fn entity_columns<C: sea_orm::Iterable + sea_orm::IdenStatic>() -> Vec<String> {
+    let mut names: Vec<String> = C::iter().map(|c| c.as_str().to_owned()).collect();
+    names.sort();
+    names
+}
+
+/// The predicate of the index `name` as the database keeps it: PostgreSQL's
+/// normalised expression, SQLite's text after `WHERE`.
+async fn index_predicate(db: &DatabaseConnection, schema: Option<&str>, name: &str) -> String {
+    let statement = match (db.get_database_backend(), schema) {
+        (DbBackend::Postgres, Some(schema)) => Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_get_expr(i.indpred, i.indrelid) FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+            [schema.into(), name.into()],
+        ),
+        _ => Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?",
+            [name.into()],
+        ),
+    };
+    let row = db
+        .query_one_raw(statement)
+        .await
+        .expect("read the index")
+        .unwrap_or_else(|| panic!("no index {name}"));
+    let definition: Option<String> = row.try_get_by_index(0).expect("its definition");
+    let definition = definition.unwrap_or_else(|| panic!("{name} is not partial"));
+    match db.get_database_backend() {
+        DbBackend::Postgres => definition,
+        _ => definition
+            .split_once(" WHERE ")
+            .unwrap_or_else(|| panic!("{name} is not partial: {definition}"))
+            .1
+            .to_owned(),
+    }
+}
+
+/// The migrated schema is the one the library works with: every table has its
+/// entity's columns, no more, no fewer (the archive has the outbox's), and each
+/// partial index of the outbox has the predicate [`outbox::schema`] gives today, as
+/// the database reads both back (an index built from `outbox::schema` next to it).
+/// The migrations keep their own copies of the predicates and column names, so this
+/// is what tells when the library and its migrations part.
+async fn assert_schema_agrees_with_the_library(db: &DatabaseConnection, schema: Option<&str>) {
+    use outbox::entity::{inbox, inbox_dead, lease, offset, outbox as event, relay};
+
+    Migrator::up(db, None).await.expect("up");
+    let t = Tables::default();
+    for (table, columns) in [
+        (t.outbox(), entity_columns::<event::Column>()),
+        (t.archive(), entity_columns::<event::Column>()),
+        (t.offset(), entity_columns::<offset::Column>()),
+        (t.lease(), entity_columns::<lease::Column>()),
+        (t.relay(), entity_columns::<relay::Column>()),
+        (t.inbox(), entity_columns::<inbox::Column>()),
+        (t.inbox_dead(), entity_columns::<inbox_dead::Column>()),
+    ] {
+        assert_eq!(
+            column_names(db, schema, table.as_str()).await,
+            columns,
+            "the columns of {table}"
+        );
+    }
+    if db.get_database_backend() == DbBackend::MySql {
+        return; // no partial indexes there
+    }
+    let manager = SchemaManager::new(db);
+    for (suffix, predicate) in [
+        ("claim", outbox::schema::claimable()),
+        ("retry", outbox::schema::retrying()),
+        ("published_at", outbox::schema::published()),
+        ("dead", outbox::schema::dead_lettered()),
+    ] {
+        let reference = format!("reference_{suffix}");
+        manager
+            .create_index(
+                Index::create()
+                    .name(&reference)
+                    .table(Alias::new(t.outbox().as_str()))
+                    .col(Alias::new("seq"))
+                    .cond_where(predicate)
+                    .to_owned(),
+            )
+            .await
+            .expect("the reference index");
+        assert_eq!(
+            index_predicate(db, schema, &t.index(t.outbox(), suffix)).await,
+            index_predicate(db, schema, &reference).await,
+            "the predicate of {suffix}"
+        );
+        manager
+            .drop_index(
+                Index::drop()
+                    .name(&reference)
+                    .table(Alias::new(t.outbox().as_str()))
+                    .to_owned(),
+            )
+            .await
+            .expect("drop the reference index");
+    }
+}
+
+#[tokio::test]
+async fn the_migrated_schema_agrees_with_the_entities_and_outbox_schema() {
+    assert_schema_agrees_with_the_library(&sqlite().await, None).await;
+    let pg = PgSchema::empty().await;
+    assert_schema_agrees_with_the_library(&pg.db, Some(&pg.schema)).await;
+    pg.drop().await;
+    let database = MySqlDatabase::empty().await;
+    assert_schema_agrees_with_the_library(&database.db, Some(&database.name)).await;
+    database.drop().await;
+}

@@ -23,9 +23,14 @@
 //! never failed), `published_at (published_at)` and `dead (dead_lettered_at)` (NULL
 //! while pending), and plain `trace_id`. Times are `DATETIME(6)` in UTC there:
 //! MySQL's `TIMESTAMP` ends in 2038 and converts through the session's time zone.
+//!
+//! Everything this migration creates is written here (column names, the partial
+//! indexes' predicates as SQL, the index names), never taken from the library's
+//! entities or [`outbox::schema`]: a database that ran it keeps the schema it made,
+//! whatever the library becomes. Only the table names come from the caller's
+//! [`Tables`].
 
-use outbox::entity::outbox::Column;
-use outbox::{Identifier, Tables, schema};
+use outbox::{Identifier, Tables};
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
@@ -164,14 +169,21 @@ pub(crate) fn event_table(
         .to_owned()
 }
 
+/// The name `idx_<table>_<suffix>` of an index of `table`, as the migrations name
+/// their indexes (the same as [`Tables::index`] when they were written; kept here so
+/// that a later migration's `down` finds the index an earlier one created).
+pub(crate) fn index_name(table: &Identifier, suffix: &str) -> String {
+    format!("idx_{table}_{suffix}")
+}
+
 /// The index `idx_<outbox>_<suffix>` of the outbox table over `columns`.
 pub(crate) fn outbox_index(
     tables: &Tables,
     suffix: &str,
-    columns: &[Column],
+    columns: &[&'static str],
 ) -> IndexCreateStatement {
     let mut index = Index::create()
-        .name(tables.index(tables.outbox(), suffix))
+        .name(index_name(tables.outbox(), suffix))
         .table(tables.outbox().as_str().to_owned())
         .to_owned();
     for &column in columns {
@@ -180,50 +192,59 @@ pub(crate) fn outbox_index(
     index
 }
 
-/// The indexes; the partial ones take their predicates from [`outbox::schema`], which
-/// the relay's statements filter with.
+/// Pending events (not published, not dead-lettered): the claim index's predicate.
+/// As `outbox::schema::pending()` rendered it for PostgreSQL and SQLite when this
+/// migration was written.
+const PENDING: &str = r#"(NOT "published") AND "dead_lettered_at" IS NULL"#;
+
+/// Pending events that failed at least once: the retry index's predicate
+/// (`outbox::schema::retrying()` then).
+const RETRYING: &str =
+    r#""next_attempt_at" IS NOT NULL AND ((NOT "published") AND "dead_lettered_at" IS NULL)"#;
+
+/// Published events: the `published_at` index's predicate
+/// (`outbox::schema::published()` then).
+const PUBLISHED: &str = r#""published""#;
+
+/// Dead-lettered events: the `dead` index's predicate
+/// (`outbox::schema::dead_lettered()` then).
+const DEAD_LETTERED: &str = r#""dead_lettered_at" IS NOT NULL"#;
+
+/// Events with a trace: the `trace_id` index's predicate.
+const TRACED: &str = r#""trace_id" IS NOT NULL"#;
+
+/// The indexes, with the predicates above (PostgreSQL and SQLite, whose identifiers
+/// both take double quotes).
 fn outbox_indexes(tables: &Tables) -> Vec<IndexCreateStatement> {
-    let index = |suffix: &str, columns: &[Column]| outbox_index(tables, suffix, columns);
+    let index = |suffix: &str, columns: &[&'static str], predicate: Option<&'static str>| {
+        let mut index = outbox_index(tables, suffix, columns);
+        if let Some(predicate) = predicate {
+            index.and_where(Expr::cust(predicate));
+        }
+        index
+    };
     vec![
-        index("claim", &[Column::Shard, Column::Seq])
-            .cond_where(schema::pending())
-            .to_owned(),
-        index("retry", &[Column::Shard, Column::PartitionKey])
-            .cond_where(schema::retrying())
-            .to_owned(),
-        index("published_at", &[Column::PublishedAt])
-            .cond_where(schema::published())
-            .to_owned(),
-        index("dead", &[Column::DeadLetteredAt])
-            .cond_where(schema::dead_lettered())
-            .to_owned(),
-        index("destination_topic", &[Column::DestinationTopic]),
-        index("aggregate_id", &[Column::AggregateId]),
-        index("trace_id", &[Column::TraceId])
-            .and_where(Expr::col(Column::TraceId).is_not_null())
-            .to_owned(),
+        index("claim", &["shard", "seq"], Some(PENDING)),
+        index("retry", &["shard", "partition_key"], Some(RETRYING)),
+        index("published_at", &["published_at"], Some(PUBLISHED)),
+        index("dead", &["dead_lettered_at"], Some(DEAD_LETTERED)),
+        index("destination_topic", &["destination_topic"], None),
+        index("aggregate_id", &["aggregate_id"], None),
+        index("trace_id", &["trace_id"], Some(TRACED)),
     ]
 }
 
 /// The indexes on MySQL, without partial ones: the columns of each predicate lead.
 fn mysql_indexes(tables: &Tables) -> Vec<IndexCreateStatement> {
-    let index = |suffix: &str, columns: &[Column]| outbox_index(tables, suffix, columns);
+    let index = |suffix: &str, columns: &[&'static str]| outbox_index(tables, suffix, columns);
     vec![
-        index(
-            "claim",
-            &[
-                Column::Shard,
-                Column::Published,
-                Column::DeadLetteredAt,
-                Column::Seq,
-            ],
-        ),
-        index("retry", &[Column::Shard, Column::NextAttemptAt]),
-        index("published_at", &[Column::PublishedAt]),
-        index("dead", &[Column::DeadLetteredAt]),
-        index("destination_topic", &[Column::DestinationTopic]),
-        index("aggregate_id", &[Column::AggregateId]),
-        index("trace_id", &[Column::TraceId]),
+        index("claim", &["shard", "published", "dead_lettered_at", "seq"]),
+        index("retry", &["shard", "next_attempt_at"]),
+        index("published_at", &["published_at"]),
+        index("dead", &["dead_lettered_at"]),
+        index("destination_topic", &["destination_topic"]),
+        index("aggregate_id", &["aggregate_id"]),
+        index("trace_id", &["trace_id"]),
     ]
 }
 
@@ -260,4 +281,23 @@ fn relay_table(table: &Identifier, backend: DbBackend) -> TableCreateStatement {
         .col(timestamp("heartbeat_at", backend).not_null())
         .primary_key(Index::create().col("service_name").col("relay_id"))
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The index names are still the library's: [`Tables::index`] changing would
+    /// leave the library looking for indexes these migrations did not create.
+    #[test]
+    fn index_names_are_the_librarys() {
+        for tables in [
+            Tables::default(),
+            Tables::with_base("billing_outbox").expect("valid base name"),
+        ] {
+            for table in [tables.outbox(), tables.archive(), tables.inbox()] {
+                assert_eq!(index_name(table, "claim"), tables.index(table, "claim"));
+            }
+        }
+    }
 }

@@ -18,15 +18,26 @@
 //! On MySQL, without partial indexes: `claim (shard, published, parked,
 //! dead_lettered_at, seq, next_attempt_at)` and `parked (parked, shard,
 //! partition_key)`.
+//!
+//! The columns and the predicates are written here, not taken from the library's
+//! entities or `outbox::schema`, so the migration stays as it was written when the
+//! library changes.
 
-use outbox::entity::outbox::Column;
-use outbox::schema;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::m20261127_000001_create_outbox_tables::outbox_index;
+use crate::m20261127_000001_create_outbox_tables::{index_name, outbox_index};
 
 crate::migration!("m20261127_000002_park_waiting_events");
+
+/// Claimable events (pending and not parked): this migration's claim index's
+/// predicate, as `outbox::schema::claimable()` rendered it for PostgreSQL and SQLite
+/// when the migration was written.
+const CLAIMABLE: &str = r#"(NOT "published") AND "dead_lettered_at" IS NULL AND (NOT "parked")"#;
+
+/// Pending events: the predicate of the first migration's claim index, which `down`
+/// restores.
+const PENDING: &str = r#"(NOT "published") AND "dead_lettered_at" IS NULL"#;
 
 impl Migration {
     /// The claim index of this migration: `(shard, seq)` over claimable events,
@@ -39,25 +50,25 @@ impl Migration {
                 t,
                 "claim",
                 &[
-                    Column::Shard,
-                    Column::Published,
-                    Column::Parked,
-                    Column::DeadLetteredAt,
-                    Column::Seq,
-                    Column::NextAttemptAt,
+                    "shard",
+                    "published",
+                    "parked",
+                    "dead_lettered_at",
+                    "seq",
+                    "next_attempt_at",
                 ],
             );
         }
         let mut index = Index::create()
-            .name(t.index(t.outbox(), "claim"))
+            .name(index_name(t.outbox(), "claim"))
             .table(t.outbox().as_str().to_owned())
-            .col(Column::Shard)
-            .col(Column::Seq)
-            .cond_where(schema::claimable())
+            .col("shard")
+            .col("seq")
+            .and_where(Expr::cust(CLAIMABLE))
             .to_owned();
         match backend {
-            DbBackend::Postgres => index.include(Column::NextAttemptAt),
-            _ => index.col(Column::NextAttemptAt),
+            DbBackend::Postgres => index.include("next_attempt_at"),
+            _ => index.col("next_attempt_at"),
         };
         index
     }
@@ -69,20 +80,15 @@ impl Migration {
             return outbox_index(
                 t,
                 "claim",
-                &[
-                    Column::Shard,
-                    Column::Published,
-                    Column::DeadLetteredAt,
-                    Column::Seq,
-                ],
+                &["shard", "published", "dead_lettered_at", "seq"],
             );
         }
         Index::create()
-            .name(t.index(t.outbox(), "claim"))
+            .name(index_name(t.outbox(), "claim"))
             .table(t.outbox().as_str().to_owned())
-            .col(Column::Shard)
-            .col(Column::Seq)
-            .cond_where(schema::pending())
+            .col("shard")
+            .col("seq")
+            .and_where(Expr::cust(PENDING))
             .to_owned()
     }
 
@@ -92,7 +98,7 @@ impl Migration {
         let t = &self.tables;
         format!(
             "CREATE INDEX \"{}\" ON {} (\"shard\", (COALESCE(\"partition_key\", \"aggregate_id\"))) WHERE \"parked\"",
-            t.index(t.outbox(), "parked"),
+            index_name(t.outbox(), "parked"),
             t.outbox().quoted(),
         )
     }
@@ -101,7 +107,7 @@ impl Migration {
     fn drop_index(&self, suffix: &str) -> IndexDropStatement {
         let t = &self.tables;
         Index::drop()
-            .name(t.index(t.outbox(), suffix))
+            .name(index_name(t.outbox(), suffix))
             .table(t.outbox().as_str().to_owned())
             .to_owned()
     }
@@ -119,7 +125,7 @@ impl Migration {
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
-        let parked = ColumnDef::new(Column::Parked)
+        let parked = ColumnDef::new("parked")
             .boolean()
             .not_null()
             .default(false)
@@ -132,7 +138,7 @@ impl MigrationTrait for Migration {
         if backend == DbBackend::MySql {
             // No partial or expression index there: over `partition_key`, which every
             // event the outbox stores has.
-            let columns = [Column::Parked, Column::Shard, Column::PartitionKey];
+            let columns = ["parked", "shard", "partition_key"];
             manager
                 .create_index(outbox_index(&self.tables, "parked", &columns))
                 .await?;
@@ -153,7 +159,7 @@ impl MigrationTrait for Migration {
             .create_index(self.previous_claim_index(backend))
             .await?;
         manager
-            .alter_table(self.outbox().drop_column(Column::Parked).to_owned())
+            .alter_table(self.outbox().drop_column("parked").to_owned())
             .await?;
         Ok(())
     }

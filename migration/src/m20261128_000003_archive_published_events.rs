@@ -8,19 +8,21 @@
 //!   (UUID v7, so new entries go to the right edge of the B-tree); an event keeps the
 //!   `seq` it was stored with, not indexed;
 //! - `idx_<archive>_published_at (published_at)`: cleanup finds expired rows.
+//!
+//! The columns are named here, not taken from the entity, so the migration stays as
+//! it was written when the entity changes.
 
-use outbox::entity::outbox::Column;
 use sea_orm_migration::prelude::*;
 
-use crate::m20261127_000001_create_outbox_tables::event_table;
+use crate::m20261127_000001_create_outbox_tables::{event_table, index_name};
 
 crate::migration!("m20261128_000003_archive_published_events");
 
 impl Migration {
-    fn index(&self, suffix: &str, column: Column) -> IndexCreateStatement {
+    fn index(&self, suffix: &str, column: &'static str) -> IndexCreateStatement {
         let t = &self.tables;
         Index::create()
-            .name(t.index(t.archive(), suffix))
+            .name(index_name(t.archive(), suffix))
             .table(t.archive().as_str().to_owned())
             .col(column)
             .to_owned()
@@ -32,16 +34,13 @@ impl Migration {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let seq = ColumnDef::new(Column::Seq)
-            .big_integer()
-            .not_null()
-            .to_owned();
-        let id = ColumnDef::new(Column::Id)
+        let seq = ColumnDef::new("seq").big_integer().not_null().to_owned();
+        let id = ColumnDef::new("id")
             .uuid()
             .not_null()
             .primary_key()
             .to_owned();
-        let parked = ColumnDef::new(Column::Parked)
+        let parked = ColumnDef::new("parked")
             .boolean()
             .not_null()
             .default(false)
@@ -52,7 +51,7 @@ impl MigrationTrait for Migration {
             .to_owned();
         manager.create_table(archive).await?;
         manager
-            .create_index(self.index("published_at", Column::PublishedAt))
+            .create_index(self.index("published_at", "published_at"))
             .await?;
         Ok(())
     }

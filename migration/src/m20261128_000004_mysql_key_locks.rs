@@ -3,14 +3,22 @@
 //! backends, whose locks need no table (PostgreSQL's advisory locks, SQLite's single
 //! writer).
 //!
-//! The table holds [`outbox::KEY_LOCKS`] rows, `id` 0 onwards, all created here: a
-//! store locks existing rows only, because InnoDB's lock on a missing row is a gap lock,
-//! which two transactions may hold at once.
+//! The table holds 65,536 rows (`KEY_LOCKS`, as [`outbox::KEY_LOCKS`] was when this
+//! migration was written), `id` 0 onwards, all created here: a store locks existing
+//! rows only, because InnoDB's lock on a missing row is a gap lock, which two
+//! transactions may hold at once.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 crate::migration!("m20261128_000004_mysql_key_locks");
+
+/// How many rows the table holds: the library's [`outbox::KEY_LOCKS`] when this
+/// migration was written, kept here so that the migration stays as it was. A store
+/// locks row `lock_id % outbox::KEY_LOCKS`: the library's constant changes only with a
+/// new migration that resizes the table (and the test below then compares the
+/// library's constant with that migration's).
+const KEY_LOCKS: i32 = 65_536;
 
 /// How many rows one INSERT writes while the table is filled.
 const ROWS_PER_INSERT: i32 = 4096;
@@ -32,12 +40,12 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        for first in (0..outbox::KEY_LOCKS).step_by(ROWS_PER_INSERT as usize) {
+        for first in (0..KEY_LOCKS).step_by(ROWS_PER_INSERT as usize) {
             let mut insert = Query::insert()
                 .into_table(table.clone())
                 .columns(["id"])
                 .to_owned();
-            for id in first..Ord::min(first + ROWS_PER_INSERT, outbox::KEY_LOCKS) {
+            for id in first..Ord::min(first + ROWS_PER_INSERT, KEY_LOCKS) {
                 insert.values_panic([id.into()]);
             }
             manager.exec_stmt(insert).await?;
@@ -57,5 +65,21 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The library locks row `lock_id % outbox::KEY_LOCKS`: every such row must exist,
+    /// so the library's constant may not outgrow the table this migration fills. A
+    /// change of the constant needs a migration that resizes the table; move this test
+    /// there.
+    #[test]
+    fn the_table_holds_the_librarys_key_locks() {
+        assert_eq!(
+            super::KEY_LOCKS,
+            outbox::KEY_LOCKS,
+            "outbox::KEY_LOCKS changed: add a migration that resizes the key lock table"
+        );
     }
 }

@@ -4,12 +4,14 @@
 //!   and waits for an uncommitted record of the same event (on MySQL the consumer
 //!   name compares as bytes, as on the other backends);
 //! - `idx_<inbox>_processed (processed_at)`: cleanup finds expired records.
+//!
+//! The columns are named here, not taken from the entity, so the migration stays as
+//! it was written when the entity changes.
 
-use outbox::entity::inbox::Column;
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
-use crate::m20261127_000001_create_outbox_tables::{timestamp, varchar};
+use crate::m20261127_000001_create_outbox_tables::{index_name, timestamp, varchar};
 
 crate::migration!("m20261128_000005_create_inbox");
 
@@ -17,10 +19,10 @@ crate::migration!("m20261128_000005_create_inbox");
 /// "Billing" would be one consumer there and two elsewhere: compare bytes.
 pub(crate) fn consumer(backend: DbBackend) -> ColumnDef {
     let mut column = match backend {
-        DbBackend::MySql => ColumnDef::new(Column::Consumer)
+        DbBackend::MySql => ColumnDef::new("consumer")
             .custom("VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
             .to_owned(),
-        _ => varchar(Column::Consumer),
+        _ => varchar("consumer"),
     };
     column.not_null().to_owned()
 }
@@ -37,18 +39,18 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(t.inbox().as_str().to_owned())
                     .col(consumer(backend))
-                    .col(ColumnDef::new(Column::EventId).uuid().not_null())
-                    .col(timestamp(Column::ProcessedAt, backend).not_null())
-                    .primary_key(Index::create().col(Column::Consumer).col(Column::EventId))
+                    .col(ColumnDef::new("event_id").uuid().not_null())
+                    .col(timestamp("processed_at", backend).not_null())
+                    .primary_key(Index::create().col("consumer").col("event_id"))
                     .to_owned(),
             )
             .await?;
         manager
             .create_index(
                 Index::create()
-                    .name(t.index(t.inbox(), "processed"))
+                    .name(index_name(t.inbox(), "processed"))
                     .table(t.inbox().as_str().to_owned())
-                    .col(Column::ProcessedAt)
+                    .col("processed_at")
                     .to_owned(),
             )
             .await

@@ -2,8 +2,10 @@
 //! (see [`outbox::Consumer`]): a handler that kept failing, or a message it could not
 //! read. The primary key `(consumer, topic, kafka_partition, kafka_offset)` is the
 //! message: one dead letter per message and consumer, however often it is delivered.
+//!
+//! The columns are named here, not taken from the entity, so the migration stays as
+//! it was written when the entity changes.
 
-use outbox::entity::inbox_dead::Column;
 use sea_orm_migration::prelude::*;
 
 use crate::m20261127_000001_create_outbox_tables::{timestamp, varchar};
@@ -22,23 +24,23 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(self.tables.inbox_dead().as_str().to_owned())
                     .col(consumer(backend))
-                    .col(varchar(Column::Topic).not_null())
-                    .col(ColumnDef::new(Column::KafkaPartition).integer().not_null())
-                    .col(ColumnDef::new(Column::KafkaOffset).big_integer().not_null())
-                    .col(ColumnDef::new(Column::EventId).uuid().null())
-                    .col(varchar(Column::EventType).null())
-                    .col(ColumnDef::new(Column::MessageKey).blob().null())
-                    .col(ColumnDef::new(Column::Payload).blob().null())
-                    .col(ColumnDef::new(Column::Headers).text().not_null())
-                    .col(ColumnDef::new(Column::Error).text().not_null())
-                    .col(ColumnDef::new(Column::Attempts).integer().not_null())
-                    .col(timestamp(Column::DeadLetteredAt, backend).not_null())
+                    .col(varchar("topic").not_null())
+                    .col(ColumnDef::new("kafka_partition").integer().not_null())
+                    .col(ColumnDef::new("kafka_offset").big_integer().not_null())
+                    .col(ColumnDef::new("event_id").uuid().null())
+                    .col(varchar("event_type").null())
+                    .col(ColumnDef::new("message_key").blob().null())
+                    .col(ColumnDef::new("payload").blob().null())
+                    .col(ColumnDef::new("headers").text().not_null())
+                    .col(ColumnDef::new("error").text().not_null())
+                    .col(ColumnDef::new("attempts").integer().not_null())
+                    .col(timestamp("dead_lettered_at", backend).not_null())
                     .primary_key(
                         Index::create()
-                            .col(Column::Consumer)
-                            .col(Column::Topic)
-                            .col(Column::KafkaPartition)
-                            .col(Column::KafkaOffset),
+                            .col("consumer")
+                            .col("topic")
+                            .col("kafka_partition")
+                            .col("kafka_offset"),
                     )
                     .to_owned(),
             )

@@ -21,7 +21,7 @@
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
-use crate::m20261127_000001_create_outbox_tables::{timestamp, varchar};
+use crate::m20261127_000001_create_outbox_tables::{index_name, timestamp, varchar};
 use crate::m20261128_000005_create_inbox::consumer;
 
 crate::migration!("m20261205_000009_inbox_dead_letter_ids");
@@ -111,7 +111,7 @@ impl Migration {
             manager
                 .create_index(
                     Index::create()
-                        .name(t.index(t.inbox_dead(), "message"))
+                        .name(index_name(t.inbox_dead(), "message"))
                         .table(old.to_owned())
                         .col("consumer")
                         .col("topic")
@@ -135,7 +135,7 @@ impl Migration {
         let t = &self.tables;
         let mut index = Index::create();
         index
-            .name(t.index(t.inbox(), to))
+            .name(index_name(t.inbox(), to))
             .table(t.inbox().as_str().to_owned());
         for column in columns {
             index.col(*column);
@@ -144,7 +144,7 @@ impl Migration {
         manager
             .drop_index(
                 Index::drop()
-                    .name(t.index(t.inbox(), from))
+                    .name(index_name(t.inbox(), from))
                     .table(t.inbox().as_str().to_owned())
                     .to_owned(),
             )
