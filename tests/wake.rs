@@ -91,13 +91,7 @@ async fn a_store_in_another_process_wakes_an_idle_relay_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbox_on_the_database_with_tables_of_its_own_wakes_their_relays() {
     let pg = PgSchema::migrated().await;
-    let tables = Tables::with_base("billing_outbox").expect("valid base");
-    let manager = sea_orm_migration::SchemaManager::new(&pg.db);
-    for migration in outbox_migration::migrations_for(&tables) {
-        sea_orm_migration::MigrationTrait::up(&*migration, &manager)
-            .await
-            .expect("create custom tables");
-    }
+    let tables = own_tables(&pg, "woken_outbox").await;
     // The relay's own outbox, not a clone of the writer's: only a NOTIFY wakes it.
     let relay = Relay::new(config(true), pg.db.clone(), MemoryPublisher::new())
         .expect("valid relay config")
@@ -143,6 +137,20 @@ async fn a_relay_without_listen_finds_events_of_other_processes_by_polling() {
     pg.drop().await;
 }
 
+/// Migrates a set of tables of its own (base name `base`) in `pg`'s schema. Wake-ups
+/// go to a channel named after the outbox table, for the whole database: tables of
+/// its own keep a test's relay from hearing other tests' writers.
+async fn own_tables(pg: &PgSchema, base: &str) -> Tables {
+    let tables = Tables::with_base(base).expect("valid base");
+    let manager = sea_orm_migration::SchemaManager::new(&pg.db);
+    for migration in outbox_migration::migrations_for(&tables) {
+        sea_orm_migration::MigrationTrait::up(&*migration, &manager)
+            .await
+            .expect("create the tables");
+    }
+    tables
+}
+
 /// A listening relay that finds events by polling, long after they were stored,
 /// counts them (and says once that the writers should wake it); events a wake-up
 /// announced are not counted.
@@ -150,8 +158,29 @@ async fn a_relay_without_listen_finds_events_of_other_processes_by_polling() {
 async fn a_relay_counts_the_events_it_found_by_polling_late() {
     let found_by_poll = counter::count(outbox::metric_names::FOUND_BY_POLL);
     let pg = PgSchema::migrated().await;
-    let relay = idle_relay(&pg, true).await;
-    write(&pg, 3);
+    let tables = own_tables(&pg, "found_by_poll_outbox").await;
+    let relay = Relay::new(config(true), pg.db.clone(), MemoryPublisher::new())
+        .expect("valid relay config")
+        .with_outbox(Outbox::new().with_tables(tables.clone()))
+        .spawn();
+    until_holding(&relay, 16, "the relay", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    let waking = Outbox::on(&pg.db).with_tables(tables.clone());
+    let silent = Outbox::new().with_tables(tables);
+    let store = |outbox: &Outbox, n: usize| {
+        let event = EventBuilder::new("thing.happened", format!("key-{n}"));
+        let (outbox, db) = (outbox.clone(), pg.db.clone());
+        async move {
+            outbox
+                .store(&db, &event, "wake-topic")
+                .await
+                .expect("store");
+        }
+    };
+    for n in 0..3 {
+        store(&waking, n).await;
+    }
     eventually("published at once", Duration::from_secs(2), || async {
         relay.stats().published >= 3
     })
@@ -164,7 +193,9 @@ async fn a_relay_counts_the_events_it_found_by_polling_late() {
     // Idle again, its next poll seconds away (the quick polls after a wake-up would
     // find these within milliseconds: not late).
     tokio::time::sleep(Duration::from_secs(6)).await;
-    store_silently(&pg, 5).await;
+    for n in 0..5 {
+        store(&silent, n).await;
+    }
     eventually(
         "found by the next poll",
         Duration::from_secs(15),

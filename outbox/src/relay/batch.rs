@@ -1,123 +1,78 @@
-//! One batch of one shard: claim, publish, write back behind the lease's fence.
+//! [`Batcher`]: one batch of one shard, in four steps: claim, publish, judge, write
+//! back, each behind the shard's lease (its local deadline, and in the database its
+//! fencing token).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt as _;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult};
 use tracing::{Instrument, debug, error, info_span, warn};
-use uuid::Uuid;
 
-use super::Inner;
+use super::dead_letter;
+use super::keeper::Keeper;
+use super::metrics;
+use super::outcome::{Judged, ProcessReport, ShardOutcome};
+use super::setup::Setup;
 use super::unannounced::Lateness;
 use crate::error::Result;
-use crate::publisher::{PublishError, PublishErrorKind, Publisher, publish_in_key_order};
-use crate::retry::failure_update;
-use crate::sql::{FailureUpdate, LeaseKey, Published};
+use crate::publisher::{PublishError, Publisher, publish_in_key_order};
+use crate::sql::Published;
 use crate::wire::{ClaimedRow, Message};
 
-/// What one pass over the owned shards did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ProcessReport {
-    /// Events claimed.
-    pub claimed: u64,
-    /// Events published.
-    pub published: u64,
-    /// Events whose attempt failed.
-    pub failed: u64,
-    /// Events dead-lettered.
-    pub dead_lettered: u64,
-    /// Of the failed, those that failed because the broker was unavailable.
-    pub transient_failures: u64,
-    /// Whether some shard returned a full batch (more may be waiting).
-    pub full: bool,
+/// A shard held by a lease token: what every step of a batch is fenced by.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    shard: i32,
+    token: i64,
 }
 
-impl ProcessReport {
-    pub(super) fn add(&mut self, other: ProcessReport) {
-        self.claimed += other.claimed;
-        self.published += other.published;
-        self.failed += other.failed;
-        self.dead_lettered += other.dead_lettered;
-        self.transient_failures += other.transient_failures;
-        self.full |= other.full;
-    }
+/// What a claim found.
+enum Claim {
+    /// Events to publish, in `seq` order.
+    Events {
+        messages: Vec<Message>,
+        /// Those claimed as retries of a failed attempt (by `seq`).
+        retried: HashSet<i64>,
+        /// Whether events were met behind an earlier event of their key.
+        behind: bool,
+    },
+    /// The batch ends here.
+    Ended(ShardOutcome),
 }
 
-/// Splits a batch's outcomes into the events to mark published and the failures to
-/// record, keeping per-key order: after the first event of a key that did not go
-/// through, no later event of that key is marked (a publisher that acknowledged one
-/// broke its contract; it is logged and the event goes out again after the earlier
-/// one), and only that first failure is recorded, so an event never uses up an
-/// attempt for an earlier event of its key.
-pub(super) fn sort_outcomes(
-    messages: &[Message],
-    outcomes: Vec<std::result::Result<(), PublishError>>,
-) -> (Vec<&Message>, Vec<(&Message, PublishError)>) {
-    let mut published = Vec::new();
-    let mut failures = Vec::new();
-    let mut stopped: HashSet<&str> = HashSet::new();
-    for (message, outcome) in messages.iter().zip(outcomes) {
-        let behind = stopped.contains(message.key.as_str());
-        match outcome {
-            Ok(()) if behind => error!(
-                event_id = %message.id,
-                key = %message.key,
-                "the publisher acknowledged an event after an earlier event of its key failed; \
-                 it is not marked published and goes out again after that event"
-            ),
-            Ok(()) => published.push(message),
-            Err(_) if behind => {}
-            Err(error) => {
-                stopped.insert(&message.key);
-                if error.kind() != PublishErrorKind::NotSent {
-                    failures.push((message, error));
-                }
-            }
+/// Claims, publishes and writes back batches: the publisher, and what it needs of the
+/// relay's setup and lease keeper.
+#[derive(Debug)]
+pub(super) struct Batcher<P> {
+    setup: Arc<Setup>,
+    keeper: Arc<Keeper>,
+    publisher: P,
+}
+
+impl<P: Publisher> Batcher<P> {
+    pub(super) fn new(setup: Arc<Setup>, keeper: Arc<Keeper>, publisher: P) -> Self {
+        Batcher {
+            setup,
+            keeper,
+            publisher,
         }
     }
-    (published, failures)
-}
 
-/// An event of a batch that did not go through, with what its failure does to it
-/// (see `retry.rs`).
-pub(super) struct Failed<'a> {
-    pub(super) message: &'a Message,
-    pub(super) error: &'a PublishError,
-    pub(super) update: FailureUpdate<'a>,
-}
-
-impl Failed<'_> {
-    /// Whether this failure used up the event's last attempt.
-    pub(super) fn dead_lettered(&self) -> bool {
-        self.update.dead_lettered_at.is_some()
+    /// The publisher, for health checks.
+    pub(super) fn publisher(&self) -> &P {
+        &self.publisher
     }
-}
 
-/// What processing one shard came to.
-pub(super) enum ShardOutcome {
-    /// The batch was written back.
-    Done {
-        report: ProcessReport,
-        /// The last event published.
-        last: Option<Uuid>,
-        /// Its first attempts that waited long to be claimed.
-        lateness: Lateness,
-    },
-    /// The lease was taken by another relay before the write-back; nothing written.
-    LeaseLost,
-    /// The shard was no longer held when its batch was to start; nothing claimed.
-    NotHeld,
-    /// The lease's local deadline passed during the batch (the relay was paused, or
-    /// its renewals were late): what was claimed was neither published nor written
-    /// back, and is claimed again once a lease round renews the shard.
-    Expired,
-}
+    /// Gives the publisher back (the relay is rebuilt before it runs).
+    pub(super) fn into_publisher(self) -> P {
+        self.publisher
+    }
 
-impl<P: Publisher> Inner<P> {
-    /// Claims, publishes and writes back one batch of `shard`.
+    /// Claims, publishes, judges and writes back one batch of `shard`, held with
+    /// `token`.
     pub(super) async fn process_shard(
         &self,
         shard: i32,
@@ -126,10 +81,119 @@ impl<P: Publisher> Inner<P> {
     ) -> Result<ShardOutcome> {
         // The lease keeper may have given the shard up (or found it lost) since the
         // pass began: claim nothing then.
-        let Some(_busy) = self.leases.start_batch(shard, token) else {
+        let Some(_busy) = self.keeper.leases.start_batch(shard, token) else {
             return Ok(ShardOutcome::NotHeld);
         };
-        self.publish_shard(shard, token, batch_size).await
+        let span = info_span!(
+            "outbox.batch",
+            service = %self.setup.service(),
+            relay = %self.setup.relay_id,
+            shard,
+            batch_size = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+        );
+        self.batch(Lease { shard, token }, batch_size)
+            .instrument(span)
+            .await
+    }
+
+    async fn batch(&self, lease: Lease, batch_size: usize) -> Result<ShardOutcome> {
+        let (messages, retried, behind) = match self.claim(lease, batch_size).await? {
+            Claim::Events {
+                messages,
+                retried,
+                behind,
+            } => (messages, retried, behind),
+            Claim::Ended(outcome) => return Ok(outcome),
+        };
+        let lateness = Lateness::of(&messages, self.keeper.clock.now());
+        // The last moment to find the lease gone before the broker has the batch:
+        // a relay paused since its claim must not publish over a new owner.
+        if !self.holds(lease) {
+            return Ok(ShardOutcome::Expired);
+        }
+        let outcomes = self.publish(&messages).await;
+        let acked_at = self.keeper.clock.now();
+        let judged = Judged::of(
+            &messages,
+            outcomes,
+            &retried,
+            acked_at,
+            self.setup.config.retries(),
+        );
+        let failed = judged.failed();
+        for failure in &failed {
+            warn!(event_id = %failure.message.id, key = %failure.message.key, error = %failure.error, "publish failed");
+        }
+        if let Some(topic) = &self.setup.config.dead_letter_topic {
+            dead_letter::send(&self.publisher, topic, &failed).await;
+        }
+        if !self.holds(lease) {
+            return Ok(ShardOutcome::Expired);
+        }
+        if !self.write_back(lease, &judged, acked_at).await? {
+            debug!("lease lost before write-back; the new owner publishes these events again");
+            return Ok(ShardOutcome::LeaseLost);
+        }
+        metrics::record_batch(&self.setup, &judged.published, &failed, acked_at);
+        Ok(ShardOutcome::Done {
+            report: judged.report(messages.len(), batch_size, behind),
+            last: judged.published.last().map(|m| m.id),
+            lateness,
+        })
+    }
+
+    /// Whether this relay still holds `lease` by its local deadline.
+    fn holds(&self, lease: Lease) -> bool {
+        self.keeper.leases.valid(lease.shard, lease.token)
+    }
+
+    /// Step 1: claims up to `batch_size` events of the shard, and settles the events
+    /// met behind an earlier event of their key.
+    async fn claim(&self, lease: Lease, batch_size: usize) -> Result<Claim> {
+        let setup = &*self.setup;
+        let claim = setup.dialect.claim(
+            setup.tables().outbox(),
+            lease.shard,
+            self.keeper.clock.now(),
+            batch_size,
+        );
+        let (behind, rows): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
+            ClaimedRow::find_by_statement(claim)
+                .all(&setup.db)
+                .await?
+                .into_iter()
+                .partition(ClaimedRow::behind);
+        if !self.holds(lease) {
+            return Ok(Claim::Ended(ShardOutcome::Expired));
+        }
+        if !self.settle_behind(lease, &behind).await? {
+            return Ok(Claim::Ended(ShardOutcome::LeaseLost));
+        }
+        let span = tracing::Span::current();
+        span.record("batch_size", rows.len());
+        if rows.is_empty() {
+            let report = ProcessReport {
+                full: !behind.is_empty(),
+                ..ProcessReport::default()
+            };
+            return Ok(Claim::Ended(ShardOutcome::Done {
+                report,
+                last: None,
+                lateness: Lateness::default(),
+            }));
+        }
+        let retried: HashSet<i64> = rows.iter().filter(|r| r.retried).map(|r| r.seq).collect();
+        let messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
+        span.record(
+            "attempt",
+            messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1,
+        );
+        Ok(Claim::Events {
+            messages,
+            retried,
+            behind: !behind.is_empty(),
+        })
     }
 
     /// Events a claim met behind an earlier event of their key: while the key is
@@ -137,16 +201,10 @@ impl<P: Publisher> Inner<P> {
     /// of them); when it is not, the earlier parked events are orphans of a race with
     /// a write-back, and the key's events are unparked to go out in order.
     /// Fenced like a write-back; returns false, writing nothing, when the lease is gone.
-    pub(super) async fn settle_behind(
-        &self,
-        shard: i32,
-        token: i64,
-        behind: &[ClaimedRow],
-    ) -> Result<bool> {
-        let dialect = self.dialect()?;
-        let table = self.outbox.tables().outbox();
-        let mut first: std::collections::BTreeMap<&str, &ClaimedRow> =
-            std::collections::BTreeMap::new();
+    async fn settle_behind(&self, lease: Lease, behind: &[ClaimedRow]) -> Result<bool> {
+        let setup = &*self.setup;
+        let table = setup.tables().outbox();
+        let mut first: BTreeMap<&str, &ClaimedRow> = BTreeMap::new();
         for row in behind {
             first.entry(row.key.as_str()).or_insert(row);
         }
@@ -159,172 +217,46 @@ impl<P: Publisher> Inner<P> {
         if orphaned.is_empty() && failing.is_empty() {
             return Ok(true);
         }
-        let txn = dialect.begin(&self.db).await?;
-        if !self.fence(&txn, shard, token).await? {
+        let txn = setup.dialect.begin(&setup.db).await?;
+        if !self.fence(&txn, lease).await? {
             txn.rollback().await?;
             return Ok(false);
         }
         if !orphaned.is_empty() {
-            txn.execute_raw(dialect.unpark(table, shard, &orphaned))
+            txn.execute_raw(setup.dialect.unpark(table, lease.shard, &orphaned))
                 .await?;
         }
         for row in failing {
-            txn.execute_raw(dialect.park_behind(table, shard, &row.key, row.seq - 1))
-                .await?;
+            txn.execute_raw(
+                setup
+                    .dialect
+                    .park_behind(table, lease.shard, &row.key, row.seq - 1),
+            )
+            .await?;
         }
         txn.commit().await?;
         Ok(true)
     }
 
-    /// Whether this relay still holds `shard` with `token`, by its local deadline and
-    /// then by the lease row, which stays locked until `txn` ends (see
+    /// Whether this relay still holds `lease`, by its local deadline and then by the
+    /// lease row, which stays locked until `txn` ends (see
     /// [`Dialect::fence`](crate::sql::Dialect::fence)).
-    async fn fence(&self, txn: &DatabaseTransaction, shard: i32, token: i64) -> Result<bool> {
-        if !self.leases.valid(shard, token) {
+    async fn fence(&self, txn: &DatabaseTransaction, lease: Lease) -> Result<bool> {
+        if !self.holds(lease) {
             return Ok(false);
         }
-        let lease = LeaseKey {
-            service: &self.config.service_name,
-            shard,
-            owner: &self.relay_id,
-        };
-        let fence = self.dialect()?.fence(self.outbox.tables(), &lease, token);
+        let setup = &*self.setup;
+        let fence = setup
+            .dialect
+            .fence(setup.tables(), &setup.lease_key(lease.shard), lease.token);
         Ok(txn.query_one_raw(fence).await?.is_some())
     }
 
-    /// Claims, publishes and writes back one batch of `shard`, which is marked busy.
-    pub(super) async fn publish_shard(
-        &self,
-        shard: i32,
-        token: i64,
-        batch_size: usize,
-    ) -> Result<ShardOutcome> {
-        let span = info_span!(
-            "outbox.batch",
-            service = %self.config.service_name,
-            relay = %self.relay_id,
-            shard,
-            batch_size = tracing::field::Empty,
-            attempt = tracing::field::Empty,
-        );
-        async {
-            let dialect = self.dialect()?;
-            let tables = self.outbox.tables();
-            let claim = dialect.claim(tables.outbox(), shard, self.clock.now(), batch_size);
-            let (behind, rows): (Vec<ClaimedRow>, Vec<ClaimedRow>) =
-                ClaimedRow::find_by_statement(claim)
-                    .all(&self.db)
-                    .await?
-                    .into_iter()
-                    .partition(ClaimedRow::behind);
-            if !self.leases.valid(shard, token) {
-                return Ok(ShardOutcome::Expired);
-            }
-            if !self.settle_behind(shard, token, &behind).await? {
-                return Ok(ShardOutcome::LeaseLost);
-            }
-            let span = tracing::Span::current();
-            span.record("batch_size", rows.len());
-            if rows.is_empty() {
-                let report = ProcessReport {
-                    full: !behind.is_empty(),
-                    ..ProcessReport::default()
-                };
-                return Ok(ShardOutcome::Done {
-                    report,
-                    last: None,
-                    lateness: Lateness::default(),
-                });
-            }
-            let retried: HashSet<i64> = rows.iter().filter(|r| r.retried).map(|r| r.seq).collect();
-            let messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
-            let lateness = Lateness::of(&messages, self.clock.now());
-            span.record(
-                "attempt",
-                messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1,
-            );
-            // The last moment to find the lease gone before the broker has the batch:
-            // a relay paused since its claim must not publish over a new owner.
-            if !self.leases.valid(shard, token) {
-                return Ok(ShardOutcome::Expired);
-            }
-            let outcomes = self.publish(&messages).await;
-            let acked_at = self.clock.now();
-
-            let (published, failures) = sort_outcomes(&messages, outcomes);
-            let updates: Vec<Failed<'_>> = failures
-                .iter()
-                .map(|(message, error)| Failed {
-                    message,
-                    error,
-                    update: failure_update(
-                        message.attempts,
-                        error,
-                        acked_at,
-                        self.config.retries(),
-                    ),
-                })
-                .collect();
-            let dead: Vec<&Message> = updates
-                .iter()
-                .filter(|failed| failed.dead_lettered())
-                .map(|failed| failed.message)
-                .collect();
-            for Failed { message, error, .. } in &updates {
-                warn!(event_id = %message.id, key = %message.key, %error, "publish failed");
-            }
-            self.send_to_dead_letter_topic(&updates).await;
-
-            // Keys whose failed event is through (published or dead-lettered): their
-            // parked events go back in line.
-            let through: Vec<&str> = published
-                .iter()
-                .filter(|m| retried.contains(&m.seq))
-                .map(|m| m.key.as_str())
-                .chain(dead.iter().map(|m| m.key.as_str()))
-                .collect();
-            let unparked = !through.is_empty();
-            if !self.leases.valid(shard, token) {
-                return Ok(ShardOutcome::Expired);
-            }
-            if !self
-                .write_back(shard, token, &published, &updates, &through, acked_at)
-                .await?
-            {
-                debug!("lease lost before write-back; the new owner publishes these events again");
-                return Ok(ShardOutcome::LeaseLost);
-            }
-
-            self.record_metrics(&published, &updates, dead.len(), acked_at);
-            let report = ProcessReport {
-                claimed: as_u64(messages.len()),
-                published: as_u64(published.len()),
-                failed: as_u64(updates.len()),
-                dead_lettered: as_u64(dead.len()),
-                transient_failures: as_u64(
-                    updates
-                        .iter()
-                        .filter(|failed| failed.error.kind() == PublishErrorKind::Transient)
-                        .count(),
-                ),
-                // Unparked events are ready now: go again at once, as after a full batch.
-                full: messages.len() >= batch_size || unparked || !behind.is_empty(),
-            };
-            Ok(ShardOutcome::Done {
-                report,
-                last: published.last().map(|m| m.id),
-                lateness,
-            })
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Hands `messages` to the publisher. A publisher that panics fails only the
-    /// event it panicked on: the batch goes again one message at a time (in key order,
-    /// as after a refused record batch), and a message whose own publish panics is a
-    /// failed attempt of that event, dead-lettered after its attempts like any other.
-    /// Messages sent before the panic may go out twice, never out of order.
+    /// Step 2: hands `messages` to the publisher. A publisher that panics fails only
+    /// the event it panicked on: the batch goes again one message at a time (in key
+    /// order, as after a refused record batch), and a message whose own publish panics
+    /// is a failed attempt of that event, dead-lettered after its attempts like any
+    /// other. Messages sent before the panic may go out twice, never out of order.
     async fn publish(&self, messages: &[Message]) -> Vec<std::result::Result<(), PublishError>> {
         let panicked = |panic: Box<dyn std::any::Any + Send>| {
             PublishError::permanent(format!(
@@ -362,55 +294,51 @@ impl<P: Publisher> Inner<P> {
         .await
     }
 
-    /// Writes a batch's outcome back, only while this relay still holds `shard` with
-    /// `token` (the fence); returns whether it did. Published events are completed by
-    /// the outbox's [`Completion`](crate::Completion) mode. A batch that published
-    /// everything and unparks nothing, the steady state, needs one statement (two in a
-    /// transaction when archiving on SQLite); any other, one transaction behind the
-    /// fence.
-    pub(super) async fn write_back(
+    /// Step 4: writes a batch's outcome back, only while this relay still holds
+    /// `lease` (the fence); returns whether it did. Published events are completed by
+    /// the outbox's [`Completion`](crate::Completion) mode; a failed event's key waits
+    /// (its later events leave the claim index), and keys whose failed event is through
+    /// go back in line. A batch that published everything and unparks nothing, the
+    /// steady state, needs one statement (two in a transaction when archiving on
+    /// SQLite); any other, one transaction behind the fence.
+    async fn write_back(
         &self,
-        shard: i32,
-        token: i64,
-        published: &[&Message],
-        updates: &[Failed<'_>],
-        through: &[&str],
-        acked_at: chrono::DateTime<Utc>,
+        lease: Lease,
+        judged: &Judged<'_>,
+        acked_at: DateTime<Utc>,
     ) -> Result<bool> {
-        let dialect = self.dialect()?;
-        let tables = self.outbox.tables();
-        let lease = LeaseKey {
-            service: &self.config.service_name,
-            shard,
-            owner: &self.relay_id,
-        };
-        let seqs: Vec<i64> = published.iter().map(|m| m.seq).collect();
-        let completion = self.outbox.completion();
-        if updates.is_empty() && through.is_empty() {
+        let setup = &*self.setup;
+        let (dialect, tables) = (setup.dialect, setup.tables());
+        let seqs: Vec<i64> = judged.published.iter().map(|m| m.seq).collect();
+        let completion = setup.outbox.completion();
+        let failed = judged.failed();
+        let through = judged.through();
+        if failed.is_empty() && through.is_empty() {
             if seqs.is_empty() {
                 return Ok(true);
             }
+            let key = setup.lease_key(lease.shard);
             let completed = dialect
                 .complete(
                     tables,
                     completion,
                     Published::Seqs(&seqs),
                     acked_at,
-                    Some((&lease, token)),
+                    Some((&key, lease.token)),
                 )
-                .run(&self.db)
+                .run(&setup.db)
                 .await?;
             // Nothing completed: the lease is gone, or another writer (a manual call)
             // completed these events first.
             return Ok(completed > 0
-                || self
+                || setup
                     .db
-                    .query_one_raw(dialect.fence(tables, &lease, token))
+                    .query_one_raw(dialect.fence(tables, &key, lease.token))
                     .await?
                     .is_some());
         }
-        let txn = dialect.begin(&self.db).await?;
-        if !self.fence(&txn, shard, token).await? {
+        let txn = dialect.begin(&setup.db).await?;
+        if !self.fence(&txn, lease).await? {
             txn.rollback().await?;
             return Ok(false);
         }
@@ -420,15 +348,14 @@ impl<P: Publisher> Inner<P> {
                 .run(&txn)
                 .await?;
         }
-        for failed in updates {
-            let message = failed.message;
-            txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, &failed.update))
+        for failure in &failed {
+            let message = failure.message;
+            txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, &failure.update))
                 .await?;
-            if !failed.dead_lettered() {
-                // The key waits: its later events leave the claim index meanwhile.
+            if !failure.dead_lettered() {
                 txn.execute_raw(dialect.park_behind(
                     tables.outbox(),
-                    shard,
+                    lease.shard,
                     &message.key,
                     message.seq,
                 ))
@@ -436,15 +363,24 @@ impl<P: Publisher> Inner<P> {
             }
         }
         if !through.is_empty() {
-            txn.execute_raw(dialect.unpark(tables.outbox(), shard, through))
+            txn.execute_raw(dialect.unpark(tables.outbox(), lease.shard, &through))
                 .await?;
         }
         txn.commit().await?;
         Ok(true)
     }
-}
 
-/// A count of things in memory, as the relay's figures keep counts.
-pub(super) fn as_u64(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
+    /// Of `owned`, the shards the claim index says have work: one query.
+    pub(super) async fn shards_with_work(&self, owned: &[i32]) -> Result<Vec<i32>> {
+        let setup = &*self.setup;
+        let statement =
+            setup
+                .dialect
+                .shards_with_work(setup.tables().outbox(), owned, self.keeper.clock.now());
+        let rows = setup.db.query_all_raw(statement).await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get::<i32>("", "shard"))
+            .collect::<std::result::Result<_, _>>()?)
+    }
 }

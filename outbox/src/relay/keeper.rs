@@ -1,39 +1,92 @@
-//! The lease keeper: renews the relay's shard leases and heartbeat on a schedule of
+//! [`Keeper`]: the lease keeper. It holds the relay's shard leases, the database's
+//! clock and the stall breaker, renews the leases and the heartbeat on a schedule of
 //! its own, and stands the relay aside while the broker is unreachable.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use sea_orm::DbBackend;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Inner;
+use super::clock::Clock;
+use super::lease::{Leases, On};
+use super::setup::Setup;
+use super::stall::Stall;
 use super::state::Concern;
 use crate::error::Result;
-use crate::publisher::Publisher;
 use crate::wake;
 
-impl<P: Publisher> Inner<P> {
+/// The lease keeper's state, shared with the main loop and the batches.
+#[derive(Debug)]
+pub(super) struct Keeper {
+    setup: Arc<Setup>,
+    /// The shards this relay holds.
+    pub(super) leases: Leases,
+    /// The database's clock, measured at every round.
+    pub(super) clock: Clock,
+    /// The breaker for a broker the relay cannot deliver to.
+    pub(super) stall: Stall,
+    /// Asks for a round now.
+    renew_now: Notify,
+    /// Tells the main loop that a round took shards.
+    leased: Notify,
+}
+
+impl Keeper {
+    pub(super) fn new(setup: Arc<Setup>, skew: chrono::Duration) -> Self {
+        let config = &setup.config;
+        let leases = Leases::new(
+            &config.service_name,
+            &setup.relay_id,
+            setup.outbox.shards(),
+            config.lease_ttl,
+        );
+        let stall = Stall::new(config.stall_timeout);
+        Keeper {
+            setup,
+            leases,
+            clock: Clock::new(skew),
+            stall,
+            renew_now: Notify::new(),
+            leased: Notify::new(),
+        }
+    }
+
+    fn on(&self) -> On<'_> {
+        On {
+            db: &self.setup.db,
+            dialect: self.setup.dialect,
+            tables: self.setup.tables(),
+            clock: &self.clock,
+        }
+    }
+
+    /// Asks for a lease round now (a lease may be lost, or the relay may rejoin).
+    pub(super) fn renew_soon(&self) {
+        self.renew_now.notify_one();
+    }
+
+    /// Ends when a lease round took shards.
+    pub(super) async fn took_shards(&self) {
+        self.leased.notified().await;
+    }
+
     /// One lease round; returns whether it took shards.
     pub(super) async fn lease_round(&self) -> Result<bool> {
-        let dialect = self.dialect()?;
-        self.clock.sync(&self.db, dialect).await?;
+        let setup = &*self.setup;
+        self.clock.sync(&setup.db, setup.dialect).await?;
         let round = self
             .leases
-            .round(
-                &self.db,
-                dialect,
-                self.outbox.tables(),
-                &self.clock,
-                self.stall.on_probation(),
-            )
+            .round(self.on(), self.stall.on_probation())
             .await?;
-        self.state.owned_shards(round.owned);
-        self.state.concern(Concern::OtherService, round.yielded_to.map(|other| {
+        setup.state.owned_shards(round.owned);
+        setup.state.concern(Concern::OtherService, round.yielded_to.map(|other| {
             format!(
                 "relays of service {other:?} publish this outbox table too and started first; \
                  this relay (service {:?}) publishes nothing while they run: give each service its own tables",
-                self.config.service_name
+                setup.config.service_name
             )
         }));
         if round.released {
@@ -48,24 +101,33 @@ impl<P: Publisher> Inner<P> {
     /// doorbells, others (on PostgreSQL) through a `NOTIFY` on the wake-up channel.
     /// A lost announcement costs only that wait. (A relay of this process that also
     /// listens hears it twice and runs two rounds: harmless.)
-    pub(super) async fn announce_release(&self) {
-        self.outbox.wake().announce_release(&self.doorbell);
-        if self.db.get_database_backend() != DbBackend::Postgres {
+    async fn announce_release(&self) {
+        let setup = &*self.setup;
+        setup.outbox.wake().announce_release(&setup.doorbell);
+        if setup.db.get_database_backend() != DbBackend::Postgres {
             return;
         }
-        let channel = wake::channel(self.outbox.tables());
-        wake::notify(&self.db, &channel, wake::released_payload(&self.relay_id)).await;
+        let channel = wake::channel(setup.tables());
+        wake::notify(&setup.db, &channel, wake::released_payload(&setup.relay_id)).await;
     }
 
     /// Renews the leases and the heartbeat every third of the lease time, on a
     /// schedule of its own: however long a batch takes (a slow broker), the shards
     /// stay this relay's while it lives and reaches the database. Another relay giving
-    /// shards up brings the next round forward.
-    pub(super) async fn keep_leases(self: Arc<Self>, cancel: CancellationToken) {
-        let every = self.config.lease_ttl / 3;
+    /// shards up brings the next round forward. `broker_answers` checks the broker for
+    /// a relay that stands aside.
+    pub(super) async fn keep_leases<F, Answers>(
+        self: Arc<Self>,
+        broker_answers: F,
+        cancel: CancellationToken,
+    ) where
+        F: Fn() -> Answers,
+        Answers: Future<Output = bool>,
+    {
+        let every = self.setup.config.lease_ttl / 3;
         while !cancel.is_cancelled() {
             let round = if self.stall.stalled() {
-                self.stand_aside_or_rejoin().await
+                self.stand_aside_or_rejoin(&broker_answers).await
             } else {
                 self.lease_round().await
             };
@@ -73,13 +135,13 @@ impl<P: Publisher> Inner<P> {
                 Ok(true) => self.leased.notify_one(),
                 Ok(false) => {}
                 Err(error) => {
-                    warn!(relay = %self.relay_id, %error, "lease round failed; retrying");
+                    warn!(relay = %self.setup.relay_id, %error, "lease round failed; retrying");
                 }
             }
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = self.renew_now.notified() => {}
-                () = self.doorbell.release_heard() => {}
+                () = self.setup.doorbell.release_heard() => {}
                 () = tokio::time::sleep(every) => {}
             }
         }
@@ -89,36 +151,48 @@ impl<P: Publisher> Inner<P> {
     /// capped) when the broker answers a check again and the wait after a failed
     /// probation is over; otherwise gives up its shards and its heartbeat, so relays
     /// that can deliver take its keys (see `stall.rs`).
-    pub(super) async fn stand_aside_or_rejoin(&self) -> Result<bool> {
-        if self.stall.may_probe() && self.publisher.check().await.is_ok() {
-            info!(relay = %self.relay_id, "the broker answers again; rejoining with one shard until a delivery succeeds");
+    async fn stand_aside_or_rejoin<F, Answers>(&self, broker_answers: &F) -> Result<bool>
+    where
+        F: Fn() -> Answers,
+        Answers: Future<Output = bool>,
+    {
+        let setup = &*self.setup;
+        if self.stall.may_probe() && broker_answers().await {
+            info!(relay = %setup.relay_id, "the broker answers again; rejoining with one shard until a delivery succeeds");
             self.stall.start_probation();
             return self.lease_round().await;
         }
-        let dialect = self.dialect()?;
-        self.clock.sync(&self.db, dialect).await?;
+        self.clock.sync(&setup.db, setup.dialect).await?;
+        let stall_timeout = humantime::format_duration(setup.config.stall_timeout);
         if self.leases.count() > 0 {
             warn!(
-                relay = %self.relay_id,
-                "nothing delivered to the broker for {}; giving up this relay's shards until it answers again",
-                humantime::format_duration(self.config.stall_timeout)
+                relay = %setup.relay_id,
+                "nothing delivered to the broker for {stall_timeout}; giving up this relay's shards until it answers again",
             );
         }
-        let (owned, released) = self
-            .leases
-            .stand_aside(&self.db, dialect, self.outbox.tables(), self.clock.now())
-            .await?;
+        let (owned, released) = self.leases.stand_aside(self.on()).await?;
         if released {
             self.announce_release().await;
         }
-        self.state.owned_shards(owned);
-        self.state.concern(
+        setup.state.owned_shards(owned);
+        setup.state.concern(
             Concern::Stalled,
             Some(format!(
-                "nothing delivered to the broker for over {}: shards given up until it answers again",
-                humantime::format_duration(self.config.stall_timeout)
+                "nothing delivered to the broker for over {stall_timeout}: shards given up until it answers again",
             )),
         );
         Ok(false)
+    }
+
+    /// The relay stops: it says so and gives its shards up.
+    pub(super) async fn stop(&self) {
+        self.setup.state.stopped();
+        match self.leases.release_all(self.on()).await {
+            Ok(true) => self.announce_release().await,
+            Ok(false) => {}
+            Err(error) => {
+                warn!(relay = %self.setup.relay_id, %error, "could not release leases; they expire on their own");
+            }
+        }
     }
 }

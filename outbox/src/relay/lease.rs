@@ -9,6 +9,8 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement};
 use tracing::{debug, error, info};
 
 use super::clock::Clock;
+use super::membership::Membership;
+use super::share::fair_share;
 use crate::error::Result;
 use crate::sql::{Dialect, LeaseKey};
 use crate::tables::Tables;
@@ -17,17 +19,18 @@ use crate::tables::Tables;
 /// keeper and the batches.
 ///
 /// Two locks: `held` (what is owned, what is busy) is taken only between queries, never
-/// across one, so a batch never waits behind a lease round's queries; `keeper` is held
+/// across one, so a batch never waits behind a lease round's queries; `rounds` is held
 /// for a whole round (or release), so rounds, standing aside and the final release
 /// never interleave.
 #[derive(Debug)]
 pub(crate) struct Leases {
-    pub(super) service: String,
-    pub(super) relay_id: String,
+    service: String,
+    relay_id: String,
     shards: u16,
     ttl: Duration,
+    membership: Membership,
     held: std::sync::Mutex<Held>,
-    keeper: tokio::sync::Mutex<Keeper>,
+    rounds: tokio::sync::Mutex<Rounds>,
 }
 
 /// A shard held: its fencing token, and until when this relay may act on it.
@@ -60,12 +63,12 @@ struct Held {
 
 /// What only rounds read and change.
 #[derive(Debug, Default)]
-pub(super) struct Keeper {
+struct Rounds {
     /// Another service whose relays publish the same table and were there first:
     /// this relay holds nothing while they live.
     yielded_to: Option<String>,
     /// Rounds so far, for housekeeping that need not run every round.
-    pub(super) rounds: u64,
+    count: u64,
 }
 
 /// What a round ended with.
@@ -99,6 +102,15 @@ struct LiveLease {
     owner: String,
 }
 
+/// Where a round does its work: the database, its dialect, the tables, the clock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct On<'a> {
+    pub(crate) db: &'a DatabaseConnection,
+    pub(crate) dialect: Dialect,
+    pub(crate) tables: &'a Tables,
+    pub(crate) clock: &'a Clock,
+}
+
 impl Leases {
     pub(crate) fn new(service: &str, relay_id: &str, shards: u16, ttl: Duration) -> Self {
         Leases {
@@ -106,8 +118,9 @@ impl Leases {
             relay_id: relay_id.to_owned(),
             shards,
             ttl,
+            membership: Membership::new(service, relay_id, ttl),
             held: std::sync::Mutex::default(),
-            keeper: tokio::sync::Mutex::default(),
+            rounds: tokio::sync::Mutex::default(),
         }
     }
 
@@ -211,7 +224,7 @@ impl Leases {
         self.held().owned.len()
     }
 
-    pub(super) fn ttl(&self) -> chrono::Duration {
+    fn ttl(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX)
     }
 
@@ -227,110 +240,102 @@ impl Leases {
     /// event, and one key's events could go out from both at once.)
     ///
     /// A relay on `probation` (see `stall.rs`) takes one shard, and the others leave
-    /// one to it: they share the rest among the relays not on probation. When every
-    /// relay is on probation, each takes a full share.
+    /// one to it (see [`fair_share`]).
     /// Times are the database's (see `clock.rs`), read as each statement is sent: a
     /// slow round must not write expiries that ended before they were written.
-    pub(crate) async fn round(
-        &self,
-        db: &DatabaseConnection,
-        dialect: Dialect,
-        tables: &Tables,
-        clock: &Clock,
-        probation: bool,
-    ) -> Result<Round> {
-        let mut keeper = self.keeper.lock().await;
-        let now = clock.now();
+    pub(crate) async fn round(&self, on: On<'_>, probation: bool) -> Result<Round> {
+        let mut rounds = self.rounds.lock().await;
+        let now = on.clock.now();
         let before = self.count();
-        let ended = |keeper: &Keeper, released: &[i32]| Round {
+        let ended = |rounds: &Rounds, released: &[i32]| Round {
             owned: self.count(),
             took: self.count() > before,
             released: !released.is_empty(),
-            yielded_to: keeper.yielded_to.clone(),
+            yielded_to: rounds.yielded_to.clone(),
         };
         if self.held().closed {
-            return Ok(ended(&keeper, &[]));
+            return Ok(ended(&rounds, &[]));
         }
         let services = self
-            .show_life(&mut keeper, db, dialect, tables, now, probation)
+            .membership
+            .show_life(rounds.count, on.db, on.dialect, on.tables, now, probation)
             .await?;
-        if let Some(owner) = self.table_owner(&services) {
-            if keeper.yielded_to.as_deref() != Some(owner.as_str()) {
+        rounds.count += 1;
+        if let Some(owner) = self.membership.table_owner(&services) {
+            if rounds.yielded_to.as_deref() != Some(owner.as_str()) {
                 error!(
                     relay = %self.relay_id, service = %self.service, other = %owner,
                     "relays of another service publish this outbox table; this relay publishes nothing while they run (give each service its own tables)"
                 );
             }
-            keeper.yielded_to = Some(owner);
-            let released = self.release_idle(0, db, dialect, tables, now).await?;
-            return Ok(ended(&keeper, &released));
+            rounds.yielded_to = Some(owner);
+            let released = self.release_idle(0, on, now).await?;
+            return Ok(ended(&rounds, &released));
         }
-        keeper.yielded_to = None;
-        // This relay counts itself even before its first heartbeat is seen.
-        let (relays, on_probation, ahead) = services
-            .iter()
-            .find(|service| service.service_name == self.service)
-            .map_or((1, i64::from(probation), 0), |service| {
-                (service.relays, service.on_probation, service.ahead)
-            });
-        let all = i64::from(self.shards);
-        let fair = match (probation, on_probation < relays) {
-            // Every relay is on probation (a broker back for all of them, or a lone
-            // relay): nobody else would take the shards, so each takes a full share.
-            (_, false) => share(all, relays, 0, 0),
-            (true, true) => 1,
-            (false, true) => share(all, relays, on_probation, ahead),
-        };
-
+        rounds.yielded_to = None;
+        let standing = self.membership.standing(&services, probation);
+        let fair = fair_share(self.shards, standing, probation);
         // Give up what is beyond the fair share, highest idle shards first.
-        let released = self.release_idle(fair, db, dialect, tables, now).await?;
+        let released = self.release_idle(fair, on, now).await?;
         for shard in &released {
             debug!(shard, relay = %self.relay_id, fair, "shard released for another relay");
         }
-        // Renew the rest in one statement; a lease found taken (it expired and another
-        // relay took it) is gone.
+        self.renew(on).await?;
+        if self.count() < fair {
+            self.take(fair, on).await?;
+        }
+        Ok(ended(&rounds, &released))
+    }
+
+    /// Renews every held shard in one statement; a lease found taken (it expired and
+    /// another relay took it) is gone.
+    async fn renew(&self, on: On<'_>) -> Result<()> {
         let shards: Vec<i32> = self.held().owned.keys().copied().collect();
-        if !shards.is_empty() {
-            let (sent, now) = (Instant::now(), clock.now());
-            let statement = dialect.renew_leases(
-                tables,
-                &self.service,
-                &self.relay_id,
-                &shards,
-                now,
-                now + self.ttl(),
-            );
-            let renewed: BTreeMap<i32, i64> = statement
-                .rows::<Renewed>(db)
-                .await?
-                .into_iter()
-                .map(|row| (row.shard, row.token))
-                .collect();
-            for shard in shards {
-                match renewed.get(&shard) {
-                    Some(&token) => {
-                        // Unless a batch found it lost meanwhile.
-                        if let Some(held) = self.held().owned.get_mut(&shard) {
-                            *held = self.lease(token, sent);
-                        }
+        if shards.is_empty() {
+            return Ok(());
+        }
+        let (sent, now) = (Instant::now(), on.clock.now());
+        let statement = on.dialect.renew_leases(
+            on.tables,
+            &self.service,
+            &self.relay_id,
+            &shards,
+            now,
+            now + self.ttl(),
+        );
+        let renewed: BTreeMap<i32, i64> = statement
+            .rows::<Renewed>(on.db)
+            .await?
+            .into_iter()
+            .map(|row| (row.shard, row.token))
+            .collect();
+        for shard in shards {
+            match renewed.get(&shard) {
+                Some(&token) => {
+                    // Unless a batch found it lost meanwhile.
+                    if let Some(held) = self.held().owned.get_mut(&shard) {
+                        *held = self.lease(token, sent);
                     }
-                    None => self.lost(shard),
                 }
+                None => self.lost(shard),
             }
         }
-        if self.count() >= fair {
-            return Ok(ended(&keeper, &released));
-        }
-        // Take free or expired shards, starting at a place of this relay's own so that
-        // relays starting together do not all race for the same ones.
-        let taken: HashSet<i32> =
-            LiveLease::find_by_statement(dialect.live_leases(tables, &self.service, clock.now()))
-                .all(db)
-                .await?
-                .into_iter()
-                .filter(|lease| lease.owner != self.relay_id)
-                .map(|lease| lease.shard)
-                .collect();
+        Ok(())
+    }
+
+    /// Takes free or expired shards until `fair` are held, starting at a place of this
+    /// relay's own so that relays starting together do not all race for the same ones.
+    async fn take(&self, fair: usize, on: On<'_>) -> Result<()> {
+        let live = on
+            .dialect
+            .live_leases(on.tables, &self.service, on.clock.now());
+        let taken: HashSet<i32> = LiveLease::find_by_statement(live)
+            .all(on.db)
+            .await?
+            .into_iter()
+            .filter(|lease| lease.owner != self.relay_id)
+            .map(|lease| lease.shard)
+            .collect();
         let start =
             i32::try_from(crate::key::key_hash(&self.relay_id) % u64::from(self.shards.max(1)))
                 .unwrap_or(0);
@@ -343,45 +348,34 @@ impl Leases {
             if taken.contains(&shard) || self.held().owned.contains_key(&shard) {
                 continue;
             }
-            let (sent, now) = (Instant::now(), clock.now());
-            if let Some(token) = self
-                .acquire(db, dialect, tables, shard, now, now + self.ttl())
-                .await?
-            {
+            let (sent, now) = (Instant::now(), on.clock.now());
+            if let Some(token) = self.acquire(on, shard, now, now + self.ttl()).await? {
                 debug!(shard, token, relay = %self.relay_id, "shard lease taken");
                 self.held().owned.insert(shard, self.lease(token, sent));
             }
         }
-        Ok(ended(&keeper, &released))
+        Ok(())
     }
 
     async fn acquire(
         &self,
-        db: &DatabaseConnection,
-        dialect: Dialect,
-        tables: &Tables,
+        on: On<'_>,
         shard: i32,
         now: DateTime<Utc>,
         expires: DateTime<Utc>,
     ) -> Result<Option<i64>> {
-        let rows = dialect
-            .acquire_lease(tables, &self.key(shard), now, expires)
-            .rows::<TokenRow>(db)
+        let rows = on
+            .dialect
+            .acquire_lease(on.tables, &self.key(shard), now, expires)
+            .rows::<TokenRow>(on.db)
             .await?;
         Ok(rows.first().map(|row| row.token))
     }
 
     /// Gives up shards without a batch in flight, highest first, until `keep` are
     /// left (or only busy ones); returns those given up. They are forgotten before
-    /// the release, so no batch starts on them meanwhile. The caller holds `keeper`.
-    async fn release_idle(
-        &self,
-        keep: usize,
-        db: &DatabaseConnection,
-        dialect: Dialect,
-        tables: &Tables,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<i32>> {
+    /// the release, so no batch starts on them meanwhile. The caller holds `rounds`.
+    async fn release_idle(&self, keep: usize, on: On<'_>, now: DateTime<Utc>) -> Result<Vec<i32>> {
         let release: Vec<i32> = {
             let mut held = self.held();
             let surplus = held.owned.len().saturating_sub(keep);
@@ -399,7 +393,8 @@ impl Leases {
             release
         };
         for &shard in &release {
-            db.execute_raw(self.release(dialect, tables, shard, now))
+            on.db
+                .execute_raw(self.release(on.dialect, on.tables, shard, now))
                 .await?;
         }
         Ok(release)
@@ -409,29 +404,21 @@ impl Leases {
     /// the other relays count one relay fewer and take the shards; a later round
     /// rejoins. For a relay that cannot reach the broker. Returns the shards still held
     /// (those with a batch in flight) and whether it gave any up.
-    pub(crate) async fn stand_aside(
-        &self,
-        db: &DatabaseConnection,
-        dialect: Dialect,
-        tables: &Tables,
-        now: DateTime<Utc>,
-    ) -> Result<(usize, bool)> {
-        let _keeper = self.keeper.lock().await;
-        let released = self.release_idle(0, db, dialect, tables, now).await?;
-        self.leave(db, dialect, tables, now).await?;
+    pub(crate) async fn stand_aside(&self, on: On<'_>) -> Result<(usize, bool)> {
+        let _rounds = self.rounds.lock().await;
+        let now = on.clock.now();
+        let released = self.release_idle(0, on, now).await?;
+        self.membership
+            .leave(on.db, on.dialect, on.tables, now)
+            .await?;
         Ok((self.count(), !released.is_empty()))
     }
 
     /// Gives up every shard and leaves the service, so other relays take over at once;
     /// returns whether it held any.
-    pub(crate) async fn release_all(
-        &self,
-        db: &DatabaseConnection,
-        dialect: Dialect,
-        tables: &Tables,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let _keeper = self.keeper.lock().await;
+    pub(crate) async fn release_all(&self, on: On<'_>) -> Result<bool> {
+        let _rounds = self.rounds.lock().await;
+        let now = on.clock.now();
         let owned = {
             let mut held = self.held();
             held.closed = true;
@@ -439,23 +426,15 @@ impl Leases {
         };
         let released = !owned.is_empty();
         for shard in owned.into_keys() {
-            db.execute_raw(self.release(dialect, tables, shard, now))
+            on.db
+                .execute_raw(self.release(on.dialect, on.tables, shard, now))
                 .await?;
         }
-        self.leave(db, dialect, tables, now).await?;
+        self.membership
+            .leave(on.db, on.dialect, on.tables, now)
+            .await?;
         Ok(released)
     }
-}
-
-/// This relay's fair share of `shards` among `relays` live relays, `on_probation` of
-/// which hold one shard each, this one with `ahead` relays not on probation before it
-/// by id: the others split what is left exactly, the first by id taking one more, so
-/// the shares add up and the probations' shards stay free for them.
-fn share(shards: i64, relays: i64, on_probation: i64, ahead: i64) -> usize {
-    let live = (relays - on_probation).max(1);
-    let left = (shards - on_probation).max(0);
-    let share = left / live + i64::from(ahead < left % live);
-    usize::try_from(share).unwrap_or(0)
 }
 
 /// A shard busy with a batch (see [`Leases::start_batch`]); no longer busy once dropped.
@@ -468,39 +447,5 @@ pub(crate) struct Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.leases.held().busy.remove(&self.shard);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::share;
-
-    #[test]
-    fn shares_add_up_to_the_shards_left_by_the_probations() {
-        for (shards, relays, on_probation) in [
-            (16, 1, 0),
-            (16, 3, 0),
-            (16, 3, 1),
-            (16, 2, 1),
-            (5, 7, 0),
-            (16, 17, 1),
-        ] {
-            let healthy = relays - on_probation;
-            let total: usize = (0..healthy)
-                .map(|ahead| share(shards, relays, on_probation, ahead))
-                .sum();
-            let left = usize::try_from((shards - on_probation).max(0)).expect("small");
-            assert_eq!(
-                total, left,
-                "{shards} shards, {relays} relays, {on_probation} on probation"
-            );
-        }
-        assert_eq!(share(16, 3, 0, 0), 6);
-        assert_eq!(share(16, 3, 0, 2), 5);
-        assert_eq!(
-            share(16, 2, 1, 0),
-            15,
-            "one shard left to the relay on probation"
-        );
     }
 }

@@ -16,40 +16,48 @@ use sea_orm::{DatabaseConnection, DatabaseConnectionType};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Inner;
-use crate::publisher::Publisher;
+use super::setup::Setup;
 use crate::wake;
 
 /// The longest wait before trying to listen again.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
 
-impl<P: Publisher> Inner<P> {
-    /// Listens until `cancel`, reconnecting with backoff.
-    pub(super) async fn listen(self: Arc<Self>, cancel: CancellationToken) {
-        let channel = wake::channel(self.outbox.tables());
+/// Listens until `cancel`, reconnecting with backoff.
+pub(super) async fn listen(setup: Arc<Setup>, cancel: CancellationToken) {
+    Ear { setup }.listen(cancel).await;
+}
+
+/// The relay's listening side.
+struct Ear {
+    setup: Arc<Setup>,
+}
+
+impl Ear {
+    async fn listen(&self, cancel: CancellationToken) {
+        let channel = wake::channel(self.setup.tables());
         let mut wait = Duration::from_millis(100);
         while !cancel.is_cancelled() {
             match self.listener(&channel).await {
                 Ok(mut listener) => {
-                    info!(relay = %self.relay_id, %channel, "listening for stored events");
+                    info!(relay = %self.setup.relay_id, %channel, "listening for stored events");
                     wait = Duration::from_millis(100);
                     // Events stored while nobody listened: poll once. Shards given up
                     // meanwhile (a relay that just started listens only after its
                     // first round, which the others may have answered): a round.
                     self.wake_for(None);
-                    self.doorbell.hear_release();
+                    self.setup.doorbell.hear_release();
                     let outcome = cancel
                         .run_until_cancelled(self.receive(&mut listener))
                         .await;
                     match outcome {
                         None => return,
                         Some(error) => {
-                            warn!(relay = %self.relay_id, %error, "the listening connection failed; listening again");
+                            warn!(relay = %self.setup.relay_id, %error, "the listening connection failed; listening again");
                         }
                     }
                 }
                 Err(error) => {
-                    warn!(relay = %self.relay_id, %error, "cannot listen for stored events; polling until it can");
+                    warn!(relay = %self.setup.relay_id, %error, "cannot listen for stored events; polling until it can");
                 }
             }
             if cancel
@@ -68,9 +76,9 @@ impl<P: Publisher> Inner<P> {
     /// its connection for good: with a pool of one, the relay had none left for its
     /// claims.)
     async fn listener(&self, channel: &str) -> Result<PgListener, String> {
-        let mut listener = match &self.config.listen_url {
+        let mut listener = match &self.setup.config.listen_url {
             Some(url) => PgListener::connect(url.as_str()).await,
-            None => match pool_of(&self.db) {
+            None => match pool_of(&self.setup.db) {
                 Some(pool) => {
                     let own = PgPoolOptions::new()
                         .max_connections(1)
@@ -85,7 +93,7 @@ impl<P: Publisher> Inner<P> {
         listener.eager_reconnect(false);
         // Named in pg_stat_activity, for operators (and the tests that cut it).
         sea_orm::sqlx::query("SELECT set_config('application_name', $1, false)")
-            .bind(format!("outbox listen {}", self.relay_id))
+            .bind(format!("outbox listen {}", self.setup.relay_id))
             .execute(&mut listener)
             .await
             .map_err(|error| error.to_string())?;
@@ -102,8 +110,8 @@ impl<P: Publisher> Inner<P> {
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => match wake::released_by(notification.payload()) {
-                    Some(relay) if relay == self.relay_id => {}
-                    Some(_) => self.doorbell.hear_release(),
+                    Some(relay) if relay == self.setup.relay_id => {}
+                    Some(_) => self.setup.doorbell.hear_release(),
                     None => self.wake_for(wake::shards_of(notification.payload())),
                 },
                 Ok(None) => return "the connection was closed".to_owned(),
@@ -116,8 +124,8 @@ impl<P: Publisher> Inner<P> {
     /// those this relay owns.
     fn wake_for(&self, shards: Option<Vec<i32>>) {
         match shards {
-            None => self.doorbell.ring_all(),
-            Some(shards) => self.doorbell.ring(shards),
+            None => self.setup.doorbell.ring_all(),
+            Some(shards) => self.setup.doorbell.ring(shards),
         }
     }
 }

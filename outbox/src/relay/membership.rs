@@ -1,10 +1,11 @@
 //! Relay membership: heartbeats, which relays of which services are alive, and
 //! leaving. The lease rounds (`lease.rs`) share shards among the live relays.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult};
 
-use super::lease::{Keeper, Leases};
 use crate::error::Result;
 use crate::sql::Dialect;
 use crate::tables::Tables;
@@ -26,12 +27,29 @@ pub(super) struct LiveService {
     pub(super) ahead: i64,
 }
 
-impl Leases {
-    /// Records that this relay is alive (and whether on probation), every few rounds
-    /// deletes the rows of relays long gone, and returns the services with live relays.
+/// One relay's membership of its service: its heartbeat row.
+#[derive(Debug)]
+pub(super) struct Membership {
+    service: String,
+    relay_id: String,
+    ttl: chrono::Duration,
+}
+
+impl Membership {
+    pub(super) fn new(service: &str, relay_id: &str, ttl: Duration) -> Self {
+        Membership {
+            service: service.to_owned(),
+            relay_id: relay_id.to_owned(),
+            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+        }
+    }
+
+    /// Records that this relay is alive (and whether on probation), in round `round`
+    /// (counted from 0) deletes the rows of relays long gone if it is time, and returns
+    /// the services with live relays.
     pub(super) async fn show_life(
         &self,
-        keeper: &mut Keeper,
+        round: u64,
         db: &DatabaseConnection,
         dialect: Dialect,
         tables: &Tables,
@@ -40,15 +58,14 @@ impl Leases {
     ) -> Result<Vec<LiveService>> {
         let heartbeat = dialect.heartbeat(tables, &self.service, &self.relay_id, now, probation);
         db.execute_raw(heartbeat).await?;
-        if keeper.rounds.is_multiple_of(LEAVE_EVERY) {
+        if round.is_multiple_of(LEAVE_EVERY) {
             db.execute_raw(dialect.leave(tables, &self.service, None, self.gone_before(now)))
                 .await?;
         }
-        keeper.rounds += 1;
         Ok(LiveService::find_by_statement(dialect.live_services(
             tables,
             &self.relay_id,
-            now - self.ttl(),
+            now - self.ttl,
         ))
         .all(db)
         .await?)
@@ -62,6 +79,27 @@ impl Leases {
             .min_by(|a, b| (a.since, &a.service_name).cmp(&(b.since, &b.service_name)))
             .map(|owner| owner.service_name.clone())
             .filter(|owner| *owner != self.service)
+    }
+
+    /// This relay's service among `services`: its live relays, those on probation,
+    /// and those not on probation before this one by id. A relay counts itself even
+    /// before its first heartbeat is seen.
+    pub(super) fn standing(&self, services: &[LiveService], probation: bool) -> Standing {
+        services
+            .iter()
+            .find(|service| service.service_name == self.service)
+            .map_or(
+                Standing {
+                    relays: 1,
+                    on_probation: i64::from(probation),
+                    ahead: 0,
+                },
+                |service| Standing {
+                    relays: service.relays,
+                    on_probation: service.on_probation,
+                    ahead: service.ahead,
+                },
+            )
     }
 
     /// Deletes this relay's heartbeat row: the others count one relay fewer.
@@ -84,6 +122,14 @@ impl Leases {
 
     /// Relays silent since before this are gone for good; their rows are removed.
     fn gone_before(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now - self.ttl() * 10
+        now - self.ttl * 10
     }
+}
+
+/// Where this relay stands among the live relays of its service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Standing {
+    pub(super) relays: i64,
+    pub(super) on_probation: i64,
+    pub(super) ahead: i64,
 }

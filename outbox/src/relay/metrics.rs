@@ -1,13 +1,13 @@
 //! The relay's metrics: their names, and what each batch and backlog reading records.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tracing::error;
 
-use super::Inner;
-use super::batch::{Failed, as_u64};
+use super::outcome::{Failed, as_u64};
+use super::setup::Setup;
 use super::state::Concern;
-use crate::error::Result;
-use crate::publisher::{PublishErrorKind, Publisher};
+use crate::backlog::Backlog;
+use crate::publisher::PublishErrorKind;
 use crate::wire::Message;
 
 /// Metric names (through the `metrics` facade), each labelled with `service`.
@@ -83,76 +83,70 @@ pub mod metric_names {
     }
 }
 
-impl<P: Publisher> Inner<P> {
-    pub(super) fn record_metrics(
-        &self,
-        published: &[&Message],
-        updates: &[Failed<'_>],
-        dead: usize,
-        acked_at: chrono::DateTime<Utc>,
-    ) {
-        let service = self.config.service_name.clone();
-        metrics::counter!(metric_names::PUBLISHED, "service" => service.clone())
-            .increment(as_u64(published.len()));
-        let latency =
-            metrics::histogram!(metric_names::PUBLISH_LATENCY, "service" => service.clone());
-        for message in published {
-            latency.record(
-                (acked_at - message.created_at)
-                    .to_std()
-                    .unwrap_or_default()
-                    .as_secs_f64(),
-            );
-        }
-        for Failed { error, .. } in updates {
-            let kind = if error.kind() == PublishErrorKind::Permanent {
-                "permanent"
-            } else {
-                "transient"
-            };
-            metrics::counter!(metric_names::FAILED, "service" => service.clone(), "kind" => kind)
-                .increment(1);
-        }
-        metrics::counter!(metric_names::DEAD_LETTERED, "service" => service)
-            .increment(as_u64(dead));
-        self.state
-            .count(as_u64(published.len()), as_u64(updates.len()), as_u64(dead));
+/// Records what a batch published and what failed, in the metrics and the relay's
+/// figures.
+pub(super) fn record_batch(
+    setup: &Setup,
+    published: &[&Message],
+    failed: &[Failed<'_>],
+    acked_at: DateTime<Utc>,
+) {
+    let service = setup.service().to_owned();
+    metrics::counter!(metric_names::PUBLISHED, "service" => service.clone())
+        .increment(as_u64(published.len()));
+    let latency = metrics::histogram!(metric_names::PUBLISH_LATENCY, "service" => service.clone());
+    for message in published {
+        latency.record(
+            (acked_at - message.created_at)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
     }
+    for Failed { error, .. } in failed {
+        let kind = if error.kind() == PublishErrorKind::Permanent {
+            "permanent"
+        } else {
+            "transient"
+        };
+        metrics::counter!(metric_names::FAILED, "service" => service.clone(), "kind" => kind)
+            .increment(1);
+    }
+    let dead = as_u64(failed.iter().filter(|f| f.dead_lettered()).count());
+    metrics::counter!(metric_names::DEAD_LETTERED, "service" => service).increment(dead);
+    setup
+        .state
+        .count(as_u64(published.len()), as_u64(failed.len()), dead);
+}
 
-    pub(super) async fn refresh_backlog(&self) -> Result<()> {
-        let backlog = self.outbox.backlog(&self.db).await?;
-        let service = self.config.service_name.clone();
-        #[allow(clippy::cast_precision_loss)]
-        // gauges are f64; counts this large are not exact anyway
-        {
-            metrics::gauge!(metric_names::PENDING, "service" => service.clone())
-                .set(backlog.pending as f64);
-            metrics::gauge!(metric_names::DEAD_LETTERS, "service" => service.clone())
-                .set(backlog.dead_lettered as f64);
-        }
-        let age = backlog
-            .oldest_pending_age(self.clock.now())
-            .unwrap_or_default();
-        metrics::gauge!(metric_names::OLDEST_PENDING_AGE, "service" => service.clone())
-            .set(age.as_secs_f64());
-        self.state.backlog(backlog);
-
-        // Events a writer put in shards no relay of this count leases would wait forever.
-        let outside = self.outbox.pending_outside_shards(&self.db).await?;
-        #[allow(clippy::cast_precision_loss)] // as above
-        metrics::gauge!(metric_names::PENDING_OUTSIDE_SHARDS, "service" => service)
+/// Records a backlog reading: pending events, dead letters, the oldest pending age
+/// (by the database's clock, `now`), and pending events outside the relay's shards,
+/// which is a misconfiguration the health check reports.
+pub(super) fn record_backlog(setup: &Setup, backlog: Backlog, outside: u64, now: DateTime<Utc>) {
+    let service = setup.service().to_owned();
+    #[allow(clippy::cast_precision_loss)]
+    // gauges are f64; counts this large are not exact anyway
+    {
+        metrics::gauge!(metric_names::PENDING, "service" => service.clone())
+            .set(backlog.pending as f64);
+        metrics::gauge!(metric_names::DEAD_LETTERS, "service" => service.clone())
+            .set(backlog.dead_lettered as f64);
+        metrics::gauge!(metric_names::PENDING_OUTSIDE_SHARDS, "service" => service.clone())
             .set(outside as f64);
-        let problem = (outside > 0).then(|| {
-            format!(
-                "{outside} pending events are in shards at or above this relay's shard count ({}): \
-                 their writers use more shards; give writers and relays the same count (OUTBOX_SHARDS)",
-                self.outbox.shards()
-            )
-        });
-        if let Some(problem) = &problem {
-            error!(relay = %self.relay_id, "{problem}");
-        }
-        self.state.concern(Concern::OutsideShards, problem);
-        Ok(())
     }
+    let age = backlog.oldest_pending_age(now).unwrap_or_default();
+    metrics::gauge!(metric_names::OLDEST_PENDING_AGE, "service" => service).set(age.as_secs_f64());
+    setup.state.backlog(backlog);
+    // Events a writer put in shards no relay of this count leases would wait forever.
+    let problem = (outside > 0).then(|| {
+        format!(
+            "{outside} pending events are in shards at or above this relay's shard count ({}): \
+             their writers use more shards; give writers and relays the same count (OUTBOX_SHARDS)",
+            setup.outbox.shards()
+        )
+    });
+    if let Some(problem) = &problem {
+        error!(relay = %setup.relay_id, "{problem}");
+    }
+    setup.state.concern(Concern::OutsideShards, problem);
 }

@@ -11,13 +11,17 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | `mod.rs` | [`Relay`]: building, spawning, one manual pass (`process_events`) |
-//! | `run.rs` | the main loop: batches as tasks, polls, wake-ups, the offset |
+//! | `mod.rs` | [`Relay`]: building it from its parts, spawning their tasks, one manual pass |
+//! | `setup.rs` | `Setup`: what every part reads (configuration, database, outbox, id) |
+//! | `run.rs` | `Runner`, the main loop: batches as tasks, polls, wake-ups, the offset |
 //! | `schedule.rs` | the loop's wait policy, pure: which shard next, when to poll |
-//! | `batch.rs` | one batch of one shard: claim, publish, fenced write-back |
+//! | `offset.rs` | the service's offset: its last published event, written now and then |
+//! | `batch.rs` | `Batcher`: one batch of one shard: claim, publish, judge, fenced write-back |
+//! | `outcome.rs` | judging a batch's outcomes, pure; [`ProcessReport`] |
 //! | `dead_letter.rs` | the dead-letter topic |
-//! | `keeper.rs` | the lease keeper task: rounds on a timer, standing aside when stalled |
-//! | `lease.rs` | the shard leases themselves: fair share, renew, take, release |
+//! | `keeper.rs` | `Keeper`, the lease keeper: leases, clock, stall; rounds on a timer |
+//! | `lease.rs` | `Leases`, the shard leases themselves: renew, take, release |
+//! | `share.rs` | the fair share of shards per relay, pure |
 //! | `membership.rs` | heartbeats: which relays of which services are alive |
 //! | `listen.rs` | `LISTEN` for wake-ups from other processes (PostgreSQL) |
 //! | `housekeeping.rs` | backlog figures, orphan sweep, health probe, cleanup |
@@ -38,39 +42,41 @@ mod lease;
 mod listen;
 mod membership;
 mod metrics;
+mod offset;
+mod outcome;
 mod run;
 mod schedule;
+mod setup;
+mod share;
 mod stall;
 mod state;
 mod unannounced;
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
-use tokio::sync::Notify;
+use futures_util::StreamExt as _;
+use sea_orm::DatabaseConnection;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 use uuid::Uuid;
 
-pub use batch::ProcessReport;
 pub use handle::{HealthProbe, RelayHandle};
 pub use metrics::metric_names;
+pub use outcome::ProcessReport;
 pub use state::Stats;
 
-use self::batch::ShardOutcome;
-
-use self::clock::Clock;
-use self::lease::Leases;
-use self::stall::Stall;
+use self::batch::Batcher;
+use self::keeper::Keeper;
+use self::outcome::ShardOutcome;
+use self::run::Runner;
+use self::setup::Setup;
 use self::state::State;
 use crate::config::{MAX_SERVICE_NAME_LEN, RelayConfig};
 use crate::error::Result;
 use crate::publisher::Publisher;
 use crate::sql::Dialect;
 use crate::store::Outbox;
-use crate::wake::Doorbell;
 
 /// The relay: publishes the events of one service's outbox.
 ///
@@ -90,28 +96,9 @@ use crate::wake::Doorbell;
 #[derive(Debug)]
 #[doc(alias = "Processor")]
 pub struct Relay<P> {
-    inner: Inner<P>,
-}
-
-#[derive(Debug)]
-struct Inner<P> {
-    config: RelayConfig,
-    db: DatabaseConnection,
-    publisher: P,
-    outbox: Outbox,
-    relay_id: String,
-    state: Arc<State>,
-    leases: Leases,
-    /// Asks the lease keeper for a round now.
-    renew_now: Notify,
-    /// Tells the main loop that a lease round took shards.
-    leased: Notify,
-    /// Tells the main loop which shards events were stored to, by this process or
-    /// (through `listen.rs`) another.
-    doorbell: Arc<Doorbell>,
-    clock: Clock,
-    /// The breaker for a broker the relay cannot deliver to.
-    stall: Stall,
+    setup: Arc<Setup>,
+    keeper: Arc<Keeper>,
+    batcher: Batcher<P>,
 }
 
 impl<P: Publisher> Relay<P> {
@@ -123,7 +110,7 @@ impl<P: Publisher> Relay<P> {
     #[doc(alias = "NewProcessor")]
     pub fn new(config: RelayConfig, db: DatabaseConnection, publisher: P) -> Result<Self> {
         config.validate()?;
-        Dialect::of(db.get_database_backend())?;
+        let dialect = Dialect::of(db.get_database_backend())?;
         let relay_id = relay_id(&config.service_name);
         let outbox = Outbox::new()
             .with_shards(config.shards)
@@ -131,6 +118,7 @@ impl<P: Publisher> Relay<P> {
         Ok(Self::build(
             config,
             db,
+            dialect,
             publisher,
             outbox,
             relay_id,
@@ -141,40 +129,49 @@ impl<P: Publisher> Relay<P> {
     fn build(
         config: RelayConfig,
         db: DatabaseConnection,
+        dialect: Dialect,
         publisher: P,
         outbox: Outbox,
         relay_id: String,
         skew: chrono::Duration,
     ) -> Self {
-        let leases = Leases::new(
-            &config.service_name,
-            &relay_id,
-            outbox.shards(),
-            config.lease_ttl,
-        );
-        let doorbell = outbox.wake().subscribe();
-        let stall = Stall::new(config.stall_timeout);
         let state = Arc::new(State::new(
             relay_id.clone(),
             config.health_timeout,
             config.enabled,
         ));
+        let doorbell = outbox.wake().subscribe();
+        let setup = Arc::new(Setup {
+            config,
+            db,
+            dialect,
+            outbox,
+            relay_id,
+            state,
+            doorbell,
+        });
+        let keeper = Arc::new(Keeper::new(Arc::clone(&setup), skew));
+        let batcher = Batcher::new(Arc::clone(&setup), Arc::clone(&keeper), publisher);
         Relay {
-            inner: Inner {
-                config,
-                db,
-                publisher,
-                outbox,
-                relay_id,
-                state,
-                leases,
-                renew_now: Notify::new(),
-                leased: Notify::new(),
-                doorbell,
-                clock: Clock::new(skew),
-                stall,
-            },
+            setup,
+            keeper,
+            batcher,
         }
+    }
+
+    /// Takes the relay apart, to build it again.
+    fn rebuild(self, outbox: Option<Outbox>, skew: Option<chrono::Duration>) -> Self {
+        let skew = skew.unwrap_or_else(|| self.keeper.clock.skew());
+        let setup = &*self.setup;
+        let (config, db, dialect, relay_id) = (
+            setup.config.clone(),
+            setup.db.clone(),
+            setup.dialect,
+            setup.relay_id.clone(),
+        );
+        let outbox = outbox.unwrap_or_else(|| setup.outbox.clone());
+        let publisher = self.batcher.into_publisher();
+        Self::build(config, db, dialect, publisher, outbox, relay_id, skew)
     }
 
     /// Uses `outbox`'s tables, shard count and completion mode (instead of the
@@ -182,35 +179,27 @@ impl<P: Publisher> Relay<P> {
     /// wakes when it stores an event. Pass a clone of the outbox the application
     /// stores with.
     pub fn with_outbox(self, outbox: Outbox) -> Self {
-        let inner = self.inner;
-        if outbox.shards() != inner.config.shards.get() {
+        let config = &self.setup.config;
+        if outbox.shards() != config.shards.get() {
             warn!(
-                configured = inner.config.shards.get(),
+                configured = config.shards.get(),
                 outbox = outbox.shards(),
                 "the relay uses the outbox's shard count, not the configuration's"
             );
         }
-        if outbox.completion() != inner.config.completion {
+        if outbox.completion() != config.completion {
             warn!(
-                configured = %inner.config.completion,
+                configured = %config.completion,
                 outbox = %outbox.completion(),
                 "the relay uses the outbox's completion mode, not the configuration's"
             );
         }
-        let skew = inner.clock.skew();
-        let outbox = if inner.config.listen {
-            outbox.with_wake_connection(&inner.db)
+        let outbox = if config.listen {
+            outbox.with_wake_connection(&self.setup.db)
         } else {
             outbox
         };
-        Self::build(
-            inner.config,
-            inner.db,
-            inner.publisher,
-            outbox,
-            inner.relay_id,
-            skew,
-        )
+        self.rebuild(Some(outbox), None)
     }
 
     /// Runs this relay as if its host's clock were `skew` ahead (or behind, when
@@ -218,20 +207,12 @@ impl<P: Publisher> Relay<P> {
     /// whatever its host's says.
     #[doc(hidden)]
     pub fn with_clock_skew(self, skew: chrono::Duration) -> Self {
-        let inner = self.inner;
-        Self::build(
-            inner.config,
-            inner.db,
-            inner.publisher,
-            inner.outbox,
-            inner.relay_id,
-            skew,
-        )
+        self.rebuild(None, Some(skew))
     }
 
     /// This instance's id, as stored in the lease and relay tables.
     pub fn relay_id(&self) -> &str {
-        &self.inner.relay_id
+        &self.setup.relay_id
     }
 
     /// One pass by hand (the Go library's `ProcessEvents`): takes or renews this relay's
@@ -240,88 +221,21 @@ impl<P: Publisher> Relay<P> {
     /// # Errors
     /// The database's. Publish failures are recorded on the events, not returned.
     pub async fn process_events(&self, batch_size: usize) -> Result<ProcessReport> {
-        self.inner.lease_round().await?;
-        self.inner.sweep_orphans().await?;
-        self.inner.process_owned(batch_size.max(1)).await
+        self.keeper.lease_round().await?;
+        housekeeping::sweep_orphans(&self.setup).await?;
+        self.process_owned(batch_size.max(1)).await
     }
 
-    /// Starts the relay in the background. With `enabled = false` it starts nothing.
-    #[doc(alias = "Start")]
-    pub fn spawn(self) -> RelayHandle {
-        let inner = Arc::new(self.inner);
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let mut tasks = Vec::new();
-        if inner.config.enabled {
-            // Counters exist from the start, so that `rate()` sees their first events.
-            let service = inner.config.service_name.clone();
-            ::metrics::counter!(metric_names::PUBLISHED, "service" => service.clone()).increment(0);
-            ::metrics::counter!(metric_names::DEAD_LETTERED, "service" => service.clone())
-                .increment(0);
-            ::metrics::counter!(metric_names::FOUND_BY_POLL, "service" => service).increment(0);
-            tasks.push(tracker.spawn(Arc::clone(&inner).keep_leases(cancel.clone())));
-            tasks.push(tracker.spawn(Arc::clone(&inner).run_or_stop(cancel.clone())));
-            tasks.push(tracker.spawn(Arc::clone(&inner).probe(cancel.clone())));
-            tasks.push(tracker.spawn(Arc::clone(&inner).housekeeping(cancel.clone())));
-            #[cfg(feature = "postgres")]
-            if inner.listens() {
-                tasks.push(tracker.spawn(Arc::clone(&inner).listen(cancel.clone())));
-            }
-            if inner.config.cleanup_enabled {
-                tasks.push(tracker.spawn(Arc::clone(&inner).cleanup(cancel.clone())));
-            }
-        }
-        tracker.close();
-        RelayHandle {
-            state: Arc::clone(&inner.state),
-            relay_id: inner.relay_id.clone(),
-            shutdown_timeout: inner.config.shutdown_timeout,
-            cancel,
-            tracker,
-            tasks,
-        }
-    }
-}
-
-impl<P: Publisher> Inner<P> {
-    fn dialect(&self) -> Result<Dialect> {
-        Dialect::of(self.db.get_database_backend())
-    }
-
-    /// Whether this relay listens for the wake-ups of writers in other processes.
-    fn listens(&self) -> bool {
-        cfg!(feature = "postgres")
-            && self.config.listen
-            && self.db.get_database_backend() == DbBackend::Postgres
-    }
-
-    /// The loop has ended: the relay says so and gives its shards up.
-    async fn stop(&self) {
-        self.state.stopped();
-        if let Ok(dialect) = self.dialect() {
-            let released = self
-                .leases
-                .release_all(&self.db, dialect, self.outbox.tables(), self.clock.now())
-                .await;
-            match released {
-                Ok(true) => self.announce_release().await,
-                Ok(false) => {}
-                Err(error) => {
-                    warn!(relay = %self.relay_id, %error, "could not release leases; they expire on their own");
-                }
-            }
-        }
-    }
-
-    /// One batch of every owned shard, `concurrency` shards at a time (for
-    /// [`Relay::process_events`]).
+    /// One batch of every owned shard, `concurrency` shards at a time: a pass by hand
+    /// ([`Relay::process_events`]).
     async fn process_owned(&self, batch_size: usize) -> Result<ProcessReport> {
-        let owned = self.leases.owned();
+        let (setup, keeper, batcher) = (&*self.setup, &*self.keeper, &self.batcher);
+        let owned = keeper.leases.owned();
         let results: Vec<(i32, Result<ShardOutcome>)> = futures_util::stream::iter(owned)
             .map(|(shard, token)| async move {
-                (shard, self.process_shard(shard, token, batch_size).await)
+                (shard, batcher.process_shard(shard, token, batch_size).await)
             })
-            .buffer_unordered(self.config.concurrency)
+            .buffer_unordered(setup.config.concurrency)
             .collect()
             .await;
         let mut report = ProcessReport::default();
@@ -337,7 +251,7 @@ impl<P: Publisher> Inner<P> {
                     report.add(shard_report);
                     last_published = last.or(last_published);
                 }
-                Ok(ShardOutcome::LeaseLost) => self.leases.lost(shard),
+                Ok(ShardOutcome::LeaseLost) => keeper.leases.lost(shard),
                 Ok(ShardOutcome::NotHeld | ShardOutcome::Expired) => {}
                 Err(error) => {
                     first_error.get_or_insert(error);
@@ -345,42 +259,82 @@ impl<P: Publisher> Inner<P> {
             }
         }
         if let Some(event) = last_published {
-            self.write_offset(event).await?;
+            offset::write(setup, keeper, event).await?;
         }
         match first_error {
             Some(error) if report.claimed == 0 => Err(error),
             Some(error) => {
-                warn!(relay = %self.relay_id, %error, "a shard failed; the others were processed");
+                warn!(relay = %setup.relay_id, %error, "a shard failed; the others were processed");
                 Ok(report)
             }
             None => Ok(report),
         }
     }
 
-    /// Records `event` as the last one the service published (`_outbox_offset`).
-    async fn write_offset(&self, event: Uuid) -> Result<()> {
-        let statement = self.dialect()?.upsert_offset(
-            self.outbox.tables().offset(),
-            &self.config.service_name,
-            event,
-            self.clock.now(),
-        );
-        self.db.execute_raw(statement).await?;
-        Ok(())
-    }
-
-    /// Of `owned`, the shards the claim index says have work: one query.
-    async fn shards_with_work(&self, owned: &[i32]) -> Result<Vec<i32>> {
-        let statement = self.dialect()?.shards_with_work(
-            self.outbox.tables().outbox(),
-            owned,
-            self.clock.now(),
-        );
-        let rows = self.db.query_all_raw(statement).await?;
-        Ok(rows
-            .iter()
-            .map(|row| row.try_get::<i32>("", "shard"))
-            .collect::<std::result::Result<_, _>>()?)
+    /// Starts the relay in the background. With `enabled = false` it starts nothing.
+    #[doc(alias = "Start")]
+    pub fn spawn(self) -> RelayHandle {
+        let Relay {
+            setup,
+            keeper,
+            batcher,
+        } = self;
+        let batcher = Arc::new(batcher);
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut tasks = Vec::new();
+        let config = &setup.config;
+        if config.enabled {
+            // Counters exist from the start, so that `rate()` sees their first events.
+            for counter in [
+                metric_names::PUBLISHED,
+                metric_names::DEAD_LETTERED,
+                metric_names::FOUND_BY_POLL,
+            ] {
+                ::metrics::counter!(counter, "service" => config.service_name.clone()).increment(0);
+            }
+            let check = {
+                let batcher = Arc::clone(&batcher);
+                move || {
+                    let batcher = Arc::clone(&batcher);
+                    async move { batcher.publisher().check().await.is_ok() }
+                }
+            };
+            tasks.push(tracker.spawn(Arc::clone(&keeper).keep_leases(check, cancel.clone())));
+            let runner = Runner::new(
+                Arc::clone(&setup),
+                Arc::clone(&keeper),
+                Arc::clone(&batcher),
+            );
+            tasks.push(tracker.spawn(runner.run_or_stop(cancel.clone())));
+            tasks.push(tracker.spawn(housekeeping::probe(
+                Arc::clone(&setup),
+                Arc::clone(&batcher),
+                cancel.clone(),
+            )));
+            tasks.push(tracker.spawn(housekeeping::backlog_and_sweep(
+                Arc::clone(&setup),
+                Arc::clone(&keeper),
+                cancel.clone(),
+            )));
+            #[cfg(feature = "postgres")]
+            if setup.listens() {
+                tasks.push(tracker.spawn(listen::listen(Arc::clone(&setup), cancel.clone())));
+            }
+            if config.cleanup_enabled {
+                tasks
+                    .push(tracker.spawn(housekeeping::cleanup(Arc::clone(&setup), cancel.clone())));
+            }
+        }
+        tracker.close();
+        RelayHandle {
+            state: Arc::clone(&setup.state),
+            relay_id: setup.relay_id.clone(),
+            shutdown_timeout: config.shutdown_timeout,
+            cancel,
+            tracker,
+            tasks,
+        }
     }
 }
 

@@ -4,47 +4,64 @@
 use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::FutureExt as _;
 use tokio::task::{self, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, warn};
-use uuid::Uuid;
 
-use super::Inner;
-use super::batch::ShardOutcome;
+use super::batch::Batcher;
+use super::keeper::Keeper;
+use super::metrics::metric_names;
+use super::offset::Offset;
+use super::outcome::ShardOutcome;
 use super::schedule::{Batch, Schedule};
+use super::setup::Setup;
 use super::state::Concern;
 use super::unannounced::Unannounced;
 use crate::completion::Completion;
 use crate::error::{Error, Result};
 use crate::publisher::Publisher;
 
-/// While batches keep coming, the service's offset (its last published event) is
-/// written at most this often; at once when the relay goes idle.
-const OFFSET_INTERVAL: Duration = Duration::from_secs(1);
+/// The main loop's parts: the setup, the lease keeper, the batcher.
+#[derive(Debug)]
+pub(super) struct Runner<P> {
+    setup: Arc<Setup>,
+    keeper: Arc<Keeper>,
+    batcher: Arc<Batcher<P>>,
+}
 
-impl<P: Publisher> Inner<P> {
+impl<P: Publisher> Runner<P> {
+    pub(super) fn new(setup: Arc<Setup>, keeper: Arc<Keeper>, batcher: Arc<Batcher<P>>) -> Self {
+        Runner {
+            setup,
+            keeper,
+            batcher,
+        }
+    }
+
     /// The main loop, and what follows should it ever end by a panic (batches' and
     /// polls' panics are caught inside it): the relay stops, its health fails, its
     /// other tasks end and its leases are released at once, so that no lease keeper
     /// goes on renewing shards that nobody publishes.
-    pub(super) async fn run_or_stop(self: Arc<Self>, cancel: CancellationToken) {
-        if !self.wait_for_archive(&cancel).await {
-            self.stop().await;
+    pub(super) async fn run_or_stop(self, cancel: CancellationToken) {
+        let this = Arc::new(self);
+        if !this.wait_for_archive(&cancel).await {
+            this.keeper.stop().await;
             return;
         }
-        let ran = AssertUnwindSafe(Arc::clone(&self).run(cancel.clone()))
+        let ran = AssertUnwindSafe(Arc::clone(&this).run(cancel.clone()))
             .catch_unwind()
             .await;
         if let Err(panic) = ran {
             let message = crate::panic::message(&*panic);
-            error!(relay = %self.relay_id, %message, "the relay's loop panicked; the relay stops and gives its shards up");
-            self.state
+            error!(relay = %this.setup.relay_id, %message, "the relay's loop panicked; the relay stops and gives its shards up");
+            this.setup
+                .state
                 .cycle(Err(format!("the relay's loop panicked: {message}")));
             cancel.cancel();
-            self.stop().await;
+            this.keeper.stop().await;
         }
     }
 
@@ -52,14 +69,15 @@ impl<P: Publisher> Inner<P> {
     /// write-back fails, and every batch would be published again and again. The
     /// health check says why meanwhile. Returns false when cancelled first.
     async fn wait_for_archive(&self, cancel: &CancellationToken) -> bool {
-        if self.outbox.completion() != Completion::Archive {
+        let setup = &*self.setup;
+        if setup.outbox.completion() != Completion::Archive {
             return true;
         }
-        let archive = self.outbox.tables().archive();
+        let archive = setup.tables().archive();
         loop {
-            match self.outbox.has_table(&self.db, archive).await {
+            match setup.outbox.has_table(&setup.db, archive).await {
                 Ok(true) => {
-                    self.state.concern(Concern::ArchiveMissing, None);
+                    setup.state.concern(Concern::ArchiveMissing, None);
                     return true;
                 }
                 Ok(false) => {
@@ -67,14 +85,14 @@ impl<P: Publisher> Inner<P> {
                         "the completion mode is archive, but the archive table {archive} does not exist \
                          (run the outbox's migrations); nothing is published until it does"
                     );
-                    error!(relay = %self.relay_id, "{problem}");
-                    self.state.concern(Concern::ArchiveMissing, Some(problem));
+                    error!(relay = %setup.relay_id, "{problem}");
+                    setup.state.concern(Concern::ArchiveMissing, Some(problem));
                 }
                 Err(error) => {
-                    warn!(relay = %self.relay_id, %error, "cannot check that the archive table exists");
+                    warn!(relay = %setup.relay_id, %error, "cannot check that the archive table exists");
                 }
             }
-            let wait = tokio::time::sleep(self.config.interval);
+            let wait = tokio::time::sleep(setup.config.interval);
             if cancel.run_until_cancelled(wait).await.is_none() {
                 return false;
             }
@@ -86,9 +104,9 @@ impl<P: Publisher> Inner<P> {
     /// ends if it may have more, or when a wake-up or a poll says it has work (see
     /// `schedule.rs`). On shutdown, batches in flight finish (and write back) and the
     /// leases are released.
-    pub(super) async fn run(self: Arc<Self>, cancel: CancellationToken) {
+    async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let this = &*self;
-        let config = &this.config;
+        let config = &this.setup.config;
         let mut schedule = Schedule::new(config.min_poll_interval, config.interval, Instant::now());
         // Batches are tasks of their own: one that holds a database connection goes
         // on while this loop waits for another (with futures polled by this loop, a
@@ -106,8 +124,9 @@ impl<P: Publisher> Inner<P> {
                 batches.spawn(&self, shard);
             }
             if batches.is_empty() {
-                offset.write(this).await;
+                offset.write(&this.setup, &this.keeper).await;
             }
+            let doorbell = &this.setup.doorbell;
             let poll_at = schedule.poll_at();
             // The poll comes before batches and wake-ups: at a steady rate those are
             // always ready, and a poll behind them would never run.
@@ -125,15 +144,15 @@ impl<P: Publisher> Inner<P> {
                     let batch = this.batch_ended(shard, result, &mut offset, &mut unannounced).await;
                     schedule.finished(shard, batch);
                     if offset.due() {
-                        offset.write(this).await;
+                        offset.write(&this.setup, &this.keeper).await;
                     }
                 }
-                shards = this.doorbell.rung() => {
+                shards = doorbell.rung() => {
                     let shards = this.owned_of(shards);
                     unannounced.woken(&shards);
                     schedule.woken(shards, Instant::now());
                 }
-                () = this.leased.notified() => {
+                () = this.keeper.took_shards() => {
                     let shards = this.owned_of(None);
                     schedule.woken(shards, Instant::now());
                 }
@@ -146,16 +165,16 @@ impl<P: Publisher> Inner<P> {
             this.batch_ended(shard, result, &mut offset, &mut unannounced)
                 .await;
         }
-        offset.write(this).await;
-        this.stop().await;
+        offset.write(&this.setup, &this.keeper).await;
+        this.keeper.stop().await;
     }
 
     /// One batch of `shard`, with the lease token this relay holds it by.
     async fn batch(&self, shard: i32) -> Result<ShardOutcome> {
-        let token = self.leases.token(shard);
-        match token {
+        match self.keeper.leases.token(shard) {
             Some(token) => {
-                self.process_shard(shard, token, self.config.batch_size)
+                self.batcher
+                    .process_shard(shard, token, self.setup.config.batch_size)
                     .await
             }
             None => Ok(ShardOutcome::NotHeld),
@@ -178,50 +197,50 @@ impl<P: Publisher> Inner<P> {
                 lateness,
             }) => {
                 offset.published(last);
-                let late = unannounced.batch_ended(shard, lateness, self.listens());
+                let late = unannounced.batch_ended(shard, lateness, self.setup.listens());
                 if late > 0 {
-                    ::metrics::counter!(super::metric_names::FOUND_BY_POLL, "service" => self.config.service_name.clone())
+                    ::metrics::counter!(metric_names::FOUND_BY_POLL, "service" => self.setup.service().to_owned())
                         .increment(late);
                 }
                 report
             }
             Ok(ShardOutcome::LeaseLost) => {
-                self.leases.lost(shard);
+                self.keeper.leases.lost(shard);
                 return Batch::Done;
             }
             Ok(ShardOutcome::NotHeld) => return Batch::Done,
             Ok(ShardOutcome::Expired) => {
-                warn!(relay = %self.relay_id, shard, "the shard's lease ran out locally during its batch (was the relay paused?); renewing before it goes on");
-                self.renew_now.notify_one();
+                warn!(relay = %self.setup.relay_id, shard, "the shard's lease ran out locally during its batch (was the relay paused?); renewing before it goes on");
+                self.keeper.renew_soon();
                 return Batch::Done;
             }
             Err(error) => {
-                warn!(relay = %self.relay_id, shard, %error, "relay batch failed");
-                self.state.cycle(Err(error.to_string()));
+                warn!(relay = %self.setup.relay_id, shard, %error, "relay batch failed");
+                self.setup.state.cycle(Err(error.to_string()));
                 // A lost connection may have taken the leases with it: renew now.
-                self.renew_now.notify_one();
+                self.keeper.renew_soon();
                 return Batch::Failed;
             }
         };
         if report.transient_failures > 0 && report.published == 0 {
             // The broker is away: not a successful batch, and no hurry.
-            if self.stall.outage() {
-                warn!(relay = %self.relay_id, shard, "the broker answered a check but took nothing; standing aside again");
-                self.renew_now.notify_one();
+            if self.keeper.stall.outage() {
+                warn!(relay = %self.setup.relay_id, shard, "the broker answered a check but took nothing; standing aside again");
+                self.keeper.renew_soon();
             }
-            self.state.cycle(Err(format!(
+            self.setup.state.cycle(Err(format!(
                 "{} events failed to publish: the broker is unavailable",
                 report.transient_failures
             )));
             return Batch::Failed;
         }
-        if report.published > 0 && self.stall.delivered() {
-            info!(relay = %self.relay_id, "the broker takes events again; taking a full share of shards");
-            self.state.concern(Concern::Stalled, None);
-            self.renew_now.notify_one();
+        if report.published > 0 && self.keeper.stall.delivered() {
+            info!(relay = %self.setup.relay_id, "the broker takes events again; taking a full share of shards");
+            self.setup.state.concern(Concern::Stalled, None);
+            self.keeper.renew_soon();
         }
-        let owned = self.leases.count();
-        self.state.cycle(Ok(owned));
+        let owned = self.keeper.leases.count();
+        self.setup.state.cycle(Ok(owned));
         // A batch that was not full took everything visible: events stored since
         // have rung the doorbell.
         if report.full {
@@ -233,7 +252,7 @@ impl<P: Publisher> Inner<P> {
 
     /// The owned shards among `shards` (all owned shards for `None`).
     fn owned_of(&self, shards: Option<BTreeSet<i32>>) -> Vec<i32> {
-        let owned = self.leases.owned();
+        let owned = self.keeper.leases.owned();
         owned
             .into_iter()
             .map(|(shard, _)| shard)
@@ -249,17 +268,17 @@ impl<P: Publisher> Inner<P> {
         if owned.len() <= 1 {
             return owned;
         }
-        match self.shards_with_work(&owned).await {
+        match self.batcher.shards_with_work(&owned).await {
             Ok(shards) => {
                 if shards.is_empty() {
-                    self.state.cycle(Ok(owned.len()));
+                    self.setup.state.cycle(Ok(owned.len()));
                 }
                 shards
             }
             Err(error) => {
-                warn!(relay = %self.relay_id, %error, "relay poll failed");
-                self.state.cycle(Err(error.to_string()));
-                self.renew_now.notify_one();
+                warn!(relay = %self.setup.relay_id, %error, "relay poll failed");
+                self.setup.state.cycle(Err(error.to_string()));
+                self.keeper.renew_soon();
                 Vec::new()
             }
         }
@@ -294,7 +313,7 @@ struct Batches {
 }
 
 impl Batches {
-    fn spawn<P: Publisher>(&mut self, relay: &Arc<Inner<P>>, shard: i32) {
+    fn spawn<P: Publisher>(&mut self, relay: &Arc<Runner<P>>, shard: i32) {
         let relay = Arc::clone(relay);
         let task = self
             .tasks
@@ -333,48 +352,5 @@ impl Batches {
         };
         let shard = self.shards.remove(&id)?;
         Some((shard, result))
-    }
-}
-
-/// The service's offset: the last event published, written now and then.
-#[derive(Debug)]
-struct Offset {
-    unwritten: Option<Uuid>,
-    written_at: Instant,
-}
-
-impl Default for Offset {
-    fn default() -> Self {
-        Offset {
-            unwritten: None,
-            written_at: Instant::now(),
-        }
-    }
-}
-
-impl Offset {
-    fn published(&mut self, last: Option<Uuid>) {
-        if last.is_some() {
-            self.unwritten = last;
-        }
-    }
-
-    fn due(&self) -> bool {
-        self.unwritten.is_some() && self.written_at.elapsed() >= OFFSET_INTERVAL
-    }
-
-    async fn write<P: Publisher>(&mut self, relay: &Inner<P>) {
-        let Some(event) = self.unwritten else {
-            return;
-        };
-        match relay.write_offset(event).await {
-            Ok(()) => {
-                self.unwritten = None;
-                self.written_at = Instant::now();
-            }
-            Err(error) => {
-                warn!(relay = %relay.relay_id, %error, "could not write the service's offset; trying again later");
-            }
-        }
     }
 }

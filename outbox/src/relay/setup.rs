@@ -1,0 +1,54 @@
+//! [`Setup`]: what every part of a running relay reads and none changes.
+
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, DbBackend};
+
+use super::state::State;
+use crate::config::RelayConfig;
+use crate::sql::{Dialect, LeaseKey};
+use crate::store::Outbox;
+use crate::tables::Tables;
+use crate::wake::Doorbell;
+
+/// The relay's configuration, its database (with the SQL dialect, decided once), the
+/// outbox it publishes, its id, its figures and health, and the doorbell that stores
+/// (of this process, and through `listen.rs` of others) ring.
+#[derive(Debug)]
+pub(super) struct Setup {
+    pub(super) config: RelayConfig,
+    pub(super) db: DatabaseConnection,
+    pub(super) dialect: Dialect,
+    pub(super) outbox: Outbox,
+    pub(super) relay_id: String,
+    pub(super) state: Arc<State>,
+    pub(super) doorbell: Arc<Doorbell>,
+}
+
+impl Setup {
+    /// The outbox's table names.
+    pub(super) fn tables(&self) -> &Tables {
+        self.outbox.tables()
+    }
+
+    /// The service name, as every metric is labelled.
+    pub(super) fn service(&self) -> &str {
+        &self.config.service_name
+    }
+
+    /// The lease row of `shard` that this relay holds.
+    pub(super) fn lease_key(&self, shard: i32) -> LeaseKey<'_> {
+        LeaseKey {
+            service: &self.config.service_name,
+            shard,
+            owner: &self.relay_id,
+        }
+    }
+
+    /// Whether this relay listens for the wake-ups of writers in other processes.
+    pub(super) fn listens(&self) -> bool {
+        cfg!(feature = "postgres")
+            && self.config.listen
+            && self.db.get_database_backend() == DbBackend::Postgres
+    }
+}
