@@ -1,0 +1,134 @@
+//! The two trait impls a derive writes, `OutboxEvent` and `DecodeEvent`, around method
+//! bodies that the struct and enum stages (or the fallback) provide.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::Generics;
+
+use crate::valid::Meta;
+
+/// The bodies of `OutboxEvent`'s methods. The optional ones keep the trait's default
+/// when `None`.
+pub(crate) struct Methods {
+    pub(crate) event_type: TokenStream,
+    pub(crate) version: TokenStream,
+    pub(crate) aggregate: TokenStream,
+    pub(crate) partition_key: Option<TokenStream>,
+    pub(crate) user_and_trace: Option<(TokenStream, TokenStream)>,
+    pub(crate) payload: TokenStream,
+}
+
+/// The bodies of `DecodeEvent`'s methods, over `event_type`, `event_version` and
+/// `payload`.
+pub(crate) struct Decode {
+    pub(crate) accepts: TokenStream,
+    /// Over `event_type` alone.
+    pub(crate) knows_type: TokenStream,
+    pub(crate) decode: TokenStream,
+}
+
+/// An event type's version: the one it names, or the `outbox` crate's default.
+pub(crate) fn version_of(krate: &TokenStream, meta: &Meta<'_>) -> TokenStream {
+    match meta.version {
+        Some(version) => quote!(#version),
+        None => quote!(#krate::DEFAULT_EVENT_VERSION),
+    }
+}
+
+pub(crate) fn outbox_event_impl(
+    krate: &TokenStream,
+    ident: &syn::Ident,
+    generics: &Generics,
+    methods: Methods,
+) -> TokenStream {
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let Methods {
+        event_type,
+        version,
+        aggregate,
+        partition_key,
+        user_and_trace,
+        payload,
+    } = methods;
+    let partition_key = partition_key.map(|value| {
+        quote! {
+            fn partition_key(&self) -> ::core::option::Option<::std::string::String> {
+                #value
+            }
+        }
+    });
+    let user_and_trace = user_and_trace.map(|(user_id, trace_id)| {
+        quote! {
+            fn user_id(&self) -> ::core::option::Option<::std::string::String> {
+                #user_id
+            }
+
+            fn trace_id(&self) -> ::core::option::Option<::std::string::String> {
+                #trace_id
+            }
+        }
+    });
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics #krate::OutboxEvent for #ident #ty_generics #where_clause {
+            fn event_type(&self) -> &str {
+                #event_type
+            }
+
+            fn event_version(&self) -> &str {
+                #version
+            }
+
+            fn aggregate_id(&self) -> ::std::string::String {
+                #aggregate
+            }
+
+            #partition_key
+
+            #user_and_trace
+
+            fn payload(
+                &self,
+            ) -> ::core::result::Result<
+                #krate::__private::serde_json::Value,
+                #krate::__private::serde_json::Error,
+            > {
+                #payload
+            }
+        }
+    }
+}
+
+pub(crate) fn decode_event_impl(
+    krate: &TokenStream,
+    ident: &syn::Ident,
+    generics: &Generics,
+    decode: Decode,
+) -> TokenStream {
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let Decode {
+        accepts,
+        knows_type,
+        decode,
+    } = decode;
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics #krate::DecodeEvent for #ident #ty_generics #where_clause {
+            fn accepts(event_type: &str, event_version: &str) -> bool {
+                #accepts
+            }
+
+            fn knows_type(event_type: &str) -> bool {
+                #knows_type
+            }
+
+            fn decode(
+                event_type: &str,
+                event_version: &str,
+                payload: &[u8],
+            ) -> ::core::result::Result<Self, #krate::Error> {
+                #decode
+            }
+        }
+    }
+}
