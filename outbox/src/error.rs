@@ -17,8 +17,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The database rejected a statement or could not be reached.
-    #[error("database error: {0}")]
+    /// The database rejected a statement or could not be reached. A missing table
+    /// says how to create the outbox's tables.
+    #[error("database error: {0}{hint}", hint = missing_table_hint(.0))]
     Db(#[from] DbErr),
 
     /// The event's payload could not be serialized to JSON.
@@ -284,5 +285,42 @@ impl fmt::Display for EventField {
             EventField::Headers => "headers",
         };
         write!(f, "{name} ({})", self.column())
+    }
+}
+
+/// What to do when `error` says a table does not exist (PostgreSQL, MySQL and
+/// MariaDB, SQLite each word it their own way): the outbox's migrations may not have
+/// run.
+fn missing_table_hint(error: &DbErr) -> &'static str {
+    let message = error.to_string();
+    let missing = (message.contains("relation") && message.contains("does not exist"))
+        || (message.contains("Table") && message.contains("doesn't exist"))
+        || message.contains("no such table");
+    if missing {
+        "; if it is one of the outbox's tables, run the outbox's migrations \
+         (`outbox-migration up`, or outbox_migration::migrations() in your Migrator)"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::Database;
+
+    use crate::{EventBuilder, Outbox};
+
+    #[tokio::test]
+    async fn a_store_without_the_tables_says_to_run_the_migrations() {
+        let db = Database::connect("sqlite::memory:").await.expect("sqlite");
+        let error = Outbox::new()
+            .store(&db, &EventBuilder::new("thing.happened", "k"), "topic")
+            .await
+            .expect_err("no tables")
+            .to_string();
+        assert!(
+            error.contains("no such table") && error.contains("run the outbox's migrations"),
+            "{error}"
+        );
     }
 }

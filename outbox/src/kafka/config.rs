@@ -290,14 +290,36 @@ impl KafkaConfig {
                 } else {
                     description.replace(&value, "***")
                 };
+                let description = with_build_hint(description);
                 KafkaError::ClientConfig(result, description, key, "***".to_owned())
             }
             KafkaError::ClientCreation(message) => {
-                KafkaError::ClientCreation(secrets.scrub(&message))
+                KafkaError::ClientCreation(with_build_hint(secrets.scrub(&message)))
             }
             other => other,
         }
     }
+}
+
+/// `message`, a librdkafka error, with what to do when it says a property needs
+/// something this build of librdkafka lacks: which feature of this crate brings it,
+/// if one does.
+fn with_build_hint(message: String) -> String {
+    let hint = if message.contains("cyrus-sasl") || message.contains("SASL mechanism GSSAPI") {
+        "enable the outbox crate's `gssapi` feature (it needs libsasl2-dev at build time)"
+    } else if message.contains("libcurl") {
+        "no feature of the outbox crate builds librdkafka with libcurl: give the client an \
+         OAUTHBEARER token another way (see docs/configuration.md)"
+    } else if message.contains("OpenSSL") || message.contains("No provider for SASL mechanism") {
+        "enable the outbox crate's `ssl` feature (the system's OpenSSL; libssl-dev and \
+         pkg-config at build time) or `ssl-vendored` (OpenSSL built from source)"
+    } else if message.contains("snappy") || message.contains("libzstd") {
+        "no feature of the outbox crate builds librdkafka with snappy or zstd: use \
+         compression.type gzip or lz4"
+    } else {
+        return message;
+    };
+    format!("{message}; {hint}")
 }
 
 /// The librdkafka property an environment variable sets, if it is one of
@@ -339,6 +361,41 @@ impl fmt::Debug for KafkaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_of_a_build_without_a_feature_name_the_feature() {
+        let ssl = with_build_hint(
+            "Unsupported value \"ssl\" for configuration property \"security.protocol\": \
+             OpenSSL not available at build time"
+                .to_owned(),
+        );
+        assert!(
+            ssl.ends_with("or `ssl-vendored` (OpenSSL built from source)"),
+            "{ssl}"
+        );
+        let gssapi = with_build_hint(
+            "No provider for SASL mechanism GSSAPI: recompile librdkafka with libsasl2 or openssl support."
+                .to_owned(),
+        );
+        assert!(gssapi.contains("`gssapi` feature"), "{gssapi}");
+        let other = "Invalid value for configuration property \"acks\"".to_owned();
+        assert_eq!(with_build_hint(other.clone()), other);
+    }
+
+    /// Without the `ssl` feature, asking for TLS fails naming the feature.
+    #[cfg(not(feature = "ssl"))]
+    #[test]
+    fn tls_without_the_ssl_feature_names_it() {
+        let error = crate::KafkaPublisher::from_config(
+            KafkaConfig::new("127.0.0.1:9092").set("security.protocol", "ssl"),
+        )
+        .expect_err("no TLS in this build")
+        .to_string();
+        assert!(
+            error.contains("enable the outbox crate's `ssl` feature"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn secret_values_appear_in_no_error_and_no_debug_output() {
