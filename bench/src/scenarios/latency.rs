@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use outbox::{KafkaPublisher, Outbox, Relay, RelayConfig};
+use outbox::{KafkaPublisher, Outbox, Relay};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::fixtures::{create_topic, event, machine, migrated_schema, payload};
 use super::probes::{Timed, arrived, latencies, percentile, spawn_consumer, stages, wait_for};
-use super::processes::{Relays, idle_relay, spawn_relays, stop};
+use super::processes::{Relays, idle_relay, latency_config, spawn_relays, stop};
 use super::report::Report;
 use super::{Failure, KEYS, Size};
 
@@ -112,15 +112,6 @@ pub(super) async fn latency(
         schema.try_drop().await?;
     }
     sparse_after_idle(url, brokers, size, &floor, report).await
-}
-
-/// The latency scenarios' relays: the defaults, with the `OUTBOX_*` variables set
-/// (to try settings without rebuilding), service `latency`.
-pub(super) fn latency_config() -> Result<RelayConfig, Failure> {
-    Ok(RelayConfig {
-        service_name: "latency".to_owned(),
-        ..RelayConfig::from_env()?
-    })
 }
 
 /// The latency scenarios' writers: as many shards as their relays have

@@ -9,7 +9,6 @@ use sea_orm_migration::MigratorTrait;
 use uuid::Uuid;
 
 use super::fixtures::connect;
-use super::latency::latency_config;
 use super::report::Report;
 use super::{Failure, Size};
 
@@ -168,4 +167,13 @@ pub(crate) async fn relay_process(url: &str, brokers: &str, schema: &str) -> Res
     outbox::shutdown_signal().await?;
     relay.shutdown().await?;
     Ok(())
+}
+
+/// The latency scenarios' relays: the defaults, with the `OUTBOX_*` variables set
+/// (to try settings without rebuilding), service `latency`.
+pub(super) fn latency_config() -> Result<RelayConfig, Failure> {
+    Ok(RelayConfig {
+        service_name: "latency".to_owned(),
+        ..RelayConfig::from_env()?
+    })
 }
