@@ -156,7 +156,7 @@ async fn own_tables(pg: &PgSchema, base: &str) -> Tables {
 /// announced are not counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_counts_the_events_it_found_by_polling_late() {
-    let found_by_poll = counter::count(outbox::metric_names::FOUND_BY_POLL);
+    let found_by_poll = counter::count(outbox::relay_metric_names::FOUND_BY_POLL);
     let pg = PgSchema::migrated().await;
     let tables = own_tables(&pg, "found_by_poll_outbox").await;
     let relay = Relay::new(config(true), pg.db.clone(), MemoryPublisher::new())

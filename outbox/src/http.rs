@@ -1,7 +1,7 @@
 //! The operations endpoints of a relay or a consumer process, for Prometheus and
 //! Kubernetes (feature `http`).
 //!
-//! - `GET /metrics`: every metric of [`metric_names`] and
+//! - `GET /metrics`: every metric of [`relay_metric_names`] and
 //!   [`consumer_metric_names`](crate::consumer_metric_names) (and any other the
 //!   process records through the `metrics` facade) in Prometheus text;
 //! - `GET /healthz`: `200 ok` while the process serves requests (liveness);
@@ -49,12 +49,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::relay::{HealthProbe, metric_names};
+use crate::relay::{HealthProbe, relay_metric_names};
 
 /// How often the Prometheus recorder's histograms are maintained.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Buckets of [`metric_names::PUBLISH_LATENCY`], in seconds: from a few milliseconds
+/// Buckets of [`relay_metric_names::PUBLISH_LATENCY`], in seconds: from a few milliseconds
 /// (a relay woken at once) to a minute (a backlog after an outage).
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -68,12 +68,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// # Errors
 /// [`Error::Metrics`] when the process has a `metrics` recorder already: pass its
 /// handle to [`Endpoints::with_prometheus`] instead (and call
-/// [`metric_names::describe`] after installing it).
+/// [`relay_metric_names::describe`] after installing it).
 pub fn install_prometheus() -> Result<PrometheusHandle> {
     let failed = |error: metrics_exporter_prometheus::BuildError| Error::Metrics(error.to_string());
     let builder = PrometheusBuilder::new()
         .set_buckets_for_metric(
-            Matcher::Full(metric_names::PUBLISH_LATENCY.to_owned()),
+            Matcher::Full(relay_metric_names::PUBLISH_LATENCY.to_owned()),
             LATENCY_BUCKETS,
         )
         .map_err(failed)?;
@@ -85,7 +85,7 @@ pub fn install_prometheus() -> Result<PrometheusHandle> {
         )
         .map_err(failed)?;
     let handle = builder.install_recorder().map_err(failed)?;
-    metric_names::describe();
+    relay_metric_names::describe();
     #[cfg(feature = "kafka")]
     crate::consumer_metric_names::describe();
     Ok(handle)

@@ -121,7 +121,7 @@
 //! A [`Relay`] publishes what was stored, through a [`Publisher`]: the
 //! [`KafkaPublisher`] in production, your own implementation, or the [`NoOpPublisher`]
 //! and [`MemoryPublisher`] in tests. Configure it with [`RelayConfig`] (a struct
-//! with the Go library's defaults, or `OUTBOX_*` variables through
+//! with defaults, or `OUTBOX_*` variables through
 //! [`RelayConfig::from_env`]).
 //!
 //! ```
@@ -489,8 +489,8 @@ pub use completion::{Completion, UnknownCompletion};
 pub use config::{DatabaseUrl, MAX_BATCH_SIZE, RelayConfig};
 #[cfg(feature = "kafka")]
 pub use consumer::{
-    Consumer, ConsumerConfig, ConsumerHandle, ConsumerProbe, ConsumerStats, Handler, HandlerError,
-    HandlerFuture, Running, consumer_metric_names,
+    Consumer, ConsumerConfig, ConsumerHandle, ConsumerProbe, ConsumerStats, ConsumerWithHandler,
+    Handler, HandlerError, HandlerFuture, consumer_metric_names,
 };
 #[cfg(feature = "kafka")]
 pub use kafka::{KafkaConfig, KafkaContext};
@@ -499,7 +499,7 @@ pub use publisher::KafkaPublisher;
 pub use publisher::{
     MemoryPublisher, NoOpPublisher, PublishError, PublishErrorKind, Publisher, publish_in_key_order,
 };
-pub use relay::{HealthProbe, ProcessReport, Relay, RelayHandle, Stats, metric_names};
+pub use relay::{HealthProbe, ProcessReport, Relay, RelayHandle, RelayStats, relay_metric_names};
 pub use repository::FailureOutcome;
 
 pub use decode::DecodeEvent;

@@ -92,7 +92,7 @@ impl Outbox {
         // default tables (by `Outbox::on`) must follow the new ones.
         if let Some(db) = self.wake.remote_connection() {
             self.wake = Arc::default();
-            self.wake.notify_through(&db, wake::channel(&self.tables));
+            self.wake.ring_through(&db, wake::channel(&self.tables));
         }
         self
     }
@@ -154,7 +154,7 @@ impl Outbox {
     /// relay then polls quickly for a while, so calling this after the commit only
     /// saves milliseconds.
     pub fn notify(&self) {
-        self.wake.all();
+        self.wake.ring_all();
     }
 
     /// Wakes the relays of **other processes** too when this outbox stores events,
@@ -169,7 +169,7 @@ impl Outbox {
     /// its own connection; call it in processes that store events and run no relay.
     /// Ignored on other databases than PostgreSQL, and once set.
     pub fn with_wake_connection(self, db: &DatabaseConnection) -> Self {
-        self.wake.notify_through(db, wake::channel(&self.tables));
+        self.wake.ring_through(db, wake::channel(&self.tables));
         self
     }
 

@@ -41,8 +41,8 @@ const GENERATIONS: usize = 4;
 const MAX_PAYLOAD: usize = 4000;
 
 /// The notification a relay sends when it gave shards up: this, then the relay's id.
-/// (A relay of an earlier version reads no shards in it and polls every shard it
-/// owns.)
+/// A relay that does not know this form reads no shards in it, and polls every shard
+/// it owns: harmless.
 const RELEASED: &str = "released by ";
 
 /// The payload of the notification that relay `relay` gave shards up.
@@ -107,7 +107,7 @@ impl Wake {
     }
 
     /// Wake every relay, whatever it owns.
-    pub(crate) fn all(&self) {
+    pub(crate) fn ring_all(&self) {
         self.ring_local(|doorbell| doorbell.ring_all());
         if let Some(notifier) = self.remote.get() {
             notifier.ring_all();
@@ -148,7 +148,7 @@ impl Wake {
 
     /// Sends cross-process notifications through `db` on `channel`, unless a
     /// connection was set already or `db` is not PostgreSQL.
-    pub(crate) fn notify_through(&self, db: &DatabaseConnection, channel: String) {
+    pub(crate) fn ring_through(&self, db: &DatabaseConnection, channel: String) {
         if db.get_database_backend() == DatabaseBackend::Postgres {
             let _ = self.remote.set(Notifier::new(db.clone(), channel));
         }
@@ -157,7 +157,7 @@ impl Wake {
 
 /// Sends `payload` on `channel` through `db` (PostgreSQL). A failure is only logged:
 /// the relays poll anyway, so a lost notification costs latency, never events.
-pub(crate) async fn notify(db: &DatabaseConnection, channel: &str, payload: String) {
+pub(crate) async fn send_notify(db: &DatabaseConnection, channel: &str, payload: String) {
     let notify = Statement::from_sql_and_values(
         DatabaseBackend::Postgres,
         "SELECT pg_notify($1, $2)",
@@ -177,13 +177,13 @@ pub(crate) fn channel(tables: &Tables) -> String {
 /// (the last clone of its outbox) is dropped.
 #[derive(Debug)]
 struct Notifier {
-    shared: Arc<Shared>,
+    shared: Arc<NotifierState>,
     /// Rings the task; started at the first ring (a tokio runtime is needed).
     doorbell: OnceLock<Option<mpsc::Sender<()>>>,
 }
 
 #[derive(Debug)]
-struct Shared {
+struct NotifierState {
     db: DatabaseConnection,
     channel: String,
     /// Shards stored to since the last notification.
@@ -193,7 +193,7 @@ struct Shared {
 impl Notifier {
     fn new(db: DatabaseConnection, channel: String) -> Self {
         Notifier {
-            shared: Arc::new(Shared {
+            shared: Arc::new(NotifierState {
                 db,
                 channel,
                 pending: Pending::default(),
@@ -208,7 +208,7 @@ impl Notifier {
     }
 
     fn ring_all(&self) {
-        self.shared.pending.all();
+        self.shared.pending.any();
         self.send();
     }
 
@@ -226,7 +226,7 @@ impl Notifier {
     }
 }
 
-impl Shared {
+impl NotifierState {
     async fn run(self: Arc<Self>, mut doorbell: mpsc::Receiver<()>) {
         while doorbell.recv().await.is_some() {
             let payload = match self.pending.take() {
@@ -242,7 +242,7 @@ impl Shared {
                 }
                 None => String::new(),
             };
-            notify(&self.db, &self.channel, payload).await;
+            send_notify(&self.db, &self.channel, payload).await;
             tokio::time::sleep(COALESCE).await;
         }
     }
@@ -265,7 +265,7 @@ impl Pending {
         }
     }
 
-    fn all(&self) {
+    fn any(&self) {
         *self.lock() = None;
     }
 
@@ -297,7 +297,7 @@ impl Doorbell {
 
     /// Events may have been stored to any shard.
     pub(crate) fn ring_all(&self) {
-        self.shards.all();
+        self.shards.any();
         self.rung.notify_one();
     }
 
@@ -344,7 +344,7 @@ mod tests {
         wake.stored([7, 9]);
         assert_eq!(first.rung().await, Some(BTreeSet::from([3, 7, 9])));
         assert_eq!(second.rung().await, Some(BTreeSet::from([3, 7, 9])));
-        wake.all();
+        wake.ring_all();
         assert_eq!(first.rung().await, None, "every shard");
         drop(second);
         wake.stored([1]);
@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(
             shards_of(&released),
             None,
-            "a relay of an earlier version polls every shard it owns"
+            "a relay that reads it as shards polls every shard it owns"
         );
     }
 

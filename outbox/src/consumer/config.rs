@@ -155,13 +155,13 @@ impl ConsumerConfig {
     /// broker.
     pub fn validate(&self) -> Result<()> {
         check_consumer(&self.name)?;
-        let invalid = |variable, value: String, reason| {
-            Err(Error::Config {
-                variable,
-                value,
-                reason,
-            })
-        };
+        self.check_topics_and_limits()?;
+        self.check_durations()?;
+        self.check_kafka()
+    }
+
+    /// At least one topic, none empty; read-ahead limits of at least 1.
+    fn check_topics_and_limits(&self) -> Result<()> {
         if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
             return invalid(
                 "topics",
@@ -175,6 +175,12 @@ impl ConsumerConfig {
         if self.max_buffered_bytes == 0 {
             return invalid("max_buffered_bytes", "0".to_owned(), "must be at least 1");
         }
+        Ok(())
+    }
+
+    /// Delays, windows, timeouts and intervals above zero; a backoff that does not
+    /// shrink.
+    fn check_durations(&self) -> Result<()> {
         let zero = Duration::ZERO;
         for (variable, value, reason) in [
             (
@@ -229,6 +235,12 @@ impl ConsumerConfig {
                 "must not be below retry_backoff.first",
             );
         }
+        Ok(())
+    }
+
+    /// The Kafka side: no `group.id` other than the consumer's, a `shutdown_timeout`
+    /// below `max.poll.interval.ms`, a broker.
+    fn check_kafka(&self) -> Result<()> {
         let client = self.kafka.client_config();
         if let Some(group) = client.get("group.id")
             && group != self.group_id()
@@ -278,6 +290,15 @@ impl ConsumerConfig {
             .set("enable.auto.commit", "true");
         client
     }
+}
+
+/// The [`Error::Config`] refusing `variable`'s `value` for `reason`.
+fn invalid(variable: &'static str, value: String, reason: &'static str) -> Result<()> {
+    Err(Error::Config {
+        variable,
+        value,
+        reason,
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::Failed;
+use super::halt::Halt;
 use super::metrics;
 use crate::error::{Error, Result};
 
@@ -81,7 +81,7 @@ impl Progress {
 #[derive(Debug, Clone)]
 pub struct ConsumerProbe {
     pub(super) progress: Arc<Progress>,
-    pub(super) failed: Failed,
+    pub(super) halt: Halt,
     pub(super) stopped: CancellationToken,
     pub(super) stuck_after: Duration,
 }
@@ -96,7 +96,7 @@ impl ConsumerProbe {
     /// [`Error::Unhealthy`] saying what is wrong.
     pub fn healthcheck(&self) -> Result<()> {
         let unhealthy = |reason: String| Err(Error::Unhealthy { reason });
-        if let Some(reason) = self.failed.reason() {
+        if let Some(reason) = self.halt.reason() {
             return unhealthy(format!("the consumer failed: {reason}"));
         }
         if self.stopped.is_cancelled() {

@@ -1,5 +1,5 @@
 //! How a consumer's transaction proves, before its commit, that it is still the
-//! transaction that holds its event's inbox record (see `Shared::prove`).
+//! transaction that holds its event's inbox record (see `WorkerContext::prove`).
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 use tracing::warn;

@@ -15,9 +15,12 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::decoded::{Decoded, decode};
+use super::failure::{Failure, Kind};
 use super::handler::{Handler, error_chain};
+use super::letter::{MAX_ERROR_LEN, storable};
 use super::metrics::Outcome;
-use super::worker::{Decoded, Failure, Kind, MAX_ERROR_LEN, Shared, decode, storable};
+use super::worker::WorkerContext;
 use crate::decode::DecodeEvent;
 use crate::entity::inbox_dead;
 use crate::inbox::DeadLetterFilter;
@@ -26,7 +29,7 @@ use crate::sql::Dialect;
 /// How many marked letters one round takes at most.
 const ROUND: u64 = 100;
 
-impl<E, H> Shared<E, H>
+impl<E, H> WorkerContext<E, H>
 where
     E: DecodeEvent + Send + 'static,
     H: Handler<E>,
@@ -49,7 +52,7 @@ where
                     warn!(%error, "could not replay dead letters; trying again at the next interval");
                 }
                 Err(panic) => {
-                    self.failed.fail(format!(
+                    self.halt.stop(format!(
                         "replaying dead letters panicked: {}",
                         crate::panic::message(&*panic)
                     ));

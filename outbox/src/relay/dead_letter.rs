@@ -2,18 +2,18 @@
 
 use tracing::error;
 
-use super::outcome::Failed;
+use super::outcome::Failure;
 use crate::publisher::Publisher;
 use crate::wire::Message;
 
 /// Sends the dead-lettered events among `failed` to `topic`, with the error in the
 /// [`DEAD_LETTER_ERROR`](crate::headers::DEAD_LETTER_ERROR) header. A failure is only
 /// logged: the event stays dead-lettered in the table.
-pub(super) async fn send<P: Publisher>(publisher: &P, topic: &str, failed: &[Failed<'_>]) {
+pub(super) async fn send<P: Publisher>(publisher: &P, topic: &str, failed: &[Failure<'_>]) {
     let dead: Vec<Message> = failed
         .iter()
         .filter(|failed| failed.dead_lettered())
-        .map(|Failed { message, error, .. }| {
+        .map(|Failure { message, error, .. }| {
             let mut copy = (*message).clone();
             copy.topic = topic.to_owned();
             copy.extra_headers.push((

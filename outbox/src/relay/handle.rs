@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::state::{State, Stats};
+use super::state::{RelayStats, State};
 use crate::error::{Error, Result};
 
 /// A running relay: check it, read its figures, stop it.
@@ -36,7 +36,7 @@ impl RelayHandle {
     }
 
     /// The relay's figures.
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> RelayStats {
         self.state.stats()
     }
 
@@ -103,7 +103,7 @@ impl HealthProbe {
     }
 
     /// As [`RelayHandle::stats`].
-    pub fn stats(&self) -> Stats {
+    pub fn stats(&self) -> RelayStats {
         self.state.stats()
     }
 }

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::batch::Batcher;
 use super::keeper::Keeper;
 use super::metrics;
-use super::metrics::metric_names;
+use super::metrics::relay_metric_names;
 use super::setup::Setup;
 use crate::error::Result;
 use crate::publisher::Publisher;
@@ -88,7 +88,7 @@ pub(super) async fn probe<P: Publisher>(
         let database = setup.db.ping().await.map_err(|e| e.to_string());
         setup.state.probes(broker, database);
         let healthy = setup.state.healthcheck().is_ok();
-        ::metrics::gauge!(metric_names::HEALTHY, "service" => setup.service().to_owned())
+        ::metrics::gauge!(relay_metric_names::HEALTHY, "service" => setup.service().to_owned())
             .set(if healthy { 1.0 } else { 0.0 });
         tokio::select! {
             () = cancel.cancelled() => return,

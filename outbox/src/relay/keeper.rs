@@ -108,7 +108,7 @@ impl Keeper {
             return;
         }
         let channel = wake::channel(setup.tables());
-        wake::notify(&setup.db, &channel, wake::released_payload(&setup.relay_id)).await;
+        wake::send_notify(&setup.db, &channel, wake::released_payload(&setup.relay_id)).await;
     }
 
     /// Renews the leases and the heartbeat every third of the lease time, on a

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use tracing::error;
 
-use super::outcome::{Failed, as_u64};
+use super::outcome::{Failure, as_u64};
 use super::setup::Setup;
 use super::state::Concern;
 use crate::backlog::Backlog;
@@ -11,7 +11,8 @@ use crate::publisher::PublishErrorKind;
 use crate::wire::Message;
 
 /// Metric names (through the `metrics` facade), each labelled with `service`.
-pub mod metric_names {
+#[doc(alias = "metric_names")]
+pub mod relay_metric_names {
     /// Counter: events published.
     pub const PUBLISHED: &str = "outbox_published_total";
     /// Counter: failed publish attempts (label `kind`: `transient` or `permanent`).
@@ -47,7 +48,7 @@ pub mod metric_names {
         describe_counter!(
             FAILED,
             Unit::Count,
-            "Failed publish attempts, by kind (transient or permanent)."
+            "Failure publish attempts, by kind (transient or permanent)."
         );
         describe_counter!(DEAD_LETTERED, Unit::Count, "Events dead-lettered.");
         describe_gauge!(PENDING, Unit::Count, "Events waiting to be published.");
@@ -88,13 +89,14 @@ pub mod metric_names {
 pub(super) fn record_batch(
     setup: &Setup,
     published: &[&Message],
-    failed: &[Failed<'_>],
+    failed: &[Failure<'_>],
     acked_at: DateTime<Utc>,
 ) {
     let service = setup.service().to_owned();
-    metrics::counter!(metric_names::PUBLISHED, "service" => service.clone())
+    metrics::counter!(relay_metric_names::PUBLISHED, "service" => service.clone())
         .increment(as_u64(published.len()));
-    let latency = metrics::histogram!(metric_names::PUBLISH_LATENCY, "service" => service.clone());
+    let latency =
+        metrics::histogram!(relay_metric_names::PUBLISH_LATENCY, "service" => service.clone());
     for message in published {
         latency.record(
             (acked_at - message.created_at)
@@ -103,17 +105,17 @@ pub(super) fn record_batch(
                 .as_secs_f64(),
         );
     }
-    for Failed { error, .. } in failed {
+    for Failure { error, .. } in failed {
         let kind = if error.kind() == PublishErrorKind::Permanent {
             "permanent"
         } else {
             "transient"
         };
-        metrics::counter!(metric_names::FAILED, "service" => service.clone(), "kind" => kind)
+        metrics::counter!(relay_metric_names::FAILED, "service" => service.clone(), "kind" => kind)
             .increment(1);
     }
     let dead = as_u64(failed.iter().filter(|f| f.dead_lettered()).count());
-    metrics::counter!(metric_names::DEAD_LETTERED, "service" => service).increment(dead);
+    metrics::counter!(relay_metric_names::DEAD_LETTERED, "service" => service).increment(dead);
     setup
         .state
         .count(as_u64(published.len()), as_u64(failed.len()), dead);
@@ -127,15 +129,16 @@ pub(super) fn record_backlog(setup: &Setup, backlog: Backlog, outside: u64, now:
     #[allow(clippy::cast_precision_loss)]
     // gauges are f64; counts this large are not exact anyway
     {
-        metrics::gauge!(metric_names::PENDING, "service" => service.clone())
+        metrics::gauge!(relay_metric_names::PENDING, "service" => service.clone())
             .set(backlog.pending as f64);
-        metrics::gauge!(metric_names::DEAD_LETTERS, "service" => service.clone())
+        metrics::gauge!(relay_metric_names::DEAD_LETTERS, "service" => service.clone())
             .set(backlog.dead_lettered as f64);
-        metrics::gauge!(metric_names::PENDING_OUTSIDE_SHARDS, "service" => service.clone())
+        metrics::gauge!(relay_metric_names::PENDING_OUTSIDE_SHARDS, "service" => service.clone())
             .set(outside as f64);
     }
     let age = backlog.oldest_pending_age(now).unwrap_or_default();
-    metrics::gauge!(metric_names::OLDEST_PENDING_AGE, "service" => service).set(age.as_secs_f64());
+    metrics::gauge!(relay_metric_names::OLDEST_PENDING_AGE, "service" => service)
+        .set(age.as_secs_f64());
     setup.state.backlog(backlog);
     // Events a writer put in shards no relay of this count leases would wait forever.
     let problem = (outside > 0).then(|| {

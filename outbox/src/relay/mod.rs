@@ -62,9 +62,9 @@ use tracing::warn;
 use uuid::Uuid;
 
 pub use handle::{HealthProbe, RelayHandle};
-pub use metrics::metric_names;
+pub use metrics::relay_metric_names;
 pub use outcome::ProcessReport;
-pub use state::Stats;
+pub use state::RelayStats;
 
 use self::batch::Batcher;
 use self::keeper::Keeper;
@@ -215,11 +215,12 @@ impl<P: Publisher> Relay<P> {
         &self.setup.relay_id
     }
 
-    /// One pass by hand (the Go library's `ProcessEvents`): takes or renews this relay's
+    /// One pass by hand: takes or renews this relay's
     /// shard leases, then publishes up to `batch_size` events per owned shard.
     ///
     /// # Errors
     /// The database's. Publish failures are recorded on the events, not returned.
+    #[doc(alias = "ProcessEvents")]
     pub async fn process_events(&self, batch_size: usize) -> Result<ProcessReport> {
         self.keeper.lease_round().await?;
         housekeeping::sweep_orphans(&self.setup).await?;
@@ -287,9 +288,9 @@ impl<P: Publisher> Relay<P> {
         if config.enabled {
             // Counters exist from the start, so that `rate()` sees their first events.
             for counter in [
-                metric_names::PUBLISHED,
-                metric_names::DEAD_LETTERED,
-                metric_names::FOUND_BY_POLL,
+                relay_metric_names::PUBLISHED,
+                relay_metric_names::DEAD_LETTERED,
+                relay_metric_names::FOUND_BY_POLL,
             ] {
                 ::metrics::counter!(counter, "service" => config.service_name.clone()).increment(0);
             }

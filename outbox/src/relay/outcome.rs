@@ -65,13 +65,13 @@ pub(super) enum ShardOutcome {
 
 /// An event of a batch that did not go through, with what its failure does to it
 /// (see `retry.rs`).
-pub(super) struct Failed<'a> {
+pub(super) struct Failure<'a> {
     pub(super) message: &'a Message,
     pub(super) error: &'a PublishError,
     pub(super) update: FailureUpdate<'a>,
 }
 
-impl Failed<'_> {
+impl Failure<'_> {
     /// Whether this failure used up the event's last attempt.
     pub(super) fn dead_lettered(&self) -> bool {
         self.update.dead_lettered_at.is_some()
@@ -134,10 +134,10 @@ impl<'a> Judged<'a> {
     }
 
     /// The failures to record, with what each does to its event.
-    pub(super) fn failed(&self) -> Vec<Failed<'_>> {
+    pub(super) fn failed(&self) -> Vec<Failure<'_>> {
         self.failures
             .iter()
-            .map(|(message, error)| Failed {
+            .map(|(message, error)| Failure {
                 message,
                 error,
                 update: failure_update(message.attempts, error, self.at, self.retries),

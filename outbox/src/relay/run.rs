@@ -13,7 +13,7 @@ use tracing::{Instrument, error, info, warn};
 
 use super::batch::Batcher;
 use super::keeper::Keeper;
-use super::metrics::metric_names;
+use super::metrics::relay_metric_names;
 use super::offset::Offset;
 use super::outcome::ShardOutcome;
 use super::schedule::{Batch, Schedule};
@@ -199,7 +199,7 @@ impl<P: Publisher> Runner<P> {
                 offset.published(last);
                 let late = unannounced.batch_ended(shard, lateness, self.setup.listens());
                 if late > 0 {
-                    ::metrics::counter!(metric_names::FOUND_BY_POLL, "service" => self.setup.service().to_owned())
+                    ::metrics::counter!(relay_metric_names::FOUND_BY_POLL, "service" => self.setup.service().to_owned())
                         .increment(late);
                 }
                 report

@@ -9,8 +9,8 @@
 //! probation (a relay alone, or all after an outage for all), each takes a full share
 //! instead: no other relay would take the rest. A check alone proves little:
 //! a relay that reaches the bootstrap broker but not the partitions' leaders answers
-//! it and delivers nothing, and used to rejoin with its whole share of shards each
-//! time, and fail them for another stall timeout.
+//! it and delivers nothing; rejoining with its whole share of shards, it would fail
+//! them for another stall timeout each time.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};

@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 /// A snapshot of a relay's figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Stats {
+#[doc(alias = "Stats")]
+pub struct RelayStats {
     /// This relay instance's id.
     pub relay_id: String,
     /// Whether the relay runs (false when disabled by configuration or stopped).
@@ -157,9 +158,9 @@ impl State {
         health.owned_shards = 0;
     }
 
-    pub(crate) fn stats(&self) -> Stats {
+    pub(crate) fn stats(&self) -> RelayStats {
         let health = self.health();
-        Stats {
+        RelayStats {
             relay_id: self.relay_id.clone(),
             running: health.running,
             published: self.published.load(Ordering::Relaxed),

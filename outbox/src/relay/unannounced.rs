@@ -2,7 +2,7 @@
 //! this relay. Such events wait for the relay's next poll, up to `interval` after an
 //! idle spell, where a wake-up brings them out within milliseconds. The relay says so
 //! once, with the fix, and counts them
-//! ([`FOUND_BY_POLL`](super::metric_names::FOUND_BY_POLL)).
+//! ([`FOUND_BY_POLL`](super::relay_metric_names::FOUND_BY_POLL)).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
