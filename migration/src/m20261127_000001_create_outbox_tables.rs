@@ -13,9 +13,9 @@
 //! - `idx_<t>_dead (dead_lettered_at) WHERE dead_lettered_at IS NOT NULL`: lists dead
 //!   letters.
 //! - the Go library's `destination_topic`, `aggregate_id` and partial `trace_id` indexes, and
-//!   a unique index on the event id. (A partial `destination_topic` index on pending
-//!   rows was tried: with stale statistics the planner preferred it to the claim index
-//!   and scanned every pending row per claim.)
+//!   a unique index on the event id. (Not a partial `destination_topic` index on
+//!   pending rows: with stale statistics the planner would prefer it to the claim
+//!   index and scan every pending row per claim.)
 //!
 //! MySQL has no partial index; there the state columns lead instead, so the claim's
 //! equalities on them skip history as the predicates do: `claim (shard, published,

@@ -37,7 +37,7 @@ use std::str::FromStr;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Completion {
     /// Marks the row published (`published`, `published_at`) and keeps it until the
-    /// retention ends: the Go library's semantics.
+    /// retention ends.
     #[default]
     Mark,
     /// Deletes the row: no history, and the cheapest write-back (as Debezium users

@@ -25,7 +25,7 @@ const MAX_CLEANUP_AFTER_DAYS: u32 = 36_500;
 /// The longest of the other durations: timestamps computed from them stay in range.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-/// How the relay runs. The defaults are the Go library's where it has the setting.
+/// How the relay runs.
 ///
 /// | field | default | variable |
 /// |---|---|---|
@@ -179,7 +179,7 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
-    /// The defaults for `service_name` (the Go library's `DefaultProcessorConfig`).
+    /// The defaults for `service_name`.
     #[doc(alias = "DefaultProcessorConfig")]
     pub fn new(service_name: impl Into<String>) -> Self {
         RelayConfig {

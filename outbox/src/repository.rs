@@ -1,5 +1,5 @@
-//! Operations on stored events outside the relay loop: the Go library's repository and
-//! service calls, dead-letter replay and cleanup.
+//! Operations on stored events outside the relay loop: listing, marking, recording
+//! failures, dead-letter replay and cleanup.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -79,7 +79,7 @@ impl Outbox {
         Dialect::of(conn.get_database_backend())
     }
 
-    /// Pending events, oldest first (the Go library's `GetUnpublished`).
+    /// Pending events, oldest first.
     ///
     /// # Errors
     /// The database's.
@@ -120,13 +120,14 @@ impl Outbox {
             .await?)
     }
 
-    /// Marks events published by id, for custom processing (the Go library's
-    /// `MarkEventsAsPublished`): completes them by the outbox's
+    /// Marks events published by id, for custom processing: completes them by the
+    /// outbox's
     /// [`Completion`](crate::Completion) mode, so in `Delete` mode they are deleted and
     /// in `Archive` mode moved to the archive. Returns how many were pending.
     ///
     /// # Errors
     /// The database's.
+    #[doc(alias = "MarkEventsAsPublished")]
     pub async fn mark_events_as_published<C>(&self, conn: &C, ids: &[Uuid]) -> Result<u64>
     where
         C: ConnectionTrait + TransactionTrait,
@@ -155,8 +156,8 @@ impl Outbox {
         Ok(marked)
     }
 
-    /// Records a failed attempt to publish event `id` (the Go library's
-    /// `HandleEventFailure`): the attempt counts, the event waits
+    /// Records a failed attempt to publish event `id`: the attempt counts, the event
+    /// waits
     /// `config.retry_backoff.after(attempts)`, and after `1 + config.retry_attempts` failures it is
     /// dead-lettered.
     ///
@@ -166,6 +167,7 @@ impl Outbox {
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown id, or the database's.
+    #[doc(alias = "HandleEventFailure")]
     pub async fn handle_event_failure<C>(
         &self,
         conn: &C,

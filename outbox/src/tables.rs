@@ -70,7 +70,7 @@ impl fmt::Display for Identifier {
 
 /// The names of the outbox tables.
 ///
-/// The defaults are the Go library's `_outbox` and `_outbox_offset`, plus `_outbox_lease`
+/// The defaults are `_outbox` (the events), `_outbox_offset`, `_outbox_lease`
 /// (which relay owns which shard), `_outbox_relay` (which relays are alive) and
 /// `_outbox_published` (the archive of published events, for
 /// [`Completion::Archive`](crate::Completion::Archive)), `_outbox_inbox` (the events

@@ -1,4 +1,4 @@
-//! `_outbox_offset`: what each service's relay published last (the Go library's table).
+//! `_outbox_offset`: what each service's relay published last.
 //!
 //! The relay keeps no cursor (a cursor on a sequence or timestamp would skip rows of
 //! transactions that commit late); this table records progress for health checks and

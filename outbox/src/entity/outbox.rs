@@ -4,7 +4,7 @@ use sea_orm::entity::prelude::*;
 
 /// A stored event.
 ///
-/// Every column of the Go library's table is here. The extra columns exist for the relay:
+/// Beside the event's own columns, the relay's:
 /// `seq` (commit order per key), `shard` (lease ownership), `headers` (extra Kafka
 /// headers), `next_attempt_at` (retry backoff) and `dead_lettered_at` (dead letters).
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel, serde::Serialize)]

@@ -40,9 +40,9 @@ impl Dialect {
     /// `shard BETWEEN $1 AND $1` in `(shard, seq)` order, which only the claim index
     /// delivers: with `shard = $1` in `seq` order the primary key delivers it too, and
     /// PostgreSQL walks it (filtering every row) whenever its statistics say most rows
-    /// are pending, as after a backlog was analysed. Draining such a backlog, the walk
-    /// read past every event published since, and the claim of 500 events on 50,000
-    /// took 48 ms instead of 7.
+    /// are pending, as after a backlog was analysed: draining such a backlog, the walk
+    /// reads past every event published since, and each claim slows down with the
+    /// backlog drained.
     ///
     /// Payload and headers are read as the database's text of the stored JSON, with no
     /// decoding on the relay's side. That is the same JSON value as stored, not always

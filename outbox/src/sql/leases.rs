@@ -78,7 +78,7 @@ fn lease_row(service: &str, shard: i32) -> Condition {
 }
 
 impl Dialect {
-    /// Records what a service published last (the Go library's offset table).
+    /// Records what a service published last (the offset table).
     pub(crate) fn upsert_offset(
         self,
         table: &Identifier,
