@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use outbox::http::Endpoints;
-use outbox::{KafkaConfig, KafkaPublisher, Relay, RelayConfig};
+use outbox::{KafkaConfig, KafkaPublisher, Outbox, Relay, RelayConfig};
 use outbox_examples::Error;
 use sea_orm::Database;
 
@@ -34,11 +34,14 @@ async fn main() -> Result<(), Error> {
         .ok()
         .map(|addr| outbox::http::install_prometheus().map(|metrics| (addr, metrics)))
         .transpose()?;
+    // OUTBOX_SHARDS and OUTBOX_COMPLETION: the writers of this table read the same.
+    let outbox = Outbox::from_env(&db)?;
     let relay = Relay::new(
         RelayConfig::from_env()?,
         db,
         KafkaPublisher::from_config(kafka)?,
     )?
+    .with_outbox(outbox)
     .spawn();
     println!("relay {} started", relay.relay_id());
 

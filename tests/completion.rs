@@ -352,16 +352,9 @@ async fn an_event_already_archived_is_completed_once(db: DatabaseConnection) {
         .await
         .expect("copy the events to the archive");
     let publisher = MemoryPublisher::new();
-    let relay = Relay::new(
-        RelayConfig {
-            completion: Completion::Archive,
-            ..config("archived")
-        },
-        db.clone(),
-        publisher.clone(),
-    )
-    .expect("valid relay config")
-    .with_outbox(outbox.clone());
+    let relay = Relay::new(config("archived"), db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone());
     let report = relay.process_events(10).await.expect("a pass");
     assert_eq!(report.published, 2);
     assert!(outbox_rows(&db).await.is_empty(), "completed");
@@ -387,17 +380,10 @@ async fn archive_mode_waits_for_its_archive_table(db: DatabaseConnection) {
         .await
         .expect("store");
     let publisher = MemoryPublisher::new();
-    let relay = Relay::new(
-        RelayConfig {
-            completion: Completion::Archive,
-            ..config("no-archive")
-        },
-        db.clone(),
-        publisher.clone(),
-    )
-    .expect("valid relay config")
-    .with_outbox(outbox.clone())
-    .spawn();
+    let relay = Relay::new(config("no-archive"), db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox.clone())
+        .spawn();
     eventually(
         "the health check names the missing archive",
         Duration::from_secs(10),
@@ -432,16 +418,22 @@ outbox_tests::on_every_backend!(
     archive_mode_waits_for_its_archive_table,
 );
 
-#[test]
-fn the_mode_comes_from_outbox_completion() {
-    let config = RelayConfig::from_lookup(|name| {
+/// Writers and relays read the mode from `OUTBOX_COMPLETION` through the outbox they
+/// share; the relay's configuration has none of its own to disagree with.
+#[tokio::test]
+async fn the_mode_comes_from_outbox_completion() {
+    let db = sea_orm::Database::connect("sqlite::memory:")
+        .await
+        .expect("sqlite");
+    let outbox = Outbox::from_lookup(&db, |name| {
         (name == "OUTBOX_COMPLETION").then(|| "Archive".to_owned())
     })
     .expect("a valid mode");
-    assert_eq!(config.completion, Completion::Archive);
-    let error =
-        RelayConfig::from_lookup(|name| (name == "OUTBOX_COMPLETION").then(|| "purge".to_owned()))
-            .expect_err("not a mode");
+    assert_eq!(outbox.completion(), Completion::Archive);
+    let error = Outbox::from_lookup(&db, |name| {
+        (name == "OUTBOX_COMPLETION").then(|| "purge".to_owned())
+    })
+    .expect_err("not a mode");
     assert_eq!(
         error.to_string(),
         outbox::Error::Config {
@@ -451,5 +443,5 @@ fn the_mode_comes_from_outbox_completion() {
         }
         .to_string()
     );
-    assert_eq!(RelayConfig::default().completion, Completion::Mark);
+    assert_eq!(Outbox::new().completion(), Completion::Mark);
 }

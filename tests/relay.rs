@@ -956,16 +956,9 @@ async fn a_replay_after_a_shard_count_change_follows_the_new_count(db: DatabaseC
     after.replay(&db, old).await.expect("replay");
     assert_eq!(shard_of(old).await, shard_of(new).await);
     let publisher = MemoryPublisher::new();
-    let relay = Relay::new(
-        RelayConfig {
-            shards: shards(3),
-            ..fast_config("reshard")
-        },
-        db.clone(),
-        publisher.clone(),
-    )
-    .expect("valid relay config")
-    .with_outbox(after.clone());
+    let relay = Relay::new(fast_config("reshard"), db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(after.clone());
     relay.process_events(10).await.expect("process");
     let order = per_key_order(&publisher.messages())
         .remove("k")
@@ -1070,7 +1063,6 @@ async fn keys_that_only_look_alike_are_different_keys(db: DatabaseConnection) {
     }
     let relay = Relay::new(
         RelayConfig {
-            shards: one,
             retry_backoff: outbox::Backoff::new(
                 Duration::from_secs(3600),
                 Duration::from_secs(3600),
@@ -1154,12 +1146,9 @@ async fn a_write_back_after_the_lease_was_taken_changes_nothing(db: DatabaseConn
             delay: Duration::from_millis(800),
             started: Arc::default(),
         };
-        let config = RelayConfig {
-            completion,
-            ..fast_config("fenced")
-        };
-        let relay = Relay::new(config, db.clone(), slow.clone())
+        let relay = Relay::new(fast_config("fenced"), db.clone(), slow.clone())
             .expect("valid relay config")
+            .with_outbox(Outbox::new().with_completion(completion))
             .spawn();
         eventually(
             "the batch is at the broker",
@@ -1590,19 +1579,15 @@ async fn events_outside_the_relays_shards_fail_the_health_check(db: DatabaseConn
     .await;
     narrow.shutdown().await.expect("shutdown");
 
-    let config =
-        RelayConfig::from_lookup(|name| (name == "OUTBOX_SHARDS").then(|| "64".to_owned()))
-            .expect("config");
-    let matching = Relay::new(
-        RelayConfig {
-            service_name: "shards".into(),
-            ..config
-        },
-        db.clone(),
-        publisher.clone(),
-    )
-    .expect("valid relay config")
-    .spawn();
+    // The writers' OUTBOX_SHARDS, read into the outbox the relay publishes.
+    let outbox = Outbox::from_lookup(&db, |name| {
+        (name == "OUTBOX_SHARDS").then(|| "64".to_owned())
+    })
+    .expect("valid shards");
+    let matching = Relay::new(fast_config("shards"), db.clone(), publisher.clone())
+        .expect("valid relay config")
+        .with_outbox(outbox)
+        .spawn();
     eventually("everything published", Duration::from_secs(20), || async {
         outbox_pending(&db).await == 0
     })
@@ -1869,7 +1854,6 @@ async fn a_relay_paused_past_its_lease_publishes_nothing_it_claimed_before(db: D
     let one = std::num::NonZeroU16::new(1).expect("non-zero");
     let outbox = Outbox::new().with_shards(one);
     let config = RelayConfig {
-        shards: one,
         retry_backoff: outbox::Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600)),
         ..fast_config("paused")
     };

@@ -80,7 +80,7 @@ async fn commit_makes_the_row_visible_with_every_field(db: DatabaseConnection) {
         row.headers,
         Some(json!({ "tenant": "acme", "source": "signup-form" }))
     );
-    assert!((0..i32::from(outbox::DEFAULT_SHARDS)).contains(&row.shard));
+    assert!((0..i32::from(outbox::DEFAULT_SHARDS.get())).contains(&row.shard));
     assert!(!row.published);
     assert_eq!(row.published_at, None);
     assert_eq!(row.attempts, 0);

@@ -45,7 +45,6 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// | `dead_letter_topic` | none | `OUTBOX_DEAD_LETTER_TOPIC` |
 /// | `shutdown_timeout` | 30 s | `OUTBOX_SHUTDOWN_TIMEOUT` |
 /// | `health_timeout` | 60 s | `OUTBOX_HEALTH_TIMEOUT` |
-/// | `shards` | 16 | `OUTBOX_SHARDS` |
 /// | `stall_timeout` | 20 s | `OUTBOX_STALL_TIMEOUT` |
 /// | `listen` | true | `OUTBOX_LISTEN` |
 /// | `listen_url` | none (a connection of the relay's pool) | `OUTBOX_LISTEN_URL` |
@@ -91,11 +90,6 @@ pub struct RelayConfig {
     pub shutdown_timeout: Duration,
     /// `healthcheck` fails when no cycle has succeeded for this long.
     pub health_timeout: Duration,
-    /// How many shards events are spread over. Every writer and relay of one outbox
-    /// table must use the same number (see [`Outbox::with_shards`](crate::Outbox::with_shards));
-    /// a relay given an [`Outbox`](crate::Outbox) with
-    /// [`Relay::with_outbox`](crate::Relay::with_outbox) uses that outbox's.
-    pub shards: NonZeroU16,
     /// A relay that reaches the database but has delivered nothing to the broker for
     /// this long (every attempt failing as an outage) gives up its shards and stops
     /// heartbeating, so relays that can deliver take its keys; it rejoins once the
@@ -113,12 +107,6 @@ pub struct RelayConfig {
     /// connection to PostgreSQL (the same database). `None`: one connection of the
     /// pool is kept for listening.
     pub listen_url: Option<DatabaseUrl>,
-    /// What becomes of a published event's row: marked (the default), deleted or
-    /// moved to the archive table (see [`Completion`]). Every writer, relay and tool
-    /// of one outbox table should use the same mode; a relay given an
-    /// [`Outbox`](crate::Outbox) with [`Relay::with_outbox`](crate::Relay::with_outbox)
-    /// uses that outbox's.
-    pub completion: Completion,
 }
 
 /// A database URL whose password never appears in `Debug` output.
@@ -169,11 +157,9 @@ impl Default for RelayConfig {
             dead_letter_topic: None,
             shutdown_timeout: Duration::from_secs(30),
             health_timeout: Duration::from_secs(60),
-            shards: crate::store::DEFAULT_SHARD_COUNT,
             stall_timeout: Duration::from_secs(20),
             listen: true,
             listen_url: None,
-            completion: Completion::Mark,
         }
     }
 }
@@ -236,18 +222,6 @@ impl RelayConfig {
         if let Some(url) = env.get("OUTBOX_LISTEN_URL") {
             c.listen_url = Some(DatabaseUrl(url));
         }
-        env.parse(
-            "OUTBOX_COMPLETION",
-            &mut c.completion,
-            "expected mark, delete or archive",
-            |v| v.parse().ok(),
-        )?;
-        env.parse(
-            "OUTBOX_SHARDS",
-            &mut c.shards,
-            "expected an integer from 1 to 65535",
-            |v| v.parse().ok(),
-        )?;
         c.validate()?;
         Ok(c)
     }
@@ -346,6 +320,29 @@ impl RelayConfig {
         }
         Ok(())
     }
+}
+
+/// The outbox's settings of `OUTBOX_SHARDS` and `OUTBOX_COMPLETION`, when set (for
+/// [`Outbox::from_env`](crate::Outbox::from_env)).
+pub(crate) fn outbox_settings(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(Option<NonZeroU16>, Option<Completion>)> {
+    let env = Env(lookup);
+    let mut shards = None;
+    env.parse(
+        "OUTBOX_SHARDS",
+        &mut shards,
+        "expected an integer from 1 to 65535",
+        |v| v.parse().ok().map(Some),
+    )?;
+    let mut completion = None;
+    env.parse(
+        "OUTBOX_COMPLETION",
+        &mut completion,
+        "expected mark, delete or archive",
+        |v| v.parse().ok().map(Some),
+    )?;
+    Ok((shards, completion))
 }
 
 /// Reads and parses variables, naming the variable and value in every error.
@@ -493,7 +490,6 @@ mod tests {
             ("OUTBOX_CLEANUP_AFTER_DAYS", "30"),
             ("OUTBOX_DEAD_LETTER_TOPIC", "billing.dlq"),
             ("OUTBOX_LEASE_TTL", "15s"),
-            ("OUTBOX_SHARDS", "64"),
         ])
         .expect("valid");
         assert_eq!(
@@ -510,7 +506,6 @@ mod tests {
                 cleanup_after_days: 30,
                 dead_letter_topic: Some("billing.dlq".into()),
                 lease_ttl: Duration::from_secs(15),
-                shards: NonZeroU16::new(64).expect("non-zero"),
                 ..RelayConfig::default()
             }
         );
@@ -534,11 +529,44 @@ mod tests {
             ("OUTBOX_CONCURRENCY", "0"),
             ("OUTBOX_MIN_POLL_INTERVAL", "0s"),
             ("OUTBOX_CLEANUP_AFTER_DAYS", "4000000000"),
-            ("OUTBOX_SHARDS", "0"),
-            ("OUTBOX_SHARDS", "70000"),
         ] {
             let error = from(&[(variable, value)]).expect_err(variable);
             let text = error.to_string();
+            assert!(
+                text.contains(variable) && text.contains(&format!("{value:?}")),
+                "{variable}={value:?} gave: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_outbox_variables_are_read_for_writers_and_relays_alike() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let (shards, completion) = outbox_settings(vars(&[
+            ("OUTBOX_SHARDS", "64"),
+            ("OUTBOX_COMPLETION", "delete"),
+        ]))
+        .expect("valid");
+        assert_eq!(shards, NonZeroU16::new(64));
+        assert_eq!(completion, Some(Completion::Delete));
+        assert_eq!(outbox_settings(vars(&[])).expect("valid"), (None, None));
+        for (variable, value) in [
+            ("OUTBOX_SHARDS", "0"),
+            ("OUTBOX_SHARDS", "70000"),
+            ("OUTBOX_COMPLETION", "keep"),
+        ] {
+            let pairs: &'static [(&'static str, &'static str)] =
+                Box::leak(Box::new([(variable, value)]));
+            let text = outbox_settings(vars(pairs))
+                .expect_err(variable)
+                .to_string();
             assert!(
                 text.contains(variable) && text.contains(&format!("{value:?}")),
                 "{variable}={value:?} gave: {text}"

@@ -25,10 +25,7 @@ use crate::wake::{self, Wake};
 const MAX_KEYS_PER_LOCK: usize = 30_000;
 
 /// How many shards events are spread over unless configured otherwise.
-pub const DEFAULT_SHARDS: u16 = 16;
-
-/// [`DEFAULT_SHARDS`] as a non-zero count.
-pub(crate) const DEFAULT_SHARD_COUNT: NonZeroU16 = match NonZeroU16::new(DEFAULT_SHARDS) {
+pub const DEFAULT_SHARDS: NonZeroU16 = match NonZeroU16::new(16) {
     Some(shards) => shards,
     None => panic!("the default shard count is not zero"),
 };
@@ -74,6 +71,39 @@ impl Outbox {
     /// published milliseconds after their commit.
     pub fn on(db: &DatabaseConnection) -> Self {
         Self::new().with_wake_connection(db)
+    }
+
+    /// The outbox of the database `db` as [`Outbox::on`] makes it, with the shard count
+    /// and the completion mode of the `OUTBOX_SHARDS` and `OUTBOX_COMPLETION` variables
+    /// when they are set: give the writers and the relays of one outbox table the same
+    /// variables.
+    ///
+    /// | setting | default | variable |
+    /// |---|---|---|
+    /// | [`with_shards`](Self::with_shards) | 16 | `OUTBOX_SHARDS` |
+    /// | [`with_completion`](Self::with_completion) | mark | `OUTBOX_COMPLETION` (`mark`, `delete` or `archive`) |
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) naming the variable and its value when a
+    /// value is invalid.
+    pub fn from_env(db: &DatabaseConnection) -> Result<Self> {
+        Self::from_lookup(db, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
+    ///
+    /// # Errors
+    /// As [`from_env`](Self::from_env).
+    pub fn from_lookup(
+        db: &DatabaseConnection,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let (shards, completion) = crate::config::outbox_settings(lookup)?;
+        let outbox = Self::on(db).with_completion(completion.unwrap_or_default());
+        Ok(match shards {
+            Some(shards) => outbox.with_shards(shards),
+            None => outbox,
+        })
     }
 
     /// An outbox over the default tables with [`DEFAULT_SHARDS`] shards that wakes
@@ -131,7 +161,7 @@ impl Outbox {
 
     /// The number of shards.
     pub fn shards(&self) -> u16 {
-        self.shards.map_or(DEFAULT_SHARDS, NonZeroU16::get)
+        self.shards.unwrap_or(DEFAULT_SHARDS).get()
     }
 
     /// Commits `txn` and wakes the relays for the shards it stored to, so its events

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use outbox::{KafkaConfig, KafkaPublisher, Relay, RelayConfig};
+use outbox::{KafkaConfig, KafkaPublisher, Outbox, Relay, RelayConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,11 +24,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         kafka = kafka.set("batch.num.messages", messages);
     }
     let skew: i64 = std::env::var("OUTBOX_TORTURE_CLOCK_SKEW").map_or(Ok(0), |s| s.parse())?;
+    // OUTBOX_COMPLETION (and OUTBOX_SHARDS) come with the outbox, as the writers'.
+    let outbox = Outbox::from_env(&db)?;
     let relay = Relay::new(
         RelayConfig::from_env()?,
         db,
         KafkaPublisher::from_config(kafka)?,
     )?
+    .with_outbox(outbox)
     .with_clock_skew(chrono::Duration::seconds(skew))
     .spawn();
     outbox::shutdown_signal().await?;

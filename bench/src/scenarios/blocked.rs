@@ -33,10 +33,7 @@ pub(super) async fn blocked_key(
     for shards in [16, 1] {
         let shards = std::num::NonZeroU16::new(shards).ok_or("shards")?;
         let outbox = Outbox::new().with_shards(shards);
-        let config = RelayConfig {
-            shards,
-            ..relay_config("bench")
-        };
+        let config = relay_config("bench");
         let free = flowing_throughput(url, size, &outbox, &config, 0).await?;
         let blocked = flowing_throughput(url, size, &outbox, &config, size.blocked).await?;
         report.add(
@@ -102,7 +99,7 @@ pub(super) async fn flowing_throughput(
         .db
         .execute_unprepared("VACUUM ANALYZE _outbox")
         .await?;
-    let rate = drain_with(&schema.db, &NoOpPublisher, 1, size.flowing, config).await?;
+    let rate = drain_with(&schema.db, &NoOpPublisher, 1, size.flowing, config, outbox).await?;
     schema.try_drop().await?;
     Ok(rate)
 }

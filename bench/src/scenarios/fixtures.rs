@@ -123,20 +123,25 @@ pub(super) async fn drain<P: outbox::Publisher + Clone>(
     relay_count: usize,
     events: usize,
 ) -> Result<f64, Failure> {
-    drain_with(db, publisher, relay_count, events, &relay_config("bench")).await
+    let config = relay_config("bench");
+    drain_with(db, publisher, relay_count, events, &config, &Outbox::new()).await
 }
 
-/// [`drain`] with relays configured by `config`.
+/// [`drain`] with relays configured by `config`, publishing `outbox`.
 pub(super) async fn drain_with<P: outbox::Publisher + Clone>(
     db: &DatabaseConnection,
     publisher: &P,
     relay_count: usize,
     events: usize,
     config: &RelayConfig,
+    outbox: &Outbox,
 ) -> Result<f64, Failure> {
     let started = Instant::now();
     let relays = (0..relay_count)
-        .map(|_| Relay::new(config.clone(), db.clone(), publisher.clone()).map(Relay::spawn))
+        .map(|_| {
+            Relay::new(config.clone(), db.clone(), publisher.clone())
+                .map(|relay| relay.with_outbox(outbox.clone()).spawn())
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let target = events as u64;
     while relays.iter().map(|r| r.stats().published).sum::<u64>() < target {

@@ -52,7 +52,7 @@ pub(super) async fn latency(
     for own_processes in [false, true] {
         let schema = migrated_schema(url, 8).await?;
         let topic = create_topic(brokers, 4).await?;
-        let mut outbox = latency_outbox()?;
+        let mut outbox = latency_outbox(&schema.db)?;
         let mut children = Relays::default();
         let mut relay = None;
         let times: Arc<Mutex<HashMap<String, (Instant, Instant)>>> = Arc::default();
@@ -114,10 +114,10 @@ pub(super) async fn latency(
     sparse_after_idle(url, brokers, size, &floor, report).await
 }
 
-/// The latency scenarios' writers: as many shards as their relays have
-/// (`OUTBOX_SHARDS`, or the default).
-fn latency_outbox() -> Result<Outbox, Failure> {
-    Ok(Outbox::new().with_shards(latency_config()?.shards))
+/// The latency scenarios' writers, on `db`: the `OUTBOX_SHARDS` and
+/// `OUTBOX_COMPLETION` their relays read too.
+fn latency_outbox(db: &DatabaseConnection) -> Result<Outbox, Failure> {
+    Ok(Outbox::from_env(db)?)
 }
 
 /// Produce-to-consume percentiles of the broker alone, in milliseconds.
@@ -255,7 +255,7 @@ pub(super) async fn sparse_after_idle(
 ) -> Result<(), Failure> {
     let schema = migrated_schema(url, 4).await?;
     let topic = create_topic(brokers, 4).await?;
-    let outbox = latency_outbox()?.with_wake_connection(&schema.db);
+    let outbox = latency_outbox(&schema.db)?;
     let children = spawn_relays(url, brokers, &schema.schema, 2)?;
     let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let consumer = spawn_consumer(brokers, &topic, Arc::clone(&received))?;

@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command};
 
-use outbox::{KafkaPublisher, Relay, RelayConfig};
+use outbox::{KafkaPublisher, Outbox, Relay, RelayConfig};
 use outbox_migration::Migrator;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
 use sea_orm_migration::MigratorTrait;
@@ -163,7 +163,10 @@ pub(super) async fn transactions(
 /// The relay of the cross-process latency scenario: runs until SIGTERM or Ctrl-C.
 pub(crate) async fn relay_process(url: &str, brokers: &str, schema: &str) -> Result<(), Failure> {
     let db = connect(url, schema, 8).await?;
-    let relay = Relay::new(latency_config()?, db, KafkaPublisher::new(brokers)?)?.spawn();
+    let outbox = Outbox::from_env(&db)?;
+    let relay = Relay::new(latency_config()?, db, KafkaPublisher::new(brokers)?)?
+        .with_outbox(outbox)
+        .spawn();
     outbox::shutdown_signal().await?;
     relay.shutdown().await?;
     Ok(())

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use outbox::{Completion, KafkaConfig, KafkaPublisher, Message, NoOpPublisher, RelayConfig};
+use outbox::{
+    Completion, KafkaConfig, KafkaPublisher, Message, NoOpPublisher, Outbox, RelayConfig,
+};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
@@ -76,8 +78,8 @@ pub(super) async fn relay_throughput(
             let db = database.db();
             checkpoint(db).await;
             preload(db, &topic, events).await?;
+            let outbox = Outbox::new().with_completion(mode);
             let config = RelayConfig {
-                completion: mode,
                 listen: run != Run::WithoutWake,
                 concurrency: size.concurrency,
                 ..relay_config("bench")
@@ -87,9 +89,9 @@ pub(super) async fn relay_throughput(
             analyze(db).await?;
             let cpu_window = CpuWindow::open();
             let rate = match run {
-                Run::Limit => drain_with(db, &NoOpPublisher, 1, events, &config).await?,
+                Run::Limit => drain_with(db, &NoOpPublisher, 1, events, &config, &outbox).await?,
                 Run::EndToEnd | Run::WithoutWake => {
-                    drain_with(db, &publisher, 1, events, &config).await?
+                    drain_with(db, &publisher, 1, events, &config, &outbox).await?
                 }
             };
             if run == Run::EndToEnd && mode == base {
@@ -115,11 +117,11 @@ pub(super) async fn relay_throughput(
         KafkaConfig::new(brokers).set("max.in.flight.requests.per.connection", "5"),
     )?;
     let config = RelayConfig {
-        completion: base,
         concurrency: size.concurrency,
         ..relay_config("bench")
     };
-    let pipelined = drain_with(database.db(), &five_in_flight, 1, events, &config).await?;
+    let outbox = Outbox::new().with_completion(base);
+    let pipelined = drain_with(database.db(), &five_in_flight, 1, events, &config, &outbox).await?;
     database.try_drop().await?;
 
     // Limit (a): the same messages straight to the broker, same producer settings.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use outbox::{Completion, KafkaPublisher, RelayConfig};
+use outbox::{Completion, KafkaPublisher, Outbox};
 use sea_orm::ConnectionTrait;
 
 use super::fixtures::{create_topic, drain, drain_with, migrated_schema, preload, relay_config};
@@ -74,11 +74,10 @@ pub(super) async fn scale(
             let db = fresh.as_ref().map_or(&history.db, |schema| &schema.db);
             let topic = create_topic(brokers, 8).await?;
             preload(db, &topic, events).await?;
-            let config = RelayConfig {
-                completion,
-                ..relay_config("bench")
-            };
-            let rate = drain_with(db, &KafkaPublisher::new(brokers)?, 1, events, &config).await?;
+            let config = relay_config("bench");
+            let outbox = Outbox::new().with_completion(completion);
+            let publisher = KafkaPublisher::new(brokers)?;
+            let rate = drain_with(db, &publisher, 1, events, &config, &outbox).await?;
             rates.entry(name).or_default().push(rate);
             if let Some(schema) = fresh {
                 schema.try_drop().await?;

@@ -99,6 +99,8 @@ pub struct Relay<P> {
     setup: Arc<Setup>,
     keeper: Arc<Keeper>,
     batcher: Batcher<P>,
+    /// Whether [`with_outbox`](Relay::with_outbox) gave it its outbox.
+    given_outbox: bool,
 }
 
 impl<P: Publisher> Relay<P> {
@@ -112,9 +114,7 @@ impl<P: Publisher> Relay<P> {
         config.validate()?;
         let dialect = Dialect::of(db.get_database_backend())?;
         let relay_id = relay_id(&config.service_name);
-        let outbox = Outbox::new()
-            .with_shards(config.shards)
-            .with_completion(config.completion);
+        let outbox = Outbox::new();
         Ok(Self::build(
             config,
             db,
@@ -156,11 +156,13 @@ impl<P: Publisher> Relay<P> {
             setup,
             keeper,
             batcher,
+            given_outbox: false,
         }
     }
 
     /// Takes the relay apart, to build it again.
     fn rebuild(self, outbox: Option<Outbox>, skew: Option<chrono::Duration>) -> Self {
+        let given_outbox = self.given_outbox;
         let skew = skew.unwrap_or_else(|| self.keeper.clock.skew());
         let setup = &*self.setup;
         let (config, db, dialect, relay_id) = (
@@ -171,35 +173,28 @@ impl<P: Publisher> Relay<P> {
         );
         let outbox = outbox.unwrap_or_else(|| setup.outbox.clone());
         let publisher = self.batcher.into_publisher();
-        Self::build(config, db, dialect, publisher, outbox, relay_id, skew)
+        Relay {
+            given_outbox,
+            ..Self::build(config, db, dialect, publisher, outbox, relay_id, skew)
+        }
     }
 
-    /// Uses `outbox`'s tables, shard count and completion mode (instead of the
-    /// configuration's), and
-    /// wakes when it stores an event. Pass a clone of the outbox the application
-    /// stores with.
+    /// Publishes `outbox`: its tables, shard count and completion mode (the relay has
+    /// no others: without this call, the defaults of [`Outbox::new`]), and wakes when
+    /// it stores an event. Pass a clone of the outbox the application stores with, or
+    /// in a process of its own an outbox built the same way (for example
+    /// [`Outbox::from_env`] on both sides).
     pub fn with_outbox(self, outbox: Outbox) -> Self {
         let config = &self.setup.config;
-        if outbox.shards() != config.shards.get() {
-            warn!(
-                configured = config.shards.get(),
-                outbox = outbox.shards(),
-                "the relay uses the outbox's shard count, not the configuration's"
-            );
-        }
-        if outbox.completion() != config.completion {
-            warn!(
-                configured = %config.completion,
-                outbox = %outbox.completion(),
-                "the relay uses the outbox's completion mode, not the configuration's"
-            );
-        }
         let outbox = if config.listen {
             outbox.with_wake_connection(&self.setup.db)
         } else {
             outbox
         };
-        self.rebuild(Some(outbox), None)
+        Relay {
+            given_outbox: true,
+            ..self.rebuild(Some(outbox), None)
+        }
     }
 
     /// Runs this relay as if its host's clock were `skew` ahead (or behind, when
@@ -279,7 +274,11 @@ impl<P: Publisher> Relay<P> {
             setup,
             keeper,
             batcher,
+            given_outbox,
         } = self;
+        if !given_outbox {
+            warn_of_unused_outbox_variables();
+        }
         let batcher = Arc::new(batcher);
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -335,6 +334,21 @@ impl<P: Publisher> Relay<P> {
             cancel,
             tracker,
             tasks,
+        }
+    }
+}
+
+/// `OUTBOX_SHARDS` and `OUTBOX_COMPLETION` belong to the outbox
+/// ([`Outbox::from_env`]): a relay given no outbox publishes the defaults whatever
+/// they say, which is worth a warning when they are set.
+fn warn_of_unused_outbox_variables() {
+    for variable in ["OUTBOX_SHARDS", "OUTBOX_COMPLETION"] {
+        if let Ok(value) = std::env::var(variable) {
+            warn!(
+                %variable, %value,
+                "the relay publishes the default outbox: {variable} is read by Outbox::from_env, \
+                 so give the relay that outbox with Relay::with_outbox, as its writers use"
+            );
         }
     }
 }
