@@ -92,13 +92,7 @@ async fn a_store_in_another_process_wakes_an_idle_relay_at_once() {
 async fn an_outbox_on_the_database_with_tables_of_its_own_wakes_their_relays() {
     let pg = PgSchema::migrated().await;
     let tables = own_tables(&pg, "woken_outbox").await;
-    // The relay's own outbox, not a clone of the writer's: only a NOTIFY wakes it.
-    let relay = Relay::new(config(true), pg.db.clone(), MemoryPublisher::new())
-        .expect("valid relay config")
-        .with_outbox(Outbox::new().with_tables(tables.clone()))
-        .spawn();
-    until_holding(&relay, 16, "the relay", Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let relay = idle_relay_of(&pg, &tables).await;
 
     let writer = Outbox::on(&pg.db).with_tables(tables);
     let event = EventBuilder::new("thing.happened", "key-0");
@@ -137,6 +131,18 @@ async fn a_relay_without_listen_finds_events_of_other_processes_by_polling() {
     pg.drop().await;
 }
 
+/// A listening relay on `tables` in `pg` that owns every shard and has been idle for
+/// 6 s. Its outbox is its own, not a clone of a writer's: only a NOTIFY wakes it.
+async fn idle_relay_of(pg: &PgSchema, tables: &Tables) -> RelayHandle {
+    let relay = Relay::new(config(true), pg.db.clone(), MemoryPublisher::new())
+        .expect("valid relay config")
+        .with_outbox(Outbox::new().with_tables(tables.clone()))
+        .spawn();
+    until_holding(&relay, 16, "the relay", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    relay
+}
+
 /// Migrates a set of tables of its own (base name `base`) in `pg`'s schema. Wake-ups
 /// go to a channel named after the outbox table, for the whole database: tables of
 /// its own keep a test's relay from hearing other tests' writers.
@@ -159,12 +165,7 @@ async fn a_relay_counts_the_events_it_found_by_polling_late() {
     let found_by_poll = counter::count(outbox::relay_metric_names::FOUND_BY_POLL);
     let pg = PgSchema::migrated().await;
     let tables = own_tables(&pg, "found_by_poll_outbox").await;
-    let relay = Relay::new(config(true), pg.db.clone(), MemoryPublisher::new())
-        .expect("valid relay config")
-        .with_outbox(Outbox::new().with_tables(tables.clone()))
-        .spawn();
-    until_holding(&relay, 16, "the relay", Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let relay = idle_relay_of(&pg, &tables).await;
 
     let waking = Outbox::on(&pg.db).with_tables(tables.clone());
     let silent = Outbox::new().with_tables(tables);

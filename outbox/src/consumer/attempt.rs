@@ -13,6 +13,7 @@ use tracing::{error, warn};
 use uuid::Uuid;
 
 use super::ConsumerConfig;
+use super::dead_letter::DeadLetters;
 use super::dead_letter::GiveUp;
 use super::decoded::{Decoded, decode};
 use super::failure::{Failure, Kind};
@@ -91,7 +92,11 @@ impl Tally {
     }
 }
 
-impl<E, H> WorkerContext<E, H>
+/// The attempts at one message: the handler in a transaction with the inbox record,
+/// retried with backoff, and the proof before each commit.
+pub(super) struct Attempts<'a, E, H>(pub(super) &'a WorkerContext<E, H>);
+
+impl<E, H> Attempts<'_, E, H>
 where
     E: DecodeEvent + Send + 'static,
     H: Handler<E>,
@@ -117,7 +122,9 @@ where
                         error: error_chain(&error),
                         attempts: as_i32(tally.failures),
                     };
-                    return self.dead_letter(message, give_up, cancel).await;
+                    return DeadLetters(self.0)
+                        .dead_letter(message, give_up, cancel)
+                        .await;
                 }
                 Err(Decoded::Panicked(panic)) => Err(Failure::message(format!(
                     "decoding the message panicked: {panic}"
@@ -126,7 +133,9 @@ where
             let failure = match attempt {
                 Ok(outcome) => {
                     if outcome == Outcome::Processed {
-                        self.counters.handled(&self.config.name, started.elapsed());
+                        self.0
+                            .counters
+                            .handled(&self.0.config.name, started.elapsed());
                     }
                     return Some(outcome);
                 }
@@ -134,7 +143,11 @@ where
             };
             let wait = match self.after_failure(message, failure, &mut tally).await {
                 Ok(wait) => wait,
-                Err(give_up) => return self.dead_letter(message, give_up, cancel).await,
+                Err(give_up) => {
+                    return DeadLetters(self.0)
+                        .dead_letter(message, give_up, cancel)
+                        .await;
+                }
             };
             if !sleep(wait, cancel).await {
                 return None;
@@ -152,23 +165,23 @@ where
         tally: &mut Tally,
     ) -> Result<Duration, GiveUp> {
         let Failure { error, kind } = failure;
-        self.counters.failed(&self.config.name);
-        self.progress.failed(
-            &self.config.name,
+        self.0.counters.failed(&self.0.config.name);
+        self.0.progress.failed(
+            &self.0.config.name,
             message.topic(),
             message.partition(),
             &error.to_string(),
         );
         let mut kind = tally.in_a_row(kind);
-        if kind == Kind::Message && self.db.ping().await.is_err() {
+        if kind == Kind::Message && self.0.db.ping().await.is_err() {
             kind = Kind::Outage;
         }
-        tally.count(kind, &error, &self.config)
+        tally.count(kind, &error, &self.0.config)
     }
 
     /// One attempt: a transaction with the inbox record and the handler's changes.
     async fn apply(&self, received: Received<E>) -> Result<Outcome, Failure> {
-        let txn = self.db.begin().await.map_err(Failure::ours)?;
+        let txn = self.0.db.begin().await.map_err(Failure::ours)?;
         self.apply_on(txn, received).await
     }
 
@@ -181,8 +194,9 @@ where
     ) -> Result<Outcome, Failure> {
         let event_id = received.event_id();
         let recorded = self
+            .0
             .inbox
-            .record(&txn, &self.config.name, event_id)
+            .record(&txn, &self.0.config.name, event_id)
             .await
             .map_err(Failure::ours)?;
         if !recorded {
@@ -214,9 +228,9 @@ where
             ))
         };
         let future =
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.handle(txn, received)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.0.handler.handle(txn, received)))
                 .map_err(panicked)?;
-        let timeout = self.config.handler_timeout;
+        let timeout = self.0.config.handler_timeout;
         match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(error))) => Err(Failure::classified(error)),
@@ -236,15 +250,16 @@ where
     /// on; the attempt fails instead.
     async fn prove(&self, txn: &DatabaseTransaction, event_id: Uuid) -> Result<(), Failure> {
         let proof = *self
+            .0
             .proof
-            .get_or_try_init(|| Proof::learn(&self.db))
+            .get_or_try_init(|| Proof::learn(&self.0.db))
             .await
             .map_err(Failure::ours)?;
         let dialect = Dialect::of(txn.get_database_backend()).map_err(Failure::ours)?;
         let statement = proof.statement(
             dialect,
-            self.config.tables.inbox(),
-            &self.config.name,
+            self.0.config.tables.inbox(),
+            &self.0.config.name,
             event_id,
         );
         let lost = |why: String| {

@@ -26,7 +26,10 @@ pub(super) struct GiveUp {
     pub(super) attempts: i32,
 }
 
-impl<E, H> WorkerContext<E, H>
+/// Writing a message's dead letter.
+pub(super) struct DeadLetters<'a, E, H>(pub(super) &'a WorkerContext<E, H>);
+
+impl<E, H> DeadLetters<'_, E, H>
 where
     E: DecodeEvent + Send + 'static,
     H: Handler<E>,
@@ -54,10 +57,11 @@ where
                 Ok(outcome) => return Some(outcome),
                 Err(error) => error,
             };
-            let wait = if cause_of(&error) == Cause::Unreachable || self.db.ping().await.is_err() {
+            let wait = if cause_of(&error) == Cause::Unreachable || self.0.db.ping().await.is_err()
+            {
                 outages = outages.saturating_add(1);
                 warn!(%error, topic = message.topic(), partition = message.partition(), offset = message.offset(), "could not write a dead letter while the database is unreachable; trying again");
-                self.config.retry_backoff.after(outages)
+                self.0.config.retry_backoff.after(outages)
             } else {
                 refused = refused.saturating_add(1);
                 if refused >= WHOLE_DEAD_LETTER_WRITES {
@@ -66,7 +70,7 @@ where
                     warn!(%error, topic = message.topic(), partition = message.partition(), offset = message.offset(), "the database refused the dead letter; trying again");
                 }
                 refusal = Some(error.to_string());
-                self.config.retry_backoff.after(refused)
+                self.0.config.retry_backoff.after(refused)
             };
             if !sleep(wait, cancel).await {
                 return None;
@@ -81,18 +85,22 @@ where
         message: &OwnedMessage,
         letter: &Letter<'_>,
     ) -> crate::Result<Outcome> {
-        let txn = self.db.begin().await?;
+        let txn = self.0.db.begin().await?;
         if let Some(event_id) = letter.event_id
-            && !self.inbox.record(&txn, &self.config.name, event_id).await?
+            && !self
+                .0
+                .inbox
+                .record(&txn, &self.0.config.name, event_id)
+                .await?
         {
             txn.rollback().await?;
             return Ok(Outcome::Duplicate);
         }
         let dialect = Dialect::of(txn.get_database_backend())?;
-        let table = self.config.tables.inbox_dead();
+        let table = self.0.config.tables.inbox_dead();
         let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
         let row = DeadLetterRow {
-            consumer: &self.config.name,
+            consumer: &self.0.config.name,
             topic,
             partition,
             offset,

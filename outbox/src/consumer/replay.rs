@@ -15,6 +15,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::attempt::Attempts;
 use super::decoded::{Decoded, decode};
 use super::failure::{Failure, Kind};
 use super::handler::{Handler, error_chain};
@@ -29,13 +30,17 @@ use crate::sql::Dialect;
 /// How many marked letters one round takes at most.
 const ROUND: u64 = 100;
 
-impl<E, H> WorkerContext<E, H>
+/// The replays of a consumer's dead letters that an operator marked, as a task of
+/// their own.
+pub(super) struct Replays<E, H>(pub(super) Arc<WorkerContext<E, H>>);
+
+impl<E, H> Replays<E, H>
 where
     E: DecodeEvent + Send + 'static,
     H: Handler<E>,
 {
     /// Replays the consumer's marked dead letters every `every`, until cancelled.
-    pub(super) async fn replays(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+    pub(super) async fn replays(self, every: Duration, cancel: CancellationToken) {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -52,7 +57,7 @@ where
                     warn!(%error, "could not replay dead letters; trying again at the next interval");
                 }
                 Err(panic) => {
-                    self.halt.stop(format!(
+                    self.0.halt.stop(format!(
                         "replaying dead letters panicked: {}",
                         crate::panic::message(&*panic)
                     ));
@@ -64,10 +69,11 @@ where
 
     /// Replays the marked letters there are now, oldest first.
     async fn replay_marked(&self, cancel: &CancellationToken) -> crate::Result<()> {
-        let marked = DeadLetterFilter::consumer(self.config.name.clone()).marked_for_replay();
+        let marked = DeadLetterFilter::consumer(self.0.config.name.clone()).marked_for_replay();
         for letter in self
+            .0
             .inbox
-            .find_dead_letters(&self.db, &marked, ROUND)
+            .find_dead_letters(&self.0.db, &marked, ROUND)
             .await?
         {
             if cancel.is_cancelled() {
@@ -92,9 +98,9 @@ where
                 return self.replay_failed(letter, &error).await;
             }
         };
-        let txn = self.db.begin().await?;
+        let txn = self.0.db.begin().await?;
         let dialect = Dialect::of(txn.get_database_backend())?;
-        let tables = &self.config.tables;
+        let tables = &self.0.config.tables;
         let taken = txn
             .execute_raw(dialect.take_replay(tables.inbox_dead(), letter.id))
             .await?
@@ -106,15 +112,15 @@ where
         }
         txn.execute_raw(dialect.forget_record(
             tables.inbox(),
-            &self.config.name,
+            &self.0.config.name,
             received.event_id(),
         ))
         .await?;
-        match self.apply_on(txn, received).await {
+        match Attempts(&self.0).apply_on(txn, received).await {
             Ok(outcome) => {
-                self.counters.record(&self.config.name, outcome);
+                self.0.counters.record(&self.0.config.name, outcome);
                 if outcome == Outcome::Processed {
-                    self.counters.replayed(&self.config.name);
+                    self.0.counters.replayed(&self.0.config.name);
                     info!(id = letter.id, topic = %letter.topic, partition = letter.kafka_partition, offset = letter.kafka_offset, "dead letter replayed");
                 }
                 Ok(())
@@ -133,10 +139,15 @@ where
     /// Clears a letter's mark and keeps `error` as its error.
     async fn replay_failed(&self, letter: &inbox_dead::Model, error: &str) -> crate::Result<()> {
         warn!(id = letter.id, %error, "a replayed dead letter failed again; it stays a dead letter");
-        let dialect = Dialect::of(self.db.get_database_backend())?;
+        let dialect = Dialect::of(self.0.db.get_database_backend())?;
         let error = storable(&format!("replay: {error}"), MAX_ERROR_LEN);
-        self.db
-            .execute_raw(dialect.replay_failed(self.config.tables.inbox_dead(), letter.id, &error))
+        self.0
+            .db
+            .execute_raw(dialect.replay_failed(
+                self.0.config.tables.inbox_dead(),
+                letter.id,
+                &error,
+            ))
             .await?;
         Ok(())
     }

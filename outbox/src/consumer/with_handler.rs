@@ -18,6 +18,7 @@ use super::handler::Handler;
 use super::health::Progress;
 use super::metrics::Counters;
 use super::poll::{self, Context, KafkaConsumer, Limits, Spawner};
+use super::replay::Replays;
 use super::worker::WorkerContext;
 use super::{Consumer, ConsumerConfig, ConsumerHandle, ConsumerProbe};
 use crate::decode::DecodeEvent;
@@ -91,10 +92,9 @@ where
             proof: OnceCell::new(),
             event: PhantomData,
         });
-        let replays = context
-            .config
-            .replay_interval
-            .map(|every| tokio::spawn(Arc::clone(&context).replays(every, cancel.clone())));
+        let replays = context.config.replay_interval.map(|every| {
+            tokio::spawn(Replays(Arc::clone(&context)).replays(every, cancel.clone()))
+        });
         let spawner = spawner(context, Arc::clone(&kafka));
         let stopped = start_polling(&name, kafka, spawner, limits, &cancel, halt.clone())?;
         info!(consumer = %name, "consumer started");

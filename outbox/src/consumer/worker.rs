@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, warn};
 
 use super::ConsumerConfig;
+use super::attempt::Attempts;
+use super::dead_letter::DeadLetters;
 use super::dead_letter::GiveUp;
 use super::decoded::{Decoded, decode};
 use super::halt::Halt;
@@ -119,7 +121,9 @@ where
                     error: error_chain(&error),
                     attempts: 0,
                 };
-                return self.dead_letter(message, give_up, cancel).await;
+                return DeadLetters(self)
+                    .dead_letter(message, give_up, cancel)
+                    .await;
             }
             // A user's `Deserialize` or `From` impl panicked: a failed attempt.
             Err(Decoded::Panicked(_)) => None,
@@ -129,7 +133,10 @@ where
             Some(received) => consume_span(&self.config.name, message, received.headers()),
             None => consume_span(&self.config.name, message, &utf8_headers(message)),
         };
-        self.attempts(message, first, cancel).instrument(span).await
+        Attempts(self)
+            .attempts(message, first, cancel)
+            .instrument(span)
+            .await
     }
 }
 

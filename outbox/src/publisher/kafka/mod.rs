@@ -18,7 +18,6 @@
 //! - Messages that failed only because another one did (the producer stopped behind a
 //!   refused batch) are reported as not sent: they use no attempt.
 
-mod admin;
 mod failure;
 mod judge;
 
