@@ -34,7 +34,7 @@ pub(crate) fn cause_of(error: &(dyn StdError + 'static)) -> Cause {
         if let Some(db) = error.downcast_ref::<DbErr>() {
             return cause(db);
         }
-        if let Some(crate::Error::Db(db)) = error.downcast_ref::<crate::Error>() {
+        if let Some(crate::error::Error::Db(db)) = error.downcast_ref::<crate::error::Error>() {
             return cause(db);
         }
         next = error.source();

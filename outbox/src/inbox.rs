@@ -7,9 +7,9 @@ use chrono::Utc;
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use uuid::Uuid;
 
+use crate::dead_letter_filter::{DeadLetterFilter, check_consumer};
 use crate::entity::inbox_dead;
-use crate::envelope::MAX_NAME_LEN;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::repository::cutoff;
 use crate::sql::Dialect;
 use crate::tables::Tables;
@@ -153,82 +153,6 @@ impl Inbox {
     }
 }
 
-/// Which of the consumers' dead letters an [`Inbox`] call reads or changes: every one
-/// by default; narrow it by id, consumer, topic, or a text in the error.
-///
-/// ```
-/// # use outbox::DeadLetterFilter;
-/// let billing_timeouts = DeadLetterFilter::consumer("billing")
-///     .topic("user-events")
-///     .error_contains("timed out");
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DeadLetterFilter {
-    /// One dead letter, by its id.
-    pub id: Option<i64>,
-    /// The consumer's name.
-    pub consumer: Option<String>,
-    /// The topic the message came from.
-    pub topic: Option<String>,
-    /// A text the error holds (as the database compares text: case-insensitively on
-    /// MySQL).
-    pub error_contains: Option<String>,
-    /// Only those marked for replay and not yet taken.
-    pub marked_for_replay: bool,
-}
-
-impl DeadLetterFilter {
-    /// Every dead letter.
-    pub fn all() -> Self {
-        Self::default()
-    }
-
-    /// The dead letter with this id.
-    pub fn id(id: i64) -> Self {
-        DeadLetterFilter {
-            id: Some(id),
-            ..Self::default()
-        }
-    }
-
-    /// The dead letters of the consumer `name`.
-    pub fn consumer(name: impl Into<String>) -> Self {
-        DeadLetterFilter {
-            consumer: Some(name.into()),
-            ..Self::default()
-        }
-    }
-
-    /// Only those of `topic`.
-    #[must_use]
-    pub fn topic(mut self, topic: impl Into<String>) -> Self {
-        self.topic = Some(topic.into());
-        self
-    }
-
-    /// Only those whose error holds `text`.
-    #[must_use]
-    pub fn error_contains(mut self, text: impl Into<String>) -> Self {
-        self.error_contains = Some(text.into());
-        self
-    }
-
-    /// Only those marked for replay and not yet taken by their consumer.
-    #[must_use]
-    pub fn marked_for_replay(mut self) -> Self {
-        self.marked_for_replay = true;
-        self
-    }
-
-    fn check(&self) -> Result<()> {
-        match &self.consumer {
-            Some(name) => check_consumer(name),
-            None => Ok(()),
-        }
-    }
-}
-
 /// The consumers' dead letters (see [`Consumer`](crate::Consumer)): list, replay,
 /// delete.
 impl Inbox {
@@ -355,29 +279,4 @@ impl Inbox {
         let statement = dialect.forget_dead_letters(self.tables.inbox_dead(), filter);
         Ok(conn.execute_raw(statement).await?.rows_affected())
     }
-}
-
-/// A consumer name fits its column and can be stored.
-pub(crate) fn check_consumer(name: &str) -> Result<()> {
-    let invalid = |reason| {
-        Err(Error::InvalidConsumer {
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    if name.trim().is_empty() {
-        return invalid("it must not be empty");
-    }
-    // MySQL and MariaDB compare trailing spaces away (PAD SPACE collations): "billing"
-    // and "billing " would be one consumer there and two elsewhere.
-    if name.trim() != name {
-        return invalid("it must not begin or end with whitespace");
-    }
-    if name.chars().count() > MAX_NAME_LEN {
-        return invalid("it may have at most 255 characters");
-    }
-    if name.contains('\0') {
-        return invalid("it must not contain a NUL character");
-    }
-    Ok(())
 }

@@ -456,6 +456,7 @@ mod config;
 mod consumer;
 #[cfg(feature = "kafka")]
 mod db_error;
+mod dead_letter_filter;
 mod decode;
 pub mod entity;
 mod envelope;
@@ -502,11 +503,12 @@ pub use publisher::{
 pub use relay::{HealthProbe, ProcessReport, Relay, RelayHandle, RelayStats, relay_metric_names};
 pub use repository::FailureOutcome;
 
+pub use dead_letter_filter::DeadLetterFilter;
 pub use decode::DecodeEvent;
 pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};
 pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
-pub use inbox::{DEFAULT_DEDUP_WINDOW, DeadLetterFilter, Inbox};
+pub use inbox::{DEFAULT_DEDUP_WINDOW, Inbox};
 pub use secrets::Secrets;
 pub use signal::shutdown_signal;
 pub use store::{DEFAULT_SHARDS, Outbox, Store};

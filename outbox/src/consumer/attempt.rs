@@ -13,14 +13,14 @@ use tracing::{error, warn};
 use uuid::Uuid;
 
 use super::ConsumerConfig;
+use super::context::{WorkerContext, sleep};
 use super::dead_letter::DeadLetters;
-use super::dead_letter::GiveUp;
 use super::decoded::{Decoded, decode};
+use super::failure::GiveUp;
 use super::failure::{Failure, Kind};
 use super::handler::{Handler, HandlerError, error_chain};
 use super::metrics::Outcome;
 use super::proof::Proof;
-use super::worker::{WorkerContext, sleep};
 use crate::db_error::{Cause, cause};
 use crate::decode::DecodeEvent;
 use crate::sql::Dialect;

@@ -6,8 +6,9 @@ use crate::backoff::Backoff;
 
 use rdkafka::ClientConfig;
 
+use crate::dead_letter_filter::check_consumer;
 use crate::error::{Error, Result};
-use crate::inbox::{DEFAULT_DEDUP_WINDOW, check_consumer};
+use crate::inbox::DEFAULT_DEDUP_WINDOW;
 use crate::kafka::KafkaConfig;
 use crate::tables::Tables;
 

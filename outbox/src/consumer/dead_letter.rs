@@ -8,10 +8,11 @@ use sea_orm::{ConnectionTrait, TransactionTrait};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
+use super::context::{WorkerContext, sleep};
+use super::failure::GiveUp;
 use super::handler::Handler;
 use super::letter::Letter;
 use super::metrics::Outcome;
-use super::worker::{WorkerContext, sleep};
 use crate::db_error::{Cause, cause_of};
 use crate::decode::DecodeEvent;
 use crate::sql::{DeadLetterRow, Dialect};
@@ -19,12 +20,6 @@ use crate::sql::{DeadLetterRow, Dialect};
 /// How many times writing a whole dead letter may be refused by a reachable database
 /// before only a minimal one (no payload, no headers) is written.
 const WHOLE_DEAD_LETTER_WRITES: u32 = 3;
-
-/// Why a message is given up on.
-pub(super) struct GiveUp {
-    pub(super) error: String,
-    pub(super) attempts: i32,
-}
 
 /// Writing a message's dead letter.
 pub(super) struct DeadLetters<'a, E, H>(pub(super) &'a WorkerContext<E, H>);
@@ -84,7 +79,7 @@ where
         &self,
         message: &OwnedMessage,
         letter: &Letter<'_>,
-    ) -> crate::Result<Outcome> {
+    ) -> crate::error::Result<Outcome> {
         let txn = self.0.db.begin().await?;
         if let Some(event_id) = letter.event_id
             && !self

@@ -51,3 +51,9 @@ impl Failure {
         }
     }
 }
+
+/// Why a message is given up on: the error, and the attempts it used.
+pub(super) struct GiveUp {
+    pub(super) error: String,
+    pub(super) attempts: i32,
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rdkafka::message::{Message as _, OwnedMessage};
 use uuid::Uuid;
 
-use super::dead_letter::GiveUp;
+use super::failure::GiveUp;
 use crate::wire::{headers, utf8_headers};
 
 /// The longest error text a dead letter keeps, in bytes.

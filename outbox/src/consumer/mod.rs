@@ -5,6 +5,7 @@ mod attempt;
 mod cleanup;
 mod config;
 mod consumer_handle;
+mod context;
 mod dead_letter;
 mod decoded;
 mod failure;

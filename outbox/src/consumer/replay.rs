@@ -16,15 +16,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::attempt::Attempts;
+use super::context::WorkerContext;
 use super::decoded::{Decoded, decode};
 use super::failure::{Failure, Kind};
 use super::handler::{Handler, error_chain};
 use super::letter::{MAX_ERROR_LEN, storable};
 use super::metrics::Outcome;
-use super::worker::WorkerContext;
+use crate::dead_letter_filter::DeadLetterFilter;
 use crate::decode::DecodeEvent;
 use crate::entity::inbox_dead;
-use crate::inbox::DeadLetterFilter;
 use crate::sql::Dialect;
 
 /// How many marked letters one round takes at most.
@@ -68,7 +68,7 @@ where
     }
 
     /// Replays the marked letters there are now, oldest first.
-    async fn replay_marked(&self, cancel: &CancellationToken) -> crate::Result<()> {
+    async fn replay_marked(&self, cancel: &CancellationToken) -> crate::error::Result<()> {
         let marked = DeadLetterFilter::consumer(self.0.config.name.clone()).marked_for_replay();
         for letter in self
             .0
@@ -86,7 +86,7 @@ where
 
     /// Replays one letter: applied, or kept with its new error and its mark cleared
     /// (kept marked when the database was away, or the failure was a deadlock).
-    async fn replay(&self, letter: &inbox_dead::Model) -> crate::Result<()> {
+    async fn replay(&self, letter: &inbox_dead::Model) -> crate::error::Result<()> {
         let message = message_of(letter);
         let received = match decode::<E>(&message) {
             Ok(received) => received,
@@ -137,7 +137,11 @@ where
     }
 
     /// Clears a letter's mark and keeps `error` as its error.
-    async fn replay_failed(&self, letter: &inbox_dead::Model, error: &str) -> crate::Result<()> {
+    async fn replay_failed(
+        &self,
+        letter: &inbox_dead::Model,
+        error: &str,
+    ) -> crate::error::Result<()> {
         warn!(id = letter.id, %error, "a replayed dead letter failed again; it stays a dead letter");
         let dialect = Dialect::of(self.0.db.get_database_backend())?;
         let error = storable(&format!("replay: {error}"), MAX_ERROR_LEN);

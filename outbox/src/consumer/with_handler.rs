@@ -13,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::cleanup::cleanup;
+use super::context::WorkerContext;
 use super::halt::Halt;
 use super::handler::Handler;
 use super::health::Progress;
 use super::metrics::Counters;
 use super::poll::{self, Context, KafkaConsumer, Limits, Spawner};
 use super::replay::Replays;
-use super::worker::WorkerContext;
+use super::worker::Worker;
 use super::{Consumer, ConsumerConfig, ConsumerHandle, ConsumerProbe};
 use crate::decode::DecodeEvent;
 use crate::error::{Error, Result};
@@ -148,7 +149,7 @@ where
             // partition's later messages.
             let (topic, partition) = work.partition.clone();
             let halt = context.halt.clone();
-            if let Err(panic) = AssertUnwindSafe(context.work(kafka, work))
+            if let Err(panic) = AssertUnwindSafe(Worker(context).work(kafka, work))
                 .catch_unwind()
                 .await
             {

@@ -2,56 +2,34 @@
 //! offset order, each in a transaction of its own with its inbox record, retrying a
 //! failing handler with backoff and dead-lettering what cannot be applied.
 
-use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use rdkafka::consumer::Consumer as _;
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use sea_orm::DatabaseConnection;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, warn};
 
-use super::ConsumerConfig;
 use super::attempt::Attempts;
+use super::context::WorkerContext;
 use super::dead_letter::DeadLetters;
-use super::dead_letter::GiveUp;
 use super::decoded::{Decoded, decode};
-use super::halt::Halt;
+use super::failure::GiveUp;
 use super::handler::{Handler, error_chain};
-use super::health::Progress;
-use super::metrics::{Counters, Outcome};
+use super::metrics::Outcome;
 use super::poll::{KafkaConsumer, Spawn};
-use super::proof::Proof;
 use super::span::consume_span;
 use crate::decode::DecodeEvent;
 use crate::error::Error;
-use crate::inbox::Inbox;
 use crate::wire::utf8_headers;
 
-/// What every worker of one consumer shares.
-pub(super) struct WorkerContext<E, H> {
-    pub(super) config: ConsumerConfig,
-    pub(super) db: DatabaseConnection,
-    pub(super) inbox: Inbox,
-    pub(super) handler: H,
-    pub(super) counters: Arc<Counters>,
-    /// Which message each partition's worker is on, for the health probe.
-    pub(super) progress: Arc<Progress>,
-    /// Stops the whole consumer when a worker fails in a way it cannot go on from.
-    pub(super) halt: Halt,
-    /// How a transaction proves, before its commit, that it still holds its inbox
-    /// record; learned from the database on first use.
-    pub(super) proof: OnceCell<Proof>,
-    pub(super) event: PhantomData<fn() -> E>,
-}
+/// A partition's worker, over the context every worker of the consumer shares.
+pub(super) struct Worker<E, H>(pub(super) Arc<WorkerContext<E, H>>);
 
-impl<E, H> WorkerContext<E, H>
+impl<E, H> Worker<E, H>
 where
     E: DecodeEvent + Send + 'static,
     H: Handler<E>,
@@ -59,7 +37,7 @@ where
     /// Runs a partition's worker until its queue closes or it is cancelled. A panic
     /// on a message's path is a failed attempt of that message; one anywhere else (a
     /// bug) stops the consumer, its message not done with, so nothing is skipped.
-    pub(super) async fn work(self: Arc<Self>, consumer: Arc<KafkaConsumer>, spawn: Spawn) {
+    pub(super) async fn work(self, consumer: Arc<KafkaConsumer>, spawn: Spawn) {
         let Spawn {
             partition: (topic, partition),
             mut messages,
@@ -76,17 +54,17 @@ where
                     None => break,
                 },
             };
-            self.progress.begin(&topic, partition, message.offset());
+            self.0.progress.begin(&topic, partition, message.offset());
             let outcome = AssertUnwindSafe(self.process(&message, &cancel))
                 .catch_unwind()
                 .await;
-            self.progress.end(&self.config.name, &topic, partition);
+            self.0.progress.end(&self.0.config.name, &topic, partition);
             buffered.remove(&message);
             let outcome = match outcome {
                 Ok(Some(outcome)) => outcome,
                 Ok(None) => break, // cancelled: the offset stays, the message comes again
                 Err(panic) => {
-                    self.halt.stop(format!(
+                    self.0.halt.stop(format!(
                         "the worker of {topic}/{partition} panicked at offset {}: {}",
                         message.offset(),
                         crate::panic::message(&*panic)
@@ -94,7 +72,7 @@ where
                     break;
                 }
             };
-            self.counters.record(&self.config.name, outcome);
+            self.0.counters.record(&self.0.config.name, outcome);
             if let Err(error) = store_offset(&consumer, &topic, partition, message.offset()) {
                 // The partition was revoked meanwhile: its next owner reads the
                 // message again and finds it in the inbox.
@@ -112,7 +90,7 @@ where
         let first = match decode::<E>(message) {
             Ok(received) => Some(received),
             Err(Decoded::Failed(Error::UnknownEvent { event_type, .. }))
-                if self.config.skip_unknown_events && !E::knows_type(&event_type) =>
+                if self.0.config.skip_unknown_events && !E::knows_type(&event_type) =>
             {
                 return Some(Outcome::Skipped);
             }
@@ -121,7 +99,7 @@ where
                     error: error_chain(&error),
                     attempts: 0,
                 };
-                return DeadLetters(self)
+                return DeadLetters(&self.0)
                     .dead_letter(message, give_up, cancel)
                     .await;
             }
@@ -130,10 +108,10 @@ where
         };
         // The decoded event's headers; read again only when decoding panicked.
         let span = match &first {
-            Some(received) => consume_span(&self.config.name, message, received.headers()),
-            None => consume_span(&self.config.name, message, &utf8_headers(message)),
+            Some(received) => consume_span(&self.0.config.name, message, received.headers()),
+            None => consume_span(&self.0.config.name, message, &utf8_headers(message)),
         };
-        Attempts(self)
+        Attempts(&self.0)
             .attempts(message, first, cancel)
             .instrument(span)
             .await
@@ -152,13 +130,4 @@ fn store_offset(
     let mut next = TopicPartitionList::new();
     next.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
     consumer.store_offsets(&next)
-}
-
-/// Waits `wait`; `false` when cancelled first.
-pub(super) async fn sleep(wait: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        biased;
-        () = cancel.cancelled() => false,
-        () = tokio::time::sleep(wait) => true,
-    }
 }

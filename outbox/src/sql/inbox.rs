@@ -9,9 +9,9 @@ use sea_orm::sea_query::{
 use uuid::Uuid;
 
 use super::{Dialect, limit};
+use crate::dead_letter_filter::DeadLetterFilter;
 use crate::entity::inbox::Column;
 use crate::entity::inbox_dead as dead;
-use crate::inbox::DeadLetterFilter;
 use crate::tables::Identifier;
 
 /// A dead letter's columns but its id (which the database assigns), in the order they
