@@ -88,7 +88,7 @@ impl Inbox {
     /// transaction ends, then answers by its outcome.
     ///
     /// # Errors
-    /// [`Error::InvalidConsumer`] when `consumer` is empty, begins or ends with
+    /// [`Error::InvalidConsumer`](crate::Error::InvalidConsumer) when `consumer` is empty, begins or ends with
     /// whitespace, is longer than 255 characters or holds a NUL character (nothing
     /// is written); the database's.
     pub async fn record<C: ConnectionTrait>(
@@ -127,7 +127,7 @@ impl Inbox {
     /// segment settings: at least `retention.ms` + `segment.ms`).
     ///
     /// # Errors
-    /// [`Error::InvalidConsumer`] for an invalid name; [`Error::DurationOutOfRange`]
+    /// [`Error::InvalidConsumer`](crate::Error::InvalidConsumer) for an invalid name; [`Error::DurationOutOfRange`]
     /// when `older_than` reaches before the earliest date that can be stored; the
     /// database's.
     pub async fn cleanup<C: ConnectionTrait>(
@@ -159,7 +159,7 @@ impl Inbox {
     /// The messages `consumer` dead-lettered, oldest first, at most `limit`.
     ///
     /// # Errors
-    /// [`Error::InvalidConsumer`] for an invalid name; the database's.
+    /// [`Error::InvalidConsumer`](crate::Error::InvalidConsumer) for an invalid name; the database's.
     pub async fn dead_letters<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -173,7 +173,7 @@ impl Inbox {
     /// The dead letters `filter` picks, oldest first, at most `limit`.
     ///
     /// # Errors
-    /// [`Error::InvalidConsumer`] for an invalid consumer name; the database's.
+    /// [`Error::InvalidConsumer`](crate::Error::InvalidConsumer) for an invalid consumer name; the database's.
     pub async fn find_dead_letters<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -208,7 +208,7 @@ impl Inbox {
     /// How many dead letters `filter` picks.
     ///
     /// # Errors
-    /// [`Error::InvalidConsumer`] for an invalid consumer name; the database's.
+    /// [`Error::InvalidConsumer`](crate::Error::InvalidConsumer) for an invalid consumer name; the database's.
     pub async fn count_dead_letters<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -235,7 +235,7 @@ impl Inbox {
     /// came since it was dead-lettered.
     ///
     /// # Errors
-    /// [`Error::InvalidConsumer`] for an invalid consumer name; the database's.
+    /// [`Error::InvalidConsumer`](crate::Error::InvalidConsumer) for an invalid consumer name; the database's.
     pub async fn request_replay<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -268,7 +268,7 @@ impl Inbox {
     /// stay recorded in the inbox, so redeliveries are still skipped.
     ///
     /// # Errors
-    /// [`Error::InvalidConsumer`] for an invalid consumer name; the database's.
+    /// [`Error::InvalidConsumer`](crate::Error::InvalidConsumer) for an invalid consumer name; the database's.
     pub async fn delete_dead_letters<C: ConnectionTrait>(
         &self,
         conn: &C,
