@@ -127,7 +127,7 @@ impl Inbox {
     /// segment settings: at least `retention.ms` + `segment.ms`).
     ///
     /// # Errors
-    /// [`Error::InvalidConsumer`](crate::Error::InvalidConsumer) for an invalid name; [`Error::DurationOutOfRange`]
+    /// [`Error::InvalidConsumer`](crate::Error::InvalidConsumer) for an invalid name; [`Error::DurationOutOfRange`](crate::Error::DurationOutOfRange)
     /// when `older_than` reaches before the earliest date that can be stored; the
     /// database's.
     pub async fn cleanup<C: ConnectionTrait>(
