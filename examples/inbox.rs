@@ -16,8 +16,8 @@
 use std::time::Duration;
 
 use outbox::{
-    Consumer, ConsumerConfig, EventBuilder, KafkaConfig, KafkaPublisher, Outbox, OutboxEvent,
-    Publisher, Received, Relay, RelayConfig,
+    Consumer, ConsumerConfig, ConsumerHandle, EventBuilder, KafkaConfig, KafkaPublisher, Outbox,
+    OutboxEvent, Publisher, Received, Relay, RelayConfig,
 };
 use outbox_examples::{Broker, Error, database};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
@@ -72,9 +72,40 @@ async fn main() -> Result<(), Error> {
         outcome?;
     }
 
-    // The billing service: a consumer named "billing" (its consumer group too).
+    let consumer = billing_consumer(&broker.brokers, &db, &outbox)?;
+    wait_until("the consumer is done with the four deliveries", || {
+        let stats = consumer.stats();
+        stats.processed >= 2 && stats.duplicates >= 2
+    })
+    .await?;
+    let stats = consumer.stats();
+    consumer.shutdown().await?;
+    println!("{} redeliveries skipped as duplicates", stats.duplicates);
+
+    let status = account_status(&db, user_id).await?;
+    println!("billing account of {user_id}: {status}");
+    wait_until("the relay published the follow-ups", || {
+        relay.stats().published >= 4
+    })
+    .await?;
+    let published = relay.stats().published;
+    relay.shutdown().await?;
+    println!("relay stopped: published {published} (2 user events, 2 billing follow-ups)");
+    if status != "closed" {
+        return Err("each event was not applied exactly once".into());
+    }
+    Ok(())
+}
+
+/// The billing service: a consumer named "billing" (its consumer group too) that opens
+/// and closes billing accounts, and stores a follow-up event in the same transaction.
+fn billing_consumer(
+    brokers: &str,
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+) -> Result<ConsumerHandle, Error> {
     let config = ConsumerConfig::new(
-        KafkaConfig::new(&broker.brokers).set("fetch.wait.max.ms", "10"),
+        KafkaConfig::new(brokers).set("fetch.wait.max.ms", "10"),
         "billing",
         ["user-events"],
     );
@@ -107,28 +138,7 @@ async fn main() -> Result<(), Error> {
             })
         })
         .spawn()?;
-    wait_until("the consumer is done with the four deliveries", || {
-        let stats = consumer.stats();
-        stats.processed >= 2 && stats.duplicates >= 2
-    })
-    .await?;
-    let stats = consumer.stats();
-    consumer.shutdown().await?;
-    println!("{} redeliveries skipped as duplicates", stats.duplicates);
-
-    let status = account_status(&db, user_id).await?;
-    println!("billing account of {user_id}: {status}");
-    wait_until("the relay published the follow-ups", || {
-        relay.stats().published >= 4
-    })
-    .await?;
-    let published = relay.stats().published;
-    relay.shutdown().await?;
-    println!("relay stopped: published {published} (2 user events, 2 billing follow-ups)");
-    if status != "closed" {
-        return Err("each event was not applied exactly once".into());
-    }
-    Ok(())
+    Ok(consumer)
 }
 
 /// The message the relay publishes for `event`, stored as `id`.

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::completion::Completion;
+use crate::database_url::DatabaseUrl;
 use crate::error::{Error, Result};
 use crate::retry::Retries;
-use crate::secrets::Secrets;
 
 /// The longest service name: the relay tables' `service_name` columns hold 255
 /// characters.
@@ -109,36 +109,6 @@ pub struct RelayConfig {
     pub listen_url: Option<DatabaseUrl>,
 }
 
-/// A database URL whose password never appears in `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// The URL as given.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for DatabaseUrl {
-    fn from(url: String) -> Self {
-        DatabaseUrl(url)
-    }
-}
-
-impl From<&str> for DatabaseUrl {
-    fn from(url: &str) -> Self {
-        DatabaseUrl(url.to_owned())
-    }
-}
-
-impl std::fmt::Debug for DatabaseUrl {
-    /// The URL with its password, in every form, replaced by `***` (see [`Secrets`]).
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", Secrets::of_url(&self.0).scrub(&self.0))
-    }
-}
-
 impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
@@ -220,7 +190,7 @@ impl RelayConfig {
         env.duration("OUTBOX_STALL_TIMEOUT", &mut c.stall_timeout)?;
         env.boolean("OUTBOX_LISTEN", &mut c.listen)?;
         if let Some(url) = env.get("OUTBOX_LISTEN_URL") {
-            c.listen_url = Some(DatabaseUrl(url));
+            c.listen_url = Some(DatabaseUrl::from(url));
         }
         c.validate()?;
         Ok(c)

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::clock::Clock;
-use super::lease::{Leases, On};
+use super::lease::Leases;
+use super::round::On;
 use super::setup::Setup;
 use super::stall::Stall;
 use super::state::Concern;

@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement};
+use sea_orm::{ConnectionTrait, FromQueryResult, Statement};
 use tracing::{debug, error, info};
 
-use super::clock::Clock;
 use super::membership::Membership;
+use super::round::{LiveLease, On, Renewed, Round, TokenRow};
 use super::share::fair_share;
 use crate::error::Result;
 use crate::sql::{Dialect, LeaseKey};
@@ -69,46 +69,6 @@ struct Rounds {
     yielded_to: Option<String>,
     /// Rounds so far, for housekeeping that need not run every round.
     count: u64,
-}
-
-/// What a round ended with.
-#[derive(Debug)]
-pub(crate) struct Round {
-    /// Shards held after it.
-    pub(crate) owned: usize,
-    /// Whether it took shards it did not hold before.
-    pub(crate) took: bool,
-    /// Whether it gave shards up (for another relay, or all of them).
-    pub(crate) released: bool,
-    /// The service this relay gives way to, if another service's relays publish the
-    /// same table and started first.
-    pub(crate) yielded_to: Option<String>,
-}
-
-#[derive(Debug, FromQueryResult)]
-struct TokenRow {
-    token: i64,
-}
-
-#[derive(Debug, FromQueryResult)]
-struct Renewed {
-    shard: i32,
-    token: i64,
-}
-
-#[derive(Debug, FromQueryResult)]
-struct LiveLease {
-    shard: i32,
-    owner: String,
-}
-
-/// Where a round does its work: the database, its dialect, the tables, the clock.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct On<'a> {
-    pub(crate) db: &'a DatabaseConnection,
-    pub(crate) dialect: Dialect,
-    pub(crate) tables: &'a Tables,
-    pub(crate) clock: &'a Clock,
 }
 
 impl Leases {

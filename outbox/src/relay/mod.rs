@@ -22,6 +22,7 @@
 //! | `keeper.rs` | `Keeper`, the lease keeper: leases, clock, stall; rounds on a timer |
 //! | `lease.rs` | `Leases`, the shard leases themselves: renew, take, release |
 //! | `share.rs` | the fair share of shards per relay, pure |
+//! | `round.rs` | what a lease round works on and ends with, and the rows it reads |
 //! | `membership.rs` | heartbeats: which relays of which services are alive |
 //! | `listen.rs` | `LISTEN` for wake-ups from other processes (PostgreSQL) |
 //! | `housekeeping.rs` | backlog figures, orphan sweep, health probe, cleanup |
@@ -44,6 +45,7 @@ mod membership;
 mod metrics;
 mod offset;
 mod outcome;
+mod round;
 mod run;
 mod schedule;
 mod setup;
