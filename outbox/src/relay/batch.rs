@@ -116,17 +116,16 @@ impl<P: Publisher> Batcher<P> {
         let acked_at = self.keeper.clock.now();
         let judged = Judged::of(
             &messages,
-            outcomes,
+            &outcomes,
             &retried,
             acked_at,
             self.setup.config.retries(),
         );
-        let failed = judged.failed();
-        for failure in &failed {
+        for failure in &judged.failed {
             warn!(event_id = %failure.message.id, key = %failure.message.key, error = %failure.error, "publish failed");
         }
         if let Some(topic) = &self.setup.config.dead_letter_topic {
-            dead_letter::send(&self.publisher, topic, &failed).await;
+            dead_letter::send(&self.publisher, topic, &judged.failed).await;
         }
         if !self.holds(lease) {
             return Ok(ShardOutcome::Expired);
@@ -135,7 +134,7 @@ impl<P: Publisher> Batcher<P> {
             debug!("lease lost before write-back; the new owner publishes these events again");
             return Ok(ShardOutcome::LeaseLost);
         }
-        metrics::record_batch(&self.setup, &judged.published, &failed, acked_at);
+        metrics::record_batch(&self.setup, &judged.published, &judged.failed, acked_at);
         Ok(ShardOutcome::Done {
             report: judged.report(messages.len(), batch_size, behind),
             last: judged.published.last().map(|m| m.id),
@@ -311,8 +310,7 @@ impl<P: Publisher> Batcher<P> {
         let (dialect, tables) = (setup.dialect, setup.tables());
         let seqs: Vec<i64> = judged.published.iter().map(|m| m.seq).collect();
         let completion = setup.outbox.completion();
-        let failed = judged.failed();
-        let through = judged.through();
+        let (failed, through) = (&judged.failed, &judged.through);
         if failed.is_empty() && through.is_empty() {
             if seqs.is_empty() {
                 return Ok(true);
@@ -348,7 +346,7 @@ impl<P: Publisher> Batcher<P> {
                 .run(&txn)
                 .await?;
         }
-        for failure in &failed {
+        for failure in failed {
             let message = failure.message;
             txn.execute_raw(dialect.record_failure(tables.outbox(), message.id, &failure.update))
                 .await?;
@@ -363,7 +361,7 @@ impl<P: Publisher> Batcher<P> {
             }
         }
         if !through.is_empty() {
-            txn.execute_raw(dialect.unpark(tables.outbox(), lease.shard, &through))
+            txn.execute_raw(dialect.unpark(tables.outbox(), lease.shard, through))
                 .await?;
         }
         txn.commit().await?;

@@ -78,32 +78,32 @@ impl Failure<'_> {
     }
 }
 
-/// A batch's outcomes, judged: the events to mark published and the failures to
-/// record, keeping per-key order (see [`Judged::of`]).
+/// A batch's outcomes, judged: the events to mark published, the failures to record
+/// (with what each does to its event), and the keys that go back in line.
 pub(super) struct Judged<'a> {
     pub(super) published: Vec<&'a Message>,
-    failures: Vec<(&'a Message, PublishError)>,
-    /// Events claimed as retries of a failed attempt.
-    retried: &'a HashSet<i64>,
-    at: DateTime<Utc>,
-    retries: Retries,
+    pub(super) failed: Vec<Failure<'a>>,
+    /// Keys whose failed event is through (published after a retry, or dead-lettered):
+    /// their parked events go back in line.
+    pub(super) through: Vec<&'a str>,
 }
 
 impl<'a> Judged<'a> {
-    /// Judges `outcomes`, one per message of `messages`, acknowledged at `at`: after
-    /// the first event of a key that did not go through, no later event of that key is
-    /// marked (a publisher that acknowledged one broke its contract; it is logged and
-    /// the event goes out again after the earlier one), and only that first failure is
-    /// recorded, so an event never uses up an attempt for an earlier event of its key.
+    /// Judges `outcomes`, one per message of `messages`, acknowledged at `at`; `retried`
+    /// holds the `seq`s claimed as retries. After the first event of a key that did not
+    /// go through, no later event of that key is marked (a publisher that acknowledged
+    /// one broke its contract; it is logged and the event goes out again after the
+    /// earlier one), and only that first failure is recorded, so an event never uses up
+    /// an attempt for an earlier event of its key.
     pub(super) fn of(
         messages: &'a [Message],
-        outcomes: Vec<std::result::Result<(), PublishError>>,
-        retried: &'a HashSet<i64>,
+        outcomes: &'a [std::result::Result<(), PublishError>],
+        retried: &HashSet<i64>,
         at: DateTime<Utc>,
         retries: Retries,
     ) -> Self {
         let mut published = Vec::new();
-        let mut failures = Vec::new();
+        let mut failed = Vec::new();
         let mut stopped: HashSet<&str> = HashSet::new();
         for (message, outcome) in messages.iter().zip(outcomes) {
             let behind = stopped.contains(message.key.as_str());
@@ -119,56 +119,37 @@ impl<'a> Judged<'a> {
                 Err(error) => {
                     stopped.insert(&message.key);
                     if error.kind() != PublishErrorKind::NotSent {
-                        failures.push((message, error));
+                        failed.push(Failure {
+                            message,
+                            error,
+                            update: failure_update(message.attempts, error, at, retries),
+                        });
                     }
                 }
             }
         }
+        let through = published
+            .iter()
+            .filter(|message| retried.contains(&message.seq))
+            .map(|message| message.key.as_str())
+            .chain(
+                failed
+                    .iter()
+                    .filter(|failure| failure.dead_lettered())
+                    .map(|failure| failure.message.key.as_str()),
+            )
+            .collect();
         Judged {
             published,
-            failures,
-            retried,
-            at,
-            retries,
+            failed,
+            through,
         }
-    }
-
-    /// The failures to record, with what each does to its event.
-    pub(super) fn failed(&self) -> Vec<Failure<'_>> {
-        self.failures
-            .iter()
-            .map(|(message, error)| Failure {
-                message,
-                error,
-                update: failure_update(message.attempts, error, self.at, self.retries),
-            })
-            .collect()
-    }
-
-    /// Keys whose failed event is through (published after a retry, or dead-lettered):
-    /// their parked events go back in line.
-    pub(super) fn through(&self) -> Vec<&'a str> {
-        let published = self
-            .published
-            .iter()
-            .filter(|message| self.retried.contains(&message.seq))
-            .map(|message| message.key.as_str());
-        let dead = self
-            .failures
-            .iter()
-            .filter(|(message, error)| {
-                failure_update(message.attempts, error, self.at, self.retries)
-                    .dead_lettered_at
-                    .is_some()
-            })
-            .map(|(message, _)| message.key.as_str());
-        published.chain(dead).collect()
     }
 
     /// The batch's report: `claimed` events, of a batch of at most `batch_size`, with
     /// `behind` events met behind an earlier event of their key.
     pub(super) fn report(&self, claimed: usize, batch_size: usize, behind: bool) -> ProcessReport {
-        let failed = self.failed();
+        let failed = &self.failed;
         ProcessReport {
             claimed: as_u64(claimed),
             published: as_u64(self.published.len()),
@@ -181,7 +162,7 @@ impl<'a> Judged<'a> {
                     .count(),
             ),
             // Unparked events are ready now: go again at once, as after a full batch.
-            full: claimed >= batch_size || !self.through().is_empty() || behind,
+            full: claimed >= batch_size || !self.through.is_empty() || behind,
         }
     }
 }
