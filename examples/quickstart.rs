@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use outbox::{EventBuilder, KafkaPublisher, Outbox, OutboxEvent, Relay, RelayConfig};
 use outbox_examples::{Broker, Error, consumer, database, receive};
-use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -48,52 +48,12 @@ async fn main() -> Result<(), Error> {
         .with_outbox(outbox.clone())
         .spawn();
 
-    // Two users register: each user row and its event commit together.
     let mut stored = HashSet::new();
     for (name, email) in [("ada", "ada@example.com"), ("grace", "grace@example.com")] {
-        let user = UserRegistered {
-            user_id: Uuid::now_v7(),
-            email: email.into(),
-            username: name.into(),
-        };
-        let txn = db.begin().await?;
-        insert_user(&txn, user.user_id, email).await?;
-        let id = outbox
-            .store(&txn, &user, "user-events")
-            .user_id(user.user_id)
-            .header("source", "quickstart")
-            .await?;
-        outbox.commit(txn).await?;
-        println!("stored      user.registered  {name:<8} event {id}");
-        stored.insert(id.to_string());
+        stored.insert(register(&db, &outbox, name, email).await?);
     }
-
-    // This registration fails after the event was stored: the rollback removes both.
-    let mallory = UserRegistered {
-        user_id: Uuid::now_v7(),
-        email: "mallory@example.com".into(),
-        username: "mallory".into(),
-    };
-    let txn = db.begin().await?;
-    insert_user(&txn, mallory.user_id, &mallory.email).await?;
-    let phantom = outbox.store(&txn, &mallory, "user-events").await?;
-    txn.rollback().await?;
-    println!("rolled back: mallory -> event {phantom} is not stored and never published");
-
-    // The Go library's second example: an order event built at run time.
-    let order = EventBuilder::new("order.created", "order-17")
-        .version("v2")
-        .user_id("customer-4")
-        .trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
-        .data(json!({ "order_id": "order-17", "customer_id": "customer-4", "amount": 4200, "currency": "EUR" }));
-    let txn = db.begin().await?;
-    let id = outbox
-        .store(&txn, &order, "order-events")
-        .partition_key("customer-4")
-        .await?;
-    outbox.commit(txn).await?;
-    println!("stored      order.created    order-17 event {id}");
-    stored.insert(id.to_string());
+    let phantom = register_and_roll_back(&db, &outbox).await?;
+    stored.insert(order(&db, &outbox).await?);
 
     // Read what the relay published.
     let consumer = consumer(&broker.brokers, &["user-events", "order-events"])?;
@@ -115,10 +75,68 @@ async fn main() -> Result<(), Error> {
         stats.published, stats.failed, stats.dead_lettered
     );
 
-    if arrived.len() != stored.len() || arrived.iter().any(|m| m.event_id == phantom.to_string()) {
+    if arrived.len() != stored.len() || arrived.iter().any(|m| m.event_id == phantom) {
         return Err("the broker did not receive exactly the committed events".into());
     }
     Ok(())
+}
+
+/// A user registers: the user row and its event commit together. Returns the
+/// event's id.
+async fn register(
+    db: &DatabaseConnection,
+    outbox: &Outbox,
+    name: &str,
+    email: &str,
+) -> Result<String, Error> {
+    let user = UserRegistered {
+        user_id: Uuid::now_v7(),
+        email: email.into(),
+        username: name.into(),
+    };
+    let txn = db.begin().await?;
+    insert_user(&txn, user.user_id, email).await?;
+    let id = outbox
+        .store(&txn, &user, "user-events")
+        .user_id(user.user_id)
+        .header("source", "quickstart")
+        .await?;
+    outbox.commit(txn).await?;
+    println!("stored      user.registered  {name:<8} event {id}");
+    Ok(id.to_string())
+}
+
+/// A registration that fails after its event was stored: the rollback removes both.
+/// Returns the id the event would have had.
+async fn register_and_roll_back(db: &DatabaseConnection, outbox: &Outbox) -> Result<String, Error> {
+    let mallory = UserRegistered {
+        user_id: Uuid::now_v7(),
+        email: "mallory@example.com".into(),
+        username: "mallory".into(),
+    };
+    let txn = db.begin().await?;
+    insert_user(&txn, mallory.user_id, &mallory.email).await?;
+    let phantom = outbox.store(&txn, &mallory, "user-events").await?;
+    txn.rollback().await?;
+    println!("rolled back: mallory -> event {phantom} is not stored and never published");
+    Ok(phantom.to_string())
+}
+
+/// The Go library's second example: an order event built at run time. Returns its id.
+async fn order(db: &DatabaseConnection, outbox: &Outbox) -> Result<String, Error> {
+    let order = EventBuilder::new("order.created", "order-17")
+        .version("v2")
+        .user_id("customer-4")
+        .trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+        .data(json!({ "order_id": "order-17", "customer_id": "customer-4", "amount": 4200, "currency": "EUR" }));
+    let txn = db.begin().await?;
+    let id = outbox
+        .store(&txn, &order, "order-events")
+        .partition_key("customer-4")
+        .await?;
+    outbox.commit(txn).await?;
+    println!("stored      order.created    order-17 event {id}");
+    Ok(id.to_string())
 }
 
 async fn insert_user(

@@ -4,10 +4,11 @@
 #   pkg-config, libssl-dev  rdkafka's `ssl` feature links the system's OpenSSL
 #   stunnel4, openssl       the TLS tests put a TLS listener (with a CA made at test
 #                           time) in front of the test broker
+#   pgbouncer               a wake-up test listens through a pooler in transaction mode
 set -euo pipefail
 
 missing=()
-for package in pkg-config libssl-dev stunnel4 openssl; do
+for package in pkg-config libssl-dev stunnel4 openssl pgbouncer; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
         || missing+=("$package")
 done

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use outbox::{EventBuilder, MemoryPublisher, Outbox, Relay, RelayConfig, RelayHandle, Tables};
+use outbox_tests::pgbouncer::Pooler;
 use outbox_tests::{PgSchema, counter, eventually, until_holding};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 
@@ -344,6 +345,42 @@ async fn a_relay_on_a_pool_of_one_listens_and_publishes() {
     )
     .await;
     assert!(relay.healthcheck().is_ok(), "{:?}", relay.healthcheck());
+    relay.shutdown().await.expect("shutdown");
+    pg.drop().await;
+}
+
+/// Behind PgBouncer in transaction mode, `LISTEN` succeeds and hears nothing: the
+/// relay's own notification tells it, and the relay says so (and counts it); a relay
+/// listening on a direct connection hears its own and says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_listening_through_a_pooler_in_transaction_mode_says_it_hears_nothing() {
+    let unheard = counter::count(outbox::relay_metric_names::LISTEN_UNHEARD);
+    let pg = PgSchema::migrated().await;
+    let direct = Relay::new(config(true), pg.db.clone(), MemoryPublisher::new())
+        .expect("valid relay config")
+        .spawn();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        counter::read(&unheard),
+        0,
+        "a direct listening connection hears the relay's notification"
+    );
+    direct.shutdown().await.expect("shutdown");
+
+    let pooler = Pooler::transaction_mode(&outbox_tests::database_url()).await;
+    let pooled = RelayConfig {
+        listen_url: Some(pooler.url.as_str().into()),
+        ..config(true)
+    };
+    let relay = Relay::new(pooled, pg.db.clone(), MemoryPublisher::new())
+        .expect("valid relay config")
+        .spawn();
+    eventually(
+        "the relay says its listening connection hears nothing",
+        Duration::from_secs(15),
+        || async { counter::read(&unheard) == 1 },
+    )
+    .await;
     relay.shutdown().await.expect("shutdown");
     pg.drop().await;
 }

@@ -56,6 +56,24 @@ pub(crate) fn released_by(payload: &str) -> Option<&str> {
     payload.strip_prefix(RELEASED)
 }
 
+/// The notification a relay sends itself to check that its listening connection
+/// hears: this, then the relay's id. Other relays ignore it (one of an older version
+/// reads no shards in it, and polls once: harmless).
+#[cfg(feature = "postgres")]
+const PROBE: &str = "probe by ";
+
+/// The payload of relay `relay`'s probe.
+#[cfg(feature = "postgres")]
+pub(crate) fn probe_payload(relay: &str) -> String {
+    format!("{PROBE}{relay}")
+}
+
+/// The relay whose probe a notification's payload is, if it is one.
+#[cfg(feature = "postgres")]
+pub(crate) fn probed_by(payload: &str) -> Option<&str> {
+    payload.strip_prefix(PROBE)
+}
+
 /// The wake-up signals of one outbox (shared by its clones).
 #[derive(Debug, Default)]
 pub(crate) struct Wake {

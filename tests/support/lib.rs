@@ -3,6 +3,7 @@
 
 pub mod counter;
 pub mod kafka;
+pub mod pgbouncer;
 pub mod proxy;
 pub mod tls;
 pub mod torture;

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement};
 use tracing::{debug, error, info};
 
+use super::held::{Held, Lease};
 use super::membership::Membership;
 use super::round::{LiveLease, On, Renewed, Round, TokenRow};
 use super::share::fair_share;
@@ -31,34 +32,6 @@ pub(crate) struct Leases {
     membership: Membership,
     held: std::sync::Mutex<Held>,
     rounds: tokio::sync::Mutex<Rounds>,
-}
-
-/// A shard held: its fencing token, and until when this relay may act on it.
-#[derive(Debug, Clone, Copy)]
-struct Lease {
-    token: i64,
-    /// The local, monotonic deadline: the start of the statement that took or last
-    /// renewed the lease, plus the lease time, minus [`Leases::margin`]. A relay
-    /// paused past it (SIGSTOP, a frozen VM, CPU throttling) may have lost the shard
-    /// to a relay that saw the lease expire; it claims, publishes and writes nothing
-    /// on it until a round renews it.
-    valid_until: Instant,
-}
-
-impl Lease {
-    fn valid(&self, token: i64) -> bool {
-        self.token == token && Instant::now() < self.valid_until
-    }
-}
-
-/// What batches and rounds read and change.
-#[derive(Debug, Default)]
-struct Held {
-    owned: BTreeMap<i32, Lease>,
-    /// Shards with a batch in flight: never given up until it is written back.
-    busy: HashSet<i32>,
-    /// Set when the relay stops: no round takes or renews anything after.
-    closed: bool,
 }
 
 /// What only rounds read and change.
@@ -95,16 +68,11 @@ impl Leases {
     /// and its local deadline has not passed, until the returned guard is dropped (the
     /// batch written back, abandoned, or ended by a panic).
     pub(crate) fn start_batch(&self, shard: i32, token: i64) -> Option<Busy<'_>> {
-        let mut held = self.held();
-        if !held
-            .owned
-            .get(&shard)
-            .is_some_and(|lease| lease.valid(token))
-        {
-            return None;
-        }
-        held.busy.insert(shard);
-        Some(Busy {
+        // No `Busy` unless the batch started: dropping one takes the lock again (a
+        // deadlock while the guard lives) and unmarks the shard, which another batch
+        // may hold busy.
+        let started = self.held().start_batch(shard, token);
+        started.then(|| Busy {
             leases: self,
             shard,
         })
@@ -112,26 +80,19 @@ impl Leases {
 
     /// The shards held, with their tokens.
     pub(crate) fn owned(&self) -> Vec<(i32, i64)> {
-        self.held()
-            .owned
-            .iter()
-            .map(|(&shard, lease)| (shard, lease.token))
-            .collect()
+        self.held().tokens()
     }
 
     /// The token `shard` is held by, if this relay holds it.
     pub(crate) fn token(&self, shard: i32) -> Option<i64> {
-        self.held().owned.get(&shard).map(|lease| lease.token)
+        self.held().token(shard)
     }
 
     /// Whether this relay still holds `shard` with `token` and its local deadline has
     /// not passed: checked before a batch goes to the publisher and before anything is
     /// written for it.
     pub(crate) fn valid(&self, shard: i32, token: i64) -> bool {
-        self.held()
-            .owned
-            .get(&shard)
-            .is_some_and(|lease| lease.valid(token))
+        self.held().valid(shard, token)
     }
 
     /// How much sooner than the database's expiry a lease ends here: room for the
@@ -144,10 +105,7 @@ impl Leases {
 
     /// A lease taken or renewed by a statement sent at `sent`, with `token`.
     fn lease(&self, token: i64, sent: Instant) -> Lease {
-        Lease {
-            token,
-            valid_until: sent + self.ttl.saturating_sub(self.margin()),
-        }
+        Lease::new(token, sent + self.ttl.saturating_sub(self.margin()))
     }
 
     /// Forgets a shard whose lease turned out to be lost.
@@ -407,5 +365,40 @@ pub(crate) struct Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.leases.held().busy.remove(&self.shard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// A batch refused on a shard leaves the shard's state alone, at once.
+    #[test]
+    fn a_batch_on_a_shard_not_held_is_refused_without_touching_its_state() {
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let leases = Leases::new("svc", "relay-1", 16, Duration::from_secs(30));
+            let refused = leases.start_batch(3, 1).is_none();
+            let _ = done.send(refused);
+        });
+        let refused = finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("start_batch returned (no deadlock)");
+        assert!(refused);
+    }
+
+    /// Refusing a batch does not unmark a shard another batch holds busy.
+    #[test]
+    fn a_refused_batch_leaves_another_batchs_shard_busy() {
+        let leases = Leases::new("svc", "relay-1", 16, Duration::from_secs(30));
+        let until = Instant::now() + Duration::from_secs(30);
+        leases.held().owned.insert(3, Lease::new(7, until));
+        let busy = leases.start_batch(3, 7).expect("held with token 7");
+        assert!(leases.start_batch(3, 8).is_none(), "another token is refused");
+        assert!(leases.held().busy.contains(&3), "still busy with the first batch");
+        drop(busy);
+        assert!(!leases.held().busy.contains(&3));
     }
 }

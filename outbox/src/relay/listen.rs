@@ -7,20 +7,33 @@
 //! Lost notifications cost latency, never events: the relay polls anyway. After the
 //! listening connection is (re-)established, the relay polls once, for what was
 //! stored while nobody listened.
+//!
+//! A connection can listen and never hear: through a pooler in transaction mode
+//! (PgBouncer, RDS Proxy), `LISTEN` succeeds on whichever server connection the
+//! pooler lent for it, and the notifications go to that connection, not to the
+//! relay. So the relay sends itself a notification once it listens, and says, with
+//! the fix, when it does not hear it (counted in
+//! [`LISTEN_UNHEARD`](super::relay_metric_names::LISTEN_UNHEARD)).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::postgres::{PgListener, PgPoolOptions};
 use sea_orm::{DatabaseConnection, DatabaseConnectionType};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::relay_metric_names;
 use super::setup::Setup;
 use crate::wake;
 
 /// The longest wait before trying to listen again.
 const MAX_RECONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the listening connection has to hear the relay's own notification. A
+/// notification reaches a listener within milliseconds, even on a busy server.
+const PROBE_WAIT: Duration = Duration::from_secs(5);
 
 /// Listens until `cancel`, reconnecting with backoff.
 pub(super) async fn listen(setup: Arc<Setup>, cancel: CancellationToken) {
@@ -46,6 +59,8 @@ impl Ear {
                     // first round, which the others may have answered): a round.
                     self.wake_for(None);
                     self.setup.doorbell.hear_release();
+                    let probe = wake::probe_payload(&self.setup.relay_id);
+                    wake::send_notify(&self.setup.db, &channel, probe).await;
                     let outcome = cancel
                         .run_until_cancelled(self.receive(&mut listener))
                         .await;
@@ -105,18 +120,44 @@ impl Ear {
     }
 
     /// Wakes the main loop for each notification until the connection fails; returns
-    /// why it failed.
+    /// why it failed. Says so when the relay's own probe is not heard in time.
     async fn receive(&self, listener: &mut PgListener) -> String {
+        let mut probe = Probe::sent();
         loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => match wake::released_by(notification.payload()) {
-                    Some(relay) if relay == self.setup.relay_id => {}
-                    Some(_) => self.setup.doorbell.hear_release(),
-                    None => self.wake_for(wake::shards_of(notification.payload())),
-                },
+            let received = match probe.deadline() {
+                // `try_recv` is cancel-safe: a notification half read stays buffered.
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, listener.try_recv()).await {
+                        Ok(received) => received,
+                        Err(_) => {
+                            probe.unheard(self.setup.service(), &self.setup.relay_id);
+                            continue;
+                        }
+                    }
+                }
+                None => listener.try_recv().await,
+            };
+            match received {
+                Ok(Some(notification)) => self.hear(notification.payload(), &mut probe),
                 Ok(None) => return "the connection was closed".to_owned(),
                 Err(error) => return error.to_string(),
             }
+        }
+    }
+
+    /// Acts on one notification's `payload`.
+    fn hear(&self, payload: &str, probe: &mut Probe) {
+        let own = |relay: &str| relay == self.setup.relay_id;
+        if let Some(relay) = wake::probed_by(payload) {
+            if own(relay) {
+                probe.heard(&self.setup.relay_id);
+            }
+        } else if let Some(relay) = wake::released_by(payload) {
+            if !own(relay) {
+                self.setup.doorbell.hear_release();
+            }
+        } else {
+            self.wake_for(wake::shards_of(payload));
         }
     }
 
@@ -127,6 +168,60 @@ impl Ear {
             None => self.setup.doorbell.ring_all(),
             Some(shards) => self.setup.doorbell.ring(shards),
         }
+    }
+}
+
+/// Whether a listening connection heard the relay's own notification.
+#[derive(Debug)]
+enum Probe {
+    /// Sent; not heard yet.
+    Sent { deadline: Instant },
+    /// Not heard in time; the relay said so.
+    Unheard,
+    /// Heard: this connection hears notifications.
+    Heard,
+}
+
+impl Probe {
+    fn sent() -> Self {
+        Probe::Sent {
+            deadline: Instant::now() + PROBE_WAIT,
+        }
+    }
+
+    /// When to give up waiting for it, while waiting.
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Probe::Sent { deadline } => Some(*deadline),
+            Probe::Unheard | Probe::Heard => None,
+        }
+    }
+
+    /// Not heard by its deadline: says so, with the fix, and counts it.
+    fn unheard(&mut self, service: &str, relay: &str) {
+        *self = Probe::Unheard;
+        warn!(
+            relay,
+            waited = ?PROBE_WAIT,
+            "the relay's listening connection did not hear the relay's own notification: \
+             LISTEN does not work through a connection pooler in transaction mode (PgBouncer, \
+             RDS Proxy). Set OUTBOX_LISTEN_URL (`RelayConfig::listen_url`) to a direct \
+             connection to PostgreSQL; until then this relay finds the events of other \
+             processes by polling"
+        );
+        ::metrics::counter!(relay_metric_names::LISTEN_UNHEARD, "service" => service.to_owned())
+            .increment(1);
+    }
+
+    /// Heard.
+    fn heard(&mut self, relay: &str) {
+        if matches!(self, Probe::Unheard) {
+            info!(
+                relay,
+                "the relay's listening connection heard its notification late: it hears"
+            );
+        }
+        *self = Probe::Heard;
     }
 }
 

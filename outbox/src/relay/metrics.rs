@@ -35,6 +35,10 @@ pub mod relay_metric_names {
     /// no wake-up named: their writers do not wake the relays (build the writers'
     /// outbox with [`Outbox::on`](crate::Outbox::on)). The relay also logs it once.
     pub const FOUND_BY_POLL: &str = "outbox_relay_found_by_poll_total";
+    /// Counter: listening connections (PostgreSQL) that did not hear the relay's own
+    /// notification within 5 seconds: behind a pooler in transaction mode, set
+    /// `OUTBOX_LISTEN_URL` to a direct connection. The relay also logs it.
+    pub const LISTEN_UNHEARD: &str = "outbox_relay_listen_unheard_total";
     /// Gauge: 1 while this relay's health check passes, 0 while it fails (updated at
     /// every probe of the broker and the database).
     pub const HEALTHY: &str = "outbox_relay_healthy";
@@ -76,6 +80,11 @@ pub mod relay_metric_names {
             FOUND_BY_POLL,
             Unit::Count,
             "Events found by polling more than a second after their store: writers that do not wake the relays."
+        );
+        describe_counter!(
+            LISTEN_UNHEARD,
+            Unit::Count,
+            "Listening connections that did not hear the relay's own notification: LISTEN through a pooler in transaction mode."
         );
         describe_gauge!(
             HEALTHY,

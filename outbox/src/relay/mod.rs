@@ -21,6 +21,7 @@
 //! | `dead_letter.rs` | the dead-letter topic |
 //! | `keeper.rs` | `Keeper`, the lease keeper: leases, clock, stall; rounds on a timer |
 //! | `lease.rs` | `Leases`, the shard leases themselves: renew, take, release |
+//! | `held.rs` | what a relay holds between rounds: each lease, and the shards busy with a batch |
 //! | `share.rs` | the fair share of shards per relay, pure |
 //! | `round.rs` | what a lease round works on and ends with, and the rows it reads |
 //! | `membership.rs` | heartbeats: which relays of which services are alive |
@@ -36,6 +37,7 @@ mod batch;
 mod clock;
 mod dead_letter;
 mod handle;
+mod held;
 mod housekeeping;
 mod keeper;
 mod lease;
@@ -292,6 +294,7 @@ impl<P: Publisher> Relay<P> {
                 relay_metric_names::PUBLISHED,
                 relay_metric_names::DEAD_LETTERED,
                 relay_metric_names::FOUND_BY_POLL,
+                relay_metric_names::LISTEN_UNHEARD,
             ] {
                 ::metrics::counter!(counter, "service" => config.service_name.clone()).increment(0);
             }

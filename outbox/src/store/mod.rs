@@ -1,28 +1,19 @@
 //! [`Outbox`]: storing events in the caller's transaction.
 
-use std::collections::BTreeSet;
-use std::future::{Future, IntoFuture};
+mod insert;
+mod pending;
+
 use std::num::NonZeroU16;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use chrono::Utc;
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, TransactionSession, TransactionTrait,
-};
-use uuid::Uuid;
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
 
+pub use self::pending::Store;
 use crate::completion::Completion;
-use crate::envelope::Envelope;
 use crate::error::Result;
-use crate::event::OutboxEvent;
-use crate::key::{key_hash, lock_id, shard_of};
-use crate::sql::{Dialect, EventRow};
+use crate::key::{key_hash, shard_of};
 use crate::tables::Tables;
 use crate::wake::{self, Wake};
-
-/// How many keys one locking statement takes, within PostgreSQL's bind parameter limit.
-const MAX_KEYS_PER_LOCK: usize = 30_000;
 
 /// How many shards events are spread over unless configured otherwise.
 pub const DEFAULT_SHARDS: NonZeroU16 = match NonZeroU16::new(16) {
@@ -206,201 +197,5 @@ impl Outbox {
     /// The wake-up signals, for the relay.
     pub(crate) fn wake(&self) -> &Wake {
         &self.wake
-    }
-
-    /// Stores `event` for `topic` on `conn`: normally the caller's own
-    /// `DatabaseTransaction`, so the event exists if and only if the transaction
-    /// commits. Options are set on the returned [`Store`]; `.await` it to write.
-    /// It resolves to the event's id.
-    #[doc(alias = "StoreEvent")]
-    pub fn store<'a, C, E>(
-        &'a self,
-        conn: &'a C,
-        event: &E,
-        topic: impl Into<String>,
-    ) -> Store<'a, C>
-    where
-        C: ConnectionTrait,
-        E: OutboxEvent + ?Sized,
-    {
-        Store {
-            outbox: self,
-            conn,
-            envelope: Envelope::new(event, topic),
-        }
-    }
-
-    /// Stores several events in one INSERT statement. Every envelope is checked
-    /// first: if one is invalid, nothing is written. Returns the ids in the order
-    /// given.
-    ///
-    /// Beyond the backend's limit on bind parameters (4,096 events on PostgreSQL,
-    /// 2,048 on SQLite) the batch takes several statements, run in a transaction of
-    /// their own (a savepoint when `conn` is a transaction), so it stays atomic on a
-    /// bare connection; on PostgreSQL all its keys are locked first, in one global
-    /// order, so two large batches never deadlock.
-    ///
-    /// # Errors
-    /// The first invalid envelope's error, or the database's. When a statement of a
-    /// multi-statement batch fails, the batch is rolled back (to its savepoint inside
-    /// the caller's transaction, which stays usable).
-    pub async fn store_batch<C>(
-        &self,
-        conn: &C,
-        envelopes: impl IntoIterator<Item = Envelope>,
-    ) -> Result<Vec<Uuid>>
-    where
-        C: ConnectionTrait + TransactionTrait,
-    {
-        let envelopes: Vec<Envelope> = envelopes.into_iter().collect();
-        for envelope in &envelopes {
-            envelope.validate()?;
-        }
-        let dialect = Dialect::of(conn.get_database_backend())?;
-        let ids = envelopes.iter().map(Envelope::id).collect();
-        let shards = if envelopes.len() <= dialect.max_rows_per_insert() {
-            self.insert(conn, dialect, envelopes, Locks::Take).await?
-        } else {
-            let txn = conn.begin().await?;
-            match self.insert_in_chunks(&txn, dialect, envelopes).await {
-                Ok(shards) => {
-                    txn.commit().await?;
-                    shards
-                }
-                Err(error) => {
-                    txn.rollback().await?;
-                    return Err(error);
-                }
-            }
-        };
-        self.wake.stored(shards);
-        Ok(ids)
-    }
-
-    /// Locks every key of `envelopes` in one order, then inserts them chunk by chunk;
-    /// returns the shards written to.
-    async fn insert_in_chunks<T: ConnectionTrait>(
-        &self,
-        txn: &T,
-        dialect: Dialect,
-        envelopes: Vec<Envelope>,
-    ) -> Result<BTreeSet<i32>> {
-        let lock_ids: Vec<i32> = envelopes
-            .iter()
-            .map(|envelope| lock_id(key_hash(envelope.key())))
-            .collect::<BTreeSet<i32>>()
-            .into_iter()
-            .collect();
-        for keys in lock_ids.chunks(MAX_KEYS_PER_LOCK) {
-            if let Some(statement) = dialect.lock_keys(&self.tables, keys) {
-                txn.execute_raw(statement).await?;
-            }
-        }
-        let mut envelopes = envelopes.into_iter().peekable();
-        let mut shards = BTreeSet::new();
-        while envelopes.peek().is_some() {
-            let chunk: Vec<Envelope> = envelopes
-                .by_ref()
-                .take(dialect.max_rows_per_insert())
-                .collect();
-            shards.extend(self.insert(txn, dialect, chunk, Locks::Held).await?);
-        }
-        Ok(shards)
-    }
-
-    /// Inserts `envelopes` in one statement; returns the shards written to.
-    async fn insert<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        dialect: Dialect,
-        envelopes: Vec<Envelope>,
-        locks: Locks,
-    ) -> Result<BTreeSet<i32>> {
-        let now = Utc::now();
-        let mut lock_ids = BTreeSet::new();
-        let mut shards = BTreeSet::new();
-        let rows: Vec<EventRow> = envelopes
-            .into_iter()
-            .map(|envelope| {
-                let hash = key_hash(envelope.key());
-                lock_ids.insert(lock_id(hash));
-                let shard = shard_of(hash, self.shards());
-                shards.insert(shard);
-                EventRow::new(envelope, shard, now)
-            })
-            .collect();
-        let lock_ids: Vec<i32> = match locks {
-            Locks::Take => lock_ids.into_iter().collect(),
-            Locks::Held => Vec::new(),
-        };
-        if let Some(statement) = dialect.insert_events(&self.tables, &lock_ids, rows) {
-            conn.execute_raw(statement).await?;
-        }
-        Ok(shards)
-    }
-}
-
-/// Whether an insert takes its keys' locks itself or runs where they are held already.
-#[derive(Debug, Clone, Copy)]
-enum Locks {
-    Take,
-    Held,
-}
-
-/// A pending store of one event: set options, then `.await` it.
-///
-/// Created by [`Outbox::store`]. Nothing is written until it is awaited, and nothing
-/// at all when the event is invalid.
-#[must_use = "a Store writes nothing until it is awaited"]
-#[derive(Debug)]
-pub struct Store<'a, C> {
-    outbox: &'a Outbox,
-    conn: &'a C,
-    envelope: Result<Envelope>,
-}
-
-impl<C> Store<'_, C> {
-    /// Orders and partitions the event by `key` instead of its aggregate id.
-    pub fn partition_key(mut self, key: impl ToString) -> Self {
-        self.envelope = self.envelope.map(|e| e.partition_key(key));
-        self
-    }
-
-    /// Records the user on whose behalf the event happened.
-    pub fn user_id(mut self, user_id: impl ToString) -> Self {
-        self.envelope = self.envelope.map(|e| e.user_id(user_id));
-        self
-    }
-
-    /// Records the trace the event belongs to.
-    pub fn trace_id(mut self, trace_id: impl Into<String>) -> Self {
-        self.envelope = self.envelope.map(|e| e.trace_id(trace_id));
-        self
-    }
-
-    /// Adds a Kafka header.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.envelope = self.envelope.map(|e| e.header(name, value));
-        self
-    }
-}
-
-impl<'a, C: ConnectionTrait> IntoFuture for Store<'a, C> {
-    type Output = Result<Uuid>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Result<Uuid>> + Send + 'a>>;
-
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
-            let envelope = self.envelope?;
-            let id = envelope.id;
-            envelope.validate()?;
-            let dialect = Dialect::of(self.conn.get_database_backend())?;
-            let shards = self
-                .outbox
-                .insert(self.conn, dialect, vec![envelope], Locks::Take)
-                .await?;
-            self.outbox.wake.stored(shards);
-            Ok(id)
-        })
     }
 }
