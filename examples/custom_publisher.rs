@@ -30,7 +30,8 @@ impl Publisher for JsonLines {
             }
             let headers: serde_json::Map<String, serde_json::Value> =
                 message.headers().into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect();
-            println!("{}", json!({ "topic": message.topic, "key": message.key, "headers": headers, "payload": message.payload }));
+            // `headers()` and `value()` write the event in the relay's message format.
+            println!("{}", json!({ "topic": message.topic, "key": message.key, "headers": headers, "value": message.value() }));
             Ok(())
         })
         .await

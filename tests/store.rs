@@ -235,6 +235,17 @@ async fn invalid_input_is_rejected_and_nothing_is_written(db: DatabaseConnection
             outbox.store(&txn, &good, "t").header("event_id", "x").await,
         ),
         (
+            "a CloudEvents header",
+            outbox
+                .store(&txn, &good, "t")
+                .header("ce_source", "x")
+                .await,
+        ),
+        (
+            "Debezium's header",
+            outbox.store(&txn, &good, "t").header("id", "x").await,
+        ),
+        (
             "empty type",
             outbox.store(&txn, &EventBuilder::new(" ", "a"), "t").await,
         ),
@@ -281,7 +292,9 @@ async fn invalid_input_is_rejected_and_nothing_is_written(db: DatabaseConnection
             "long partition key: partition key (partition_key) is 256 characters long; at most 255 are allowed",
             "long user id: user id (user_id) is 256 characters long; at most 255 are allowed",
             "long trace id: trace id (trace_id) is 256 characters long; at most 255 are allowed",
-            "reserved header: invalid header \"event_id\": the relay sets this header itself",
+            "reserved header: invalid header \"event_id\": the relay sets this header itself (in one of its message formats)",
+            "a CloudEvents header: invalid header \"ce_source\": the relay sets this header itself (in one of its message formats)",
+            "Debezium's header: invalid header \"id\": the relay sets this header itself (in one of its message formats)",
             "empty type: event type (event_type) must not be empty",
             "empty aggregate: aggregate id (aggregate_id) must not be empty",
             "long version: event version (event_version) is 51 characters long; at most 50 are allowed",
@@ -297,7 +310,7 @@ async fn invalid_input_is_rejected_and_nothing_is_written(db: DatabaseConnection
         })
     ));
     assert!(
-        matches!(&cases[9].1, Err(Error::Serialize { source, .. }) if source.to_string().contains("key must be a string"))
+        matches!(&cases[11].1, Err(Error::Serialize { source, .. }) if source.to_string().contains("key must be a string"))
     );
 
     // One bad envelope in a batch: nothing of the batch is written.

@@ -76,6 +76,13 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
+    /// Relay throughput per message format (native, CloudEvents binary and
+    /// structured, Debezium), each against native in the same run.
+    Formats {
+        /// Events of 1 KiB to preload for each run.
+        #[arg(long, default_value_t = 50_000)]
+        events: usize,
+    },
     /// Store overhead only: a business transaction with and without storing events.
     Store,
     /// The claim behind a blocked key only: flowing keys' throughput with `blocked`
@@ -145,6 +152,12 @@ async fn main() -> Result<(), scenarios::Failure> {
         Command::Latency { duration } => {
             let size = scenarios::Size::latency_only(duration);
             let report = scenarios::run_latency(&cli.database_url, &cli.brokers, &size).await?;
+            println!("{}", report.table());
+            Ok(())
+        }
+        Command::Formats { events } => {
+            let size = scenarios::Size::formats_only(events);
+            let report = scenarios::run_formats(&cli.database_url, &cli.brokers, &size).await?;
             println!("{}", report.table());
             Ok(())
         }

@@ -157,6 +157,11 @@ struct RelayOptions {
     /// 0.0.0.0:9464.
     #[arg(long, env = "OUTBOX_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// How events are written as Kafka messages: native, cloudevents-binary,
+    /// cloudevents-structured or debezium (else OUTBOX_MESSAGE_FORMAT, else native;
+    /// OUTBOX_MESSAGE_FORMAT_BY_TOPIC names topics written otherwise).
+    #[arg(long)]
+    message_format: Option<outbox::MessageFormat>,
 }
 
 #[derive(Debug, Args)]

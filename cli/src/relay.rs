@@ -10,7 +10,10 @@ pub(crate) async fn relay(
     outbox: Outbox,
     options: RelayOptions,
 ) -> Result<(), Failure> {
-    let config = RelayConfig::from_env()?;
+    let mut config = RelayConfig::from_env()?;
+    if let Some(format) = options.message_format {
+        config.format = format;
+    }
     let mut kafka = KafkaConfig::new("");
     if let Some(path) = &options.kafka_config {
         kafka = kafka.with_properties_file(path)?;

@@ -93,8 +93,8 @@ impl Envelope {
         self
     }
 
-    /// Adds a Kafka header. Names the relay sets itself ([`headers::RESERVED`]) are
-    /// rejected when the envelope is stored.
+    /// Adds a Kafka header. Names the relay sets itself in any message format
+    /// ([`headers::is_reserved`]) are rejected when the envelope is stored.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
@@ -239,8 +239,8 @@ fn validate_header_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return invalid("it is empty");
     }
-    if headers::RESERVED.contains(&name) {
-        return invalid("the relay sets this header itself");
+    if headers::is_reserved(name) {
+        return invalid("the relay sets this header itself (in one of its message formats)");
     }
     Ok(())
 }

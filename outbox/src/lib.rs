@@ -70,7 +70,7 @@ pub use store::{DEFAULT_SHARDS, Outbox, Store};
 pub use tables::{Identifier, KEY_LOCKS, MAX_BASE_NAME_LEN, Tables};
 #[cfg(feature = "kafka")]
 pub use wire::Received;
-pub use wire::{Message, headers};
+pub use wire::{Encoding, Message, MessageFormat, UnknownFormat, headers};
 
 /// Derives [`OutboxEvent`](trait@OutboxEvent), and [`DecodeEvent`] when the type
 /// also implements `Deserialize`, for a struct with named fields, a newtype or an

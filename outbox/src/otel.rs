@@ -8,32 +8,36 @@
 //! one message, so the handler's spans and the spans of the events it stores belong to
 //! the writer's trace. (A link would leave the consumer in a trace of its own.)
 
-use std::collections::BTreeMap;
-
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::debug;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-/// A message's headers, as the propagator reads them.
-struct Headers<'a>(&'a BTreeMap<String, String>);
+use crate::wire::Said;
 
-impl Extractor for Headers<'_> {
+/// A message's trace context, in whichever format it came, as the propagator reads it.
+struct Context<'a>(&'a Said<'a>);
+
+impl Extractor for Context<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        match key {
+            "traceparent" => self.0.traceparent.as_deref(),
+            "tracestate" => self.0.tracestate.as_deref(),
+            _ => None,
+        }
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
+        vec!["traceparent", "tracestate"]
     }
 }
 
-/// Makes the trace context in `headers` the parent of `span`, which must not have been
-/// entered yet. Headers without a valid `traceparent` leave it alone, and so does a
-/// subscriber without an OpenTelemetry layer.
-pub(crate) fn continue_trace(span: &tracing::Span, headers: &BTreeMap<String, String>) {
-    let context = TraceContextPropagator::new().extract(&Headers(headers));
+/// Makes the trace context the message `said` it carries the parent of `span`, which
+/// must not have been entered yet. A message without a valid `traceparent` leaves it
+/// alone, and so does a subscriber without an OpenTelemetry layer.
+pub(crate) fn continue_trace(span: &tracing::Span, said: &Said<'_>) {
+    let context = TraceContextPropagator::new().extract(&Context(said));
     if !context.span().span_context().is_valid() {
         return;
     }

@@ -50,6 +50,7 @@ pub async fn warmed_up(publisher: outbox::KafkaPublisher, brokers: &str) -> outb
         user_id: None,
         created_at: chrono::Utc::now(),
         attempts: 0,
+        encoding: outbox::Encoding::native(),
     };
     for _ in 0..10 {
         if publisher.publish(std::slice::from_ref(&message)).await[0].is_ok() {
@@ -101,9 +102,23 @@ impl Received {
     pub fn event_id(&self) -> &str {
         self.headers.get("event_id").map_or("", String::as_str)
     }
+
+    /// The event's id in whichever format the message is: the `event_id`, `ce_id` or
+    /// `id` header, or the `id` of a structured CloudEvent; else where it was read.
+    pub fn identity(&self) -> String {
+        ["event_id", "ce_id", "id"]
+            .into_iter()
+            .find_map(|name| self.headers.get(name).cloned())
+            .or_else(|| {
+                let event: serde_json::Value = serde_json::from_str(&self.payload).ok()?;
+                Some(event.get("id")?.as_str()?.to_owned())
+            })
+            .unwrap_or_else(|| format!("{}/{}", self.partition, self.offset))
+    }
 }
 
-/// Reads `topic` from the beginning until `count` distinct events (by `event_id`)
+/// Reads `topic` from the beginning until `count` distinct events (by
+/// [`Received::identity`])
 /// arrived or `timeout` passed, and returns every message, duplicates included, in
 /// arrival order (per partition, offset order).
 pub async fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<Received> {
@@ -173,7 +188,7 @@ async fn consume_from(
             partition: message.partition(),
             offset: message.offset(),
         };
-        distinct.insert(received_message.event_id().to_owned());
+        distinct.insert(received_message.identity());
         received.push(received_message);
     }
     received

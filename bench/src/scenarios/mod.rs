@@ -4,6 +4,7 @@ mod blocked;
 mod consumer;
 mod cpu;
 mod fixtures;
+mod formats;
 mod latency;
 mod probes;
 mod processes;
@@ -14,6 +15,7 @@ mod store;
 
 pub(crate) use self::blocked::run_blocked;
 pub(crate) use self::consumer::run_consumer;
+pub(crate) use self::formats::run_formats;
 pub(crate) use self::latency::run_latency;
 pub(crate) use self::processes::relay_process;
 pub(crate) use self::relay::run_relay;
@@ -22,6 +24,7 @@ pub(crate) use self::store::run_store;
 use std::time::Duration;
 
 use self::blocked::blocked_key;
+use self::formats::formats;
 use self::latency::latency;
 use self::processes::idle_relay;
 use self::report::Report;
@@ -36,6 +39,8 @@ pub(crate) struct Size {
     quick: bool,
     store_transactions: usize,
     relay_events: usize,
+    /// Events per run of the formats scenario.
+    format_events: usize,
     completions: Vec<outbox::Completion>,
     /// Shards one relay processes at once in the relay scenario.
     concurrency: usize,
@@ -57,6 +62,7 @@ impl Size {
             quick: true,
             store_transactions: 200,
             relay_events: 5_000,
+            format_events: 3_000,
             completions: ALL_COMPLETIONS.to_vec(),
             concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 3_000,
@@ -93,6 +99,16 @@ impl Size {
         }
     }
 
+    /// The full sizes, with `events` for the formats scenario (and in the report's
+    /// heading).
+    pub(crate) fn formats_only(events: usize) -> Self {
+        Size {
+            format_events: events,
+            relay_events: events,
+            ..Self::full()
+        }
+    }
+
     /// The full sizes, with `blocked` events behind the blocked key.
     pub(crate) fn blocked_only(blocked: usize) -> Self {
         Size {
@@ -114,6 +130,7 @@ impl Size {
             quick: false,
             store_transactions: 3_000,
             relay_events: 200_000,
+            format_events: 50_000,
             completions: ALL_COMPLETIONS.to_vec(),
             concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 50_000,
@@ -143,6 +160,7 @@ const BATCH_SIZE: usize = 500;
 
 pub(crate) async fn run_all(url: &str, brokers: &str, size: &Size) -> Result<Report, Failure> {
     let mut report = run_relay(url, brokers, size).await?;
+    formats(url, brokers, size, &mut report).await?;
     store_overhead(url, size, &mut report).await?;
     latency(url, brokers, size, &mut report).await?;
     idle_relay(url, brokers, size, &mut report).await?;

@@ -271,5 +271,6 @@ pub(super) fn sample_message(n: usize, topic: &str) -> Message {
         user_id: None,
         created_at: chrono::Utc::now(),
         attempts: 0,
+        encoding: outbox::Encoding::native(),
     }
 }

@@ -1,13 +1,21 @@
 //! [`RelayConfig`]: the relay's settings, by struct or from `OUTBOX_*` variables.
 
-use std::num::NonZeroU16;
+mod env;
+mod validate;
+
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub(crate) use self::env::outbox_settings;
+use self::env::{Env, formats_by_topic};
 use crate::backoff::Backoff;
-use crate::completion::Completion;
 use crate::database_url::DatabaseUrl;
 use crate::error::{Error, Result};
 use crate::retry::Retries;
+use crate::wire::{Encodings, MessageFormat};
+
+/// What `OUTBOX_MESSAGE_FORMAT` may be.
+const FORMATS: &str = "expected native, cloudevents-binary, cloudevents-structured or debezium";
 
 /// The longest service name: the relay tables' `service_name` columns hold 255
 /// characters.
@@ -22,8 +30,6 @@ pub const MAX_BATCH_SIZE: usize = 10_000;
 const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest retention, about a hundred years.
 const MAX_CLEANUP_AFTER_DAYS: u32 = 36_500;
-/// The longest of the other durations: timestamps computed from them stay in range.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// How the relay runs.
 ///
@@ -48,6 +54,9 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// | `stall_timeout` | 20 s | `OUTBOX_STALL_TIMEOUT` |
 /// | `listen` | true | `OUTBOX_LISTEN` |
 /// | `listen_url` | none (a connection of the relay's pool) | `OUTBOX_LISTEN_URL` |
+/// | `format` | `native` | `OUTBOX_MESSAGE_FORMAT` |
+/// | `format_by_topic` | none | `OUTBOX_MESSAGE_FORMAT_BY_TOPIC` (`orders=debezium,users=cloudevents-binary`) |
+/// | `cloudevents_source` | `/<service_name>` | `OUTBOX_CLOUDEVENTS_SOURCE` |
 ///
 /// Durations are written like `250ms`, `5s`, `1m 30s` or `24h`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +116,16 @@ pub struct RelayConfig {
     /// connection to PostgreSQL (the same database). `None`: one connection of the
     /// pool is kept for listening.
     pub listen_url: Option<DatabaseUrl>,
+    /// How events are written as Kafka messages ([`MessageFormat`]): this crate's
+    /// headers, CloudEvents (binary or structured) or Debezium's outbox format. The
+    /// consumer reads every format, so a topic can change format during a rolling
+    /// deploy.
+    pub format: MessageFormat,
+    /// Topics written in another format than `format`.
+    pub format_by_topic: BTreeMap<String, MessageFormat>,
+    /// The CloudEvents `source` attribute (a URI-reference); `None`:
+    /// `/<service_name>`.
+    pub cloudevents_source: Option<String>,
 }
 
 impl Default for RelayConfig {
@@ -130,6 +149,9 @@ impl Default for RelayConfig {
             stall_timeout: Duration::from_secs(20),
             listen: true,
             listen_url: None,
+            format: MessageFormat::Native,
+            format_by_topic: BTreeMap::new(),
+            cloudevents_source: None,
         }
     }
 }
@@ -192,8 +214,36 @@ impl RelayConfig {
         if let Some(url) = env.get("OUTBOX_LISTEN_URL") {
             c.listen_url = Some(DatabaseUrl::from(url));
         }
+        env.parse("OUTBOX_MESSAGE_FORMAT", &mut c.format, FORMATS, |v| {
+            v.parse().ok()
+        })?;
+        env.parse(
+            "OUTBOX_MESSAGE_FORMAT_BY_TOPIC",
+            &mut c.format_by_topic,
+            "expected topic=format pairs separated by commas, each format native, cloudevents-binary, cloudevents-structured or debezium",
+            formats_by_topic,
+        )?;
+        if let Some(source) = env.get("OUTBOX_CLOUDEVENTS_SOURCE") {
+            c.cloudevents_source = Some(source);
+        }
         c.validate()?;
         Ok(c)
+    }
+
+    /// The CloudEvents `source`: `cloudevents_source`, or `/<service_name>`.
+    pub fn cloudevents_source(&self) -> String {
+        self.cloudevents_source
+            .clone()
+            .unwrap_or_else(|| format!("/{}", self.service_name.trim()))
+    }
+
+    /// How the relay writes messages, per topic.
+    pub(crate) fn encodings(&self) -> Encodings {
+        Encodings::new(
+            self.format,
+            &self.format_by_topic,
+            &self.cloudevents_source(),
+        )
     }
 
     /// How a refused event is retried.
@@ -271,116 +321,18 @@ impl RelayConfig {
                 "expected at most 36500 days",
             );
         }
-        for (variable, value) in [
-            ("OUTBOX_INTERVAL", self.interval),
-            ("OUTBOX_RETRY_DELAY", self.retry_backoff.first),
-            ("OUTBOX_MAX_RETRY_DELAY", self.retry_backoff.max),
-            ("OUTBOX_CLEANUP_INTERVAL", self.cleanup_interval),
-            ("OUTBOX_SHUTDOWN_TIMEOUT", self.shutdown_timeout),
-            ("OUTBOX_HEALTH_TIMEOUT", self.health_timeout),
-            ("OUTBOX_STALL_TIMEOUT", self.stall_timeout),
-        ] {
-            if value > MAX_DURATION {
-                return invalid(
-                    variable,
-                    humantime::format_duration(value).to_string(),
-                    "expected at most 365 days",
-                );
-            }
-        }
+        validate::durations(self)?;
+        validate::cloudevents_source(self)?;
         Ok(())
-    }
-}
-
-/// The outbox's settings of `OUTBOX_SHARDS` and `OUTBOX_COMPLETION`, when set (for
-/// [`Outbox::from_env`](crate::Outbox::from_env)).
-pub(crate) fn outbox_settings(
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<(Option<NonZeroU16>, Option<Completion>)> {
-    let env = Env(lookup);
-    let mut shards = None;
-    env.parse(
-        "OUTBOX_SHARDS",
-        &mut shards,
-        "expected an integer from 1 to 65535",
-        |v| v.parse().ok().map(Some),
-    )?;
-    let mut completion = None;
-    env.parse(
-        "OUTBOX_COMPLETION",
-        &mut completion,
-        "expected mark, delete or archive",
-        |v| v.parse().ok().map(Some),
-    )?;
-    Ok((shards, completion))
-}
-
-/// Reads and parses variables, naming the variable and value in every error.
-struct Env<F>(F);
-
-impl<F: Fn(&str) -> Option<String>> Env<F> {
-    fn get(&self, name: &str) -> Option<String> {
-        (self.0)(name)
-    }
-
-    fn parse<T>(
-        &self,
-        name: &'static str,
-        target: &mut T,
-        reason: &'static str,
-        parse: impl Fn(&str) -> Option<T>,
-    ) -> Result<()> {
-        if let Some(value) = self.get(name) {
-            *target = parse(value.trim()).ok_or(Error::Config {
-                variable: name,
-                value,
-                reason,
-            })?;
-        }
-        Ok(())
-    }
-
-    fn string(&self, name: &'static str, target: &mut String) -> Result<()> {
-        self.parse(name, target, "expected a non-empty value", |v| {
-            (!v.is_empty()).then(|| v.to_owned())
-        })
-    }
-
-    fn duration(&self, name: &'static str, target: &mut Duration) -> Result<()> {
-        self.parse(
-            name,
-            target,
-            "expected a duration such as 500ms, 5s, 1m 30s or 24h",
-            |v| humantime::parse_duration(v).ok(),
-        )
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &'static str, target: &mut T) -> Result<()> {
-        self.parse(name, target, "expected a non-negative integer", |v| {
-            v.parse().ok()
-        })
-    }
-
-    fn positive(&self, name: &'static str, target: &mut usize) -> Result<()> {
-        self.parse(name, target, "expected a positive integer", |v| {
-            v.parse().ok().filter(|n| *n > 0)
-        })
-    }
-
-    fn boolean(&self, name: &'static str, target: &mut bool) -> Result<()> {
-        self.parse(name, target, "expected true or false", |v| {
-            match v.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Some(true),
-                "false" | "0" | "no" | "off" => Some(false),
-                _ => None,
-            }
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroU16;
+
     use super::*;
+    use crate::Completion;
 
     #[test]
     fn the_listen_url_shows_no_password() {
@@ -439,6 +391,51 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| (*v).to_owned())
         })
+    }
+
+    #[test]
+    fn message_formats_are_read_per_relay_and_per_topic() {
+        let config = from(&[
+            ("OUTBOX_SERVICE_NAME", "billing"),
+            ("OUTBOX_MESSAGE_FORMAT", "cloudevents-structured"),
+            (
+                "OUTBOX_MESSAGE_FORMAT_BY_TOPIC",
+                "orders=debezium, users = native",
+            ),
+        ])
+        .expect("valid");
+        assert_eq!(config.format, MessageFormat::CloudEventsStructured);
+        assert_eq!(
+            config.format_by_topic,
+            BTreeMap::from([
+                ("orders".to_owned(), MessageFormat::Debezium),
+                ("users".to_owned(), MessageFormat::Native),
+            ])
+        );
+        assert_eq!(config.cloudevents_source(), "/billing");
+        let encodings = config.encodings();
+        assert_eq!(encodings.of("orders").format(), MessageFormat::Debezium);
+        assert_eq!(
+            encodings.of("payments").format(),
+            MessageFormat::CloudEventsStructured
+        );
+    }
+
+    #[test]
+    fn invalid_message_format_settings_name_their_variable() {
+        for (variable, value) in [
+            ("OUTBOX_MESSAGE_FORMAT", "avro"),
+            ("OUTBOX_MESSAGE_FORMAT_BY_TOPIC", "orders"),
+            ("OUTBOX_MESSAGE_FORMAT_BY_TOPIC", "orders=protobuf"),
+            ("OUTBOX_MESSAGE_FORMAT_BY_TOPIC", "=debezium"),
+            ("OUTBOX_CLOUDEVENTS_SOURCE", "my service"),
+        ] {
+            let error = from(&[(variable, value)]).expect_err("invalid");
+            assert!(
+                matches!(&error, Error::Config { variable: v, .. } if *v == variable),
+                "{variable}={value}: {error}"
+            );
+        }
     }
 
     #[test]

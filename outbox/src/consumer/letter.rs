@@ -1,13 +1,11 @@
 //! A dead letter's values, made storable: NUL characters escaped, texts bounded, and
 //! the minimal letter written when the database refuses the whole one.
 
-use std::collections::BTreeMap;
-
 use rdkafka::message::{Message as _, OwnedMessage};
 use uuid::Uuid;
 
 use super::failure::GiveUp;
-use crate::wire::{headers, utf8_headers};
+use crate::wire::{Said, utf8_headers};
 
 /// The longest error text a dead letter keeps, in bytes.
 pub(super) const MAX_ERROR_LEN: usize = 16 * 1024;
@@ -33,6 +31,7 @@ impl<'a> Letter<'a> {
     /// The message as it came: key, payload and UTF-8 headers.
     pub(super) fn whole(message: &'a OwnedMessage, give_up: &GiveUp) -> Self {
         let headers = utf8_headers(message);
+        let said = Said::read(&headers, message.payload());
         // serde_json escapes NUL and other control characters in JSON strings.
         let mut headers_json = serde_json::to_string(&headers).unwrap_or_else(|_| "{}".to_owned());
         if headers_json.len() > MAX_HEADERS_LEN {
@@ -42,9 +41,13 @@ impl<'a> Letter<'a> {
             .to_string();
         }
         Letter {
-            event_id: event_id(&headers),
-            event_type: headers
-                .get(headers::EVENT_TYPE)
+            event_id: said
+                .event_id
+                .as_deref()
+                .and_then(|id| Uuid::parse_str(id).ok()),
+            event_type: said
+                .event_type
+                .as_deref()
                 .map(|t| storable(t, crate::envelope::MAX_NAME_LEN)),
             key: message.key(),
             payload: message.payload(),
@@ -77,13 +80,6 @@ impl<'a> Letter<'a> {
             ..whole
         }
     }
-}
-
-/// The `event_id` header, when it is a UUID.
-fn event_id(headers: &BTreeMap<String, String>) -> Option<Uuid> {
-    headers
-        .get(headers::EVENT_ID)
-        .and_then(|id| Uuid::parse_str(id).ok())
 }
 
 /// `text` with NUL characters written `\0` (PostgreSQL stores none in text) and cut

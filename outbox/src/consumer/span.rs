@@ -1,39 +1,32 @@
 //! The tracing span a message's attempts run in.
 
-use std::collections::BTreeMap;
-
 use rdkafka::message::{Message as _, OwnedMessage};
 use tracing::{field, info_span};
 
-use crate::wire::{headers, trace_id};
+use crate::wire::Said;
 
-/// The span of a message's attempts, with what its `headers` say of the event.
+/// The span of a message's attempts, with what the message `said` of its event.
 pub(super) fn consume_span(
     consumer: &str,
     message: &OwnedMessage,
-    headers: &BTreeMap<String, String>,
+    said: &Said<'_>,
 ) -> tracing::Span {
     let span = info_span!(
         "outbox.consume",
         consumer = %consumer,
-        event_id = field::Empty,
-        event_type = headers.get(headers::EVENT_TYPE).map(String::as_str),
+        event_id = said.event_id.as_deref(),
+        event_type = said.event_type.as_deref(),
+        format = %said.format,
         topic = message.topic(),
         partition = message.partition(),
         offset = message.offset(),
         trace_id = field::Empty,
-        traceparent = field::Empty,
+        traceparent = said.traceparent.as_deref(),
     );
-    if let Some(event_id) = headers.get(headers::EVENT_ID) {
-        span.record("event_id", event_id.as_str());
-    }
-    if let Some(traceparent) = headers.get(headers::TRACEPARENT) {
-        span.record("traceparent", traceparent.as_str());
-    }
-    if let Some(trace_id) = trace_id(headers) {
+    if let Some(trace_id) = said.trace_id() {
         span.record("trace_id", trace_id);
     }
     #[cfg(feature = "opentelemetry")]
-    crate::otel::continue_trace(&span, headers);
+    crate::otel::continue_trace(&span, said);
     span
 }

@@ -2,6 +2,7 @@
 //! offset order, each in a transaction of its own with its inbox record, retrying a
 //! failing handler with backoff and dead-lettering what cannot be applied.
 
+use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ use super::poll::{KafkaConsumer, Spawn};
 use super::span::consume_span;
 use crate::decode::DecodeEvent;
 use crate::error::Error;
-use crate::wire::utf8_headers;
+use crate::wire::{Said, utf8_headers};
 
 /// A partition's worker, over the context every worker of the consumer shares.
 pub(super) struct Worker<E, H>(pub(super) Arc<WorkerContext<E, H>>);
@@ -107,10 +108,12 @@ where
             Err(Decoded::Panicked(_)) => None,
         };
         // The decoded event's headers; read again only when decoding panicked.
-        let span = match &first {
-            Some(received) => consume_span(&self.0.config.name, message, received.headers()),
-            None => consume_span(&self.0.config.name, message, &utf8_headers(message)),
+        let headers = match &first {
+            Some(received) => Cow::Borrowed(received.headers()),
+            None => Cow::Owned(utf8_headers(message)),
         };
+        let said = Said::read(&headers, message.payload());
+        let span = consume_span(&self.0.config.name, message, &said);
         Attempts(&self.0)
             .attempts(message, first, cancel)
             .instrument(span)

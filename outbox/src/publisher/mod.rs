@@ -40,7 +40,7 @@ use crate::wire::Message;
 /// impl Publisher for Stdout {
 ///     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
 ///         publish_in_key_order(batch, |m| async move {
-///             println!("{} {} {}", m.topic, m.key, m.payload);
+///             println!("{} {} {}", m.topic, m.key, m.value());
 ///             Ok(())
 ///         })
 ///         .await
@@ -48,7 +48,9 @@ use crate::wire::Message;
 /// }
 /// ```
 pub trait Publisher: Send + Sync + 'static {
-    /// Sends `batch` and reports each message's outcome.
+    /// Sends `batch` and reports each message's outcome. A publisher that writes Kafka
+    /// messages writes each as [`Message::headers`] and [`Message::value`] say: in the
+    /// relay's [message format](crate::MessageFormat).
     fn publish(
         &self,
         batch: &[Message],
@@ -200,6 +202,7 @@ mod tests {
             user_id: None,
             created_at: Utc::now(),
             attempts: 0,
+            encoding: crate::Encoding::native(),
         }
     }
 

@@ -183,7 +183,15 @@ impl<P: Publisher> Batcher<P> {
             }));
         }
         let retried: HashSet<i64> = rows.iter().filter(|r| r.retried).map(|r| r.seq).collect();
-        let messages: Vec<Message> = rows.into_iter().map(Message::from).collect();
+        let encodings = &self.setup.encodings;
+        let messages: Vec<Message> = rows
+            .into_iter()
+            .map(|row| {
+                let mut message = Message::from(row);
+                message.encoding = encodings.of(&message.topic).clone();
+                message
+            })
+            .collect();
         span.record(
             "attempt",
             messages.iter().map(|m| m.attempts).max().unwrap_or(0) + 1,

@@ -396,8 +396,14 @@ mod tests {
         let until = Instant::now() + Duration::from_secs(30);
         leases.held().owned.insert(3, Lease::new(7, until));
         let busy = leases.start_batch(3, 7).expect("held with token 7");
-        assert!(leases.start_batch(3, 8).is_none(), "another token is refused");
-        assert!(leases.held().busy.contains(&3), "still busy with the first batch");
+        assert!(
+            leases.start_batch(3, 8).is_none(),
+            "another token is refused"
+        );
+        assert!(
+            leases.held().busy.contains(&3),
+            "still busy with the first batch"
+        );
         drop(busy);
         assert!(!leases.held().busy.contains(&3));
     }

@@ -145,8 +145,10 @@ impl<P: Publisher> Relay<P> {
             config.enabled,
         ));
         let doorbell = outbox.wake().subscribe();
+        let encodings = config.encodings();
         let setup = Arc::new(Setup {
             config,
+            encodings,
             db,
             dialect,
             outbox,

@@ -10,13 +10,16 @@ use crate::sql::{Dialect, LeaseKey};
 use crate::store::Outbox;
 use crate::tables::Tables;
 use crate::wake::Doorbell;
+use crate::wire::Encodings;
 
-/// The relay's configuration, its database (with the SQL dialect, decided once), the
+/// The relay's configuration (with the message formats per topic), its database (with the SQL dialect, decided once), the
 /// outbox it publishes, its id, its figures and health, and the doorbell that stores
 /// (of this process, and through `listen.rs` of others) ring.
 #[derive(Debug)]
 pub(super) struct Setup {
     pub(super) config: RelayConfig,
+    /// How messages are written, per topic (from the configuration).
+    pub(super) encodings: Encodings,
     pub(super) db: DatabaseConnection,
     pub(super) dialect: Dialect,
     pub(super) outbox: Outbox,

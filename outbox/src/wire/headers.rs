@@ -33,3 +33,65 @@ pub const RESERVED: [&str; 8] = [
     USER_ID,
     CREATED_AT,
 ];
+
+/// Whether `name` is a header that some [`MessageFormat`](crate::MessageFormat) sets
+/// itself: one of [`RESERVED`], [`cloudevents`]'s (any `ce_` header and
+/// `content-type`) or [`debezium`]'s. Extra headers given at store time may not use
+/// them, so that an event reads the same in every format.
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED.contains(&name)
+        || name.starts_with(cloudevents::PREFIX)
+        || name.eq_ignore_ascii_case(cloudevents::CONTENT_TYPE)
+        || debezium::RESERVED.contains(&name)
+}
+
+/// The headers of the CloudEvents 1.0 Kafka protocol binding, binary content mode,
+/// as the relay writes them (`cloudevents-binary`): each attribute in a `ce_` header.
+pub mod cloudevents {
+    /// The prefix of every attribute's header.
+    pub const PREFIX: &str = "ce_";
+    /// Always `1.0`.
+    pub const SPECVERSION: &str = "ce_specversion";
+    /// The event's id.
+    pub const ID: &str = "ce_id";
+    /// The relay's `cloudevents_source` (default `/<service name>`).
+    pub const SOURCE: &str = "ce_source";
+    /// The event's type.
+    pub const TYPE: &str = "ce_type";
+    /// When the event was stored (RFC 3339).
+    pub const TIME: &str = "ce_time";
+    /// The aggregate id.
+    pub const SUBJECT: &str = "ce_subject";
+    /// Extension: the payload's schema version.
+    pub const EVENTVERSION: &str = "ce_eventversion";
+    /// Extension: the user on whose behalf the event happened.
+    pub const USERID: &str = "ce_userid";
+    /// The distributed tracing extension: the W3C trace context.
+    pub const TRACEPARENT: &str = "ce_traceparent";
+    /// Extension: a trace id that is not a W3C trace id (a W3C one travels in
+    /// [`TRACEPARENT`]).
+    pub const TRACEID: &str = "ce_traceid";
+    /// `application/json` in binary mode (the `datacontenttype` attribute);
+    /// `application/cloudevents+json` in structured mode.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// The content type of a structured-mode message.
+    pub const STRUCTURED: &str = "application/cloudevents+json";
+    /// The content type of the payload.
+    pub const JSON: &str = "application/json";
+}
+
+/// The headers Debezium's outbox event router sets (`debezium`), and the ones this
+/// crate adds for its own consumers (a Debezium consumer ignores them).
+pub mod debezium {
+    /// The event's id: Debezium's default.
+    pub const ID: &str = "id";
+    /// The event's type, where Debezium's `table.fields.additional.placement =
+    /// type:header:eventType` puts it.
+    pub const EVENT_TYPE: &str = "eventType";
+    /// The payload's schema version.
+    pub const EVENT_VERSION: &str = "eventVersion";
+    /// The W3C trace context, as Debezium's tracing writes it.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// The headers of this format.
+    pub const RESERVED: [&str; 4] = [ID, EVENT_TYPE, EVENT_VERSION, TRACEPARENT];
+}

@@ -1,10 +1,13 @@
 //! [`Message`]: a stored event as a publisher sees it.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::{DbErr, FromQueryResult, QueryResult};
 use uuid::Uuid;
 
-use crate::wire::headers;
+use crate::wire::format::{Encoding, MessageFormat};
+use crate::wire::{cloudevents, debezium, headers};
 
 /// One event on its way to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,37 +39,69 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
     /// Failed attempts so far.
     pub attempts: i32,
+    /// How it is written on the wire: the relay sets its configured format
+    /// ([`RelayConfig::format`](crate::RelayConfig::format)).
+    pub encoding: Encoding,
 }
 
 impl Message {
-    /// Every header of the message: the ones the relay sets ([`headers`]) followed by
-    /// the extra ones. The W3C `traceparent` header is present when the trace id is a
-    /// W3C trace id (32 hex digits, not all zero).
+    /// Every header of the message in its [`encoding`](Self::encoding): the ones the
+    /// format sets ([`headers`], [`headers::cloudevents`], [`headers::debezium`])
+    /// followed by the extra ones given at store time. The W3C trace context is present
+    /// when the trace id is a W3C trace id (32 hex digits, not all zero).
     pub fn headers(&self) -> Vec<(&str, String)> {
+        let mut all = match self.encoding.format() {
+            MessageFormat::Native => self.native_headers(),
+            MessageFormat::CloudEventsBinary => cloudevents::binary_headers(self),
+            MessageFormat::CloudEventsStructured => cloudevents::structured_headers(),
+            MessageFormat::Debezium => debezium::headers(self),
+        };
+        all.extend(
+            self.extra_headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone())),
+        );
+        all
+    }
+
+    /// The message's value in its [`encoding`](Self::encoding): the payload, or in
+    /// `cloudevents-structured` the whole event as JSON.
+    pub fn value(&self) -> Cow<'_, str> {
+        match self.encoding.format() {
+            MessageFormat::CloudEventsStructured => Cow::Owned(cloudevents::structured_value(self)),
+            MessageFormat::Native | MessageFormat::CloudEventsBinary | MessageFormat::Debezium => {
+                Cow::Borrowed(&self.payload)
+            }
+        }
+    }
+
+    /// When the event was stored, as the headers write it.
+    pub(crate) fn time(&self) -> String {
+        self.created_at.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
+    /// The W3C `traceparent` of the event, when its trace id is a W3C trace id.
+    pub(crate) fn traceparent(&self) -> Option<String> {
+        traceparent(self.trace_id.as_deref()?, self.id)
+    }
+
+    fn native_headers(&self) -> Vec<(&str, String)> {
         let mut all = vec![
             (headers::EVENT_ID, self.id.to_string()),
             (headers::EVENT_TYPE, self.event_type.clone()),
             (headers::EVENT_VERSION, self.event_version.clone()),
             (headers::AGGREGATE_ID, self.aggregate_id.clone()),
-            (
-                headers::CREATED_AT,
-                self.created_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-            ),
+            (headers::CREATED_AT, self.time()),
         ];
         if let Some(trace_id) = &self.trace_id {
             all.push((headers::TRACE_ID, trace_id.clone()));
-            if let Some(traceparent) = traceparent(trace_id, self.id) {
+            if let Some(traceparent) = self.traceparent() {
                 all.push((headers::TRACEPARENT, traceparent));
             }
         }
         if let Some(user_id) = &self.user_id {
             all.push((headers::USER_ID, user_id.clone()));
         }
-        all.extend(
-            self.extra_headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone())),
-        );
         all
     }
 }
@@ -177,7 +212,34 @@ impl From<ClaimedRow> for Message {
             user_id: row.user_id,
             created_at: row.created_at,
             attempts: row.attempts,
+            encoding: Encoding::native(),
         }
+    }
+}
+
+/// An order event of the tests, in `format`: key `customer-4`, aggregate `order-17`,
+/// a W3C trace id, user `u-1`, stored 2026-12-05 10:00 UTC, one extra header.
+#[cfg(test)]
+pub(crate) fn sample(format: MessageFormat) -> Message {
+    use chrono::TimeZone;
+    Message {
+        seq: 1,
+        id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001),
+        event_type: "order.created".into(),
+        event_version: "v2".into(),
+        aggregate_id: "order-17".into(),
+        topic: "orders".into(),
+        key: "customer-4".into(),
+        payload: r#"{"amount":4200}"#.into(),
+        extra_headers: vec![("source-system".into(), "shop".into())],
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        user_id: Some("u-1".into()),
+        created_at: Utc
+            .with_ymd_and_hms(2026, 12, 5, 10, 0, 0)
+            .single()
+            .expect("a time"),
+        attempts: 0,
+        encoding: Encoding::new(format, "/shop"),
     }
 }
 

@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 use crate::decode::DecodeEvent;
 use crate::error::{Error, Result};
+use crate::wire::format::MessageFormat;
 use crate::wire::headers;
+use crate::wire::said::Said;
 
 /// An event received from Kafka, decoded into `E`, with what the message said about it.
 ///
@@ -21,6 +23,9 @@ pub struct Received<E> {
     event_id: Uuid,
     event_type: String,
     event_version: String,
+    format: MessageFormat,
+    trace_id: Option<String>,
+    traceparent: Option<String>,
     key: Option<String>,
     topic: String,
     partition: i32,
@@ -29,39 +34,51 @@ pub struct Received<E> {
 }
 
 impl<E: DecodeEvent> Received<E> {
-    /// Reads `message`: its `event_id`, `event_type` and `event_version` headers, and
-    /// its payload decoded into `E` by type and version. Headers whose value is not
-    /// UTF-8 are left out of [`headers`](Self::headers).
+    /// Reads `message` in whichever [`MessageFormat`] it came (told apart by its
+    /// headers, see [`MessageFormat`]): its event id, type and version, and its payload
+    /// decoded into `E` by type and version. Headers whose value is not UTF-8 are left
+    /// out of [`headers`](Self::headers).
     ///
     /// # Errors
-    /// [`Error::ReceivedHeader`] when one of the three headers is missing or invalid;
+    /// [`Error::ReceivedHeader`] when the event id, type or version is missing or
+    /// invalid (named as the message's format names it, e.g. `event_id` or `ce_id`);
     /// [`Error::UnknownEvent`] when `E` has no place for the event's type and
     /// version; [`Error::Deserialize`] when the payload does not fit.
     pub fn decode<M: Message>(message: &M) -> Result<Self> {
         let all = utf8_headers(message);
-        let required = |name: &'static str| {
-            all.get(name).cloned().ok_or(Error::ReceivedHeader {
-                header: name,
+        let said = Said::read(&all, message.payload());
+        let required = |value: &Option<String>, header: &'static str| {
+            value.clone().ok_or(Error::ReceivedHeader {
+                header,
                 reason: "missing, or not UTF-8",
             })
         };
+        let names = said.names;
         let event_id =
-            Uuid::parse_str(&required(headers::EVENT_ID)?).map_err(|_| Error::ReceivedHeader {
-                header: headers::EVENT_ID,
-                reason: "not a UUID",
+            Uuid::parse_str(&required(&said.event_id, names.event_id)?).map_err(|_| {
+                Error::ReceivedHeader {
+                    header: names.event_id,
+                    reason: "not a UUID",
+                }
             })?;
-        let event_type = required(headers::EVENT_TYPE)?;
-        let event_version = required(headers::EVENT_VERSION)?;
-        let event = E::decode(
-            &event_type,
-            &event_version,
-            message.payload().unwrap_or(&[]),
-        )?;
+        let event_type = required(&said.event_type, names.event_type)?;
+        let event_version = required(&said.event_version, names.event_version)?;
+        let payload = said
+            .payload
+            .as_deref()
+            .map_err(|&reason| Error::ReceivedHeader {
+                header: headers::cloudevents::CONTENT_TYPE,
+                reason,
+            })?;
+        let event = E::decode(&event_type, &event_version, payload)?;
         Ok(Received {
             event,
             event_id,
             event_type,
             event_version,
+            format: said.format,
+            trace_id: said.trace_id().map(str::to_owned),
+            traceparent: said.traceparent.clone(),
             key: message
                 .key()
                 .and_then(|key| std::str::from_utf8(key).ok())
@@ -87,20 +104,6 @@ pub(crate) fn utf8_headers<M: Message>(message: &M) -> BTreeMap<String, String> 
     all
 }
 
-/// The trace id of a message with `headers`: its `trace_id` header, else the trace id
-/// in its `traceparent`.
-pub(crate) fn trace_id(headers: &BTreeMap<String, String>) -> Option<&str> {
-    headers
-        .get(headers::TRACE_ID)
-        .map(String::as_str)
-        .or_else(|| {
-            headers
-                .get(headers::TRACEPARENT)
-                .and_then(|traceparent| traceparent.split('-').nth(1))
-                .filter(|id| id.len() == 32)
-        })
-}
-
 impl<E> Received<E> {
     /// The event.
     pub fn event(&self) -> &E {
@@ -112,19 +115,31 @@ impl<E> Received<E> {
         self.event
     }
 
-    /// The event's id (the `event_id` header): the same on every delivery.
+    /// The event's id (the `event_id` header, or its format's equivalent): the same
+    /// on every delivery.
     pub fn event_id(&self) -> Uuid {
         self.event_id
     }
 
-    /// The event's type (the `event_type` header).
+    /// The event's type (the `event_type` header, or its format's equivalent).
     pub fn event_type(&self) -> &str {
         &self.event_type
     }
 
-    /// The payload's version (the `event_version` header).
+    /// The payload's version (the `event_version` header, or its format's equivalent).
     pub fn event_version(&self) -> &str {
         &self.event_version
+    }
+
+    /// The format the message came in.
+    pub fn format(&self) -> MessageFormat {
+        self.format
+    }
+
+    /// The W3C trace context the event carries (`traceparent`, `ce_traceparent`, or
+    /// the structured event's `traceparent`).
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
     }
 
     /// The message key (the partition key, or the aggregate id), when it is UTF-8.
@@ -152,11 +167,11 @@ impl<E> Received<E> {
         self.headers.get(name).map(String::as_str)
     }
 
-    /// The trace id the event carries: its `trace_id` header, or the trace id of its
-    /// `traceparent`. Give it to the events you store while handling this one
+    /// The trace id the event carries: its `trace_id` header (CloudEvents: `traceid`),
+    /// or the trace id of its `traceparent`. Give it to the events you store while handling this one
     /// ([`Store::trace_id`](crate::Store::trace_id)) to continue the trace.
     pub fn trace_id(&self) -> Option<&str> {
-        trace_id(&self.headers)
+        self.trace_id.as_deref()
     }
 
     /// Every UTF-8 header of the message, by name.
@@ -240,6 +255,7 @@ mod tests {
             user_id: None,
             created_at: Utc::now(),
             attempts: 0,
+            encoding: crate::Encoding::native(),
         }
     }
 

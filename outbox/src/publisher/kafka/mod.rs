@@ -167,9 +167,10 @@ impl KafkaPublisher {
                 value: Some(value.as_str()),
             });
         }
+        let value = message.value();
         let record = FutureRecord::to(&message.topic)
             .key(message.key.as_str())
-            .payload(message.payload.as_str())
+            .payload(value.as_ref())
             .headers(kafka_headers);
         producer.send_result(record).map_err(|(error, _)| error)
     }
