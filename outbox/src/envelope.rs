@@ -60,7 +60,7 @@ impl Envelope {
             event_type: event.event_type().to_owned(),
             source,
         })?;
-        Ok(Envelope {
+        let envelope = Envelope {
             id: Uuid::now_v7(),
             event_type: event.event_type().to_owned(),
             event_version: event.event_version().to_owned(),
@@ -71,7 +71,25 @@ impl Envelope {
             user_id: event.user_id(),
             trace_id: event.trace_id(),
             headers: BTreeMap::new(),
-        })
+        };
+        #[cfg(feature = "opentelemetry")]
+        let envelope = envelope.in_current_trace();
+        Ok(envelope)
+    }
+
+    /// Without a trace id of its own: the current span's OpenTelemetry context, when
+    /// there is one (see the `opentelemetry` feature).
+    #[cfg(feature = "opentelemetry")]
+    fn in_current_trace(mut self) -> Self {
+        if self.trace_id.is_none()
+            && let Some((traceparent, tracestate)) = crate::otel::current()
+        {
+            self.trace_id = Some(traceparent);
+            if let Some(state) = tracestate {
+                self.headers.insert(headers::TRACESTATE.to_owned(), state);
+            }
+        }
+        self
     }
 
     /// Orders and partitions the event by `key` instead of the event's own partition
@@ -87,7 +105,8 @@ impl Envelope {
         self
     }
 
-    /// Records the trace the event belongs to.
+    /// Records the trace the event belongs to: a trace id, or a whole W3C
+    /// `traceparent` (kept as it is, its parent span id and sampled flag with it).
     pub fn trace_id(mut self, trace_id: impl Into<String>) -> Self {
         self.trace_id = Some(trace_id.into());
         self

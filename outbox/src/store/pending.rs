@@ -37,7 +37,9 @@ impl<C> Store<'_, C> {
         self
     }
 
-    /// Records the trace the event belongs to.
+    /// Records the trace the event belongs to: a trace id, or a whole W3C
+    /// `traceparent`. With the `opentelemetry` feature, an event stored without one
+    /// takes the current span's context.
     pub fn trace_id(mut self, trace_id: impl Into<String>) -> Self {
         self.envelope = self.envelope.map(|e| e.trace_id(trace_id));
         self

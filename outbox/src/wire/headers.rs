@@ -10,10 +10,13 @@ pub const EVENT_TYPE: &str = "event_type";
 pub const EVENT_VERSION: &str = "event_version";
 /// The id of the aggregate the event belongs to.
 pub const AGGREGATE_ID: &str = "aggregate_id";
-/// The trace id stored with the event.
+/// The trace id stored with the event (of a stored `traceparent`, its trace id).
 pub const TRACE_ID: &str = "trace_id";
-/// The W3C trace context derived from the trace id.
+/// The W3C trace context: the one stored, or one derived from the trace id.
 pub const TRACEPARENT: &str = "traceparent";
+/// The W3C `tracestate` of the span that stored the event (feature `opentelemetry`),
+/// when it had one: an extra header the store sets, in every format.
+pub const TRACESTATE: &str = "tracestate";
 /// The user on whose behalf the event happened.
 pub const USER_ID: &str = "user_id";
 /// When the event was stored (RFC 3339).

@@ -80,9 +80,29 @@ impl Message {
         self.created_at.to_rfc3339_opts(SecondsFormat::Micros, true)
     }
 
-    /// The W3C `traceparent` of the event, when its trace id is a W3C trace id.
+    /// The W3C `traceparent` of the event: the one stored as its trace id (as the
+    /// `opentelemetry` feature stores it), or one continuing its trace id when that is a
+    /// W3C trace id.
     pub(crate) fn traceparent(&self) -> Option<String> {
-        traceparent(self.trace_id.as_deref()?, self.id)
+        let trace_id = self.trace_id.as_deref()?;
+        match parse_traceparent(trace_id) {
+            Some(_) => Some(trace_id.to_ascii_lowercase()),
+            None => traceparent(trace_id, self.id),
+        }
+    }
+
+    /// The extra header `name`, if given at store time.
+    pub fn extra_header(&self, name: &str) -> Option<&str> {
+        self.extra_headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The trace id: of a stored `traceparent`, its trace id part.
+    pub(crate) fn trace_id_only(&self) -> Option<&str> {
+        let trace_id = self.trace_id.as_deref()?;
+        Some(parse_traceparent(trace_id).unwrap_or(trace_id))
     }
 
     fn native_headers(&self) -> Vec<(&str, String)> {
@@ -93,8 +113,8 @@ impl Message {
             (headers::AGGREGATE_ID, self.aggregate_id.clone()),
             (headers::CREATED_AT, self.time()),
         ];
-        if let Some(trace_id) = &self.trace_id {
-            all.push((headers::TRACE_ID, trace_id.clone()));
+        if let Some(trace_id) = self.trace_id_only() {
+            all.push((headers::TRACE_ID, trace_id.to_owned()));
             if let Some(traceparent) = self.traceparent() {
                 all.push((headers::TRACEPARENT, traceparent));
             }
@@ -104,6 +124,26 @@ impl Message {
         }
         all
     }
+}
+
+/// The trace id of `text` when it is a whole W3C `traceparent` (version `00`, a trace
+/// id and a span id not all zero, flags), as a relay stores one from OpenTelemetry.
+fn parse_traceparent(text: &str) -> Option<&str> {
+    let mut parts = text.split('-');
+    let (version, trace_id, span_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |part: &str, len: usize| {
+        part.len() == len
+            && part.bytes().all(|b| b.is_ascii_hexdigit())
+            && part.bytes().any(|b| b != b'0')
+    };
+    let valid = parts.next().is_none()
+        && version == "00"
+        && hex(trace_id, 32)
+        && hex(span_id, 16)
+        && flags.len() == 2
+        && flags.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then_some(trace_id)
 }
 
 /// A W3C `traceparent` continuing `trace_id`, with a span id derived from the event id
@@ -256,5 +296,23 @@ mod tests {
         );
         assert_eq!(traceparent("00000000000000000000000000000000", event), None);
         assert_eq!(traceparent("req-42", event), None);
+    }
+
+    #[test]
+    fn a_stored_traceparent_is_published_as_it_is_and_its_trace_id_alone() {
+        let stored = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let mut message = sample(MessageFormat::Native);
+        message.trace_id = Some(stored.to_owned());
+        let headers: std::collections::BTreeMap<&str, String> =
+            message.headers().into_iter().collect();
+        assert_eq!(headers["traceparent"], stored, "parent span and flags kept");
+        assert_eq!(headers["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        for not_one in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(parse_traceparent(not_one), None, "{not_one}");
+        }
     }
 }

@@ -45,6 +45,15 @@ pub(crate) struct Names {
 impl<'m> Said<'m> {
     /// Reads a message with UTF-8 `headers` and `value`.
     pub(crate) fn read(headers: &BTreeMap<String, String>, value: Option<&'m [u8]>) -> Self {
+        let mut said = Self::read_format(headers, value);
+        // Stored from OpenTelemetry as an extra header, in every format.
+        if said.tracestate.is_none() {
+            said.tracestate = headers.get(headers::TRACESTATE).cloned();
+        }
+        said
+    }
+
+    fn read_format(headers: &BTreeMap<String, String>, value: Option<&'m [u8]>) -> Self {
         let content_type = headers.get(headers::cloudevents::CONTENT_TYPE);
         if content_type.is_some_and(|ct| ct.starts_with(headers::cloudevents::STRUCTURED)) {
             return Self::structured(value);
@@ -72,7 +81,7 @@ impl<'m> Said<'m> {
             event_version: get(headers::EVENT_VERSION),
             trace_id: get(headers::TRACE_ID),
             traceparent: get(headers::TRACEPARENT),
-            tracestate: get("tracestate"),
+            tracestate: None,
             payload: Ok(Cow::Borrowed(value.unwrap_or_default())),
             names: names::NATIVE,
         }
@@ -87,7 +96,7 @@ impl<'m> Said<'m> {
             event_version: get(debezium::EVENT_VERSION),
             trace_id: None,
             traceparent: get(debezium::TRACEPARENT),
-            tracestate: get("tracestate"),
+            tracestate: None,
             payload: Ok(Cow::Borrowed(value.unwrap_or_default())),
             names: names::DEBEZIUM,
         }

@@ -157,8 +157,13 @@ impl KafkaPublisher {
         producer: &FutureProducer<KafkaContext>,
         message: &Message,
     ) -> std::result::Result<DeliveryFuture, KafkaError> {
-        let _span = debug_span!("outbox.publish", event_id = %message.id, event_type = %message.event_type, key = %message.key)
-            .entered();
+        let span = debug_span!("outbox.publish", event_id = %message.id, event_type = %message.event_type, key = %message.key);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(traceparent) = message.traceparent() {
+            let tracestate = message.extra_header(crate::headers::TRACESTATE);
+            crate::otel::link(&span, &traceparent, tracestate);
+        }
+        let _span = span.entered();
         let headers = message.headers();
         let mut kafka_headers = OwnedHeaders::new_with_capacity(headers.len());
         for (key, value) in &headers {
