@@ -407,6 +407,60 @@ async fn relay_runs_until_sigterm() {
     pg.drop().await;
 }
 
+/// `outbox relay --message-format` writes that format, and topics named in
+/// `OUTBOX_MESSAGE_FORMAT_BY_TOPIC` theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_writes_the_message_format_it_is_given() {
+    use outbox_tests::kafka::{brokers, consume, create_topic, unique_topic};
+    let pg = PgSchema::migrated().await;
+    let brokers = brokers();
+    let (events, orders) = (unique_topic("cli-ce"), unique_topic("cli-debezium"));
+    for topic in [&events, &orders] {
+        create_topic(&brokers, topic, 1).await;
+    }
+    let outbox = Outbox::new();
+    let event = EventBuilder::new("thing.happened", "k");
+    let ce_id = outbox.store(&pg.db, &event, &events).await.expect("store");
+    let debezium_id = outbox.store(&pg.db, &event, &orders).await.expect("store");
+
+    let url = format!(
+        "{}?options=-c%20search_path%3D{}",
+        database_url(),
+        pg.schema
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["relay", "--message-format", "cloudevents-binary"])
+        .env("DATABASE_URL", url)
+        .env("KAFKA_BROKERS", &brokers)
+        .env("OUTBOX_SERVICE_NAME", "cli-formats")
+        .env("OUTBOX_INTERVAL", "100ms")
+        .env(
+            "OUTBOX_MESSAGE_FORMAT_BY_TOPIC",
+            format!("{orders}=debezium"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map(Running::new)
+        .expect("start outbox relay");
+    let timeout = std::time::Duration::from_secs(30);
+    let cloudevent = consume(&brokers, &events, 1, timeout).await;
+    let header = |name: &str| {
+        cloudevent
+            .first()
+            .and_then(|m| m.headers.get(name).cloned())
+    };
+    assert_eq!(header("ce_specversion").as_deref(), Some("1.0"));
+    assert_eq!(header("ce_id"), Some(ce_id.to_string()));
+    assert_eq!(header("ce_source").as_deref(), Some("/cli-formats"));
+    let debezium = consume(&brokers, &orders, 1, timeout).await;
+    assert_eq!(
+        debezium.first().and_then(|m| m.headers.get("id").cloned()),
+        Some(debezium_id.to_string())
+    );
+    drop(child);
+    pg.drop().await;
+}
+
 /// Stores `count` events in one transaction.
 async fn store_many(db: &sea_orm::DatabaseConnection, count: usize) {
     use sea_orm::TransactionTrait;
