@@ -14,6 +14,14 @@ use crate::error::{Error, Result};
 use crate::retry::Retries;
 use crate::wire::{Encodings, MessageFormat};
 
+/// What a service name's characters become in the default CloudEvents `source`: all
+/// but RFC 3986's unreserved characters encoded.
+const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// What `OUTBOX_MESSAGE_FORMAT` may be.
 const FORMATS: &str = "expected native, cloudevents-binary, cloudevents-structured or debezium";
 
@@ -230,11 +238,13 @@ impl RelayConfig {
         Ok(c)
     }
 
-    /// The CloudEvents `source`: `cloudevents_source`, or `/<service_name>`.
+    /// The CloudEvents `source`: `cloudevents_source`, or `/<service_name>` (the name
+    /// percent-encoded where a URI-reference's path may not hold it as it is).
     pub fn cloudevents_source(&self) -> String {
-        self.cloudevents_source
-            .clone()
-            .unwrap_or_else(|| format!("/{}", self.service_name.trim()))
+        self.cloudevents_source.clone().unwrap_or_else(|| {
+            let name = percent_encoding::utf8_percent_encode(self.service_name.trim(), PATH);
+            format!("/{name}")
+        })
     }
 
     /// How the relay writes messages, per topic.
@@ -413,6 +423,8 @@ mod tests {
             ])
         );
         assert_eq!(config.cloudevents_source(), "/billing");
+        let spaced = RelayConfig::new("billing service/eu");
+        assert_eq!(spaced.cloudevents_source(), "/billing%20service%2Feu");
         let encodings = config.encodings();
         assert_eq!(encodings.of("orders").format(), MessageFormat::Debezium);
         assert_eq!(
