@@ -160,7 +160,7 @@ impl KafkaPublisher {
         let span = debug_span!("outbox.publish", event_id = %message.id, event_type = %message.event_type, key = %message.key);
         #[cfg(feature = "opentelemetry")]
         if let Some(traceparent) = message.traceparent() {
-            let tracestate = message.extra_header(crate::headers::TRACESTATE);
+            let tracestate = message.extra_header(crate::wire::headers::TRACESTATE);
             crate::otel::link(&span, &traceparent, tracestate);
         }
         let _span = span.entered();
