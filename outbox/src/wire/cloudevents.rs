@@ -13,6 +13,7 @@
 //! | `eventversion` (extension) | `ce_eventversion` | the event version |
 //! | `userid` (extension) | `ce_userid` | the user id, when set |
 //! | `traceparent` (distributed tracing) | `ce_traceparent` | the W3C trace context, when the trace id is one |
+//! | `tracestate` (distributed tracing) | `ce_tracestate` | the stored `tracestate`, beside a `traceparent` |
 //! | `traceid` (extension) | `ce_traceid` | any other trace id |
 //!
 //! The Kafka key is the partition key in both modes, as in every format.
@@ -23,11 +24,12 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::wire::Message;
+use crate::wire::headers::TRACESTATE as TRACESTATE_HEADER;
 #[cfg(feature = "kafka")]
 use crate::wire::headers::cloudevents::PREFIX;
 use crate::wire::headers::cloudevents::{
     CONTENT_TYPE, EVENTVERSION, ID, JSON, SOURCE, SPECVERSION, STRUCTURED, SUBJECT, TIME, TRACEID,
-    TRACEPARENT, TYPE, USERID,
+    TRACEPARENT, TRACESTATE, TYPE, USERID,
 };
 
 /// The CloudEvents version written.
@@ -49,11 +51,22 @@ fn attributes(message: &Message) -> Vec<(&'static str, String)> {
         all.push(("userid", user_id.clone()));
     }
     match (message.traceparent(), &message.trace_id) {
-        (Some(traceparent), _) => all.push(("traceparent", traceparent)),
+        (Some(traceparent), _) => {
+            all.push(("traceparent", traceparent));
+            if let Some(state) = message.extra_header(TRACESTATE_HEADER) {
+                all.push(("tracestate", state.to_owned()));
+            }
+        }
         (None, Some(trace_id)) => all.push(("traceid", trace_id.clone())),
         (None, None) => {}
     }
     all
+}
+
+/// Whether the extra header `name` travels as an attribute in these formats instead:
+/// the `tracestate` stored from OpenTelemetry, beside its `traceparent`.
+pub(crate) fn is_attribute(message: &Message, name: &str) -> bool {
+    name == TRACESTATE_HEADER && message.traceparent().is_some()
 }
 
 /// The header an attribute travels in, in binary mode.
@@ -69,6 +82,7 @@ fn header_of(attribute: &str) -> &'static str {
         "eventversion" => EVENTVERSION,
         "userid" => USERID,
         "traceparent" => TRACEPARENT,
+        "tracestate" => TRACESTATE,
         _ => TRACEID,
     }
 }
@@ -147,7 +161,7 @@ pub(crate) fn structured(value: Option<&[u8]>) -> Result<Structured, &'static st
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::format::MessageFormat;
+    use crate::wire::format::{Encoding, MessageFormat};
     use crate::wire::message::sample as message;
 
     #[test]
@@ -185,6 +199,26 @@ mod tests {
         assert_eq!(event["datacontenttype"], "application/json");
         assert_eq!(event["eventversion"], "v2");
         assert_eq!(event["data"], serde_json::json!({ "amount": 4200 }));
+    }
+
+    #[test]
+    fn a_stored_tracestate_is_an_attribute_not_a_header() {
+        let mut message = message(MessageFormat::CloudEventsBinary);
+        message
+            .extra_headers
+            .push(("tracestate".into(), "vendor=1".into()));
+        let headers: BTreeMap<&str, String> = message.headers().into_iter().collect();
+        assert_eq!(headers["ce_tracestate"], "vendor=1");
+        assert!(!headers.contains_key("tracestate"));
+        message.encoding = Encoding::new(MessageFormat::CloudEventsStructured, "/shop");
+        let event: Value = serde_json::from_str(&message.value()).expect("JSON");
+        assert_eq!(event["tracestate"], "vendor=1");
+        assert!(
+            message
+                .headers()
+                .iter()
+                .all(|(name, _)| *name != "tracestate")
+        );
     }
 
     #[test]

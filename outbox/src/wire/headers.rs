@@ -71,6 +71,8 @@ pub mod cloudevents {
     pub const USERID: &str = "ce_userid";
     /// The distributed tracing extension: the W3C trace context.
     pub const TRACEPARENT: &str = "ce_traceparent";
+    /// The distributed tracing extension: the W3C `tracestate`, when stored.
+    pub const TRACESTATE: &str = "ce_tracestate";
     /// Extension: a trace id that is not a W3C trace id (a W3C one travels in
     /// [`TRACEPARENT`]).
     pub const TRACEID: &str = "ce_traceid";

@@ -50,15 +50,21 @@ impl Message {
     /// followed by the extra ones given at store time. The W3C trace context is present
     /// when the trace id is a W3C trace id (32 hex digits, not all zero).
     pub fn headers(&self) -> Vec<(&str, String)> {
-        let mut all = match self.encoding.format() {
+        let format = self.encoding.format();
+        let mut all = match format {
             MessageFormat::Native => self.native_headers(),
             MessageFormat::CloudEventsBinary => cloudevents::binary_headers(self),
             MessageFormat::CloudEventsStructured => cloudevents::structured_headers(),
             MessageFormat::Debezium => debezium::headers(self),
         };
+        let cloudevents = matches!(
+            format,
+            MessageFormat::CloudEventsBinary | MessageFormat::CloudEventsStructured
+        );
         all.extend(
             self.extra_headers
                 .iter()
+                .filter(|(k, _)| !(cloudevents && cloudevents::is_attribute(self, k)))
                 .map(|(k, v)| (k.as_str(), v.clone())),
         );
         all
