@@ -2,7 +2,6 @@
 //! offset order, each in a transaction of its own with its inbox record, retrying a
 //! failing handler with backoff and dead-lettering what cannot be applied.
 
-use std::borrow::Cow;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use tracing::{Instrument, warn};
 use super::attempt::Attempts;
 use super::context::WorkerContext;
 use super::dead_letter::DeadLetters;
-use super::decoded::{Decoded, decode};
+use super::decoded::{Decoded, decode_said};
 use super::failure::GiveUp;
 use super::handler::{Handler, error_chain};
 use super::metrics::Outcome;
@@ -88,7 +87,11 @@ where
 
     /// Applies one message: `None` when cancelled before it was done with.
     async fn process(&self, message: &OwnedMessage, cancel: &CancellationToken) -> Option<Outcome> {
-        let first = match decode::<E>(message) {
+        // Read once: for the span, and for the first decoding.
+        let headers = utf8_headers(message);
+        let said = Said::read(&headers, message.payload());
+        let span = consume_span(&self.0.config.name, message, &said);
+        let first = match decode_said::<E>(message, &said, headers) {
             Ok(received) => Some(received),
             Err(Decoded::Failed(Error::UnknownEvent { event_type, .. }))
                 if self.0.config.skip_unknown_events && !E::knows_type(&event_type) =>
@@ -107,13 +110,6 @@ where
             // A user's `Deserialize` or `From` impl panicked: a failed attempt.
             Err(Decoded::Panicked(_)) => None,
         };
-        // The decoded event's headers; read again only when decoding panicked.
-        let headers = match &first {
-            Some(received) => Cow::Borrowed(received.headers()),
-            None => Cow::Owned(utf8_headers(message)),
-        };
-        let said = Said::read(&headers, message.payload());
-        let span = consume_span(&self.0.config.name, message, &said);
         Attempts(&self.0)
             .attempts(message, first, cancel)
             .instrument(span)

@@ -47,6 +47,16 @@ impl<E: DecodeEvent> Received<E> {
     pub fn decode<M: Message>(message: &M) -> Result<Self> {
         let all = utf8_headers(message);
         let said = Said::read(&all, message.payload());
+        Self::from_said(message, &said, all)
+    }
+
+    /// [`decode`](Self::decode) from what was read of `message` already: `said` of
+    /// its UTF-8 headers `all`.
+    pub(crate) fn from_said<M: Message>(
+        message: &M,
+        said: &Said<'_>,
+        all: BTreeMap<String, String>,
+    ) -> Result<Self> {
         let required = |value: &Option<String>, header: &'static str| {
             value.clone().ok_or(Error::ReceivedHeader {
                 header,
