@@ -157,6 +157,7 @@ fn as_published(id: Uuid, event: &UserEvent) -> Result<outbox::Message, Error> {
         user_id: None,
         created_at: chrono::Utc::now(),
         attempts: 0,
+        tombstone: false,
         encoding: outbox::Encoding::native(),
     })
 }

@@ -400,6 +400,10 @@ async fn archive_mode_waits_for_its_archive_table(db: DatabaseConnection) {
         .up(&SchemaManager::new(&db))
         .await
         .expect("create the archive");
+    outbox_migration::m20261205_000010_tombstones::Migration::default()
+        .up(&SchemaManager::new(&db))
+        .await
+        .expect("the archive's later columns");
     eventually(
         "published once the archive exists",
         Duration::from_secs(10),

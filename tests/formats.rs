@@ -1,7 +1,8 @@
 //! Message formats end to end, on the real broker: a relay writing each topic in a
 //! format of its own (native, CloudEvents binary and structured, Debezium), read back
 //! by this crate's consumer on every backend, by the CloudEvents Python SDK (code
-//! nobody here wrote, from PyPI), and across a change of format on one topic.
+//! nobody here wrote, from PyPI), and across a change of format on one topic; and
+//! tombstones in every format.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use outbox::{
-    Consumer, ConsumerConfig, ConsumerHandle, KafkaConfig, KafkaPublisher, MessageFormat, Outbox,
-    OutboxEvent, Received, Relay, RelayConfig, RelayHandle,
+    Consumer, ConsumerConfig, ConsumerHandle, DecodeEvent, EventBuilder, KafkaConfig,
+    KafkaPublisher, MessageFormat, Outbox, OutboxEvent, Received, Relay, RelayConfig, RelayHandle,
 };
 use outbox_tests::kafka::{brokers, consume_topics, create_topic, unique_topic, warmed_up};
 use outbox_tests::{PgSchema, eventually};
@@ -139,6 +140,27 @@ fn recording_consumer(
     db: &DatabaseConnection,
     topics: &[&str],
 ) -> (ConsumerHandle, Arc<Mutex<Vec<Got>>>) {
+    recording(db, topics, |received: &Received<OrderPlaced>| Got {
+        topic: received.topic().to_owned(),
+        format: received.format(),
+        id: received.event_id(),
+        key: received.key().map(str::to_owned),
+        version: received.event_version().to_owned(),
+        trace_id: received.trace_id().map(str::to_owned),
+        event: received.event().clone(),
+    })
+}
+
+/// A consumer of `topics` that records what `note` makes of every event it receives.
+fn recording<E, G>(
+    db: &DatabaseConnection,
+    topics: &[&str],
+    note: fn(&Received<E>) -> G,
+) -> (ConsumerHandle, Arc<Mutex<Vec<G>>>)
+where
+    E: DecodeEvent + Send + Sync + 'static,
+    G: Send + 'static,
+{
     let got = Arc::new(Mutex::new(Vec::new()));
     let kafka = KafkaConfig::new(&brokers()).set("fetch.wait.max.ms", "5");
     let name = format!("formats-{}", Uuid::now_v7().simple());
@@ -146,18 +168,10 @@ fn recording_consumer(
     let record = Arc::clone(&got);
     let consumer = Consumer::new(config, db.clone())
         .expect("valid consumer")
-        .handle(move |_txn, received: Received<OrderPlaced>| {
+        .handle(move |_txn, received: Received<E>| {
             let record = Arc::clone(&record);
             Box::pin(async move {
-                record.lock().expect("not poisoned").push(Got {
-                    topic: received.topic().to_owned(),
-                    format: received.format(),
-                    id: received.event_id(),
-                    key: received.key().map(str::to_owned),
-                    version: received.event_version().to_owned(),
-                    trace_id: received.trace_id().map(str::to_owned),
-                    event: received.event().clone(),
-                });
+                record.lock().expect("not poisoned").push(note(&received));
                 Ok(())
             })
         })
@@ -167,7 +181,7 @@ fn recording_consumer(
 }
 
 /// Waits (60 s at most) until `got` holds `count` events.
-async fn until_received(got: &Mutex<Vec<Got>>, count: usize) {
+async fn until_received<G>(got: &Mutex<Vec<G>>, count: usize) {
     eventually("every event consumed", Duration::from_secs(60), || async {
         got.lock().expect("not poisoned").len() >= count
     })
@@ -237,7 +251,115 @@ async fn every_format_reaches_the_consumer_in_order(db: DatabaseConnection) {
     relay.shutdown().await.expect("relay shutdown");
 }
 
-outbox_tests::on_every_backend!(every_format_reaches_the_consumer_in_order);
+/// A customer's events, the forgetting one a tombstone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, OutboxEvent)]
+enum CustomerEvent {
+    #[outbox(type = "customer.registered", aggregate = "customer")]
+    Registered { customer: String, n: i64 },
+    #[outbox(type = "customer.forgotten", aggregate = "customer", tombstone)]
+    Forgotten { customer: String },
+}
+
+/// One customer event as this crate's consumer received it.
+#[derive(Debug, Clone, PartialEq)]
+struct GotCustomer {
+    topic: String,
+    format: MessageFormat,
+    tombstone: bool,
+    event: CustomerEvent,
+}
+
+/// In every format, a tombstone reaches the broker as a null value under its key, in
+/// its place among its key's events, and this crate's consumer reads it back as the
+/// event it was. Structured CloudEvents writes a tombstone in binary mode.
+async fn tombstones_reach_the_consumer_in_every_format_in_order(db: DatabaseConnection) {
+    let topics = topics(&MessageFormat::ALL).await;
+    let outbox = Outbox::on(&db);
+    let relay = relay(&db, &outbox, &topics).await;
+    let names: Vec<&str> = topics.iter().map(|(_, topic)| topic.as_str()).collect();
+    let (consumer, got) = recording(&db, &names, |received: &Received<CustomerEvent>| {
+        GotCustomer {
+            topic: received.topic().to_owned(),
+            format: received.format(),
+            tombstone: received.is_tombstone(),
+            event: received.event().clone(),
+        }
+    });
+    let customers = ["ada", "grace"];
+    let life = |customer: &str| {
+        let customer = customer.to_owned();
+        [
+            CustomerEvent::Registered {
+                customer: customer.clone(),
+                n: 0,
+            },
+            CustomerEvent::Forgotten {
+                customer: customer.clone(),
+            },
+            CustomerEvent::Registered { customer, n: 1 },
+        ]
+    };
+    for step in 0..3 {
+        for customer in customers {
+            for (_, topic) in &topics {
+                let txn = db.begin().await.expect("begin");
+                outbox
+                    .store(&txn, &life(customer)[step], topic.as_str())
+                    .await
+                    .expect("store");
+                outbox.commit(txn).await.expect("commit");
+            }
+        }
+    }
+    let count = 3 * customers.len() * topics.len();
+    until_received(&got, count).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // nothing more comes
+    let got = got.lock().expect("not poisoned").clone();
+    assert_eq!(got.len(), count, "each event received once");
+    for (format, topic) in &topics {
+        for customer in customers {
+            let events: Vec<&GotCustomer> = got
+                .iter()
+                .filter(|g| &g.topic == topic && life(customer).contains(&g.event))
+                .collect();
+            let lived: Vec<&CustomerEvent> = events.iter().map(|g| &g.event).collect();
+            assert_eq!(lived, life(customer).iter().collect::<Vec<_>>(), "{format}");
+            let tombstones: Vec<bool> = events.iter().map(|g| g.tombstone).collect();
+            assert_eq!(tombstones, [false, true, false], "{format}");
+            let written = match format {
+                MessageFormat::CloudEventsStructured => MessageFormat::CloudEventsBinary,
+                other => *other,
+            };
+            assert_eq!(
+                events[1].format, written,
+                "{format}: the tombstone's format"
+            );
+        }
+    }
+    let raw = consume_topics(&brokers(), &names, count, Duration::from_secs(30)).await;
+    let nulls: Vec<(&str, &str)> = raw
+        .iter()
+        .filter(|m| m.null_value)
+        .map(|m| (m.key.as_str(), m.payload.as_str()))
+        .collect();
+    let expected = topics.len() * customers.len();
+    assert_eq!(
+        nulls.len(),
+        expected,
+        "a null value per tombstone, none else"
+    );
+    assert!(
+        nulls.iter().all(|(key, _)| customers.contains(key)),
+        "{nulls:?}"
+    );
+    consumer.shutdown().await.expect("consumer shutdown");
+    relay.shutdown().await.expect("relay shutdown");
+}
+
+outbox_tests::on_every_backend!(
+    every_format_reaches_the_consumer_in_order,
+    tombstones_reach_the_consumer_in_every_format_in_order,
+);
 
 /// A topic moves from one format to the next while events flow, as in a rolling
 /// deploy of relays configured one after the other: the consumer loses nothing and
@@ -289,7 +411,8 @@ async fn a_topic_changing_format_loses_nothing_and_keeps_order() {
 }
 
 /// The CloudEvents SDK for Python reads what the relay published, in both content
-/// modes, with every required attribute, the extensions and the payload.
+/// modes, with every required attribute, the extensions and the payload; and a
+/// tombstone, in binary mode whichever was asked for, as an event without data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cloudevents_python_sdk_reads_what_the_relay_published() {
     let pg = PgSchema::migrated().await;
@@ -301,24 +424,52 @@ async fn the_cloudevents_python_sdk_reads_what_the_relay_published() {
     let outbox = Outbox::on(&pg.db);
     let relay = relay(&pg.db, &outbox, &topics).await;
     let stored = store_orders(&pg.db, &outbox, &topics, 1).await;
+    let mut tombstones = HashMap::new();
+    for (_, topic) in &topics {
+        let cancelled = EventBuilder::new("order.cancelled", "ada-0").tombstone();
+        let txn = pg.db.begin().await.expect("begin");
+        let id = outbox
+            .store(&txn, &cancelled, topic.as_str())
+            .partition_key("ada")
+            .await
+            .expect("store a tombstone");
+        outbox.commit(txn).await.expect("commit");
+        tombstones.insert(id.to_string(), topic.clone());
+    }
     let names: Vec<&str> = topics.iter().map(|(_, topic)| topic.as_str()).collect();
-    let messages = consume_topics(&brokers(), &names, stored.len(), Duration::from_secs(30)).await;
-    assert_eq!(messages.len(), stored.len());
+    let count = stored.len() + tombstones.len();
+    let messages = consume_topics(&brokers(), &names, count, Duration::from_secs(30)).await;
+    assert_eq!(messages.len(), count);
+    let nulls = messages.iter().filter(|m| m.null_value).count();
+    assert_eq!(nulls, tombstones.len(), "a null value per tombstone");
     let input: Vec<Value> = messages
         .iter()
-        .map(|m| json!({ "headers": m.headers, "key": m.key, "value": m.payload }))
+        .map(|m| {
+            let value = (!m.null_value).then_some(&m.payload);
+            json!({ "headers": m.headers, "key": m.key, "value": value })
+        })
         .collect();
     let events = read_with_python_sdk(&input);
-    assert_eq!(events.len(), stored.len());
+    assert_eq!(events.len(), count);
     let by_id: HashMap<String, &Stored> = stored.iter().map(|s| (s.id.to_string(), s)).collect();
     let mut modes = BTreeMap::new();
     for event in &events {
         let attributes = &event["attributes"];
         let id = attributes["id"].as_str().expect("an id");
-        let stored = by_id.get(id).unwrap_or_else(|| panic!("unknown id {id}"));
         *modes
             .entry(event["mode"].as_str().expect("a mode").to_owned())
             .or_insert(0) += 1;
+        if tombstones.contains_key(id) {
+            // An event without data: no data, no content type; binary in both modes.
+            assert_eq!(event["mode"], "binary");
+            assert_eq!(attributes["type"], "order.cancelled");
+            assert_eq!(attributes["subject"], "ada-0");
+            assert_eq!(attributes["partitionkey"], "ada");
+            assert_eq!(attributes.get("datacontenttype"), None);
+            assert_eq!(event["data"], Value::Null);
+            continue;
+        }
+        let stored = by_id.get(id).unwrap_or_else(|| panic!("unknown id {id}"));
         assert_eq!(attributes["specversion"], "1.0");
         assert_eq!(attributes["source"], "/tests/formats");
         assert_eq!(attributes["type"], "order.placed");
@@ -346,7 +497,7 @@ async fn the_cloudevents_python_sdk_reads_what_the_relay_published() {
     }
     assert_eq!(
         modes,
-        BTreeMap::from([("binary".to_owned(), 3), ("structured".to_owned(), 3)])
+        BTreeMap::from([("binary".to_owned(), 5), ("structured".to_owned(), 3)])
     );
     relay.shutdown().await.expect("relay shutdown");
     pg.drop().await;

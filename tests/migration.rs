@@ -274,6 +274,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261205_000007_mysql_binary_keys",
             "m20261205_000008_relay_probation",
             "m20261205_000009_inbox_dead_letter_ids",
+            "m20261205_000010_tombstones",
             "m20261127_000001_create_outbox_tables_billing_outbox",
             "m20261127_000002_park_waiting_events_billing_outbox",
             "m20261128_000003_archive_published_events_billing_outbox",
@@ -283,6 +284,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261205_000007_mysql_binary_keys_billing_outbox",
             "m20261205_000008_relay_probation_billing_outbox",
             "m20261205_000009_inbox_dead_letter_ids_billing_outbox",
+            "m20261205_000010_tombstones_billing_outbox",
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");

@@ -31,6 +31,7 @@ pub mod m20261202_000006_inbox_dead_letters;
 pub mod m20261205_000007_mysql_binary_keys;
 pub mod m20261205_000008_relay_probation;
 pub mod m20261205_000009_inbox_dead_letter_ids;
+pub mod m20261205_000010_tombstones;
 
 use sea_orm_migration::prelude::*;
 
@@ -111,6 +112,7 @@ pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
         Box::new(m20261205_000009_inbox_dead_letter_ids::Migration::new(
             tables.clone(),
         )),
+        Box::new(m20261205_000010_tombstones::Migration::new(tables.clone())),
     ]
 }
 

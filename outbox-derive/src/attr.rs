@@ -11,7 +11,8 @@ use syn::{Attribute, Expr, ExprLit, Lit, LitStr, Path};
 
 use crate::ctxt::Ctxt;
 
-const CONTAINER_KEYS: &str = "`type`, `version`, `aggregate`, `partition_key`, `crate`";
+const CONTAINER_KEYS: &str =
+    "`type`, `version`, `aggregate`, `partition_key`, `tombstone`, `crate`";
 const FIELD_KEYS: &str = "`aggregate`, `partition_key`";
 
 /// `#[outbox(...)]` on the struct itself, on an enum, or on one of its variants.
@@ -25,6 +26,8 @@ pub(crate) struct Container {
     pub(crate) aggregate: Option<LitStr>,
     /// `partition_key = "field"`: the field whose value is the default partition key.
     pub(crate) partition_key: Option<LitStr>,
+    /// `tombstone`: the event is published with a null value.
+    pub(crate) tombstone: Option<Span>,
     /// `crate = "path"`: where the `outbox` crate is, for users who renamed it.
     pub(crate) krate: Option<Path>,
     /// The `crate` key itself, for errors where it does not belong.
@@ -56,6 +59,12 @@ impl Container {
                     &mut out.aggregate
                 } else if meta.path.is_ident("partition_key") {
                     &mut out.partition_key
+                } else if meta.path.is_ident("tombstone") {
+                    if seen.first(cx, &meta) {
+                        out.tombstone = Some(meta.path.span());
+                        return no_value(cx, &meta, "attribute");
+                    }
+                    return skip_value(&meta);
                 } else if meta.path.is_ident("crate") {
                     out.krate_key = Some(meta.path.clone());
                     if seen.first(cx, &meta) {
@@ -137,17 +146,7 @@ impl Field {
                 // The role is taken even when a value was wrongly given, so the checks
                 // do not also report it as missing.
                 *slot = Some(meta.path.span());
-                if !meta.input.is_empty() && !meta.input.peek(syn::Token![,]) {
-                    let key = path_to_string(&meta.path);
-                    cx.error_spanned_by(
-                        &meta.path,
-                        format!(
-                            "the field attribute `{key}` takes no value; write `#[outbox({key})]`"
-                        ),
-                    );
-                    return skip_value(&meta);
-                }
-                Ok(())
+                no_value(cx, &meta, "field attribute")
             });
             if let Err(error) = result {
                 cx.push(error);
@@ -253,6 +252,19 @@ fn string_value(cx: &mut Ctxt, meta: &ParseNestedMeta<'_>) -> syn::Result<Option
             Ok(None)
         }
     }
+}
+
+/// Reports (and skips) a value given to a key that is a flag, e.g. `tombstone`.
+fn no_value(cx: &mut Ctxt, meta: &ParseNestedMeta<'_>, what: &str) -> syn::Result<()> {
+    if meta.input.is_empty() || meta.input.peek(syn::Token![,]) {
+        return Ok(());
+    }
+    let key = path_to_string(&meta.path);
+    cx.error_spanned_by(
+        &meta.path,
+        format!("the {what} `{key}` takes no value; write `#[outbox({key})]`"),
+    );
+    skip_value(meta)
 }
 
 /// Consumes whatever follows an unknown or malformed key (`= expr` or `(...)`), so the

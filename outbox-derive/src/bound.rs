@@ -12,8 +12,9 @@ use syn::{Generics, WhereClause};
 
 use crate::valid::{Meta, VariantEvent, VariantKind};
 
-/// Bounds a struct's impls: the struct itself is serialized and deserialized, and the
-/// fields it displays as keys implement `Display`.
+/// Bounds a struct's impls: the struct itself is serialized (unless it is a tombstone,
+/// whose payload is null) and deserialized, and the fields it displays as keys
+/// implement `Display` (and a tombstone's, read back from the keys, `FromStr`).
 pub(crate) fn bound_struct(
     krate: &TokenStream,
     meta: &Meta<'_>,
@@ -21,14 +22,17 @@ pub(crate) fn bound_struct(
     decode: &mut Generics,
 ) {
     let clause = event.make_where_clause();
-    clause
-        .predicates
-        .push(syn::parse_quote!(Self: #krate::__private::serde::Serialize));
+    if !meta.tombstone {
+        clause
+            .predicates
+            .push(syn::parse_quote!(Self: #krate::__private::serde::Serialize));
+    }
     display_bounds(clause, meta);
-    decode
-        .make_where_clause()
+    let decode_clause = decode.make_where_clause();
+    decode_clause
         .predicates
         .push(syn::parse_quote!(for<'__outbox_de> Self: #krate::__private::serde::Deserialize<'__outbox_de>));
+    from_str_bounds(decode_clause, meta);
 }
 
 /// Bounds an enum's impls: a newtype variant's type is an event itself; a named
@@ -48,6 +52,7 @@ pub(crate) fn bound_enum(
             VariantKind::Named(meta) => {
                 named = true;
                 display_bounds(event_clause, meta);
+                from_str_bounds(decode_clause, meta);
             }
             VariantKind::Newtype(ty) => {
                 event_clause
@@ -72,12 +77,30 @@ pub(crate) fn bound_enum(
 /// `Display` for the types of the aggregate id's field and of the partition key's,
 /// each bound spanned at that type.
 fn display_bounds(clause: &mut WhereClause, meta: &Meta<'_>) {
-    let mut displayed = vec![meta.aggregate];
-    displayed.extend(meta.partition_key);
-    for field in displayed {
-        let ty = field.ty;
+    for ty in key_types(meta) {
         clause
             .predicates
             .push(syn::parse_quote_spanned!(ty.span()=> #ty: ::core::fmt::Display));
     }
+}
+
+/// For a tombstone, `FromStr` (with an error that displays) for the types of its keys,
+/// which it is read back from.
+fn from_str_bounds(clause: &mut WhereClause, meta: &Meta<'_>) {
+    if !meta.tombstone {
+        return;
+    }
+    for ty in key_types(meta) {
+        clause
+            .predicates
+            .push(syn::parse_quote_spanned!(ty.span()=> #ty: ::core::str::FromStr));
+        clause.predicates.push(syn::parse_quote_spanned!(ty.span()=>
+            <#ty as ::core::str::FromStr>::Err: ::core::fmt::Display
+        ));
+    }
+}
+
+/// The types of the aggregate id's field and of the partition key's.
+fn key_types<'m>(meta: &'m Meta<'_>) -> impl Iterator<Item = &'m syn::Type> {
+    std::iter::once(meta.aggregate.ty).chain(meta.partition_key.map(|key| key.ty))
 }

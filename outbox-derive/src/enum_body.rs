@@ -6,7 +6,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use crate::ast::Field;
-use crate::impls::{Decode, Methods, version_of};
+use crate::impls::{Decode, Methods, null_payload, tombstone_fields, version_of};
 use crate::valid::{Meta, VariantEvent, VariantKind};
 
 /// The bodies of both impls for an enum of `variants`.
@@ -79,10 +79,14 @@ fn methods(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> Methods {
     );
     let payload = match_variants(
         variants,
-        &|_| {
-            Arm::constant(quote!(#krate::__private::variant_payload(
-                #krate::__private::serde_json::to_value(self)
-            )))
+        &|meta| {
+            Arm::constant(if meta.tombstone {
+                null_payload(krate)
+            } else {
+                quote!(#krate::__private::variant_payload(
+                    #krate::__private::serde_json::to_value(self)
+                ))
+            })
         },
         &quote!(#krate::OutboxEvent::payload(__event)),
     );
@@ -93,7 +97,26 @@ fn methods(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> Methods {
         partition_key: partition_key(krate, variants),
         user_and_trace: user_and_trace(krate, variants),
         payload,
+        tombstone: may_be_tombstone(variants).then(|| {
+            match_variants(
+                variants,
+                &|meta| {
+                    let tombstone = meta.tombstone;
+                    Arm::constant(quote!(#tombstone))
+                },
+                &quote!(#krate::OutboxEvent::is_tombstone(__event)),
+            )
+        }),
     }
+}
+
+/// Whether a variant may be a tombstone: one declared so, or any newtype variant
+/// (its own impl says). Otherwise the traits' defaults apply.
+fn may_be_tombstone(variants: &[VariantEvent<'_>]) -> bool {
+    variants.iter().any(|event| match &event.kind {
+        VariantKind::Named(meta) => meta.tombstone,
+        VariantKind::Newtype(_) => true,
+    })
 }
 
 /// `partition_key`, unless no variant can have one (the trait's default then applies).
@@ -154,6 +177,8 @@ struct DecodeArm {
     knows_type: TokenStream,
     /// The decoding of the payload into the variant.
     decode: TokenStream,
+    /// The decoding of a tombstone into the variant.
+    decode_tombstone: TokenStream,
 }
 
 /// The bodies of `DecodeEvent`'s methods: the first variant that accepts the event
@@ -166,6 +191,22 @@ fn decode(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> Decode {
     let accepts: Vec<_> = arms.iter().map(|arm| &arm.accepts).collect();
     let knows: Vec<_> = arms.iter().map(|arm| &arm.knows_type).collect();
     let decodes: Vec<_> = arms.iter().map(|arm| &arm.decode).collect();
+    let tombstones: Vec<_> = arms.iter().map(|arm| &arm.decode_tombstone).collect();
+    let unknown = quote! {
+        ::core::result::Result::Err(
+            #krate::__private::unknown_event::<Self>(event_type, event_version),
+        )
+    };
+    let decode_tombstone = may_be_tombstone(variants).then(|| {
+        quote! {
+            #(
+                if #accepts {
+                    return #tombstones;
+                }
+            )*
+            #unknown
+        }
+    });
     Decode {
         accepts: quote!(false #(|| #accepts)*),
         knows_type: quote!(false #(|| #knows)*),
@@ -175,10 +216,9 @@ fn decode(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> Decode {
                     return #decodes;
                 }
             )*
-            ::core::result::Result::Err(
-                #krate::__private::unknown_event::<Self>(event_type, event_version),
-            )
+            #unknown
         },
+        decode_tombstone,
     }
 }
 
@@ -190,12 +230,23 @@ fn decode_arm(krate: &TokenStream, event: &VariantEvent<'_>) -> Option<DecodeArm
         VariantKind::Named(meta) => {
             let event_type = meta.event_type;
             let version = version_of(krate, meta);
+            let decode_tombstone = if meta.tombstone {
+                let fields = tombstone_fields(krate, meta);
+                quote!(::core::result::Result::Ok(Self::#ident { #fields }))
+            } else {
+                quote! {
+                    ::core::result::Result::Err(
+                        #krate::__private::unexpected_tombstone::<Self>(event_type, event_version),
+                    )
+                }
+            };
             DecodeArm {
                 accepts: quote!((event_type == #event_type && event_version == #version)),
                 knows_type: quote!((event_type == #event_type)),
                 decode: quote! {
                     #krate::__private::decode_variant(#index, event_type, event_version, payload)
                 },
+                decode_tombstone,
             }
         }
         VariantKind::Newtype(ty) => DecodeArm {
@@ -204,6 +255,12 @@ fn decode_arm(krate: &TokenStream, event: &VariantEvent<'_>) -> Option<DecodeArm
             decode: quote! {
                 <#ty as #krate::DecodeEvent>::decode(event_type, event_version, payload)
                     .map(Self::#ident)
+            },
+            decode_tombstone: quote! {
+                <#ty as #krate::DecodeEvent>::decode_tombstone(
+                    event_type, event_version, aggregate_id, key,
+                )
+                .map(Self::#ident)
             },
         },
     })

@@ -54,11 +54,13 @@ fn fallback(input: &Input<'_>) -> TokenStream {
         partition_key: None,
         user_and_trace: None,
         payload: never.clone(),
+        tombstone: None,
     };
     let decode = Decode {
         accepts: never.clone(),
         knows_type: never.clone(),
         decode: never,
+        decode_tombstone: None,
     };
     let generics = input.generics;
     let ident = input.ident;

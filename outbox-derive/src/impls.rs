@@ -16,15 +16,18 @@ pub(crate) struct Methods {
     pub(crate) partition_key: Option<TokenStream>,
     pub(crate) user_and_trace: Option<(TokenStream, TokenStream)>,
     pub(crate) payload: TokenStream,
+    pub(crate) tombstone: Option<TokenStream>,
 }
 
 /// The bodies of `DecodeEvent`'s methods, over `event_type`, `event_version` and
-/// `payload`.
+/// `payload` (`decode_tombstone`: `aggregate_id` and `key` instead). The optional one
+/// keeps the trait's default when `None`.
 pub(crate) struct Decode {
     pub(crate) accepts: TokenStream,
     /// Over `event_type` alone.
     pub(crate) knows_type: TokenStream,
     pub(crate) decode: TokenStream,
+    pub(crate) decode_tombstone: Option<TokenStream>,
 }
 
 /// An event type's version: the one it names, or the `outbox` crate's default.
@@ -33,6 +36,32 @@ pub(crate) fn version_of(krate: &TokenStream, meta: &Meta<'_>) -> TokenStream {
         Some(version) => quote!(#version),
         None => quote!(#krate::DEFAULT_EVENT_VERSION),
     }
+}
+
+/// The fields of a tombstone read back from its keys, as `field: value,` for a struct
+/// or variant expression: the aggregate field from `aggregate_id`, the partition
+/// key's from `key` (each with its `FromStr`).
+pub(crate) fn tombstone_fields(krate: &TokenStream, meta: &Meta<'_>) -> TokenStream {
+    let read = |field: &crate::ast::Field<'_>, source: TokenStream| {
+        let ident = field.ident;
+        let name = ident.to_string();
+        quote! {
+            #ident: #krate::__private::tombstone_field(event_type, event_version, #name, #source)?,
+        }
+    };
+    let mut fields = read(meta.aggregate, quote!(aggregate_id));
+    if let Some(key) = meta
+        .partition_key
+        .filter(|key| key.ident != meta.aggregate.ident)
+    {
+        fields.extend(read(key, quote!(key)));
+    }
+    fields
+}
+
+/// `Value::Null`: a tombstone's payload.
+pub(crate) fn null_payload(krate: &TokenStream) -> TokenStream {
+    quote!(::core::result::Result::Ok(#krate::__private::serde_json::Value::Null))
 }
 
 pub(crate) fn outbox_event_impl(
@@ -49,7 +78,15 @@ pub(crate) fn outbox_event_impl(
         partition_key,
         user_and_trace,
         payload,
+        tombstone,
     } = methods;
+    let tombstone = tombstone.map(|value| {
+        quote! {
+            fn is_tombstone(&self) -> bool {
+                #value
+            }
+        }
+    });
     let partition_key = partition_key.map(|value| {
         quote! {
             fn partition_key(&self) -> ::core::option::Option<::std::string::String> {
@@ -95,6 +132,8 @@ pub(crate) fn outbox_event_impl(
             > {
                 #payload
             }
+
+            #tombstone
         }
     }
 }
@@ -110,7 +149,20 @@ pub(crate) fn decode_event_impl(
         accepts,
         knows_type,
         decode,
+        decode_tombstone,
     } = decode;
+    let decode_tombstone = decode_tombstone.map(|body| {
+        quote! {
+            fn decode_tombstone(
+                event_type: &str,
+                event_version: &str,
+                aggregate_id: &str,
+                key: &str,
+            ) -> ::core::result::Result<Self, #krate::Error> {
+                #body
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         impl #impl_generics #krate::DecodeEvent for #ident #ty_generics #where_clause {
@@ -129,6 +181,8 @@ pub(crate) fn decode_event_impl(
             ) -> ::core::result::Result<Self, #krate::Error> {
                 #decode
             }
+
+            #decode_tombstone
         }
     }
 }

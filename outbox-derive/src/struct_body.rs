@@ -6,7 +6,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use crate::ast::Field;
-use crate::impls::{Decode, Methods, version_of};
+use crate::impls::{Decode, Methods, null_payload, tombstone_fields, version_of};
 use crate::valid::Meta;
 
 /// The bodies of both impls for a struct described by `meta`.
@@ -26,8 +26,24 @@ pub(crate) fn struct_bodies(krate: &TokenStream, meta: &Meta<'_>) -> (Methods, D
             quote!(::core::option::Option::Some(#value))
         }),
         user_and_trace: None,
-        payload: quote!(#krate::__private::serde_json::to_value(self)),
+        payload: if meta.tombstone {
+            null_payload(krate)
+        } else {
+            quote!(#krate::__private::serde_json::to_value(self))
+        },
+        tombstone: meta.tombstone.then(|| quote!(true)),
     };
+    let decode_tombstone = meta.tombstone.then(|| {
+        let fields = tombstone_fields(krate, meta);
+        quote! {
+            if !<Self as #krate::DecodeEvent>::accepts(event_type, event_version) {
+                return ::core::result::Result::Err(
+                    #krate::__private::unknown_event::<Self>(event_type, event_version),
+                );
+            }
+            ::core::result::Result::Ok(Self { #fields })
+        }
+    });
     let decode = Decode {
         accepts: quote!(event_type == #event_type && event_version == #version),
         knows_type: quote!(event_type == #event_type),
@@ -39,6 +55,7 @@ pub(crate) fn struct_bodies(krate: &TokenStream, meta: &Meta<'_>) -> (Methods, D
                 payload,
             )
         },
+        decode_tombstone,
     };
     (methods, decode)
 }

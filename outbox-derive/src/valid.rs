@@ -32,6 +32,8 @@ pub(crate) struct Meta<'a> {
     pub(crate) version: Option<&'a LitStr>,
     pub(crate) aggregate: &'a Field<'a>,
     pub(crate) partition_key: Option<&'a Field<'a>>,
+    /// Published with a null value: its fields are its keys alone.
+    pub(crate) tombstone: bool,
 }
 
 /// One variant of an event enum.
@@ -92,6 +94,12 @@ fn check_enum<'a>(
         ("aggregate", attrs.aggregate.as_ref()),
         ("partition_key", attrs.partition_key.as_ref()),
     ];
+    if let Some(span) = attrs.tombstone {
+        cx.push(syn::Error::new(
+            span,
+            "on an enum, `tombstone` describes one variant: write `#[outbox(tombstone)]` on each variant that is one",
+        ));
+    }
     for (key, lit) in per_variant {
         if attrs.was_given(key) {
             let message = format!(
@@ -215,12 +223,42 @@ fn check_meta<'a>(
         |field| field.attrs.partition_key,
         "partition_key",
     );
+    let aggregate = aggregate?;
+    let tombstone = attrs.tombstone.is_some();
+    if tombstone {
+        keys_alone(cx, fields, owner, aggregate, partition_key);
+    }
     Some(Meta {
         event_type: event_type?,
         version: attrs.version.as_ref(),
-        aggregate: aggregate?,
+        aggregate,
         partition_key,
+        tombstone,
     })
+}
+
+/// Reports the fields of a tombstone that are not its keys: a tombstone is published
+/// with a null value, so they would never reach anyone (and a consumer reads it back
+/// from its keys alone).
+fn keys_alone(
+    cx: &mut Ctxt,
+    fields: &[Field<'_>],
+    owner: &Owner<'_>,
+    aggregate: &Field<'_>,
+    partition_key: Option<&Field<'_>>,
+) {
+    let is_key = |field: &Field<'_>| {
+        field.ident == aggregate.ident || partition_key.is_some_and(|key| field.ident == key.ident)
+    };
+    for field in fields.iter().filter(|field| !is_key(field)) {
+        cx.error_spanned_by(
+            field.ident,
+            format!(
+                "the {} `{}` is a tombstone, published with a null value: its field `{}` would never be published; a tombstone holds its aggregate field (and its partition key's) alone",
+                owner.what, owner.ident, field.ident
+            ),
+        );
+    }
 }
 
 /// The required `type` (and the optional `version`), each non-empty.

@@ -53,6 +53,63 @@ pub trait DecodeEvent: Sized {
     /// [`Error::UnknownEvent`] when this Rust type has no place for the event's type
     /// and version; [`Error::Deserialize`] when the payload does not fit it.
     fn decode(event_type: &str, event_version: &str, payload: &[u8]) -> Result<Self>;
+
+    /// Reads a tombstone: an event of `event_type` and `event_version` published with
+    /// a null value ([`OutboxEvent::is_tombstone`](crate::OutboxEvent::is_tombstone)),
+    /// of the aggregate `aggregate_id`, under the message key `key` (each stands in
+    /// for the other when the message carries only one).
+    ///
+    /// The derive reads the types it declares `tombstone` from these keys alone (see
+    /// the [crate documentation](crate#tombstones)). The default refuses every
+    /// tombstone.
+    ///
+    /// # Errors
+    /// [`Error::UnknownEvent`] when this Rust type has no place for the event's type
+    /// and version; [`Error::UnexpectedTombstone`] when it has, but not as a
+    /// tombstone; [`Error::Deserialize`] when a key does not fit its field.
+    fn decode_tombstone(
+        event_type: &str,
+        event_version: &str,
+        aggregate_id: &str,
+        key: &str,
+    ) -> Result<Self> {
+        let _ = (aggregate_id, key);
+        if !Self::accepts(event_type, event_version) {
+            return Err(unknown_event::<Self>(event_type, event_version));
+        }
+        Err(unexpected_tombstone::<Self>(event_type, event_version))
+    }
+}
+
+/// The error for a tombstone of a type and version `T` reads only with a payload.
+#[doc(hidden)]
+pub fn unexpected_tombstone<T>(event_type: &str, event_version: &str) -> Error {
+    Error::UnexpectedTombstone {
+        event_type: event_type.to_owned(),
+        event_version: event_version.to_owned(),
+        target: std::any::type_name::<T>(),
+    }
+}
+
+/// Reads one key field of a derived tombstone from `text` (the aggregate id or the
+/// message key) with the field's `FromStr`.
+#[doc(hidden)]
+pub fn tombstone_field<T>(
+    event_type: &str,
+    event_version: &str,
+    field: &str,
+    text: &str,
+) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|error| {
+        let source = <serde_json::Error as de::Error>::custom(format_args!(
+            "the tombstone's field `{field}` cannot be read from {text:?}: {error}"
+        ));
+        deserialize_error(event_type, event_version, source)
+    })
 }
 
 /// Decodes a derived struct: the whole payload is the struct.

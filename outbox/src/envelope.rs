@@ -46,13 +46,16 @@ pub struct Envelope {
     pub(crate) user_id: Option<String>,
     pub(crate) trace_id: Option<String>,
     pub(crate) headers: BTreeMap<String, String>,
+    /// Published with a null value ([`OutboxEvent::is_tombstone`]).
+    pub(crate) tombstone: bool,
 }
 
 impl Envelope {
     /// Serializes `event` for `topic`, with a new time-ordered id (UUID v7).
     ///
     /// # Errors
-    /// [`Error::Serialize`] when the event's payload cannot be serialized. Other
+    /// [`Error::Serialize`] when the event's payload cannot be serialized;
+    /// [`Error::TombstoneWithData`] when a tombstone has a payload other than `null`. Other
     /// problems (an empty topic, an over-long field) are reported when the envelope is
     /// stored, before anything is written.
     pub fn new<E: OutboxEvent + ?Sized>(event: &E, topic: impl Into<String>) -> Result<Self> {
@@ -60,6 +63,12 @@ impl Envelope {
             event_type: event.event_type().to_owned(),
             source,
         })?;
+        let tombstone = event.is_tombstone();
+        if tombstone && !payload.is_null() {
+            return Err(Error::TombstoneWithData {
+                event_type: event.event_type().to_owned(),
+            });
+        }
         let envelope = Envelope {
             id: Uuid::now_v7(),
             event_type: event.event_type().to_owned(),
@@ -71,6 +80,7 @@ impl Envelope {
             user_id: event.user_id(),
             trace_id: event.trace_id(),
             headers: BTreeMap::new(),
+            tombstone,
         };
         #[cfg(feature = "opentelemetry")]
         let envelope = envelope.in_current_trace();
@@ -117,6 +127,11 @@ impl Envelope {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
+    }
+
+    /// Whether the event is a tombstone, published with a null value.
+    pub fn is_tombstone(&self) -> bool {
+        self.tombstone
     }
 
     /// The event's id, which travels in the `event_id` header.
@@ -355,6 +370,27 @@ mod tests {
                 Err(Error::NulCharacter { field }) => assert_eq!(field, expected),
                 other => panic!("expected a NUL error for {expected}, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_tombstone_is_stored_without_data_and_refused_with_some() {
+        let forgotten = crate::EventBuilder::new("customer.forgotten", "customer-4").tombstone();
+        let envelope = Envelope::new(&forgotten, "customers").expect("a tombstone");
+        assert!(envelope.is_tombstone());
+        assert_eq!(envelope.payload, serde_json::Value::Null);
+        assert!(
+            !Envelope::new(&crate::EventBuilder::new("a", "b"), "t")
+                .expect("an event")
+                .is_tombstone()
+        );
+
+        let with_data = forgotten.data(serde_json::json!({ "email": "ada@example.com" }));
+        match Envelope::new(&with_data, "customers") {
+            Err(Error::TombstoneWithData { event_type }) => {
+                assert_eq!(event_type, "customer.forgotten");
+            }
+            other => panic!("expected TombstoneWithData, got {other:?}"),
         }
     }
 

@@ -56,6 +56,32 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// A received event is a tombstone (a message with no value), and the Rust type it
+    /// is decoded into does not declare its type and version a tombstone (see
+    /// [`DecodeEvent::decode_tombstone`](crate::DecodeEvent::decode_tombstone)).
+    #[error(
+        "event type {event_type:?} version {event_version:?} arrived as a tombstone (no value), which {target} does not read as one"
+    )]
+    UnexpectedTombstone {
+        /// The received event's type.
+        event_type: String,
+        /// The received event's version.
+        event_version: String,
+        /// The Rust type it was to be decoded into.
+        target: &'static str,
+    },
+
+    /// An event that is a tombstone ([`OutboxEvent::is_tombstone`](crate::OutboxEvent::is_tombstone))
+    /// has a payload: a tombstone is published with a null value, so its data would
+    /// never reach anyone. Nothing was stored.
+    #[error(
+        "event type {event_type:?} is a tombstone, which carries no data, but its payload is not null"
+    )]
+    TombstoneWithData {
+        /// The event's type.
+        event_type: String,
+    },
+
     /// A received message lacks a header the relay sets, or its value is invalid.
     #[error("received message: header {header:?} is {reason}")]
     ReceivedHeader {

@@ -63,6 +63,15 @@ pub trait OutboxEvent {
 
     /// The event's data as JSON.
     fn payload(&self) -> Result<Value, serde_json::Error>;
+
+    /// Whether the event is a tombstone: published with its key and a null value,
+    /// which a compacted topic reads as "forget every earlier message of this key"
+    /// (the right to be forgotten, a deleted aggregate). A tombstone carries no data:
+    /// its payload must be `null`. Its headers (id, type, version, trace) are sent as
+    /// for any event, and it keeps its place in its key's order.
+    fn is_tombstone(&self) -> bool {
+        false
+    }
 }
 
 /// An event whose type and data are chosen at run time.
@@ -90,6 +99,7 @@ pub struct EventBuilder {
     user_id: Option<String>,
     trace_id: Option<String>,
     data: Value,
+    tombstone: bool,
 }
 
 impl EventBuilder {
@@ -103,7 +113,25 @@ impl EventBuilder {
             user_id: None,
             trace_id: None,
             data: Value::Null,
+            tombstone: false,
         }
+    }
+
+    /// Makes the event a tombstone ([`OutboxEvent::is_tombstone`]): published with its
+    /// key (the aggregate id, or the partition key it is stored with) and a null value.
+    /// It must carry no data: storing a tombstone with data is refused.
+    ///
+    /// ```
+    /// use outbox::{EventBuilder, OutboxEvent};
+    ///
+    /// let forgotten = EventBuilder::new("customer.forgotten", "customer-4").tombstone();
+    /// assert!(forgotten.is_tombstone());
+    /// assert_eq!(forgotten.payload()?, serde_json::Value::Null);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn tombstone(mut self) -> Self {
+        self.tombstone = true;
+        self
     }
 
     /// Sets the schema version.
@@ -168,5 +196,9 @@ impl OutboxEvent for EventBuilder {
 
     fn payload(&self) -> Result<Value, serde_json::Error> {
         Ok(self.data.clone())
+    }
+
+    fn is_tombstone(&self) -> bool {
+        self.tombstone
     }
 }

@@ -70,7 +70,7 @@ pub use store::{DEFAULT_SHARDS, Outbox, Store};
 pub use tables::{Identifier, KEY_LOCKS, MAX_BASE_NAME_LEN, Tables};
 #[cfg(feature = "kafka")]
 pub use wire::Received;
-pub use wire::{Encoding, Message, MessageFormat, UnknownFormat, headers};
+pub use wire::{Encoding, Message, MessageFormat, UnknownFormat, debezium_topic, headers};
 
 /// Derives [`OutboxEvent`](trait@OutboxEvent), and [`DecodeEvent`] when the type
 /// also implements `Deserialize`, for a struct with named fields, a newtype or an
@@ -81,7 +81,10 @@ pub use outbox_derive::OutboxEvent;
 /// What the derive's expansion refers to. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::decode::{decode_struct, decode_variant, unknown_event, variant_payload};
+    pub use crate::decode::{
+        decode_struct, decode_variant, tombstone_field, unexpected_tombstone, unknown_event,
+        variant_payload,
+    };
     pub use serde;
     pub use serde_json;
 }

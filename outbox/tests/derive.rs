@@ -393,3 +393,118 @@ fn the_derive_and_the_crate_agree_on_the_default_version() {
     // The derive tells variants apart by version without seeing the crate's constant.
     assert_eq!(outbox::DEFAULT_EVENT_VERSION, "v1");
 }
+
+/// A tombstone is not serialized (its payload is null); decoding asks `Deserialize`
+/// as of any event.
+#[derive(Debug, PartialEq, Deserialize, OutboxEvent)]
+#[outbox(type = "customer.forgotten", aggregate = "customer_id", tombstone)]
+struct CustomerForgotten {
+    customer_id: u64,
+    #[outbox(partition_key)]
+    tenant: String,
+}
+
+#[test]
+fn a_tombstone_struct_has_a_null_payload_and_is_read_back_from_its_keys() {
+    let event = CustomerForgotten {
+        customer_id: 7,
+        tenant: "acme".into(),
+    };
+    assert!(event.is_tombstone());
+    assert_eq!(event.payload().expect("payload"), serde_json::Value::Null);
+    assert_eq!(event.partition_key().as_deref(), Some("acme"));
+    let decoded = CustomerForgotten::decode_tombstone("customer.forgotten", "v1", "7", "acme");
+    assert_eq!(decoded.expect("read from its keys"), event);
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, OutboxEvent)]
+#[outbox(type = "session.ended", aggregate = "session", tombstone)]
+struct SessionEnded {
+    session: Uuid,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize, OutboxEvent)]
+enum AccountEvent {
+    #[outbox(type = "account.opened", aggregate = "account")]
+    Opened {
+        account: u64,
+        owner: String,
+    },
+    #[outbox(
+        type = "account.closed",
+        version = "v2",
+        aggregate = "account",
+        tombstone
+    )]
+    Closed {
+        account: u64,
+    },
+    Session(SessionEnded),
+}
+
+#[test]
+fn tombstones_decode_from_their_keys_in_structs_and_every_kind_of_variant() {
+    let session = Uuid::now_v7();
+    let decoded = SessionEnded::decode_tombstone("session.ended", "v1", &session.to_string(), "k")
+        .expect("a tombstone struct");
+    assert_eq!(decoded, SessionEnded { session });
+
+    let closed = AccountEvent::decode_tombstone("account.closed", "v2", "41", "41");
+    assert_eq!(
+        closed.expect("a named variant"),
+        AccountEvent::Closed { account: 41 }
+    );
+    let ended = AccountEvent::decode_tombstone("session.ended", "v1", &session.to_string(), "x");
+    assert_eq!(
+        ended.expect("a newtype variant"),
+        AccountEvent::Session(SessionEnded { session })
+    );
+    assert!(AccountEvent::Closed { account: 41 }.is_tombstone());
+    assert!(AccountEvent::Session(SessionEnded { session }).is_tombstone());
+    let opened = AccountEvent::Opened {
+        account: 1,
+        owner: "ada".into(),
+    };
+    assert!(!opened.is_tombstone());
+    assert_eq!(
+        AccountEvent::Closed { account: 41 }
+            .payload()
+            .expect("payload"),
+        serde_json::Value::Null
+    );
+}
+
+#[test]
+fn a_tombstone_the_type_does_not_declare_or_keys_that_do_not_fit_are_named() {
+    match AccountEvent::decode_tombstone("account.opened", "v1", "1", "1") {
+        Err(Error::UnexpectedTombstone {
+            event_type,
+            event_version,
+            ..
+        }) => assert_eq!(
+            (event_type.as_str(), event_version.as_str()),
+            ("account.opened", "v1")
+        ),
+        other => panic!("expected UnexpectedTombstone, got {other:?}"),
+    }
+    assert!(matches!(
+        AccountEvent::decode_tombstone("account.closed", "v1", "1", "1"),
+        Err(Error::UnknownEvent { .. })
+    ));
+    assert!(matches!(
+        UserRegistered::decode_tombstone("user.registered", "v2", "u", "u"),
+        Err(Error::UnexpectedTombstone { .. })
+    ));
+    match AccountEvent::decode_tombstone("account.closed", "v2", "forty-one", "forty-one") {
+        Err(error @ Error::Deserialize { .. }) => {
+            let cause = std::error::Error::source(&error)
+                .expect("a cause")
+                .to_string();
+            assert!(
+                cause.contains("`account`") && cause.contains("\"forty-one\""),
+                "{cause}"
+            );
+        }
+        other => panic!("expected Deserialize, got {other:?}"),
+    }
+}

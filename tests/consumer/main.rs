@@ -86,6 +86,7 @@ fn message(topic: &str, account: &str, event: &AccountEvent) -> outbox::Message 
         user_id: None,
         created_at: chrono::Utc::now(),
         attempts: 0,
+        tombstone: false,
         encoding: outbox::Encoding::native(),
     }
 }

@@ -2,7 +2,7 @@
 each event's attributes and data as JSON.
 
 Input (stdin): a JSON list of messages, each {"headers": {name: text}, "key": text or
-null, "value": text}, as a consumer read them from the broker. A message whose
+null, "value": text or null (a tombstone)}, as a consumer read them from the broker. A message whose
 content-type is application/cloudevents+json is read in structured mode, any other in
 binary mode: as a CloudEvents consumer in any language decides.
 
@@ -19,7 +19,7 @@ from cloudevents.core.formats.json import JSONFormat
 def read(message):
     headers = {name: text.encode() for name, text in message["headers"].items()}
     key = message["key"].encode() if message["key"] is not None else None
-    value = message["value"].encode()
+    value = message["value"].encode() if message["value"] is not None else None
     kafka_message = kafka.KafkaMessage(headers=headers, key=key, value=value)
     structured = headers.get("content-type", b"").startswith(b"application/cloudevents+json")
     if structured:

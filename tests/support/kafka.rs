@@ -50,6 +50,7 @@ pub async fn warmed_up(publisher: outbox::KafkaPublisher, brokers: &str) -> outb
         user_id: None,
         created_at: chrono::Utc::now(),
         attempts: 0,
+        tombstone: false,
         encoding: outbox::Encoding::native(),
     };
     for _ in 0..10 {
@@ -87,8 +88,10 @@ pub async fn create_topic_with(config: &ClientConfig, topic: &str, partitions: i
 pub struct Received {
     /// The message key.
     pub key: String,
-    /// The payload as text.
+    /// The payload as text (empty for a null value).
     pub payload: String,
+    /// Whether the value was null: a tombstone.
+    pub null_value: bool,
     /// The headers, by name.
     pub headers: HashMap<String, String>,
     /// The partition it was read from.
@@ -184,6 +187,7 @@ async fn consume_from(
         let received_message = Received {
             key: text(message.key()),
             payload: text(message.payload()),
+            null_value: message.payload().is_none(),
             headers,
             partition: message.partition(),
             offset: message.offset(),

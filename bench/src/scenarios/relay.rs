@@ -271,6 +271,7 @@ pub(super) fn sample_message(n: usize, topic: &str) -> Message {
         user_id: None,
         created_at: chrono::Utc::now(),
         attempts: 0,
+        tombstone: false,
         encoding: outbox::Encoding::native(),
     }
 }

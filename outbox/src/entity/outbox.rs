@@ -28,6 +28,9 @@ pub struct Model {
     pub event_data: Json,
     /// The payload's schema version.
     pub event_version: String,
+    /// Whether the event is a tombstone: published with a null value (its payload is
+    /// `null`).
+    pub tombstone: bool,
     /// The Kafka topic.
     pub destination_topic: String,
     /// The Kafka message key and the unit of ordering. The library always fills it

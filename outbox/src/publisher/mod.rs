@@ -40,7 +40,8 @@ use crate::wire::Message;
 /// impl Publisher for Stdout {
 ///     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
 ///         publish_in_key_order(batch, |m| async move {
-///             println!("{} {} {}", m.topic, m.key, m.value());
+///             let value = m.value().unwrap_or("(tombstone)".into());
+///             println!("{} {} {value}", m.topic, m.key);
 ///             Ok(())
 ///         })
 ///         .await
@@ -202,6 +203,7 @@ mod tests {
             user_id: None,
             created_at: Utc::now(),
             attempts: 0,
+            tombstone: false,
             encoding: crate::Encoding::native(),
         }
     }

@@ -33,7 +33,7 @@ WITH "waiting" AS (
 SELECT o."seq", o."id", o."event_type", o."event_version", o."aggregate_id",
        o."destination_topic", COALESCE(o."partition_key", o."aggregate_id") AS "key",
        CAST(o."event_data" AS CHAR) AS "payload", CAST(o."headers" AS CHAR) AS "headers",
-       o."trace_id", o."user_id", o."created_at", o."attempts",
+       o."trace_id", o."user_id", o."created_at", o."attempts", o."tombstone",
        o."next_attempt_at" IS NOT NULL AS "retried",
        EXISTS (SELECT 1 FROM "waiting" w
                WHERE w."key" = COALESCE(o."partition_key", o."aggregate_id")

@@ -29,7 +29,7 @@ const LOCK_CLASS: i32 = 0x6f62_6f78;
 
 /// How many columns an insert writes. The others take their defaults (`seq` from the
 /// sequence, `published = false`, `attempts = 0`); `parked` is computed.
-const WRITTEN: usize = 13;
+const WRITTEN: usize = 14;
 
 /// One event to insert: each column written, with its value.
 pub(crate) struct EventRow([(Column, Value); WRITTEN]);
@@ -66,6 +66,7 @@ impl EventRow {
             ),
             (Column::PartitionKey, Value::String(Some(key))),
             (Column::Headers, Value::Json(headers)),
+            (Column::Tombstone, Value::Bool(Some(envelope.tombstone))),
             (Column::Shard, Value::Int(Some(shard))),
             (Column::TraceId, Value::String(envelope.trace_id)),
             (Column::UserId, Value::String(envelope.user_id)),

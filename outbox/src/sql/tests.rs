@@ -413,8 +413,14 @@ async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
         "retried", "retried", "parked", "parked", "waiting", "waiting",
     ];
     let stored_at = Utc::now();
+    let forgotten = EventBuilder::new("order.placed", "order-7")
+        .version("v3")
+        .tombstone();
+    let tombstone = Envelope::new(&forgotten, "orders")
+        .expect("a tombstone")
+        .partition_key("forgotten");
     let ids = outbox
-        .store_batch(db, keys.map(envelope))
+        .store_batch(db, keys.map(envelope).into_iter().chain([tombstone]))
         .await
         .expect("stored");
     let now = Utc::now();
@@ -475,8 +481,12 @@ async fn assert_claims_every_column(db: &DatabaseConnection, dialect: Dialect) {
             (ids[1], "retried", 0, [false, false, true, false]),
             (ids[3], "parked", 0, [false, false, false, true]),
             (ids[5], "waiting", 0, [false, true, true, false]),
+            (ids[6], "forgotten", 0, [false; 4]),
         ],
     );
+    let (tombstones, rows): (Vec<_>, Vec<_>) = rows.iter().partition(|row| row.tombstone);
+    assert_eq!(tombstones.len(), 1, "only the tombstone is one");
+    assert_eq!(tombstones[0].payload, "null", "stored without data");
     for row in &rows {
         assert!(row.seq > 0, "{row:?}");
         assert_eq!(

@@ -11,9 +11,10 @@
 //! | key: `aggregateid` | the partition key, or the aggregate id |
 //! | value: `payload` | the payload (JSON text: Debezium's output with a string converter or `table.expand.json.payload=true`) |
 //! | header `id` | the event id |
-//! | topic `outbox.event.<aggregatetype>` | the topic given at store time (Debezium's `route.topic.replacement=${routedByValue}` over a topic column) |
+//! | topic `outbox.event.<aggregatetype>` | the topic given at store time: [`debezium_topic`] names Debezium's for an aggregate type |
 //! | header `eventType` (with `table.fields.additional.placement=type:header:eventType`) | the event type |
 //! | (none) | header `eventVersion`: the event version |
+//! | a tombstone, with `route.tombstone.on.empty.payload=true` | a tombstone: the key, a null value, the headers |
 //! | header `traceparent` (Debezium's OpenTelemetry tracing) | the W3C trace context, when the trace id is one |
 //!
 //! A consumer written for Debezium reads the key, the value and `id` as before; the
@@ -22,6 +23,23 @@
 
 use crate::wire::Message;
 use crate::wire::headers::debezium::{EVENT_TYPE, EVENT_VERSION, ID, TRACEPARENT};
+
+/// The topic Debezium's outbox event router routes events of `aggregate_type` to with
+/// its defaults (`route.by.field=aggregatetype`,
+/// `route.topic.replacement=outbox.event.${routedByValue}`): store to it where
+/// consumers subscribe to Debezium's topics.
+///
+/// ```
+/// use outbox::{EventBuilder, Envelope, debezium_topic};
+///
+/// assert_eq!(debezium_topic("order"), "outbox.event.order");
+/// let event = EventBuilder::new("order.created", "17");
+/// let envelope = Envelope::new(&event, debezium_topic("order"))?;
+/// # Ok::<(), outbox::Error>(())
+/// ```
+pub fn debezium_topic(aggregate_type: &str) -> String {
+    format!("outbox.event.{aggregate_type}")
+}
 
 /// The headers of `message` in this format.
 pub(crate) fn headers(message: &Message) -> Vec<(&'static str, String)> {
@@ -64,10 +82,11 @@ mod tests {
             user_id: None,
             created_at: Utc::now(),
             attempts: 0,
+            tombstone: false,
             encoding: Encoding::new(MessageFormat::Debezium, "/shop"),
         };
         assert_eq!(message.key, "1", "key: aggregateid");
-        assert_eq!(message.value(), payload, "value: payload");
+        assert_eq!(message.value().as_deref(), Some(payload), "value: payload");
         assert_eq!(
             message.headers(),
             vec![

@@ -39,6 +39,9 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
     /// Failed attempts so far.
     pub attempts: i32,
+    /// Whether it is a tombstone: published with a null value
+    /// ([`value`](Self::value) is `None`; its `payload` is `null`).
+    pub tombstone: bool,
     /// How it is written on the wire: the relay sets its configured format
     /// ([`RelayConfig::format`](crate::RelayConfig::format)).
     pub encoding: Encoding,
@@ -50,7 +53,7 @@ impl Message {
     /// followed by the extra ones given at store time. The W3C trace context is present
     /// when the trace id is a W3C trace id (32 hex digits, not all zero).
     pub fn headers(&self) -> Vec<(&str, String)> {
-        let format = self.encoding.format();
+        let format = self.wire_format();
         let mut all = match format {
             MessageFormat::Native => self.native_headers(),
             MessageFormat::CloudEventsBinary => cloudevents::binary_headers(self),
@@ -71,13 +74,29 @@ impl Message {
     }
 
     /// The message's value in its [`encoding`](Self::encoding): the payload, or in
-    /// `cloudevents-structured` the whole event as JSON.
-    pub fn value(&self) -> Cow<'_, str> {
-        match self.encoding.format() {
+    /// `cloudevents-structured` the whole event as JSON; `None` (a null value) for a
+    /// [`tombstone`](Self::tombstone).
+    pub fn value(&self) -> Option<Cow<'_, str>> {
+        if self.tombstone {
+            return None;
+        }
+        Some(match self.wire_format() {
             MessageFormat::CloudEventsStructured => Cow::Owned(cloudevents::structured_value(self)),
             MessageFormat::Native | MessageFormat::CloudEventsBinary | MessageFormat::Debezium => {
                 Cow::Borrowed(&self.payload)
             }
+        })
+    }
+
+    /// The format the message is written in: its encoding's, except that a tombstone
+    /// is written in CloudEvents' binary mode where structured mode is asked for (a
+    /// structured event is the value, and a tombstone has none).
+    pub fn wire_format(&self) -> MessageFormat {
+        match self.encoding.format() {
+            MessageFormat::CloudEventsStructured if self.tombstone => {
+                MessageFormat::CloudEventsBinary
+            }
+            format => format,
         }
     }
 
@@ -185,6 +204,7 @@ pub(crate) struct ClaimedRow {
     pub(crate) user_id: Option<String>,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) attempts: i32,
+    pub(crate) tombstone: bool,
     /// Whether it failed before: its key's later events may be parked behind it.
     pub(crate) retried: bool,
     /// Whether an earlier event of its key waits for a retry.
@@ -215,10 +235,11 @@ impl FromQueryResult for ClaimedRow {
             user_id: row.try_get_by_index(10)?,
             created_at: row.try_get_by_index(11)?,
             attempts: row.try_get_by_index(12)?,
-            retried: row.try_get_by_index(13)?,
-            waiting: row.try_get_by_index(14)?,
-            failing: row.try_get_by_index(15)?,
-            after_parked: row.try_get_by_index(16)?,
+            tombstone: row.try_get_by_index(13)?,
+            retried: row.try_get_by_index(14)?,
+            waiting: row.try_get_by_index(15)?,
+            failing: row.try_get_by_index(16)?,
+            after_parked: row.try_get_by_index(17)?,
         })
     }
 }
@@ -258,6 +279,7 @@ impl From<ClaimedRow> for Message {
             user_id: row.user_id,
             created_at: row.created_at,
             attempts: row.attempts,
+            tombstone: row.tombstone,
             encoding: Encoding::native(),
         }
     }
@@ -285,6 +307,7 @@ pub(crate) fn sample(format: MessageFormat) -> Message {
             .single()
             .expect("a time"),
         attempts: 0,
+        tombstone: false,
         encoding: Encoding::new(format, "/shop"),
     }
 }

@@ -20,6 +20,7 @@ mod received;
 #[cfg(feature = "kafka")]
 mod said;
 
+pub use debezium::debezium_topic;
 pub(crate) use format::Encodings;
 pub use format::{Encoding, MessageFormat, UnknownFormat};
 pub(crate) use message::ClaimedRow;

@@ -24,6 +24,7 @@ pub struct Received<E> {
     event_type: String,
     event_version: String,
     format: MessageFormat,
+    tombstone: bool,
     trace_id: Option<String>,
     traceparent: Option<String>,
     key: Option<String>,
@@ -43,7 +44,9 @@ impl<E: DecodeEvent> Received<E> {
     /// [`Error::ReceivedHeader`] when the event id, type or version is missing or
     /// invalid (named as the message's format names it, e.g. `event_id` or `ce_id`);
     /// [`Error::UnknownEvent`] when `E` has no place for the event's type and
-    /// version; [`Error::Deserialize`] when the payload does not fit.
+    /// version; [`Error::Deserialize`] when the payload does not fit;
+    /// [`Error::UnexpectedTombstone`] for a tombstone (a null value) of a type `E`
+    /// does not read as one ([`DecodeEvent::decode_tombstone`]).
     pub fn decode<M: Message>(message: &M) -> Result<Self> {
         let all = utf8_headers(message);
         let said = Said::read(&all, message.payload());
@@ -73,26 +76,38 @@ impl<E: DecodeEvent> Received<E> {
             })?;
         let event_type = required(&said.event_type, names.event_type)?;
         let event_version = required(&said.event_version, names.event_version)?;
-        let payload = said
-            .payload
-            .as_deref()
-            .map_err(|&reason| Error::ReceivedHeader {
-                header: headers::cloudevents::CONTENT_TYPE,
-                reason,
-            })?;
-        let event = E::decode(&event_type, &event_version, payload)?;
+        let payload = match &said.payload {
+            Ok(payload) => payload.as_deref(),
+            Err(reason) => {
+                return Err(Error::ReceivedHeader {
+                    header: headers::cloudevents::CONTENT_TYPE,
+                    reason,
+                });
+            }
+        };
+        let key = message
+            .key()
+            .and_then(|key| std::str::from_utf8(key).ok())
+            .map(str::to_owned);
+        let event = match payload {
+            Some(payload) => E::decode(&event_type, &event_version, payload)?,
+            None => {
+                let aggregate_id = said.aggregate_id.as_ref().or(key.as_ref());
+                let aggregate_id = required(&aggregate_id.cloned(), names.aggregate_id)?;
+                let key = key.as_deref().unwrap_or(&aggregate_id);
+                E::decode_tombstone(&event_type, &event_version, &aggregate_id, key)?
+            }
+        };
         Ok(Received {
             event,
             event_id,
             event_type,
             event_version,
             format: said.format,
+            tombstone: payload.is_none(),
             trace_id: said.trace_id().map(str::to_owned),
             traceparent: said.traceparent.clone(),
-            key: message
-                .key()
-                .and_then(|key| std::str::from_utf8(key).ok())
-                .map(str::to_owned),
+            key,
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
@@ -139,6 +154,12 @@ impl<E> Received<E> {
     /// The payload's version (the `event_version` header, or its format's equivalent).
     pub fn event_version(&self) -> &str {
         &self.event_version
+    }
+
+    /// Whether the event is a tombstone: its message had a null value, and the event
+    /// was read from its keys alone ([`DecodeEvent::decode_tombstone`]).
+    pub fn is_tombstone(&self) -> bool {
+        self.tombstone
     }
 
     /// The format the message came in.
@@ -265,6 +286,7 @@ mod tests {
             user_id: None,
             created_at: Utc::now(),
             attempts: 0,
+            tombstone: false,
             encoding: crate::Encoding::native(),
         }
     }

@@ -7,6 +7,10 @@
 //! 4. an `id` header: Debezium;
 //!
 //! and anything else is read as native, which then lacks `event_id`.
+//!
+//! A message with a null value is a tombstone in every format but structured
+//! CloudEvents (where the value is the event; the relay writes tombstones in binary
+//! mode there).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -29,8 +33,12 @@ pub(crate) struct Said<'m> {
     /// Read by the OpenTelemetry propagation only.
     #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
     pub(crate) tracestate: Option<String>,
-    /// The payload, or why there is none to read.
-    pub(crate) payload: Result<Cow<'m, [u8]>, &'static str>,
+    /// The aggregate id, where the format carries it apart from the key (native
+    /// `aggregate_id`, CloudEvents `subject`).
+    pub(crate) aggregate_id: Option<String>,
+    /// The payload (`None`: a tombstone, published with a null value), or why there is
+    /// none to read.
+    pub(crate) payload: Result<Option<Cow<'m, [u8]>>, &'static str>,
     pub(crate) names: Names,
 }
 
@@ -40,6 +48,7 @@ pub(crate) struct Names {
     pub(crate) event_id: &'static str,
     pub(crate) event_type: &'static str,
     pub(crate) event_version: &'static str,
+    pub(crate) aggregate_id: &'static str,
 }
 
 impl<'m> Said<'m> {
@@ -62,7 +71,7 @@ impl<'m> Said<'m> {
             return Self::cloudevents(
                 MessageFormat::CloudEventsBinary,
                 cloudevents::binary_attributes(headers),
-                Ok(Cow::Borrowed(value.unwrap_or_default())),
+                Ok(value.map(Cow::Borrowed)),
                 names::BINARY,
             );
         }
@@ -82,7 +91,8 @@ impl<'m> Said<'m> {
             trace_id: get(headers::TRACE_ID),
             traceparent: get(headers::TRACEPARENT),
             tracestate: None,
-            payload: Ok(Cow::Borrowed(value.unwrap_or_default())),
+            aggregate_id: get(headers::AGGREGATE_ID),
+            payload: Ok(value.map(Cow::Borrowed)),
             names: names::NATIVE,
         }
     }
@@ -97,7 +107,8 @@ impl<'m> Said<'m> {
             trace_id: None,
             traceparent: get(debezium::TRACEPARENT),
             tracestate: None,
-            payload: Ok(Cow::Borrowed(value.unwrap_or_default())),
+            aggregate_id: None,
+            payload: Ok(value.map(Cow::Borrowed)),
             names: names::DEBEZIUM,
         }
     }
@@ -107,7 +118,7 @@ impl<'m> Said<'m> {
             Ok(event) => Self::cloudevents(
                 MessageFormat::CloudEventsStructured,
                 event.attributes,
-                Ok(Cow::Owned(event.data.unwrap_or_default())),
+                Ok(Some(Cow::Owned(event.data.unwrap_or_default()))),
                 names::STRUCTURED,
             ),
             Err(reason) => Self::cloudevents(
@@ -122,7 +133,7 @@ impl<'m> Said<'m> {
     fn cloudevents(
         format: MessageFormat,
         mut attributes: BTreeMap<String, String>,
-        payload: Result<Cow<'m, [u8]>, &'static str>,
+        payload: Result<Option<Cow<'m, [u8]>>, &'static str>,
         names: Names,
     ) -> Self {
         let mut take = |name: &str| attributes.remove(name);
@@ -134,6 +145,7 @@ impl<'m> Said<'m> {
             trace_id: take("traceid"),
             traceparent: take("traceparent"),
             tracestate: take("tracestate"),
+            aggregate_id: take("subject"),
             payload,
             names,
         }
@@ -159,21 +171,25 @@ mod names {
         event_id: headers::EVENT_ID,
         event_type: headers::EVENT_TYPE,
         event_version: headers::EVENT_VERSION,
+        aggregate_id: headers::AGGREGATE_ID,
     };
     pub(super) const BINARY: Names = Names {
         event_id: cloudevents::ID,
         event_type: cloudevents::TYPE,
         event_version: cloudevents::EVENTVERSION,
+        aggregate_id: cloudevents::SUBJECT,
     };
     pub(super) const STRUCTURED: Names = Names {
         event_id: "id",
         event_type: "type",
         event_version: "eventversion",
+        aggregate_id: "subject",
     };
     pub(super) const DEBEZIUM: Names = Names {
         event_id: debezium::ID,
         event_type: debezium::EVENT_TYPE,
         event_version: debezium::EVENT_VERSION,
+        aggregate_id: "key",
     };
 }
 
@@ -191,7 +207,7 @@ mod tests {
                 .into_iter()
                 .map(|(name, value)| (name.to_owned(), value))
                 .collect();
-            let value = message.value();
+            let value = message.value().expect("a value");
             let said = Said::read(&headers, Some(value.as_bytes()));
             assert_eq!(said.format, format);
             assert_eq!(said.event_id, Some(message.id.to_string()), "{format}");
@@ -206,9 +222,39 @@ mod tests {
                 Some("4bf92f3577b34da6a3ce929d0e0e4736"),
                 "{format}"
             );
-            let payload: serde_json::Value =
-                serde_json::from_slice(&said.payload.expect("a payload")).expect("JSON");
+            let payload = said.payload.expect("a payload").expect("not a tombstone");
+            let payload: serde_json::Value = serde_json::from_slice(&payload).expect("JSON");
             assert_eq!(payload, serde_json::json!({ "amount": 4200 }), "{format}");
+        }
+    }
+
+    #[test]
+    fn a_tombstone_reads_back_in_every_format_with_its_aggregate() {
+        for format in MessageFormat::ALL {
+            let mut message = message(format);
+            message.tombstone = true;
+            message.payload = "null".to_owned();
+            assert_eq!(message.value(), None, "{format}: a null value");
+            let headers: BTreeMap<String, String> = message
+                .headers()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value))
+                .collect();
+            let said = Said::read(&headers, None);
+            let written = match format {
+                MessageFormat::CloudEventsStructured => MessageFormat::CloudEventsBinary,
+                other => other,
+            };
+            assert_eq!(said.format, written);
+            assert_eq!(said.event_id, Some(message.id.to_string()), "{format}");
+            assert_eq!(said.event_type.as_deref(), Some("order.created"));
+            assert!(matches!(said.payload, Ok(None)), "{format}: a tombstone");
+            let aggregate = (format != MessageFormat::Debezium).then_some("order-17");
+            assert_eq!(said.aggregate_id.as_deref(), aggregate, "{format}");
+            assert!(
+                !headers.contains_key("content-type"),
+                "{format}: no data, no content type"
+            );
         }
     }
 

@@ -173,10 +173,12 @@ impl KafkaPublisher {
             });
         }
         let value = message.value();
-        let record = FutureRecord::to(&message.topic)
+        let mut record = FutureRecord::to(&message.topic)
             .key(message.key.as_str())
-            .payload(value.as_ref())
             .headers(kafka_headers);
+        if let Some(value) = &value {
+            record = record.payload(value.as_ref());
+        }
         producer.send_result(record).map_err(|(error, _)| error)
     }
 
