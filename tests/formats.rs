@@ -4,7 +4,7 @@
 //! nobody here wrote, from PyPI), and across a change of format on one topic; and
 //! tombstones in every format.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,7 +151,11 @@ fn recording_consumer(
     })
 }
 
-/// A consumer of `topics` that records what `note` makes of every event it receives.
+/// A consumer of `topics` that records what `note` makes of every event it receives,
+/// once per event id: an attempt that fails after the handler ran (MariaDB may refuse
+/// its commit as a deadlock under load) runs the handler again, and its database
+/// changes, unlike this record in memory, were rolled back. The inbox keeps a
+/// duplicate message from reaching the handler at all.
 fn recording<E, G>(
     db: &DatabaseConnection,
     topics: &[&str],
@@ -162,6 +166,7 @@ where
     G: Send + 'static,
 {
     let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new(HashSet::new()));
     let kafka = KafkaConfig::new(&brokers()).set("fetch.wait.max.ms", "5");
     let name = format!("formats-{}", Uuid::now_v7().simple());
     let config = ConsumerConfig::new(kafka, &name, topics.iter().copied());
@@ -170,8 +175,15 @@ where
         .expect("valid consumer")
         .handle(move |_txn, received: Received<E>| {
             let record = Arc::clone(&record);
+            let seen = Arc::clone(&seen);
             Box::pin(async move {
-                record.lock().expect("not poisoned").push(note(&received));
+                if seen
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(received.event_id())
+                {
+                    record.lock().expect("not poisoned").push(note(&received));
+                }
                 Ok(())
             })
         })
