@@ -56,11 +56,11 @@ pub(crate) fn headers(message: &Message) -> Vec<(&'static str, String)> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
     use uuid::Uuid;
 
     use super::*;
-    use crate::wire::format::{Encoding, MessageFormat};
+    use crate::wire::format::MessageFormat;
+    use crate::wire::message::sample;
 
     /// Debezium's documented example: the row `id = 406c07f3-26f0-4eea-a50c-109940064b8f`,
     /// `aggregatetype = Order`, `aggregateid = 1`, `type = OrderCreated`, `payload` an
@@ -69,21 +69,17 @@ mod tests {
     fn the_message_is_debeziums_default_output_for_the_same_row() {
         let payload = r#"{"id": 1, "customerId": 123, "orderDate": "2019-01-31T12:13:01"}"#;
         let message = Message {
-            seq: 1,
             id: Uuid::parse_str("406c07f3-26f0-4eea-a50c-109940064b8f").expect("a UUID"),
             event_type: "OrderCreated".into(),
             event_version: "v1".into(),
             aggregate_id: "1".into(),
-            topic: "outbox.event.Order".into(),
+            topic: debezium_topic("Order"),
             key: "1".into(),
             payload: payload.into(),
             extra_headers: Vec::new(),
             trace_id: None,
             user_id: None,
-            created_at: Utc::now(),
-            attempts: 0,
-            tombstone: false,
-            encoding: Encoding::new(MessageFormat::Debezium, "/shop"),
+            ..sample(MessageFormat::Debezium)
         };
         assert_eq!(message.key, "1", "key: aggregateid");
         assert_eq!(message.value().as_deref(), Some(payload), "value: payload");
