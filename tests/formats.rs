@@ -1,20 +1,23 @@
 //! Message formats end to end, on the real broker: a relay writing each topic in a
 //! format of its own (native, CloudEvents binary and structured, Debezium), read back
 //! by this crate's consumer on every backend, by the CloudEvents Python SDK (code
-//! nobody here wrote, from PyPI), and across a change of format on one topic; and
-//! tombstones in every format.
+//! nobody here wrote, from PyPI), and across a change of format on one topic;
+//! tombstones in every format; and the published contract (`outbox::contract`) checked
+//! against what the relay published.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use outbox::contract::Contract;
 use outbox::{
     Consumer, ConsumerConfig, ConsumerHandle, DecodeEvent, EventBuilder, KafkaConfig,
     KafkaPublisher, MessageFormat, Outbox, OutboxEvent, Received, Relay, RelayConfig, RelayHandle,
 };
 use outbox_tests::kafka::{brokers, consume_topics, create_topic, unique_topic, warmed_up};
 use outbox_tests::{PgSchema, eventually};
+use schemars::JsonSchema;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -518,38 +521,243 @@ async fn the_cloudevents_python_sdk_reads_what_the_relay_published() {
 /// What `tests/python/read_cloudevents.py` makes of `messages`, run with the venv of
 /// `scripts/python.sh` (which installs the SDK from PyPI when it is missing).
 fn read_with_python_sdk(messages: &[Value]) -> Vec<Value> {
+    let input = serde_json::to_vec(messages).expect("JSON");
+    let output = python("read_cloudevents.py", &[], &input)
+        .unwrap_or_else(|error| panic!("the CloudEvents SDK could not read the messages: {error}"));
+    serde_json::from_slice(&output).expect("JSON from the reader")
+}
+
+/// The events of the contract test: variants renamed by serde, a newtype variant, a
+/// tombstone, an optional field serde leaves out, and types with formats of their own.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, OutboxEvent)]
+#[serde(rename_all = "snake_case")]
+enum ShopEvent {
+    #[outbox(
+        type = "order.placed",
+        version = "v2",
+        aggregate = "order",
+        partition_key = "customer"
+    )]
+    Placed {
+        order: Uuid,
+        customer: String,
+        lines: Vec<ShopLine>,
+        placed_at: DateTime<Utc>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        coupon: Option<String>,
+    },
+    Paid(ShopPaid),
+    #[outbox(
+        type = "order.erased",
+        aggregate = "order",
+        partition_key = "customer",
+        tombstone
+    )]
+    Erased {
+        order: Uuid,
+        customer: String,
+    },
+}
+
+/// A line of a [`ShopEvent::Placed`].
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+struct ShopLine {
+    sku: String,
+    quantity: u32,
+}
+
+/// The newtype variant's event.
+#[derive(Debug, Serialize, Deserialize, JsonSchema, OutboxEvent)]
+#[outbox(type = "order.paid", aggregate = "order")]
+struct ShopPaid {
+    order: Uuid,
+    cents: i64,
+}
+
+/// The contract says what the relay publishes: the AsyncAPI document it writes is
+/// valid by the AsyncAPI Initiative's parser (from npm), and every message the relay
+/// published, in each of the four formats, fits exactly one message of its topic's
+/// channel (headers and value) and the JSON Schema of its type and version, checked by
+/// the jsonschema package (from PyPI). A message changed to break its schema is
+/// refused, so the check is not vacuous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_relay_published_fits_the_contract() {
+    let pg = PgSchema::migrated().await;
+    let topics = topics(&MessageFormat::ALL).await;
+    let outbox = Outbox::on(&pg.db);
+    let relay = relay(&pg.db, &outbox, &topics).await;
+    let settings = RelayConfig {
+        format_by_topic: topics.iter().map(|(f, t)| (t.clone(), *f)).collect(),
+        cloudevents_source: Some("/tests/formats".to_owned()),
+        ..RelayConfig::default()
+    };
+    let contract = topics.iter().fold(
+        Contract::new("formats", "1.0.0").relay(&settings),
+        |contract, (_, topic)| contract.topic::<ShopEvent>(topic.as_str()),
+    );
+    let dir = std::env::temp_dir().join(format!("outbox-contract-{}", Uuid::now_v7().simple()));
+    let files = contract.write(&dir).expect("write the contract");
+    assert_eq!(files.len(), 4, "asyncapi.json and three schemas: {files:?}");
+
+    let parsed = run_script("scripts/asyncapi.sh", &[dir.join("asyncapi.json")], b"");
+    let parsed: Value = serde_json::from_slice(&parsed).expect("the parser's summary");
+    assert_eq!(parsed["version"], "3.0.0");
+    assert_eq!(parsed["channels"].as_array().map(Vec::len), Some(4));
+    assert_eq!(
+        parsed["messages"], 12,
+        "three event types on each of four topics"
+    );
+
+    let order = Uuid::now_v7();
+    let placed = |coupon: Option<&str>| ShopEvent::Placed {
+        order,
+        customer: "ada".into(),
+        lines: vec![ShopLine {
+            sku: "A-1".into(),
+            quantity: 2,
+        }],
+        placed_at: Utc::now(),
+        coupon: coupon.map(str::to_owned),
+    };
+    for (_, topic) in &topics {
+        let txn = pg.db.begin().await.expect("begin");
+        outbox
+            .store(&txn, &placed(None), topic.as_str())
+            .await
+            .expect("store");
+        outbox
+            .store(&txn, &placed(Some("WINTER")), topic.as_str())
+            .user_id("ada")
+            .trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .header("tracestate", "vendor=1")
+            .header("source-system", "shop")
+            .await
+            .expect("store");
+        let paid = ShopEvent::Paid(ShopPaid { order, cents: 4200 });
+        outbox
+            .store(&txn, &paid, topic.as_str())
+            .trace_id("request-17")
+            .await
+            .expect("store");
+        let erased = ShopEvent::Erased {
+            order,
+            customer: "ada".into(),
+        };
+        outbox
+            .store(&txn, &erased, topic.as_str())
+            .await
+            .expect("store");
+        outbox.commit(txn).await.expect("commit");
+    }
+    let names: Vec<&str> = topics.iter().map(|(_, topic)| topic.as_str()).collect();
+    let messages = consume_topics(&brokers(), &names, 16, Duration::from_secs(30)).await;
+    assert_eq!(messages.len(), 16);
+    let input: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let value = (!m.null_value).then_some(&m.payload);
+            json!({ "topic": m.topic, "headers": m.headers, "key": m.key, "value": value })
+        })
+        .collect();
+    let checked = check_contract(&dir, &input).expect("every message fits the contract");
+    let checked: Vec<Value> = serde_json::from_slice(&checked).expect("the checker's JSON");
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for each in &checked {
+        let key = (
+            each["topic"].as_str().unwrap_or_default().to_owned(),
+            each["message"].as_str().unwrap_or_default().to_owned(),
+        );
+        *seen.entry(key).or_default() += 1;
+    }
+    for (_, topic) in &topics {
+        for (message, count) in [
+            ("order.placed.v2", 2),
+            ("order.paid.v1", 1),
+            ("order.erased.v1", 1),
+        ] {
+            assert_eq!(
+                seen.get(&(topic.clone(), message.to_owned())),
+                Some(&count),
+                "{topic} {message}: {seen:?}"
+            );
+        }
+    }
+
+    // The same messages, each changed to break the contract, are refused.
+    let placed_at = input
+        .iter()
+        .position(|m| m["headers"].get("event_type") == Some(&json!("order.placed")))
+        .expect("a native order.placed");
+    let mut broken = input[placed_at].clone();
+    let mut value: Value =
+        serde_json::from_str(broken["value"].as_str().expect("a value")).expect("JSON");
+    value["lines"] = json!("not a list");
+    broken["value"] = json!(value.to_string());
+    let refused = check_contract(&dir, &[broken]).expect_err("a payload that breaks its schema");
+    assert!(
+        refused.contains("lines") || refused.contains("not a list"),
+        "{refused}"
+    );
+    let mut unheard = input[placed_at].clone();
+    unheard["headers"]["event_version"] = json!("v9");
+    let refused =
+        check_contract(&dir, &[unheard]).expect_err("a version the contract does not list");
+    assert!(refused.contains("0 messages"), "{refused}");
+
+    relay.shutdown().await.expect("relay shutdown");
+    std::fs::remove_dir_all(&dir).expect("remove the contract");
+    pg.drop().await;
+}
+
+/// What `tests/python/check_contract.py` says of `messages` against the contract in
+/// `dir`: its output, or its complaint.
+fn check_contract(dir: &std::path::Path, messages: &[Value]) -> Result<Vec<u8>, String> {
+    let input = serde_json::to_vec(messages).expect("JSON");
+    python("check_contract.py", &[dir.as_os_str()], &input)
+}
+
+/// Runs `tests/python/<script>` with `args` and `stdin`, in the venv of
+/// `scripts/python.sh` (which installs the packages from PyPI when they are missing):
+/// its output, or its error output.
+fn python(script: &str, args: &[&std::ffi::OsStr], stdin: &[u8]) -> Result<Vec<u8>, String> {
+    let python = String::from_utf8(run_script("scripts/python.sh", &[], b"")).expect("a path");
+    let script = format!("{}/../tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut all: Vec<&std::ffi::OsStr> = vec![script.as_ref()];
+    all.extend(args);
+    run(python.trim(), &all, stdin)
+}
+
+/// Runs the project's script `path` with `args`, `stdin` as its input; its output.
+fn run_script(path: &str, args: &[std::path::PathBuf], stdin: &[u8]) -> Vec<u8> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let script = format!("{root}/{path}");
+    let mut all: Vec<&std::ffi::OsStr> = vec![script.as_ref()];
+    all.extend(args.iter().map(|arg| arg.as_os_str()));
+    run("bash", &all, stdin).unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+/// Runs `program` with `args` and `stdin`: its output, or its error output.
+fn run(program: &str, args: &[&std::ffi::OsStr], stdin: &[u8]) -> Result<Vec<u8>, String> {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let setup = Command::new("bash")
-        .arg(format!("{root}/scripts/python.sh"))
-        .output()
-        .expect("run scripts/python.sh");
-    assert!(
-        setup.status.success(),
-        "scripts/python.sh failed: {}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let python = String::from_utf8(setup.stdout).expect("a path");
-    let mut reader = Command::new(python.trim())
-        .arg(format!("{root}/tests/python/read_cloudevents.py"))
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run the Python reader");
-    reader
+        .unwrap_or_else(|error| panic!("run {program}: {error}"));
+    child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(&serde_json::to_vec(messages).expect("JSON"))
-        .expect("write the messages");
-    let output = reader.wait_with_output().expect("the reader's output");
-    assert!(
-        output.status.success(),
-        "the CloudEvents SDK could not read the messages: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON from the reader")
+        .write_all(stdin)
+        .expect("write stdin");
+    let output = child.wait_with_output().expect("the output");
+    if output.status.success() {
+        Ok(output.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
 }

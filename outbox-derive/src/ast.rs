@@ -33,6 +33,9 @@ pub(crate) struct Variant<'a> {
     /// The variant's index among those serde deserializes (serde numbers them without
     /// the `#[serde(skip)]` ones); `None` when serde skips it.
     pub(crate) serde_index: Option<u32>,
+    /// The variant's index among those serde serializes (the published ones, in the
+    /// order a schema of the enum lists them); `None` when serde skips it.
+    pub(crate) serialized_index: Option<u32>,
 }
 
 /// What a variant holds.
@@ -78,21 +81,24 @@ impl<'a> Input<'a> {
             },
             syn::Data::Enum(data) => {
                 attr::check_enum_representation(cx, &input.attrs);
-                let mut serde_index = 0;
+                let (mut deserialized, mut serialized) = (0, 0);
+                let next = |counter: &mut u32, skipped: bool| {
+                    (!skipped).then(|| {
+                        *counter += 1;
+                        *counter - 1
+                    })
+                };
                 let variants = data
                     .variants
                     .iter()
                     .map(|variant| {
-                        let skipped = attr::serde_skips(cx, &variant.attrs);
-                        let index = (!skipped).then(|| {
-                            serde_index += 1;
-                            serde_index - 1
-                        });
+                        let skips = attr::serde_skips(cx, &variant.attrs);
                         Variant {
                             ident: &variant.ident,
                             attrs: attr::Container::parse(cx, &variant.attrs),
                             shape: variant_shape(cx, variant),
-                            serde_index: index,
+                            serde_index: next(&mut deserialized, skips.deserializing),
+                            serialized_index: next(&mut serialized, skips.serializing),
                         }
                     })
                     .collect();

@@ -195,13 +195,27 @@ pub(crate) fn check_enum_representation(cx: &mut Ctxt, attrs: &[Attribute]) {
     });
 }
 
-/// Whether serde leaves the variant out when deserializing (`#[serde(skip)]` or
-/// `#[serde(skip_deserializing)]`). A `#[serde(untagged)]` variant is reported.
-pub(crate) fn serde_skips(cx: &mut Ctxt, attrs: &[Attribute]) -> bool {
-    let mut skipped = false;
+/// Which ways serde leaves a variant out.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct SerdeSkips {
+    /// `#[serde(skip)]` or `#[serde(skip_deserializing)]`.
+    pub(crate) deserializing: bool,
+    /// `#[serde(skip)]` or `#[serde(skip_serializing)]`.
+    pub(crate) serializing: bool,
+}
+
+/// Which ways serde leaves the variant out. A `#[serde(untagged)]` variant is
+/// reported.
+pub(crate) fn serde_skips(cx: &mut Ctxt, attrs: &[Attribute]) -> SerdeSkips {
+    let mut skips = SerdeSkips::default();
     for_each_serde_key(attrs, |key| {
-        if key.is_ident("skip") || key.is_ident("skip_deserializing") {
-            skipped = true;
+        if key.is_ident("skip") {
+            skips.deserializing = true;
+            skips.serializing = true;
+        } else if key.is_ident("skip_deserializing") {
+            skips.deserializing = true;
+        } else if key.is_ident("skip_serializing") {
+            skips.serializing = true;
         } else if key.is_ident("untagged") {
             cx.error_spanned_by(
                 key,
@@ -209,7 +223,7 @@ pub(crate) fn serde_skips(cx: &mut Ctxt, attrs: &[Attribute]) -> bool {
             );
         }
     });
-    skipped
+    skips
 }
 
 /// Calls `f` with each key of the `#[serde(...)]` attributes. Malformed ones are

@@ -6,7 +6,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use crate::ast::Field;
-use crate::impls::{Decode, Methods, null_payload, tombstone_fields, version_of};
+use crate::impls::{Decode, Methods, declared_event, null_payload, tombstone_fields, version_of};
 use crate::valid::{Meta, VariantEvent, VariantKind};
 
 /// The bodies of both impls for an enum of `variants`.
@@ -107,6 +107,37 @@ fn methods(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> Methods {
                 &quote!(#krate::OutboxEvent::is_tombstone(__event)),
             )
         }),
+        declared: declared(krate, variants),
+    }
+}
+
+/// `declared`: each named variant's event, and each newtype variant's type's, placed
+/// in the variant by its index among those serde serializes (a schema describes what
+/// is published).
+fn declared(krate: &TokenStream, variants: &[VariantEvent<'_>]) -> TokenStream {
+    let each = variants.iter().map(|event| {
+        let index = match event.variant.serialized_index {
+            Some(index) => quote!(::core::option::Option::Some(#index)),
+            None => quote!(::core::option::Option::None),
+        };
+        match &event.kind {
+            VariantKind::Named(meta) => {
+                let declared = declared_event(krate, meta);
+                quote!(__declared.push(#declared.in_variant(#index));)
+            }
+            VariantKind::Newtype(ty) => quote! {
+                __declared.extend(
+                    <#ty as #krate::OutboxEvent>::declared()
+                        .into_iter()
+                        .map(|__event| __event.in_variant(#index)),
+                );
+            },
+        }
+    });
+    quote! {
+        let mut __declared = ::std::vec::Vec::new();
+        #(#each)*
+        __declared
     }
 }
 

@@ -55,6 +55,7 @@ fn fallback(input: &Input<'_>) -> TokenStream {
         user_and_trace: None,
         payload: never.clone(),
         tombstone: None,
+        declared: never.clone(),
     };
     let decode = Decode {
         accepts: never.clone(),

@@ -17,6 +17,8 @@ pub(crate) struct Methods {
     pub(crate) user_and_trace: Option<(TokenStream, TokenStream)>,
     pub(crate) payload: TokenStream,
     pub(crate) tombstone: Option<TokenStream>,
+    /// A `Vec<DeclaredEvent>` expression.
+    pub(crate) declared: TokenStream,
 }
 
 /// The bodies of `DecodeEvent`'s methods, over `event_type`, `event_version` and
@@ -59,6 +61,15 @@ pub(crate) fn tombstone_fields(krate: &TokenStream, meta: &Meta<'_>) -> TokenStr
     fields
 }
 
+/// The `DeclaredEvent` of the struct or named variant `meta` describes (its payload
+/// the whole type; a variant's caller places it).
+pub(crate) fn declared_event(krate: &TokenStream, meta: &Meta<'_>) -> TokenStream {
+    let event_type = meta.event_type;
+    let version = version_of(krate, meta);
+    let tombstone = meta.tombstone.then(|| quote!(.tombstone()));
+    quote!(#krate::DeclaredEvent::new(#event_type, #version) #tombstone)
+}
+
 /// `Value::Null`: a tombstone's payload.
 pub(crate) fn null_payload(krate: &TokenStream) -> TokenStream {
     quote!(::core::result::Result::Ok(#krate::__private::serde_json::Value::Null))
@@ -79,6 +90,7 @@ pub(crate) fn outbox_event_impl(
         user_and_trace,
         payload,
         tombstone,
+        declared,
     } = methods;
     let tombstone = tombstone.map(|value| {
         quote! {
@@ -134,6 +146,10 @@ pub(crate) fn outbox_event_impl(
             }
 
             #tombstone
+
+            fn declared() -> ::std::vec::Vec<#krate::DeclaredEvent> {
+                #declared
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use crate::ast::Field;
-use crate::impls::{Decode, Methods, null_payload, tombstone_fields, version_of};
+use crate::impls::{Decode, Methods, declared_event, null_payload, tombstone_fields, version_of};
 use crate::valid::Meta;
 
 /// The bodies of both impls for a struct described by `meta`.
@@ -32,6 +32,10 @@ pub(crate) fn struct_bodies(krate: &TokenStream, meta: &Meta<'_>) -> (Methods, D
             quote!(#krate::__private::serde_json::to_value(self))
         },
         tombstone: meta.tombstone.then(|| quote!(true)),
+        declared: {
+            let declared = declared_event(krate, meta);
+            quote!(::std::vec![#declared])
+        },
     };
     let decode_tombstone = meta.tombstone.then(|| {
         let fields = tombstone_fields(krate, meta);

@@ -1,5 +1,7 @@
 //! Domain events: the [`OutboxEvent`] trait and the [`EventBuilder`] for dynamic events.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -71,6 +73,96 @@ pub trait OutboxEvent {
     /// for any event, and it keeps its place in its key's order.
     fn is_tombstone(&self) -> bool {
         false
+    }
+
+    /// Every event type and version this Rust type stores, for the contracts a
+    /// consumer team reads (`outbox::contract::Contract`, with the `contract`
+    /// feature). The derive lists the ones it declares (an enum: each
+    /// variant's, a newtype variant's from the type it wraps). The default lists none:
+    /// an implementation by hand that publishes a contract says what it stores.
+    ///
+    /// ```
+    /// use outbox::{DeclaredEvent, OutboxEvent};
+    /// # use serde::Serialize;
+    ///
+    /// #[derive(Serialize, OutboxEvent)]
+    /// #[outbox(type = "user.registered", version = "v2", aggregate = "user_id")]
+    /// struct UserRegistered { user_id: u64, email: String }
+    ///
+    /// assert_eq!(UserRegistered::declared(), [DeclaredEvent::new("user.registered", "v2")]);
+    /// ```
+    fn declared() -> Vec<DeclaredEvent>
+    where
+        Self: Sized,
+    {
+        Vec::new()
+    }
+}
+
+/// One event type and version a Rust type stores, as [`OutboxEvent::declared`] lists
+/// them: what a published contract describes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeclaredEvent {
+    event_type: Cow<'static, str>,
+    event_version: Cow<'static, str>,
+    tombstone: bool,
+    /// Where the payload lies in the Rust type's serde representation: the indices
+    /// (among the variants serde serializes) of the enum variants from the outer type
+    /// in, none for the whole type; `None` inside a variant serde never serializes.
+    variants: Option<Vec<u32>>,
+}
+
+impl DeclaredEvent {
+    /// Events of `event_type` and `event_version` whose payload is the whole Rust type.
+    pub fn new(
+        event_type: impl Into<Cow<'static, str>>,
+        event_version: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        DeclaredEvent {
+            event_type: event_type.into(),
+            event_version: event_version.into(),
+            tombstone: false,
+            variants: Some(Vec::new()),
+        }
+    }
+
+    /// The same events as tombstones ([`OutboxEvent::is_tombstone`]): no payload.
+    pub fn tombstone(mut self) -> Self {
+        self.tombstone = true;
+        self
+    }
+
+    /// The event type.
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// The event version.
+    pub fn event_version(&self) -> &str {
+        &self.event_version
+    }
+
+    /// Whether the events are tombstones.
+    pub fn is_tombstone(&self) -> bool {
+        self.tombstone
+    }
+
+    /// The same events, found in the enum variant numbered `index` among those serde
+    /// serializes (`None`: one serde never serializes) of an outer type. The derive's.
+    #[doc(hidden)]
+    pub fn in_variant(mut self, index: Option<u32>) -> Self {
+        match (&mut self.variants, index) {
+            (Some(path), Some(index)) => path.insert(0, index),
+            _ => self.variants = None,
+        }
+        self
+    }
+
+    /// The indices of the enum variants that hold the payload, outermost first (empty:
+    /// the whole type); `None` inside a variant serde never serializes.
+    #[cfg_attr(not(feature = "contract"), allow(dead_code))]
+    pub(crate) fn variant_path(&self) -> Option<&[u32]> {
+        self.variants.as_deref()
     }
 }
 

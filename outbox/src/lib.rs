@@ -6,6 +6,8 @@ mod completion;
 mod config;
 #[cfg(feature = "kafka")]
 mod consumer;
+#[cfg(feature = "contract")]
+pub mod contract;
 mod database_url;
 #[cfg(feature = "kafka")]
 mod db_error;
@@ -62,7 +64,7 @@ pub use dead_letter_filter::DeadLetterFilter;
 pub use decode::DecodeEvent;
 pub use envelope::Envelope;
 pub use error::{Error, EventField, Result};
-pub use event::{DEFAULT_EVENT_VERSION, EventBuilder, OutboxEvent};
+pub use event::{DEFAULT_EVENT_VERSION, DeclaredEvent, EventBuilder, OutboxEvent};
 pub use inbox::{DEFAULT_DEDUP_WINDOW, Inbox};
 pub use secrets::Secrets;
 pub use signal::shutdown_signal;

@@ -2,7 +2,7 @@
 
 use std::fmt::Display;
 
-use outbox::{DecodeEvent, Error, OutboxEvent};
+use outbox::{DeclaredEvent, DecodeEvent, Error, OutboxEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -440,6 +440,54 @@ enum AccountEvent {
         account: u64,
     },
     Session(SessionEnded),
+}
+
+#[test]
+fn declared_lists_every_event_type_and_version_a_type_stores() {
+    let listed = |declared: Vec<DeclaredEvent>| {
+        declared
+            .iter()
+            .map(|d| {
+                (
+                    d.event_type().to_owned(),
+                    d.event_version().to_owned(),
+                    d.is_tombstone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let owned = |list: &[(&str, &str, bool)]| {
+        list.iter()
+            .map(|(t, v, tombstone)| ((*t).to_owned(), (*v).to_owned(), *tombstone))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(UserEvent::declared()),
+        owned(&[
+            ("user.registered", "v2", false),
+            ("user.deleted", "v1", false),
+            ("user.audited", "v1", false),
+            ("user.renamed", "v3", false),
+        ]),
+        "every variant, in order, the one serde skips when deserializing too"
+    );
+    assert_eq!(
+        listed(AccountEvent::declared()),
+        owned(&[
+            ("account.opened", "v1", false),
+            ("account.closed", "v2", true),
+            ("session.ended", "v1", true),
+        ]),
+        "a newtype variant lists its type's"
+    );
+    assert_eq!(
+        SessionEnded::declared(),
+        [DeclaredEvent::new("session.ended", "v1").tombstone()]
+    );
+    assert!(
+        outbox::EventBuilder::declared().is_empty(),
+        "dynamic events declare none"
+    );
 }
 
 #[test]

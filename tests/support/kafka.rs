@@ -86,6 +86,8 @@ pub async fn create_topic_with(config: &ClientConfig, topic: &str, partitions: i
 /// One consumed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
+    /// The topic it was read from.
+    pub topic: String,
     /// The message key.
     pub key: String,
     /// The payload as text (empty for a null value).
@@ -185,6 +187,7 @@ async fn consume_from(
             })
             .unwrap_or_default();
         let received_message = Received {
+            topic: message.topic().to_owned(),
             key: text(message.key()),
             payload: text(message.payload()),
             null_value: message.payload().is_none(),
