@@ -9,6 +9,7 @@
 //! outbox replay --all-dead                       # dry run: what would be replayed
 //! outbox purge --published-older-than 30d --yes  # delete old published events
 //! outbox relay --http-addr 0.0.0.0:9464           # run the relay until Ctrl-C / SIGTERM
+//! outbox relay --databases tenants.txt            # one relay process for many databases
 //! outbox inbox list --consumer billing            # a consumer's dead letters
 //! outbox inbox replay 42 --yes                    # hand one to its consumer again
 //! ```
@@ -162,6 +163,11 @@ struct RelayOptions {
     /// OUTBOX_MESSAGE_FORMAT_BY_TOPIC names topics written otherwise).
     #[arg(long)]
     message_format: Option<outbox::MessageFormat>,
+    /// Serve every database listed in this file instead of DATABASE_URL: one
+    /// `NAME URL [tables=BASE]` a line, `#` comments; read again every
+    /// OUTBOX_FLEET_REFRESH (2s) and on SIGHUP.
+    #[arg(long, env = "OUTBOX_DATABASES_FILE")]
+    databases: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +211,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Relay(options) = &cli.command
+        && let Some(file) = &options.databases
+    {
+        let outbox = Outbox::new()
+            .with_shards(cli.shards)
+            .with_completion(cli.completion);
+        return relay::fleet(file.clone(), outbox, options).await;
+    }
     let tables = Tables::with_base(&cli.table)?;
     let db = connect(cli.database_url.as_deref(), cli.connect_timeout).await?;
     // On the database: a replay wakes the relays of every process at once.

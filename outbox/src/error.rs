@@ -142,6 +142,18 @@ pub enum Error {
         backend: String,
     },
 
+    /// The databases of a [`Fleet`](crate::fleet::Fleet) could not be read: a line of
+    /// the databases file, or an entry, that is not valid.
+    #[error("{origin}{}: {reason}", line.map(|line| format!(" line {line}")).unwrap_or_default())]
+    Databases {
+        /// Where they were read from: the file, or `entry`.
+        origin: String,
+        /// The line, in a file.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A configuration value is invalid.
     #[error("invalid {variable}={value:?}: {reason}")]
     Config {

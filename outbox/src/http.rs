@@ -41,7 +41,9 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+/// The installed Prometheus recorder's handle, from [`install_prometheus`].
+pub use metrics_exporter_prometheus::PrometheusHandle;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +93,8 @@ pub fn install_prometheus() -> Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// What `/readyz` asks: a relay's [`HealthProbe`] or a consumer's
+/// What `/readyz` asks: a relay's [`HealthProbe`], a fleet's
+/// [`FleetProbe`](crate::fleet::FleetProbe) or a consumer's
 /// [`ConsumerProbe`](crate::ConsumerProbe).
 pub trait Readiness: Send + Sync + 'static {
     /// `Ok` when ready.
@@ -104,6 +107,12 @@ pub trait Readiness: Send + Sync + 'static {
 impl Readiness for HealthProbe {
     fn healthcheck(&self) -> Result<()> {
         HealthProbe::healthcheck(self)
+    }
+}
+
+impl Readiness for crate::fleet::FleetProbe {
+    fn healthcheck(&self) -> Result<()> {
+        crate::fleet::FleetProbe::healthcheck(self)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod entity;
 mod envelope;
 mod error;
 mod event;
+pub mod fleet;
 #[cfg(feature = "http")]
 pub mod http;
 mod inbox;

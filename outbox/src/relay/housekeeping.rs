@@ -88,8 +88,11 @@ pub(super) async fn probe<P: Publisher>(
         let database = setup.db.ping().await.map_err(|e| e.to_string());
         setup.state.probes(broker, database);
         let healthy = setup.state.healthcheck().is_ok();
-        ::metrics::gauge!(relay_metric_names::HEALTHY, "service" => setup.service().to_owned())
-            .set(if healthy { 1.0 } else { 0.0 });
+        ::metrics::gauge!(relay_metric_names::HEALTHY, setup.labels()).set(if healthy {
+            1.0
+        } else {
+            0.0
+        });
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(every) => {}

@@ -130,7 +130,7 @@ impl Ear {
                     match tokio::time::timeout_at(deadline, listener.try_recv()).await {
                         Ok(received) => received,
                         Err(_) => {
-                            probe.unheard(self.setup.service(), &self.setup.relay_id);
+                            probe.unheard(self.setup.labels(), &self.setup.relay_id);
                             continue;
                         }
                     }
@@ -198,7 +198,7 @@ impl Probe {
     }
 
     /// Not heard by its deadline: says so, with the fix, and counts it.
-    fn unheard(&mut self, service: &str, relay: &str) {
+    fn unheard(&mut self, labels: Vec<metrics::Label>, relay: &str) {
         *self = Probe::Unheard;
         warn!(
             relay,
@@ -209,8 +209,7 @@ impl Probe {
              connection to PostgreSQL; until then this relay finds the events of other \
              processes by polling"
         );
-        ::metrics::counter!(relay_metric_names::LISTEN_UNHEARD, "service" => service.to_owned())
-            .increment(1);
+        ::metrics::counter!(relay_metric_names::LISTEN_UNHEARD, labels).increment(1);
     }
 
     /// Heard.

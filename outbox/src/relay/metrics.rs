@@ -10,7 +10,8 @@ use crate::backlog::Backlog;
 use crate::publisher::PublishErrorKind;
 use crate::wire::Message;
 
-/// Metric names (through the `metrics` facade), each labelled with `service`.
+/// Metric names (through the `metrics` facade), each labelled with `service`, and
+/// with `database` in a [`Fleet`](crate::fleet::Fleet).
 #[doc(alias = "metric_names")]
 pub mod relay_metric_names {
     /// Counter: events published.
@@ -101,11 +102,10 @@ pub(super) fn record_batch(
     failed: &[Failure<'_>],
     acked_at: DateTime<Utc>,
 ) {
-    let service = setup.service().to_owned();
-    metrics::counter!(relay_metric_names::PUBLISHED, "service" => service.clone())
+    let labels = setup.labels();
+    metrics::counter!(relay_metric_names::PUBLISHED, labels.clone())
         .increment(as_u64(published.len()));
-    let latency =
-        metrics::histogram!(relay_metric_names::PUBLISH_LATENCY, "service" => service.clone());
+    let latency = metrics::histogram!(relay_metric_names::PUBLISH_LATENCY, labels.clone());
     for message in published {
         latency.record(
             (acked_at - message.created_at)
@@ -120,11 +120,12 @@ pub(super) fn record_batch(
         } else {
             "transient"
         };
-        metrics::counter!(relay_metric_names::FAILED, "service" => service.clone(), "kind" => kind)
-            .increment(1);
+        let mut labels = labels.clone();
+        labels.push(metrics::Label::new("kind", kind));
+        metrics::counter!(relay_metric_names::FAILED, labels).increment(1);
     }
     let dead = as_u64(failed.iter().filter(|f| f.dead_lettered()).count());
-    metrics::counter!(relay_metric_names::DEAD_LETTERED, "service" => service).increment(dead);
+    metrics::counter!(relay_metric_names::DEAD_LETTERED, labels).increment(dead);
     setup
         .state
         .count(as_u64(published.len()), as_u64(failed.len()), dead);
@@ -134,20 +135,18 @@ pub(super) fn record_batch(
 /// (by the database's clock, `now`), and pending events outside the relay's shards,
 /// which is a misconfiguration the health check reports.
 pub(super) fn record_backlog(setup: &Setup, backlog: Backlog, outside: u64, now: DateTime<Utc>) {
-    let service = setup.service().to_owned();
+    let labels = setup.labels();
     #[allow(clippy::cast_precision_loss)]
     // gauges are f64; counts this large are not exact anyway
     {
-        metrics::gauge!(relay_metric_names::PENDING, "service" => service.clone())
-            .set(backlog.pending as f64);
-        metrics::gauge!(relay_metric_names::DEAD_LETTERS, "service" => service.clone())
+        metrics::gauge!(relay_metric_names::PENDING, labels.clone()).set(backlog.pending as f64);
+        metrics::gauge!(relay_metric_names::DEAD_LETTERS, labels.clone())
             .set(backlog.dead_lettered as f64);
-        metrics::gauge!(relay_metric_names::PENDING_OUTSIDE_SHARDS, "service" => service.clone())
+        metrics::gauge!(relay_metric_names::PENDING_OUTSIDE_SHARDS, labels.clone())
             .set(outside as f64);
     }
     let age = backlog.oldest_pending_age(now).unwrap_or_default();
-    metrics::gauge!(relay_metric_names::OLDEST_PENDING_AGE, "service" => service)
-        .set(age.as_secs_f64());
+    metrics::gauge!(relay_metric_names::OLDEST_PENDING_AGE, labels).set(age.as_secs_f64());
     setup.state.backlog(backlog);
     // Events a writer put in shards no relay of this count leases would wait forever.
     let problem = (outside > 0).then(|| {

@@ -117,16 +117,18 @@ impl<P: Publisher> Relay<P> {
     pub fn new(config: RelayConfig, db: DatabaseConnection, publisher: P) -> Result<Self> {
         config.validate()?;
         let dialect = Dialect::of(db.get_database_backend())?;
-        let relay_id = relay_id(&config.service_name);
-        let outbox = Outbox::new();
+        let identity = Identity {
+            relay_id: relay_id(&config.service_name),
+            skew: chrono::Duration::zero(),
+            database: None,
+        };
         Ok(Self::build(
             config,
             db,
             dialect,
             publisher,
-            outbox,
-            relay_id,
-            chrono::Duration::zero(),
+            Outbox::new(),
+            identity,
         ))
     }
 
@@ -136,9 +138,13 @@ impl<P: Publisher> Relay<P> {
         dialect: Dialect,
         publisher: P,
         outbox: Outbox,
-        relay_id: String,
-        skew: chrono::Duration,
+        identity: Identity,
     ) -> Self {
+        let Identity {
+            relay_id,
+            skew,
+            database,
+        } = identity;
         let state = Arc::new(State::new(
             relay_id.clone(),
             config.health_timeout,
@@ -155,6 +161,7 @@ impl<P: Publisher> Relay<P> {
             relay_id,
             state,
             doorbell,
+            database,
         });
         let keeper = Arc::new(Keeper::new(Arc::clone(&setup), skew));
         let batcher = Batcher::new(Arc::clone(&setup), Arc::clone(&keeper), publisher);
@@ -167,21 +174,32 @@ impl<P: Publisher> Relay<P> {
     }
 
     /// Takes the relay apart, to build it again.
-    fn rebuild(self, outbox: Option<Outbox>, skew: Option<chrono::Duration>) -> Self {
+    fn rebuild(
+        self,
+        outbox: Option<Outbox>,
+        skew: Option<chrono::Duration>,
+        database: Option<String>,
+    ) -> Self {
         let given_outbox = self.given_outbox;
         let skew = skew.unwrap_or_else(|| self.keeper.clock.skew());
         let setup = &*self.setup;
-        let (config, db, dialect, relay_id) = (
-            setup.config.clone(),
-            setup.db.clone(),
-            setup.dialect,
-            setup.relay_id.clone(),
-        );
+        let (config, db, dialect) = (setup.config.clone(), setup.db.clone(), setup.dialect);
         let outbox = outbox.unwrap_or_else(|| setup.outbox.clone());
+        // A relay labelled with its database names it in its id too, so that its log
+        // lines (which carry the id) say which database they are about.
+        let relay_id = match &database {
+            Some(database) => relay_id(&format!("{}@{database}", setup.config.service_name)),
+            None => setup.relay_id.clone(),
+        };
+        let identity = Identity {
+            relay_id,
+            skew,
+            database: database.or_else(|| setup.database.clone()),
+        };
         let publisher = self.batcher.into_publisher();
         Relay {
             given_outbox,
-            ..Self::build(config, db, dialect, publisher, outbox, relay_id, skew)
+            ..Self::build(config, db, dialect, publisher, outbox, identity)
         }
     }
 
@@ -199,7 +217,7 @@ impl<P: Publisher> Relay<P> {
         };
         Relay {
             given_outbox: true,
-            ..self.rebuild(Some(outbox), None)
+            ..self.rebuild(Some(outbox), None, None)
         }
     }
 
@@ -208,7 +226,16 @@ impl<P: Publisher> Relay<P> {
     /// whatever its host's says.
     #[doc(hidden)]
     pub fn with_clock_skew(self, skew: chrono::Duration) -> Self {
-        self.rebuild(None, Some(skew))
+        self.rebuild(None, Some(skew), None)
+    }
+
+    /// Labels every metric of this relay with `database` (as `database`), beside the
+    /// service, and puts it in the relay's id (`<service>@<database>-<pid>-<suffix>`,
+    /// which its log lines carry): the name of the database it serves, when one
+    /// process relays for several ([`Fleet`](crate::fleet::Fleet) does). Never pass a
+    /// URL: labels are shown as they are.
+    pub fn with_database_label(self, database: impl Into<String>) -> Self {
+        self.rebuild(None, None, Some(database.into()))
     }
 
     /// This instance's id, as stored in the lease and relay tables.
@@ -298,7 +325,7 @@ impl<P: Publisher> Relay<P> {
                 relay_metric_names::FOUND_BY_POLL,
                 relay_metric_names::LISTEN_UNHEARD,
             ] {
-                ::metrics::counter!(counter, "service" => config.service_name.clone()).increment(0);
+                ::metrics::counter!(counter, setup.labels()).increment(0);
             }
             let check = {
                 let batcher = Arc::clone(&batcher);
@@ -343,6 +370,14 @@ impl<P: Publisher> Relay<P> {
             tasks,
         }
     }
+}
+
+/// Who a relay is: its id, how far its host's clock is off (tests), and the name of
+/// the database it serves in a fleet.
+struct Identity {
+    relay_id: String,
+    skew: chrono::Duration,
+    database: Option<String>,
 }
 
 /// `OUTBOX_SHARDS` and `OUTBOX_COMPLETION` belong to the outbox

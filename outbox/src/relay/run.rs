@@ -199,7 +199,7 @@ impl<P: Publisher> Runner<P> {
                 offset.published(last);
                 let late = unannounced.batch_ended(shard, lateness, self.setup.listens());
                 if late > 0 {
-                    ::metrics::counter!(relay_metric_names::FOUND_BY_POLL, "service" => self.setup.service().to_owned())
+                    ::metrics::counter!(relay_metric_names::FOUND_BY_POLL, self.setup.labels())
                         .increment(late);
                 }
                 report

@@ -26,6 +26,8 @@ pub(super) struct Setup {
     pub(super) relay_id: String,
     pub(super) state: Arc<State>,
     pub(super) doorbell: Arc<Doorbell>,
+    /// The name of the database it serves in a fleet, for metrics.
+    pub(super) database: Option<String>,
 }
 
 impl Setup {
@@ -34,9 +36,14 @@ impl Setup {
         self.outbox.tables()
     }
 
-    /// The service name, as every metric is labelled.
+    /// The service name.
     pub(super) fn service(&self) -> &str {
         &self.config.service_name
+    }
+
+    /// What every metric is labelled with: the service, and in a fleet the database.
+    pub(super) fn labels(&self) -> Vec<metrics::Label> {
+        metric_labels(&self.config.service_name, self.database.as_deref())
     }
 
     /// The lease row of `shard` that this relay holds.
@@ -54,4 +61,13 @@ impl Setup {
             && self.config.listen
             && self.db.get_database_backend() == DbBackend::Postgres
     }
+}
+
+/// The labels of a relay's metrics: `service`, and `database` in a fleet.
+pub(super) fn metric_labels(service: &str, database: Option<&str>) -> Vec<metrics::Label> {
+    let mut labels = vec![metrics::Label::new("service", service.to_owned())];
+    if let Some(database) = database {
+        labels.push(metrics::Label::new("database", database.to_owned()));
+    }
+    labels
 }

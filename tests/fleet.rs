@@ -1,0 +1,289 @@
+//! One relay fleet for many databases (`outbox::fleet`), on the real servers and
+//! broker: PostgreSQL schemas and a database of its own, a MariaDB database and a
+//! SQLite file, listed in a databases file that changes while the fleet runs; one
+//! database taken away and brought back; two fleets sharing the databases, one of
+//! them killed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outbox::fleet::{DatabaseState, FileSource, Fleet, FleetConfig, FleetHandle};
+use outbox::{EventBuilder, KafkaConfig, KafkaPublisher, Outbox, RelayConfig};
+use outbox_migration::Migrator;
+use outbox_tests::kafka::{brokers, consume_topics, create_topic, unique_topic, warmed_up};
+use outbox_tests::{MySqlDatabase, PgSchema, database_url, eventually};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
+use sea_orm_migration::MigratorTrait;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// A PostgreSQL database of its own (not a schema), which can be taken away.
+struct PgDatabase {
+    name: String,
+    db: DatabaseConnection,
+    admin: DatabaseConnection,
+}
+
+impl PgDatabase {
+    async fn migrated() -> Self {
+        let admin = Database::connect(database_url()).await.expect("PostgreSQL");
+        let name = format!("fleet_{}", Uuid::now_v7().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let db = Database::connect(Self::url_of(&name))
+            .await
+            .expect("connect");
+        Migrator::up(&db, None).await.expect("migrate");
+        PgDatabase { name, db, admin }
+    }
+
+    fn url_of(name: &str) -> String {
+        let url = database_url();
+        let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+        format!("{base}/{name}")
+    }
+
+    fn url(&self) -> String {
+        Self::url_of(&self.name)
+    }
+
+    /// Refuses new connections and ends those open: the database is gone for a while.
+    async fn take_away(&self) {
+        let name = &self.name;
+        self.admin
+            .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+            .await
+            .expect("refuse connections");
+        self.admin
+            .execute_unprepared(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+            ))
+            .await
+            .expect("end connections");
+    }
+
+    async fn bring_back(&self) {
+        self.admin
+            .execute_unprepared(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                self.name
+            ))
+            .await
+            .expect("allow connections");
+    }
+
+    async fn drop(self) {
+        self.db.close().await.ok();
+        self.admin
+            .execute_unprepared(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await
+            .expect("drop database");
+    }
+}
+
+/// The databases file at `path`, listing `entries` (`NAME URL`).
+fn write_file(path: &Path, entries: &[(&str, String)]) {
+    let mut text = "# the tenants of the fleet test\n".to_owned();
+    for (name, url) in entries {
+        text.push_str(&format!("{name}  {url}\n"));
+    }
+    std::fs::write(path, text).expect("write the databases file");
+}
+
+/// A fleet over the databases file at `path`, publishing to the test broker.
+async fn fleet(path: &Path, service: &str) -> FleetHandle {
+    let config = RelayConfig {
+        interval: Duration::from_millis(200),
+        lease_ttl: Duration::from_secs(3),
+        ..RelayConfig::new(service)
+    };
+    let kafka = KafkaConfig::new(&brokers()).message_timeout(Duration::from_secs(5));
+    let publisher = warmed_up(
+        KafkaPublisher::from_config(kafka).expect("producer"),
+        &brokers(),
+    )
+    .await;
+    let mut settings = FleetConfig::default();
+    settings.refresh = Duration::from_millis(200);
+    settings.connect_timeout = Duration::from_secs(2);
+    Fleet::new(config, FileSource::new(path), publisher)
+        .expect("a valid relay config")
+        .with_config(settings)
+        .spawn()
+}
+
+/// Stores `count` events of tenant `tenant` to `topic`, over keys `tenant-0..2`, each
+/// numbered in its payload from `from`.
+async fn store(db: &DatabaseConnection, tenant: &str, topic: &str, from: u32, count: u32) {
+    let outbox = Outbox::on(db);
+    for n in from..from + count {
+        let key = format!("{tenant}-{}", n % 3);
+        let event = EventBuilder::new("fleet.tick", &key).data(json!({ "tenant": tenant, "n": n }));
+        let txn = db.begin().await.expect("begin");
+        outbox.store(&txn, &event, topic).await.expect("store");
+        txn.commit().await.expect("commit");
+    }
+}
+
+/// Every message of `topic` once `expected` have arrived: checks that each key's
+/// events came in the order they were stored, and counts them per tenant.
+async fn published(topic: &str, expected: usize) -> BTreeMap<String, usize> {
+    let messages = consume_topics(&brokers(), &[topic], expected, Duration::from_secs(30)).await;
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    let mut per_tenant = BTreeMap::new();
+    let mut by_place: Vec<_> = messages.iter().collect();
+    by_place.sort_by_key(|m| (m.partition, m.offset));
+    for message in by_place {
+        let payload: Value = serde_json::from_str(&message.payload).expect("JSON");
+        let n = payload["n"].as_i64().expect("n");
+        let before = last.insert(message.key.clone(), n);
+        assert!(
+            before < Some(n),
+            "key {} out of order: {before:?} then {n}",
+            message.key
+        );
+        let tenant = payload["tenant"].as_str().expect("tenant").to_owned();
+        *per_tenant.entry(tenant).or_insert(0) += 1;
+    }
+    assert_eq!(messages.len(), expected, "{per_tenant:?}");
+    per_tenant
+}
+
+fn state_of(fleet: &FleetHandle, name: &str) -> Option<DatabaseState> {
+    fleet
+        .databases()
+        .into_iter()
+        .find(|database| database.name == name)
+        .map(|database| database.state)
+}
+
+/// A fleet serves every database of its file (PostgreSQL, MariaDB, SQLite), in each
+/// key's order; serves a database added to the file and lets go of one removed; keeps
+/// the others' pace while one database is away, says which, and serves it again when
+/// it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_serves_its_files_databases_and_follows_the_file() {
+    let topic = unique_topic("fleet");
+    create_topic(&brokers(), &topic, 3).await;
+    let a = PgSchema::migrated().await;
+    let b = PgSchema::migrated().await;
+    let own = PgDatabase::migrated().await;
+    let maria = MySqlDatabase::migrated().await;
+    let dir = std::env::temp_dir().join(format!("outbox-fleet-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let sqlite_url = format!("sqlite://{}?mode=rwc", dir.join("tenant.db").display());
+    let lite = Database::connect(&sqlite_url).await.expect("SQLite");
+    Migrator::up(&lite, None).await.expect("migrate SQLite");
+
+    let file = dir.join("databases");
+    let mut entries = vec![
+        ("a", a.url()),
+        ("b", b.url()),
+        ("own", own.url()),
+        ("maria", maria.url()),
+    ];
+    write_file(&file, &entries);
+    let fleet = fleet(&file, &format!("fleet-{}", Uuid::now_v7().simple())).await;
+
+    store(&a.db, "a", &topic, 0, 6).await;
+    store(&b.db, "b", &topic, 0, 6).await;
+    store(&own.db, "own", &topic, 0, 6).await;
+    store(&maria.db, "maria", &topic, 0, 6).await;
+    let counts = published(&topic, 24).await;
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [6, 6, 6, 6]);
+    fleet.healthcheck().expect("every database served");
+
+    // Added: served within a refresh.
+    entries.push(("lite", sqlite_url.clone()));
+    write_file(&file, &entries);
+    store(&lite, "lite", &topic, 0, 6).await;
+    let counts = published(&topic, 30).await;
+    assert_eq!(counts["lite"], 6);
+
+    // Removed: let go; what it stores stays pending.
+    entries.retain(|(name, _)| *name != "b");
+    write_file(&file, &entries);
+    eventually("b is let go", Duration::from_secs(10), || async {
+        state_of(&fleet, "b").is_none()
+    })
+    .await;
+    store(&b.db, "b", &topic, 6, 3).await;
+
+    // Away: the others keep their pace; health names it without failing the fleet.
+    own.take_away().await;
+    store(&a.db, "a", &topic, 6, 3).await;
+    store(&maria.db, "maria", &topic, 6, 3).await;
+    let counts = published(&topic, 36).await;
+    assert_eq!((counts["a"], counts["maria"], counts["b"]), (9, 9, 6));
+    eventually("own is reported", Duration::from_secs(30), || async {
+        state_of(&fleet, "own") != Some(DatabaseState::Healthy)
+    })
+    .await;
+    fleet.healthcheck().expect("4 of 5 databases are enough");
+    let own_health = fleet
+        .databases()
+        .into_iter()
+        .find(|database| database.name == "own")
+        .expect("own is listed");
+    let said = own_health.error.unwrap_or_default();
+    assert!(!said.is_empty() && !said.contains(&own.url()), "{said}");
+
+    // Back: served again.
+    own.bring_back().await;
+    let back = Database::connect(own.url()).await.expect("connect again");
+    store(&back, "own", &topic, 6, 3).await;
+    let counts = published(&topic, 39).await;
+    assert_eq!(counts["own"], 9);
+    assert_eq!(
+        Outbox::on(&b.db)
+            .pending(&b.db, 10)
+            .await
+            .expect("pending")
+            .len(),
+        3
+    );
+
+    fleet.shutdown().await;
+    back.close().await.ok();
+    lite.close().await.ok();
+    own.drop().await;
+    maria.drop().await;
+    a.drop().await;
+    b.drop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Two fleets serve the same databases, sharing each database's shards by its relays'
+/// leases; when one is killed (no shutdown: its leases run out), the other takes its
+/// work over and publishes everything, each key in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_fleet_takes_over_the_databases_of_one_killed() {
+    let topic = unique_topic("fleet-takeover");
+    create_topic(&brokers(), &topic, 3).await;
+    let tenants = [PgSchema::migrated().await, PgSchema::migrated().await];
+    let dir = std::env::temp_dir().join(format!("outbox-fleet-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let file: PathBuf = dir.join("databases");
+    write_file(&file, &[("t0", tenants[0].url()), ("t1", tenants[1].url())]);
+    let service = format!("fleet-{}", Uuid::now_v7().simple());
+    let first = fleet(&file, &service).await;
+    let second = fleet(&file, &service).await;
+    for (n, tenant) in tenants.iter().enumerate() {
+        store(&tenant.db, &format!("t{n}"), &topic, 0, 6).await;
+    }
+    published(&topic, 12).await;
+    first.abort(); // killed: its relays stop without giving their leases up
+    for (n, tenant) in tenants.iter().enumerate() {
+        store(&tenant.db, &format!("t{n}"), &topic, 6, 6).await;
+    }
+    let counts = published(&topic, 24).await;
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [12, 12]);
+    second.shutdown().await;
+    for tenant in tenants {
+        tenant.drop().await;
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
