@@ -1,8 +1,8 @@
 //! One relay fleet for many databases (`outbox::fleet`), on the real servers and
 //! broker: PostgreSQL schemas and a database of its own, a MariaDB database and a
 //! SQLite file, listed in a databases file that changes while the fleet runs; one
-//! database taken away and brought back; two fleets sharing the databases, one of
-//! them killed.
+//! database taken away and brought back; three processes of a fleet sharing nine
+//! databases, one of them killed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,6 +95,11 @@ fn write_file(path: &Path, entries: &[(&str, String)]) {
 
 /// A fleet over the databases file at `path`, publishing to the test broker.
 async fn fleet(path: &Path, service: &str) -> FleetHandle {
+    fleet_with(path, service, None).await
+}
+
+/// As [`fleet`], with pools of `connections`.
+async fn fleet_with(path: &Path, service: &str, connections: Option<u32>) -> FleetHandle {
     let config = RelayConfig {
         interval: Duration::from_millis(200),
         lease_ttl: Duration::from_secs(3),
@@ -109,6 +114,7 @@ async fn fleet(path: &Path, service: &str) -> FleetHandle {
     let mut settings = FleetConfig::default();
     settings.refresh = Duration::from_millis(200);
     settings.connect_timeout = Duration::from_secs(2);
+    settings.connections = connections;
     Fleet::new(config, FileSource::new(path), publisher)
         .expect("a valid relay config")
         .with_config(settings)
@@ -150,6 +156,19 @@ async fn published(topic: &str, expected: usize) -> BTreeMap<String, usize> {
     }
     assert_eq!(messages.len(), expected, "{per_tenant:?}");
     per_tenant
+}
+
+/// Whether `fleets` serve `total` databases between them, each database by one of
+/// them, none more than `at_most`.
+fn shared_out(fleets: &[FleetHandle], at_most: usize, total: usize) -> bool {
+    let served: Vec<Vec<String>> = fleets
+        .iter()
+        .map(|fleet| fleet.databases().into_iter().map(|d| d.name).collect())
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = served.iter().flatten().collect();
+    served.iter().all(|mine| mine.len() <= at_most)
+        && distinct.len() == total
+        && served.iter().map(Vec::len).sum::<usize>() == total
 }
 
 fn state_of(fleet: &FleetHandle, name: &str) -> Option<DatabaseState> {
@@ -256,32 +275,92 @@ async fn a_fleet_serves_its_files_databases_and_follows_the_file() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// Two fleets serve the same databases, sharing each database's shards by its relays'
-/// leases; when one is killed (no shutdown: its leases run out), the other takes its
-/// work over and publishes everything, each key in order.
+/// Three processes of one fleet share nine databases: each serves three (its fair
+/// share) and holds connections to those only; when one is killed (no shutdown: its
+/// leases run out), the two others take its databases over, and every event is
+/// published, each key in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_fleet_takes_over_the_databases_of_one_killed() {
-    let topic = unique_topic("fleet-takeover");
+async fn a_fleets_processes_share_its_databases_and_take_over_a_killed_ones() {
+    let topic = unique_topic("fleet-share");
     create_topic(&brokers(), &topic, 3).await;
-    let tenants = [PgSchema::migrated().await, PgSchema::migrated().await];
+    let mut tenants = Vec::new();
+    for _ in 0..9 {
+        tenants.push(PgSchema::migrated().await);
+    }
     let dir = std::env::temp_dir().join(format!("outbox-fleet-{}", Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("a directory");
-    let file: PathBuf = dir.join("databases");
-    write_file(&file, &[("t0", tenants[0].url()), ("t1", tenants[1].url())]);
-    let service = format!("fleet-{}", Uuid::now_v7().simple());
-    let first = fleet(&file, &service).await;
-    let second = fleet(&file, &service).await;
-    for (n, tenant) in tenants.iter().enumerate() {
-        store(&tenant.db, &format!("t{n}"), &topic, 0, 6).await;
+    let run = Uuid::now_v7().simple().to_string();
+    let service = format!("fleet-{run}");
+    let mut fleets = Vec::new();
+    for process in 0..3 {
+        // Each process's file names the same databases, its connections by the process.
+        let file: PathBuf = dir.join(format!("databases-{process}"));
+        let entries: Vec<(String, String)> = tenants
+            .iter()
+            .enumerate()
+            .map(|(n, tenant)| {
+                let url = format!("{}&application_name=f{run}-{process}", tenant.url());
+                (format!("t{n}"), url)
+            })
+            .collect();
+        let entries: Vec<(&str, String)> = entries
+            .iter()
+            .map(|(n, u)| (n.as_str(), u.clone()))
+            .collect();
+        write_file(&file, &entries);
+        fleets.push(fleet_with(&file, &service, Some(2)).await);
     }
-    published(&topic, 12).await;
-    first.abort(); // killed: its relays stop without giving their leases up
-    for (n, tenant) in tenants.iter().enumerate() {
-        store(&tenant.db, &format!("t{n}"), &topic, 6, 6).await;
+    eventually(
+        "each process serves its three",
+        Duration::from_secs(20),
+        || async { shared_out(&fleets, 3, 9) },
+    )
+    .await;
+    for fleet in &fleets {
+        assert_eq!(fleet.sharing(), (3, 9));
     }
-    let counts = published(&topic, 24).await;
-    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [12, 12]);
-    second.shutdown().await;
+
+    // Connections: only to the databases served, at most a pool of 2 and a listening
+    // connection each, and one to the coordinator.
+    let admin = Database::connect(database_url()).await.expect("PostgreSQL");
+    for process in 0..3 {
+        let row = admin
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'f{run}-{process}'"
+                ),
+            ))
+            .await
+            .expect("pg_stat_activity")
+            .expect("a row");
+        let connections: i64 = row.try_get("", "n").expect("a count");
+        assert!(
+            (1..=3 * 3 + 1).contains(&connections),
+            "process {process} holds {connections} connections for 3 databases of 9"
+        );
+    }
+
+    for (n, tenant) in tenants.iter().enumerate() {
+        store(&tenant.db, &format!("t{n}"), &topic, 0, 4).await;
+    }
+    published(&topic, 36).await;
+    let killed = fleets.remove(0);
+    killed.abort(); // its relays stop without giving their leases up
+    eventually(
+        "the two others serve all nine",
+        Duration::from_secs(20),
+        || async { shared_out(&fleets, 5, 9) },
+    )
+    .await;
+    for (n, tenant) in tenants.iter().enumerate() {
+        store(&tenant.db, &format!("t{n}"), &topic, 4, 4).await;
+    }
+    let counts = published(&topic, 72).await;
+    assert!(counts.values().all(|&count| count == 8), "{counts:?}");
+    for fleet in fleets {
+        fleet.shutdown().await;
+    }
     for tenant in tenants {
         tenant.drop().await;
     }

@@ -10,16 +10,20 @@
 //! outbox purge --published-older-than 30d --yes  # delete old published events
 //! outbox relay --http-addr 0.0.0.0:9464           # run the relay until Ctrl-C / SIGTERM
 //! outbox relay --databases tenants.txt            # one relay process for many databases
+//! outbox status --databases tenants.txt           # a row per database, and totals
+//! outbox list --databases tenants.txt --database tenant-a
 //! outbox inbox list --consumer billing            # a consumer's dead letters
 //! outbox inbox replay 42 --yes                    # hand one to its consumer again
 //! ```
 //!
-//! Every command reads `DATABASE_URL` (or `--database-url`); `--json` prints JSON for
+//! Every command reads `DATABASE_URL` (or `--database-url`), or with `--databases FILE`
+//! the database named by `--database`; `--json` prints JSON for
 //! scripts. Commands that write do a dry run unless given `--yes`; the long ones
 //! (`replay --all-dead`, `purge`) work in batches that each commit, show their
 //! progress on a terminal, and stop after the batch in progress on Ctrl-C.
 
 mod changes;
+mod fleet_status;
 mod inbox;
 mod logs;
 mod progress;
@@ -60,6 +64,17 @@ struct Cli {
         hide_env_values = true
     )]
     database_url: Option<String>,
+
+    /// A databases file (one `NAME URL [tables=BASE]` a line, `#` comments) instead of
+    /// DATABASE_URL: `relay` serves every database of it (reading it again every
+    /// OUTBOX_FLEET_REFRESH and on SIGHUP), `status` shows a row per database, the
+    /// other commands work on the one named by --database.
+    #[arg(long, env = "OUTBOX_DATABASES_FILE", global = true)]
+    databases: Option<PathBuf>,
+
+    /// With --databases: the database (by its name in the file) to work on.
+    #[arg(long, global = true)]
+    database: Option<String>,
 
     /// Base name of the outbox tables (see outbox::Tables::with_base).
     #[arg(long, default_value = "_outbox", global = true)]
@@ -163,11 +178,6 @@ struct RelayOptions {
     /// OUTBOX_MESSAGE_FORMAT_BY_TOPIC names topics written otherwise).
     #[arg(long)]
     message_format: Option<outbox::MessageFormat>,
-    /// Serve every database listed in this file instead of DATABASE_URL: one
-    /// `NAME URL [tables=BASE]` a line, `#` comments; read again every
-    /// OUTBOX_FLEET_REFRESH (2s) and on SIGHUP.
-    #[arg(long, env = "OUTBOX_DATABASES_FILE")]
-    databases: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -210,16 +220,31 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    if let Command::Relay(options) = &cli.command
-        && let Some(file) = &options.databases
-    {
+async fn run(mut cli: Cli) -> Result<(), Failure> {
+    let mut tables = Tables::with_base(&cli.table)?;
+    if let Some(file) = cli.databases.clone() {
         let outbox = Outbox::new()
             .with_shards(cli.shards)
             .with_completion(cli.completion);
-        return relay::fleet(file.clone(), outbox, options).await;
+        match (&cli.command, &cli.database) {
+            (Command::Relay(options), None) => return relay::fleet(file, outbox, options).await,
+            (Command::Status, None) => {
+                return fleet_status::status(&file, &outbox, cli.connect_timeout, cli.json).await;
+            }
+            (_, None) => {
+                return Err(format!(
+                    "name the database to work on with --database NAME (one of {})",
+                    file.display()
+                )
+                .into());
+            }
+            (_, Some(name)) => {
+                let entry = fleet_status::entry(&file, name).await?;
+                cli.database_url = Some(entry.url().as_str().to_owned());
+                tables = entry.tables().clone();
+            }
+        }
     }
-    let tables = Tables::with_base(&cli.table)?;
     let db = connect(cli.database_url.as_deref(), cli.connect_timeout).await?;
     // On the database: a replay wakes the relays of every process at once.
     let outbox = Outbox::on(&db)

@@ -1056,3 +1056,80 @@ outbox_tests::on_server_databases!(
     an_interrupted_purge_keeps_what_it_did_and_says_so,
     inbox_dead_letters_are_listed_shown_replayed_and_deleted,
 );
+
+/// With a databases file: `status` has a row per database (one that cannot be reached
+/// says why, without its password) and totals; the other commands work on the
+/// database `--database` names, and ask for one when none is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_over_a_databases_file() {
+    let a = PgSchema::migrated().await;
+    let b = PgSchema::migrated().await;
+    let outbox = Outbox::new();
+    for (db, key) in [(&a.db, "a-1"), (&a.db, "a-2"), (&b.db, "b-1")] {
+        outbox
+            .store(db, &EventBuilder::new("thing.happened", key), "things")
+            .await
+            .expect("store");
+    }
+    let file = std::env::temp_dir().join(format!("outbox-cli-{}", Uuid::now_v7().simple()));
+    std::fs::write(
+        &file,
+        format!(
+            "# tenants\na {}\nb {}\ngone postgres://relay:s3cret@127.0.0.1:1/none\n",
+            a.url(),
+            b.url()
+        ),
+    )
+    .expect("write the file");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_outbox"))
+            .args(args)
+            .env("OUTBOX_DATABASES_FILE", &file)
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("run outbox")
+    };
+    let status = json(&run(&["status", "--json", "--connect-timeout", "2s"]));
+    let rows: Vec<(String, Value)> = status["databases"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            (
+                row["database"].as_str().unwrap_or_default().to_owned(),
+                row["pending"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("a".to_owned(), Value::from(2)),
+            ("b".to_owned(), Value::from(1)),
+            ("gone".to_owned(), Value::Null)
+        ]
+    );
+    assert_eq!(
+        (status["pending"].as_u64(), status["unreachable"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let said = status["databases"][2]["error"]
+        .as_str()
+        .expect("why gone is not read");
+    assert!(!said.is_empty() && !said.contains("s3cret"), "{said}");
+    let text = stdout(&run(&["status", "--connect-timeout", "2s"]));
+    assert!(
+        text.contains("total (3)") && !text.contains("s3cret"),
+        "{text}"
+    );
+
+    let listed = json(&run(&["list", "--json", "--database", "a"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    let unnamed = stderr_of_failure(&run(&["list"]));
+    assert!(unnamed.contains("--database NAME"), "{unnamed}");
+    let unknown = stderr_of_failure(&run(&["list", "--database", "zeta"]));
+    assert!(unknown.contains("no database \"zeta\""), "{unknown}");
+    std::fs::remove_file(&file).ok();
+    a.drop().await;
+    b.drop().await;
+}

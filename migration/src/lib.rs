@@ -32,6 +32,7 @@ pub mod m20261205_000007_mysql_binary_keys;
 pub mod m20261205_000008_relay_probation;
 pub mod m20261205_000009_inbox_dead_letter_ids;
 pub mod m20261205_000010_tombstones;
+pub mod m20261206_000011_fleet_members;
 
 use sea_orm_migration::prelude::*;
 
@@ -113,6 +114,9 @@ pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
             tables.clone(),
         )),
         Box::new(m20261205_000010_tombstones::Migration::new(tables.clone())),
+        Box::new(m20261206_000011_fleet_members::Migration::new(
+            tables.clone(),
+        )),
     ]
 }
 

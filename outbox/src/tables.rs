@@ -95,11 +95,13 @@ pub struct Tables {
     key_lock: Identifier,
     inbox: Identifier,
     inbox_dead: Identifier,
+    fleet: Identifier,
 }
 
 impl Tables {
     /// Names the tables `{base}`, `{base}_offset`, `{base}_lease`, `{base}_relay`,
-    /// `{base}_published`, `{base}_inbox`, `{base}_inbox_dead` and (on MySQL) `{base}_key_lock`.
+    /// `{base}_published`, `{base}_inbox`, `{base}_inbox_dead`, `{base}_fleet` and (on
+    /// MySQL) `{base}_key_lock`.
     ///
     /// # Errors
     /// [`Error::InvalidIdentifier`] when `base` is not a safe identifier or is longer
@@ -120,6 +122,7 @@ impl Tables {
             key_lock: Identifier::new(format!("{base}_key_lock"))?,
             inbox: Identifier::new(format!("{base}_inbox"))?,
             inbox_dead: Identifier::new(format!("{base}_inbox_dead"))?,
+            fleet: Identifier::new(format!("{base}_fleet"))?,
             outbox,
         })
     }
@@ -169,6 +172,12 @@ impl Tables {
         &self.inbox_dead
     }
 
+    /// The live members of relay fleets (`_outbox_fleet` by default), in a fleet's
+    /// coordinator database ([`fleet`](crate::fleet)).
+    pub fn fleet(&self) -> &Identifier {
+        &self.fleet
+    }
+
     /// The name of one of this set's indexes, e.g. `idx__outbox_claim`.
     pub fn index(&self, table: &Identifier, suffix: &str) -> String {
         format!("idx_{table}_{suffix}")
@@ -186,6 +195,7 @@ impl Default for Tables {
             key_lock: Identifier("_outbox_key_lock".to_owned()),
             inbox: Identifier("_outbox_inbox".to_owned()),
             inbox_dead: Identifier("_outbox_inbox_dead".to_owned()),
+            fleet: Identifier("_outbox_fleet".to_owned()),
         }
     }
 }

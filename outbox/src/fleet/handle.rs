@@ -22,6 +22,8 @@ pub(super) struct Shared {
     databases: Mutex<BTreeMap<String, Slot>>,
     /// `None` until the source is first read; then why the last read failed, if it did.
     source: Mutex<Option<Option<String>>>,
+    /// The live members of the fleet this one shares with, and the databases listed.
+    view: Mutex<(usize, usize)>,
 }
 
 /// One database's place in the fleet.
@@ -39,7 +41,12 @@ impl Shared {
             min_ready,
             databases: Mutex::new(BTreeMap::new()),
             source: Mutex::new(None),
+            view: Mutex::new((1, 0)),
         }
+    }
+
+    pub(super) fn shared(&self, members: usize, listed: usize) {
+        *lock(&self.view) = (members, listed);
     }
 
     pub(super) fn connecting(&self, name: &str, error: Option<String>) {
@@ -182,9 +189,16 @@ impl FleetHandle {
         }
     }
 
-    /// Every database the fleet serves or is connecting to, by name.
+    /// Every database this process serves or is connecting to, by name: its share of
+    /// the list.
     pub fn databases(&self) -> Vec<DatabaseHealth> {
         self.shared.databases()
+    }
+
+    /// How many processes share the list (this one among them), as last read from
+    /// the coordinator, and how many databases the list has.
+    pub fn sharing(&self) -> (usize, usize) {
+        *lock(&self.shared.view)
     }
 
     /// `Ok` while at least [`FleetConfig::min_ready`](super::FleetConfig::min_ready)

@@ -17,26 +17,41 @@
 //! not, and why. Every relay metric carries the entry's name as a `database` label
 //! (never its URL).
 //!
-//! Several fleet processes may serve the same databases: in each database they share
-//! the shards by the relays' own leases, with the same order and fencing as relays
-//! of one database. Each process then holds connections to every database it serves:
-//! at most [`FleetConfig::connections`] in its pool, plus one listening connection
-//! per PostgreSQL database.
+//! Several processes of one fleet (one service name, one list) share the databases:
+//! each shows it is alive in the coordinator database's `_outbox_fleet` table
+//! ([`FleetConfig::coordinator`], by default the first database of the list by name)
+//! at every refresh, reads who else is, and serves its fair share of the list (at
+//! most `ceil(databases / processes)`, see `share.rs`); every process computes the same
+//! split from the same members. A process that stops leaves at once; one that dies is
+//! gone after half a lease (`RelayConfig::lease_ttl`), and the others serve its
+//! databases before its shard leases run out. Per-key order, fencing and no loss hold
+//! as for relays of one database: while two processes disagree for a refresh, the
+//! shard leases in each database decide which relay publishes. When the coordinator
+//! cannot be read, a process keeps its last view for half a lease, then serves every
+//! database (safe, by the leases, at the cost of connections) until it can.
+//!
+//! A process holds connections only to the databases it serves: for each, a pool of
+//! at most [`FleetConfig::connections`] (one for SQLite) and, on PostgreSQL, one
+//! listening connection; plus one connection to the coordinator.
 //!
 //! | file | holds |
 //! |---|---|
 //! | `mod.rs` | [`Fleet`], [`FleetConfig`]: building a fleet and spawning it |
 //! | `source.rs` | [`DatabaseSource`], [`FileSource`], [`DatabaseEntry`]: which databases |
+//! | `membership.rs` | this process's heartbeat in the coordinator, and the live members |
+//! | `share.rs` | which databases each member serves, pure |
 //! | `member.rs` | serving one database: connecting, its relay, letting it go |
 //! | `handle.rs` | [`FleetHandle`], [`FleetProbe`], [`DatabaseHealth`]: the running fleet |
 
 mod handle;
 mod member;
+mod membership;
+mod share;
 mod source;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +65,7 @@ pub use source::{
 
 use self::handle::Shared;
 use self::member::Member;
+use self::membership::Membership;
 use crate::config::RelayConfig;
 use crate::error::{Error, Result};
 use crate::publisher::Publisher;
@@ -63,6 +79,7 @@ use crate::store::Outbox;
 /// | `connections` | `concurrency` + 3 | `OUTBOX_FLEET_CONNECTIONS` |
 /// | `connect_timeout` | 10 s | `OUTBOX_FLEET_CONNECT_TIMEOUT` |
 /// | `min_ready` | 0.5 | `OUTBOX_FLEET_MIN_READY` |
+/// | `coordinator` | the first database by name | `OUTBOX_FLEET_COORDINATOR` |
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct FleetConfig {
@@ -77,6 +94,10 @@ pub struct FleetConfig {
     /// The share of the databases (0 to 1) that must be served and healthy for the
     /// fleet to be ready.
     pub min_ready: f64,
+    /// The name of the database (an entry of the list) whose `_outbox_fleet` table
+    /// holds the fleet's members; `None`: the first database of the list by name.
+    /// Every process of a fleet must use the same one.
+    pub coordinator: Option<String>,
 }
 
 impl Default for FleetConfig {
@@ -86,6 +107,7 @@ impl Default for FleetConfig {
             connections: None,
             connect_timeout: Duration::from_secs(10),
             min_ready: 0.5,
+            coordinator: None,
         }
     }
 }
@@ -135,6 +157,9 @@ impl FleetConfig {
                     "expected a whole number of at least 2",
                 )
             })?);
+        }
+        if let Some(name) = lookup("OUTBOX_FLEET_COORDINATOR") {
+            config.coordinator = Some(name.trim().to_owned()).filter(|name| !name.is_empty());
         }
         if let Some(value) = lookup("OUTBOX_FLEET_MIN_READY") {
             let parsed = value
@@ -229,9 +254,23 @@ impl<S: DatabaseSource, P: Publisher + Clone> Fleet<S, P> {
             shared: Arc::clone(&shared),
             kill: kill.clone(),
         });
+        // A member silent for half a lease is gone: the others serve its databases
+        // before its relays' leases run out.
+        let ttl = (member.relay.lease_ttl / 2).max(self.config.refresh * 3);
+        let membership = Membership::new(
+            &member.relay.service_name,
+            member_id(&member.relay.service_name),
+            ttl,
+            self.config.connect_timeout,
+        );
         let reconciler = Reconciler {
             source: self.source,
             member,
+            membership,
+            coordinator: self.config.coordinator,
+            view: None,
+            ttl,
+            said_alone: false,
             every: self.config.refresh,
             refresh: Arc::clone(&refresh),
             tracker: tracker.clone(),
@@ -246,6 +285,15 @@ impl<S: DatabaseSource, P: Publisher + Clone> Fleet<S, P> {
 struct Reconciler<S, P> {
     source: S,
     member: Arc<Member<P>>,
+    membership: Membership,
+    /// The coordinator's name, when set.
+    coordinator: Option<String>,
+    /// The live members last read from the coordinator, and when.
+    view: Option<(Instant, Vec<String>)>,
+    /// How long a view is trusted while the coordinator cannot be read.
+    ttl: Duration,
+    /// Whether it said that it serves every database for want of a view.
+    said_alone: bool,
     every: Duration,
     refresh: Arc<Notify>,
     tracker: TaskTracker,
@@ -265,6 +313,21 @@ impl<S: DatabaseSource, P: Publisher + Clone> Reconciler<S, P> {
             match self.source.databases().await {
                 Ok(entries) => {
                     self.member.shared.source_read(None);
+                    let members = self.members(&entries).await;
+                    let mut names: Vec<&str> = entries.iter().map(DatabaseEntry::name).collect();
+                    names.sort_unstable();
+                    let mine: Vec<String> =
+                        share::share(&names, &members, self.membership.member_id())
+                            .into_iter()
+                            .map(str::to_owned)
+                            .collect();
+                    self.member
+                        .shared
+                        .shared(members.len().max(1), entries.len());
+                    let entries = entries
+                        .into_iter()
+                        .filter(|entry| mine.iter().any(|name| name == entry.name()))
+                        .collect();
                     self.apply(entries).await;
                 }
                 Err(error) => {
@@ -279,6 +342,46 @@ impl<S: DatabaseSource, P: Publisher + Clone> Reconciler<S, P> {
             }
         }
         stop(std::mem::take(&mut self.running).into_values().collect()).await;
+        self.membership.leave().await;
+    }
+
+    /// The live members of the fleet, from the coordinator among `entries`; the last
+    /// ones read while it cannot be reached, for a time to live; then none, and this
+    /// member serves every database (the shard leases keep that safe) until it can.
+    async fn members(&mut self, entries: &[DatabaseEntry]) -> Vec<String> {
+        let coordinator = match &self.coordinator {
+            Some(name) => entries.iter().find(|entry| entry.name() == name),
+            None => entries.iter().min_by(|a, b| a.name().cmp(b.name())),
+        };
+        let Some(coordinator) = coordinator else {
+            if !entries.is_empty() {
+                warn!(coordinator = ?self.coordinator, "the fleet's coordinator is not in the list of databases: serving them all");
+            }
+            return Vec::new();
+        };
+        match self.membership.round(coordinator).await {
+            Ok(members) => {
+                let changed = self.view.as_ref().is_none_or(|(_, seen)| *seen != members);
+                if changed {
+                    info!(members = members.len(), member = %self.membership.member_id(), "fleet members");
+                }
+                self.view = Some((Instant::now(), members.clone()));
+                self.said_alone = false;
+                members
+            }
+            Err(error) => match &self.view {
+                Some((seen, members)) if seen.elapsed() < self.ttl => members.clone(),
+                view => {
+                    // Said once per outage, not at every refresh.
+                    if view.is_some() || !self.said_alone {
+                        warn!(%error, "cannot read the fleet's members: serving every database until the coordinator is back");
+                    }
+                    self.view = None;
+                    self.said_alone = true;
+                    Vec::new()
+                }
+            },
+        }
     }
 
     /// Starts the databases that are new or changed, stops those gone or changed.
@@ -343,4 +446,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A fleet member's id: the service name (its first 200 characters), the process id
+/// and a random suffix, as a relay's.
+fn member_id(service: &str) -> String {
+    let service: String = service.chars().take(200).collect();
+    format!(
+        "{service}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::now_v7().simple().to_string()[20..]
+    )
 }

@@ -26,6 +26,7 @@
 //! string literals, so every double quote is an identifier's.
 
 mod claim;
+mod fleet;
 mod inbox;
 mod insert;
 mod leases;
