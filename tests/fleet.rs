@@ -114,7 +114,9 @@ async fn fleet_with(path: &Path, service: &str, connections: Option<u32>) -> Fle
     let mut settings = FleetConfig::default();
     settings.refresh = Duration::from_millis(200);
     settings.connect_timeout = Duration::from_secs(2);
-    settings.connections = connections;
+    if let Some(connections) = connections {
+        settings.connections = connections;
+    }
     Fleet::new(config, FileSource::new(path), publisher)
         .expect("a valid relay config")
         .with_config(settings)

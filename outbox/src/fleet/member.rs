@@ -27,7 +27,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) struct Member<P> {
     pub(super) relay: RelayConfig,
     pub(super) outbox: Outbox,
-    pub(super) connections: Option<u32>,
+    pub(super) connections: u32,
     pub(super) connect_timeout: Duration,
     pub(super) publisher: P,
     pub(super) shared: Arc<Shared>,
@@ -82,11 +82,7 @@ impl<P: Publisher + Clone> Member<P> {
             // One writer at a time: SQLite's own rule, kept by the pool.
             1
         } else {
-            self.connections.unwrap_or_else(|| {
-                u32::try_from(self.relay.concurrency)
-                    .unwrap_or(u32::MAX)
-                    .saturating_add(3)
-            })
+            self.connections
         };
         let mut delay = Duration::from_secs(1);
         self.shared.connecting(entry.name(), None);

@@ -76,7 +76,7 @@ use crate::store::Outbox;
 /// | field | default | variable |
 /// |---|---|---|
 /// | `refresh` | 2 s | `OUTBOX_FLEET_REFRESH` |
-/// | `connections` | `concurrency` + 3 | `OUTBOX_FLEET_CONNECTIONS` |
+/// | `connections` | 3 | `OUTBOX_FLEET_CONNECTIONS` |
 /// | `connect_timeout` | 10 s | `OUTBOX_FLEET_CONNECT_TIMEOUT` |
 /// | `min_ready` | 0.5 | `OUTBOX_FLEET_MIN_READY` |
 /// | `coordinator` | the first database by name | `OUTBOX_FLEET_COORDINATOR` |
@@ -86,9 +86,10 @@ pub struct FleetConfig {
     /// How often the source is asked for the databases.
     pub refresh: Duration,
     /// The most connections each database's pool opens (its listening connection
-    /// aside); `None`: the relay's `concurrency` + 3 (its batches, its lease keeper,
-    /// its backlog and health readings).
-    pub connections: Option<u32>,
+    /// aside; SQLite's pool has one). A database's relay runs its lease rounds, its
+    /// backlog and health readings and its batches on them; an idle database keeps
+    /// about one open. Raise it for tenants that publish thousands of events a second.
+    pub connections: u32,
     /// How long to try to connect to a database before trying again later.
     pub connect_timeout: Duration,
     /// The share of the databases (0 to 1) that must be served and healthy for the
@@ -104,7 +105,7 @@ impl Default for FleetConfig {
     fn default() -> Self {
         FleetConfig {
             refresh: Duration::from_secs(2),
-            connections: None,
+            connections: 3,
             connect_timeout: Duration::from_secs(10),
             min_ready: 0.5,
             coordinator: None,
@@ -150,13 +151,13 @@ impl FleetConfig {
         }
         if let Some(value) = lookup("OUTBOX_FLEET_CONNECTIONS") {
             let parsed = value.trim().parse().ok().filter(|&n: &u32| n >= 2);
-            config.connections = Some(parsed.ok_or_else(|| {
+            config.connections = parsed.ok_or_else(|| {
                 invalid(
                     "OUTBOX_FLEET_CONNECTIONS",
                     value,
                     "expected a whole number of at least 2",
                 )
-            })?);
+            })?;
         }
         if let Some(name) = lookup("OUTBOX_FLEET_COORDINATOR") {
             config.coordinator = Some(name.trim().to_owned()).filter(|name| !name.is_empty());
