@@ -83,6 +83,13 @@ enum Command {
         #[arg(long, default_value_t = 50_000)]
         events: usize,
     },
+    /// Relay throughput over 8 databases (one fleet process) against one database of
+    /// the same events.
+    Fleet {
+        /// Events of 1 KiB to preload for each run (spread over the 8 databases).
+        #[arg(long, default_value_t = 80_000)]
+        events: usize,
+    },
     /// Store overhead only: a business transaction with and without storing events.
     Store,
     /// The claim behind a blocked key only: flowing keys' throughput with `blocked`
@@ -158,6 +165,12 @@ async fn main() -> Result<(), scenarios::Failure> {
         Command::Formats { events } => {
             let size = scenarios::Size::formats_only(events);
             let report = scenarios::run_formats(&cli.database_url, &cli.brokers, &size).await?;
+            println!("{}", report.table());
+            Ok(())
+        }
+        Command::Fleet { events } => {
+            let size = scenarios::Size::fleet_only(events);
+            let report = scenarios::run_fleet(&cli.database_url, &cli.brokers, &size).await?;
             println!("{}", report.table());
             Ok(())
         }

@@ -4,6 +4,7 @@ mod blocked;
 mod consumer;
 mod cpu;
 mod fixtures;
+mod fleet;
 mod formats;
 mod latency;
 mod probes;
@@ -15,6 +16,7 @@ mod store;
 
 pub(crate) use self::blocked::run_blocked;
 pub(crate) use self::consumer::run_consumer;
+pub(crate) use self::fleet::run_fleet;
 pub(crate) use self::formats::run_formats;
 pub(crate) use self::latency::run_latency;
 pub(crate) use self::processes::relay_process;
@@ -24,6 +26,7 @@ pub(crate) use self::store::run_store;
 use std::time::Duration;
 
 use self::blocked::blocked_key;
+use self::fleet::fleet;
 use self::formats::formats;
 use self::latency::latency;
 use self::processes::idle_relay;
@@ -41,6 +44,8 @@ pub(crate) struct Size {
     relay_events: usize,
     /// Events per run of the formats scenario.
     format_events: usize,
+    /// Events per run of the fleet scenario (in one database, then over eight).
+    fleet_events: usize,
     completions: Vec<outbox::Completion>,
     /// Shards one relay processes at once in the relay scenario.
     concurrency: usize,
@@ -63,6 +68,7 @@ impl Size {
             store_transactions: 200,
             relay_events: 5_000,
             format_events: 3_000,
+            fleet_events: 4_000,
             completions: ALL_COMPLETIONS.to_vec(),
             concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 3_000,
@@ -109,6 +115,14 @@ impl Size {
         }
     }
 
+    /// The full sizes, with `events` for the fleet scenario.
+    pub(crate) fn fleet_only(events: usize) -> Self {
+        Size {
+            fleet_events: events,
+            ..Self::full()
+        }
+    }
+
     /// The full sizes, with `blocked` events behind the blocked key.
     pub(crate) fn blocked_only(blocked: usize) -> Self {
         Size {
@@ -131,6 +145,7 @@ impl Size {
             store_transactions: 3_000,
             relay_events: 200_000,
             format_events: 50_000,
+            fleet_events: 80_000,
             completions: ALL_COMPLETIONS.to_vec(),
             concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 50_000,
@@ -161,6 +176,7 @@ const BATCH_SIZE: usize = 500;
 pub(crate) async fn run_all(url: &str, brokers: &str, size: &Size) -> Result<Report, Failure> {
     let mut report = run_relay(url, brokers, size).await?;
     formats(url, brokers, size, &mut report).await?;
+    fleet(url, brokers, size, &mut report).await?;
     store_overhead(url, size, &mut report).await?;
     latency(url, brokers, size, &mut report).await?;
     idle_relay(url, brokers, size, &mut report).await?;
