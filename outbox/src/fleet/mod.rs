@@ -38,6 +38,7 @@
 //! |---|---|
 //! | `mod.rs` | [`Fleet`], [`FleetConfig`]: building a fleet and spawning it |
 //! | `source.rs` | [`DatabaseSource`], [`FileSource`], [`DatabaseEntry`]: which databases |
+//! | `reconcile.rs` | the reconciler: a member task per database of this process's share |
 //! | `membership.rs` | this process's heartbeat in the coordinator, and the live members |
 //! | `share.rs` | which databases each member serves, pure |
 //! | `member.rs` | serving one database: connecting, its relay, letting it go |
@@ -46,17 +47,17 @@
 mod handle;
 mod member;
 mod membership;
+mod reconcile;
 mod share;
 mod source;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
 
 pub use handle::{DatabaseHealth, DatabaseState, FleetHandle, FleetProbe};
 pub use source::{
@@ -66,6 +67,7 @@ pub use source::{
 use self::handle::Shared;
 use self::member::Member;
 use self::membership::Membership;
+use self::reconcile::Reconciler;
 use crate::config::RelayConfig;
 use crate::error::{Error, Result};
 use crate::publisher::Publisher;
@@ -279,165 +281,6 @@ impl<S: DatabaseSource, P: Publisher + Clone> Fleet<S, P> {
         };
         let task = tracker.spawn(reconciler.run(cancel.clone()));
         FleetHandle::new(shared, cancel, kill, refresh, tracker, task)
-    }
-}
-
-/// Keeps one member task per database the source lists.
-struct Reconciler<S, P> {
-    source: S,
-    member: Arc<Member<P>>,
-    membership: Membership,
-    /// The coordinator's name, when set.
-    coordinator: Option<String>,
-    /// The live members last read from the coordinator, and when.
-    view: Option<(Instant, Vec<String>)>,
-    /// How long a view is trusted while the coordinator cannot be read.
-    ttl: Duration,
-    /// Whether it said that it serves every database for want of a view.
-    said_alone: bool,
-    every: Duration,
-    refresh: Arc<Notify>,
-    tracker: TaskTracker,
-    running: BTreeMap<String, Running>,
-}
-
-/// A database being served: what it was started from, and how to stop it.
-struct Running {
-    entry: DatabaseEntry,
-    cancel: CancellationToken,
-    done: tokio::task::JoinHandle<()>,
-}
-
-impl<S: DatabaseSource, P: Publisher + Clone> Reconciler<S, P> {
-    async fn run(mut self, cancel: CancellationToken) {
-        loop {
-            match self.source.databases().await {
-                Ok(entries) => {
-                    self.member.shared.source_read(None);
-                    let members = self.members(&entries).await;
-                    let mut names: Vec<&str> = entries.iter().map(DatabaseEntry::name).collect();
-                    names.sort_unstable();
-                    let mine: Vec<String> =
-                        share::share(&names, &members, self.membership.member_id())
-                            .into_iter()
-                            .map(str::to_owned)
-                            .collect();
-                    self.member
-                        .shared
-                        .shared(members.len().max(1), entries.len());
-                    let entries = entries
-                        .into_iter()
-                        .filter(|entry| mine.iter().any(|name| name == entry.name()))
-                        .collect();
-                    self.apply(entries).await;
-                }
-                Err(error) => {
-                    warn!(%error, "cannot read the databases; serving the last list read");
-                    self.member.shared.source_read(Some(error.to_string()));
-                }
-            }
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                () = tokio::time::sleep(self.every) => {}
-                () = self.refresh.notified() => {}
-            }
-        }
-        stop(std::mem::take(&mut self.running).into_values().collect()).await;
-        self.membership.leave().await;
-    }
-
-    /// The live members of the fleet, from the coordinator among `entries`; the last
-    /// ones read while it cannot be reached, for a time to live; then none, and this
-    /// member serves every database (the shard leases keep that safe) until it can.
-    async fn members(&mut self, entries: &[DatabaseEntry]) -> Vec<String> {
-        let coordinator = match &self.coordinator {
-            Some(name) => entries.iter().find(|entry| entry.name() == name),
-            None => entries.iter().min_by(|a, b| a.name().cmp(b.name())),
-        };
-        let Some(coordinator) = coordinator else {
-            if !entries.is_empty() {
-                warn!(coordinator = ?self.coordinator, "the fleet's coordinator is not in the list of databases: serving them all");
-            }
-            return Vec::new();
-        };
-        match self.membership.round(coordinator).await {
-            Ok(members) => {
-                let changed = self.view.as_ref().is_none_or(|(_, seen)| *seen != members);
-                if changed {
-                    info!(members = members.len(), member = %self.membership.member_id(), "fleet members");
-                }
-                self.view = Some((Instant::now(), members.clone()));
-                self.said_alone = false;
-                members
-            }
-            Err(error) => match &self.view {
-                Some((seen, members)) if seen.elapsed() < self.ttl => members.clone(),
-                view => {
-                    // Said once per outage, not at every refresh.
-                    if view.is_some() || !self.said_alone {
-                        warn!(%error, "cannot read the fleet's members: serving every database until the coordinator is back");
-                    }
-                    self.view = None;
-                    self.said_alone = true;
-                    Vec::new()
-                }
-            },
-        }
-    }
-
-    /// Starts the databases that are new or changed, stops those gone or changed.
-    async fn apply(&mut self, entries: Vec<DatabaseEntry>) {
-        let wanted: BTreeMap<String, DatabaseEntry> = entries
-            .into_iter()
-            .map(|entry| (entry.name().to_owned(), entry))
-            .collect();
-        let stale: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(name, running)| wanted.get(*name) != Some(&running.entry))
-            .map(|(name, _)| name.clone())
-            .collect();
-        let stopping = stale
-            .iter()
-            .filter_map(|name| self.running.remove(name))
-            .collect();
-        stop(stopping).await;
-        for name in stale.iter().filter(|name| !wanted.contains_key(*name)) {
-            self.member.shared.forget(name);
-            info!(database = %name, "database released");
-        }
-        for (name, entry) in wanted {
-            if self.running.contains_key(&name) {
-                continue;
-            }
-            info!(database = %name, "serving database");
-            let cancel = CancellationToken::new();
-            let member = Arc::clone(&self.member);
-            let done = self
-                .tracker
-                .spawn(member.serve(entry.clone(), cancel.clone()));
-            self.running.insert(
-                name,
-                Running {
-                    entry,
-                    cancel,
-                    done,
-                },
-            );
-        }
-    }
-}
-
-/// Stops serving `databases`, all at once, and waits until each is let go (its relay
-/// shut down within its shutdown timeout, its connections closed).
-async fn stop(databases: Vec<Running>) {
-    for running in &databases {
-        running.cancel.cancel();
-    }
-    for running in databases {
-        if let Err(error) = running.done.await {
-            warn!(database = %running.entry.name(), %error, "serving the database ended in a panic");
-        }
     }
 }
 
