@@ -72,17 +72,12 @@ pub(crate) async fn fleet(
     }
     #[cfg(not(unix))]
     stop.await?;
-    let served: u64 = fleet
-        .databases()
-        .iter()
-        .filter_map(|database| database.stats.as_ref())
-        .map(|stats| stats.published)
-        .sum();
+    let published = fleet.published();
     fleet.shutdown().await;
     if let Some(server) = endpoints {
         server.shutdown().await;
     }
-    tracing::info!(published = served, "relay fleet stopped");
+    tracing::info!(published, "relay fleet stopped");
     Ok(())
 }
 

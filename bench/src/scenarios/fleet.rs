@@ -154,16 +154,7 @@ async fn spread(
         .with_config(settings)
         .spawn();
     let target = events as u64;
-    loop {
-        let published: u64 = fleet
-            .databases()
-            .iter()
-            .filter_map(|database| database.stats.as_ref())
-            .map(|stats| stats.published)
-            .sum();
-        if published >= target {
-            break;
-        }
+    while fleet.published() < target {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = started.elapsed();

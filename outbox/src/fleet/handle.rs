@@ -90,6 +90,17 @@ impl Shared {
             .collect()
     }
 
+    /// Events published by the relays of the databases served now.
+    fn published(&self) -> u64 {
+        lock(&self.databases)
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Serving(probe) => Some(probe.stats().published),
+                Slot::Connecting { .. } => None,
+            })
+            .sum()
+    }
+
     fn healthcheck(&self) -> Result<()> {
         let unhealthy = |reason: String| Err(Error::Unhealthy { reason });
         match &*lock(&self.source) {
@@ -193,6 +204,12 @@ impl FleetHandle {
     /// the list.
     pub fn databases(&self) -> Vec<DatabaseHealth> {
         self.shared.databases()
+    }
+
+    /// Events published so far by the relays of the databases this process serves
+    /// now (a database let go takes its count with it).
+    pub fn published(&self) -> u64 {
+        self.shared.published()
     }
 
     /// How many processes share the list (this one among them), as last read from

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::source::DatabaseEntry;
 use crate::error::{Error, Result};
 use crate::secrets::Secrets;
-use crate::sql::Dialect;
+use crate::sql::{DatabaseNow, Dialect};
 
 /// Members silent for ten times the time to live are deleted.
 const FORGET_AFTER: i32 = 10;
@@ -18,11 +18,6 @@ const FORGET_AFTER: i32 = 10;
 #[derive(Debug, FromQueryResult)]
 struct Member {
     member_id: String,
-}
-
-#[derive(Debug, FromQueryResult)]
-struct Now {
-    now: DateTime<Utc>,
 }
 
 /// This process's membership of its fleet.
@@ -68,7 +63,7 @@ impl Membership {
         };
         let (tables, dialect) = (entry.tables(), *dialect);
         let now = match dialect.database_now() {
-            Some(statement) => Now::find_by_statement(statement)
+            Some(statement) => DatabaseNow::find_by_statement(statement)
                 .one(db)
                 .await?
                 .map_or_else(Utc::now, |row| row.now),

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{DatabaseConnection, FromQueryResult, TransactionTrait};
 
 use crate::error::Result;
-use crate::sql::Dialect;
+use crate::sql::{DatabaseNow, Dialect};
 
 #[derive(Debug)]
 pub(crate) struct Clock {
@@ -21,11 +21,6 @@ pub(crate) struct Clock {
     skew: chrono::Duration,
     /// The database's time minus the (skewed) local time, as last measured.
     offset: Mutex<chrono::Duration>,
-}
-
-#[derive(Debug, FromQueryResult)]
-struct DatabaseNow {
-    now: DateTime<Utc>,
 }
 
 impl Clock {

@@ -137,6 +137,8 @@ impl Dialect {
 
     /// Reads the database's clock, where relays on several hosts may share it
     /// (PostgreSQL, MySQL); `None` on SQLite, which lives in one process.
+    /// The database's time, read as a [`DatabaseNow`] row; `None` on SQLite, whose
+    /// time is the host's.
     pub(crate) fn database_now(self) -> Option<Statement> {
         let now: Expr = match self {
             Dialect::Postgres => Func::cust("clock_timestamp").into(),
@@ -146,6 +148,12 @@ impl Dialect {
         };
         Some(self.build(Query::select().expr_as(now, "now")))
     }
+}
+
+/// The row of [`Dialect::database_now`].
+#[derive(Debug, sea_orm::FromQueryResult)]
+pub(crate) struct DatabaseNow {
+    pub(crate) now: chrono::DateTime<chrono::Utc>,
 }
 
 /// The text of a hand-written statement (a `.sql` file beside this one). Its leading
