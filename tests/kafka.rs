@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use outbox::{EventBuilder, KafkaConfig, KafkaPublisher, Outbox, OutboxEvent, Relay, RelayConfig};
+use outbox_tests::crash::Doomed;
 use outbox_tests::kafka::{
     PrivateBroker, Received, brokers, consume, create_topic, unique_topic, warmed_up,
 };
@@ -447,16 +448,27 @@ async fn crashed_relay_loses_nothing() {
         batch_size: 5,
         ..config("crash")
     };
-    let doomed = Relay::new(small_batches.clone(), pg.db.clone(), publisher(&brokers))
-        .expect("valid relay config")
-        .spawn();
+    // On a runtime and a pool of its own, which die with it (see `support/crash.rs`).
+    let doomed = Doomed::new();
+    let doomed_db = doomed.connect(pg.url()).await;
+    let doomed_relay = {
+        let (config, brokers) = (small_batches.clone(), brokers.clone());
+        doomed
+            .run(async move {
+                Relay::new(config, doomed_db, publisher(&brokers))
+                    .expect("valid relay config")
+                    .spawn()
+            })
+            .await
+    };
     eventually(
         "the first relay is publishing",
         Duration::from_secs(20),
-        || async { doomed.stats().published > 20 },
+        || async { doomed_relay.stats().published > 20 },
     )
     .await;
-    doomed.abort();
+    doomed.crash();
+    doomed_relay.abort();
     let survivor = Relay::new(small_batches, pg.db.clone(), publisher(&brokers))
         .expect("valid relay config")
         .spawn();

@@ -12,6 +12,7 @@ use outbox::{
     Completion, Envelope, EventBuilder, FailureOutcome, MemoryPublisher, Message, Outbox,
     PublishError, Publisher, Relay, RelayConfig,
 };
+use outbox_tests::crash::Doomed;
 use outbox_tests::{
     PgSchema, dead_and_retrying, eventually, migrated_sqlite, retry_due, retry_waits,
     store_counters, until_holding,
@@ -1279,6 +1280,8 @@ impl Publisher for Slow {
 }
 
 /// A relay killed mid-batch loses nothing: another takes over when the lease expires.
+/// The killed relay runs on a runtime and a pool of its own, which die with it, as a
+/// killed process's do (see `support/crash.rs`).
 async fn crashed_relay_is_replaced_after_its_lease_expires(db: DatabaseConnection) {
     let outbox = Outbox::new();
     store_interleaved(&db, &outbox, 4, 25).await;
@@ -1287,16 +1290,26 @@ async fn crashed_relay_is_replaced_after_its_lease_expires(db: DatabaseConnectio
         delay: Duration::from_secs(30),
         started: Arc::default(),
     };
-    let doomed = Relay::new(fast_config("crash"), db.clone(), slow.clone())
-        .expect("valid relay config")
-        .spawn();
+    let doomed = Doomed::new();
+    let doomed_db = doomed.connect_like(&db).await;
+    let doomed_relay = {
+        let slow = slow.clone();
+        doomed
+            .run(async move {
+                Relay::new(fast_config("crash"), doomed_db, slow)
+                    .expect("valid relay config")
+                    .spawn()
+            })
+            .await
+    };
     eventually(
         "the first relay is mid-batch",
         Duration::from_secs(10),
         || async { slow.started.load(Ordering::SeqCst) },
     )
     .await;
-    doomed.abort();
+    doomed.crash();
+    doomed_relay.abort();
 
     let survivor_publisher = MemoryPublisher::new();
     let survivor = Relay::new(fast_config("crash"), db.clone(), survivor_publisher.clone())

@@ -2,6 +2,7 @@
 //! an isolated MySQL/MariaDB database per test, and an in-memory SQLite database.
 
 pub mod counter;
+pub mod crash;
 pub mod kafka;
 pub mod pgbouncer;
 pub mod proxy;
@@ -89,11 +90,12 @@ impl PgSchema {
 
     /// A URL that connects to this schema, for another process.
     pub fn url(&self) -> String {
-        format!(
-            "{}?options=-c%20search_path%3D{}",
-            database_url(),
-            self.schema
-        )
+        Self::url_of(&self.schema)
+    }
+
+    /// A URL that connects to schema `schema` of `DATABASE_URL`.
+    pub fn url_of(schema: &str) -> String {
+        format!("{}?options=-c%20search_path%3D{schema}", database_url())
     }
 
     /// Drops the schema. A failing test skips this, leaving its data to inspect.

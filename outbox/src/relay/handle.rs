@@ -77,6 +77,11 @@ impl RelayHandle {
 
     /// Stops the relay at once, as a crash would: the batch in flight is dropped
     /// unwritten and the leases stay until they expire. For tests and emergencies.
+    ///
+    /// Unlike a crash, it leaves the process's connections open: the queries it cuts
+    /// short hand theirs back to the pool as they were. A test that crashes a relay
+    /// beside others is faithful only when the crashed one has a pool (and a runtime)
+    /// of its own, which die with it.
     pub fn abort(mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
