@@ -11,78 +11,14 @@ use std::time::Duration;
 use outbox::fleet::{DatabaseState, FileSource, Fleet, FleetConfig, FleetHandle};
 use outbox::{EventBuilder, KafkaConfig, KafkaPublisher, Outbox, RelayConfig};
 use outbox_migration::Migrator;
+use outbox_tests::crash::Doomed;
 use outbox_tests::kafka::{brokers, consume_topics, create_topic, unique_topic, warmed_up};
+use outbox_tests::pg_database::PgDatabase;
 use outbox_tests::{MySqlDatabase, PgSchema, database_url, eventually};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-/// A PostgreSQL database of its own (not a schema), which can be taken away.
-struct PgDatabase {
-    name: String,
-    db: DatabaseConnection,
-    admin: DatabaseConnection,
-}
-
-impl PgDatabase {
-    async fn migrated() -> Self {
-        let admin = Database::connect(database_url()).await.expect("PostgreSQL");
-        let name = format!("fleet_{}", Uuid::now_v7().simple());
-        admin
-            .execute_unprepared(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        let db = Database::connect(Self::url_of(&name))
-            .await
-            .expect("connect");
-        Migrator::up(&db, None).await.expect("migrate");
-        PgDatabase { name, db, admin }
-    }
-
-    fn url_of(name: &str) -> String {
-        let url = database_url();
-        let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
-        format!("{base}/{name}")
-    }
-
-    fn url(&self) -> String {
-        Self::url_of(&self.name)
-    }
-
-    /// Refuses new connections and ends those open: the database is gone for a while.
-    async fn take_away(&self) {
-        let name = &self.name;
-        self.admin
-            .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-            .await
-            .expect("refuse connections");
-        self.admin
-            .execute_unprepared(&format!(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-            ))
-            .await
-            .expect("end connections");
-    }
-
-    async fn bring_back(&self) {
-        self.admin
-            .execute_unprepared(&format!(
-                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-                self.name
-            ))
-            .await
-            .expect("allow connections");
-    }
-
-    async fn drop(self) {
-        self.db.close().await.ok();
-        self.admin
-            .execute_unprepared(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
-            .await
-            .expect("drop database");
-    }
-}
 
 /// The databases file at `path`, listing `entries` (`NAME URL`).
 fn write_file(path: &Path, entries: &[(&str, String)]) {
@@ -294,6 +230,7 @@ async fn a_fleets_processes_share_its_databases_and_take_over_a_killed_ones() {
     let run = Uuid::now_v7().simple().to_string();
     let service = format!("fleet-{run}");
     let mut fleets = Vec::new();
+    let doomed = Doomed::new();
     for process in 0..3 {
         // Each process's file names the same databases, its connections by the process.
         let file: PathBuf = dir.join(format!("databases-{process}"));
@@ -310,7 +247,17 @@ async fn a_fleets_processes_share_its_databases_and_take_over_a_killed_ones() {
             .map(|(n, u)| (n.as_str(), u.clone()))
             .collect();
         write_file(&file, &entries);
-        fleets.push(fleet_with(&file, &service, Some(2)).await);
+        if process == 0 {
+            // The one to be killed runs on a runtime of its own, which dies with it.
+            let service = service.clone();
+            fleets.push(
+                doomed
+                    .run(async move { fleet_with(&file, &service, Some(2)).await })
+                    .await,
+            );
+        } else {
+            fleets.push(fleet_with(&file, &service, Some(2)).await);
+        }
     }
     eventually(
         "each process serves its three",
@@ -348,7 +295,8 @@ async fn a_fleets_processes_share_its_databases_and_take_over_a_killed_ones() {
     }
     published(&topic, 36).await;
     let killed = fleets.remove(0);
-    killed.abort(); // its relays stop without giving their leases up
+    doomed.crash(); // its relays stop without giving their leases up
+    killed.abort();
     eventually(
         "the two others serve all nine",
         Duration::from_secs(20),

@@ -4,6 +4,7 @@
 pub mod counter;
 pub mod crash;
 pub mod kafka;
+pub mod pg_database;
 pub mod pgbouncer;
 pub mod proxy;
 pub mod tls;

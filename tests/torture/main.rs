@@ -56,6 +56,8 @@
 //! their connections, and only theirs, can be cut with `KILL CONNECTION`.
 //! A local soak: `TORTURE_SECONDS=300 TORTURE_WRITERS=16 TORTURE_KEYS=256 scripts/test.sh -E 'test(torture)'`.
 
+mod fleet;
+
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

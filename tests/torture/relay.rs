@@ -5,14 +5,32 @@
 //! `OUTBOX_TORTURE_MAX_MESSAGE_BYTES` (the largest message it may send) and
 //! `OUTBOX_TORTURE_BATCH_MESSAGES` (at most so many messages per record batch); stops
 //! gracefully on SIGTERM or Ctrl-C. The suite kills it with SIGKILL at random.
+//!
+//! With `OUTBOX_DATABASES_FILE` set it is a fleet process instead, as
+//! `outbox relay --databases FILE` runs one (`OUTBOX_FLEET_*` configure it), and
+//! `DATABASE_URL` is not read.
 
 use std::time::Duration;
 
+use outbox::fleet::{FileSource, Fleet, FleetConfig};
 use outbox::{KafkaConfig, KafkaPublisher, Outbox, Relay, RelayConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let brokers = std::env::var("KAFKA_BROKERS")?;
+    if let Ok(file) = std::env::var("OUTBOX_DATABASES_FILE") {
+        let kafka = KafkaConfig::new(&brokers).message_timeout(Duration::from_secs(3));
+        let fleet = Fleet::new(
+            RelayConfig::from_env()?,
+            FileSource::new(file),
+            KafkaPublisher::from_config(kafka)?,
+        )?
+        .with_config(FleetConfig::from_env()?)
+        .spawn();
+        outbox::shutdown_signal().await?;
+        fleet.shutdown().await;
+        return Ok(());
+    }
     let db = outbox_tests::torture_database().await?;
     let mut kafka = KafkaConfig::new(&brokers).message_timeout(Duration::from_secs(3));
     if let Ok(bytes) = std::env::var("OUTBOX_TORTURE_MAX_MESSAGE_BYTES") {
