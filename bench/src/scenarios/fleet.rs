@@ -1,16 +1,24 @@
 //! Relay throughput over many databases (one fleet process) against one database of
-//! the same events, in the same run.
+//! the same events, in the same run; and the commit-to-consume latency of one database
+//! at a low rate among idle ones, against one relay on one database.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outbox::fleet::{DatabaseEntry, Fleet, FleetConfig};
-use outbox::{KafkaPublisher, Outbox};
+use outbox::{KafkaPublisher, Outbox, Relay};
+use outbox_migration::Migrator;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
+use sea_orm_migration::MigratorTrait;
+use uuid::Uuid;
 
 use super::fixtures::{
-    analyze, checkpoint, create_topic, drain_with, machine, migrated_database, preload,
+    analyze, checkpoint, create_topic, drain_with, event, machine, migrated_database, preload,
     relay_config,
 };
-use super::probes::median;
+use super::latency::warm_up;
+use super::probes::{arrived, latencies, median, percentile, spawn_consumer};
 use super::report::Report;
 use super::{Failure, Size};
 
@@ -78,7 +86,176 @@ pub(super) async fn fleet(
             row.target(">= 0.9x", ratio >= 0.9);
         }
     }
+    low_rate_latency(url, brokers, size, report).await
+}
+
+/// Events a second the active database stores in the latency rows.
+const FLEET_RATE: u64 = 20;
+
+/// The commit-to-consume latency of events stored at [`FLEET_RATE`] a second, each in
+/// a transaction of its own by a writer that wakes the relays through PostgreSQL (as
+/// one in another process does): first in one database served by one relay, then in
+/// one database of a fleet process serving `size.fleet_idle` idle ones beside it
+/// (fewer when the server cannot hold their connections: the row says how many).
+/// PostgreSQL only: the databases are databases of their own on the server of `url`.
+async fn low_rate_latency(
+    url: &str,
+    brokers: &str,
+    size: &Size,
+    report: &mut Report,
+) -> Result<(), Failure> {
+    let scenario = "fleet latency (one database at 20 events/s)";
+    if !url.starts_with("postgres") {
+        return Ok(());
+    }
+    let publisher = KafkaPublisher::new(brokers)?;
+    let config = relay_config("bench-fleet-latency");
+
+    let single = TenantDatabase::create(url, 4).await?;
+    let relay = Relay::new(config.clone(), single.db.clone(), publisher.clone())?.spawn();
+    let alone = at_low_rate(&single.db, brokers, size).await?;
+    relay.shutdown().await?;
+    single.drop(url).await?;
+
+    let idle = idle_databases_that_fit(url, size.fleet_idle).await?;
+    let mut tenants = Vec::new();
+    for n in 0..=idle {
+        // Only the active database keeps a pool here; the idle ones are the fleet's.
+        let tenant = TenantDatabase::create(url, if n == 0 { 4 } else { 1 }).await?;
+        if n > 0 {
+            tenant.db.clone().close().await?;
+        }
+        tenants.push(tenant);
+    }
+    let entries = tenants
+        .iter()
+        .enumerate()
+        .map(|(n, tenant)| DatabaseEntry::new(format!("t{n:02}"), tenant.url.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fleet = Fleet::new(config, entries, publisher)?.spawn();
+    let served = Instant::now() + Duration::from_secs(60);
+    while fleet.databases().len() <= idle || fleet.healthcheck().is_err() {
+        if Instant::now() > served {
+            return Err(format!(
+                "the fleet did not serve its {} databases within 60 s",
+                idle + 1
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let among_idle = at_low_rate(&tenants[0].db, brokers, size).await?;
+    fleet.shutdown().await;
+    for tenant in tenants {
+        tenant.drop(url).await?;
+    }
+
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let one = percentile(&alone, p);
+        let many = percentile(&among_idle, p);
+        report.add(
+            scenario,
+            format!("{name}, one relay on one database"),
+            one,
+            "ms",
+        );
+        let row = report
+            .add(
+                scenario,
+                format!("{name}, in a fleet process beside {idle} idle databases"),
+                many,
+                "ms",
+            )
+            .ratio(many / one, "of one database");
+        if name == "p99" {
+            row.target("<= 2x", many <= 2.0 * one);
+        }
+    }
     Ok(())
+}
+
+/// Stores `size.fleet_latency_events` at [`FLEET_RATE`] a second in `db` and returns
+/// each one's milliseconds from commit to consume, sorted.
+async fn at_low_rate(
+    db: &DatabaseConnection,
+    brokers: &str,
+    size: &Size,
+) -> Result<Vec<f64>, Failure> {
+    let topic = create_topic(brokers, 4).await?;
+    let outbox = Outbox::new().with_wake_connection(db);
+    let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let consumer = spawn_consumer(brokers, &topic, Arc::clone(&received))?;
+    warm_up(db, &outbox, &topic, &received).await?;
+    let every = Duration::from_millis(1000 / FLEET_RATE);
+    let mut next = Instant::now();
+    let mut committed = Vec::with_capacity(size.fleet_latency_events);
+    for n in 0..size.fleet_latency_events {
+        next += every;
+        tokio::time::sleep_until(next.into()).await;
+        let txn = db.begin().await?;
+        let id = outbox.store(&txn, &event(n), &topic).await?;
+        txn.commit().await?;
+        committed.push((id.to_string(), Instant::now()));
+    }
+    let ids: Vec<String> = committed.iter().map(|(id, _)| id.clone()).collect();
+    arrived(brokers, &topic, &received, &ids).await?;
+    consumer.stop();
+    latencies(&committed, &received)
+}
+
+/// How many idle databases of `wanted` the server can serve beside the active one:
+/// each takes a pool and a listening connection of the fleet's, and the server keeps
+/// some connections for the rest of the machine.
+async fn idle_databases_that_fit(url: &str, wanted: usize) -> Result<usize, Failure> {
+    let admin = Database::connect(url).await?;
+    let row = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('max_connections')::int - (SELECT count(*) FROM pg_stat_activity)::int AS free",
+        ))
+        .await?
+        .ok_or("no row")?;
+    admin.close().await?;
+    let free = usize::try_from(row.try_get::<i32>("", "free")?).unwrap_or(0);
+    let per_database = FleetConfig::default().connections as usize + 1;
+    // The active database's pools (the fleet's and the writer's) and room to spare.
+    let fit = free.saturating_sub(30) / per_database;
+    Ok(wanted.min(fit.saturating_sub(1)))
+}
+
+/// A PostgreSQL database of its own on the server of a URL, migrated.
+struct TenantDatabase {
+    name: String,
+    url: String,
+    db: DatabaseConnection,
+}
+
+impl TenantDatabase {
+    async fn create(server: &str, connections: u32) -> Result<Self, Failure> {
+        let name = format!("bench_{}", Uuid::now_v7().simple());
+        let admin = Database::connect(server).await?;
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        admin.close().await?;
+        let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
+        let url = format!("{base}/{name}");
+        let mut options = ConnectOptions::new(url.clone());
+        options.max_connections(connections).sqlx_logging(false);
+        let db = Database::connect(options).await?;
+        Migrator::up(&db, None).await?;
+        Ok(TenantDatabase { name, url, db })
+    }
+
+    async fn drop(self, server: &str) -> Result<(), Failure> {
+        self.db.close().await?;
+        let admin = Database::connect(server).await?;
+        admin
+            .execute_unprepared(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .await?;
+        admin.close().await?;
+        Ok(())
+    }
 }
 
 /// The fleet settings measured: a name, each relay's concurrency and each pool's

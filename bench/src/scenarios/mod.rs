@@ -46,6 +46,11 @@ pub(crate) struct Size {
     format_events: usize,
     /// Events per run of the fleet scenario (in one database, then over eight).
     fleet_events: usize,
+    /// Idle databases beside the active one in the fleet's latency rows.
+    fleet_idle: usize,
+    /// Events the active database stores (20 a second) in each of the fleet's
+    /// latency runs.
+    fleet_latency_events: usize,
     completions: Vec<outbox::Completion>,
     /// Shards one relay processes at once in the relay scenario.
     concurrency: usize,
@@ -69,6 +74,8 @@ impl Size {
             relay_events: 5_000,
             format_events: 3_000,
             fleet_events: 4_000,
+            fleet_idle: 9,
+            fleet_latency_events: 40,
             completions: ALL_COMPLETIONS.to_vec(),
             concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 3_000,
@@ -146,6 +153,8 @@ impl Size {
             relay_events: 200_000,
             format_events: 50_000,
             fleet_events: 80_000,
+            fleet_idle: 49,
+            fleet_latency_events: 600,
             completions: ALL_COMPLETIONS.to_vec(),
             concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 50_000,
