@@ -84,7 +84,8 @@ enum Command {
         events: usize,
     },
     /// Relay throughput over 8 databases (one fleet process) against one database of
-    /// the same events.
+    /// the same events; the latency of one database at a low rate beside 49 idle
+    /// ones against one relay on one database (PostgreSQL).
     Fleet {
         /// Events of 1 KiB to preload for each run (spread over the 8 databases).
         #[arg(long, default_value_t = 80_000)]
