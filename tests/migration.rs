@@ -7,7 +7,7 @@ use outbox_tests::{MySqlDatabase, PgSchema, sqlite};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
 
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
     "_outbox",
     "_outbox_offset",
     "_outbox_lease",
@@ -16,6 +16,7 @@ const TABLES: [&str; 8] = [
     "_outbox_inbox",
     "_outbox_inbox_dead",
     "_outbox_fleet",
+    "_outbox_scheduled",
 ];
 
 async fn tables_present(db: &DatabaseConnection) -> Vec<bool> {
@@ -97,12 +98,12 @@ async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     let key_lock_rows = mysql.then_some(i64::from(outbox::KEY_LOCKS));
     assert_eq!(
         tables_present(db).await,
-        [false; 8],
+        [false; 9],
         "the database starts empty"
     );
 
     Migrator::up(db, None).await.expect("first up");
-    assert_eq!(tables_present(db).await, [true; 8]);
+    assert_eq!(tables_present(db).await, [true; 9]);
     assert_eq!(index_names(db, schema).await, INDEXES);
     assert_eq!(
         key_locks(db).await,
@@ -113,13 +114,13 @@ async fn up_down_up(db: &DatabaseConnection, schema: Option<&str>) {
     Migrator::down(db, None).await.expect("down");
     assert_eq!(
         tables_present(db).await,
-        [false; 8],
+        [false; 9],
         "down removes every table"
     );
     assert_eq!(key_locks(db).await, None);
 
     Migrator::up(db, None).await.expect("second up");
-    assert_eq!(tables_present(db).await, [true; 8]);
+    assert_eq!(tables_present(db).await, [true; 9]);
     assert_eq!(index_names(db, schema).await, INDEXES);
     assert_eq!(key_locks(db).await, key_lock_rows);
 }
@@ -252,6 +253,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
         "billing_outbox_inbox",
         "billing_outbox_inbox_dead",
         "billing_outbox_fleet",
+        "billing_outbox_scheduled",
     ]) {
         assert!(
             manager.has_table(table).await.expect("has_table"),
@@ -278,6 +280,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261205_000009_inbox_dead_letter_ids",
             "m20261205_000010_tombstones",
             "m20261206_000011_fleet_members",
+            "m20261206_000012_scheduled_events",
             "m20261127_000001_create_outbox_tables_billing_outbox",
             "m20261127_000002_park_waiting_events_billing_outbox",
             "m20261128_000003_archive_published_events_billing_outbox",
@@ -289,6 +292,7 @@ async fn migrations_compose_into_a_users_migrator_with_custom_table_names() {
             "m20261205_000009_inbox_dead_letter_ids_billing_outbox",
             "m20261205_000010_tombstones_billing_outbox",
             "m20261206_000011_fleet_members_billing_outbox",
+            "m20261206_000012_scheduled_events_billing_outbox",
         ]
     );
     CustomMigrator::down(&pg.db, None).await.expect("down");

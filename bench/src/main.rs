@@ -91,6 +91,16 @@ enum Command {
         #[arg(long, default_value_t = 80_000)]
         events: usize,
     },
+    /// Relay throughput with events waiting for a due time next week, against
+    /// none.
+    Delayed {
+        /// Events of 1 KiB to preload and drain in each run.
+        #[arg(long, default_value_t = 50_000)]
+        events: usize,
+        /// Events due in a week, stored first.
+        #[arg(long, default_value_t = 1_000_000)]
+        scheduled: usize,
+    },
     /// Store overhead only: a business transaction with and without storing events.
     Store,
     /// The claim behind a blocked key only: flowing keys' throughput with `blocked`
@@ -172,6 +182,12 @@ async fn main() -> Result<(), scenarios::Failure> {
         Command::Fleet { events } => {
             let size = scenarios::Size::fleet_only(events);
             let report = scenarios::run_fleet(&cli.database_url, &cli.brokers, &size).await?;
+            println!("{}", report.table());
+            Ok(())
+        }
+        Command::Delayed { events, scheduled } => {
+            let size = scenarios::Size::delayed_only(events, scheduled);
+            let report = scenarios::run_delayed(&cli.database_url, &cli.brokers, &size).await?;
             println!("{}", report.table());
             Ok(())
         }

@@ -33,6 +33,7 @@ pub mod m20261205_000008_relay_probation;
 pub mod m20261205_000009_inbox_dead_letter_ids;
 pub mod m20261205_000010_tombstones;
 pub mod m20261206_000011_fleet_members;
+pub mod m20261206_000012_scheduled_events;
 
 use sea_orm_migration::prelude::*;
 
@@ -115,6 +116,9 @@ pub fn migrations_for(tables: &outbox::Tables) -> Vec<Box<dyn MigrationTrait>> {
         )),
         Box::new(m20261205_000010_tombstones::Migration::new(tables.clone())),
         Box::new(m20261206_000011_fleet_members::Migration::new(
+            tables.clone(),
+        )),
+        Box::new(m20261206_000012_scheduled_events::Migration::new(
             tables.clone(),
         )),
     ]

@@ -1,7 +1,9 @@
 //! [`Envelope`]: an event made ready for the outbox table, with its routing metadata.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -12,6 +14,10 @@ use crate::wire::headers;
 /// Column limits, in characters, matching the migration.
 pub(crate) const MAX_NAME_LEN: usize = 255;
 pub(crate) const MAX_VERSION_LEN: usize = 50;
+/// How far ahead an event's due time may be: 366 days. A later one is refused
+/// ([`Error::DueTooLate`]): most likely a unit mistake, and an event that waits for a
+/// year waits in a table that nobody watches.
+pub const MAX_DELAY: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 /// Kafka's own limit on topic names.
 pub(crate) const MAX_TOPIC_LEN: usize = 249;
 const TOPIC_TOO_LONG: &str = "Kafka allows at most 249 characters";
@@ -48,6 +54,8 @@ pub struct Envelope {
     pub(crate) headers: BTreeMap<String, String>,
     /// Published with a null value ([`OutboxEvent::is_tombstone`]).
     pub(crate) tombstone: bool,
+    /// When it is due, if not at once (see [`Envelope::deliver_at`]).
+    pub(crate) deliver_at: Option<DateTime<Utc>>,
 }
 
 impl Envelope {
@@ -81,6 +89,7 @@ impl Envelope {
             trace_id: event.trace_id(),
             headers: BTreeMap::new(),
             tombstone,
+            deliver_at: None,
         };
         #[cfg(feature = "opentelemetry")]
         let envelope = envelope.in_current_trace();
@@ -129,6 +138,41 @@ impl Envelope {
         self
     }
 
+    /// Publishes the event no earlier than `at`: until then it waits in the
+    /// scheduled table ([`Tables::scheduled`](crate::Tables::scheduled)), holds back
+    /// none of its key's other events, and can be cancelled
+    /// ([`Outbox::cancel`](crate::Outbox::cancel)). When due, a relay moves it into
+    /// the outbox, where it takes its place behind the events of its key stored
+    /// before that moment. A time already past means now; one more than
+    /// [`MAX_DELAY`] ahead is refused when the envelope is stored.
+    ///
+    /// Due times are read on the database's clock by the relays; `at` comes from
+    /// this process's.
+    pub fn deliver_at(mut self, at: DateTime<Utc>) -> Self {
+        self.deliver_at = Some(at);
+        self
+    }
+
+    /// Publishes the event no earlier than `delay` from now, as
+    /// [`deliver_at`](Self::deliver_at).
+    pub fn delay(self, delay: Duration) -> Self {
+        let at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|delay| Utc::now().checked_add_signed(delay))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        self.deliver_at(at)
+    }
+
+    /// When the event is due, if it was given a due time.
+    pub fn due_at(&self) -> Option<DateTime<Utc>> {
+        self.deliver_at
+    }
+
+    /// Whether it waits for a due time later than `now`.
+    pub(crate) fn waits(&self, now: DateTime<Utc>) -> bool {
+        self.deliver_at.is_some_and(|at| at > now)
+    }
+
     /// Whether the event is a tombstone, published with a null value.
     pub fn is_tombstone(&self) -> bool {
         self.tombstone
@@ -170,6 +214,18 @@ impl Envelope {
         }
         for name in self.headers.keys() {
             validate_header_name(name)?;
+        }
+        if let Some(deliver_at) = self.deliver_at {
+            let latest = chrono::Duration::from_std(MAX_DELAY)
+                .ok()
+                .and_then(|max| Utc::now().checked_add_signed(max));
+            if latest.is_none_or(|latest| deliver_at > latest) {
+                return Err(Error::DueTooLate {
+                    id: self.id,
+                    deliver_at,
+                    max: MAX_DELAY,
+                });
+            }
         }
         self.refuse_nul()
     }

@@ -82,6 +82,22 @@ pub enum Error {
         event_type: String,
     },
 
+    /// An event's due time ([`Store::deliver_at`](crate::Store::deliver_at),
+    /// [`Store::delay`](crate::Store::delay)) lies further ahead than the outbox
+    /// allows ([`MAX_DELAY`](crate::MAX_DELAY)). Nothing was stored.
+    #[error(
+        "event {id} is due at {deliver_at}, more than {} days ahead, which is the most allowed",
+        .max.as_secs() / 86_400
+    )]
+    DueTooLate {
+        /// The event's id.
+        id: uuid::Uuid,
+        /// The due time asked for.
+        deliver_at: chrono::DateTime<chrono::Utc>,
+        /// How far ahead a due time may be.
+        max: std::time::Duration,
+    },
+
     /// A received message lacks a header the relay sets, or its value is invalid.
     #[error("received message: header {header:?} is {reason}")]
     ReceivedHeader {

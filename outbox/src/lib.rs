@@ -63,7 +63,7 @@ pub use repository::FailureOutcome;
 
 pub use dead_letter_filter::DeadLetterFilter;
 pub use decode::DecodeEvent;
-pub use envelope::Envelope;
+pub use envelope::{Envelope, MAX_DELAY};
 pub use error::{Error, EventField, Result};
 pub use event::{DEFAULT_EVENT_VERSION, DeclaredEvent, EventBuilder, OutboxEvent};
 pub use inbox::{DEFAULT_DEDUP_WINDOW, Inbox};

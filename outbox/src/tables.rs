@@ -75,8 +75,9 @@ impl fmt::Display for Identifier {
 /// `_outbox_published` (the archive of published events, for
 /// [`Completion::Archive`](crate::Completion::Archive)), `_outbox_inbox` (the events
 /// each consumer processed, for [`Inbox`](crate::Inbox)), `_outbox_inbox_dead` (the
-/// messages a [`Consumer`](crate::Consumer) gave up on) and, on MySQL,
-/// `_outbox_key_lock`. A service that wants its own set uses [`Tables::with_base`]:
+/// messages a [`Consumer`](crate::Consumer) gave up on), `_outbox_fleet` (the live
+/// members of relay fleets), `_outbox_scheduled` (events waiting for their due time)
+/// and, on MySQL, `_outbox_key_lock`. A service that wants its own set uses [`Tables::with_base`]:
 ///
 /// ```
 /// let tables = outbox::Tables::with_base("billing_outbox")?;
@@ -96,12 +97,13 @@ pub struct Tables {
     inbox: Identifier,
     inbox_dead: Identifier,
     fleet: Identifier,
+    scheduled: Identifier,
 }
 
 impl Tables {
     /// Names the tables `{base}`, `{base}_offset`, `{base}_lease`, `{base}_relay`,
-    /// `{base}_published`, `{base}_inbox`, `{base}_inbox_dead`, `{base}_fleet` and (on
-    /// MySQL) `{base}_key_lock`.
+    /// `{base}_published`, `{base}_inbox`, `{base}_inbox_dead`, `{base}_fleet`,
+    /// `{base}_scheduled` and (on MySQL) `{base}_key_lock`.
     ///
     /// # Errors
     /// [`Error::InvalidIdentifier`] when `base` is not a safe identifier or is longer
@@ -123,6 +125,7 @@ impl Tables {
             inbox: Identifier::new(format!("{base}_inbox"))?,
             inbox_dead: Identifier::new(format!("{base}_inbox_dead"))?,
             fleet: Identifier::new(format!("{base}_fleet"))?,
+            scheduled: Identifier::new(format!("{base}_scheduled"))?,
             outbox,
         })
     }
@@ -178,6 +181,14 @@ impl Tables {
         &self.fleet
     }
 
+    /// The events waiting for their due time (`_outbox_scheduled` by default): stored
+    /// with [`Store::deliver_at`](crate::Store::deliver_at) or
+    /// [`Store::delay`](crate::Store::delay), moved into the outbox table by a relay
+    /// when due.
+    pub fn scheduled(&self) -> &Identifier {
+        &self.scheduled
+    }
+
     /// The name of one of this set's indexes, e.g. `idx__outbox_claim`.
     pub fn index(&self, table: &Identifier, suffix: &str) -> String {
         format!("idx_{table}_{suffix}")
@@ -196,6 +207,7 @@ impl Default for Tables {
             inbox: Identifier("_outbox_inbox".to_owned()),
             inbox_dead: Identifier("_outbox_inbox_dead".to_owned()),
             fleet: Identifier("_outbox_fleet".to_owned()),
+            scheduled: Identifier("_outbox_scheduled".to_owned()),
         }
     }
 }

@@ -84,9 +84,22 @@ pub(crate) struct Wake {
     /// Shards stored to since the last commit, and between each of the commits
     /// before it (see [`committed`](Self::committed)).
     recent: Mutex<[BTreeSet<i32>; GENERATIONS]>,
+    /// Events with a due time were stored: the relays of this process read the next
+    /// due time again.
+    scheduled: tokio::sync::Notify,
 }
 
 impl Wake {
+    /// Events with a due time were stored (see [`Wake::scheduled`]).
+    pub(crate) fn scheduled(&self) {
+        self.scheduled.notify_waiters();
+    }
+
+    /// Ends when [`scheduled`](Self::scheduled) is called after this was enabled.
+    pub(crate) fn scheduled_stored(&self) -> tokio::sync::futures::Notified<'_> {
+        self.scheduled.notified()
+    }
+
     /// Events were stored to `shards`: wake the relays.
     pub(crate) fn stored(&self, shards: impl IntoIterator<Item = i32>) {
         let shards: Vec<i32> = shards.into_iter().collect();
@@ -186,6 +199,17 @@ pub(crate) async fn send_notify(db: &DatabaseConnection, channel: &str, payload:
     }
 }
 
+/// The payload that names `shards` (all shards, when too many to list).
+pub(crate) fn shards_payload(shards: &[i32]) -> String {
+    let list: Vec<String> = shards.iter().map(ToString::to_string).collect();
+    let list = list.join(",");
+    if list.len() > MAX_PAYLOAD {
+        String::new()
+    } else {
+        list
+    }
+}
+
 /// The channel the relays of the outbox table in `tables` listen on.
 pub(crate) fn channel(tables: &Tables) -> String {
     format!("{}_wake", tables.outbox().as_str())
@@ -250,13 +274,8 @@ impl NotifierState {
             let payload = match self.pending.take() {
                 Some(shards) if shards.is_empty() => continue,
                 Some(shards) => {
-                    let list: Vec<String> = shards.iter().map(ToString::to_string).collect();
-                    let list = list.join(",");
-                    if list.len() > MAX_PAYLOAD {
-                        String::new()
-                    } else {
-                        list
-                    }
+                    let shards: Vec<i32> = shards.iter().copied().collect();
+                    shards_payload(&shards)
                 }
                 None => String::new(),
             };

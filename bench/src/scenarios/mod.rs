@@ -3,6 +3,7 @@
 mod blocked;
 mod consumer;
 mod cpu;
+mod delayed;
 mod fixtures;
 mod fleet;
 mod formats;
@@ -16,6 +17,7 @@ mod store;
 
 pub(crate) use self::blocked::run_blocked;
 pub(crate) use self::consumer::run_consumer;
+pub(crate) use self::delayed::run_delayed;
 pub(crate) use self::fleet::run_fleet;
 pub(crate) use self::formats::run_formats;
 pub(crate) use self::latency::run_latency;
@@ -26,6 +28,7 @@ pub(crate) use self::store::run_store;
 use std::time::Duration;
 
 use self::blocked::blocked_key;
+use self::delayed::delayed;
 use self::fleet::fleet;
 use self::formats::formats;
 use self::latency::latency;
@@ -51,6 +54,10 @@ pub(crate) struct Size {
     /// Events the active database stores (20 a second) in each of the fleet's
     /// latency runs.
     fleet_latency_events: usize,
+    /// Events the delayed scenario drains.
+    delayed_events: usize,
+    /// Events waiting for a due time in the delayed scenario.
+    scheduled: usize,
     completions: Vec<outbox::Completion>,
     /// Shards one relay processes at once in the relay scenario.
     concurrency: usize,
@@ -76,6 +83,8 @@ impl Size {
             fleet_events: 4_000,
             fleet_idle: 9,
             fleet_latency_events: 40,
+            delayed_events: 3_000,
+            scheduled: 20_000,
             completions: ALL_COMPLETIONS.to_vec(),
             concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 3_000,
@@ -130,6 +139,15 @@ impl Size {
         }
     }
 
+    /// The full sizes, with `events` drained beside `scheduled` waiting ones.
+    pub(crate) fn delayed_only(events: usize, scheduled: usize) -> Self {
+        Size {
+            delayed_events: events,
+            scheduled,
+            ..Self::full()
+        }
+    }
+
     /// The full sizes, with `blocked` events behind the blocked key.
     pub(crate) fn blocked_only(blocked: usize) -> Self {
         Size {
@@ -155,6 +173,8 @@ impl Size {
             fleet_events: 80_000,
             fleet_idle: 49,
             fleet_latency_events: 600,
+            delayed_events: 50_000,
+            scheduled: 1_000_000,
             completions: ALL_COMPLETIONS.to_vec(),
             concurrency: outbox::RelayConfig::default().concurrency,
             scale_events: 50_000,
@@ -191,5 +211,6 @@ pub(crate) async fn run_all(url: &str, brokers: &str, size: &Size) -> Result<Rep
     idle_relay(url, brokers, size, &mut report).await?;
     scale(url, brokers, size, &mut report).await?;
     blocked_key(url, size, &mut report).await?;
+    delayed(url, brokers, size, &mut report).await?;
     Ok(report)
 }

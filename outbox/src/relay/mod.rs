@@ -19,6 +19,7 @@
 //! | `batch.rs` | `Batcher`: one batch of one shard: claim, publish, judge, fenced write-back |
 //! | `outcome.rs` | judging a batch's outcomes, pure; [`ProcessReport`] |
 //! | `dead_letter.rs` | the dead-letter topic |
+//! | `delayed.rs` | events with a due time: moved into the outbox when due |
 //! | `keeper.rs` | `Keeper`, the lease keeper: leases, clock, stall; rounds on a timer |
 //! | `lease.rs` | `Leases`, the shard leases themselves: renew, take, release |
 //! | `held.rs` | what a relay holds between rounds: each lease, and the shards busy with a batch |
@@ -36,6 +37,7 @@
 mod batch;
 mod clock;
 mod dead_letter;
+mod delayed;
 mod handle;
 mod held;
 mod housekeeping;
@@ -243,8 +245,9 @@ impl<P: Publisher> Relay<P> {
         &self.setup.relay_id
     }
 
-    /// One pass by hand: takes or renews this relay's
-    /// shard leases, then publishes up to `batch_size` events per owned shard.
+    /// One pass by hand: takes or renews this relay's shard leases, moves the events
+    /// that became due into the outbox, then publishes up to `batch_size` events per
+    /// owned shard.
     ///
     /// # Errors
     /// The database's. Publish failures are recorded on the events, not returned.
@@ -252,6 +255,10 @@ impl<P: Publisher> Relay<P> {
     pub async fn process_events(&self, batch_size: usize) -> Result<ProcessReport> {
         self.keeper.lease_round().await?;
         housekeeping::sweep_orphans(&self.setup).await?;
+        self.setup
+            .outbox
+            .move_due(&self.setup.db, self.keeper.clock.now(), 10_000)
+            .await?;
         self.process_owned(batch_size.max(1)).await
     }
 
@@ -347,6 +354,11 @@ impl<P: Publisher> Relay<P> {
                 cancel.clone(),
             )));
             tasks.push(tracker.spawn(housekeeping::backlog_and_sweep(
+                Arc::clone(&setup),
+                Arc::clone(&keeper),
+                cancel.clone(),
+            )));
+            tasks.push(tracker.spawn(delayed::deliver_due(
                 Arc::clone(&setup),
                 Arc::clone(&keeper),
                 cancel.clone(),

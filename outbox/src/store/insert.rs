@@ -68,6 +68,37 @@ impl Outbox {
         }
         let dialect = Dialect::of(conn.get_database_backend())?;
         let ids = envelopes.iter().map(Envelope::id).collect();
+        let now = Utc::now();
+        if envelopes.iter().any(|envelope| envelope.waits(now)) {
+            let (waiting, due): (Vec<Envelope>, Vec<Envelope>) = envelopes
+                .into_iter()
+                .partition(|envelope| envelope.waits(now));
+            // Two tables: one transaction (a savepoint in the caller's), so that the
+            // batch stays atomic on a bare connection.
+            let txn = conn.begin().await?;
+            let stored = async {
+                let shards = if due.is_empty() {
+                    BTreeSet::new()
+                } else {
+                    self.insert_in_chunks(&txn, dialect, due).await?
+                };
+                self.schedule(&txn, waiting).await?;
+                Ok::<_, crate::Error>(shards)
+            }
+            .await;
+            let shards = match stored {
+                Ok(shards) => {
+                    txn.commit().await?;
+                    shards
+                }
+                Err(error) => {
+                    txn.rollback().await?;
+                    return Err(error);
+                }
+            };
+            self.wake.stored(shards);
+            return Ok(ids);
+        }
         let shards = if envelopes.len() <= dialect.max_rows_per_insert() {
             self.insert(conn, dialect, envelopes, Locks::Take).await?
         } else {
@@ -89,7 +120,7 @@ impl Outbox {
 
     /// Locks every key of `envelopes` in one order, then inserts them chunk by chunk;
     /// returns the shards written to.
-    async fn insert_in_chunks<T: ConnectionTrait>(
+    pub(super) async fn insert_in_chunks<T: ConnectionTrait>(
         &self,
         txn: &T,
         dialect: Dialect,

@@ -2,6 +2,7 @@
 
 mod insert;
 mod pending;
+mod scheduled;
 
 use std::num::NonZeroU16;
 use std::sync::Arc;

@@ -50,6 +50,20 @@ impl<C> Store<'_, C> {
         self.envelope = self.envelope.map(|e| e.header(name, value));
         self
     }
+
+    /// Publishes the event no earlier than `at` (see [`Envelope::deliver_at`]): it
+    /// waits, holding back none of its key's events, and can be cancelled until then.
+    pub fn deliver_at(mut self, at: chrono::DateTime<chrono::Utc>) -> Self {
+        self.envelope = self.envelope.map(|e| e.deliver_at(at));
+        self
+    }
+
+    /// Publishes the event no earlier than `delay` from now (see
+    /// [`Envelope::delay`]).
+    pub fn delay(mut self, delay: std::time::Duration) -> Self {
+        self.envelope = self.envelope.map(|e| e.delay(delay));
+        self
+    }
 }
 
 impl<'a, C: ConnectionTrait> IntoFuture for Store<'a, C> {
@@ -62,6 +76,10 @@ impl<'a, C: ConnectionTrait> IntoFuture for Store<'a, C> {
             let id = envelope.id;
             envelope.validate()?;
             let dialect = Dialect::of(self.conn.get_database_backend())?;
+            if envelope.waits(chrono::Utc::now()) {
+                self.outbox.schedule(self.conn, vec![envelope]).await?;
+                return Ok(id);
+            }
             let shards = self
                 .outbox
                 .insert(self.conn, dialect, vec![envelope], Locks::Take)

@@ -1,0 +1,88 @@
+//! Events with a due time: the relay moves them from the scheduled table into the
+//! outbox when due (see `store/scheduled.rs` for the order rule), and wakes at the
+//! next due time.
+//!
+//! Every relay moves; the move locks the rows it takes, so each event moves once.
+//! The relay reads the next due time again at least every second while events wait,
+//! every `interval` while none do, and at once when a store of this process
+//! schedules one. (A store in another process into an empty scheduled table is seen
+//! within `interval`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DbBackend;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::keeper::Keeper;
+use super::setup::Setup;
+use crate::wake;
+
+/// At most so many events move in one transaction.
+const MOVE_BATCH: usize = 500;
+
+/// The longest the relay waits before reading the next due time again while events
+/// wait: a store in another process may have scheduled an earlier one.
+const WHILE_WAITING: Duration = Duration::from_secs(1);
+
+/// Moves due events into the outbox until `cancel`.
+pub(super) async fn deliver_due(setup: Arc<Setup>, keeper: Arc<Keeper>, cancel: CancellationToken) {
+    let outbox = &setup.outbox;
+    loop {
+        // Enabled before the reads, so a store meanwhile is not missed.
+        let stored = outbox.wake().scheduled_stored();
+        tokio::pin!(stored);
+        stored.as_mut().enable();
+        let moved_all = move_due(&setup, &keeper).await;
+        if !moved_all {
+            if cancel.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        let wait = match outbox.next_due(&setup.db).await {
+            Ok(Some(next)) => (next - keeper.clock.now())
+                .to_std()
+                .unwrap_or_default()
+                .min(WHILE_WAITING),
+            Ok(None) => setup.config.interval,
+            Err(error) => {
+                warn!(relay = %setup.relay_id, %error, "could not read the next due time; trying again");
+                setup.config.interval.min(WHILE_WAITING)
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = &mut stored => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Moves what is due now; returns false when there may be more (a full batch).
+async fn move_due(setup: &Setup, keeper: &Keeper) -> bool {
+    match setup
+        .outbox
+        .move_due(&setup.db, keeper.clock.now(), MOVE_BATCH)
+        .await
+    {
+        Ok(moved) => {
+            if moved.events > 0 {
+                debug!(relay = %setup.relay_id, events = moved.events, "moved due events into the outbox");
+                let shards: Vec<i32> = moved.shards.iter().copied().collect();
+                setup.outbox.wake().stored(shards.iter().copied());
+                // Relays of other processes own some of these shards.
+                if setup.db.get_database_backend() == DbBackend::Postgres {
+                    let channel = wake::channel(setup.tables());
+                    wake::send_notify(&setup.db, &channel, wake::shards_payload(&shards)).await;
+                }
+            }
+            moved.events < MOVE_BATCH
+        }
+        Err(error) => {
+            warn!(relay = %setup.relay_id, %error, "could not move due events into the outbox; trying again");
+            true
+        }
+    }
+}
