@@ -83,7 +83,7 @@ impl Outbox {
                     self.insert_in_chunks(&txn, dialect, due).await?
                 };
                 self.schedule(&txn, waiting).await?;
-                Ok::<_, crate::Error>(shards)
+                Ok::<_, crate::error::Error>(shards)
             }
             .await;
             let shards = match stored {
