@@ -331,9 +331,101 @@ async fn due_times_are_checked_and_batches_stay_atomic(db: DatabaseConnection) {
     assert_eq!(outbox.backlog(&db).await.expect("backlog").pending, 2);
 }
 
+/// A delayed event, once due, is completed by each completion mode as any other:
+/// marked, deleted, archived.
+async fn delayed_events_complete_by_every_mode(db: DatabaseConnection) {
+    use outbox::Completion;
+    use outbox::entity::outbox as row;
+    use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+
+    for (n, mode) in [Completion::Mark, Completion::Delete, Completion::Archive]
+        .into_iter()
+        .enumerate()
+    {
+        let outbox = Outbox::new().with_completion(mode);
+        let publisher = Clocked::default();
+        let relay = Relay::new(
+            config(&format!("mode-{mode}")),
+            db.clone(),
+            publisher.clone(),
+        )
+        .expect("a valid config")
+        .with_outbox(outbox.clone())
+        .spawn();
+        let n = u32::try_from(n).unwrap_or(0);
+        let (id, _) = store(
+            &db,
+            &outbox,
+            &event("mode", n),
+            Some(Duration::from_millis(200)),
+        )
+        .await;
+        eventually("published", Duration::from_secs(10), || async {
+            publisher.when(id).is_some()
+        })
+        .await;
+        relay.shutdown().await.expect("shutdown");
+        let rows = row::Entity::find()
+            .filter(row::Column::Id.eq(id))
+            .all(&db)
+            .await
+            .expect("the outbox's rows");
+        match mode {
+            Completion::Mark => assert!(rows.len() == 1 && rows[0].published, "{mode}: {rows:?}"),
+            _ => assert!(rows.is_empty(), "{mode}: {rows:?}"),
+        }
+    }
+    let archived = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT COUNT(*) FROM _outbox_published",
+        ))
+        .await
+        .expect("the archive")
+        .expect("a row")
+        .try_get_by_index::<i64>(0)
+        .expect("a count");
+    assert_eq!(archived, 1, "the archived one");
+}
+
 outbox_tests::on_every_backend!(
+    delayed_events_complete_by_every_mode,
     a_delayed_event_holds_back_none_of_its_key_and_goes_out_by_due_time,
     a_cancelled_event_is_never_published,
     due_events_wait_for_a_relay,
     due_times_are_checked_and_batches_stay_atomic,
 );
+
+/// A store in another process (here: another pool, another outbox) that schedules an
+/// event into an empty scheduled table wakes an idle relay through PostgreSQL: the
+/// event goes out about at its due time, not at the relay's next `interval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_in_another_process_wakes_an_idle_relay_for_its_due_time() {
+    let pg = outbox_tests::PgSchema::migrated().await;
+    let publisher = Clocked::default();
+    let idle = RelayConfig {
+        interval: Duration::from_secs(20),
+        ..config("woken")
+    };
+    let relay = Relay::new(idle, pg.db.clone(), publisher.clone())
+        .expect("a valid config")
+        .spawn();
+    // Idle: listening, and the scheduled table read once and found empty.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writers_db = sea_orm::Database::connect(pg.url()).await.expect("a pool");
+    let writer = Outbox::on(&writers_db);
+    let delay = Duration::from_millis(300);
+    let (id, stored) = store(&writers_db, &writer, &event("w", 1), Some(delay)).await;
+    eventually("published", Duration::from_secs(15), || async {
+        publisher.when(id).is_some()
+    })
+    .await;
+    let waited = publisher.when(id).expect("sent") - stored;
+    assert!(
+        waited <= delay + Duration::from_millis(1500),
+        "published {waited:?} after its store: the relay was not woken for it"
+    );
+    relay.shutdown().await.expect("shutdown");
+    writers_db.close().await.ok();
+    pg.drop().await;
+}

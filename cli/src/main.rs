@@ -2,8 +2,9 @@
 //! relay as its own process.
 //!
 //! ```text
-//! outbox status                                  # pending, dead letters, per topic, relays
+//! outbox status                                  # pending, dead letters, scheduled, per topic, relays
 //! outbox list --dead                             # dead-lettered events
+//! outbox list --scheduled                        # events waiting for their due time
 //! outbox show 01a2...                            # one event, every column
 //! outbox replay 01a2... --yes                    # put a dead letter back in line
 //! outbox replay --all-dead                       # dry run: what would be replayed
@@ -44,7 +45,7 @@ use uuid::Uuid;
 
 use crate::changes::{purge, replay_all, replay_one};
 use crate::logs::LogFormat;
-use crate::read::{list, show, status};
+use crate::read::{list, list_scheduled, show, status};
 use crate::relay::relay;
 use outbox::Secrets;
 
@@ -123,11 +124,15 @@ enum Command {
     /// Pending and dead-lettered events, the oldest pending event's age, per topic, and
     /// the relays with the shards they hold.
     Status,
-    /// List pending events (oldest first), or dead letters with --dead.
+    /// List pending events (oldest first), dead letters with --dead, or events
+    /// waiting for their due time with --scheduled (soonest first).
     List {
         /// List dead-lettered events instead of pending ones.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "scheduled")]
         dead: bool,
+        /// List events waiting for their due time instead of pending ones.
+        #[arg(long)]
+        scheduled: bool,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u64,
@@ -254,7 +259,12 @@ async fn run(mut cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     match cli.command {
         Command::Status => status(&db, &outbox, json).await,
-        Command::List { dead, limit } => {
+        Command::List {
+            scheduled: true,
+            limit,
+            ..
+        } => list_scheduled(&outbox.scheduled(&db, limit).await?, json),
+        Command::List { dead, limit, .. } => {
             let events = if dead {
                 outbox.dead_letters(&db, limit).await?
             } else {

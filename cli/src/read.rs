@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use outbox::entity::outbox::Model as Event;
-use outbox::{Backlog, Outbox, RelayInfo, TopicBacklog};
+use outbox::{Backlog, Outbox, RelayInfo, ScheduledEvent, TopicBacklog};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
 
@@ -28,6 +28,8 @@ struct Status {
     #[serde(flatten)]
     backlog: Backlog,
     oldest_pending_age_seconds: Option<f64>,
+    /// Events waiting for their due time (not pending yet).
+    scheduled: u64,
     pending_outside_shards: u64,
     topics: Vec<TopicBacklog>,
     relays: Vec<RelayInfo>,
@@ -42,19 +44,21 @@ pub(crate) async fn status(
     let topics = outbox.topic_backlog(db).await?;
     let relays = outbox.relays(db).await?;
     let outside = outbox.pending_outside_shards(db).await?;
+    let scheduled = outbox.scheduled_count(db).await?;
     if json {
         return print_json(&Status {
             backlog,
             oldest_pending_age_seconds: backlog
                 .oldest_pending_age(Utc::now())
                 .map(|age| age.as_secs_f64()),
+            scheduled,
             pending_outside_shards: outside,
             topics,
             relays,
         });
     }
     println!(
-        "pending {}, dead-lettered {}, oldest pending {}",
+        "pending {}, dead-lettered {}, oldest pending {}; scheduled {scheduled} (waiting for their due time)",
         backlog.pending,
         backlog.dead_lettered,
         age(backlog.oldest_pending_at)
@@ -110,6 +114,33 @@ pub(crate) fn list(events: &[Event], json: bool) -> Result<(), Failure> {
                 .chars()
                 .take(60)
                 .collect(),
+        ]);
+    }
+    println!("{}", table.render());
+    Ok(())
+}
+
+/// `outbox list --scheduled`.
+pub(crate) fn list_scheduled(events: &[ScheduledEvent], json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(&events);
+    }
+    let mut table = Table::new(&["id", "type", "topic", "key", "due", "stored"]);
+    for e in events {
+        let due = (e.deliver_at - Utc::now()).to_std().map_or_else(
+            |_| "now".to_owned(),
+            |wait| {
+                let secs = Duration::from_secs(wait.as_secs());
+                format!("in {}", humantime::format_duration(secs))
+            },
+        );
+        table.row(vec![
+            e.id.to_string(),
+            e.event_type.clone(),
+            e.destination_topic.clone(),
+            e.event_key.clone(),
+            format!("{} ({due})", e.deliver_at.format("%Y-%m-%d %H:%M:%S UTC")),
+            format!("{} ago", age(Some(e.stored_at))),
         ]);
     }
     println!("{}", table.render());

@@ -194,6 +194,52 @@ async fn list_and_show_events(database: &ServerDatabase) {
     assert!(error.contains("invalid value 'not-a-uuid'"), "{error}");
 }
 
+/// `list --scheduled` shows the events waiting for their due time, soonest first;
+/// `status` counts them apart from the pending ones; after `cancel`, they are gone.
+async fn scheduled_events_are_listed_and_counted_apart(database: &ServerDatabase) {
+    let db = database.db();
+    let outbox = Outbox::new();
+    let mut ids = Vec::new();
+    for (key, hours) in [("later", 48), ("sooner", 24)] {
+        let event = EventBuilder::new("payment.reminder", key);
+        let id = outbox
+            .store(db, &event, "reminders")
+            .delay(std::time::Duration::from_secs(hours * 60 * 60))
+            .await
+            .expect("schedule");
+        ids.push(id);
+    }
+    outbox
+        .store(db, &EventBuilder::new("order.created", "now"), "orders")
+        .await
+        .expect("store");
+    let listed = json(&outbox_cli(database, &["list", "--scheduled", "--json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    assert_eq!(listed[0]["id"], ids[1].to_string(), "soonest first");
+    assert_eq!(listed[0]["event_key"], "sooner");
+    assert_eq!(listed[1]["destination_topic"], "reminders");
+    let table = stdout(&outbox_cli(database, &["list", "--scheduled"]));
+    assert!(
+        table.lines().nth(1).is_some_and(
+            |line| line.starts_with(&ids[1].to_string()) && line.contains("(in 23h 59m")
+        ),
+        "{table}"
+    );
+    let status = json(&outbox_cli(database, &["status", "--json"]));
+    assert_eq!(
+        (status["pending"].as_u64(), status["scheduled"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let text = stdout(&outbox_cli(database, &["status"]));
+    assert!(
+        text.contains("scheduled 2 (waiting for their due time)"),
+        "{text}"
+    );
+    assert!(outbox.cancel(db, ids[0]).await.expect("cancel"));
+    let listed = json(&outbox_cli(database, &["list", "--scheduled", "--json"]));
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+}
+
 async fn replay_asks_for_yes_then_puts_dead_letters_back(database: &ServerDatabase) {
     let (pending, dead) = fixture(database).await;
     let dry = stdout(&outbox_cli(database, &["replay", &dead.to_string()]));
@@ -1049,6 +1095,7 @@ async fn inbox_dead_letters_are_listed_shown_replayed_and_deleted(database: &Ser
 outbox_tests::on_server_databases!(
     status_reports_backlog_per_topic_and_relays,
     list_and_show_events,
+    scheduled_events_are_listed_and_counted_apart,
     replay_asks_for_yes_then_puts_dead_letters_back,
     purge_deletes_only_old_published_events_after_yes,
     replay_all_dead_and_purge_work_in_batches,

@@ -69,7 +69,7 @@ pub use event::{DEFAULT_EVENT_VERSION, DeclaredEvent, EventBuilder, OutboxEvent}
 pub use inbox::{DEFAULT_DEDUP_WINDOW, Inbox};
 pub use secrets::Secrets;
 pub use signal::shutdown_signal;
-pub use store::{DEFAULT_SHARDS, Outbox, Store};
+pub use store::{DEFAULT_SHARDS, Outbox, ScheduledEvent, Store};
 pub use tables::{Identifier, KEY_LOCKS, MAX_BASE_NAME_LEN, Tables};
 #[cfg(feature = "kafka")]
 pub use wire::Received;

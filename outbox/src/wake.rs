@@ -56,6 +56,17 @@ pub(crate) fn released_by(payload: &str) -> Option<&str> {
     payload.strip_prefix(RELEASED)
 }
 
+/// The notification a store sends when it scheduled events (see
+/// [`Wake::scheduled`]): the relays read the next due time again. A relay of an
+/// older version reads no shards in it, and polls every shard it owns: harmless.
+const SCHEDULED: &str = "scheduled";
+
+/// Whether a notification's payload says events were scheduled.
+#[cfg(feature = "postgres")]
+pub(crate) fn is_scheduled(payload: &str) -> bool {
+    payload == SCHEDULED
+}
+
 /// The notification a relay sends itself to check that its listening connection
 /// hears: this, then the relay's id. Other relays ignore it (one of an older version
 /// reads no shards in it, and polls once: harmless).
@@ -90,8 +101,18 @@ pub(crate) struct Wake {
 }
 
 impl Wake {
-    /// Events with a due time were stored (see [`Wake::scheduled`]).
+    /// Events with a due time were stored: the relays of this process, and of others
+    /// through PostgreSQL, read the next due time again.
     pub(crate) fn scheduled(&self) {
+        self.scheduled_heard();
+        if let Some(notifier) = self.remote.get() {
+            notifier.ring_scheduled();
+        }
+    }
+
+    /// Another process scheduled events (a relay's listening connection heard it):
+    /// the relays of this process read the next due time again.
+    pub(crate) fn scheduled_heard(&self) {
         self.scheduled.notify_waiters();
     }
 
@@ -230,6 +251,8 @@ struct NotifierState {
     channel: String,
     /// Shards stored to since the last notification.
     pending: Pending,
+    /// Events were scheduled since the last notification.
+    scheduled: std::sync::atomic::AtomicBool,
 }
 
 impl Notifier {
@@ -239,6 +262,7 @@ impl Notifier {
                 db,
                 channel,
                 pending: Pending::default(),
+                scheduled: std::sync::atomic::AtomicBool::new(false),
             }),
             doorbell: OnceLock::new(),
         }
@@ -246,6 +270,13 @@ impl Notifier {
 
     fn ring(&self, shards: impl IntoIterator<Item = i32>) {
         self.shared.pending.add(shards);
+        self.send();
+    }
+
+    fn ring_scheduled(&self) {
+        self.shared
+            .scheduled
+            .store(true, std::sync::atomic::Ordering::Release);
         self.send();
     }
 
@@ -271,6 +302,12 @@ impl Notifier {
 impl NotifierState {
     async fn run(self: Arc<Self>, mut doorbell: mpsc::Receiver<()>) {
         while doorbell.recv().await.is_some() {
+            if self
+                .scheduled
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                send_notify(&self.db, &self.channel, SCHEDULED.to_owned()).await;
+            }
             let payload = match self.pending.take() {
                 Some(shards) if shards.is_empty() => continue,
                 Some(shards) => {

@@ -4,9 +4,10 @@
 //!
 //! Every relay moves; the move locks the rows it takes, so each event moves once.
 //! The relay reads the next due time again at least every second while events wait,
-//! every `interval` while none do, and at once when a store of this process
-//! schedules one. (A store in another process into an empty scheduled table is seen
-//! within `interval`.)
+//! every `interval` while none do, and at once when a store schedules one: of this
+//! process through the outbox, of others by a notification (PostgreSQL). The store's
+//! transaction may not have committed when the relay reads, so after such a wake-up
+//! it reads again within a second.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,8 @@ const WHILE_WAITING: Duration = Duration::from_secs(1);
 /// Moves due events into the outbox until `cancel`.
 pub(super) async fn deliver_due(setup: Arc<Setup>, keeper: Arc<Keeper>, cancel: CancellationToken) {
     let outbox = &setup.outbox;
+    // A store scheduled events: its transaction may commit after the next read.
+    let mut woken = false;
     loop {
         // Enabled before the reads, so a store meanwhile is not missed.
         let stored = outbox.wake().scheduled_stored();
@@ -46,17 +49,18 @@ pub(super) async fn deliver_due(setup: Arc<Setup>, keeper: Arc<Keeper>, cancel: 
                 .to_std()
                 .unwrap_or_default()
                 .min(WHILE_WAITING),
+            Ok(None) if woken => setup.config.interval.min(WHILE_WAITING),
             Ok(None) => setup.config.interval,
             Err(error) => {
                 warn!(relay = %setup.relay_id, %error, "could not read the next due time; trying again");
                 setup.config.interval.min(WHILE_WAITING)
             }
         };
-        tokio::select! {
+        woken = tokio::select! {
             () = cancel.cancelled() => return,
-            () = &mut stored => {}
-            () = tokio::time::sleep(wait) => {}
-        }
+            () = &mut stored => true,
+            () = tokio::time::sleep(wait) => false,
+        };
     }
 }
 

@@ -156,6 +156,8 @@ impl Ear {
             if !own(relay) {
                 self.setup.doorbell.hear_release();
             }
+        } else if wake::is_scheduled(payload) {
+            self.setup.outbox.wake().scheduled_heard();
         } else {
             self.wake_for(wake::shards_of(payload));
         }

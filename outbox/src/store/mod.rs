@@ -10,6 +10,7 @@ use std::sync::Arc;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 
 pub use self::pending::Store;
+pub use self::scheduled::ScheduledEvent;
 use crate::completion::Completion;
 use crate::error::Result;
 use crate::key::{key_hash, shard_of};

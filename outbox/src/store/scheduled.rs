@@ -91,6 +91,23 @@ struct NextDue {
     next: Option<DateTime<Utc>>,
 }
 
+/// An event waiting for its due time, as [`Outbox::scheduled`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromQueryResult)]
+pub struct ScheduledEvent {
+    /// The event's id ([`Outbox::cancel`] takes it).
+    pub id: Uuid,
+    /// When it is due.
+    pub deliver_at: DateTime<Utc>,
+    /// When it was stored.
+    pub stored_at: DateTime<Utc>,
+    /// The key that orders it (its partition key, else its aggregate id).
+    pub event_key: String,
+    /// Its type.
+    pub event_type: String,
+    /// The topic it goes to.
+    pub destination_topic: String,
+}
+
 /// What one move did: how many events it moved, and to which shards.
 #[derive(Debug, Default)]
 pub(crate) struct Moved {
@@ -168,6 +185,36 @@ impl Outbox {
         let row = conn.query_one(&count).await?;
         let n: i64 = row.map_or(Ok(0), |row| row.try_get("", "n"))?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Up to `limit` of the events that wait for their due time, the soonest due
+    /// first.
+    ///
+    /// # Errors
+    /// The database's.
+    pub async fn scheduled<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        limit: u64,
+    ) -> Result<Vec<ScheduledEvent>> {
+        let list = Query::select()
+            .columns([
+                Alias::new("id"),
+                Alias::new("deliver_at"),
+                Alias::new("stored_at"),
+                Alias::new("event_key"),
+                Alias::new("event_type"),
+                Alias::new("destination_topic"),
+            ])
+            .from(Alias::new(self.tables().scheduled().as_str()))
+            .order_by(Alias::new("deliver_at"), Order::Asc)
+            .order_by(Alias::new("seq"), Order::Asc)
+            .limit(limit)
+            .to_owned();
+        let statement = conn.get_database_backend().build(&list);
+        Ok(ScheduledEvent::find_by_statement(statement)
+            .all(conn)
+            .await?)
     }
 
     /// The earliest due time of the events that wait, if any.
