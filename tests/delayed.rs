@@ -388,7 +388,75 @@ async fn delayed_events_complete_by_every_mode(db: DatabaseConnection) {
     assert_eq!(archived, 1, "the archived one");
 }
 
+/// A scheduled row that cannot be read (written by hand) stays where it is, said;
+/// the events due beside it and after it go out.
+async fn a_scheduled_row_that_cannot_be_read_holds_back_no_other(db: DatabaseConnection) {
+    use sea_orm::ConnectionTrait;
+    use sea_orm::sea_query::{Alias, Query};
+
+    let outbox = Outbox::new();
+    let broken = Uuid::now_v7();
+    let mut insert = Query::insert();
+    insert
+        .into_table(Alias::new("_outbox_scheduled"))
+        .columns(
+            [
+                "id",
+                "deliver_at",
+                "event_key",
+                "event_type",
+                "destination_topic",
+                "envelope",
+            ]
+            .map(Alias::new),
+        )
+        .values_panic([
+            broken.into(),
+            (Utc::now() - chrono::Duration::seconds(5)).into(),
+            "k".into(),
+            "reminder.due".into(),
+            "reminders".into(),
+            "not an envelope".into(),
+        ]);
+    db.execute(&insert).await.expect("a row written by hand");
+    let (beside, _) = store(
+        &db,
+        &outbox,
+        &event("k", 1),
+        Some(Duration::from_millis(100)),
+    )
+    .await;
+    let publisher = Clocked::default();
+    let relay = Relay::new(config("broken"), db.clone(), publisher.clone())
+        .expect("a valid config")
+        .with_outbox(outbox.clone())
+        .spawn();
+    eventually(
+        "the readable event published",
+        Duration::from_secs(10),
+        || async { publisher.ids() == [beside] },
+    )
+    .await;
+    let (after, _) = store(
+        &db,
+        &outbox,
+        &event("k", 2),
+        Some(Duration::from_millis(100)),
+    )
+    .await;
+    eventually(
+        "a later one published too",
+        Duration::from_secs(10),
+        || async { publisher.ids() == [beside, after] },
+    )
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    let waiting = outbox.scheduled(&db, 10).await.expect("the waiting events");
+    assert_eq!(waiting.iter().map(|e| e.id).collect::<Vec<_>>(), [broken]);
+}
+
 outbox_tests::on_every_backend!(
+    a_scheduled_row_that_cannot_be_read_holds_back_no_other,
     delayed_events_complete_by_every_mode,
     a_delayed_event_holds_back_none_of_its_key_and_goes_out_by_due_time,
     a_cancelled_event_is_never_published,

@@ -37,24 +37,27 @@ pub(super) async fn deliver_due(setup: Arc<Setup>, keeper: Arc<Keeper>, cancel: 
         let stored = outbox.wake().scheduled_stored();
         tokio::pin!(stored);
         stored.as_mut().enable();
-        let moved_all = move_due(&setup, &keeper).await;
-        if !moved_all {
-            if cancel.is_cancelled() {
-                return;
-            }
-            continue;
-        }
-        let wait = match outbox.next_due(&setup.db).await {
-            Ok(Some(next)) => (next - keeper.clock.now())
-                .to_std()
-                .unwrap_or_default()
-                .min(WHILE_WAITING),
-            Ok(None) if woken => setup.config.interval.min(WHILE_WAITING),
-            Ok(None) => setup.config.interval,
-            Err(error) => {
-                warn!(relay = %setup.relay_id, %error, "could not read the next due time; trying again");
-                setup.config.interval.min(WHILE_WAITING)
-            }
+        let retry = setup.config.interval.min(WHILE_WAITING);
+        let wait = match move_due(&setup, &keeper).await {
+            Move::More if cancel.is_cancelled() => return,
+            Move::More => continue,
+            Move::Failed => retry,
+            Move::Done => match outbox.next_due(&setup.db).await {
+                // Due already, yet not moved (a row that cannot be read stays): not
+                // again at once.
+                Ok(Some(next)) => (next - keeper.clock.now())
+                    .to_std()
+                    .ok()
+                    .filter(|wait| !wait.is_zero())
+                    .unwrap_or(WHILE_WAITING)
+                    .min(WHILE_WAITING),
+                Ok(None) if woken => retry,
+                Ok(None) => setup.config.interval,
+                Err(error) => {
+                    warn!(relay = %setup.relay_id, %error, "could not read the next due time; trying again");
+                    retry
+                }
+            },
         };
         woken = tokio::select! {
             () = cancel.cancelled() => return,
@@ -64,8 +67,18 @@ pub(super) async fn deliver_due(setup: Arc<Setup>, keeper: Arc<Keeper>, cancel: 
     }
 }
 
-/// Moves what is due now; returns false when there may be more (a full batch).
-async fn move_due(setup: &Setup, keeper: &Keeper) -> bool {
+/// How a move ended.
+enum Move {
+    /// A full batch: there may be more due now.
+    More,
+    /// Everything due now that could be read was moved.
+    Done,
+    /// The move failed (it said why); nothing moved.
+    Failed,
+}
+
+/// Moves what is due now.
+async fn move_due(setup: &Setup, keeper: &Keeper) -> Move {
     match setup
         .outbox
         .move_due(&setup.db, keeper.clock.now(), MOVE_BATCH)
@@ -82,11 +95,15 @@ async fn move_due(setup: &Setup, keeper: &Keeper) -> bool {
                     wake::send_notify(&setup.db, &channel, wake::shards_payload(&shards)).await;
                 }
             }
-            moved.events < MOVE_BATCH
+            if moved.events < MOVE_BATCH {
+                Move::Done
+            } else {
+                Move::More
+            }
         }
         Err(error) => {
             warn!(relay = %setup.relay_id, %error, "could not move due events into the outbox; trying again");
-            true
+            Move::Failed
         }
     }
 }
