@@ -69,12 +69,14 @@ impl Outbox {
         let dialect = Dialect::of(conn.get_database_backend())?;
         let ids = envelopes.iter().map(Envelope::id).collect();
         let now = Utc::now();
-        if envelopes.iter().any(|envelope| envelope.waits(now)) {
-            let (waiting, due): (Vec<Envelope>, Vec<Envelope>) = envelopes
-                .into_iter()
-                .partition(|envelope| envelope.waits(now));
-            // Two tables: one transaction (a savepoint in the caller's), so that the
-            // batch stays atomic on a bare connection.
+        let (waiting, due): (Vec<Envelope>, Vec<Envelope>) = envelopes
+            .into_iter()
+            .partition(|envelope| envelope.waits(now));
+        let shards = if waiting.is_empty() && due.len() <= dialect.max_rows_per_insert() {
+            self.insert(conn, dialect, due, Locks::Take).await?
+        } else {
+            // Several statements (chunks, or two tables): one transaction (a savepoint
+            // in the caller's), so that the batch stays atomic on a bare connection.
             let txn = conn.begin().await?;
             let stored = async {
                 let shards = if due.is_empty() {
@@ -82,28 +84,13 @@ impl Outbox {
                 } else {
                     self.insert_in_chunks(&txn, dialect, due).await?
                 };
-                self.schedule(&txn, waiting).await?;
+                if !waiting.is_empty() {
+                    self.schedule(&txn, waiting).await?;
+                }
                 Ok::<_, crate::error::Error>(shards)
             }
             .await;
-            let shards = match stored {
-                Ok(shards) => {
-                    txn.commit().await?;
-                    shards
-                }
-                Err(error) => {
-                    txn.rollback().await?;
-                    return Err(error);
-                }
-            };
-            self.wake.stored(shards);
-            return Ok(ids);
-        }
-        let shards = if envelopes.len() <= dialect.max_rows_per_insert() {
-            self.insert(conn, dialect, envelopes, Locks::Take).await?
-        } else {
-            let txn = conn.begin().await?;
-            match self.insert_in_chunks(&txn, dialect, envelopes).await {
+            match stored {
                 Ok(shards) => {
                     txn.commit().await?;
                     shards
