@@ -38,26 +38,25 @@ pub(super) async fn deliver_due(setup: Arc<Setup>, keeper: Arc<Keeper>, cancel: 
         tokio::pin!(stored);
         stored.as_mut().enable();
         let retry = setup.config.interval.min(WHILE_WAITING);
-        let wait = match move_due(&setup, &keeper).await {
-            Move::More if cancel.is_cancelled() => return,
-            Move::More => continue,
-            Move::Failed => retry,
-            Move::Done => match outbox.next_due(&setup.db).await {
-                // Due already, yet not moved (a row that cannot be read stays): not
-                // again at once.
-                Ok(Some(next)) => (next - keeper.clock.now())
-                    .to_std()
-                    .ok()
-                    .filter(|wait| !wait.is_zero())
-                    .unwrap_or(WHILE_WAITING)
-                    .min(WHILE_WAITING),
-                Ok(None) if woken => retry,
-                Ok(None) => setup.config.interval,
-                Err(error) => {
-                    warn!(relay = %setup.relay_id, %error, "could not read the next due time; trying again");
-                    retry
-                }
+        // The next due time first: one indexed read, and a move (a transaction) only
+        // when something is due.
+        let wait = match outbox.next_due(&setup.db).await {
+            Ok(Some(next)) => match (next - keeper.clock.now()).to_std() {
+                Ok(wait) if !wait.is_zero() => wait.min(WHILE_WAITING),
+                _ => match move_due(&setup, &keeper).await {
+                    Move::More | Move::Done(true) if cancel.is_cancelled() => return,
+                    Move::More | Move::Done(true) => continue,
+                    // Due, yet nothing moved (a row that cannot be read stays): not
+                    // again at once.
+                    Move::Done(false) | Move::Failed => retry,
+                },
             },
+            Ok(None) if woken => retry,
+            Ok(None) => setup.config.interval,
+            Err(error) => {
+                warn!(relay = %setup.relay_id, %error, "could not read the next due time; trying again");
+                retry
+            }
         };
         woken = tokio::select! {
             () = cancel.cancelled() => return,
@@ -71,8 +70,8 @@ pub(super) async fn deliver_due(setup: Arc<Setup>, keeper: Arc<Keeper>, cancel: 
 enum Move {
     /// A full batch: there may be more due now.
     More,
-    /// Everything due now that could be read was moved.
-    Done,
+    /// Everything due now that could be read was moved; whether anything was.
+    Done(bool),
     /// The move failed (it said why); nothing moved.
     Failed,
 }
@@ -96,7 +95,7 @@ async fn move_due(setup: &Setup, keeper: &Keeper) -> Move {
                 }
             }
             if moved.events < MOVE_BATCH {
-                Move::Done
+                Move::Done(moved.events > 0)
             } else {
                 Move::More
             }
