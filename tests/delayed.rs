@@ -274,6 +274,31 @@ async fn due_events_wait_for_a_relay(db: DatabaseConnection) {
     running.shutdown().await.expect("shutdown");
 }
 
+/// Large delayed events (a payload of 40 KB) move with small ones, in one move.
+async fn large_delayed_events_move(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        let event = EventBuilder::new("reminder.due", format!("k{n}"))
+            .data(json!({ "n": n, "filler": "x".repeat(if n % 2 == 0 { 40_000 } else { 10 }) }));
+        ids.push(
+            store(&db, &outbox, &event, Some(Duration::from_millis(300)))
+                .await
+                .0,
+        );
+    }
+    let publisher = Clocked::default();
+    let relay = Relay::new(config("large"), db.clone(), publisher.clone())
+        .expect("a valid config")
+        .with_outbox(outbox.clone())
+        .spawn();
+    eventually("all published", Duration::from_secs(10), || async {
+        publisher.ids().len() == ids.len()
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+}
+
 /// A due time too far ahead is refused, naming the event, and writes nothing: the
 /// transaction goes on. One already past is now. A batch with both kinds is one
 /// atomic write, on a bare connection too.
@@ -461,6 +486,7 @@ outbox_tests::on_every_backend!(
     a_delayed_event_holds_back_none_of_its_key_and_goes_out_by_due_time,
     a_cancelled_event_is_never_published,
     due_events_wait_for_a_relay,
+    large_delayed_events_move,
     due_times_are_checked_and_batches_stay_atomic,
 );
 

@@ -189,6 +189,33 @@ async fn batch_writes_all_rows_in_one_statement(mut db: DatabaseConnection) {
     assert_eq!(rows[9].partition_key.as_deref(), Some("customer-2"));
 }
 
+/// A batch whose payloads differ in size by thousands of times (a 40 KB one between
+/// small ones) is stored whole, every payload as it was given.
+async fn a_batch_of_small_and_large_payloads_is_stored_whole(db: DatabaseConnection) {
+    let sizes = [10, 40_000, 10, 40_000, 200_000, 3];
+    let envelopes: Vec<Envelope> = sizes
+        .iter()
+        .enumerate()
+        .map(|(n, size)| {
+            let event = EventBuilder::new("order.created", format!("order-{n}"))
+                .data(json!({ "filler": "x".repeat(*size) }));
+            Envelope::new(&event, "order-events").expect("serializable")
+        })
+        .collect();
+    let txn = db.begin().await.expect("begin");
+    Outbox::new()
+        .store_batch(&txn, envelopes)
+        .await
+        .expect("store batch");
+    txn.commit().await.expect("commit");
+    let stored: Vec<usize> = rows(&db)
+        .await
+        .iter()
+        .map(|row| row.event_data["filler"].as_str().map_or(0, str::len))
+        .collect();
+    assert_eq!(stored, sizes);
+}
+
 async fn an_empty_batch_stores_nothing_and_succeeds(db: DatabaseConnection) {
     let txn = db.begin().await.expect("begin");
     let ids = Outbox::new()
@@ -377,6 +404,7 @@ outbox_tests::on_every_backend!(
     invalid_input_is_rejected_and_nothing_is_written,
     custom_tables_are_used,
     batch_writes_all_rows_in_one_statement,
+    a_batch_of_small_and_large_payloads_is_stored_whole,
     an_empty_batch_stores_nothing_and_succeeds,
 );
 
