@@ -274,6 +274,31 @@ async fn due_events_wait_for_a_relay(db: DatabaseConnection) {
     running.shutdown().await.expect("shutdown");
 }
 
+/// A relay whose host's clock runs ahead moves nothing before it is due. Until its
+/// first lease round measures the database's clock, a relay knows only its own; the
+/// move reads the database's, so a clock ten minutes fast publishes nothing early.
+async fn a_relay_whose_clock_runs_ahead_moves_nothing_early(db: DatabaseConnection) {
+    let outbox = Outbox::new();
+    let delay = Duration::from_millis(1500);
+    let (id, stored) = store(&db, &outbox, &event("k", 1), Some(delay)).await;
+    let publisher = Clocked::default();
+    let relay = Relay::new(config("ahead"), db.clone(), publisher.clone())
+        .expect("a valid config")
+        .with_outbox(outbox.clone())
+        .with_clock_skew(chrono::Duration::minutes(10))
+        .spawn();
+    eventually("published", Duration::from_secs(10), || async {
+        publisher.when(id).is_some()
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    let waited = publisher.when(id).expect("sent") - stored;
+    assert!(
+        waited + Duration::from_millis(50) >= delay,
+        "published {waited:?} after its store, before its delay of {delay:?}: due by the relay's clock, not the database's"
+    );
+}
+
 /// Large delayed events (a payload of 40 KB) move with small ones, in one move.
 async fn large_delayed_events_move(db: DatabaseConnection) {
     let outbox = Outbox::new();
@@ -486,6 +511,7 @@ outbox_tests::on_every_backend!(
     a_delayed_event_holds_back_none_of_its_key_and_goes_out_by_due_time,
     a_cancelled_event_is_never_published,
     due_events_wait_for_a_relay,
+    a_relay_whose_clock_runs_ahead_moves_nothing_early,
     large_delayed_events_move,
     due_times_are_checked_and_batches_stay_atomic,
 );

@@ -43,7 +43,7 @@ pub(super) async fn deliver_due(setup: Arc<Setup>, keeper: Arc<Keeper>, cancel: 
         let wait = match outbox.next_due(&setup.db).await {
             Ok(Some(next)) => match (next - keeper.clock.now()).to_std() {
                 Ok(wait) if !wait.is_zero() => wait.min(WHILE_WAITING),
-                _ => match move_due(&setup, &keeper).await {
+                _ => match move_due(&setup).await {
                     Move::More | Move::Done(true) if cancel.is_cancelled() => return,
                     Move::More | Move::Done(true) => continue,
                     // Due, yet nothing moved (a row that cannot be read stays): not
@@ -77,12 +77,8 @@ enum Move {
 }
 
 /// Moves what is due now.
-async fn move_due(setup: &Setup, keeper: &Keeper) -> Move {
-    match setup
-        .outbox
-        .move_due(&setup.db, keeper.clock.now(), MOVE_BATCH)
-        .await
-    {
+async fn move_due(setup: &Setup) -> Move {
+    match setup.outbox.move_due(&setup.db, MOVE_BATCH).await {
         Ok(moved) => {
             if moved.events > 0 {
                 debug!(relay = %setup.relay_id, events = moved.events, "moved due events into the outbox");

@@ -255,10 +255,7 @@ impl<P: Publisher> Relay<P> {
     pub async fn process_events(&self, batch_size: usize) -> Result<ProcessReport> {
         self.keeper.lease_round().await?;
         housekeeping::sweep_orphans(&self.setup).await?;
-        self.setup
-            .outbox
-            .move_due(&self.setup.db, self.keeper.clock.now(), 10_000)
-            .await?;
+        self.setup.outbox.move_due(&self.setup.db, 10_000).await?;
         self.process_owned(batch_size.max(1)).await
     }
 

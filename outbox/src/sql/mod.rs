@@ -135,17 +135,21 @@ impl Dialect {
         }
     }
 
-    /// Reads the database's clock, where relays on several hosts may share it
-    /// (PostgreSQL, MySQL); `None` on SQLite, which lives in one process.
+    /// The database's clock as an expression, where relays on several hosts share it
+    /// (PostgreSQL, MySQL); `None` on SQLite, which lives in one process on one host.
+    pub(crate) fn now(self) -> Option<Expr> {
+        match self {
+            Dialect::Postgres => Some(Func::cust("clock_timestamp").into()),
+            // The UTC time, with microseconds; the column types hold no time zone.
+            Dialect::MySql => Some(Expr::cust("UTC_TIMESTAMP(6)")),
+            Dialect::Sqlite => None,
+        }
+    }
+
     /// The database's time, read as a [`DatabaseNow`] row; `None` on SQLite, whose
     /// time is the host's.
     pub(crate) fn database_now(self) -> Option<Statement> {
-        let now: Expr = match self {
-            Dialect::Postgres => Func::cust("clock_timestamp").into(),
-            // The UTC time, with microseconds; the column types hold no time zone.
-            Dialect::MySql => Expr::cust("UTC_TIMESTAMP(6)"),
-            Dialect::Sqlite => return None,
-        };
+        let now = self.now()?;
         Some(self.build(Query::select().expr_as(now, "now")))
     }
 }

@@ -233,19 +233,19 @@ impl Outbox {
             .and_then(|row| row.next))
     }
 
-    /// Moves up to `limit` events due at `now` (the database's time) into the outbox,
-    /// in due-time order (ties in store order), in one transaction that takes their
-    /// keys' locks as a store does; returns what it moved. The rows are locked as
-    /// they are read (`FOR UPDATE`, in that same order), so relays moving at once
-    /// move each event once and one key's events in order.
-    pub(crate) async fn move_due(
-        &self,
-        db: &DatabaseConnection,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Moved> {
+    /// Moves up to `limit` events due now into the outbox, in due-time order (ties in
+    /// store order), in one transaction that takes their keys' locks as a store does;
+    /// returns what it moved. The rows are locked as they are read (`FOR UPDATE`, in
+    /// that same order), so relays moving at once move each event once and one key's
+    /// events in order.
+    ///
+    /// "Now" is the database's clock (the host's on SQLite), read by the statement
+    /// itself: a relay's own estimate of it is off by its host's error until its first
+    /// lease round measures the offset, and would move events early by as much.
+    pub(crate) async fn move_due(&self, db: &DatabaseConnection, limit: usize) -> Result<Moved> {
         let dialect = Dialect::of(db.get_database_backend())?;
         let table = Alias::new(self.tables().scheduled().as_str());
+        let now = dialect.now().unwrap_or_else(|| Expr::value(Utc::now()));
         let mut select = Query::select();
         select
             .columns([Alias::new("seq"), Alias::new("id"), Alias::new("envelope")])
