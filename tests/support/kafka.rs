@@ -100,6 +100,9 @@ pub struct Received {
     pub partition: i32,
     /// Its offset there.
     pub offset: i64,
+    /// Its timestamp, in milliseconds since the epoch: when the producer sent it
+    /// (`CreateTime`), if the broker kept one.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Received {
@@ -194,6 +197,7 @@ async fn consume_from(
             headers,
             partition: message.partition(),
             offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
         };
         distinct.insert(received_message.identity());
         received.push(received_message);

@@ -19,7 +19,10 @@
 //! events dead-lettered, bounded relay memory, nothing left pending or parked; it
 //! reports the re-publications behind a later event of their key, which kills cause
 //! (the next owner sends a killed relay's batch again) and pauses too (a resumed
-//! relay sends what was already inside its producer).
+//! relay sends what was already inside its producer). One transaction in ten stores
+//! its events due up to 3 s later: none may be sent before its due time (by the
+//! message's timestamp), and each takes its place among its key's events by the order
+//! rule (`torture/delayed.rs`), the skewed relay and the kills notwithstanding.
 //!
 //! `consumer_torture` is the consumer's side: the same writers, relay processes killed
 //! at random (so events are published twice), and two consumer processes of one group
@@ -45,7 +48,9 @@
 //!
 //! Knobs (environment): `TORTURE_SEED` (printed at start; set it to replay a run),
 //! `TORTURE_SECONDS` (how long writers write, default 20), `TORTURE_WRITERS` (8),
-//! `TORTURE_KEYS` (32), `TORTURE_RELAYS` (3), `TORTURE_BACKENDS` (the databases,
+//! `TORTURE_KEYS` (32), `TORTURE_RELAYS` (3), `TORTURE_DELAYED` (the percentage of
+//! transactions stored with a due time, 10; none in `consumer_torture`, whose check
+//! is each key's commit order), `TORTURE_BACKENDS` (the databases,
 //! default `postgres,mysql`: `DATABASE_URL` and `MYSQL_URL`) and `TORTURE_COMPLETION`
 //! (the relays' completion modes, default `mark,delete`): every backend in every mode,
 //! one run after the other, each for `TORTURE_SECONDS`; `TORTURE_RESTART_POSTGRES=1`
@@ -56,6 +61,7 @@
 //! their connections, and only theirs, can be cut with `KILL CONNECTION`.
 //! A local soak: `TORTURE_SECONDS=300 TORTURE_WRITERS=16 TORTURE_KEYS=256 scripts/test.sh -E 'test(torture)'`.
 
+mod delayed;
 mod fleet;
 
 use std::collections::{HashMap, HashSet};
@@ -64,6 +70,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, SubsecRound, Utc};
 use outbox::{Completion, Envelope, EventBuilder, Outbox};
 use outbox_tests::kafka::{PrivateBroker, consume, consume_topics, create_topic};
 use outbox_tests::proxy::Mode;
@@ -160,13 +167,15 @@ impl Rng {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Size {
     seed: u64,
     seconds: u64,
     writers: u64,
     keys: u64,
     relays: usize,
+    /// The percentage of transactions whose events are stored with a due time.
+    delayed_percent: u64,
     restart_postgres: bool,
     backends: Vec<DbBackend>,
     completions: Vec<Completion>,
@@ -277,6 +286,7 @@ impl Size {
             writers: var("TORTURE_WRITERS", 8),
             keys: var("TORTURE_KEYS", 32),
             relays: usize::try_from(var("TORTURE_RELAYS", 3)).unwrap_or(3),
+            delayed_percent: var("TORTURE_DELAYED", 10),
             restart_postgres: var("TORTURE_RESTART_POSTGRES", 0) == 1,
             backends: std::env::var("TORTURE_BACKENDS")
                 .unwrap_or_else(|_| "postgres,mysql".to_owned())
@@ -309,6 +319,10 @@ struct Ledger {
     unknown: HashSet<String>,
     /// Events too large to send: they must be dead-lettered, not published.
     oversized: HashSet<String>,
+    /// Events stored with a due time, and that time.
+    delayed: HashMap<String, DateTime<Utc>>,
+    /// When the COMMIT of each committed event returned: after the database's commit.
+    committed_at: HashMap<String, DateTime<Utc>>,
 }
 
 /// The consumer processes (one consumer group, `torture`), killed and restarted at
@@ -741,10 +755,12 @@ enum Outcome {
 }
 
 fn record(ledger: &Mutex<Ledger>, records: Vec<(String, String, i64)>, outcome: Outcome) {
+    let now = Utc::now();
     let mut ledger = ledger.lock().expect("ledger");
     for (id, key, counter) in records {
         match outcome {
             Outcome::Committed => {
+                ledger.committed_at.insert(id.clone(), now);
                 ledger.committed.insert(id, (key, counter));
             }
             Outcome::RolledBack => {
@@ -816,7 +832,10 @@ fn spawn_writers(
                 db.clone(),
                 outbox.clone(),
                 topics.clone(),
-                size.keys,
+                Mix {
+                    keys: size.keys,
+                    delayed_percent: size.delayed_percent,
+                },
                 rng.fork(),
                 Arc::clone(stop),
                 Arc::clone(ledger),
@@ -825,22 +844,32 @@ fn spawn_writers(
         .collect()
 }
 
+/// What a writer stores: events of `keys` keys, some transactions' with a due time.
+#[derive(Debug, Clone, Copy)]
+struct Mix {
+    keys: u64,
+    /// The percentage of transactions whose events are due up to 3 s after the store.
+    delayed_percent: u64,
+}
+
 /// One writer: transactions of one to three keys until `stop`. Each transaction stores
 /// one event per key, then bumps the keys' counters (row locks, in key order). The
 /// counter is the key's commit order, taken independently of the outbox, so a relay
-/// that published a key's events out of commit order is caught.
+/// that published a key's events out of commit order is caught. A transaction's events
+/// may be delayed (all of them, by one due time, on whole milliseconds as a Kafka
+/// timestamp is).
 async fn writer(
     db: DatabaseConnection,
     outbox: Outbox,
     topics: Topics,
-    keys: u64,
+    mix: Mix,
     mut rng: Rng,
     stop: Arc<AtomicBool>,
     ledger: Arc<Mutex<Ledger>>,
 ) {
     while !stop.load(Ordering::Relaxed) {
         let count = if rng.chance(20) { 2 + rng.below(2) } else { 1 };
-        let mut chosen: Vec<u64> = (0..count).map(|_| rng.below(keys)).collect();
+        let mut chosen: Vec<u64> = (0..count).map(|_| rng.below(mix.keys)).collect();
         chosen.sort_unstable();
         chosen.dedup();
         let chosen: Vec<(String, &str)> = chosen
@@ -849,6 +878,10 @@ async fn writer(
             .collect();
         let Ok(txn) = db.begin().await else { continue };
         let oversized = rng.chance(1);
+        let due = rng.chance(mix.delayed_percent).then(|| {
+            let delay = chrono::Duration::milliseconds(i64::try_from(rng.below(3000)).unwrap_or(0));
+            (Utc::now() + delay).trunc_subsecs(3)
+        });
         let envelopes: Vec<Envelope> = chosen
             .iter()
             .map(|(key, topic)| {
@@ -858,10 +891,21 @@ async fn writer(
                     json!({ "key": key })
                 };
                 let event = EventBuilder::new("torture.event", key).data(data);
-                Envelope::new(&event, *topic).expect("envelope")
+                let envelope = Envelope::new(&event, *topic).expect("envelope");
+                match due {
+                    Some(at) => envelope.deliver_at(at),
+                    None => envelope,
+                }
             })
             .collect();
         let ids: Vec<String> = envelopes.iter().map(|e| e.id().to_string()).collect();
+        if let Some(at) = due {
+            ledger
+                .lock()
+                .expect("ledger")
+                .delayed
+                .extend(ids.iter().map(|id| (id.clone(), at)));
+        }
         if oversized {
             ledger
                 .lock()
@@ -930,8 +974,8 @@ async fn replay_dead_letters(
 
 /// Messages that reached the broker after a later event of their key (by commit
 /// counter): duplicates sent again out of order, as by a relay that resumes after a
-/// pause with messages inside its producer. Replayed dead letters come late by design
-/// and are not counted.
+/// pause with messages inside its producer. Replayed dead letters and delayed events
+/// come late by design and are not counted.
 fn stale_republications(
     received: &[outbox_tests::kafka::Received],
     ledger: &Ledger,
@@ -943,7 +987,8 @@ fn stale_republications(
         let Some((key, counter)) = ledger.committed.get(message.event_id()) else {
             continue;
         };
-        if replayed.contains(message.event_id()) {
+        if replayed.contains(message.event_id()) || ledger.delayed.contains_key(message.event_id())
+        {
             continue;
         }
         let latest = latest.entry(key).or_insert(*counter);
@@ -1116,10 +1161,15 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
     for round in 0.. {
         let n = replay_dead_letters(db, &outbox, &mut replayed).await;
         println!("torture: {n} dead letters replayed after the run");
-        while !outbox.backlog(db).await.is_ok_and(|b| b.pending == 0) {
+        loop {
+            let pending = outbox.backlog(db).await.map(|b| b.pending);
+            let scheduled = outbox.scheduled_count(db).await;
+            if matches!((&pending, &scheduled), (Ok(0), Ok(0))) {
+                break;
+            }
             assert!(
                 Instant::now() < drained,
-                "the relays did not publish every pending event within 120 s (stuck pending or parked)"
+                "the relays did not publish every pending and scheduled event within 120 s (stuck pending, parked or waiting): pending {pending:?}, scheduled {scheduled:?}"
             );
             relays.sample_memory();
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1187,16 +1237,19 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
         .filter(|id| seen.contains(id.as_str()))
         .collect();
     // A replayed dead letter goes out after the events of its key published while it
-    // was dead-lettered: its place in the order is checked no further.
+    // was dead-lettered: its place in the order is checked no further. A delayed event
+    // takes its place when due (`delayed::check`).
     let mut per_key: HashMap<&str, Vec<i64>> = HashMap::new();
     for id in &first_seen {
         if let Some((key, counter)) = ledger.committed.get(*id)
             && !replayed.contains(*id)
+            && !ledger.delayed.contains_key(*id)
         {
             per_key.entry(key).or_default().push(*counter);
         }
     }
     let stale = stale_republications(&received, &ledger, &replayed);
+    let delayed = delayed::check(&received, &first_seen, &ledger, &replayed);
     let out_of_order: Vec<(&str, &Vec<i64>)> = per_key
         .iter()
         .filter(|(_, counters)| counters.windows(2).any(|w| w[0] >= w[1]))
@@ -1204,9 +1257,11 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
         .collect();
     let incidents = relays.processes.kills + relays.processes.pauses + 5;
     println!(
-        "torture: {} committed ({} oversized), {} rolled back, {} unknown; {} kills, {} pauses, {} re-publications behind a later event of their key (duplicates after kills and pauses), {} dead letters replayed, {} connections cut, {} broker connections; {} messages, {} duplicates (bound {}); max relay RSS {} MiB; {:.1?}",
+        "torture: {} committed ({} oversized, {} delayed: {} pairs of a key's events in an order the rule decides), {} rolled back, {} unknown; {} kills, {} pauses, {} re-publications behind a later event of their key (duplicates after kills and pauses), {} dead letters replayed, {} connections cut, {} broker connections; {} messages, {} duplicates (bound {}); max relay RSS {} MiB; {:.1?}",
         ledger.committed.len(),
         oversized_committed.len(),
+        delayed.committed,
+        delayed.ordered_pairs,
         ledger.rolled_back.len(),
         ledger.unknown.len(),
         relays.processes.kills,
@@ -1239,6 +1294,18 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
         out_of_order.first()
     );
     assert!(
+        delayed.early.is_empty(),
+        "{} delayed events published before their due time, e.g. {}",
+        delayed.early.len(),
+        delayed.early[0]
+    );
+    assert!(
+        delayed.out_of_rule.is_empty(),
+        "{} delayed events out of the order rule, e.g. {}",
+        delayed.out_of_rule.len(),
+        delayed.out_of_rule[0]
+    );
+    assert!(
         (duplicates as u64) <= incidents * BATCH_SIZE * CONCURRENCY,
         "{duplicates} duplicates exceed (kills + outages) x batch x concurrency"
     );
@@ -1263,6 +1330,11 @@ async fn torture_in(size: &Size, backend: DbBackend, completion: Completion) {
     assert!(
         ledger.committed.len() > 100,
         "the run stored too little to prove anything"
+    );
+    assert!(
+        size.delayed_percent == 0 || delayed.committed > 10,
+        "the run stored too few delayed events ({}) to prove anything",
+        delayed.committed
     );
     scratch.drop().await;
 }
@@ -1440,6 +1512,11 @@ async fn consumer_torture() {
 /// each key's in commit order.
 async fn consumer_torture_in(size: &Size, backend: DbBackend) {
     println!("consumer torture: {backend:?}");
+    // Its check is each key's commit order: no events with a due time here.
+    let size = &Size {
+        delayed_percent: 0,
+        ..size.clone()
+    };
     let started = Instant::now();
     let mut rng = Rng(size.seed);
     let scratch = scratch(backend).await;

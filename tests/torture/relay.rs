@@ -3,8 +3,8 @@
 //! `KAFKA_BROKERS` and the `OUTBOX_*` variables, plus
 //! `OUTBOX_TORTURE_CLOCK_SKEW` (seconds its clock runs ahead, negative for behind) and
 //! `OUTBOX_TORTURE_MAX_MESSAGE_BYTES` (the largest message it may send) and
-//! `OUTBOX_TORTURE_BATCH_MESSAGES` (at most so many messages per record batch); stops
-//! gracefully on SIGTERM or Ctrl-C. The suite kills it with SIGKILL at random.
+//! `OUTBOX_TORTURE_BATCH_MESSAGES` (at most so many messages per record batch); logs
+//! warnings and errors to stderr; stops gracefully on SIGTERM or Ctrl-C. The suite kills it with SIGKILL at random.
 //!
 //! With `OUTBOX_DATABASES_FILE` set it is a fleet process instead, as
 //! `outbox relay --databases FILE` runs one (`OUTBOX_FLEET_*` configure it), and
@@ -17,6 +17,11 @@ use outbox::{KafkaConfig, KafkaPublisher, Outbox, Relay, RelayConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Warnings and errors to stderr: the suite's output shows them when it fails.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .init();
     let brokers = std::env::var("KAFKA_BROKERS")?;
     if let Ok(file) = std::env::var("OUTBOX_DATABASES_FILE") {
         let kafka = KafkaConfig::new(&brokers).message_timeout(Duration::from_secs(3));
