@@ -34,6 +34,8 @@ struct Row {
     #[serde(flatten)]
     backlog: Option<Backlog>,
     oldest_pending_age_seconds: Option<f64>,
+    /// Events waiting for their due time.
+    scheduled: Option<u64>,
     /// Relays holding shards of it.
     relays: Option<usize>,
     /// Why it could not be read (its password taken out).
@@ -47,11 +49,13 @@ struct Status {
     pending: u64,
     dead_lettered: u64,
     oldest_pending_age_seconds: Option<f64>,
+    scheduled: u64,
     unreachable: usize,
 }
 
-/// `outbox status --databases FILE`: a row per database (read 8 at a time), then the
-/// totals. A database that cannot be read has a row saying why; the command fails
+/// `outbox status --databases FILE`: a row per database (read 8 at a time: its pending
+/// and dead-lettered events, the oldest pending one's age, the events waiting for
+/// their due time, the relays holding its shards), then the totals. A database that cannot be read has a row saying why; the command fails
 /// only when none can be read.
 pub(crate) async fn status(
     file: &Path,
@@ -75,6 +79,7 @@ pub(crate) async fn status(
         .filter_map(|r| r.backlog)
         .map(|b| b.dead_lettered)
         .sum();
+    let scheduled = rows.iter().filter_map(|r| r.scheduled).sum();
     let oldest = rows
         .iter()
         .filter_map(|r| r.backlog?.oldest_pending_at)
@@ -86,6 +91,7 @@ pub(crate) async fn status(
         databases: rows,
         pending,
         dead_lettered,
+        scheduled,
         unreachable,
     };
     if json {
@@ -96,6 +102,7 @@ pub(crate) async fn status(
             "pending",
             "dead-lettered",
             "oldest pending",
+            "scheduled",
             "relays",
             "error",
         ]);
@@ -107,6 +114,7 @@ pub(crate) async fn status(
                 text(row.backlog.map(|b| b.dead_lettered.to_string())),
                 row.backlog
                     .map_or_else(|| "-".to_owned(), |b| age(b.oldest_pending_at)),
+                text(row.scheduled.map(|n| n.to_string())),
                 text(row.relays.map(|n| n.to_string())),
                 row.error.clone().unwrap_or_default(),
             ]);
@@ -116,6 +124,7 @@ pub(crate) async fn status(
             status.pending.to_string(),
             status.dead_lettered.to_string(),
             age(oldest),
+            status.scheduled.to_string(),
             String::new(),
             if status.unreachable > 0 {
                 format!("{} unreachable", status.unreachable)
@@ -131,7 +140,8 @@ pub(crate) async fn status(
     Ok(())
 }
 
-/// The row of `entry`: its backlog and relays, or why they cannot be read.
+/// The row of `entry`: its backlog, scheduled events and relays, or why they cannot
+/// be read.
 async fn row(entry: DatabaseEntry, outbox: &Outbox, timeout: Duration) -> Row {
     let url = entry.url().as_str();
     let read = async {
@@ -144,17 +154,20 @@ async fn row(entry: DatabaseEntry, outbox: &Outbox, timeout: Duration) -> Row {
         let db = Database::connect(options).await?;
         let outbox = outbox.clone().with_tables(entry.tables().clone());
         let backlog = outbox.backlog(&db).await?;
+        let scheduled = outbox.scheduled_count(&db).await?;
         let relays = outbox.relays(&db).await?;
         db.close().await.ok();
-        Ok::<_, Failure>((backlog, relays.iter().filter(|r| r.shards > 0).count()))
+        let relays = relays.iter().filter(|r| r.shards > 0).count();
+        Ok::<_, Failure>((backlog, scheduled, relays))
     };
     match read.await {
-        Ok((backlog, relays)) => Row {
+        Ok((backlog, scheduled, relays)) => Row {
             database: entry.name().to_owned(),
             oldest_pending_age_seconds: backlog
                 .oldest_pending_age(Utc::now())
                 .map(|age| age.as_secs_f64()),
             backlog: Some(backlog),
+            scheduled: Some(scheduled),
             relays: Some(relays),
             error: None,
         },
@@ -162,6 +175,7 @@ async fn row(entry: DatabaseEntry, outbox: &Outbox, timeout: Duration) -> Row {
             database: entry.name().to_owned(),
             backlog: None,
             oldest_pending_age_seconds: None,
+            scheduled: None,
             relays: None,
             error: Some(Secrets::of_url(url).scrub(&error.to_string())),
         },

@@ -1092,6 +1092,110 @@ async fn inbox_dead_letters_are_listed_shown_replayed_and_deleted(database: &Ser
     assert_eq!(left.as_array().map(Vec::len), Some(2), "{left}");
 }
 
+/// Starts `outbox relay` on the database at `url`, with a short lease so that the next
+/// relay takes over a killed one's shards soon.
+fn relay_process(url: &str, brokers: &str) -> Running {
+    Command::new(env!("CARGO_BIN_EXE_outbox"))
+        .args(["relay"])
+        .env("DATABASE_URL", url)
+        .env("KAFKA_BROKERS", brokers)
+        .env("OUTBOX_SERVICE_NAME", "cli-delayed")
+        .env("OUTBOX_INTERVAL", "100ms")
+        .env("OUTBOX_LEASE_TTL", "2s")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(Running::new)
+        .expect("start outbox relay")
+}
+
+/// A relay process killed (SIGKILL) while events wait for their due time leaves them
+/// to the relay process started after it: each goes out once, by the order rule, and
+/// none before its due time (by the message's timestamp, the moment it was sent).
+async fn a_relay_killed_while_events_wait_leaves_them_to_the_next(
+    db: &sea_orm::DatabaseConnection,
+    url: &str,
+) {
+    use chrono::{SubsecRound, Utc};
+    use outbox_tests::kafka::{brokers, consume, create_topic, unique_topic};
+    let brokers = brokers();
+    let topic = unique_topic("cli-delayed");
+    create_topic(&brokers, &topic, 1).await;
+    let outbox = Outbox::new();
+    let start = Utc::now().trunc_subsecs(3);
+    let due = |seconds| start + chrono::Duration::seconds(seconds);
+    let event = |n: u32| EventBuilder::new("reminder.due", "k").data(serde_json::json!({ "n": n }));
+    let later = outbox
+        .store(db, &event(1), &topic)
+        .deliver_at(due(8))
+        .await
+        .expect("store");
+    let sooner = outbox
+        .store(db, &event(2), &topic)
+        .deliver_at(due(7))
+        .await
+        .expect("store");
+    let at_once = outbox.store(db, &event(3), &topic).await.expect("store");
+
+    let first = relay_process(url, &brokers);
+    let timeout = std::time::Duration::from_secs(30);
+    let running = consume(&brokers, &topic, 1, timeout).await;
+    assert_eq!(running[0].event_id(), at_once.to_string());
+    drop(first); // SIGKILL
+    assert!(
+        Utc::now() < due(7),
+        "the first relay ran too long to be killed while the events waited"
+    );
+    assert_eq!(outbox.scheduled_count(db).await.expect("count"), 2);
+
+    let _second = relay_process(url, &brokers);
+    let received = consume(&brokers, &topic, 3, timeout).await;
+    let mut seen = std::collections::HashSet::new();
+    let first_sightings: Vec<&outbox_tests::kafka::Received> = received
+        .iter()
+        .filter(|m| seen.insert(m.event_id().to_owned()))
+        .collect();
+    let ids: Vec<String> = first_sightings
+        .iter()
+        .map(|m| m.event_id().to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        [at_once, sooner, later].map(|id| id.to_string()),
+        "the order rule: the one due sooner first"
+    );
+    for (message, due) in first_sightings[1..].iter().zip([due(7), due(8)]) {
+        let sent = message.timestamp_ms.expect("a timestamp");
+        assert!(
+            sent >= due.timestamp_millis(),
+            "{} sent {} ms before its due time",
+            message.event_id(),
+            due.timestamp_millis() - sent
+        );
+    }
+    assert_eq!(outbox.scheduled_count(db).await.expect("count"), 0);
+}
+
+async fn a_relay_process_killed_while_events_wait(database: &ServerDatabase) {
+    a_relay_killed_while_events_wait_leaves_them_to_the_next(database.db(), &database.url()).await;
+}
+
+/// The same on SQLite: a file the test and the relay processes share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_process_killed_while_events_wait_on_sqlite() {
+    use sea_orm_migration::MigratorTrait;
+    let file = std::env::temp_dir().join(format!("outbox-cli-{}.sqlite", Uuid::now_v7().simple()));
+    let url = format!("sqlite://{}?mode=rwc", file.display());
+    let db = sea_orm::Database::connect(&url)
+        .await
+        .expect("open the file");
+    outbox_migration::Migrator::up(&db, None)
+        .await
+        .expect("migrate");
+    a_relay_killed_while_events_wait_leaves_them_to_the_next(&db, &url).await;
+    db.close().await.ok();
+    std::fs::remove_file(&file).ok();
+}
+
 outbox_tests::on_server_databases!(
     status_reports_backlog_per_topic_and_relays,
     list_and_show_events,
@@ -1102,10 +1206,12 @@ outbox_tests::on_server_databases!(
     a_replay_frees_the_key_and_follows_the_shard_count,
     an_interrupted_purge_keeps_what_it_did_and_says_so,
     inbox_dead_letters_are_listed_shown_replayed_and_deleted,
+    a_relay_process_killed_while_events_wait,
 );
 
 /// With a databases file: `status` has a row per database (one that cannot be reached
-/// says why, without its password) and totals; the other commands work on the
+/// says why, without its password; events waiting for their due time counted apart)
+/// and totals; the other commands work on the
 /// database `--database` names, and ask for one when none is named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_over_a_databases_file() {
@@ -1118,6 +1224,11 @@ async fn commands_over_a_databases_file() {
             .await
             .expect("store");
     }
+    outbox
+        .store(&b.db, &EventBuilder::new("thing.due", "b-2"), "things")
+        .delay(std::time::Duration::from_secs(3600))
+        .await
+        .expect("store a delayed event");
     let file = std::env::temp_dir().join(format!("outbox-cli-{}", Uuid::now_v7().simple()));
     std::fs::write(
         &file,
@@ -1137,7 +1248,7 @@ async fn commands_over_a_databases_file() {
             .expect("run outbox")
     };
     let status = json(&run(&["status", "--json", "--connect-timeout", "2s"]));
-    let rows: Vec<(String, Value)> = status["databases"]
+    let rows: Vec<(String, Value, Value)> = status["databases"]
         .as_array()
         .expect("rows")
         .iter()
@@ -1145,20 +1256,25 @@ async fn commands_over_a_databases_file() {
             (
                 row["database"].as_str().unwrap_or_default().to_owned(),
                 row["pending"].clone(),
+                row["scheduled"].clone(),
             )
         })
         .collect();
     assert_eq!(
         rows,
         [
-            ("a".to_owned(), Value::from(2)),
-            ("b".to_owned(), Value::from(1)),
-            ("gone".to_owned(), Value::Null)
+            ("a".to_owned(), Value::from(2), Value::from(0)),
+            ("b".to_owned(), Value::from(1), Value::from(1)),
+            ("gone".to_owned(), Value::Null, Value::Null)
         ]
     );
     assert_eq!(
-        (status["pending"].as_u64(), status["unreachable"].as_u64()),
-        (Some(3), Some(1))
+        (
+            status["pending"].as_u64(),
+            status["scheduled"].as_u64(),
+            status["unreachable"].as_u64()
+        ),
+        (Some(3), Some(1), Some(1))
     );
     let said = status["databases"][2]["error"]
         .as_str()
