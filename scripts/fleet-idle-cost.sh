@@ -39,6 +39,10 @@ echo "connections per process (pooled and the coordinator's; each PostgreSQL dat
 psql -tA "$pg/postgres" -c "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = 'idlecost' AND application_name LIKE 'idle-%' GROUP BY 1 ORDER BY 1"
 echo "listening connections: $(psql -tA "$pg/postgres" -c "SELECT count(*) FROM pg_stat_activity WHERE datname = 'idlecost' AND application_name LIKE 'outbox listen%'")"
 for p in $(seq 0 $((P-1))); do
-    echo "process $p serves $(grep -c 'serving database' "$dir/relay-$p.log") databases"
+    # Databases taken up, less those released (the first process serves all until it
+    # sees the others).
+    served=$(grep -c 'serving database' "$dir/relay-$p.log" || true)
+    released=$(grep -c 'database released' "$dir/relay-$p.log" || true)
+    echo "process $p serves $((served - released)) databases ($served taken up, $released released)"
 done
 echo "transactions in ${WINDOW}s: $((after - before)); per idle database per second: $(python3 -c "print(round(($after - $before) / $WINDOW / $N, 2))")"
