@@ -147,6 +147,14 @@ impl Wake {
         }
     }
 
+    /// Events went into the outbox to `shards` in a transaction that has committed,
+    /// not through a store (a relay moved due events): wake the relays of this
+    /// process. No commit will follow to wake them again, and the relays of other
+    /// processes are the caller's to tell (see [`send_notify`]).
+    pub(crate) fn committed_to(&self, shards: impl IntoIterator<Item = i32> + Clone) {
+        self.ring_local(|doorbell| doorbell.ring(shards.clone()));
+    }
+
     fn ring(&self, shards: &[i32]) {
         self.ring_local(|doorbell| doorbell.ring(shards.iter().copied()));
         if let Some(notifier) = self.remote.get() {
@@ -221,8 +229,8 @@ pub(crate) async fn send_notify(db: &DatabaseConnection, channel: &str, payload:
 }
 
 /// The payload that names `shards` (all shards, when too many to list).
-pub(crate) fn shards_payload(shards: &[i32]) -> String {
-    let list: Vec<String> = shards.iter().map(ToString::to_string).collect();
+pub(crate) fn shards_payload(shards: impl IntoIterator<Item = i32>) -> String {
+    let list: Vec<String> = shards.into_iter().map(|shard| shard.to_string()).collect();
     let list = list.join(",");
     if list.len() > MAX_PAYLOAD {
         String::new()
@@ -310,10 +318,7 @@ impl NotifierState {
             }
             let payload = match self.pending.take() {
                 Some(shards) if shards.is_empty() => continue,
-                Some(shards) => {
-                    let shards: Vec<i32> = shards.iter().copied().collect();
-                    shards_payload(&shards)
-                }
+                Some(shards) => shards_payload(shards),
                 None => String::new(),
             };
             send_notify(&self.db, &self.channel, payload).await;

@@ -82,12 +82,12 @@ async fn move_due(setup: &Setup) -> Move {
         Ok(moved) => {
             if moved.events > 0 {
                 debug!(relay = %setup.relay_id, events = moved.events, "moved due events into the outbox");
-                let shards: Vec<i32> = moved.shards.iter().copied().collect();
-                setup.outbox.wake().stored(shards.iter().copied());
+                let shards = moved.shards.iter().copied();
+                setup.outbox.wake().committed_to(shards.clone());
                 // Relays of other processes own some of these shards.
                 if setup.db.get_database_backend() == DbBackend::Postgres {
                     let channel = wake::channel(setup.tables());
-                    wake::send_notify(&setup.db, &channel, wake::shards_payload(&shards)).await;
+                    wake::send_notify(&setup.db, &channel, wake::shards_payload(shards)).await;
                 }
             }
             if moved.events < MOVE_BATCH {

@@ -116,6 +116,11 @@ pub(crate) struct Moved {
 }
 
 impl Outbox {
+    /// The scheduled table, for sea-query.
+    fn scheduled_table(&self) -> Alias {
+        Alias::new(self.tables().scheduled().as_str())
+    }
+
     /// Writes `envelopes` (valid, each with a due time ahead) to the scheduled table.
     pub(super) async fn schedule<C: ConnectionTrait>(
         &self,
@@ -123,7 +128,7 @@ impl Outbox {
         envelopes: Vec<Envelope>,
     ) -> Result<()> {
         let dialect = Dialect::of(conn.get_database_backend())?;
-        let table = Alias::new(self.tables().scheduled().as_str());
+        let table = self.scheduled_table();
         for chunk in envelopes.chunks(dialect.max_rows_per_insert()) {
             let mut insert = Query::insert();
             insert.into_table(table.clone()).columns([
@@ -168,7 +173,7 @@ impl Outbox {
     pub async fn cancel<C: ConnectionTrait>(&self, conn: &C, id: Uuid) -> Result<bool> {
         let mut delete = Query::delete();
         delete
-            .from_table(Alias::new(self.tables().scheduled().as_str()))
+            .from_table(self.scheduled_table())
             .and_where(Expr::col(Alias::new("id")).eq(id));
         Ok(conn.execute(&delete).await?.rows_affected() > 0)
     }
@@ -180,7 +185,7 @@ impl Outbox {
     pub async fn scheduled_count<C: ConnectionTrait>(&self, conn: &C) -> Result<u64> {
         let count = Query::select()
             .expr_as(Func::count(Expr::col(Alias::new("seq"))), Alias::new("n"))
-            .from(Alias::new(self.tables().scheduled().as_str()))
+            .from(self.scheduled_table())
             .to_owned();
         let row = conn.query_one(&count).await?;
         let n: i64 = row.map_or(Ok(0), |row| row.try_get("", "n"))?;
@@ -206,7 +211,7 @@ impl Outbox {
                 Alias::new("event_type"),
                 Alias::new("destination_topic"),
             ])
-            .from(Alias::new(self.tables().scheduled().as_str()))
+            .from(self.scheduled_table())
             .order_by(Alias::new("deliver_at"), Order::Asc)
             .order_by(Alias::new("seq"), Order::Asc)
             .limit(limit)
@@ -224,7 +229,7 @@ impl Outbox {
                 Func::min(Expr::col(Alias::new("deliver_at"))),
                 Alias::new("next"),
             )
-            .from(Alias::new(self.tables().scheduled().as_str()))
+            .from(self.scheduled_table())
             .to_owned();
         let statement = db.get_database_backend().build(&next);
         Ok(NextDue::find_by_statement(statement)
@@ -244,7 +249,7 @@ impl Outbox {
     /// lease round measures the offset, and would move events early by as much.
     pub(crate) async fn move_due(&self, db: &DatabaseConnection, limit: usize) -> Result<Moved> {
         let dialect = Dialect::of(db.get_database_backend())?;
-        let table = Alias::new(self.tables().scheduled().as_str());
+        let table = self.scheduled_table();
         let now = dialect.now().unwrap_or_else(|| Expr::value(Utc::now()));
         let mut select = Query::select();
         select
