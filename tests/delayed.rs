@@ -12,7 +12,7 @@ use outbox::{
     RelayConfig,
 };
 use outbox_tests::eventually;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -555,5 +555,95 @@ async fn a_store_in_another_process_wakes_an_idle_relay_for_its_due_time() {
     );
     relay.shutdown().await.expect("shutdown");
     writers_db.close().await.ok();
+    pg.drop().await;
+}
+
+/// A move reads "now" once, as its statement starts, on PostgreSQL too. Its snapshot
+/// is of that moment: an event stored later is not in it, however soon it is due. A
+/// move that reads its table by the due-time index (a table of thousands waiting)
+/// locks row by row and waits for a row another transaction holds (here, a cancel
+/// not yet committed); were "now" read row by row, it would take, after the wait, an
+/// event that fell due meanwhile and leave behind one of its key stored meanwhile and
+/// due sooner, which would go out after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_that_waits_for_a_lock_moves_nothing_that_fell_due_meanwhile() {
+    let pg = outbox_tests::PgSchema::migrated().await;
+    let db = &pg.db;
+    let outbox = Outbox::new();
+    let far: Vec<Envelope> = (0..10_000)
+        .map(|n| {
+            Envelope::new(&event(&format!("far-{n}"), n), "reminders")
+                .expect("an envelope")
+                .delay(Duration::from_secs(3600))
+        })
+        .collect();
+    let txn = db.begin().await.expect("begin");
+    outbox.store_batch(&txn, far).await.expect("store");
+    txn.commit().await.expect("commit");
+    // As autovacuum would.
+    db.execute_unprepared("ANALYZE _outbox_scheduled")
+        .await
+        .expect("analyze");
+    let later_delay = Duration::from_millis(1500);
+    let (later, _) = store(db, &outbox, &event("k", 2), Some(later_delay)).await;
+    let later_due = Instant::now() + later_delay;
+    let (locked, _) = store(
+        db,
+        &outbox,
+        &event("other", 1),
+        Some(Duration::from_millis(1)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cancelling = db.begin().await.expect("begin");
+    assert!(outbox.cancel(&cancelling, locked).await.expect("cancel"));
+    let holder: i32 = cancelling
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT pg_backend_pid() AS pid",
+        ))
+        .await
+        .expect("pid")
+        .expect("a row")
+        .try_get("", "pid")
+        .expect("pid");
+
+    // The relay's move takes the due row the cancel holds, and waits.
+    let publisher = Clocked::default();
+    let relay = Relay::new(config("waits"), db.clone(), publisher.clone())
+        .expect("a valid config")
+        .with_outbox(outbox.clone())
+        .spawn();
+    eventually("the move waits for the cancel's lock", Duration::from_secs(10), || async {
+        let waiting = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Postgres,
+                format!("SELECT COUNT(*) AS n FROM pg_stat_activity WHERE {holder} = ANY(pg_blocking_pids(pid))"),
+            ))
+            .await
+            .expect("pg_stat_activity")
+            .expect("a row");
+        waiting.try_get::<i64>("", "n").expect("n") > 0
+    })
+    .await;
+    // Meanwhile an event of the key, due at once, commits; then the first falls due.
+    let (sooner, _) = store(db, &outbox, &event("k", 1), Some(Duration::from_millis(1))).await;
+    tokio::time::sleep_until((later_due + Duration::from_millis(200)).into()).await;
+    cancelling.rollback().await.expect("rollback");
+    eventually("all published", Duration::from_secs(10), || async {
+        publisher.ids().len() == 3
+    })
+    .await;
+    relay.shutdown().await.expect("shutdown");
+    let of_k: Vec<Uuid> = publisher
+        .ids()
+        .into_iter()
+        .filter(|id| *id != locked)
+        .collect();
+    assert_eq!(
+        of_k,
+        [sooner, later],
+        "the key's events out of due order: the move read the clock after it waited"
+    );
     pg.drop().await;
 }

@@ -146,6 +146,20 @@ impl Dialect {
         }
     }
 
+    /// The moment the current statement started, by the database's clock, where relays
+    /// on several hosts share it (PostgreSQL, MySQL); `None` on SQLite. One value for
+    /// every row, and no later than the statement's snapshot: a row the statement
+    /// does not see committed after it. (PostgreSQL's `clock_timestamp()` is read row
+    /// by row, as late as a lock the statement waited for was released.)
+    pub(crate) fn statement_time(self) -> Option<Expr> {
+        match self {
+            Dialect::Postgres => Some(Func::cust("statement_timestamp").into()),
+            // MySQL reads it once, as the statement starts.
+            Dialect::MySql => Some(Expr::cust("UTC_TIMESTAMP(6)")),
+            Dialect::Sqlite => None,
+        }
+    }
+
     /// The database's time, read as a [`DatabaseNow`] row; `None` on SQLite, whose
     /// time is the host's.
     pub(crate) fn database_now(self) -> Option<Statement> {

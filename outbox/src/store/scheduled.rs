@@ -246,11 +246,17 @@ impl Outbox {
     ///
     /// "Now" is the database's clock (the host's on SQLite), read by the statement
     /// itself: a relay's own estimate of it is off by its host's error until its first
-    /// lease round measures the offset, and would move events early by as much.
+    /// lease round measures the offset, and would move events early by as much. It is
+    /// the moment the statement started ([`Dialect::statement_time`]), not a clock
+    /// read row by row: the statement sees every event committed by then, so it
+    /// leaves behind no event due sooner than one it takes and committed before that
+    /// one was due, even when it waited for another transaction's locks.
     pub(crate) async fn move_due(&self, db: &DatabaseConnection, limit: usize) -> Result<Moved> {
         let dialect = Dialect::of(db.get_database_backend())?;
         let table = self.scheduled_table();
-        let now = dialect.now().unwrap_or_else(|| Expr::value(Utc::now()));
+        let now = dialect
+            .statement_time()
+            .unwrap_or_else(|| Expr::value(Utc::now()));
         let mut select = Query::select();
         select
             .columns([Alias::new("seq"), Alias::new("id"), Alias::new("envelope")])
