@@ -597,16 +597,7 @@ async fn a_move_that_waits_for_a_lock_moves_nothing_that_fell_due_meanwhile() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let cancelling = db.begin().await.expect("begin");
     assert!(outbox.cancel(&cancelling, locked).await.expect("cancel"));
-    let holder: i32 = cancelling
-        .query_one_raw(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            "SELECT pg_backend_pid() AS pid",
-        ))
-        .await
-        .expect("pid")
-        .expect("a row")
-        .try_get("", "pid")
-        .expect("pid");
+    let holder = pg_number(&cancelling, "SELECT pg_backend_pid()::bigint").await;
 
     // The relay's move takes the due row the cancel holds, and waits.
     let publisher = Clocked::default();
@@ -614,17 +605,14 @@ async fn a_move_that_waits_for_a_lock_moves_nothing_that_fell_due_meanwhile() {
         .expect("a valid config")
         .with_outbox(outbox.clone())
         .spawn();
-    eventually("the move waits for the cancel's lock", Duration::from_secs(10), || async {
-        let waiting = db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Postgres,
-                format!("SELECT COUNT(*) AS n FROM pg_stat_activity WHERE {holder} = ANY(pg_blocking_pids(pid))"),
-            ))
-            .await
-            .expect("pg_stat_activity")
-            .expect("a row");
-        waiting.try_get::<i64>("", "n").expect("n") > 0
-    })
+    let blocked = format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE {holder} = ANY(pg_blocking_pids(pid))"
+    );
+    eventually(
+        "the move waits for the cancel's lock",
+        Duration::from_secs(10),
+        || async { pg_number(db, &blocked).await > 0 },
+    )
     .await;
     // Meanwhile an event of the key, due at once, commits; then the first falls due.
     let (sooner, _) = store(db, &outbox, &event("k", 1), Some(Duration::from_millis(1))).await;
@@ -646,4 +634,17 @@ async fn a_move_that_waits_for_a_lock_moves_nothing_that_fell_due_meanwhile() {
         "the key's events out of due order: the move read the clock after it waited"
     );
     pg.drop().await;
+}
+
+/// The one number the PostgreSQL query `sql` returns.
+async fn pg_number(conn: &impl ConnectionTrait, sql: &str) -> i64 {
+    conn.query_one_raw(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        sql,
+    ))
+    .await
+    .expect(sql)
+    .expect("a row")
+    .try_get_by_index(0)
+    .expect("a number")
 }

@@ -55,8 +55,8 @@ struct Status {
 
 /// `outbox status --databases FILE`: a row per database (read 8 at a time: its pending
 /// and dead-lettered events, the oldest pending one's age, the events waiting for
-/// their due time, the relays holding its shards), then the totals. A database that cannot be read has a row saying why; the command fails
-/// only when none can be read.
+/// their due time, the relays holding its shards), then the totals. A database that
+/// cannot be read has a row saying why; the command fails only when none can be read.
 pub(crate) async fn status(
     file: &Path,
     outbox: &Outbox,

@@ -1211,8 +1211,8 @@ outbox_tests::on_server_databases!(
 
 /// With a databases file: `status` has a row per database (one that cannot be reached
 /// says why, without its password; events waiting for their due time counted apart)
-/// and totals; the other commands work on the
-/// database `--database` names, and ask for one when none is named.
+/// and totals; the other commands work on the database `--database` names, and ask
+/// for one when none is named.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_over_a_databases_file() {
     let a = PgSchema::migrated().await;

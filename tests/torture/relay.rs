@@ -4,7 +4,8 @@
 //! `OUTBOX_TORTURE_CLOCK_SKEW` (seconds its clock runs ahead, negative for behind) and
 //! `OUTBOX_TORTURE_MAX_MESSAGE_BYTES` (the largest message it may send) and
 //! `OUTBOX_TORTURE_BATCH_MESSAGES` (at most so many messages per record batch); logs
-//! warnings and errors to stderr; stops gracefully on SIGTERM or Ctrl-C. The suite kills it with SIGKILL at random.
+//! warnings and errors to stderr; stops gracefully on SIGTERM or Ctrl-C. The suite
+//! kills it with SIGKILL at random.
 //!
 //! With `OUTBOX_DATABASES_FILE` set it is a fleet process instead, as
 //! `outbox relay --databases FILE` runs one (`OUTBOX_FLEET_*` configure it), and

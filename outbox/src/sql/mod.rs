@@ -135,17 +135,6 @@ impl Dialect {
         }
     }
 
-    /// The database's clock as an expression, where relays on several hosts share it
-    /// (PostgreSQL, MySQL); `None` on SQLite, which lives in one process on one host.
-    pub(crate) fn now(self) -> Option<Expr> {
-        match self {
-            Dialect::Postgres => Some(Func::cust("clock_timestamp").into()),
-            // The UTC time, with microseconds; the column types hold no time zone.
-            Dialect::MySql => Some(Expr::cust("UTC_TIMESTAMP(6)")),
-            Dialect::Sqlite => None,
-        }
-    }
-
     /// The moment the current statement started, by the database's clock, where relays
     /// on several hosts share it (PostgreSQL, MySQL); `None` on SQLite. One value for
     /// every row, and no later than the statement's snapshot: a row the statement
@@ -154,16 +143,22 @@ impl Dialect {
     pub(crate) fn statement_time(self) -> Option<Expr> {
         match self {
             Dialect::Postgres => Some(Func::cust("statement_timestamp").into()),
-            // MySQL reads it once, as the statement starts.
+            // Read once, as the statement starts; the UTC time, with microseconds (the
+            // column types hold no time zone).
             Dialect::MySql => Some(Expr::cust("UTC_TIMESTAMP(6)")),
             Dialect::Sqlite => None,
         }
     }
 
-    /// The database's time, read as a [`DatabaseNow`] row; `None` on SQLite, whose
-    /// time is the host's.
+    /// The database's time, read as a [`DatabaseNow`] row where relays on several
+    /// hosts share it (PostgreSQL, MySQL); `None` on SQLite, whose time is the host's.
     pub(crate) fn database_now(self) -> Option<Statement> {
-        let now = self.now()?;
+        let now: Expr = match self {
+            Dialect::Postgres => Func::cust("clock_timestamp").into(),
+            // The UTC time, with microseconds; the column types hold no time zone.
+            Dialect::MySql => Expr::cust("UTC_TIMESTAMP(6)"),
+            Dialect::Sqlite => return None,
+        };
         Some(self.build(Query::select().expr_as(now, "now")))
     }
 }
